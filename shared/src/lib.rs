@@ -1,0 +1,21 @@
+//! drpilot's shared core: what every phase Lambda and the CLI use.
+//!
+//! One concept per module: [`input`] (execution input and trigger normalisation),
+//! [`profile`], [`receipt`] (receipts and the run summary), [`lock`] (the run lock),
+//! [`s3uri`] (locations and keys that cannot escape their prefix), [`error`] (the error
+//! names Step Functions matches), [`clients`] and [`telemetry`].
+
+pub mod clients;
+pub mod error;
+pub mod input;
+pub mod lock;
+pub mod profile;
+pub mod receipt;
+pub mod s3uri;
+pub mod telemetry;
+
+pub use clients::AwsClients;
+pub use error::{Error, ErrorKind, Result};
+pub use input::{Mode, Phase, RunInput};
+pub use profile::Profile;
+pub use s3uri::S3Uri;

@@ -1,0 +1,240 @@
+//! The run lock (`<target>/locks/drill.lock`): one run at a time per target.
+//!
+//! Acquired with an S3 conditional write (`If-None-Match: *`), so two runs racing for it
+//! cannot both win. An expired lock is taken over with `If-Match: <its ETag>`, so two runs
+//! racing for a stale lock cannot both win either. Released only by its owner, again
+//! conditional on the ETag it read.
+
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::operation::get_object::GetObjectError;
+use aws_sdk_s3::primitives::ByteStream;
+use chrono::{DateTime, Duration, Utc};
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::s3uri::S3Uri;
+
+/// What the lock object holds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockRecord {
+    pub run_id: String,
+    pub execution_arn: Option<String>,
+    pub acquired_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+}
+
+impl LockRecord {
+    pub fn is_expired(&self, now: DateTime<Utc>) -> bool {
+        self.expires_at <= now
+    }
+}
+
+/// How an acquire succeeded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Acquired {
+    /// The lock was free.
+    Fresh,
+    /// This run already held it (a re-run of bringup after a crash).
+    AlreadyOwned,
+    /// Another run's lock had expired and was taken over.
+    TakenOver { previous: LockRecord },
+}
+
+/// How a release ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Released {
+    Released,
+    /// No lock object: nothing to do (a re-run of teardown).
+    NotHeld,
+    /// Another run owns the lock now (ours expired and was taken over); left alone.
+    OwnedByOther { owner: String },
+}
+
+/// Conditional writes can race with other writers; each race restarts the loop, bounded.
+const MAX_ROUNDS: usize = 5;
+
+#[derive(Clone, Debug)]
+pub struct RunLock {
+    s3: aws_sdk_s3::Client,
+    uri: S3Uri,
+}
+
+impl RunLock {
+    pub fn new(s3: aws_sdk_s3::Client, uri: S3Uri) -> Self {
+        Self { s3, uri }
+    }
+
+    pub fn uri(&self) -> &S3Uri {
+        &self.uri
+    }
+
+    /// Takes the lock for `run_id` for `ttl`, or fails with `LockHeld` naming the owner.
+    pub async fn acquire(
+        &self,
+        run_id: &str,
+        execution_arn: Option<&str>,
+        ttl: Duration,
+    ) -> Result<Acquired> {
+        for _ in 0..MAX_ROUNDS {
+            let now = Utc::now();
+            let record = LockRecord {
+                run_id: run_id.to_owned(),
+                execution_arn: execution_arn.map(str::to_owned),
+                acquired_at: now,
+                expires_at: now + ttl,
+            };
+            match self.put(&record, Condition::Absent).await? {
+                Written::Yes => {
+                    info!(run_id, lock = %self.uri, expires_at = %record.expires_at, "run lock acquired");
+                    return Ok(Acquired::Fresh);
+                }
+                Written::ConditionFailed => {}
+            }
+            let Some((current, etag)) = self.read().await? else {
+                continue; // released between our write and our read: try again
+            };
+            if current.run_id == run_id {
+                info!(run_id, lock = %self.uri, "run lock already held by this run");
+                return Ok(Acquired::AlreadyOwned);
+            }
+            if !current.is_expired(now) {
+                return Err(Error::new(
+                    ErrorKind::LockHeld,
+                    format!(
+                        "{} is held by run {} (execution {}) until {}",
+                        self.uri,
+                        current.run_id,
+                        current.execution_arn.as_deref().unwrap_or("unknown"),
+                        current.expires_at.to_rfc3339()
+                    ),
+                ));
+            }
+            match self.put(&record, Condition::Matches(&etag)).await? {
+                Written::Yes => {
+                    warn!(
+                        run_id,
+                        lock = %self.uri,
+                        stale_owner = %current.run_id,
+                        stale_since = %current.expires_at,
+                        "took over an expired run lock"
+                    );
+                    return Ok(Acquired::TakenOver { previous: current });
+                }
+                Written::ConditionFailed => continue, // someone else took it over first
+            }
+        }
+        Err(Error::retryable(format!(
+            "{}: the lock kept changing under us for {MAX_ROUNDS} rounds",
+            self.uri
+        )))
+    }
+
+    /// Releases the lock if `run_id` owns it.
+    pub async fn release(&self, run_id: &str) -> Result<Released> {
+        for _ in 0..MAX_ROUNDS {
+            let Some((current, etag)) = self.read().await? else {
+                return Ok(Released::NotHeld);
+            };
+            if current.run_id != run_id {
+                warn!(run_id, owner = %current.run_id, lock = %self.uri, "not releasing a lock another run owns");
+                return Ok(Released::OwnedByOther {
+                    owner: current.run_id,
+                });
+            }
+            let deleted = self
+                .s3
+                .delete_object()
+                .bucket(&self.uri.bucket)
+                .key(&self.uri.key)
+                .if_match(&etag)
+                .send()
+                .await;
+            match deleted {
+                Ok(_) => {
+                    info!(run_id, lock = %self.uri, "run lock released");
+                    return Ok(Released::Released);
+                }
+                Err(err) if condition_failed(&err) => continue,
+                Err(err) => return Err(Error::from_sdk(&format!("DeleteObject {}", self.uri), err)),
+            }
+        }
+        Err(Error::retryable(format!(
+            "{}: the lock kept changing under us for {MAX_ROUNDS} rounds",
+            self.uri
+        )))
+    }
+
+    /// The current lock and its ETag, if any.
+    pub async fn read(&self) -> Result<Option<(LockRecord, String)>> {
+        let out = match self
+            .s3
+            .get_object()
+            .bucket(&self.uri.bucket)
+            .key(&self.uri.key)
+            .send()
+            .await
+        {
+            Ok(out) => out,
+            Err(err) if matches!(err.as_service_error(), Some(GetObjectError::NoSuchKey(_))) => {
+                return Ok(None)
+            }
+            Err(err) => return Err(Error::from_sdk(&format!("GetObject {}", self.uri), err)),
+        };
+        let etag = out.e_tag.clone().unwrap_or_default();
+        let bytes = out
+            .body
+            .collect()
+            .await
+            .map_err(|e| Error::retryable(format!("reading {}: {e}", self.uri)))?
+            .into_bytes();
+        let record: LockRecord = serde_json::from_slice(&bytes).map_err(|e| {
+            Error::integrity(format!(
+                "{} is not a drpilot lock ({e}); remove it by hand if no run is active",
+                self.uri
+            ))
+        })?;
+        Ok(Some((record, etag)))
+    }
+
+    async fn put(&self, record: &LockRecord, condition: Condition<'_>) -> Result<Written> {
+        let body = serde_json::to_vec_pretty(record)
+            .map_err(|e| Error::new(ErrorKind::ServiceError, format!("encoding lock: {e}")))?;
+        let request = self
+            .s3
+            .put_object()
+            .bucket(&self.uri.bucket)
+            .key(&self.uri.key)
+            .content_type("application/json")
+            .body(ByteStream::from(body));
+        let request = match condition {
+            Condition::Absent => request.if_none_match("*"),
+            Condition::Matches(etag) => request.if_match(etag),
+        };
+        match request.send().await {
+            Ok(_) => Ok(Written::Yes),
+            Err(err) if condition_failed(&err) => Ok(Written::ConditionFailed),
+            Err(err) => Err(Error::from_sdk(&format!("PutObject {}", self.uri), err)),
+        }
+    }
+}
+
+enum Condition<'a> {
+    Absent,
+    Matches(&'a str),
+}
+
+enum Written {
+    Yes,
+    ConditionFailed,
+}
+
+/// S3 answers a failed precondition with 412, and a concurrent conditional write with 409
+/// `ConditionalRequestConflict`; an `If-Match` on a vanished object is a 404. Each means
+/// "the lock is not what we thought": read it again.
+fn condition_failed<E: ProvideErrorMetadata, R>(err: &SdkError<E, R>) -> bool {
+    matches!(
+        err.code(),
+        Some("PreconditionFailed" | "ConditionalRequestConflict" | "NoSuchKey")
+    )
+}

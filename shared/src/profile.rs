@@ -1,0 +1,292 @@
+//! Profiles: where a protected system's data lives and what a good restore of it means.
+//! Loaded from SSM Parameter Store (`/drpilot/profiles/<name>`) or, when
+//! `DRPILOT_PROFILE_DIR` is set, from `<dir>/<name>.json`.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use aws_sdk_ssm::operation::get_parameter::GetParameterError;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::input::validate_profile_name;
+use crate::s3uri::{as_prefix, RelativeKey, S3Uri};
+
+pub const SSM_PREFIX: &str = "/drpilot/profiles/";
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Profile {
+    /// The bucket and prefixes a run restores into and promotes within.
+    pub target: Target,
+    /// Where backups live: `s3://bucket/prefix/backups/`, one `<backup_id>/` below it each.
+    pub backups: S3Uri,
+    /// Where receipts and run summaries go.
+    pub receipts: S3Uri,
+    /// The account and region the phases must run in.
+    pub account_id: String,
+    pub region: String,
+    pub rto_target_seconds: u64,
+    pub rpo_target_seconds: u64,
+    /// Checks validate runs besides the manifest comparison.
+    #[serde(default)]
+    pub checks: Vec<Check>,
+    /// Optional pointer to the control-plane bundle restore stages with the data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub control_plane: Option<ControlPlane>,
+    /// How long a run lock stays valid without its owner releasing it.
+    #[serde(default = "default_lock_ttl")]
+    pub lock_ttl_seconds: u64,
+    /// Delete objects only in `root/` on promote (otherwise reported as drift).
+    #[serde(default)]
+    pub prune_drift: bool,
+}
+
+fn default_lock_ttl() -> u64 {
+    4 * 3600
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Target {
+    pub bucket: String,
+    #[serde(default = "default_root")]
+    pub root_prefix: String,
+    #[serde(default = "default_staging")]
+    pub staging_prefix: String,
+    #[serde(default = "default_audit")]
+    pub audit_prefix: String,
+    #[serde(default = "default_locks")]
+    pub locks_prefix: String,
+}
+
+fn default_root() -> String {
+    "root/".into()
+}
+fn default_staging() -> String {
+    "_staging/".into()
+}
+fn default_audit() -> String {
+    "audit/".into()
+}
+fn default_locks() -> String {
+    "locks/".into()
+}
+
+impl Target {
+    fn location(&self, prefix: &str) -> S3Uri {
+        S3Uri {
+            bucket: self.bucket.clone(),
+            key: as_prefix(prefix),
+        }
+    }
+    /// Production data: `root/`.
+    pub fn root(&self) -> S3Uri {
+        self.location(&self.root_prefix)
+    }
+    /// A run's staging: `_staging/<run_id>/`.
+    pub fn staging(&self, run_id: &str) -> Result<S3Uri> {
+        self.location(&self.staging_prefix)
+            .join(run_id)
+            .map(|uri| uri.as_prefix())
+            .map_err(|e| Error::input(format!("run_id: {e}")))
+    }
+    pub fn audit(&self) -> S3Uri {
+        self.location(&self.audit_prefix)
+    }
+    /// The run lock object: `locks/drill.lock`.
+    pub fn lock(&self) -> S3Uri {
+        S3Uri {
+            bucket: self.bucket.clone(),
+            key: format!("{}drill.lock", as_prefix(&self.locks_prefix)),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Check {
+    /// A CloudWatch metric statistic over a window, compared with a threshold
+    /// (e.g. `SyncFailed` Sum over the last hour equals 0).
+    CloudwatchMetric {
+        /// What the receipt calls this check.
+        name: String,
+        namespace: String,
+        metric_name: String,
+        #[serde(default)]
+        dimensions: BTreeMap<String, String>,
+        #[serde(default = "default_stat")]
+        stat: String,
+        #[serde(default = "default_window")]
+        window_seconds: u64,
+        #[serde(default)]
+        comparison: Comparison,
+        #[serde(default)]
+        threshold: f64,
+        /// Whether no datapoints in the window passes the check.
+        #[serde(default)]
+        missing_data_passes: bool,
+    },
+}
+
+fn default_stat() -> String {
+    "Sum".into()
+}
+fn default_window() -> u64 {
+    3600
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Comparison {
+    #[default]
+    Equal,
+    LessThanOrEqual,
+    GreaterThanOrEqual,
+}
+
+impl Comparison {
+    pub fn holds(self, value: f64, threshold: f64) -> bool {
+        match self {
+            Self::Equal => (value - threshold).abs() < f64::EPSILON,
+            Self::LessThanOrEqual => value <= threshold,
+            Self::GreaterThanOrEqual => value >= threshold,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlPlane {
+    /// `<prefix>/control-plane/current.json`.
+    pub pointer: S3Uri,
+}
+
+impl Profile {
+    /// Parses and checks a profile document. `origin` names where it came from.
+    pub fn from_json(origin: &str, text: &str) -> Result<Self> {
+        let mut de = serde_json::Deserializer::from_str(text);
+        let profile: Profile = serde_path_to_error::deserialize(&mut de).map_err(|err| {
+            let path = err.path().to_string();
+            let inner = err.into_inner();
+            if inner.is_syntax() || inner.is_eof() {
+                Error::input(format!("profile {origin}: malformed JSON: {inner}"))
+            } else if path == "." {
+                Error::input(format!("profile {origin}: {inner}"))
+            } else {
+                Error::input(format!("profile {origin}: {path}: {inner}"))
+            }
+        })?;
+        profile
+            .validate()
+            .map_err(|why| Error::input(format!("profile {origin}: {why}")))?;
+        Ok(profile)
+    }
+
+    fn validate(&self) -> std::result::Result<(), String> {
+        S3Uri::new(self.target.bucket.clone(), "").map_err(|e| format!("target.bucket: {e}"))?;
+        for (field, prefix) in [
+            ("target.root_prefix", &self.target.root_prefix),
+            ("target.staging_prefix", &self.target.staging_prefix),
+            ("target.audit_prefix", &self.target.audit_prefix),
+            ("target.locks_prefix", &self.target.locks_prefix),
+        ] {
+            RelativeKey::parse(prefix.trim_end_matches('/'))
+                .map_err(|e| format!("{field}: {e}"))?;
+        }
+        let root = as_prefix(&self.target.root_prefix);
+        let staging = as_prefix(&self.target.staging_prefix);
+        if root.starts_with(&staging) || staging.starts_with(&root) {
+            return Err(format!(
+                "target.staging_prefix: {staging:?} and root_prefix {root:?} must not contain each other"
+            ));
+        }
+        if self.account_id.len() != 12 || !self.account_id.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(format!(
+                "account_id: expected 12 digits, got {:?}",
+                self.account_id
+            ));
+        }
+        let region_ok = !self.region.is_empty()
+            && self
+                .region
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if !region_ok {
+            return Err(format!(
+                "region: expected an AWS region such as eu-west-1, got {:?}",
+                self.region
+            ));
+        }
+        if self.rto_target_seconds == 0 || self.rpo_target_seconds == 0 {
+            return Err("rto_target_seconds/rpo_target_seconds: expected a positive number of seconds".into());
+        }
+        if self.lock_ttl_seconds == 0 {
+            return Err("lock_ttl_seconds: expected a positive number of seconds".into());
+        }
+        for (i, check) in self.checks.iter().enumerate() {
+            let Check::CloudwatchMetric { name, window_seconds, .. } = check;
+            if name.is_empty() {
+                return Err(format!("checks[{i}].name: expected a non-empty name"));
+            }
+            if *window_seconds < 60 {
+                return Err(format!(
+                    "checks[{i}].window_seconds: expected at least 60, got {window_seconds}"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Where profiles are read from.
+#[derive(Clone, Debug)]
+pub enum ProfileSource {
+    Ssm(aws_sdk_ssm::Client),
+    Dir(PathBuf),
+}
+
+impl ProfileSource {
+    /// `DRPILOT_PROFILE_DIR` when set (local runs), else SSM.
+    pub fn from_env(ssm: aws_sdk_ssm::Client) -> Self {
+        match std::env::var_os("DRPILOT_PROFILE_DIR") {
+            Some(dir) if !dir.is_empty() => Self::Dir(dir.into()),
+            _ => Self::Ssm(ssm),
+        }
+    }
+
+    pub async fn load(&self, name: &str) -> Result<Profile> {
+        validate_profile_name(name).map_err(|why| Error::input(format!("profile: {why}")))?;
+        match self {
+            Self::Ssm(ssm) => {
+                let parameter = format!("{SSM_PREFIX}{name}");
+                let origin = format!("{name} (SSM {parameter})");
+                let out = ssm
+                    .get_parameter()
+                    .name(&parameter)
+                    .with_decryption(true)
+                    .send()
+                    .await
+                    .map_err(|err| match err.as_service_error() {
+                        Some(GetParameterError::ParameterNotFound(_)) => Error::input(format!(
+                            "profile: {name:?} not found: no SSM parameter {parameter}"
+                        )),
+                        _ => Error::from_sdk(&format!("GetParameter {parameter}"), err),
+                    })?;
+                let text = out
+                    .parameter
+                    .and_then(|p| p.value)
+                    .ok_or_else(|| Error::input(format!("profile {origin}: parameter has no value")))?;
+                Profile::from_json(&origin, &text)
+            }
+            Self::Dir(dir) => {
+                let path = dir.join(format!("{name}.json"));
+                let origin = format!("{name} ({})", path.display());
+                let text = tokio::fs::read_to_string(&path).await.map_err(|e| {
+                    Error::input(format!("profile: {name:?} not found: cannot read {}: {e}", path.display()))
+                })?;
+                Profile::from_json(&origin, &text)
+            }
+        }
+    }
+}

@@ -1,0 +1,255 @@
+//! What a run leaves behind for auditors (DESIGN.md §4): one receipt per phase at
+//! `<receipts>/runs/<run_id>/phases/<phase>.json` and the run summary at
+//! `<receipts>/runs/<run_id>/drill.summary.json`.
+
+use aws_sdk_s3::operation::get_object::GetObjectError;
+use aws_sdk_s3::primitives::ByteStream;
+use chrono::{DateTime, Utc};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+use crate::input::{Mode, Phase, Trigger};
+use crate::s3uri::S3Uri;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PhaseStatus {
+    Success,
+    Failed,
+    Skipped,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PhaseReceipt {
+    pub run_id: String,
+    pub phase: Phase,
+    pub status: PhaseStatus,
+    /// Why it failed or was skipped; `null` on success.
+    pub reason: Option<String>,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
+    pub duration_ms: u64,
+    /// 1 for the first try; Step Functions retries count up.
+    pub attempt: u32,
+    /// Phase-specific facts: counts, bytes, URIs of large results.
+    pub details: Value,
+}
+
+/// Times a phase from its start and turns into its receipt.
+#[derive(Clone, Debug)]
+pub struct PhaseClock {
+    run_id: String,
+    phase: Phase,
+    attempt: u32,
+    started_at: DateTime<Utc>,
+}
+
+impl PhaseClock {
+    pub fn start(run_id: impl Into<String>, phase: Phase, attempt: u32) -> Self {
+        Self {
+            run_id: run_id.into(),
+            phase,
+            attempt: attempt.max(1),
+            started_at: Utc::now(),
+        }
+    }
+
+    pub fn started_at(&self) -> DateTime<Utc> {
+        self.started_at
+    }
+
+    pub fn finish(&self, status: PhaseStatus, reason: Option<String>, details: Value) -> PhaseReceipt {
+        let finished_at = Utc::now();
+        let duration_ms = (finished_at - self.started_at).num_milliseconds().max(0) as u64;
+        PhaseReceipt {
+            run_id: self.run_id.clone(),
+            phase: self.phase,
+            status,
+            reason,
+            started_at: self.started_at,
+            finished_at,
+            duration_ms,
+            attempt: self.attempt,
+            details,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunStatus {
+    Succeeded,
+    Failed,
+}
+
+/// One line of the summary's phase table.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PhaseOutcome {
+    pub phase: Phase,
+    pub status: PhaseStatus,
+    pub reason: Option<String>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub duration_ms: Option<u64>,
+}
+
+/// A measured value against its target.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Objective {
+    /// Measured seconds; `null` when the run did not get far enough to measure it.
+    pub seconds: Option<f64>,
+    pub target_seconds: u64,
+    /// `null` when not measured.
+    pub met: Option<bool>,
+}
+
+impl Objective {
+    pub fn measure(seconds: Option<f64>, target_seconds: u64) -> Self {
+        Self {
+            seconds,
+            target_seconds,
+            met: seconds.map(|s| s <= target_seconds as f64),
+        }
+    }
+}
+
+/// `drill.summary.json`: the whole run on one page.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunSummary {
+    pub run_id: String,
+    pub mode: Mode,
+    pub profile: String,
+    pub status: RunStatus,
+    pub execution_arn: Option<String>,
+    pub trigger: Option<Trigger>,
+    pub backup_uri: Option<S3Uri>,
+    pub backup_created_at: Option<DateTime<Utc>>,
+    pub kickoff_at: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
+    pub phases: Vec<PhaseOutcome>,
+    /// Kickoff to promotion, or to validation when not promoted.
+    pub rto_seconds: Option<f64>,
+    /// Kickoff minus the backup's `created_at`.
+    pub rpo_seconds: Option<f64>,
+    pub rto: Objective,
+    pub rpo: Objective,
+    pub parity_delta: Option<u64>,
+    pub manual_interventions: u32,
+    pub approver: Option<String>,
+    pub ticket: Option<String>,
+    pub promoted: bool,
+    pub torn_down: bool,
+    /// The failed phase and its error, when the run failed.
+    pub failure: Option<Failure>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Failure {
+    pub phase: Option<Phase>,
+    pub error: String,
+    pub cause: String,
+}
+
+/// Reads and writes a run's receipts under the profile's receipts location.
+#[derive(Clone, Debug)]
+pub struct ReceiptStore {
+    s3: aws_sdk_s3::Client,
+    base: S3Uri,
+}
+
+impl ReceiptStore {
+    pub fn new(s3: aws_sdk_s3::Client, base: S3Uri) -> Self {
+        Self {
+            s3,
+            base: base.as_prefix(),
+        }
+    }
+
+    /// `<receipts>/runs/<run_id>/`
+    pub fn run_dir(&self, run_id: &str) -> Result<S3Uri> {
+        self.base
+            .join(&format!("runs/{run_id}"))
+            .map(|u| u.as_prefix())
+            .map_err(|e| Error::input(format!("run_id: {e}")))
+    }
+
+    pub fn phase_uri(&self, run_id: &str, phase: Phase) -> Result<S3Uri> {
+        self.run_dir(run_id)?
+            .join(&format!("phases/{phase}.json"))
+            .map_err(|e| Error::input(format!("run_id: {e}")))
+    }
+
+    pub fn summary_uri(&self, run_id: &str) -> Result<S3Uri> {
+        self.run_dir(run_id)?
+            .join("drill.summary.json")
+            .map_err(|e| Error::input(format!("run_id: {e}")))
+    }
+
+    pub async fn put_phase(&self, receipt: &PhaseReceipt) -> Result<S3Uri> {
+        let uri = self.phase_uri(&receipt.run_id, receipt.phase)?;
+        put_json(&self.s3, &uri, receipt).await?;
+        Ok(uri)
+    }
+
+    pub async fn get_phase(&self, run_id: &str, phase: Phase) -> Result<Option<PhaseReceipt>> {
+        get_json(&self.s3, &self.phase_uri(run_id, phase)?).await
+    }
+
+    /// Every phase receipt the run has, in phase order.
+    pub async fn phases(&self, run_id: &str) -> Result<Vec<PhaseReceipt>> {
+        let mut receipts = Vec::new();
+        for phase in Phase::ALL {
+            if let Some(receipt) = self.get_phase(run_id, phase).await? {
+                receipts.push(receipt);
+            }
+        }
+        Ok(receipts)
+    }
+
+    pub async fn put_summary(&self, summary: &RunSummary) -> Result<S3Uri> {
+        let uri = self.summary_uri(&summary.run_id)?;
+        put_json(&self.s3, &uri, summary).await?;
+        Ok(uri)
+    }
+
+    pub async fn get_summary(&self, run_id: &str) -> Result<Option<RunSummary>> {
+        get_json(&self.s3, &self.summary_uri(run_id)?).await
+    }
+}
+
+/// Writes `value` as pretty JSON to `uri`.
+pub async fn put_json<T: Serialize>(s3: &aws_sdk_s3::Client, uri: &S3Uri, value: &T) -> Result<()> {
+    let body = serde_json::to_vec_pretty(value)
+        .map_err(|e| Error::new(crate::ErrorKind::ServiceError, format!("encoding {uri}: {e}")))?;
+    s3.put_object()
+        .bucket(&uri.bucket)
+        .key(&uri.key)
+        .content_type("application/json")
+        .body(ByteStream::from(body))
+        .send()
+        .await
+        .map_err(|e| Error::from_sdk(&format!("PutObject {uri}"), e))?;
+    Ok(())
+}
+
+/// Reads JSON from `uri`; `None` when there is no such object.
+pub async fn get_json<T: DeserializeOwned>(s3: &aws_sdk_s3::Client, uri: &S3Uri) -> Result<Option<T>> {
+    let out = match s3.get_object().bucket(&uri.bucket).key(&uri.key).send().await {
+        Ok(out) => out,
+        Err(err) if matches!(err.as_service_error(), Some(GetObjectError::NoSuchKey(_))) => {
+            return Ok(None)
+        }
+        Err(err) => return Err(Error::from_sdk(&format!("GetObject {uri}"), err)),
+    };
+    let bytes = out
+        .body
+        .collect()
+        .await
+        .map_err(|e| Error::retryable(format!("reading {uri}: {e}")))?
+        .into_bytes();
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|e| Error::integrity(format!("{uri}: not the expected JSON document: {e}")))
+}

@@ -1,0 +1,182 @@
+//! The local AWS every integration test runs against: one moto server per test process
+//! (`infra/local/motoserver.py`, from the project's `.venv`), on a free loopback port,
+//! reset before each case. Cases in one process take turns (a case holds the
+//! [`LocalAws`] guard while it runs), so a reset never pulls state from under another.
+//! The server exits by itself when the test process is gone.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use aws_config::{BehaviorVersion, Region};
+use drpilot_shared::AwsClients;
+use tokio::sync::{Mutex, MutexGuard};
+
+pub const REGION: &str = "us-east-1";
+/// The account moto answers STS GetCallerIdentity with.
+pub const ACCOUNT_ID: &str = "123456789012";
+
+/// The repository root (this crate lives in `<root>/testkit`).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+struct Server {
+    port: u16,
+}
+
+static SERVER: OnceLock<Server> = OnceLock::new();
+static TURN: Mutex<()> = Mutex::const_new(());
+
+fn server() -> &'static Server {
+    SERVER.get_or_init(|| start_server().unwrap_or_else(|e| panic!("local AWS: {e}")))
+}
+
+fn start_server() -> Result<Server, String> {
+    let root = repo_root();
+    let status = Command::new(root.join("scripts/ensure-venv.sh"))
+        .status()
+        .map_err(|e| format!("running scripts/ensure-venv.sh: {e}"))?;
+    if !status.success() {
+        return Err(format!("scripts/ensure-venv.sh failed: {status}"));
+    }
+    let dir = std::env::temp_dir().join(format!("drpilot-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let port_file = dir.join("moto.port");
+    let log_path = dir.join("moto.log");
+    let log = std::fs::File::create(&log_path).map_err(|e| format!("{}: {e}", log_path.display()))?;
+    let log_err = log.try_clone().map_err(|e| e.to_string())?;
+    Command::new(root.join(".venv/bin/python"))
+        .arg(root.join("infra/local/motoserver.py"))
+        .args(["--port", "0", "--port-file"])
+        .arg(&port_file)
+        .args(["--parent-pid", &std::process::id().to_string()])
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log_err)
+        .spawn()
+        .map_err(|e| format!("starting motoserver.py: {e}"))?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(text) = std::fs::read_to_string(&port_file) {
+            if let Ok(port) = text.trim().parse::<u16>() {
+                if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    return Ok(Server { port });
+                }
+            }
+        }
+        if Instant::now() > deadline {
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            return Err(format!("moto did not start within 60 s; its log:\n{log}"));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Sends one HTTP/1.1 request to the emulator and returns the status code and body.
+pub fn http(port: u16, method: &str, path: &str, body: &str) -> Result<(u16, String), String> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).map_err(|e| e.to_string())?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).map_err(|e| e.to_string())?;
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("bad HTTP response: {response:.200}"))?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+/// One test case's turn on the local AWS: freshly reset, with clients pointed at it.
+pub struct LocalAws {
+    pub clients: AwsClients,
+    pub endpoint: String,
+    pub port: u16,
+    _turn: MutexGuard<'static, ()>,
+}
+
+impl LocalAws {
+    /// Waits for this process's earlier cases to finish, resets the emulator, and hands
+    /// out clients for it.
+    pub async fn start() -> Self {
+        let turn = TURN.lock().await;
+        let port = server().port;
+        let (status, body) = http(port, "POST", "/moto-api/reset", "").expect("reset local AWS");
+        assert_eq!(status, 200, "moto reset failed: {body}");
+        let endpoint = format!("http://127.0.0.1:{port}");
+        let config = aws_config::defaults(BehaviorVersion::latest())
+            .endpoint_url(&endpoint)
+            .region(Region::new(REGION))
+            .test_credentials()
+            .load()
+            .await;
+        Self {
+            clients: AwsClients::from_config(config),
+            endpoint,
+            port,
+            _turn: turn,
+        }
+    }
+
+    pub fn s3(&self) -> &aws_sdk_s3::Client {
+        &self.clients.s3
+    }
+
+    pub async fn create_bucket(&self, bucket: &str) {
+        self.s3()
+            .create_bucket()
+            .bucket(bucket)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("create bucket {bucket}: {e:?}"));
+    }
+
+    pub async fn put_text(&self, bucket: &str, key: &str, body: &str) {
+        self.s3()
+            .put_object()
+            .bucket(bucket)
+            .key(key)
+            .body(body.as_bytes().to_vec().into())
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("put s3://{bucket}/{key}: {e:?}"));
+    }
+
+    pub async fn get_text(&self, bucket: &str, key: &str) -> Option<String> {
+        let out = self.s3().get_object().bucket(bucket).key(key).send().await.ok()?;
+        let bytes = out.body.collect().await.ok()?.into_bytes();
+        Some(String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    /// Every key under `prefix`, sorted.
+    pub async fn keys(&self, bucket: &str, prefix: &str) -> Vec<String> {
+        let mut keys = Vec::new();
+        let mut pages = self
+            .s3()
+            .list_objects_v2()
+            .bucket(bucket)
+            .prefix(prefix)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.unwrap_or_else(|e| panic!("list s3://{bucket}/{prefix}: {e:?}"));
+            keys.extend(page.contents().iter().filter_map(|o| o.key().map(str::to_owned)));
+        }
+        keys.sort();
+        keys
+    }
+}
