@@ -24,8 +24,8 @@ impl AwsClients {
     pub fn from_config(config: SdkConfig) -> Self {
         // Virtual-hosted addressing needs DNS for `<bucket>.<host>`; an emulator on
         // 127.0.0.1 has none, so any custom endpoint gets path-style requests.
-        let custom_endpoint = config.endpoint_url().is_some()
-            || std::env::var_os("AWS_ENDPOINT_URL_S3").is_some();
+        let custom_endpoint =
+            config.endpoint_url().is_some() || std::env::var_os("AWS_ENDPOINT_URL_S3").is_some();
         let s3_config = aws_sdk_s3::config::Builder::from(&config)
             .force_path_style(custom_endpoint)
             .build();

@@ -129,7 +129,9 @@ where
             let status = service.raw().status().as_u16();
             status >= 500
                 || status == 429
-                || err.code().is_some_and(|code| TRANSIENT_CODES.contains(&code))
+                || err
+                    .code()
+                    .is_some_and(|code| TRANSIENT_CODES.contains(&code))
         }
         _ => false,
     }

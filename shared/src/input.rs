@@ -219,7 +219,10 @@ impl RunInput {
 /// Run ids end up in S3 keys and execution names: `[A-Za-z0-9_-]`, 1-80, starting alphanumeric.
 pub fn validate_run_id(run_id: &str) -> std::result::Result<(), String> {
     let ok = (1..=80).contains(&run_id.len())
-        && run_id.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+        && run_id
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphanumeric())
         && run_id
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
@@ -235,7 +238,10 @@ pub fn validate_run_id(run_id: &str) -> std::result::Result<(), String> {
 /// Profile names become SSM parameter names and file names: `[A-Za-z0-9_.-]`, 1-64.
 pub fn validate_profile_name(name: &str) -> std::result::Result<(), String> {
     let ok = (1..=64).contains(&name.len())
-        && name.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+        && name
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphanumeric())
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');

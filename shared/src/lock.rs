@@ -48,7 +48,9 @@ pub enum Released {
     /// No lock object: nothing to do (a re-run of teardown).
     NotHeld,
     /// Another run owns the lock now (ours expired and was taken over); left alone.
-    OwnedByOther { owner: String },
+    OwnedByOther {
+        owner: String,
+    },
 }
 
 /// Conditional writes can race with other writers; each race restarts the loop, bounded.
@@ -156,7 +158,9 @@ impl RunLock {
                     return Ok(Released::Released);
                 }
                 Err(err) if condition_failed(&err) => continue,
-                Err(err) => return Err(Error::from_sdk(&format!("DeleteObject {}", self.uri), err)),
+                Err(err) => {
+                    return Err(Error::from_sdk(&format!("DeleteObject {}", self.uri), err))
+                }
             }
         }
         Err(Error::retryable(format!(

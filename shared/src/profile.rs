@@ -219,13 +219,20 @@ impl Profile {
             ));
         }
         if self.rto_target_seconds == 0 || self.rpo_target_seconds == 0 {
-            return Err("rto_target_seconds/rpo_target_seconds: expected a positive number of seconds".into());
+            return Err(
+                "rto_target_seconds/rpo_target_seconds: expected a positive number of seconds"
+                    .into(),
+            );
         }
         if self.lock_ttl_seconds == 0 {
             return Err("lock_ttl_seconds: expected a positive number of seconds".into());
         }
         for (i, check) in self.checks.iter().enumerate() {
-            let Check::CloudwatchMetric { name, window_seconds, .. } = check;
+            let Check::CloudwatchMetric {
+                name,
+                window_seconds,
+                ..
+            } = check;
             if name.is_empty() {
                 return Err(format!("checks[{i}].name: expected a non-empty name"));
             }
@@ -273,17 +280,19 @@ impl ProfileSource {
                         )),
                         _ => Error::from_sdk(&format!("GetParameter {parameter}"), err),
                     })?;
-                let text = out
-                    .parameter
-                    .and_then(|p| p.value)
-                    .ok_or_else(|| Error::input(format!("profile {origin}: parameter has no value")))?;
+                let text = out.parameter.and_then(|p| p.value).ok_or_else(|| {
+                    Error::input(format!("profile {origin}: parameter has no value"))
+                })?;
                 Profile::from_json(&origin, &text)
             }
             Self::Dir(dir) => {
                 let path = dir.join(format!("{name}.json"));
                 let origin = format!("{name} ({})", path.display());
                 let text = tokio::fs::read_to_string(&path).await.map_err(|e| {
-                    Error::input(format!("profile: {name:?} not found: cannot read {}: {e}", path.display()))
+                    Error::input(format!(
+                        "profile: {name:?} not found: cannot read {}: {e}",
+                        path.display()
+                    ))
                 })?;
                 Profile::from_json(&origin, &text)
             }

@@ -60,7 +60,12 @@ impl PhaseClock {
         self.started_at
     }
 
-    pub fn finish(&self, status: PhaseStatus, reason: Option<String>, details: Value) -> PhaseReceipt {
+    pub fn finish(
+        &self,
+        status: PhaseStatus,
+        reason: Option<String>,
+        details: Value,
+    ) -> PhaseReceipt {
         let finished_at = Utc::now();
         let duration_ms = (finished_at - self.started_at).num_milliseconds().max(0) as u64;
         PhaseReceipt {
@@ -221,8 +226,12 @@ impl ReceiptStore {
 
 /// Writes `value` as pretty JSON to `uri`.
 pub async fn put_json<T: Serialize>(s3: &aws_sdk_s3::Client, uri: &S3Uri, value: &T) -> Result<()> {
-    let body = serde_json::to_vec_pretty(value)
-        .map_err(|e| Error::new(crate::ErrorKind::ServiceError, format!("encoding {uri}: {e}")))?;
+    let body = serde_json::to_vec_pretty(value).map_err(|e| {
+        Error::new(
+            crate::ErrorKind::ServiceError,
+            format!("encoding {uri}: {e}"),
+        )
+    })?;
     s3.put_object()
         .bucket(&uri.bucket)
         .key(&uri.key)
@@ -235,8 +244,17 @@ pub async fn put_json<T: Serialize>(s3: &aws_sdk_s3::Client, uri: &S3Uri, value:
 }
 
 /// Reads JSON from `uri`; `None` when there is no such object.
-pub async fn get_json<T: DeserializeOwned>(s3: &aws_sdk_s3::Client, uri: &S3Uri) -> Result<Option<T>> {
-    let out = match s3.get_object().bucket(&uri.bucket).key(&uri.key).send().await {
+pub async fn get_json<T: DeserializeOwned>(
+    s3: &aws_sdk_s3::Client,
+    uri: &S3Uri,
+) -> Result<Option<T>> {
+    let out = match s3
+        .get_object()
+        .bucket(&uri.bucket)
+        .key(&uri.key)
+        .send()
+        .await
+    {
         Ok(out) => out,
         Err(err) if matches!(err.as_service_error(), Some(GetObjectError::NoSuchKey(_))) => {
             return Ok(None)

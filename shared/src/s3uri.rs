@@ -223,7 +223,16 @@ mod tests {
             base.join("a/b.json").unwrap().key,
             "_staging/run-1/a/b.json"
         );
-        for bad in ["", "/etc/passwd", "../x", "a/../../x", "a//b", "./a", "a/.", "a\\b"] {
+        for bad in [
+            "",
+            "/etc/passwd",
+            "../x",
+            "a/../../x",
+            "a//b",
+            "./a",
+            "a/.",
+            "a\\b",
+        ] {
             assert!(base.join(bad).is_err(), "{bad:?} should be refused");
         }
     }

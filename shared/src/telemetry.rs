@@ -16,8 +16,8 @@ pub fn init_tracing() {
             .or_else(|| std::env::var("RUST_LOG").ok())
             .unwrap_or_else(|| "info".to_owned());
         let filter = EnvFilter::try_new(&level).unwrap_or_else(|_| EnvFilter::new("info"));
-        let json = std::env::var("AWS_LAMBDA_LOG_FORMAT")
-            .is_ok_and(|f| f.eq_ignore_ascii_case("json"));
+        let json =
+            std::env::var("AWS_LAMBDA_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"));
         let builder = tracing_subscriber::fmt()
             .with_env_filter(filter)
             .with_target(false)

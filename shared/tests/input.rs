@@ -18,7 +18,11 @@ fn fixture(name: &str) -> Value {
 
 #[test]
 fn console_input_with_defaults() {
-    let n = normalize(&json!({"mode": "drill", "profile": "payments"}), &defaults()).unwrap();
+    let n = normalize(
+        &json!({"mode": "drill", "profile": "payments"}),
+        &defaults(),
+    )
+    .unwrap();
     assert_eq!(n.trigger, Trigger::Manual);
     assert_eq!(n.input, RunInput::drill("payments"));
     assert!(n.input.teardown);
@@ -38,7 +42,10 @@ fn console_input_with_every_field() {
     let input = normalize(&raw, &defaults()).unwrap().input;
     assert_eq!(input.run_id.as_deref(), Some("drill-2026-11-01"));
     assert_eq!(input.backup_uri.as_ref().unwrap().bucket, "backups-bucket");
-    assert_eq!(input.backup_uri.as_ref().unwrap().key, "prod/backups/b-20261101");
+    assert_eq!(
+        input.backup_uri.as_ref().unwrap().key,
+        "prod/backups/b-20261101"
+    );
     assert!(input.approval_bypassed());
     assert!(!input.teardown && input.dry_run);
     assert!(input.runs(Phase::Restore) && input.runs(Phase::ParityReport));
@@ -54,7 +61,9 @@ fn bypass_needs_both_flags_in_a_drill() {
     let only_auto = json!({"mode": "drill", "profile": "p", "auto_promote": true});
     assert!(!RunInput::from_json(&only_auto).unwrap().approval_bypassed());
     let only_allow = json!({"mode": "drill", "profile": "p", "allow_promote_bypass": true});
-    assert!(!RunInput::from_json(&only_allow).unwrap().approval_bypassed());
+    assert!(!RunInput::from_json(&only_allow)
+        .unwrap()
+        .approval_bypassed());
 }
 
 #[test]
@@ -82,7 +91,9 @@ fn aws_sample_alarm_state_change_is_a_recovery() {
     assert_eq!(n.input.profile, "payments");
     assert!(!n.input.approval_bypassed());
     match n.trigger {
-        Trigger::Alarm { alarm_name, reason, .. } => {
+        Trigger::Alarm {
+            alarm_name, reason, ..
+        } => {
             assert_eq!(alarm_name, "ServerCpuTooHigh");
             assert!(reason.starts_with("Threshold Crossed"), "{reason}");
         }
@@ -105,12 +116,20 @@ fn alarm_back_to_ok_starts_nothing() {
     event["detail"]["state"]["value"] = json!("OK");
     let err = normalize(&event, &defaults()).unwrap_err();
     assert_eq!(err.kind, ErrorKind::InputError);
-    assert!(err.message.contains("detail.state.value"), "{}", err.message);
+    assert!(
+        err.message.contains("detail.state.value"),
+        "{}",
+        err.message
+    );
 }
 
 #[test]
 fn trigger_without_default_profile_names_profile() {
-    let err = normalize(&fixture("scheduled-event.json"), &TriggerDefaults::default()).unwrap_err();
+    let err = normalize(
+        &fixture("scheduled-event.json"),
+        &TriggerDefaults::default(),
+    )
+    .unwrap_err();
     assert_eq!(err.kind, ErrorKind::InputError);
     assert!(err.message.starts_with("profile:"), "{}", err.message);
 }
@@ -134,45 +153,113 @@ fn bad_inputs_are_input_errors_naming_the_field() {
         ("null input", Value::Null, "input"),
         ("string input", json!("drill"), "input"),
         ("unknown field", with("colour", json!("blue")), "colour"),
-        ("typo of a field", with("auto_promte", json!(true)), "auto_promte"),
+        (
+            "typo of a field",
+            with("auto_promte", json!(true)),
+            "auto_promte",
+        ),
         ("missing mode", without("mode"), "mode"),
         ("missing profile", without("profile"), "profile"),
         ("bad mode", with("mode", json!("rehearsal")), "mode"),
         ("mode wrong type", with("mode", json!(1)), "mode"),
-        ("profile wrong type", with("profile", json!(["a"])), "profile"),
+        (
+            "profile wrong type",
+            with("profile", json!(["a"])),
+            "profile",
+        ),
         ("profile empty", with("profile", json!("")), "profile"),
-        ("profile with slash", with("profile", json!("../etc/passwd")), "profile"),
-        ("auto_promote as string", with("auto_promote", json!("yes")), "auto_promote"),
-        ("allow_promote_bypass as number", with("allow_promote_bypass", json!(1)), "allow_promote_bypass"),
+        (
+            "profile with slash",
+            with("profile", json!("../etc/passwd")),
+            "profile",
+        ),
+        (
+            "auto_promote as string",
+            with("auto_promote", json!("yes")),
+            "auto_promote",
+        ),
+        (
+            "allow_promote_bypass as number",
+            with("allow_promote_bypass", json!(1)),
+            "allow_promote_bypass",
+        ),
         ("teardown null", with("teardown", Value::Null), "teardown"),
-        ("dry_run as string", with("dry_run", json!("false")), "dry_run"),
-        ("backup_uri not s3", with("backup_uri", json!("https://example.com/b")), "backup_uri"),
-        ("backup_uri bad bucket", with("backup_uri", json!("s3://Bad_Bucket/x")), "backup_uri"),
-        ("backup_uri no key", with("backup_uri", json!("s3://bucket-name")), "backup_uri"),
-        ("backup_uri dot-dot", with("backup_uri", json!("s3://bucket-name/a/../b")), "backup_uri"),
-        ("backup_uri number", with("backup_uri", json!(42)), "backup_uri"),
-        ("bad start_at", with("start_at", json!("approve")), "start_at"),
-        ("bad stop_after", with("stop_after", json!("parity_report")), "stop_after"),
-        ("start_at after stop_after", {
-            let mut v = with("start_at", json!("promote"));
-            v["stop_after"] = json!("restore");
-            v
-        }, "start_at"),
-        ("bypass in recovery", {
-            let mut v = with("mode", json!("recovery"));
-            v["allow_promote_bypass"] = json!(true);
-            v["auto_promote"] = json!(true);
-            v
-        }, "allow_promote_bypass"),
+        (
+            "dry_run as string",
+            with("dry_run", json!("false")),
+            "dry_run",
+        ),
+        (
+            "backup_uri not s3",
+            with("backup_uri", json!("https://example.com/b")),
+            "backup_uri",
+        ),
+        (
+            "backup_uri bad bucket",
+            with("backup_uri", json!("s3://Bad_Bucket/x")),
+            "backup_uri",
+        ),
+        (
+            "backup_uri no key",
+            with("backup_uri", json!("s3://bucket-name")),
+            "backup_uri",
+        ),
+        (
+            "backup_uri dot-dot",
+            with("backup_uri", json!("s3://bucket-name/a/../b")),
+            "backup_uri",
+        ),
+        (
+            "backup_uri number",
+            with("backup_uri", json!(42)),
+            "backup_uri",
+        ),
+        (
+            "bad start_at",
+            with("start_at", json!("approve")),
+            "start_at",
+        ),
+        (
+            "bad stop_after",
+            with("stop_after", json!("parity_report")),
+            "stop_after",
+        ),
+        (
+            "start_at after stop_after",
+            {
+                let mut v = with("start_at", json!("promote"));
+                v["stop_after"] = json!("restore");
+                v
+            },
+            "start_at",
+        ),
+        (
+            "bypass in recovery",
+            {
+                let mut v = with("mode", json!("recovery"));
+                v["allow_promote_bypass"] = json!(true);
+                v["auto_promote"] = json!(true);
+                v
+            },
+            "allow_promote_bypass",
+        ),
         ("run_id with slash", with("run_id", json!("a/b")), "run_id"),
-        ("run_id too long", with("run_id", json!("r".repeat(81))), "run_id"),
+        (
+            "run_id too long",
+            with("run_id", json!("r".repeat(81))),
+            "run_id",
+        ),
         ("run_id empty", with("run_id", json!("")), "run_id"),
         ("run_id number", with("run_id", json!(7)), "run_id"),
-        ("eventbridge event of another kind", json!({
-            "version": "0", "id": "x", "detail-type": "EC2 Instance State-change Notification",
-            "source": "aws.ec2", "account": "123456789012", "time": "2015-10-08T16:53:06Z",
-            "region": "us-east-1", "resources": [], "detail": {}
-        }), "detail-type"),
+        (
+            "eventbridge event of another kind",
+            json!({
+                "version": "0", "id": "x", "detail-type": "EC2 Instance State-change Notification",
+                "source": "aws.ec2", "account": "123456789012", "time": "2015-10-08T16:53:06Z",
+                "region": "us-east-1", "resources": [], "detail": {}
+            }),
+            "detail-type",
+        ),
     ];
     assert!(cases.len() >= 25);
     for (name, raw, field) in cases {

@@ -9,7 +9,10 @@ const BUCKET: &str = "target-bucket";
 
 async fn lock(aws: &LocalAws) -> RunLock {
     aws.create_bucket(BUCKET).await;
-    RunLock::new(aws.s3().clone(), S3Uri::new(BUCKET, "locks/drill.lock").unwrap())
+    RunLock::new(
+        aws.s3().clone(),
+        S3Uri::new(BUCKET, "locks/drill.lock").expect("valid location"),
+    )
 }
 
 #[tokio::test]
@@ -17,10 +20,18 @@ async fn second_acquire_fails_with_lock_held() {
     let aws = LocalAws::start().await;
     let lock = lock(&aws).await;
     let ttl = Duration::hours(1);
-    assert_eq!(lock.acquire("run-a", Some("arn:exec:a"), ttl).await.unwrap(), Acquired::Fresh);
+    assert_eq!(
+        lock.acquire("run-a", Some("arn:exec:a"), ttl)
+            .await
+            .unwrap(),
+        Acquired::Fresh
+    );
     let err = lock.acquire("run-b", None, ttl).await.unwrap_err();
     assert_eq!(err.kind, ErrorKind::LockHeld);
-    assert!(err.message.contains("run-a") && err.message.contains("arn:exec:a"), "{err}");
+    assert!(
+        err.message.contains("run-a") && err.message.contains("arn:exec:a"),
+        "{err}"
+    );
     // The holder is untouched.
     assert_eq!(lock.read().await.unwrap().unwrap().0.run_id, "run-a");
 }
@@ -29,9 +40,16 @@ async fn second_acquire_fails_with_lock_held() {
 async fn the_owner_reacquiring_is_a_no_op() {
     let aws = LocalAws::start().await;
     let lock = lock(&aws).await;
-    lock.acquire("run-a", None, Duration::hours(1)).await.unwrap();
+    lock.acquire("run-a", None, Duration::hours(1))
+        .await
+        .unwrap();
     let before = lock.read().await.unwrap().unwrap();
-    assert_eq!(lock.acquire("run-a", None, Duration::hours(1)).await.unwrap(), Acquired::AlreadyOwned);
+    assert_eq!(
+        lock.acquire("run-a", None, Duration::hours(1))
+            .await
+            .unwrap(),
+        Acquired::AlreadyOwned
+    );
     assert_eq!(lock.read().await.unwrap().unwrap(), before);
 }
 
@@ -39,31 +57,53 @@ async fn the_owner_reacquiring_is_a_no_op() {
 async fn release_by_a_non_owner_is_refused() {
     let aws = LocalAws::start().await;
     let lock = lock(&aws).await;
-    lock.acquire("run-a", None, Duration::hours(1)).await.unwrap();
+    lock.acquire("run-a", None, Duration::hours(1))
+        .await
+        .unwrap();
     assert_eq!(
         lock.release("run-b").await.unwrap(),
-        Released::OwnedByOther { owner: "run-a".into() }
+        Released::OwnedByOther {
+            owner: "run-a".into()
+        }
     );
     assert_eq!(lock.read().await.unwrap().unwrap().0.run_id, "run-a");
     assert_eq!(lock.release("run-a").await.unwrap(), Released::Released);
     assert!(lock.read().await.unwrap().is_none());
-    assert_eq!(lock.release("run-a").await.unwrap(), Released::NotHeld, "release is idempotent");
+    assert_eq!(
+        lock.release("run-a").await.unwrap(),
+        Released::NotHeld,
+        "release is idempotent"
+    );
     // Free again: a new run can take it.
-    assert_eq!(lock.acquire("run-c", None, Duration::hours(1)).await.unwrap(), Acquired::Fresh);
+    assert_eq!(
+        lock.acquire("run-c", None, Duration::hours(1))
+            .await
+            .unwrap(),
+        Acquired::Fresh
+    );
 }
 
 #[tokio::test]
 async fn an_expired_lock_is_taken_over() {
     let aws = LocalAws::start().await;
     let lock = lock(&aws).await;
-    lock.acquire("run-old", None, Duration::seconds(-1)).await.unwrap();
-    match lock.acquire("run-new", None, Duration::hours(1)).await.unwrap() {
+    lock.acquire("run-old", None, Duration::seconds(-1))
+        .await
+        .unwrap();
+    match lock
+        .acquire("run-new", None, Duration::hours(1))
+        .await
+        .unwrap()
+    {
         Acquired::TakenOver { previous } => assert_eq!(previous.run_id, "run-old"),
         other => panic!("expected a takeover, got {other:?}"),
     }
     assert_eq!(lock.read().await.unwrap().unwrap().0.run_id, "run-new");
     // The old owner can no longer release it.
-    assert!(matches!(lock.release("run-old").await.unwrap(), Released::OwnedByOther { .. }));
+    assert!(matches!(
+        lock.release("run-old").await.unwrap(),
+        Released::OwnedByOther { .. }
+    ));
 }
 
 #[tokio::test]
@@ -75,7 +115,8 @@ async fn concurrent_acquirers_exactly_one_wins() {
             .map(|i| {
                 let lock = lock.clone();
                 tokio::spawn(async move {
-                    lock.acquire(&format!("run-{round}-{i}"), None, Duration::hours(1)).await
+                    lock.acquire(&format!("run-{round}-{i}"), None, Duration::hours(1))
+                        .await
                 })
             })
             .collect();
@@ -98,7 +139,13 @@ async fn a_foreign_object_at_the_lock_key_is_not_overwritten() {
     let aws = LocalAws::start().await;
     let lock = lock(&aws).await;
     aws.put_text(BUCKET, "locks/drill.lock", "not json").await;
-    let err = lock.acquire("run-a", None, Duration::hours(1)).await.unwrap_err();
+    let err = lock
+        .acquire("run-a", None, Duration::hours(1))
+        .await
+        .unwrap_err();
     assert_eq!(err.kind, ErrorKind::IntegrityError);
-    assert_eq!(aws.get_text(BUCKET, "locks/drill.lock").await.as_deref(), Some("not json"));
+    assert_eq!(
+        aws.get_text(BUCKET, "locks/drill.lock").await.as_deref(),
+        Some("not json")
+    );
 }

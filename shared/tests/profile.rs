@@ -28,37 +28,62 @@ async fn put_parameter(aws: &LocalAws, name: &str, value: &str) {
         .r#type(aws_sdk_ssm::types::ParameterType::String)
         .send()
         .await
-        .unwrap();
+        .expect("PutParameter");
 }
 
 #[tokio::test]
 async fn loads_from_ssm_with_defaults() {
     let aws = LocalAws::start().await;
     put_parameter(&aws, "payments", &good_profile().to_string()).await;
-    let profile = ProfileSource::Ssm(aws.clients.ssm.clone()).load("payments").await.unwrap();
+    let profile = ProfileSource::Ssm(aws.clients.ssm.clone())
+        .load("payments")
+        .await
+        .unwrap();
     assert_eq!(profile.target.root().to_string(), "s3://prod-data/root/");
-    assert_eq!(profile.target.staging("run-1").unwrap().to_string(), "s3://prod-data/_staging/run-1/");
-    assert_eq!(profile.target.lock().to_string(), "s3://prod-data/locks/drill.lock");
+    assert_eq!(
+        profile.target.staging("run-1").unwrap().to_string(),
+        "s3://prod-data/_staging/run-1/"
+    );
+    assert_eq!(
+        profile.target.lock().to_string(),
+        "s3://prod-data/locks/drill.lock"
+    );
     assert_eq!(profile.target.audit().to_string(), "s3://prod-data/audit/");
-    let Check::CloudwatchMetric { stat, window_seconds, .. } = &profile.checks[0];
+    let Check::CloudwatchMetric {
+        stat,
+        window_seconds,
+        ..
+    } = &profile.checks[0];
     assert_eq!((stat.as_str(), *window_seconds), ("Sum", 3600));
 }
 
 #[tokio::test]
 async fn missing_parameter_is_a_clear_error() {
     let aws = LocalAws::start().await;
-    let err = ProfileSource::Ssm(aws.clients.ssm.clone()).load("nope").await.unwrap_err();
+    let err = ProfileSource::Ssm(aws.clients.ssm.clone())
+        .load("nope")
+        .await
+        .unwrap_err();
     assert_eq!(err.kind, ErrorKind::InputError);
-    assert!(err.message.contains("/drpilot/profiles/nope") && err.message.contains("not found"), "{err}");
+    assert!(
+        err.message.contains("/drpilot/profiles/nope") && err.message.contains("not found"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
 async fn malformed_json_is_a_clear_error() {
     let aws = LocalAws::start().await;
     put_parameter(&aws, "broken", "{\"target\": {\"bucket\": ").await;
-    let err = ProfileSource::Ssm(aws.clients.ssm.clone()).load("broken").await.unwrap_err();
+    let err = ProfileSource::Ssm(aws.clients.ssm.clone())
+        .load("broken")
+        .await
+        .unwrap_err();
     assert_eq!(err.kind, ErrorKind::InputError);
-    assert!(err.message.contains("malformed JSON") && err.message.contains("broken"), "{err}");
+    assert!(
+        err.message.contains("malformed JSON") && err.message.contains("broken"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -66,15 +91,78 @@ async fn missing_and_bad_fields_are_named() {
     let aws = LocalAws::start().await;
     let source = ProfileSource::Ssm(aws.clients.ssm.clone());
     let cases: Vec<(Value, &str)> = vec![
-        ({ let mut p = good_profile(); p.as_object_mut().unwrap().remove("receipts"); p }, "receipts"),
-        ({ let mut p = good_profile(); p["target"].as_object_mut().unwrap().remove("bucket"); p }, "bucket"),
-        ({ let mut p = good_profile(); p["account_id"] = json!("12345"); p }, "account_id"),
-        ({ let mut p = good_profile(); p["backups"] = json!("/local/path"); p }, "backups"),
-        ({ let mut p = good_profile(); p["rto_target_seconds"] = json!("1h"); p }, "rto_target_seconds"),
-        ({ let mut p = good_profile(); p["surprise"] = json!(1); p }, "surprise"),
-        ({ let mut p = good_profile(); p["target"]["root_prefix"] = json!("../x"); p }, "root_prefix"),
-        ({ let mut p = good_profile(); p["target"]["staging_prefix"] = json!("root/"); p }, "staging_prefix"),
-        ({ let mut p = good_profile(); p["checks"][0]["type"] = json!("ssm_automation"); p }, "checks"),
+        (
+            {
+                let mut p = good_profile();
+                p.as_object_mut().unwrap().remove("receipts");
+                p
+            },
+            "receipts",
+        ),
+        (
+            {
+                let mut p = good_profile();
+                p["target"].as_object_mut().unwrap().remove("bucket");
+                p
+            },
+            "bucket",
+        ),
+        (
+            {
+                let mut p = good_profile();
+                p["account_id"] = json!("12345");
+                p
+            },
+            "account_id",
+        ),
+        (
+            {
+                let mut p = good_profile();
+                p["backups"] = json!("/local/path");
+                p
+            },
+            "backups",
+        ),
+        (
+            {
+                let mut p = good_profile();
+                p["rto_target_seconds"] = json!("1h");
+                p
+            },
+            "rto_target_seconds",
+        ),
+        (
+            {
+                let mut p = good_profile();
+                p["surprise"] = json!(1);
+                p
+            },
+            "surprise",
+        ),
+        (
+            {
+                let mut p = good_profile();
+                p["target"]["root_prefix"] = json!("../x");
+                p
+            },
+            "root_prefix",
+        ),
+        (
+            {
+                let mut p = good_profile();
+                p["target"]["staging_prefix"] = json!("root/");
+                p
+            },
+            "staging_prefix",
+        ),
+        (
+            {
+                let mut p = good_profile();
+                p["checks"][0]["type"] = json!("ssm_automation");
+                p
+            },
+            "checks",
+        ),
     ];
     for (i, (doc, field)) in cases.into_iter().enumerate() {
         let name = format!("case{i}");
@@ -93,7 +181,10 @@ async fn loads_from_a_profile_directory() {
     let source = ProfileSource::Dir(dir.clone());
     assert_eq!(source.load("local").await.unwrap().region, "us-east-1");
     let err = source.load("absent").await.unwrap_err();
-    assert!(err.message.contains("absent") && err.message.contains("not found"), "{err}");
+    assert!(
+        err.message.contains("absent") && err.message.contains("not found"),
+        "{err}"
+    );
     let err = source.load("../escape").await.unwrap_err();
     assert!(err.message.starts_with("profile:"), "{err}");
     std::fs::remove_dir_all(dir).unwrap();

@@ -12,7 +12,10 @@ use serde_json::json;
 const BUCKET: &str = "receipts-bucket";
 
 fn store(aws: &LocalAws) -> ReceiptStore {
-    ReceiptStore::new(aws.s3().clone(), S3Uri::new(BUCKET, "drpilot/receipts").unwrap())
+    ReceiptStore::new(
+        aws.s3().clone(),
+        S3Uri::new(BUCKET, "drpilot/receipts").expect("valid location"),
+    )
 }
 
 #[tokio::test]
@@ -21,11 +24,24 @@ async fn phase_receipts_round_trip_at_the_design_path() {
     aws.create_bucket(BUCKET).await;
     let store = store(&aws);
     let clock = PhaseClock::start("run-1", Phase::Restore, 2);
-    let receipt = clock.finish(PhaseStatus::Success, None, json!({"objects": 3, "bytes": 42}));
+    let receipt = clock.finish(
+        PhaseStatus::Success,
+        None,
+        json!({"objects": 3, "bytes": 42}),
+    );
     let uri = store.put_phase(&receipt).await.unwrap();
-    assert_eq!(uri.to_string(), "s3://receipts-bucket/drpilot/receipts/runs/run-1/phases/restore.json");
-    assert_eq!(store.get_phase("run-1", Phase::Restore).await.unwrap(), Some(receipt.clone()));
-    assert_eq!(store.get_phase("run-1", Phase::Validate).await.unwrap(), None);
+    assert_eq!(
+        uri.to_string(),
+        "s3://receipts-bucket/drpilot/receipts/runs/run-1/phases/restore.json"
+    );
+    assert_eq!(
+        store.get_phase("run-1", Phase::Restore).await.unwrap(),
+        Some(receipt.clone())
+    );
+    assert_eq!(
+        store.get_phase("run-1", Phase::Validate).await.unwrap(),
+        None
+    );
 
     let raw: serde_json::Value =
         serde_json::from_str(&aws.get_text(BUCKET, &uri.key).await.unwrap()).unwrap();
@@ -33,7 +49,17 @@ async fn phase_receipts_round_trip_at_the_design_path() {
     fields.sort();
     assert_eq!(
         fields,
-        ["attempt", "details", "duration_ms", "finished_at", "phase", "reason", "run_id", "started_at", "status"]
+        [
+            "attempt",
+            "details",
+            "duration_ms",
+            "finished_at",
+            "phase",
+            "reason",
+            "run_id",
+            "started_at",
+            "status"
+        ]
     );
     assert_eq!(raw["status"], "success");
     assert_eq!(raw["phase"], "restore");
@@ -46,7 +72,10 @@ async fn phase_receipts_round_trip_at_the_design_path() {
     );
     store.put_phase(&skipped).await.unwrap();
     let all = store.phases("run-1").await.unwrap();
-    assert_eq!(all.iter().map(|r| r.phase).collect::<Vec<_>>(), [Phase::Restore, Phase::ParityReport]);
+    assert_eq!(
+        all.iter().map(|r| r.phase).collect::<Vec<_>>(),
+        [Phase::Restore, Phase::ParityReport]
+    );
 }
 
 #[tokio::test]
@@ -92,8 +121,15 @@ async fn the_summary_has_every_design_field() {
     let raw: serde_json::Value =
         serde_json::from_str(&aws.get_text(BUCKET, &uri.key).await.unwrap()).unwrap();
     for field in [
-        "phases", "rto_seconds", "rpo_seconds", "parity_delta", "manual_interventions",
-        "approver", "ticket", "promoted", "torn_down",
+        "phases",
+        "rto_seconds",
+        "rpo_seconds",
+        "parity_delta",
+        "manual_interventions",
+        "approver",
+        "ticket",
+        "promoted",
+        "torn_down",
     ] {
         assert!(raw.get(field).is_some(), "summary lacks {field}");
     }

@@ -50,7 +50,8 @@ fn start_server() -> Result<Server, String> {
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let port_file = dir.join("moto.port");
     let log_path = dir.join("moto.log");
-    let log = std::fs::File::create(&log_path).map_err(|e| format!("{}: {e}", log_path.display()))?;
+    let log =
+        std::fs::File::create(&log_path).map_err(|e| format!("{}: {e}", log_path.display()))?;
     let log_err = log.try_clone().map_err(|e| e.to_string())?;
     Command::new(root.join(".venv/bin/python"))
         .arg(root.join("infra/local/motoserver.py"))
@@ -86,9 +87,13 @@ pub fn http(port: u16, method: &str, path: &str, body: &str) -> Result<(u16, Str
         "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
-    stream.write_all(request.as_bytes()).map_err(|e| e.to_string())?;
+    stream
+        .write_all(request.as_bytes())
+        .map_err(|e| e.to_string())?;
     let mut response = String::new();
-    stream.read_to_string(&mut response).map_err(|e| e.to_string())?;
+    stream
+        .read_to_string(&mut response)
+        .map_err(|e| e.to_string())?;
     let status = response
         .split_whitespace()
         .nth(1)
@@ -157,7 +162,14 @@ impl LocalAws {
     }
 
     pub async fn get_text(&self, bucket: &str, key: &str) -> Option<String> {
-        let out = self.s3().get_object().bucket(bucket).key(key).send().await.ok()?;
+        let out = self
+            .s3()
+            .get_object()
+            .bucket(bucket)
+            .key(key)
+            .send()
+            .await
+            .ok()?;
         let bytes = out.body.collect().await.ok()?.into_bytes();
         Some(String::from_utf8_lossy(&bytes).into_owned())
     }
@@ -174,7 +186,11 @@ impl LocalAws {
             .send();
         while let Some(page) = pages.next().await {
             let page = page.unwrap_or_else(|e| panic!("list s3://{bucket}/{prefix}: {e:?}"));
-            keys.extend(page.contents().iter().filter_map(|o| o.key().map(str::to_owned)));
+            keys.extend(
+                page.contents()
+                    .iter()
+                    .filter_map(|o| o.key().map(str::to_owned)),
+            );
         }
         keys.sort();
         keys

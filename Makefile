@@ -1,0 +1,36 @@
+# drpilot — every entry point a person or CI uses. Each target installs what it needs
+# (Python tools into .venv, pinned) the first time.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+VENV_BIN := $(CURDIR)/.venv/bin
+export PATH := $(VENV_BIN):$(PATH)
+
+.PHONY: help setup build test lint fmt local-up local-down
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
+
+setup: ## install the local AWS stack and the build tools into .venv
+	scripts/ensure-venv.sh --build
+
+build: ## build the Lambda functions for arm64 (provided.al2023) as zips under target/lambda
+	scripts/ensure-venv.sh --build
+	cargo lambda build --release --arm64 --output-format zip --workspace --exclude drpilot-cli --exclude drpilot-shared --exclude drpilot-testkit
+
+test: ## run every test (unit and integration, against a private local AWS per test process)
+	scripts/ensure-venv.sh
+	cargo test --workspace --all-targets
+	cargo test --workspace --doc
+
+lint: ## formatting and clippy, warnings are errors
+	cargo fmt --all --check
+	cargo clippy --workspace --all-targets -- -D warnings
+
+fmt: ## format the code
+	cargo fmt --all
+
+local-up: ## start the local AWS stack (moto + cargo lambda watch) and print its endpoint
+	scripts/local-stack.sh up
+
+local-down: ## stop the local AWS stack
+	scripts/local-stack.sh down
