@@ -209,10 +209,21 @@ impl RunInput {
         self.mode == Mode::Drill && self.auto_promote && self.allow_promote_bypass
     }
 
-    /// Whether `phase` runs in this input's `start_at..=stop_after` window.
+    /// Why `phase` does not run for this input, or `None` when it does. Bringup (the
+    /// precondition gate: guard, backup, lock) and teardown (which releases the lock)
+    /// always run; the `start_at..=stop_after` window selects among the others.
+    pub fn skip_reason(&self, phase: Phase) -> Option<String> {
+        match phase {
+            Phase::Bringup | Phase::Teardown => None,
+            _ if phase < self.start_at => Some(format!("start_at={}", self.start_at)),
+            _ if phase > self.stop_after => Some(format!("stop_after={}", self.stop_after)),
+            _ => None,
+        }
+    }
+
+    /// Whether `phase` runs for this input.
     pub fn runs(&self, phase: Phase) -> bool {
-        // Teardown runs whatever the window says: it is what releases the lock.
-        phase == Phase::Teardown || (self.start_at..=self.stop_after).contains(&phase)
+        self.skip_reason(phase).is_none()
     }
 }
 

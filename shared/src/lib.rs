@@ -2,15 +2,18 @@
 //!
 //! One concept per module: [`input`] (execution input and trigger normalisation),
 //! [`profile`], [`receipt`] (receipts and the run summary), [`lock`] (the run lock),
-//! [`s3uri`] (locations and keys that cannot escape their prefix), [`error`] (the error
+//! [`backup`] (the backup contract), [`run`] (what phases pass along), [`s3uri`] (locations and keys that cannot escape their prefix), [`error`] (the error
 //! names Step Functions matches), [`clients`] and [`telemetry`].
 
+pub mod backup;
 pub mod clients;
 pub mod error;
 pub mod input;
 pub mod lock;
+pub mod objects;
 pub mod profile;
 pub mod receipt;
+pub mod run;
 pub mod s3uri;
 pub mod telemetry;
 

@@ -60,6 +60,28 @@ impl PhaseClock {
         self.started_at
     }
 
+    /// The receipt for a phase that ended with `result`: success with its details, or
+    /// failed with the error as the reason.
+    pub fn finish_with(&self, result: &Result<Value>) -> PhaseReceipt {
+        match result {
+            Ok(details) => self.finish(PhaseStatus::Success, None, details.clone()),
+            Err(err) => self.finish(
+                PhaseStatus::Failed,
+                Some(err.to_string()),
+                serde_json::json!({"error": err.kind.name()}),
+            ),
+        }
+    }
+
+    /// The receipt for a phase the input's `start_at`/`stop_after` window leaves out.
+    pub fn skipped(&self, reason: String) -> PhaseReceipt {
+        self.finish(
+            PhaseStatus::Skipped,
+            Some(reason),
+            Value::Object(Default::default()),
+        )
+    }
+
     pub fn finish(
         &self,
         status: PhaseStatus,
@@ -200,6 +222,20 @@ impl ReceiptStore {
 
     pub async fn get_phase(&self, run_id: &str, phase: Phase) -> Result<Option<PhaseReceipt>> {
         get_json(&self.s3, &self.phase_uri(run_id, phase)?).await
+    }
+
+    /// Removes a phase's receipt: a phase that starts over must not leave an earlier
+    /// success standing while it runs.
+    pub async fn delete_phase(&self, run_id: &str, phase: Phase) -> Result<()> {
+        let uri = self.phase_uri(run_id, phase)?;
+        self.s3
+            .delete_object()
+            .bucket(&uri.bucket)
+            .key(&uri.key)
+            .send()
+            .await
+            .map_err(|e| Error::from_sdk(&format!("DeleteObject {uri}"), e))?;
+        Ok(())
     }
 
     /// Every phase receipt the run has, in phase order.

@@ -49,7 +49,15 @@ fn console_input_with_every_field() {
     assert!(input.approval_bypassed());
     assert!(!input.teardown && input.dry_run);
     assert!(input.runs(Phase::Restore) && input.runs(Phase::ParityReport));
-    assert!(!input.runs(Phase::Bringup) && !input.runs(Phase::Promote));
+    assert!(
+        input.runs(Phase::Bringup),
+        "bringup is the precondition gate"
+    );
+    assert!(!input.runs(Phase::Promote));
+    assert_eq!(
+        input.skip_reason(Phase::Promote).as_deref(),
+        Some("stop_after=parity-report")
+    );
     assert!(input.runs(Phase::Teardown), "teardown always runs");
     // The normalised input round-trips through its own JSON.
     let again = RunInput::from_json(&serde_json::to_value(&input).unwrap()).unwrap();

@@ -1,0 +1,352 @@
+//! restore: verifies the backup while streaming it into the run's staging prefix
+//! `_staging/<run_id>/`, and optionally stages the control-plane bundle.
+//!
+//! Contract breaches fail with `ContractError`, hash or size mismatches with
+//! `IntegrityError`, each naming the artifact and entry. A failed restore leaves a
+//! failed receipt, never a success one; a re-run empties the staging prefix first, so
+//! it ends exactly where an uninterrupted run would.
+
+pub mod pipeline;
+pub mod staging;
+
+use aws_sdk_s3::primitives::ByteStream;
+use chrono::{DateTime, Utc};
+use drpilot_shared::backup::{self, Artifact, BackupMetadata, MANIFESTS, STATE};
+use drpilot_shared::objects::delete_prefix;
+use drpilot_shared::profile::{Profile, ProfileSource};
+use drpilot_shared::receipt::{put_json, PhaseClock};
+use drpilot_shared::run::{PhaseOutput, PhaseRequest, RunContext};
+use drpilot_shared::s3uri::RelativeKey;
+use drpilot_shared::{AwsClients, Error, Phase, Result, S3Uri};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+use tracing::info;
+
+use crate::pipeline::{unpack, ArchiveReport, NullSink, RESERVED_PREFIX};
+use crate::staging::{pump_body, ChannelSink, EntryMessage, Tuning, Uploader};
+
+pub struct Restore {
+    pub clients: AwsClients,
+    pub profiles: ProfileSource,
+    pub tuning: Tuning,
+}
+
+impl Restore {
+    pub fn new(clients: AwsClients) -> Self {
+        let profiles = ProfileSource::from_env(clients.ssm.clone());
+        Self {
+            clients,
+            profiles,
+            tuning: Tuning::from_env(),
+        }
+    }
+
+    pub async fn handle(&self, request: PhaseRequest) -> Result<PhaseOutput> {
+        let run = &request.run;
+        let profile = self.profiles.load(&run.input.profile).await?;
+        let store = run.receipts(&self.clients.s3, &profile);
+        let clock = PhaseClock::start(&run.run_id, Phase::Restore, request.attempt());
+        if let Some(reason) = run.input.skip_reason(Phase::Restore) {
+            let receipt = clock.skipped(reason);
+            let uri = store.put_phase(&receipt).await?;
+            return Ok(PhaseOutput::new(&receipt, uri));
+        }
+        store.delete_phase(&run.run_id, Phase::Restore).await?;
+        let result = self.restore(run, &profile).await;
+        let receipt = clock.finish_with(&result);
+        let uri = store.put_phase(&receipt).await?;
+        result?;
+        info!(run_id = %run.run_id, objects = %receipt.details["objects"], bytes = %receipt.details["bytes"], "restored");
+        Ok(PhaseOutput::new(&receipt, uri))
+    }
+
+    async fn restore(&self, run: &RunContext, profile: &Profile) -> Result<Value> {
+        let s3 = &self.clients.s3;
+        let started = Utc::now();
+        let (backup, meta) = backup::inspect(s3, &run.backup.uri).await?;
+        for name in [STATE, MANIFESTS] {
+            check_size(s3, &backup.uri, name, meta.artifact(name)).await?;
+        }
+        let staging = profile.target.staging(&run.run_id)?;
+        let dry_run = run.input.dry_run;
+        let cleared = if dry_run {
+            0
+        } else {
+            delete_prefix(s3, &staging).await?
+        };
+
+        let manifests = self.verify_manifests(&backup.uri, &meta).await?;
+        let state = if dry_run {
+            self.verify_only(&backup.uri, STATE, meta.artifact(STATE))
+                .await?
+        } else {
+            self.stage_state(&backup.uri, &meta, &staging).await?
+        };
+        let control_plane = match &profile.control_plane {
+            Some(cp) => Some(
+                self.stage_control_plane(&cp.pointer, &staging, dry_run)
+                    .await?,
+            ),
+            None => None,
+        };
+        let seconds = (Utc::now() - started).num_milliseconds().max(1) as f64 / 1000.0;
+        Ok(json!({
+            "backup_uri": backup.uri,
+            "backup_id": meta.backup_id,
+            "backup_created_at": meta.created_at,
+            "git_sha": backup.git_sha,
+            "staging": staging,
+            "dry_run": dry_run,
+            "objects": state.files,
+            "directories": state.directories,
+            "bytes": state.bytes,
+            "archive_bytes": state.archive_bytes,
+            "archive_sha256": state.archive_sha256,
+            "manifests_sha256": manifests.archive_sha256,
+            "manifest_files": manifests.files,
+            "previously_staged_objects_removed": cleared,
+            "control_plane": control_plane,
+            "seconds": seconds,
+            "megabytes_per_second": state.bytes as f64 / 1_048_576.0 / seconds,
+        }))
+    }
+
+    async fn open(&self, uri: &S3Uri) -> Result<ByteStream> {
+        Ok(self.open_sized(uri).await?.0)
+    }
+
+    /// The object's body and its length.
+    async fn open_sized(&self, uri: &S3Uri) -> Result<(ByteStream, u64)> {
+        let out = self
+            .clients
+            .s3
+            .get_object()
+            .bucket(&uri.bucket)
+            .key(&uri.key)
+            .send()
+            .await
+            .map_err(|e| Error::from_sdk(&format!("GetObject {uri}"), e))?;
+        let length = u64::try_from(out.content_length.unwrap_or(0)).unwrap_or(0);
+        Ok((out.body, length))
+    }
+
+    async fn verify_manifests(
+        &self,
+        backup: &S3Uri,
+        meta: &BackupMetadata,
+    ) -> Result<ArchiveReport> {
+        self.verify_only(backup, MANIFESTS, meta.artifact(MANIFESTS))
+            .await
+    }
+
+    /// Streams an artifact through the unpacker into nothing: every check, no writes.
+    async fn verify_only(
+        &self,
+        backup: &S3Uri,
+        name: &str,
+        expected: &Artifact,
+    ) -> Result<ArchiveReport> {
+        let uri = artifact_uri(backup, name)?;
+        let (reader, pump) = pump_body(self.open(&uri).await?, uri.to_string());
+        let name = name.to_owned();
+        let expected = expected.clone();
+        let report = tokio::task::spawn_blocking(move || {
+            unpack(
+                &name,
+                reader,
+                &expected,
+                &mut NullSink::detecting_duplicates(),
+            )
+        })
+        .await
+        .map_err(|e| Error::retryable(format!("unpack task failed: {e}")))?;
+        pump.abort();
+        report
+    }
+
+    async fn stage_state(
+        &self,
+        backup: &S3Uri,
+        meta: &BackupMetadata,
+        staging: &S3Uri,
+    ) -> Result<ArchiveReport> {
+        let uri = artifact_uri(backup, STATE)?;
+        let (reader, pump) = pump_body(self.open(&uri).await?, uri.to_string());
+        let (tx, rx) = mpsc::channel(16);
+        let expected = meta.artifact(STATE).clone();
+        let unpacker = tokio::task::spawn_blocking(move || {
+            unpack(STATE, reader, &expected, &mut ChannelSink { tx })
+        });
+        let mut uploader = Uploader::new(self.clients.s3.clone(), staging.clone(), self.tuning);
+        let uploaded = uploader.run(rx).await;
+        let unpacked = unpacker
+            .await
+            .map_err(|e| Error::retryable(format!("unpack task failed: {e}")))?;
+        pump.abort();
+        match (unpacked, uploaded) {
+            (Ok(report), Ok(())) => Ok(report),
+            // The unpacker only stops on its own account when the uploader failed first.
+            (Err(e), Err(upload)) if staging::is_uploader_stopped(&e) => Err(upload),
+            (Err(e), _) => Err(e),
+            (Ok(_), Err(upload)) => Err(upload),
+        }
+    }
+
+    /// Fetches the control-plane pointer, streams the bundle it names into
+    /// `_staging/<run_id>/_control-plane/`, and commits it only if its SHA-256 matches.
+    async fn stage_control_plane(
+        &self,
+        pointer_uri: &S3Uri,
+        staging: &S3Uri,
+        dry_run: bool,
+    ) -> Result<Value> {
+        let bytes = backup::read_small(&self.clients.s3, pointer_uri, 64 << 10).await?;
+        let pointer: ControlPlanePointer = serde_json::from_slice(&bytes).map_err(|e| {
+            Error::contract(format!("{pointer_uri}: not a control-plane pointer: {e}"))
+        })?;
+        if !backup::is_sha256_hex(&pointer.bundle_sha256) {
+            return Err(Error::contract(format!(
+                "{pointer_uri}: bundle_sha256: expected 64 lowercase hex digits, got {:?}",
+                pointer.bundle_sha256
+            )));
+        }
+        let file_name = pointer
+            .bundle_uri
+            .key
+            .rsplit('/')
+            .next()
+            .filter(|n| !n.is_empty())
+            .unwrap_or("bundle");
+        let key = RelativeKey::parse(&format!("{RESERVED_PREFIX}{file_name}"))
+            .map_err(|e| Error::contract(format!("{pointer_uri}: bundle_uri: {e}")))?;
+        let (mut body, declared_size) = self.open_sized(&pointer.bundle_uri).await?;
+        let (tx, rx) = mpsc::channel(16);
+        let mut uploader = Uploader::new(self.clients.s3.clone(), staging.clone(), self.tuning);
+        let upload = async {
+            if dry_run {
+                drop(rx);
+                Ok(())
+            } else {
+                uploader.run(rx).await
+            }
+        };
+        let feed = async {
+            let mut hasher = Sha256::new();
+            let mut size = 0u64;
+            if !dry_run {
+                send(
+                    &tx,
+                    EntryMessage::Begin {
+                        key: key.clone(),
+                        size: declared_size,
+                    },
+                )
+                .await?;
+            }
+            while let Some(chunk) = body
+                .try_next()
+                .await
+                .map_err(|e| Error::retryable(format!("reading {}: {e}", pointer.bundle_uri)))?
+            {
+                hasher.update(&chunk);
+                size += chunk.len() as u64;
+                if !dry_run {
+                    send(&tx, EntryMessage::Data(chunk)).await?;
+                }
+            }
+            let digest: [u8; 32] = hasher.finalize().into();
+            if hex::encode(digest) != pointer.bundle_sha256 {
+                // Closing without `End` abandons the upload: nothing is committed.
+                drop(tx);
+                return Err(Error::integrity(format!(
+                    "control-plane bundle {}: sha256 is {}, {pointer_uri} says {}",
+                    pointer.bundle_uri,
+                    hex::encode(digest),
+                    pointer.bundle_sha256
+                )));
+            }
+            if !dry_run {
+                send(&tx, EntryMessage::End { sha256: digest }).await?;
+            }
+            drop(tx);
+            Ok(size)
+        };
+        let (fed, uploaded) = tokio::join!(feed, upload);
+        let size = fed?;
+        uploaded?;
+        if !dry_run {
+            let staged_pointer = staging
+                .join(&format!("{RESERVED_PREFIX}current.json"))
+                .map_err(|e| Error::contract(e.to_string()))?;
+            put_json(&self.clients.s3, &staged_pointer, &pointer).await?;
+        }
+        Ok(json!({
+            "pointer": pointer_uri,
+            "bundle_uri": pointer.bundle_uri,
+            "bundle_sha256": pointer.bundle_sha256,
+            "bundle_bytes": size,
+            "git_sha": pointer.git_sha,
+            "image_ref_digest": pointer.image_ref_digest,
+            "staged_as": if dry_run { None } else { Some(format!("{}{}", staging.key, key)) },
+        }))
+    }
+}
+
+async fn send(tx: &mpsc::Sender<EntryMessage>, message: EntryMessage) -> Result<()> {
+    tx.send(message)
+        .await
+        .map_err(|_| Error::retryable(staging::UPLOADER_STOPPED))
+}
+
+/// `<prefix>/control-plane/current.json` (DESIGN.md §3).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ControlPlanePointer {
+    pub bundle_uri: S3Uri,
+    pub bundle_sha256: String,
+    pub created_at: DateTime<Utc>,
+    pub git_sha: String,
+    pub image_ref_digest: String,
+}
+
+fn artifact_uri(backup: &S3Uri, name: &str) -> Result<S3Uri> {
+    backup
+        .join(name)
+        .map_err(|e| Error::contract(e.to_string()))
+}
+
+/// Compares the stored object's size with `metadata.json` before reading a byte of it.
+async fn check_size(
+    s3: &aws_sdk_s3::Client,
+    backup: &S3Uri,
+    name: &str,
+    expected: &Artifact,
+) -> Result<()> {
+    let uri = artifact_uri(backup, name)?;
+    let head = s3
+        .head_object()
+        .bucket(&uri.bucket)
+        .key(&uri.key)
+        .send()
+        .await
+        .map_err(|e| Error::from_sdk(&format!("HeadObject {uri}"), e))?;
+    let size = head.content_length.unwrap_or(-1);
+    if u64::try_from(size).ok() != Some(expected.size) {
+        return Err(Error::integrity(format!(
+            "{name}: size is {size} bytes, metadata.json says {}",
+            expected.size
+        )));
+    }
+    Ok(())
+}
+
+pub async fn handler(
+    restore: &Restore,
+    event: lambda_runtime::LambdaEvent<PhaseRequest>,
+) -> Result<PhaseOutput, lambda_runtime::Diagnostic> {
+    restore.handle(event.payload).await.map_err(|err| {
+        tracing::warn!(error = %err, "restore failed");
+        err.into()
+    })
+}

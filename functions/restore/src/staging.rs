@@ -1,0 +1,492 @@
+//! The asynchronous half of the restore pipeline: S3 object bodies in, staged objects out.
+//!
+//! A GetObject body is pumped into a bounded channel that a blocking thread reads as
+//! `std::io::Read` ([`BodyReader`]); the unpacker's entries come back over another bounded
+//! channel ([`ChannelSink`]) and are uploaded by [`Uploader`] with several requests in
+//! flight: one PutObject for a file up to the part size, a multipart upload above it.
+//! Memory is bounded by `concurrency × part_size` plus the channels, whatever the size of
+//! the archive or of any file in it.
+
+use std::io::{self, Read};
+use std::sync::Arc;
+
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart, Tag, Tagging};
+use base64::Engine;
+use bytes::{Bytes, BytesMut};
+use drpilot_shared::s3uri::RelativeKey;
+use drpilot_shared::{Error, Result, S3Uri};
+use sha2::{Digest, Sha256};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+
+use crate::pipeline::EntrySink;
+
+/// The object tag holding a multipart object's whole-file SHA-256 (hex): S3 stores only a
+/// checksum of part checksums for those.
+pub const SHA256_TAG: &str = "drpilot-sha256";
+
+/// Upload sizing. The defaults suit a Lambda with 1-2 GB of memory.
+#[derive(Clone, Copy, Debug)]
+pub struct Tuning {
+    /// Files above this are uploaded in parts of this size (S3's minimum is 5 MiB).
+    pub part_size: usize,
+    /// Requests in flight at once.
+    pub concurrency: usize,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Self {
+            part_size: 8 << 20,
+            concurrency: 16,
+        }
+    }
+}
+
+impl Tuning {
+    /// Defaults, overridden by `DRPILOT_PART_SIZE_MIB` and `DRPILOT_UPLOAD_CONCURRENCY`.
+    pub fn from_env() -> Self {
+        let mut tuning = Self::default();
+        if let Some(mib) = env_number("DRPILOT_PART_SIZE_MIB") {
+            tuning.part_size = mib.max(5) << 20;
+        }
+        if let Some(n) = env_number("DRPILOT_UPLOAD_CONCURRENCY") {
+            tuning.concurrency = n.clamp(1, 256);
+        }
+        tuning
+    }
+}
+
+fn env_number(name: &str) -> Option<usize> {
+    std::env::var(name).ok()?.parse().ok()
+}
+
+pub fn base64_sha256(digest: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(digest)
+}
+
+/// Streams an S3 object into a channel that [`BodyReader`] reads on a blocking thread.
+pub fn pump_body(mut body: ByteStream, what: String) -> (BodyReader, tokio::task::JoinHandle<()>) {
+    let (tx, rx) = mpsc::channel::<Result<Bytes>>(8);
+    let pump = tokio::spawn(async move {
+        loop {
+            let next = body.try_next().await;
+            let item = match next {
+                Ok(Some(chunk)) => Ok(chunk),
+                Ok(None) => break,
+                Err(e) => Err(Error::retryable(format!("reading {what}: {e}"))),
+            };
+            let failed = item.is_err();
+            if tx.send(item).await.is_err() || failed {
+                break;
+            }
+        }
+    });
+    (
+        BodyReader {
+            rx,
+            current: Bytes::new(),
+        },
+        pump,
+    )
+}
+
+/// `std::io::Read` over chunks arriving on a channel (call only from a blocking thread).
+pub struct BodyReader {
+    rx: mpsc::Receiver<Result<Bytes>>,
+    current: Bytes,
+}
+
+impl Read for BodyReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.current.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(Ok(chunk)) => self.current = chunk,
+                Some(Err(err)) => return Err(io::Error::other(err)),
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current.split_to(n));
+        Ok(n)
+    }
+}
+
+/// What the unpacker tells the uploader.
+#[derive(Debug)]
+pub enum EntryMessage {
+    Begin { key: RelativeKey, size: u64 },
+    Data(Bytes),
+    End { sha256: [u8; 32] },
+}
+
+/// The unpacker's end of the entry channel.
+pub struct ChannelSink {
+    pub tx: mpsc::Sender<EntryMessage>,
+}
+
+/// The error a producer sees when the uploader has stopped: the uploader reports the
+/// real cause itself.
+pub const UPLOADER_STOPPED: &str = "the uploader stopped";
+
+pub fn is_uploader_stopped(err: &Error) -> bool {
+    err.message == UPLOADER_STOPPED
+}
+
+impl ChannelSink {
+    fn send(&self, message: EntryMessage) -> Result<()> {
+        self.tx
+            .blocking_send(message)
+            .map_err(|_| Error::retryable(UPLOADER_STOPPED))
+    }
+}
+
+impl EntrySink for ChannelSink {
+    fn begin(&mut self, key: RelativeKey, size: u64) -> Result<()> {
+        self.send(EntryMessage::Begin { key, size })
+    }
+    fn data(&mut self, chunk: Bytes) -> Result<()> {
+        self.send(EntryMessage::Data(chunk))
+    }
+    fn end(&mut self, sha256: [u8; 32]) -> Result<()> {
+        self.send(EntryMessage::End { sha256 })
+    }
+}
+
+/// Uploads entries under `prefix`, at most `tuning.concurrency` requests at once. Every
+/// write is conditional (`If-None-Match: *`): the staging prefix is emptied before a
+/// restore, so a second write to one key means the archive has a duplicate entry.
+pub struct Uploader {
+    s3: aws_sdk_s3::Client,
+    prefix: S3Uri,
+    tuning: Tuning,
+    permits: Arc<Semaphore>,
+    tasks: JoinSet<Result<()>>,
+    pub objects: u64,
+    pub bytes: u64,
+}
+
+enum Current {
+    Small {
+        key: String,
+        buf: BytesMut,
+    },
+    Multipart {
+        key: String,
+        upload_id: String,
+        buf: BytesMut,
+        parts: Vec<tokio::task::JoinHandle<Result<CompletedPart>>>,
+    },
+}
+
+impl Uploader {
+    pub fn new(s3: aws_sdk_s3::Client, prefix: S3Uri, tuning: Tuning) -> Self {
+        Self {
+            s3,
+            prefix: prefix.as_prefix(),
+            permits: Arc::new(Semaphore::new(tuning.concurrency.max(1))),
+            tuning,
+            tasks: JoinSet::new(),
+            objects: 0,
+            bytes: 0,
+        }
+    }
+
+    /// Drains the entry channel, uploading as it goes; returns when the channel closes
+    /// and every upload has finished, or at the first failure.
+    pub async fn run(&mut self, mut rx: mpsc::Receiver<EntryMessage>) -> Result<()> {
+        let result = self.consume(&mut rx).await;
+        // Stop the unpacker promptly on failure, then wait for what is in flight.
+        rx.close();
+        let drained = self.drain().await;
+        result.and(drained)
+    }
+
+    async fn consume(&mut self, rx: &mut mpsc::Receiver<EntryMessage>) -> Result<()> {
+        let mut current: Option<Current> = None;
+        while let Some(message) = rx.recv().await {
+            if let Some(done) = self.tasks.try_join_next() {
+                flatten(done)?;
+            }
+            match message {
+                EntryMessage::Begin { key, size } => {
+                    let key = self.object_key(&key)?;
+                    current = Some(if size as usize > self.tuning.part_size {
+                        let upload_id = self.create_multipart(&key).await?;
+                        Current::Multipart {
+                            key,
+                            upload_id,
+                            buf: BytesMut::with_capacity(self.tuning.part_size),
+                            parts: Vec::new(),
+                        }
+                    } else {
+                        Current::Small {
+                            key,
+                            buf: BytesMut::with_capacity(size as usize),
+                        }
+                    });
+                }
+                EntryMessage::Data(chunk) => match current.as_mut() {
+                    Some(Current::Small { buf, .. }) => buf.extend_from_slice(&chunk),
+                    Some(Current::Multipart {
+                        key,
+                        upload_id,
+                        buf,
+                        parts,
+                    }) => {
+                        buf.extend_from_slice(&chunk);
+                        while buf.len() >= self.tuning.part_size {
+                            let part = buf.split_to(self.tuning.part_size).freeze();
+                            let number = parts.len() as i32 + 1;
+                            let handle = self.upload_part(key, upload_id, number, part).await;
+                            parts.push(handle);
+                        }
+                    }
+                    None => return Err(Error::retryable("entry data before its header")),
+                },
+                EntryMessage::End { sha256 } => match current.take() {
+                    Some(Current::Small { key, buf }) => {
+                        self.bytes += buf.len() as u64;
+                        let permit = self.permit().await;
+                        let s3 = self.s3.clone();
+                        let bucket = self.prefix.bucket.clone();
+                        self.tasks.spawn(async move {
+                            let _permit = permit;
+                            put_small(&s3, &bucket, &key, buf.freeze(), &sha256).await
+                        });
+                        self.objects += 1;
+                    }
+                    Some(Current::Multipart {
+                        key,
+                        upload_id,
+                        mut buf,
+                        mut parts,
+                    }) => {
+                        let written = parts.len() as u64 * self.tuning.part_size as u64;
+                        let tail = buf.split().freeze();
+                        self.bytes += written + tail.len() as u64;
+                        if !tail.is_empty() || parts.is_empty() {
+                            let number = parts.len() as i32 + 1;
+                            parts.push(self.upload_part(&key, &upload_id, number, tail).await);
+                        }
+                        let s3 = self.s3.clone();
+                        let bucket = self.prefix.bucket.clone();
+                        self.tasks.spawn(async move {
+                            complete_multipart(&s3, &bucket, &key, &upload_id, parts, &sha256).await
+                        });
+                        self.objects += 1;
+                    }
+                    None => return Err(Error::retryable("entry end before its header")),
+                },
+            }
+        }
+        if let Some(Current::Multipart { key, upload_id, .. }) = current {
+            abort_multipart(&self.s3, &self.prefix.bucket, &key, &upload_id).await;
+        }
+        Ok(())
+    }
+
+    async fn drain(&mut self) -> Result<()> {
+        let mut first_error = None;
+        while let Some(done) = self.tasks.join_next().await {
+            if let Err(err) = flatten(done) {
+                first_error.get_or_insert(err);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    async fn permit(&self) -> OwnedSemaphorePermit {
+        // The semaphore is never closed.
+        self.permits
+            .clone()
+            .acquire_owned()
+            .await
+            .unwrap_or_else(|_| unreachable!("semaphore closed"))
+    }
+
+    fn object_key(&self, key: &RelativeKey) -> Result<String> {
+        let full = format!("{}{}", self.prefix.key, key);
+        if full.len() > 1024 {
+            return Err(Error::contract(format!(
+                "entry {key}: staged key would be {} bytes, over S3's 1024",
+                full.len()
+            )));
+        }
+        Ok(full)
+    }
+
+    async fn create_multipart(&self, key: &str) -> Result<String> {
+        let out = self
+            .s3
+            .create_multipart_upload()
+            .bucket(&self.prefix.bucket)
+            .key(key)
+            .checksum_algorithm(ChecksumAlgorithm::Sha256)
+            .send()
+            .await
+            .map_err(|e| {
+                Error::from_sdk(
+                    &format!("CreateMultipartUpload s3://{}/{key}", self.prefix.bucket),
+                    e,
+                )
+            })?;
+        out.upload_id
+            .ok_or_else(|| Error::retryable("CreateMultipartUpload returned no upload id"))
+    }
+
+    async fn upload_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        number: i32,
+        data: Bytes,
+    ) -> tokio::task::JoinHandle<Result<CompletedPart>> {
+        let permit = self.permit().await;
+        let s3 = self.s3.clone();
+        let bucket = self.prefix.bucket.clone();
+        let key = key.to_owned();
+        let upload_id = upload_id.to_owned();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let checksum = base64_sha256(&Sha256::digest(&data));
+            let out = s3
+                .upload_part()
+                .bucket(&bucket)
+                .key(&key)
+                .upload_id(&upload_id)
+                .part_number(number)
+                .checksum_sha256(&checksum)
+                .body(ByteStream::from(data))
+                .send()
+                .await
+                .map_err(|e| {
+                    Error::from_sdk(&format!("UploadPart {number} s3://{bucket}/{key}"), e)
+                })?;
+            Ok(CompletedPart::builder()
+                .part_number(number)
+                .set_e_tag(out.e_tag)
+                .checksum_sha256(checksum)
+                .build())
+        })
+    }
+}
+
+fn flatten(done: std::result::Result<Result<()>, tokio::task::JoinError>) -> Result<()> {
+    done.map_err(|e| Error::retryable(format!("upload task failed: {e}")))?
+}
+
+/// S3's answer to a conditional write whose condition failed: the key already exists.
+fn is_precondition_failed<E: aws_sdk_s3::error::ProvideErrorMetadata>(err: &E) -> bool {
+    matches!(err.code(), Some("PreconditionFailed"))
+}
+
+fn duplicate(key: &str) -> Error {
+    Error::contract(format!(
+        "state.tar.zst: duplicate entry (staged key {key} written twice)"
+    ))
+}
+
+async fn put_small(
+    s3: &aws_sdk_s3::Client,
+    bucket: &str,
+    key: &str,
+    data: Bytes,
+    sha256: &[u8; 32],
+) -> Result<()> {
+    s3.put_object()
+        .bucket(bucket)
+        .key(key)
+        .if_none_match("*")
+        .checksum_sha256(base64_sha256(sha256))
+        .body(ByteStream::from(data))
+        .send()
+        .await
+        .map_err(|e| {
+            if is_precondition_failed(&e) {
+                duplicate(key)
+            } else {
+                Error::from_sdk(&format!("PutObject s3://{bucket}/{key}"), e)
+            }
+        })?;
+    Ok(())
+}
+
+async fn complete_multipart(
+    s3: &aws_sdk_s3::Client,
+    bucket: &str,
+    key: &str,
+    upload_id: &str,
+    parts: Vec<tokio::task::JoinHandle<Result<CompletedPart>>>,
+    sha256: &[u8; 32],
+) -> Result<()> {
+    let mut completed = Vec::with_capacity(parts.len());
+    let mut failure = None;
+    for handle in parts {
+        match handle.await {
+            Ok(Ok(part)) => completed.push(part),
+            Ok(Err(err)) => {
+                failure.get_or_insert(err);
+            }
+            Err(e) => {
+                failure.get_or_insert(Error::retryable(format!("upload part task failed: {e}")));
+            }
+        }
+    }
+    if let Some(err) = failure {
+        abort_multipart(s3, bucket, key, upload_id).await;
+        return Err(err);
+    }
+    let result = s3
+        .complete_multipart_upload()
+        .bucket(bucket)
+        .key(key)
+        .upload_id(upload_id)
+        .if_none_match("*")
+        .multipart_upload(
+            CompletedMultipartUpload::builder()
+                .set_parts(Some(completed))
+                .build(),
+        )
+        .send()
+        .await;
+    if let Err(e) = result {
+        abort_multipart(s3, bucket, key, upload_id).await;
+        return Err(if is_precondition_failed(&e) {
+            duplicate(key)
+        } else {
+            Error::from_sdk(&format!("CompleteMultipartUpload s3://{bucket}/{key}"), e)
+        });
+    }
+    let tag = Tag::builder()
+        .key(SHA256_TAG)
+        .value(hex::encode(sha256))
+        .build()
+        .map_err(|e| Error::retryable(format!("building tag: {e}")))?;
+    let tagging = Tagging::builder()
+        .tag_set(tag)
+        .build()
+        .map_err(|e| Error::retryable(format!("building tagging: {e}")))?;
+    s3.put_object_tagging()
+        .bucket(bucket)
+        .key(key)
+        .tagging(tagging)
+        .send()
+        .await
+        .map_err(|e| Error::from_sdk(&format!("PutObjectTagging s3://{bucket}/{key}"), e))?;
+    Ok(())
+}
+
+async fn abort_multipart(s3: &aws_sdk_s3::Client, bucket: &str, key: &str, upload_id: &str) {
+    if let Err(e) = s3
+        .abort_multipart_upload()
+        .bucket(bucket)
+        .key(key)
+        .upload_id(upload_id)
+        .send()
+        .await
+    {
+        tracing::warn!(key, error = %aws_sdk_s3::error::DisplayErrorContext(&e), "could not abort multipart upload");
+    }
+}

@@ -1,0 +1,14 @@
+use drpilot_shared::{telemetry, AwsClients};
+use lambda_runtime::{service_fn, Error, LambdaEvent};
+use teardown::{handler, Teardown};
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    telemetry::init_tracing();
+    let teardown = Teardown::new(AwsClients::from_env().await);
+    let teardown = &teardown;
+    lambda_runtime::run(service_fn(move |event: LambdaEvent<_>| {
+        handler(teardown, event)
+    }))
+    .await
+}

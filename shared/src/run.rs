@@ -1,0 +1,83 @@
+//! What travels between the phases through the state machine: small, so step outputs stay
+//! far below Step Functions' 256 KiB (large results go to S3 and travel as URIs).
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::backup::BackupRef;
+use crate::input::Phase;
+use crate::input::{RunInput, Trigger};
+use crate::profile::Profile;
+use crate::receipt::{PhaseReceipt, PhaseStatus, ReceiptStore};
+use crate::s3uri::S3Uri;
+
+/// The execution, as the state machine's context object describes it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecutionInfo {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub arn: Option<String>,
+    #[serde(default)]
+    pub start_time: Option<DateTime<Utc>>,
+}
+
+/// Bringup's output: everything later phases need to know about the run.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunContext {
+    pub run_id: String,
+    pub input: RunInput,
+    pub trigger: Trigger,
+    pub execution_arn: Option<String>,
+    /// When the run started (the execution's start): RTO and RPO are measured from here.
+    pub kickoff_at: DateTime<Utc>,
+    pub backup: BackupRef,
+}
+
+impl RunContext {
+    pub fn receipts(&self, s3: &aws_sdk_s3::Client, profile: &Profile) -> ReceiptStore {
+        ReceiptStore::new(s3.clone(), profile.receipts.clone())
+    }
+}
+
+/// The request every phase after bringup receives.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PhaseRequest {
+    pub run: RunContext,
+    /// Step Functions' retry count for this state (0 on the first try).
+    #[serde(default)]
+    pub retry_count: u32,
+}
+
+impl PhaseRequest {
+    /// 1-based attempt number, as receipts record it.
+    pub fn attempt(&self) -> u32 {
+        self.retry_count.saturating_add(1)
+    }
+}
+
+/// What a phase returns to the state machine: its outcome, where its receipt is, and a
+/// few headline facts (never a large list: those go to S3 and appear here as URIs).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PhaseOutput {
+    pub run_id: String,
+    pub phase: Phase,
+    pub status: PhaseStatus,
+    pub reason: Option<String>,
+    pub receipt: S3Uri,
+    pub details: serde_json::Value,
+}
+
+impl PhaseOutput {
+    pub fn new(receipt: &PhaseReceipt, uri: S3Uri) -> Self {
+        Self {
+            run_id: receipt.run_id.clone(),
+            phase: receipt.phase,
+            status: receipt.status,
+            reason: receipt.reason.clone(),
+            receipt: uri,
+            details: receipt.details.clone(),
+        }
+    }
+}
