@@ -1,7 +1,8 @@
 //! Bulk object operations on a prefix, paged so memory stays flat however many objects
 //! there are.
 
-use aws_sdk_s3::types::{Delete, ObjectIdentifier};
+use aws_sdk_s3::types::{ChecksumMode, Delete, ObjectIdentifier};
+use base64::Engine;
 use tracing::warn;
 
 use crate::error::{Error, Result};
@@ -100,4 +101,38 @@ pub async fn abort_uploads(s3: &aws_sdk_s3::Client, prefix: &S3Uri) -> Result<()
             return Ok(());
         }
     }
+}
+
+/// The object tag restore puts on every staged object: its whole-file SHA-256 in hex.
+/// Single-part objects also carry it as their S3 SHA-256 checksum (which S3 verifies on
+/// upload); multipart objects can only carry a checksum of part checksums, so the tag is
+/// the one place every object's full hash can be read from without reading the object.
+pub const SHA256_TAG: &str = "drpilot-sha256";
+
+/// The whole-file SHA-256 (hex) stored for `uri`: the drpilot tag, else a full-object
+/// SHA-256 checksum; `None` when the object has neither.
+pub async fn stored_sha256(s3: &aws_sdk_s3::Client, uri: &S3Uri) -> Result<Option<String>> {
+    let tags = s3
+        .get_object_tagging()
+        .bucket(&uri.bucket)
+        .key(&uri.key)
+        .send()
+        .await
+        .map_err(|e| Error::from_sdk(&format!("GetObjectTagging {uri}"), e))?;
+    if let Some(tag) = tags.tag_set().iter().find(|t| t.key() == SHA256_TAG) {
+        return Ok(Some(tag.value().to_owned()));
+    }
+    let head = s3
+        .head_object()
+        .bucket(&uri.bucket)
+        .key(&uri.key)
+        .checksum_mode(ChecksumMode::Enabled)
+        .send()
+        .await
+        .map_err(|e| Error::from_sdk(&format!("HeadObject {uri}"), e))?;
+    Ok(head
+        .checksum_sha256()
+        .and_then(|c| base64::engine::general_purpose::STANDARD.decode(c).ok())
+        .filter(|raw| raw.len() == 32)
+        .map(hex::encode))
 }

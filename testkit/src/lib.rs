@@ -27,6 +27,70 @@ pub fn repo_root() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("."))
 }
 
+pub const PROFILE: &str = "test";
+pub const TARGET_BUCKET: &str = "target-data";
+pub const BACKUP_BUCKET: &str = "backup-store";
+/// Where [`test_profile`] expects backups: `s3://backup-store/prod/backups/<id>/`.
+pub const BACKUP_PREFIX: &str = "prod/backups/";
+
+/// A profile for the local account and region, with every location in the two test buckets.
+pub fn test_profile() -> serde_json::Value {
+    serde_json::json!({
+        "target": {"bucket": TARGET_BUCKET},
+        "backups": format!("s3://{BACKUP_BUCKET}/{BACKUP_PREFIX}"),
+        "receipts": format!("s3://{TARGET_BUCKET}/drpilot/receipts/"),
+        "account_id": ACCOUNT_ID,
+        "region": REGION,
+        "rto_target_seconds": 3600,
+        "rpo_target_seconds": 86400
+    })
+}
+
+/// A directory removed when dropped.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(label: &str) -> Self {
+        static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("drpilot-{label}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).expect("create temp dir");
+        Self(path)
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Runs `scripts/make-backup.sh --src SRC --out OUT` plus `extra` arguments.
+pub fn make_backup(src: &Path, out: &Path, extra: &[&str]) {
+    let status = Command::new(repo_root().join("scripts/make-backup.sh"))
+        .arg("--src")
+        .arg(src)
+        .arg("--out")
+        .arg(out)
+        .args(extra)
+        .status()
+        .expect("run make-backup.sh");
+    assert!(status.success(), "make-backup.sh failed: {status}");
+}
+
+/// Runs a shell command line (for fixtures made with ordinary tools), panicking on failure.
+pub fn sh(script: &str) {
+    let status = Command::new("bash")
+        .args(["-euo", "pipefail", "-c", script])
+        .status()
+        .expect("run bash");
+    assert!(status.success(), "fixture command failed: {script}");
+}
+
 struct Server {
     port: u16,
 }
@@ -172,6 +236,54 @@ impl LocalAws {
             .ok()?;
         let bytes = out.body.collect().await.ok()?.into_bytes();
         Some(String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    /// Uploads every file under `dir` to `s3://bucket/prefix/<relative path>`.
+    pub async fn upload_dir(&self, bucket: &str, prefix: &str, dir: &Path) {
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(current) = stack.pop() {
+            for entry in std::fs::read_dir(&current).expect("read_dir") {
+                let path = entry.expect("dir entry").path();
+                if path.is_dir() {
+                    stack.push(path);
+                    continue;
+                }
+                let relative = path.strip_prefix(dir).expect("under dir").to_string_lossy();
+                let key = format!("{}{relative}", drpilot_shared::s3uri::as_prefix(prefix));
+                let body = aws_sdk_s3::primitives::ByteStream::from_path(&path)
+                    .await
+                    .expect("open file");
+                self.s3()
+                    .put_object()
+                    .bucket(bucket)
+                    .key(&key)
+                    .body(body)
+                    .send()
+                    .await
+                    .unwrap_or_else(|e| panic!("upload {}: {e:?}", path.display()));
+            }
+        }
+    }
+
+    /// Stores a profile in SSM as `/drpilot/profiles/<name>`.
+    pub async fn put_profile(&self, name: &str, profile: &serde_json::Value) {
+        self.clients
+            .ssm
+            .put_parameter()
+            .name(format!("/drpilot/profiles/{name}"))
+            .value(profile.to_string())
+            .r#type(aws_sdk_ssm::types::ParameterType::String)
+            .overwrite(true)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("put profile {name}: {e:?}"));
+    }
+
+    /// Creates the buckets [`test_profile`] names and stores it as profile `test`.
+    pub async fn standard_setup(&self) {
+        self.create_bucket(TARGET_BUCKET).await;
+        self.create_bucket(BACKUP_BUCKET).await;
+        self.put_profile(PROFILE, &test_profile()).await;
     }
 
     /// Every key under `prefix`, sorted.

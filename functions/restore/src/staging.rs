@@ -22,9 +22,7 @@ use tokio::task::JoinSet;
 
 use crate::pipeline::EntrySink;
 
-/// The object tag holding a multipart object's whole-file SHA-256 (hex): S3 stores only a
-/// checksum of part checksums for those.
-pub const SHA256_TAG: &str = "drpilot-sha256";
+pub use drpilot_shared::objects::SHA256_TAG;
 
 /// Upload sizing. The defaults suit a Lambda with 1-2 GB of memory.
 #[derive(Clone, Copy, Debug)]
@@ -357,6 +355,7 @@ impl Uploader {
                 .key(&key)
                 .upload_id(&upload_id)
                 .part_number(number)
+                .checksum_algorithm(ChecksumAlgorithm::Sha256)
                 .checksum_sha256(&checksum)
                 .body(ByteStream::from(data))
                 .send()
@@ -399,7 +398,9 @@ async fn put_small(
         .bucket(bucket)
         .key(key)
         .if_none_match("*")
+        .checksum_algorithm(ChecksumAlgorithm::Sha256)
         .checksum_sha256(base64_sha256(sha256))
+        .tagging(format!("{SHA256_TAG}={}", hex::encode(sha256)))
         .body(ByteStream::from(data))
         .send()
         .await

@@ -1,0 +1,609 @@
+//! restore against real S3 calls on the local emulator, with backups made by
+//! `scripts/make-backup.sh` (tar, zstd, sha256sum) and adversarial ones made by hand.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use aws_smithy_runtime_api::box_error::BoxError;
+use aws_smithy_runtime_api::client::interceptors::context::BeforeTransmitInterceptorContextRef;
+use aws_smithy_runtime_api::client::interceptors::Intercept;
+use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
+use aws_smithy_types::config_bag::ConfigBag;
+use chrono::Utc;
+use drpilot_shared::backup::BackupRef;
+use drpilot_shared::input::Trigger;
+use drpilot_shared::profile::ProfileSource;
+use drpilot_shared::receipt::{PhaseStatus, ReceiptStore};
+use drpilot_shared::run::{PhaseRequest, RunContext};
+use drpilot_shared::{ErrorKind, Phase, RunInput, S3Uri};
+use drpilot_testkit::{
+    make_backup, sh, test_profile, LocalAws, TempDir, BACKUP_BUCKET, BACKUP_PREFIX, TARGET_BUCKET,
+};
+use restore::staging::Tuning;
+use restore::Restore;
+use sha2::{Digest, Sha256};
+
+/// 5 MiB parts (S3's minimum) so a 12 MiB file goes multipart.
+const TUNING: Tuning = Tuning {
+    part_size: 5 << 20,
+    concurrency: 4,
+};
+
+fn restorer(aws: &LocalAws) -> Restore {
+    Restore {
+        clients: aws.clients.clone(),
+        profiles: ProfileSource::Ssm(aws.clients.ssm.clone()),
+        tuning: TUNING,
+    }
+}
+
+fn request(run_id: &str, backup_id: &str) -> PhaseRequest {
+    let mut input = RunInput::drill(drpilot_testkit::PROFILE);
+    input.run_id = Some(run_id.into());
+    PhaseRequest {
+        run: RunContext {
+            run_id: run_id.into(),
+            input,
+            trigger: Trigger::Manual,
+            execution_arn: None,
+            kickoff_at: Utc::now(),
+            backup: BackupRef {
+                uri: S3Uri::new(BACKUP_BUCKET, format!("{BACKUP_PREFIX}{backup_id}/")).unwrap(),
+                backup_id: backup_id.into(),
+                created_at: Utc::now(),
+                git_sha: None,
+            },
+        },
+        retry_count: 0,
+    }
+}
+
+fn receipts(aws: &LocalAws) -> ReceiptStore {
+    ReceiptStore::new(
+        aws.s3().clone(),
+        test_profile()["receipts"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap(),
+    )
+}
+
+/// The source tree most tests restore: nested paths, unicode names, an empty file, and
+/// (when `large`) a 12 MiB file above the multipart threshold.
+fn source_tree(dir: &Path, large: bool) {
+    let d = dir.display();
+    sh(&format!(
+        r#"mkdir -p '{d}/a/b/c' '{d}/données' '{d}/empty-dir'
+        echo '{{"n": 1}}' > '{d}/a/b/c/deep.json'
+        echo 'top' > '{d}/top.txt'
+        printf 'é☃' > '{d}/données/naïve ☃ file.json'
+        : > '{d}/a/empty.json'
+        for i in $(seq 1 40); do echo "object $i" > '{d}/a/b/obj-'$i'.json'; done"#
+    ));
+    if large {
+        sh(&format!(
+            "head -c 12582917 /dev/urandom > '{d}/a/large.bin'"
+        ));
+    }
+}
+
+/// Every file under `dir` as (relative key, sha256 hex), sorted.
+fn expected_files(dir: &Path) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(current) = stack.pop() {
+        for entry in std::fs::read_dir(&current).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                let rel = path
+                    .strip_prefix(dir)
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned();
+                let sum = hex::encode(Sha256::digest(std::fs::read(&path).unwrap()));
+                out.push((rel, sum));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+async fn publish(aws: &LocalAws, backup_dir: &Path, backup_id: &str) {
+    aws.upload_dir(
+        BACKUP_BUCKET,
+        &format!("{BACKUP_PREFIX}{backup_id}"),
+        backup_dir,
+    )
+    .await;
+}
+
+async fn staged(aws: &LocalAws, run_id: &str) -> Vec<String> {
+    let prefix = format!("_staging/{run_id}/");
+    aws.keys(TARGET_BUCKET, &prefix)
+        .await
+        .into_iter()
+        .map(|k| k[prefix.len()..].to_owned())
+        .collect()
+}
+
+async fn stored_sha256(aws: &LocalAws, key: &str) -> String {
+    let uri = S3Uri::new(TARGET_BUCKET, key).unwrap();
+    drpilot_shared::objects::stored_sha256(aws.s3(), &uri)
+        .await
+        .unwrap()
+        .unwrap_or_else(|| panic!("{key}: no sha256 stored"))
+}
+
+#[tokio::test]
+async fn a_backup_made_by_ordinary_tools_restores_exactly() {
+    let aws = LocalAws::start().await;
+    aws.standard_setup().await;
+    let tmp = TempDir::new("restore-ok");
+    let src = tmp.path().join("src");
+    source_tree(&src, true);
+    make_backup(&src, &tmp.path().join("b1"), &[]);
+    publish(&aws, &tmp.path().join("b1"), "b1").await;
+
+    let out = restorer(&aws)
+        .handle(request("run-ok", "b1"))
+        .await
+        .unwrap();
+    assert_eq!(out.status, PhaseStatus::Success);
+    let expected = expected_files(&src);
+    assert_eq!(out.details["objects"], expected.len() as u64);
+    let keys: Vec<String> = expected.iter().map(|(k, _)| k.clone()).collect();
+    assert_eq!(staged(&aws, "run-ok").await, keys);
+    for (key, sum) in &expected {
+        let full = format!("_staging/run-ok/{key}");
+        assert_eq!(&stored_sha256(&aws, &full).await, sum, "{key}");
+    }
+    // Single-part objects carry the hash as their S3 checksum too, which S3 verified on upload.
+    let head = aws
+        .s3()
+        .head_object()
+        .bucket(TARGET_BUCKET)
+        .key("_staging/run-ok/top.txt")
+        .checksum_mode(aws_sdk_s3::types::ChecksumMode::Enabled)
+        .send()
+        .await
+        .unwrap();
+    let top_sum = &expected.iter().find(|(k, _)| k == "top.txt").unwrap().1;
+    assert_eq!(
+        head.checksum_sha256(),
+        Some(restore::staging::base64_sha256(&hex::decode(top_sum).unwrap()).as_str())
+    );
+    // The large file's bytes survived multipart intact.
+    let body = aws
+        .s3()
+        .get_object()
+        .bucket(TARGET_BUCKET)
+        .key("_staging/run-ok/a/large.bin")
+        .send()
+        .await
+        .unwrap()
+        .body
+        .collect()
+        .await
+        .unwrap()
+        .into_bytes();
+    assert_eq!(
+        body.as_ref(),
+        std::fs::read(src.join("a/large.bin")).unwrap()
+    );
+
+    let receipt = receipts(&aws)
+        .get_phase("run-ok", Phase::Restore)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(receipt.status, PhaseStatus::Success);
+    assert!(receipt.details["backup_created_at"].is_string());
+    assert!(receipt.details["bytes"].as_u64().unwrap() > 12 << 20);
+}
+
+/// An adversarial backup: how to make it, and the error it must fail with.
+struct Bad {
+    name: &'static str,
+    kind: ErrorKind,
+    says: &'static str,
+    make: fn(src: &Path, out: &Path),
+}
+
+fn crafted_tar(src: &Path, out: &Path, tar_script: &str) {
+    let tar_path = out.with_extension("tar");
+    sh(&format!(
+        "cd '{}' && {{ {tar_script}; }} > '{}'",
+        src.display(),
+        tar_path.display()
+    ));
+    make_backup(src, out, &["--state-tar", tar_path.to_str().unwrap()]);
+}
+
+fn edit_metadata(out: &Path, from: &str, to: &str) {
+    let path = out.join("metadata.json");
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.contains(from), "metadata has no {from:?}");
+    std::fs::write(&path, text.replacen(from, to, 1)).unwrap();
+}
+
+fn artifact_sha(out: &Path, name: &str) -> String {
+    hex::encode(Sha256::digest(std::fs::read(out.join(name)).unwrap()))
+}
+
+const BAD: &[Bad] = &[
+    Bad {
+        name: "symlink",
+        kind: ErrorKind::ContractError,
+        says: "symlink",
+        make: |src, out| {
+            crafted_tar(
+                src,
+                out,
+                "ln -s top.txt link.txt && tar --format=pax -cf - top.txt link.txt",
+            )
+        },
+    },
+    Bad {
+        name: "hard link",
+        kind: ErrorKind::ContractError,
+        says: "hard link",
+        make: |src, out| {
+            crafted_tar(
+                src,
+                out,
+                "ln top.txt hard.txt && tar --format=pax -cf - top.txt hard.txt",
+            )
+        },
+    },
+    Bad {
+        name: "dot-dot",
+        kind: ErrorKind::ContractError,
+        says: "..",
+        make: |src, out| {
+            crafted_tar(
+                src,
+                out,
+                "mkdir -p sub && cd sub && tar -P --format=pax -cf - ../top.txt",
+            )
+        },
+    },
+    Bad {
+        name: "absolute path",
+        kind: ErrorKind::ContractError,
+        says: "absolute",
+        make: |src, out| crafted_tar(src, out, "tar -P --format=pax -cf - \"$PWD/top.txt\""),
+    },
+    Bad {
+        name: "duplicate entry",
+        kind: ErrorKind::ContractError,
+        says: "duplicate",
+        make: |src, out| {
+            crafted_tar(
+                src,
+                out,
+                "tar --format=pax -cf /tmp/dup-$$.tar top.txt && echo changed > top.txt && tar --format=pax -rf /tmp/dup-$$.tar top.txt && cat /tmp/dup-$$.tar && rm /tmp/dup-$$.tar",
+            )
+        },
+    },
+    Bad {
+        name: "truncated zstd",
+        kind: ErrorKind::ContractError,
+        says: "truncated",
+        make: |src, out| {
+            make_backup(src, out, &[]);
+            let state = out.join("state.tar.zst");
+            let bytes = std::fs::read(&state).unwrap();
+            std::fs::write(&state, &bytes[..bytes.len() / 2]).unwrap();
+            // Metadata that matches the truncated file: only the stream itself is wrong.
+            let text = std::fs::read_to_string(out.join("metadata.json")).unwrap();
+            let meta: serde_json::Value = serde_json::from_str(&text).unwrap();
+            let old = &meta["artifacts"]["state.tar.zst"];
+            edit_metadata(
+                out,
+                old["sha256"].as_str().unwrap(),
+                &artifact_sha(out, "state.tar.zst"),
+            );
+            edit_metadata(
+                out,
+                &format!("\"size\": {}", old["size"]),
+                &format!("\"size\": {}", bytes.len() / 2),
+            );
+        },
+    },
+    Bad {
+        name: "wrong sha256",
+        kind: ErrorKind::IntegrityError,
+        says: "sha256",
+        make: |src, out| {
+            make_backup(src, out, &[]);
+            let real = artifact_sha(out, "state.tar.zst");
+            edit_metadata(out, &real, &"0".repeat(64));
+        },
+    },
+    Bad {
+        name: "wrong size",
+        kind: ErrorKind::IntegrityError,
+        says: "size",
+        make: |src, out| {
+            make_backup(src, out, &[]);
+            let size = std::fs::metadata(out.join("state.tar.zst")).unwrap().len();
+            edit_metadata(
+                out,
+                &format!("\"size\": {size}"),
+                &format!("\"size\": {}", size + 1),
+            );
+        },
+    },
+    Bad {
+        name: "missing artifact",
+        kind: ErrorKind::ContractError,
+        says: "missing artifact manifests.tar.zst",
+        make: |src, out| {
+            make_backup(src, out, &[]);
+            std::fs::remove_file(out.join("manifests.tar.zst")).unwrap();
+        },
+    },
+    Bad {
+        name: "unknown format version",
+        kind: ErrorKind::ContractError,
+        says: "format",
+        make: |src, out| make_backup(src, out, &["--format", "drpilot.backup/v2"]),
+    },
+    Bad {
+        name: "garbage metadata",
+        kind: ErrorKind::ContractError,
+        says: "not valid JSON",
+        make: |src, out| {
+            make_backup(src, out, &[]);
+            std::fs::write(out.join("metadata.json"), b"\x00\x01 garbage {").unwrap();
+        },
+    },
+    Bad {
+        name: "metadata without artifacts",
+        kind: ErrorKind::ContractError,
+        says: "artifacts",
+        make: |src, out| {
+            make_backup(src, out, &[]);
+            std::fs::write(
+                out.join("metadata.json"),
+                r#"{"format": "drpilot.backup/v1", "backup_id": "x", "created_at": "2026-01-01T00:00:00Z", "source": {"git_sha": "abc"}}"#,
+            )
+            .unwrap();
+        },
+    },
+];
+
+#[tokio::test]
+async fn adversarial_backups_fail_with_the_right_error_and_no_success_receipt() {
+    let aws = LocalAws::start().await;
+    aws.standard_setup().await;
+    for (i, bad) in BAD.iter().enumerate() {
+        let tmp = TempDir::new("restore-bad");
+        let src = tmp.path().join("src");
+        source_tree(&src, false);
+        let out = tmp.path().join("backup");
+        (bad.make)(&src, &out);
+        let backup_id = format!("bad{i}");
+        publish(&aws, &out, &backup_id).await;
+        let run_id = format!("run-bad{i}");
+        let err = restorer(&aws)
+            .handle(request(&run_id, &backup_id))
+            .await
+            .expect_err(bad.name);
+        assert_eq!(err.kind, bad.kind, "{}: {err}", bad.name);
+        assert!(
+            err.message.contains(bad.says),
+            "{}: {err} lacks {:?}",
+            bad.name,
+            bad.says
+        );
+        let receipt = receipts(&aws)
+            .get_phase(&run_id, Phase::Restore)
+            .await
+            .unwrap();
+        assert_eq!(
+            receipt.map(|r| r.status),
+            Some(PhaseStatus::Failed),
+            "{}: a failed restore leaves a failed receipt",
+            bad.name
+        );
+    }
+}
+
+/// Fails the `n`th single-part PUT into staging, as a flaky network would.
+#[derive(Debug)]
+struct FailNthStagingPut {
+    n: usize,
+    seen: Arc<AtomicUsize>,
+}
+
+impl Intercept for FailNthStagingPut {
+    fn name(&self) -> &'static str {
+        "FailNthStagingPut"
+    }
+
+    fn read_before_transmit(
+        &self,
+        context: &BeforeTransmitInterceptorContextRef<'_>,
+        _components: &RuntimeComponents,
+        _cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        let request = context.request();
+        if request.method() == "PUT"
+            && request.uri().contains("/_staging/")
+            && !request.uri().contains("partNumber")
+        {
+            let seen = self.seen.fetch_add(1, Ordering::SeqCst) + 1;
+            if seen == self.n {
+                return Err("injected failure: connection reset".into());
+            }
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_rerun_after_a_failure_mid_restore_stages_exactly_the_backup() {
+    let aws = LocalAws::start().await;
+    aws.standard_setup().await;
+    let tmp = TempDir::new("restore-rerun");
+    let src = tmp.path().join("src");
+    source_tree(&src, false);
+    make_backup(&src, &tmp.path().join("b2"), &[]);
+    publish(&aws, &tmp.path().join("b2"), "b2").await;
+
+    let mut flaky = restorer(&aws);
+    let s3_config = aws
+        .s3()
+        .config()
+        .to_builder()
+        .interceptor(FailNthStagingPut {
+            n: 20,
+            seen: Arc::default(),
+        })
+        .build();
+    flaky.clients.s3 = aws_sdk_s3::Client::from_conf(s3_config);
+    let err = flaky.handle(request("run-rerun", "b2")).await.unwrap_err();
+    assert!(err.message.contains("injected failure"), "{err}");
+    let partial = staged(&aws, "run-rerun").await;
+    assert!(!partial.is_empty(), "the failure came mid-restore");
+    assert_eq!(
+        receipts(&aws)
+            .get_phase("run-rerun", Phase::Restore)
+            .await
+            .unwrap()
+            .unwrap()
+            .status,
+        PhaseStatus::Failed
+    );
+    // Debris from elsewhere under the run's prefix is gone after the re-run too.
+    aws.put_text(TARGET_BUCKET, "_staging/run-rerun/stray.json", "{}")
+        .await;
+
+    let out = restorer(&aws)
+        .handle(request("run-rerun", "b2"))
+        .await
+        .unwrap();
+    assert_eq!(out.status, PhaseStatus::Success);
+    let keys: Vec<String> = expected_files(&src).into_iter().map(|(k, _)| k).collect();
+    assert_eq!(staged(&aws, "run-rerun").await, keys);
+    // And once more: a re-run of a successful restore ends in the same state.
+    restorer(&aws)
+        .handle(request("run-rerun", "b2"))
+        .await
+        .unwrap();
+    assert_eq!(staged(&aws, "run-rerun").await, keys);
+}
+
+#[tokio::test]
+async fn a_dry_run_verifies_without_staging() {
+    let aws = LocalAws::start().await;
+    aws.standard_setup().await;
+    let tmp = TempDir::new("restore-dry");
+    let src = tmp.path().join("src");
+    source_tree(&src, false);
+    make_backup(&src, &tmp.path().join("b3"), &[]);
+    publish(&aws, &tmp.path().join("b3"), "b3").await;
+    let mut req = request("run-dry", "b3");
+    req.run.input.dry_run = true;
+    let out = restorer(&aws).handle(req).await.unwrap();
+    assert_eq!(out.status, PhaseStatus::Success);
+    assert_eq!(out.details["objects"], expected_files(&src).len() as u64);
+    assert!(staged(&aws, "run-dry").await.is_empty());
+}
+
+#[tokio::test]
+async fn a_phase_outside_the_window_is_recorded_as_skipped() {
+    let aws = LocalAws::start().await;
+    aws.standard_setup().await;
+    let mut req = request("run-skip", "nonexistent");
+    req.run.input.start_at = Phase::Validate;
+    let out = restorer(&aws).handle(req).await.unwrap();
+    assert_eq!(out.status, PhaseStatus::Skipped);
+    assert_eq!(out.reason.as_deref(), Some("start_at=validate"));
+}
+
+#[tokio::test]
+async fn the_control_plane_bundle_is_verified_and_staged() {
+    let aws = LocalAws::start().await;
+    aws.standard_setup().await;
+    let tmp = TempDir::new("restore-cp");
+    let src = tmp.path().join("src");
+    source_tree(&src, false);
+    make_backup(&src, &tmp.path().join("b4"), &[]);
+    publish(&aws, &tmp.path().join("b4"), "b4").await;
+
+    let bundle = b"control plane bundle v7".repeat(1000);
+    let bundle_sha = hex::encode(Sha256::digest(&bundle));
+    aws.s3()
+        .put_object()
+        .bucket(BACKUP_BUCKET)
+        .key("prod/control-plane/bundles/cp-7.tar.gz")
+        .body(bundle.clone().into())
+        .send()
+        .await
+        .unwrap();
+    let mut profile = test_profile();
+    profile["control_plane"] = serde_json::json!({"pointer": format!("s3://{BACKUP_BUCKET}/prod/control-plane/current.json")});
+    aws.put_profile(drpilot_testkit::PROFILE, &profile).await;
+    let pointer = |sha: &str| {
+        serde_json::json!({
+            "bundle_uri": format!("s3://{BACKUP_BUCKET}/prod/control-plane/bundles/cp-7.tar.gz"),
+            "bundle_sha256": sha,
+            "created_at": "2026-11-01T00:00:00Z",
+            "git_sha": "abc123",
+            "image_ref_digest": "sha256:0123"
+        })
+        .to_string()
+    };
+
+    aws.put_text(
+        BACKUP_BUCKET,
+        "prod/control-plane/current.json",
+        &pointer(&"f".repeat(64)),
+    )
+    .await;
+    let err = restorer(&aws)
+        .handle(request("run-cp", "b4"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind, ErrorKind::IntegrityError, "{err}");
+    assert!(err.message.contains("control-plane bundle"), "{err}");
+    assert!(!staged(&aws, "run-cp")
+        .await
+        .iter()
+        .any(|k| k.starts_with("_control-plane/")));
+
+    aws.put_text(
+        BACKUP_BUCKET,
+        "prod/control-plane/current.json",
+        &pointer(&bundle_sha),
+    )
+    .await;
+    let out = restorer(&aws)
+        .handle(request("run-cp", "b4"))
+        .await
+        .unwrap();
+    assert_eq!(out.details["control_plane"]["bundle_sha256"], bundle_sha);
+    let keys = staged(&aws, "run-cp").await;
+    assert!(
+        keys.contains(&"_control-plane/cp-7.tar.gz".to_owned()),
+        "{keys:?}"
+    );
+    assert!(
+        keys.contains(&"_control-plane/current.json".to_owned()),
+        "{keys:?}"
+    );
+    assert_eq!(
+        aws.get_text(TARGET_BUCKET, "_staging/run-cp/_control-plane/cp-7.tar.gz")
+            .await
+            .unwrap()
+            .as_bytes(),
+        bundle.as_slice()
+    );
+}
