@@ -1,6 +1,8 @@
 //! Execution input: every trigger shape normalises to one `RunInput`; bad input is an
 //! `InputError` naming the field.
 
+#![allow(clippy::unwrap_used)] // a test that cannot unwrap should fail loudly
+
 use drpilot_shared::input::{normalize, Trigger, TriggerDefaults};
 use drpilot_shared::{ErrorKind, Mode, Phase, RunInput};
 use serde_json::{json, Value};

@@ -1,5 +1,7 @@
 //! The run lock against real S3 calls on the local emulator.
 
+#![allow(clippy::unwrap_used)] // a test that cannot unwrap should fail loudly
+
 use chrono::Duration;
 use drpilot_shared::lock::{Acquired, Released, RunLock};
 use drpilot_shared::{ErrorKind, S3Uri};

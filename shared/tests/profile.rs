@@ -1,5 +1,7 @@
 //! Profiles from SSM Parameter Store (real calls on the local emulator) and from files.
 
+#![allow(clippy::unwrap_used)] // a test that cannot unwrap should fail loudly
+
 use drpilot_shared::profile::{Check, ProfileSource};
 use drpilot_shared::ErrorKind;
 use drpilot_testkit::LocalAws;

@@ -1,5 +1,7 @@
 //! Receipts and the run summary round-trip through S3 with the DESIGN.md §4 schema.
 
+#![allow(clippy::unwrap_used)] // a test that cannot unwrap should fail loudly
+
 use chrono::Utc;
 use drpilot_shared::input::Trigger;
 use drpilot_shared::receipt::{

@@ -7,8 +7,9 @@ async fn main() -> Result<(), Error> {
     telemetry::init_tracing();
     let restore = Restore::new(AwsClients::from_env().await);
     let restore = &restore;
-    lambda_runtime::run(service_fn(move |event: LambdaEvent<_>| {
-        handler(restore, event)
-    }))
+    // Boxed: the runtime's future holds every in-flight handler future and is large.
+    Box::pin(lambda_runtime::run(service_fn(
+        move |event: LambdaEvent<_>| handler(restore, event),
+    )))
     .await
 }

@@ -1,6 +1,8 @@
 //! restore against real S3 calls on the local emulator, with backups made by
 //! `scripts/make-backup.sh` (tar, zstd, sha256sum) and adversarial ones made by hand.
 
+#![allow(clippy::unwrap_used)] // a test that cannot unwrap should fail loudly
+
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;

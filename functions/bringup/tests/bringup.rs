@@ -1,0 +1,275 @@
+//! bringup against real SDK calls on the local emulator.
+
+#![allow(clippy::unwrap_used)] // a test that cannot unwrap should fail loudly
+
+use bringup::{Bringup, BringupRequest, Caller};
+use drpilot_shared::input::TriggerDefaults;
+use drpilot_shared::profile::ProfileSource;
+use drpilot_shared::run::ExecutionInfo;
+use drpilot_shared::{ErrorKind, Mode};
+use drpilot_testkit::{
+    make_backup, sh, test_profile, LocalAws, TempDir, BACKUP_BUCKET, BACKUP_PREFIX, PROFILE,
+    TARGET_BUCKET,
+};
+use serde_json::{json, Value};
+
+/// `cargo lambda watch` passes this instead of an ARN; bringup then asks STS.
+const LOCAL_ARN: &str = "function-arn";
+
+fn bringup(aws: &LocalAws) -> Bringup {
+    Bringup {
+        clients: aws.clients.clone(),
+        profiles: ProfileSource::Ssm(aws.clients.ssm.clone()),
+        defaults: TriggerDefaults {
+            profile: Some(PROFILE.into()),
+        },
+    }
+}
+
+fn request(input: Value, name: &str) -> BringupRequest {
+    BringupRequest {
+        input,
+        execution: ExecutionInfo {
+            name: Some(name.into()),
+            arn: Some(format!(
+                "arn:aws:states:us-east-1:123456789012:execution:drill:{name}"
+            )),
+            start_time: None,
+        },
+    }
+}
+
+/// Publishes a small backup `id` created at `created_at`.
+async fn publish_backup(aws: &LocalAws, id: &str, created_at: &str) {
+    let tmp = TempDir::new("bringup");
+    let src = tmp.path().join("src");
+    sh(&format!(
+        "mkdir -p '{0}' && echo {id} > '{0}/f.json'",
+        src.display()
+    ));
+    let out = tmp.path().join(id);
+    make_backup(&src, &out, &["--created-at", created_at]);
+    aws.upload_dir(BACKUP_BUCKET, &format!("{BACKUP_PREFIX}{id}"), &out)
+        .await;
+}
+
+/// Every key bringup could have written: target bucket contents.
+async fn target_keys(aws: &LocalAws) -> Vec<String> {
+    aws.keys(TARGET_BUCKET, "").await
+}
+
+#[test]
+fn caller_from_a_function_arn() {
+    assert_eq!(
+        Caller::from_function_arn("arn:aws:lambda:eu-west-1:111122223333:function:drpilot-bringup"),
+        Some(Caller {
+            account_id: "111122223333".into(),
+            region: "eu-west-1".into()
+        })
+    );
+    assert_eq!(Caller::from_function_arn("function-arn"), None);
+    assert_eq!(Caller::from_function_arn("arn:aws:s3:::bucket"), None);
+}
+
+#[tokio::test]
+async fn picks_the_newest_valid_backup_and_takes_the_lock() {
+    let aws = LocalAws::start().await;
+    aws.standard_setup().await;
+    publish_backup(&aws, "b-old", "2026-10-01T00:00:00Z").await;
+    publish_backup(&aws, "b-new", "2026-11-01T00:00:00Z").await;
+    // Newer, but broken (no manifests): skipped, not chosen.
+    publish_backup(&aws, "b-broken", "2026-11-15T00:00:00Z").await;
+    aws.s3()
+        .delete_object()
+        .bucket(BACKUP_BUCKET)
+        .key(format!("{BACKUP_PREFIX}b-broken/manifests.tar.zst"))
+        .send()
+        .await
+        .unwrap();
+
+    let run = bringup(&aws)
+        .handle(
+            request(json!({"mode": "drill", "profile": PROFILE}), "exec-1"),
+            LOCAL_ARN,
+        )
+        .await
+        .unwrap();
+    assert_eq!(run.run_id, "exec-1", "run id from the execution name");
+    assert_eq!(run.input.mode, Mode::Drill);
+    assert_eq!(run.backup.backup_id, "b-new");
+    assert_eq!(
+        run.backup.uri.to_string(),
+        format!("s3://{BACKUP_BUCKET}/{BACKUP_PREFIX}b-new/")
+    );
+    let lock: Value = serde_json::from_str(
+        &aws.get_text(TARGET_BUCKET, "locks/drill.lock")
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(lock["run_id"], "exec-1");
+    assert!(lock["execution_arn"].as_str().unwrap().ends_with(":exec-1"));
+    let receipt: Value = serde_json::from_str(
+        &aws.get_text(
+            TARGET_BUCKET,
+            "drpilot/receipts/runs/exec-1/phases/bringup.json",
+        )
+        .await
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(receipt["status"], "success");
+    assert_eq!(receipt["details"]["backup_id"], "b-new");
+    // The output stays small (far under Step Functions' 256 KiB).
+    assert!(serde_json::to_vec(&run).unwrap().len() < 4096);
+}
+
+#[tokio::test]
+async fn an_explicit_backup_uri_and_run_id_are_honoured() {
+    let aws = LocalAws::start().await;
+    aws.standard_setup().await;
+    publish_backup(&aws, "b-1", "2026-10-01T00:00:00Z").await;
+    publish_backup(&aws, "b-2", "2026-11-01T00:00:00Z").await;
+    let input = json!({
+        "mode": "drill", "profile": PROFILE, "run_id": "chosen-run",
+        "backup_uri": format!("s3://{BACKUP_BUCKET}/{BACKUP_PREFIX}b-1")
+    });
+    let run = bringup(&aws)
+        .handle(request(input, "exec-2"), LOCAL_ARN)
+        .await
+        .unwrap();
+    assert_eq!(run.run_id, "chosen-run");
+    assert_eq!(run.backup.backup_id, "b-1");
+}
+
+#[tokio::test]
+async fn the_aws_sample_alarm_event_starts_a_recovery() {
+    let aws = LocalAws::start().await;
+    aws.standard_setup().await;
+    publish_backup(&aws, "b-1", "2026-10-01T00:00:00Z").await;
+    let event: Value = serde_json::from_str(include_str!(
+        "../../../shared/tests/fixtures/alarm-state-change.json"
+    ))
+    .unwrap();
+    let run = bringup(&aws)
+        .handle(request(event, "alarm-exec"), LOCAL_ARN)
+        .await
+        .unwrap();
+    assert_eq!(run.input.mode, Mode::Recovery);
+    assert!(!run.input.approval_bypassed());
+}
+
+#[tokio::test]
+async fn account_mismatch_stops_before_any_write() {
+    let aws = LocalAws::start().await;
+    aws.standard_setup().await;
+    publish_backup(&aws, "b-1", "2026-10-01T00:00:00Z").await;
+    let mut other = test_profile();
+    other["account_id"] = json!("999999999999");
+    aws.put_profile("other-account", &other).await;
+    let before = target_keys(&aws).await;
+    let err = bringup(&aws)
+        .handle(
+            request(
+                json!({"mode": "drill", "profile": "other-account"}),
+                "exec-3",
+            ),
+            LOCAL_ARN,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind, ErrorKind::AccountMismatch);
+    assert!(
+        err.message.contains("999999999999") && err.message.contains("123456789012"),
+        "{err}"
+    );
+    assert_eq!(target_keys(&aws).await, before, "nothing written");
+
+    // The ARN, when there is one, is what the guard trusts (here: wrong region).
+    let err = bringup(&aws)
+        .handle(
+            request(json!({"mode": "drill", "profile": PROFILE}), "exec-4"),
+            "arn:aws:lambda:eu-central-1:123456789012:function:bringup",
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind, ErrorKind::AccountMismatch);
+    assert!(err.message.contains("eu-central-1"), "{err}");
+    assert_eq!(target_keys(&aws).await, before, "nothing written");
+}
+
+#[tokio::test]
+async fn a_held_lock_stops_before_any_write() {
+    let aws = LocalAws::start().await;
+    aws.standard_setup().await;
+    publish_backup(&aws, "b-1", "2026-10-01T00:00:00Z").await;
+    let input = json!({"mode": "drill", "profile": PROFILE});
+    bringup(&aws)
+        .handle(request(input.clone(), "first"), LOCAL_ARN)
+        .await
+        .unwrap();
+    let before = target_keys(&aws).await;
+    let lock_before = aws.get_text(TARGET_BUCKET, "locks/drill.lock").await;
+    let err = bringup(&aws)
+        .handle(request(input.clone(), "second"), LOCAL_ARN)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind, ErrorKind::LockHeld);
+    assert!(err.message.contains("first"), "{err}");
+    assert_eq!(target_keys(&aws).await, before, "nothing written");
+    assert_eq!(
+        aws.get_text(TARGET_BUCKET, "locks/drill.lock").await,
+        lock_before
+    );
+    // The holder re-running its bringup (a retry) is fine.
+    bringup(&aws)
+        .handle(request(input, "first"), LOCAL_ARN)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn contract_problems_are_named() {
+    let aws = LocalAws::start().await;
+    aws.standard_setup().await;
+    // No backups at all.
+    let err = bringup(&aws)
+        .handle(
+            request(json!({"mode": "drill", "profile": PROFILE}), "exec-5"),
+            LOCAL_ARN,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind, ErrorKind::ContractError);
+    assert!(err.message.contains("no valid backup"), "{err}");
+    // A named backup missing an artifact.
+    publish_backup(&aws, "b-1", "2026-10-01T00:00:00Z").await;
+    aws.s3()
+        .delete_object()
+        .bucket(BACKUP_BUCKET)
+        .key(format!("{BACKUP_PREFIX}b-1/state.tar.zst"))
+        .send()
+        .await
+        .unwrap();
+    let input = json!({"mode": "drill", "profile": PROFILE,
+                       "backup_uri": format!("s3://{BACKUP_BUCKET}/{BACKUP_PREFIX}b-1/")});
+    let err = bringup(&aws)
+        .handle(request(input, "exec-6"), LOCAL_ARN)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind, ErrorKind::ContractError);
+    assert!(err.message.contains("state.tar.zst"), "{err}");
+    // Bad input and an unknown profile are input errors.
+    let err = bringup(&aws)
+        .handle(
+            request(json!({"mode": "drill", "profile": "nope"}), "exec-7"),
+            LOCAL_ARN,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind, ErrorKind::InputError);
+    assert!(
+        target_keys(&aws).await.iter().all(|k| !k.contains("exec-")),
+        "nothing written"
+    );
+}

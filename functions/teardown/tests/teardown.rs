@@ -1,0 +1,389 @@
+//! teardown against real SDK calls on the local emulator, after runs made by the real
+//! bringup and restore.
+
+#![allow(clippy::unwrap_used)] // a test that cannot unwrap should fail loudly
+
+use aws_sdk_cloudwatch::types::{Dimension, Statistic};
+use bringup::{Bringup, BringupRequest};
+use chrono::{Duration, Utc};
+use drpilot_shared::input::TriggerDefaults;
+use drpilot_shared::lock::RunLock;
+use drpilot_shared::profile::ProfileSource;
+use drpilot_shared::receipt::{PhaseClock, PhaseStatus, ReceiptStore, RunStatus};
+use drpilot_shared::run::{ExecutionInfo, PhaseRequest, RunContext};
+use drpilot_shared::{Phase, S3Uri};
+use drpilot_testkit::{
+    make_backup, sh, test_profile, LocalAws, TempDir, BACKUP_BUCKET, BACKUP_PREFIX, PROFILE,
+    TARGET_BUCKET,
+};
+use restore::Restore;
+use serde_json::{json, Value};
+use teardown::{ApprovalOutcome, CaughtFailure, Teardown, TeardownRequest};
+
+fn store(aws: &LocalAws) -> ReceiptStore {
+    ReceiptStore::new(
+        aws.s3().clone(),
+        test_profile()["receipts"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap(),
+    )
+}
+
+fn teardown(aws: &LocalAws) -> Teardown {
+    Teardown {
+        clients: aws.clients.clone(),
+        profiles: ProfileSource::Ssm(aws.clients.ssm.clone()),
+        defaults: TriggerDefaults::default(),
+    }
+}
+
+/// A backup taken two hours ago; with `broken`, its state archive fails its hash check.
+async fn publish_backup(aws: &LocalAws, id: &str, broken: bool) {
+    let tmp = TempDir::new("teardown");
+    let src = tmp.path().join("src");
+    sh(&format!(
+        "mkdir -p '{0}/a' && for i in 1 2 3; do echo $i > '{0}/a/'$i.json; done",
+        src.display()
+    ));
+    let out = tmp.path().join(id);
+    let created = (Utc::now() - Duration::hours(2)).to_rfc3339();
+    make_backup(&src, &out, &["--created-at", &created]);
+    if broken {
+        let meta = out.join("metadata.json");
+        let text = std::fs::read_to_string(&meta).unwrap();
+        let v: Value = serde_json::from_str(&text).unwrap();
+        let sha = v["artifacts"]["state.tar.zst"]["sha256"].as_str().unwrap();
+        std::fs::write(&meta, text.replace(sha, &"0".repeat(64))).unwrap();
+    }
+    aws.upload_dir(BACKUP_BUCKET, &format!("{BACKUP_PREFIX}{id}"), &out)
+        .await;
+}
+
+/// Runs the real bringup for a drill on the newest backup.
+async fn start_run(aws: &LocalAws, run_id: &str, extra: Value) -> RunContext {
+    let mut input = json!({"mode": "drill", "profile": PROFILE, "run_id": run_id});
+    input
+        .as_object_mut()
+        .unwrap()
+        .extend(extra.as_object().unwrap().clone());
+    Bringup {
+        clients: aws.clients.clone(),
+        profiles: ProfileSource::Ssm(aws.clients.ssm.clone()),
+        defaults: TriggerDefaults::default(),
+    }
+    .handle(
+        BringupRequest {
+            input,
+            execution: ExecutionInfo {
+                name: Some(run_id.into()),
+                arn: Some(format!(
+                    "arn:aws:states:us-east-1:123456789012:execution:drill:{run_id}"
+                )),
+                start_time: Some(Utc::now()),
+            },
+        },
+        "function-arn",
+    )
+    .await
+    .unwrap()
+}
+
+async fn run_restore(aws: &LocalAws, run: &RunContext) -> drpilot_shared::Result<()> {
+    Restore {
+        clients: aws.clients.clone(),
+        profiles: ProfileSource::Ssm(aws.clients.ssm.clone()),
+        tuning: Default::default(),
+    }
+    .handle(PhaseRequest {
+        run: run.clone(),
+        retry_count: 0,
+    })
+    .await
+    .map(drop)
+}
+
+/// Receipts for the phases whose Lambdas are not part of this crate's dependencies.
+async fn succeed(aws: &LocalAws, run_id: &str, phase: Phase, details: Value) {
+    let receipt = PhaseClock::start(run_id, phase, 1).finish(PhaseStatus::Success, None, details);
+    store(aws).put_phase(&receipt).await.unwrap();
+}
+
+async fn staging_keys(aws: &LocalAws, run_id: &str) -> Vec<String> {
+    aws.keys(TARGET_BUCKET, &format!("_staging/{run_id}/"))
+        .await
+}
+
+async fn metric_samples(aws: &LocalAws, metric: &str) -> f64 {
+    let out = aws
+        .clients
+        .cloudwatch
+        .get_metric_statistics()
+        .namespace("DRPilot")
+        .metric_name(metric)
+        .dimensions(Dimension::builder().name("Profile").value(PROFILE).build())
+        .dimensions(Dimension::builder().name("Mode").value("drill").build())
+        .start_time(aws_sdk_cloudwatch::primitives::DateTime::from_secs(
+            (Utc::now() - Duration::hours(1)).timestamp(),
+        ))
+        .end_time(aws_sdk_cloudwatch::primitives::DateTime::from_secs(
+            (Utc::now() + Duration::hours(1)).timestamp(),
+        ))
+        .period(7200)
+        .statistics(Statistic::SampleCount)
+        .send()
+        .await
+        .unwrap();
+    out.datapoints()
+        .iter()
+        .filter_map(|d| d.sample_count())
+        .sum()
+}
+
+#[tokio::test]
+async fn after_a_promoted_run_it_cleans_up_and_measures() {
+    let aws = LocalAws::start().await;
+    aws.standard_setup().await;
+    publish_backup(&aws, "b-1", false).await;
+    let run = start_run(&aws, "run-ok", json!({})).await;
+    run_restore(&aws, &run).await.unwrap();
+    assert_eq!(staging_keys(&aws, "run-ok").await.len(), 3);
+    succeed(&aws, "run-ok", Phase::Validate, json!({})).await;
+    succeed(&aws, "run-ok", Phase::ParityReport, json!({"delta": 0})).await;
+    succeed(
+        &aws,
+        "run-ok",
+        Phase::Promote,
+        json!({"promoted": true, "approver": "alice", "ticket": "CHG-42"}),
+    )
+    .await;
+
+    let request = TeardownRequest {
+        run: Some(run.clone()),
+        approval: Some(ApprovalOutcome {
+            approved: true,
+            approver: Some("alice".into()),
+            ticket: Some("CHG-42".into()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let out = teardown(&aws).handle(request).await.unwrap();
+    assert_eq!(out.status, RunStatus::Succeeded);
+    assert!(out.promoted && out.torn_down);
+    assert_eq!(out.lock, "released");
+    assert!(staging_keys(&aws, "run-ok").await.is_empty());
+    assert!(aws
+        .get_text(TARGET_BUCKET, "locks/drill.lock")
+        .await
+        .is_none());
+
+    let summary = store(&aws).get_summary("run-ok").await.unwrap().unwrap();
+    assert_eq!(summary.phases.len(), 6);
+    assert!(summary
+        .phases
+        .iter()
+        .all(|p| p.status == PhaseStatus::Success));
+    let rpo = summary.rpo_seconds.unwrap();
+    assert!((7190.0..7300.0).contains(&rpo), "rpo {rpo}");
+    assert_eq!(summary.rpo.met, Some(true));
+    let rto = summary.rto_seconds.unwrap();
+    assert!((0.0..600.0).contains(&rto), "rto {rto}");
+    assert_eq!(summary.rto.met, Some(true));
+    assert_eq!(summary.parity_delta, Some(0));
+    assert_eq!(summary.approver.as_deref(), Some("alice"));
+    assert_eq!(summary.ticket.as_deref(), Some("CHG-42"));
+    assert_eq!(summary.manual_interventions, 1);
+    assert_eq!(metric_samples(&aws, "DrillDurationSeconds").await, 1.0);
+    assert_eq!(metric_samples(&aws, "RecoveryPointAgeSeconds").await, 1.0);
+}
+
+#[tokio::test]
+async fn after_a_failed_restore_it_records_the_failure_and_releases_the_lock() {
+    let aws = LocalAws::start().await;
+    aws.standard_setup().await;
+    publish_backup(&aws, "b-bad", true).await;
+    let run = start_run(&aws, "run-fail", json!({})).await;
+    let err = run_restore(&aws, &run).await.unwrap_err();
+    let request = TeardownRequest {
+        run: Some(run),
+        failure: Some(CaughtFailure {
+            phase: Phase::Restore,
+            error: err.kind.name().into(),
+            cause: err.message.clone(),
+        }),
+        ..Default::default()
+    };
+    let out = teardown(&aws).handle(request.clone()).await.unwrap();
+    assert_eq!(out.status, RunStatus::Failed);
+    assert!(!out.promoted);
+    assert_eq!(out.lock, "released");
+    assert!(
+        staging_keys(&aws, "run-fail").await.is_empty(),
+        "partial staging removed"
+    );
+    let summary = store(&aws).get_summary("run-fail").await.unwrap().unwrap();
+    let status = |phase| summary.phases.iter().find(|p| p.phase == phase).unwrap();
+    assert_eq!(status(Phase::Restore).status, PhaseStatus::Failed);
+    assert_eq!(status(Phase::Validate).status, PhaseStatus::Skipped);
+    assert_eq!(
+        status(Phase::Validate).reason.as_deref(),
+        Some("not reached: restore failed")
+    );
+    assert_eq!(summary.failure.as_ref().unwrap().error, "IntegrityError");
+    assert_eq!(
+        summary.rto_seconds, None,
+        "no RTO without a validated restore"
+    );
+    assert_eq!(metric_samples(&aws, "PhaseFailures").await, 1.0);
+
+    // Twice in a row: same end state, metrics not published again.
+    let again = teardown(&aws).handle(request).await.unwrap();
+    assert_eq!(again.status, out.status);
+    assert_eq!(again.lock, "not held");
+    let summary2 = store(&aws).get_summary("run-fail").await.unwrap().unwrap();
+    let statuses = |s: &drpilot_shared::receipt::RunSummary| {
+        s.phases
+            .iter()
+            .map(|p| (p.phase, p.status, p.reason.clone()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(statuses(&summary2), statuses(&summary));
+    assert_eq!(summary2.failure, summary.failure);
+    assert_eq!(metric_samples(&aws, "PhaseFailures").await, 1.0);
+}
+
+#[tokio::test]
+async fn a_phase_that_died_without_a_receipt_is_recorded_as_failed() {
+    let aws = LocalAws::start().await;
+    aws.standard_setup().await;
+    publish_backup(&aws, "b-1", false).await;
+    let run = start_run(&aws, "run-timeout", json!({})).await;
+    let request = TeardownRequest {
+        run: Some(run),
+        failure: Some(CaughtFailure {
+            phase: Phase::Restore,
+            error: "States.Timeout".into(),
+            cause: "task timed out".into(),
+        }),
+        ..Default::default()
+    };
+    teardown(&aws).handle(request).await.unwrap();
+    let receipt = store(&aws)
+        .get_phase("run-timeout", Phase::Restore)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(receipt.status, PhaseStatus::Failed);
+    assert!(receipt.reason.unwrap().contains("States.Timeout"));
+    assert_eq!(receipt.details["recorded_by"], "teardown");
+}
+
+#[tokio::test]
+async fn a_denied_approval_and_a_held_staging_are_recorded() {
+    let aws = LocalAws::start().await;
+    aws.standard_setup().await;
+    publish_backup(&aws, "b-1", false).await;
+    let run = start_run(&aws, "run-held", json!({"teardown": false})).await;
+    run_restore(&aws, &run).await.unwrap();
+    succeed(&aws, "run-held", Phase::Validate, json!({})).await;
+    succeed(&aws, "run-held", Phase::ParityReport, json!({"delta": 3})).await;
+    let request = TeardownRequest {
+        run: Some(run),
+        approval: Some(ApprovalOutcome {
+            approved: false,
+            approver: Some("bob".into()),
+            reason: Some("parity delta too high".into()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let out = teardown(&aws).handle(request).await.unwrap();
+    assert_eq!(out.status, RunStatus::Succeeded);
+    assert!(!out.promoted && !out.torn_down);
+    assert_eq!(
+        staging_keys(&aws, "run-held").await.len(),
+        3,
+        "staging held"
+    );
+    assert!(
+        aws.get_text(TARGET_BUCKET, "locks/drill.lock")
+            .await
+            .is_none(),
+        "lock released"
+    );
+    let summary = store(&aws).get_summary("run-held").await.unwrap().unwrap();
+    let promote = summary
+        .phases
+        .iter()
+        .find(|p| p.phase == Phase::Promote)
+        .unwrap();
+    assert_eq!(promote.status, PhaseStatus::Skipped);
+    assert_eq!(
+        promote.reason.as_deref(),
+        Some("approval denied: parity delta too high")
+    );
+    assert_eq!(summary.parity_delta, Some(3));
+    assert!(
+        summary.rto_seconds.is_some(),
+        "RTO runs to validation when not promoted"
+    );
+    assert_eq!(summary.manual_interventions, 1);
+}
+
+#[tokio::test]
+async fn a_lock_held_by_another_run_is_left_alone() {
+    let aws = LocalAws::start().await;
+    aws.standard_setup().await;
+    publish_backup(&aws, "b-1", false).await;
+    start_run(&aws, "holder", json!({})).await;
+    // A second run whose bringup failed with LockHeld: teardown gets only the raw input.
+    let request = TeardownRequest {
+        input: Some(json!({"mode": "drill", "profile": PROFILE})),
+        execution: ExecutionInfo {
+            name: Some("second".into()),
+            ..Default::default()
+        },
+        failure: Some(CaughtFailure {
+            phase: Phase::Bringup,
+            error: "LockHeld".into(),
+            cause: "held by holder".into(),
+        }),
+        ..Default::default()
+    };
+    let out = teardown(&aws).handle(request).await.unwrap();
+    assert_eq!(out.status, RunStatus::Failed);
+    assert_eq!(out.lock, "owned by run holder, left alone");
+    let lock = RunLock::new(
+        aws.s3().clone(),
+        S3Uri::new(TARGET_BUCKET, "locks/drill.lock").unwrap(),
+    );
+    assert_eq!(lock.read().await.unwrap().unwrap().0.run_id, "holder");
+    let summary = store(&aws).get_summary("second").await.unwrap().unwrap();
+    assert_eq!(summary.failure.unwrap().error, "LockHeld");
+}
+
+#[tokio::test]
+async fn an_account_mismatch_writes_nothing() {
+    let aws = LocalAws::start().await;
+    aws.standard_setup().await;
+    let before = aws.keys(TARGET_BUCKET, "").await;
+    let request = TeardownRequest {
+        input: Some(json!({"mode": "drill", "profile": PROFILE})),
+        execution: ExecutionInfo {
+            name: Some("wrong-account".into()),
+            ..Default::default()
+        },
+        failure: Some(CaughtFailure {
+            phase: Phase::Bringup,
+            error: "AccountMismatch".into(),
+            cause: "running in another account".into(),
+        }),
+        ..Default::default()
+    };
+    let out = teardown(&aws).handle(request).await.unwrap();
+    assert_eq!(out.status, RunStatus::Failed);
+    assert!(out.summary.is_none());
+    assert_eq!(aws.keys(TARGET_BUCKET, "").await, before);
+}
