@@ -34,3 +34,7 @@ local-up: ## start the local AWS stack (moto + cargo lambda watch) and print its
 
 local-down: ## stop the local AWS stack
 	scripts/local-stack.sh down
+
+.PHONY: bench
+bench: ## benchmarks, printed as markdown tables (see bench/README.md)
+	python3 bench/restore_pipeline.py
