@@ -9,8 +9,8 @@ use std::fs::File;
 use std::io::BufReader;
 use std::time::Instant;
 
+use drpilot_shared::archive::{unpack, Discard};
 use drpilot_shared::backup::Artifact;
-use restore::pipeline::{unpack, NullSink};
 
 fn peak_rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
@@ -43,7 +43,7 @@ fn main() {
         "state.tar.zst",
         BufReader::with_capacity(1 << 20, file),
         &expected,
-        &mut NullSink::default(),
+        &mut Discard::default(),
     )
     .expect("the archive unpacks and verifies");
     let seconds = started.elapsed().as_secs_f64();

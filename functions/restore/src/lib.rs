@@ -6,7 +6,6 @@
 //! failed receipt, never a success one; a re-run empties the staging prefix first, so
 //! it ends exactly where an uninterrupted run would.
 
-pub mod pipeline;
 pub mod staging;
 
 use aws_sdk_s3::primitives::ByteStream;
@@ -24,8 +23,8 @@ use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tracing::info;
 
-use crate::pipeline::{unpack, ArchiveReport, NullSink, RESERVED_PREFIX};
 use crate::staging::{pump_body, ChannelSink, EntryMessage, Tuning, Uploader};
+use drpilot_shared::archive::{unpack, ArchiveReport, Discard, RESERVED_PREFIX};
 
 pub struct Restore {
     pub clients: AwsClients,
@@ -157,7 +156,7 @@ impl Restore {
                 &name,
                 reader,
                 &expected,
-                &mut NullSink::detecting_duplicates(),
+                &mut Discard::detecting_duplicates(),
             )
         })
         .await

@@ -20,7 +20,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
-use crate::pipeline::EntrySink;
+use drpilot_shared::archive::{stream_error, EntryVisitor, CHUNK};
 
 pub use drpilot_shared::objects::SHA256_TAG;
 
@@ -140,15 +140,26 @@ impl ChannelSink {
     }
 }
 
-impl EntrySink for ChannelSink {
-    fn begin(&mut self, key: RelativeKey, size: u64) -> Result<()> {
-        self.send(EntryMessage::Begin { key, size })
-    }
-    fn data(&mut self, chunk: Bytes) -> Result<()> {
-        self.send(EntryMessage::Data(chunk))
-    }
-    fn end(&mut self, sha256: [u8; 32]) -> Result<()> {
-        self.send(EntryMessage::End { sha256 })
+impl EntryVisitor for ChannelSink {
+    /// Hands the file to the uploader in chunks, with its SHA-256 at the end (the
+    /// uploader commits an object only once it has that).
+    fn file(&mut self, key: RelativeKey, size: u64, data: &mut dyn Read) -> Result<()> {
+        self.send(EntryMessage::Begin { key, size })?;
+        let mut hasher = Sha256::new();
+        let mut buf = vec![0u8; CHUNK.min(size as usize).max(1)];
+        loop {
+            let n = data
+                .read(&mut buf)
+                .map_err(|e| stream_error("state.tar.zst", e))?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            self.send(EntryMessage::Data(Bytes::copy_from_slice(&buf[..n])))?;
+        }
+        self.send(EntryMessage::End {
+            sha256: hasher.finalize().into(),
+        })
     }
 }
 

@@ -1,42 +1,40 @@
-//! The synchronous half of the restore pipeline: archive bytes → SHA-256 and size of the
-//! archive → zstd decoder → tar reader → one checked entry at a time into an
-//! [`EntrySink`]. Nothing here holds more than one read buffer; the sink decides where
-//! the data goes (S3 uploads, or nowhere for a dry run and the benchmark).
+//! Reading a backup archive (a zstd-compressed POSIX tar, DESIGN.md §3) as a stream:
+//! archive bytes → SHA-256 and size of the whole → zstd decoder → tar reader → one
+//! checked entry at a time, handed to an [`EntryVisitor`] as a `Read`. Nothing here holds
+//! more than the decoder's window and one entry header; the visitor decides what the data
+//! becomes (S3 uploads for restore, parsed manifests for validate, nothing for a check).
 
 use std::collections::HashSet;
 use std::io::{self, Read};
 
-use bytes::Bytes;
-use drpilot_shared::backup::Artifact;
-use drpilot_shared::s3uri::RelativeKey;
-use drpilot_shared::{Error, Result};
 use sha2::{Digest, Sha256};
 
-/// Size of the chunks entries are read and handed on in.
+use crate::backup::Artifact;
+use crate::error::{Error, Result};
+use crate::s3uri::RelativeKey;
+
+/// Size of the buffer entries are read in.
 pub const CHUNK: usize = 1 << 20;
 
 /// Keys under this prefix are drpilot's own (the staged control-plane bundle).
 pub const RESERVED_PREFIX: &str = "_control-plane/";
 
-/// Where unpacked entries go.
-pub trait EntrySink {
-    /// A regular file starts; `size` bytes of [`EntrySink::data`] follow.
-    fn begin(&mut self, key: RelativeKey, size: u64) -> Result<()>;
-    fn data(&mut self, chunk: Bytes) -> Result<()>;
-    /// The file is complete; `sha256` is the hash of all its data.
-    fn end(&mut self, sha256: [u8; 32]) -> Result<()>;
+/// What receives an archive's regular files, one at a time, in archive order.
+pub trait EntryVisitor {
+    /// `data` yields the file's `size` bytes; read errors are the archive's, so map them
+    /// with [`stream_error`]. Whatever the visitor leaves unread is skipped.
+    fn file(&mut self, key: RelativeKey, size: u64, data: &mut dyn Read) -> Result<()>;
 }
 
-/// Counts entries and discards their data: dry runs, archive checks, benchmarks.
+/// Reads and discards every file: checks an archive without keeping anything.
 #[derive(Debug, Default)]
-pub struct NullSink {
-    /// Catches duplicate paths in memory; used where there is no S3 conditional write to
-    /// catch them (dry runs). Grows with the number of entries: fine for verification of
-    /// manifests archives and dry runs, never used on the staging path.
+pub struct Discard {
+    /// Catches duplicate paths in memory where no S3 conditional write can (dry runs).
+    /// Grows with the number of entries, so never used on the staging path.
     seen: Option<HashSet<RelativeKey>>,
 }
 
-impl NullSink {
+impl Discard {
     pub fn detecting_duplicates() -> Self {
         Self {
             seen: Some(HashSet::new()),
@@ -44,20 +42,24 @@ impl NullSink {
     }
 }
 
-impl EntrySink for NullSink {
-    fn begin(&mut self, key: RelativeKey, _size: u64) -> Result<()> {
+impl EntryVisitor for Discard {
+    fn file(&mut self, key: RelativeKey, _size: u64, data: &mut dyn Read) -> Result<()> {
         if let Some(seen) = &mut self.seen {
             if !seen.insert(key.clone()) {
                 return Err(Error::contract(format!("duplicate entry {key}")));
             }
         }
+        io::copy(data, &mut io::sink()).map_err(|e| stream_error("archive", e))?;
         Ok(())
     }
-    fn data(&mut self, _chunk: Bytes) -> Result<()> {
-        Ok(())
-    }
-    fn end(&mut self, _sha256: [u8; 32]) -> Result<()> {
-        Ok(())
+}
+
+/// The error for a failed read of archive `name`: an error the reader carried (an S3
+/// read failure) keeps its own kind; anything else means a truncated or corrupt stream.
+pub fn stream_error(name: &str, e: io::Error) -> Error {
+    match e.get_ref().and_then(|inner| inner.downcast_ref::<Error>()) {
+        Some(err) => err.clone(),
+        None => Error::contract(format!("{name}: truncated or corrupt stream: {e}")),
     }
 }
 
@@ -71,6 +73,20 @@ pub struct ArchiveReport {
     /// Compressed bytes read (the artifact's size).
     pub archive_bytes: u64,
     pub archive_sha256: String,
+}
+
+/// Counts the bytes read through it.
+struct CountingReader<R> {
+    inner: R,
+    bytes: u64,
+}
+
+impl<R: Read> Read for CountingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.bytes += n as u64;
+        Ok(n)
+    }
 }
 
 /// Counts and hashes every byte read through it.
@@ -89,35 +105,29 @@ impl<R: Read> Read for HashingReader<R> {
     }
 }
 
-/// Unpacks the zstd-compressed tar `archive` named `name` into `sink`, checking every
-/// entry against the backup contract and the whole against `expected`.
+/// Reads the zstd-compressed tar `archive` named `name`, handing each regular file to
+/// `visitor`, checking every entry against the backup contract and the whole against
+/// `expected`.
 ///
 /// Errors: `ContractError` for a forbidden entry (link, device, fifo, absolute path,
 /// `..`, reserved prefix, non-UTF-8 name), a truncated or corrupt stream; `IntegrityError`
-/// when the archive's size or SHA-256 differs from `expected`; whatever the sink raises.
+/// when the archive's size or SHA-256 differs from `expected`; whatever the visitor raises.
 pub fn unpack<R: Read>(
     name: &str,
     archive: R,
     expected: &Artifact,
-    sink: &mut impl EntrySink,
+    visitor: &mut impl EntryVisitor,
 ) -> Result<ArchiveReport> {
     let mut hashing = HashingReader {
         inner: archive,
         hasher: Sha256::new(),
         bytes: 0,
     };
-    let corrupt = |e: io::Error| {
-        // An I/O error carrying our own Error (from the S3 body reader) keeps its kind.
-        match e.get_ref().and_then(|inner| inner.downcast_ref::<Error>()) {
-            Some(err) => err.clone(),
-            None => Error::contract(format!("{name}: truncated or corrupt stream: {e}")),
-        }
-    };
+    let corrupt = |e: io::Error| stream_error(name, e);
     let mut report = ArchiveReport::default();
     {
         let decoder = zstd::stream::read::Decoder::new(&mut hashing).map_err(corrupt)?;
         let mut tar = tar::Archive::new(decoder);
-        let mut buf = vec![0u8; CHUNK];
         for entry in tar.entries().map_err(corrupt)? {
             let mut entry = entry.map_err(corrupt)?;
             let raw_path = entry.path_bytes().into_owned();
@@ -144,7 +154,7 @@ pub fn unpack<R: Read>(
             } else {
                 relative
             };
-            if is_dir && relative.is_empty() || relative == "." {
+            if (is_dir && relative.is_empty()) || relative == "." {
                 continue; // the archive's own root (`tar -C dir .`)
             }
             if path.starts_with('/') {
@@ -164,24 +174,18 @@ pub fn unpack<R: Read>(
                 continue;
             }
             let size = entry.size();
-            sink.begin(key, size)?;
-            let mut hasher = Sha256::new();
-            let mut read_total = 0u64;
-            loop {
-                let n = entry.read(&mut buf).map_err(corrupt)?;
-                if n == 0 {
-                    break;
-                }
-                hasher.update(&buf[..n]);
-                read_total += n as u64;
-                sink.data(Bytes::copy_from_slice(&buf[..n]))?;
-            }
-            if read_total != size {
+            let mut counted = CountingReader {
+                inner: &mut entry,
+                bytes: 0,
+            };
+            visitor.file(key, size, &mut counted)?;
+            io::copy(&mut counted, &mut io::sink()).map_err(corrupt)?;
+            if counted.bytes != size {
                 return Err(Error::contract(format!(
-                    "{name}: entry {path:?} is truncated ({read_total} of {size} bytes)"
+                    "{name}: entry {path:?} is truncated ({} of {size} bytes)",
+                    counted.bytes
                 )));
             }
-            sink.end(hasher.finalize().into())?;
             report.files += 1;
             report.bytes += size;
         }
