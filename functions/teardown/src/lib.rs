@@ -4,10 +4,10 @@
 //! measured RTO and RPO, and publishes the `DRPilot` metrics. Running it twice ends in
 //! the same state (metrics are published once).
 
-use aws_sdk_cloudwatch::types::{Dimension, MetricDatum, StandardUnit};
 use chrono::{DateTime, Utc};
 use drpilot_shared::input::{normalize, Trigger, TriggerDefaults};
 use drpilot_shared::lock::{Released, RunLock};
+use drpilot_shared::metrics::{self, Sample};
 use drpilot_shared::objects::delete_prefix;
 use drpilot_shared::profile::ProfileSource;
 use drpilot_shared::receipt::{
@@ -15,12 +15,10 @@ use drpilot_shared::receipt::{
     RunStatus, RunSummary,
 };
 use drpilot_shared::run::{ExecutionInfo, RunContext};
-use drpilot_shared::{AwsClients, Error, ErrorKind, Phase, Result, RunInput, S3Uri};
+use drpilot_shared::{AwsClients, ErrorKind, Phase, Result, RunInput, S3Uri};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tracing::{info, warn};
-
-pub const METRIC_NAMESPACE: &str = "DRPilot";
 
 /// What the state machine passes to teardown.
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
@@ -337,52 +335,28 @@ impl Teardown {
     }
 
     async fn publish_metrics(&self, summary: &RunSummary, failed_phases: usize) -> Result<()> {
-        let dimensions = [
-            Dimension::builder()
-                .name("Profile")
-                .value(&summary.profile)
-                .build(),
-            Dimension::builder()
-                .name("Mode")
-                .value(summary.mode.as_str())
-                .build(),
-        ];
-        let duration = seconds(summary.finished_at - summary.kickoff_at);
-        let mut data = vec![
-            ("DrillDurationSeconds", duration, StandardUnit::Seconds),
-            (
+        let mut samples = vec![
+            Sample::seconds(
+                "DrillDurationSeconds",
+                seconds(summary.finished_at - summary.kickoff_at),
+            ),
+            Sample::count(
                 "ManualInterventions",
                 f64::from(summary.manual_interventions),
-                StandardUnit::Count,
             ),
-            ("PhaseFailures", failed_phases as f64, StandardUnit::Count),
+            Sample::count("PhaseFailures", failed_phases as f64),
         ];
         if let Some(rpo) = summary.rpo_seconds {
-            data.push(("RecoveryPointAgeSeconds", rpo, StandardUnit::Seconds));
+            samples.push(Sample::seconds("RecoveryPointAgeSeconds", rpo));
         }
-        let data: Vec<MetricDatum> = data
-            .into_iter()
-            .map(|(name, value, unit)| {
-                MetricDatum::builder()
-                    .metric_name(name)
-                    .value(value)
-                    .unit(unit)
-                    .timestamp(aws_sdk_cloudwatch::primitives::DateTime::from_millis(
-                        summary.finished_at.timestamp_millis(),
-                    ))
-                    .set_dimensions(Some(dimensions.to_vec()))
-                    .build()
-            })
-            .collect();
-        self.clients
-            .cloudwatch
-            .put_metric_data()
-            .namespace(METRIC_NAMESPACE)
-            .set_metric_data(Some(data))
-            .send()
-            .await
-            .map_err(|e| Error::from_sdk("PutMetricData DRPilot", e))?;
-        Ok(())
+        metrics::publish(
+            &self.clients.cloudwatch,
+            &summary.profile,
+            summary.mode.as_str(),
+            summary.finished_at,
+            samples,
+        )
+        .await
     }
 }
 

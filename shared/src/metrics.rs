@@ -1,0 +1,71 @@
+//! The `DRPilot` CloudWatch metrics (DESIGN.md §4), dimensioned by `Profile` and `Mode`.
+
+use aws_sdk_cloudwatch::types::{Dimension, MetricDatum, StandardUnit};
+use chrono::{DateTime, Utc};
+
+use crate::error::{Error, Result};
+
+pub const NAMESPACE: &str = "DRPilot";
+
+/// One value of one metric.
+#[derive(Clone, Debug)]
+pub struct Sample {
+    pub name: &'static str,
+    pub value: f64,
+    pub unit: StandardUnit,
+}
+
+impl Sample {
+    pub fn seconds(name: &'static str, value: f64) -> Self {
+        Self {
+            name,
+            value,
+            unit: StandardUnit::Seconds,
+        }
+    }
+    pub fn count(name: &'static str, value: f64) -> Self {
+        Self {
+            name,
+            value,
+            unit: StandardUnit::Count,
+        }
+    }
+}
+
+/// Puts `samples` at `at` with dimensions `Profile=<profile>`, `Mode=<mode>`.
+pub async fn publish(
+    cloudwatch: &aws_sdk_cloudwatch::Client,
+    profile: &str,
+    mode: &str,
+    at: DateTime<Utc>,
+    samples: Vec<Sample>,
+) -> Result<()> {
+    if samples.is_empty() {
+        return Ok(());
+    }
+    let dimensions = vec![
+        Dimension::builder().name("Profile").value(profile).build(),
+        Dimension::builder().name("Mode").value(mode).build(),
+    ];
+    let timestamp = aws_sdk_cloudwatch::primitives::DateTime::from_millis(at.timestamp_millis());
+    let data: Vec<MetricDatum> = samples
+        .into_iter()
+        .map(|s| {
+            MetricDatum::builder()
+                .metric_name(s.name)
+                .value(s.value)
+                .unit(s.unit)
+                .timestamp(timestamp)
+                .set_dimensions(Some(dimensions.clone()))
+                .build()
+        })
+        .collect();
+    cloudwatch
+        .put_metric_data()
+        .namespace(NAMESPACE)
+        .set_metric_data(Some(data))
+        .send()
+        .await
+        .map_err(|e| Error::from_sdk(&format!("PutMetricData {NAMESPACE}"), e))?;
+    Ok(())
+}

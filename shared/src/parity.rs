@@ -1,0 +1,183 @@
+//! Parity: how two S3 prefixes differ. Counts each side, objects only on one side, size
+//! differences and checksum differences, and `delta`, their sum (0 means identical).
+//! One streaming merge of the two sorted listings (listed concurrently), so memory stays
+//! flat however many objects there are; each difference is handed to the caller as it is
+//! found instead of being collected.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::Result;
+use crate::listing::{list_sorted, Joined, MergeJoin, ObjectInfo, Sorted};
+use crate::objects::stored_sha256;
+use crate::s3uri::S3Uri;
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ParityCounts {
+    pub left_objects: u64,
+    pub right_objects: u64,
+    pub left_bytes: u64,
+    pub right_bytes: u64,
+    pub identical: u64,
+    pub only_left: u64,
+    pub only_right: u64,
+    pub size_differs: u64,
+    pub checksum_differs: u64,
+    /// `only_left + only_right + size_differs + checksum_differs`.
+    pub delta: u64,
+}
+
+/// One way the two sides differ, as written to the JSON-lines report.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Difference {
+    OnlyLeft {
+        key: String,
+        size: u64,
+    },
+    OnlyRight {
+        key: String,
+        size: u64,
+    },
+    Size {
+        key: String,
+        left_size: u64,
+        right_size: u64,
+    },
+    Checksum {
+        key: String,
+        left: String,
+        right: String,
+    },
+}
+
+impl Difference {
+    pub fn key(&self) -> &str {
+        match self {
+            Self::OnlyLeft { key, .. }
+            | Self::OnlyRight { key, .. }
+            | Self::Size { key, .. }
+            | Self::Checksum { key, .. } => key,
+        }
+    }
+}
+
+/// Where to look up whole-file SHA-256s when ETags cannot decide (a multipart ETag on
+/// either side says nothing about the content).
+pub struct ChecksumLookup<'a> {
+    pub s3: &'a aws_sdk_s3::Client,
+    pub left: &'a S3Uri,
+    pub right: &'a S3Uri,
+}
+
+/// What a merge step means for parity: identical, or the difference.
+pub enum Verdict {
+    Identical(ObjectInfo),
+    Differs(Difference),
+}
+
+/// Compares two S3 prefixes. `exclude_left` lists relative key prefixes of the left side
+/// that are not part of the comparison (e.g. the staged `_control-plane/`).
+pub async fn compare_prefixes(
+    s3: &aws_sdk_s3::Client,
+    left: &S3Uri,
+    right: &S3Uri,
+    exclude_left: Vec<String>,
+    on_step: impl AsyncFnMut(Verdict) -> Result<()>,
+) -> Result<ParityCounts> {
+    let (left_rx, left_task) = list_sorted(s3.clone(), left, exclude_left);
+    let (right_rx, right_task) = list_sorted(s3.clone(), right, Vec::new());
+    let lookup = ChecksumLookup { s3, left, right };
+    let result = compare_streams(left_rx, right_rx, Some(&lookup), on_step).await;
+    left_task.abort();
+    right_task.abort();
+    result
+}
+
+/// The engine: merge-joins two sorted object streams and judges each step.
+pub async fn compare_streams(
+    left: Sorted<ObjectInfo>,
+    right: Sorted<ObjectInfo>,
+    lookup: Option<&ChecksumLookup<'_>>,
+    mut on_step: impl AsyncFnMut(Verdict) -> Result<()>,
+) -> Result<ParityCounts> {
+    let mut counts = ParityCounts::default();
+    let mut merge = MergeJoin::new(left, right);
+    while let Some(joined) = merge.next().await? {
+        let verdict = match joined {
+            Joined::OnlyLeft(l) => {
+                counts.left_objects += 1;
+                counts.left_bytes += l.size;
+                counts.only_left += 1;
+                Verdict::Differs(Difference::OnlyLeft {
+                    key: l.key,
+                    size: l.size,
+                })
+            }
+            Joined::OnlyRight(r) => {
+                counts.right_objects += 1;
+                counts.right_bytes += r.size;
+                counts.only_right += 1;
+                Verdict::Differs(Difference::OnlyRight {
+                    key: r.key,
+                    size: r.size,
+                })
+            }
+            Joined::Both(l, r) => {
+                counts.left_objects += 1;
+                counts.right_objects += 1;
+                counts.left_bytes += l.size;
+                counts.right_bytes += r.size;
+                if l.size != r.size {
+                    counts.size_differs += 1;
+                    Verdict::Differs(Difference::Size {
+                        key: l.key,
+                        left_size: l.size,
+                        right_size: r.size,
+                    })
+                } else if same_content(&l, &r, lookup).await? {
+                    counts.identical += 1;
+                    Verdict::Identical(l)
+                } else {
+                    counts.checksum_differs += 1;
+                    Verdict::Differs(Difference::Checksum {
+                        key: l.key,
+                        left: l.etag,
+                        right: r.etag,
+                    })
+                }
+            }
+        };
+        on_step(verdict).await?;
+    }
+    counts.delta =
+        counts.only_left + counts.only_right + counts.size_differs + counts.checksum_differs;
+    Ok(counts)
+}
+
+/// Equal MD5 ETags prove equal content; different MD5 ETags prove a difference. A
+/// multipart ETag on either side proves nothing, so the stored SHA-256s decide.
+async fn same_content(
+    l: &ObjectInfo,
+    r: &ObjectInfo,
+    lookup: Option<&ChecksumLookup<'_>>,
+) -> Result<bool> {
+    if l.etag == r.etag {
+        return Ok(true);
+    }
+    if l.etag_is_md5() && r.etag_is_md5() {
+        return Ok(false);
+    }
+    let Some(lookup) = lookup else {
+        return Ok(false);
+    };
+    let left = lookup.left.as_prefix().join(&l.key).ok();
+    let right = lookup.right.as_prefix().join(&r.key).ok();
+    let (Some(left), Some(right)) = (left, right) else {
+        return Ok(false);
+    };
+    let (a, b) = tokio::try_join!(
+        stored_sha256(lookup.s3, &left),
+        stored_sha256(lookup.s3, &right)
+    )?;
+    Ok(matches!((a, b), (Some(a), Some(b)) if a == b))
+}
