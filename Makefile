@@ -19,6 +19,7 @@ build: ## build the Lambda functions for arm64 (provided.al2023) as zips under t
 
 test: ## run every test (unit and integration, against a private local AWS per test process)
 	scripts/ensure-venv.sh
+	scripts/ensure-tools.sh
 	cargo test --workspace --all-targets
 	cargo test --workspace --doc
 

@@ -181,3 +181,87 @@ async fn same_content(
     )?;
     Ok(matches!((a, b), (Some(a), Some(b)) if a == b))
 }
+
+/// Collects differences as JSON lines in a temporary file (bounded by disk, not memory),
+/// keeps the first few for inline display, and uploads the file as one object.
+pub struct DifferenceLog {
+    file: std::io::BufWriter<std::fs::File>,
+    path: std::path::PathBuf,
+    count: u64,
+    first: Vec<serde_json::Value>,
+}
+
+/// How many differences receipts and errors show inline.
+pub const INLINE_DIFFERENCES: usize = 20;
+
+impl DifferenceLog {
+    pub fn new() -> Result<Self> {
+        static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!(
+            "drpilot-differences-{}-{n}.jsonl",
+            std::process::id()
+        ));
+        let file = std::fs::File::create(&path)
+            .map_err(|e| crate::Error::retryable(format!("creating {}: {e}", path.display())))?;
+        Ok(Self {
+            file: std::io::BufWriter::new(file),
+            path,
+            count: 0,
+            first: Vec::new(),
+        })
+    }
+
+    pub fn push<T: Serialize>(&mut self, difference: &T) -> Result<()> {
+        use std::io::Write;
+        let value = serde_json::to_value(difference)
+            .map_err(|e| crate::Error::retryable(format!("encoding a difference: {e}")))?;
+        serde_json::to_writer(&mut self.file, &value)
+            .map_err(|e| crate::Error::retryable(format!("writing differences: {e}")))?;
+        self.file
+            .write_all(b"\n")
+            .map_err(|e| crate::Error::retryable(format!("writing differences: {e}")))?;
+        if self.first.len() < INLINE_DIFFERENCES {
+            self.first.push(value);
+        }
+        self.count += 1;
+        Ok(())
+    }
+
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    pub fn first(&self) -> &[serde_json::Value] {
+        &self.first
+    }
+
+    /// Uploads the differences to `uri` (even when there are none, so a report always
+    /// points at a real object) and removes the temporary file.
+    pub async fn upload(mut self, s3: &aws_sdk_s3::Client, uri: &S3Uri) -> Result<()> {
+        use std::io::Write;
+        self.file
+            .flush()
+            .map_err(|e| crate::Error::retryable(format!("writing differences: {e}")))?;
+        let body = aws_sdk_s3::primitives::ByteStream::from_path(&self.path)
+            .await
+            .map_err(|e| crate::Error::retryable(format!("reading differences: {e}")))?;
+        let result = s3
+            .put_object()
+            .bucket(&uri.bucket)
+            .key(&uri.key)
+            .content_type("application/x-ndjson")
+            .body(body)
+            .send()
+            .await;
+        let _ = std::fs::remove_file(&self.path);
+        result.map_err(|e| crate::Error::from_sdk(&format!("PutObject {uri}"), e))?;
+        Ok(())
+    }
+}
+
+impl Drop for DifferenceLog {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}

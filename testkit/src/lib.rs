@@ -225,6 +225,29 @@ impl LocalAws {
             .unwrap_or_else(|e| panic!("put s3://{bucket}/{key}: {e:?}"));
     }
 
+    /// Puts many small objects, 32 requests in flight.
+    pub async fn put_many(&self, bucket: &str, objects: Vec<(String, String)>) {
+        use futures::StreamExt;
+        futures::stream::iter(objects)
+            .map(|(key, body)| async move { self.put_text(bucket, &key, &body).await })
+            .buffer_unordered(32)
+            .collect::<Vec<()>>()
+            .await;
+    }
+
+    /// The environment `rclone` needs to reach this emulator as remote `local:`.
+    pub fn rclone_env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("RCLONE_CONFIG_LOCAL_TYPE", "s3".into()),
+            ("RCLONE_CONFIG_LOCAL_PROVIDER", "Other".into()),
+            ("RCLONE_CONFIG_LOCAL_ENDPOINT", self.endpoint.clone()),
+            ("RCLONE_CONFIG_LOCAL_ACCESS_KEY_ID", "testing".into()),
+            ("RCLONE_CONFIG_LOCAL_SECRET_ACCESS_KEY", "testing".into()),
+            ("RCLONE_CONFIG_LOCAL_REGION", REGION.into()),
+            ("RCLONE_CONFIG_LOCAL_FORCE_PATH_STYLE", "true".into()),
+        ]
+    }
+
     pub async fn get_text(&self, bucket: &str, key: &str) -> Option<String> {
         let out = self
             .s3()

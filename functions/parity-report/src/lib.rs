@@ -1,0 +1,209 @@
+//! parity-report: compares two S3 prefixes in one streaming pass — staging vs `root/` in a
+//! run, or any two prefixes when invoked on its own (e.g. on a schedule) — writes the
+//! report (a JSON summary and the differences as JSON lines) to S3, puts the
+//! `ParityDelta` metric, and returns a small summary with the report's URI.
+
+use chrono::{DateTime, Utc};
+use drpilot_shared::archive::RESERVED_PREFIX;
+use drpilot_shared::metrics::{self, Sample};
+use drpilot_shared::parity::{compare_prefixes, DifferenceLog, ParityCounts, Verdict};
+use drpilot_shared::profile::ProfileSource;
+use drpilot_shared::receipt::{put_json, PhaseClock};
+use drpilot_shared::run::{PhaseOutput, PhaseRequest};
+use drpilot_shared::{AwsClients, Error, Phase, Result, S3Uri};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use tracing::info;
+
+/// A comparison outside any run: two prefixes, and the profile whose receipts location
+/// and metric dimensions the report uses.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct StandaloneRequest {
+    pub profile: String,
+    pub left: S3Uri,
+    pub right: S3Uri,
+}
+
+/// Either shape the function accepts.
+#[derive(Clone, Debug)]
+pub enum ParityRequest {
+    Run(PhaseRequest),
+    Standalone(StandaloneRequest),
+}
+
+impl ParityRequest {
+    /// `{"run": ...}` is a phase of a run; anything else must be a standalone request.
+    pub fn from_json(value: Value) -> Result<Self> {
+        let parse_error =
+            |e: serde_json::Error| Error::input(format!("parity-report request: {e}"));
+        if value.get("run").is_some() {
+            Ok(Self::Run(
+                serde_json::from_value(value).map_err(parse_error)?,
+            ))
+        } else {
+            Ok(Self::Standalone(
+                serde_json::from_value(value).map_err(parse_error)?,
+            ))
+        }
+    }
+}
+
+/// The report's summary object (`report.json`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ParityReport {
+    pub left: S3Uri,
+    pub right: S3Uri,
+    pub generated_at: DateTime<Utc>,
+    pub counts: ParityCounts,
+    pub differences: S3Uri,
+    pub first_differences: Vec<Value>,
+}
+
+pub struct ParityReporter {
+    pub clients: AwsClients,
+    pub profiles: ProfileSource,
+}
+
+impl ParityReporter {
+    pub fn new(clients: AwsClients) -> Self {
+        let profiles = ProfileSource::from_env(clients.ssm.clone());
+        Self { clients, profiles }
+    }
+
+    pub async fn handle(&self, request: ParityRequest) -> Result<Value> {
+        match request {
+            ParityRequest::Run(request) => {
+                let out = self.for_run(request).await?;
+                serde_json::to_value(out).map_err(|e| Error::retryable(e.to_string()))
+            }
+            ParityRequest::Standalone(request) => {
+                let profile = self.profiles.load(&request.profile).await?;
+                let at = Utc::now();
+                let dir = profile
+                    .receipts
+                    .join(&format!("parity/{}", at.format("%Y%m%dT%H%M%S%.3fZ")))
+                    .map_err(|e| Error::input(e.to_string()))?;
+                let report = self
+                    .compare(&request.left, &request.right, Vec::new(), &dir)
+                    .await?;
+                metrics::publish(
+                    &self.clients.cloudwatch,
+                    &request.profile,
+                    "standalone",
+                    at,
+                    vec![Sample::count("ParityDelta", report.counts.delta as f64)],
+                )
+                .await?;
+                Ok(json!({
+                    "counts": report.counts,
+                    "report": dir.join("report.json").map_err(|e| Error::input(e.to_string()))?,
+                    "differences": report.differences,
+                }))
+            }
+        }
+    }
+
+    async fn for_run(&self, request: PhaseRequest) -> Result<PhaseOutput> {
+        let run = &request.run;
+        let profile = self.profiles.load(&run.input.profile).await?;
+        let store = run.receipts(&self.clients.s3, &profile);
+        let clock = PhaseClock::start(&run.run_id, Phase::ParityReport, request.attempt());
+        if let Some(reason) = run.input.skip_reason(Phase::ParityReport) {
+            let receipt = clock.skipped(reason);
+            let uri = store.put_phase(&receipt).await?;
+            return Ok(PhaseOutput::new(&receipt, uri));
+        }
+        let dir = store
+            .run_dir(&run.run_id)?
+            .join("parity")
+            .map_err(|e| Error::input(e.to_string()))?;
+        let result = async {
+            let staging = profile.target.staging(&run.run_id)?;
+            let report = self
+                .compare(
+                    &staging,
+                    &profile.target.root(),
+                    vec![RESERVED_PREFIX.to_owned()],
+                    &dir,
+                )
+                .await?;
+            metrics::publish(
+                &self.clients.cloudwatch,
+                &run.input.profile,
+                run.input.mode.as_str(),
+                report.generated_at,
+                vec![Sample::count("ParityDelta", report.counts.delta as f64)],
+            )
+            .await?;
+            Ok(json!({
+                "delta": report.counts.delta,
+                "counts": report.counts,
+                "report": dir.join("report.json").map_err(|e| Error::input(e.to_string()))?,
+                "differences": report.differences,
+            }))
+        }
+        .await;
+        let receipt = clock.finish_with(&result);
+        let uri = store.put_phase(&receipt).await?;
+        result?;
+        Ok(PhaseOutput::new(&receipt, uri))
+    }
+
+    /// Compares `left` with `right` and writes `report.json` and `differences.jsonl`
+    /// under `dir`.
+    pub async fn compare(
+        &self,
+        left: &S3Uri,
+        right: &S3Uri,
+        exclude_left: Vec<String>,
+        dir: &S3Uri,
+    ) -> Result<ParityReport> {
+        let mut log = DifferenceLog::new()?;
+        let counts =
+            compare_prefixes(
+                &self.clients.s3,
+                left,
+                right,
+                exclude_left,
+                async |step| match step {
+                    Verdict::Identical(_) => Ok(()),
+                    Verdict::Differs(difference) => log.push(&difference),
+                },
+            )
+            .await?;
+        let differences_uri = dir
+            .join("differences.jsonl")
+            .map_err(|e| Error::input(e.to_string()))?;
+        let first_differences = log.first().to_vec();
+        log.upload(&self.clients.s3, &differences_uri).await?;
+        let report = ParityReport {
+            left: left.as_prefix(),
+            right: right.as_prefix(),
+            generated_at: Utc::now(),
+            counts,
+            differences: differences_uri,
+            first_differences,
+        };
+        let report_uri = dir
+            .join("report.json")
+            .map_err(|e| Error::input(e.to_string()))?;
+        put_json(&self.clients.s3, &report_uri, &report).await?;
+        info!(left = %report.left, right = %report.right, delta = report.counts.delta, "parity compared");
+        Ok(report)
+    }
+}
+
+pub async fn handler(
+    reporter: &ParityReporter,
+    event: lambda_runtime::LambdaEvent<Value>,
+) -> Result<Value, lambda_runtime::Diagnostic> {
+    let result = match ParityRequest::from_json(event.payload) {
+        Ok(request) => reporter.handle(request).await,
+        Err(err) => Err(err),
+    };
+    result.map_err(|err| {
+        tracing::warn!(error = %err, "parity-report failed");
+        err.into()
+    })
+}
