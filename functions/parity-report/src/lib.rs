@@ -28,7 +28,7 @@ pub struct StandaloneRequest {
 /// Either shape the function accepts.
 #[derive(Clone, Debug)]
 pub enum ParityRequest {
-    Run(PhaseRequest),
+    Run(Box<PhaseRequest>),
     Standalone(StandaloneRequest),
 }
 
@@ -74,7 +74,7 @@ impl ParityReporter {
     pub async fn handle(&self, request: ParityRequest) -> Result<Value> {
         match request {
             ParityRequest::Run(request) => {
-                let out = self.for_run(request).await?;
+                let out = Box::pin(self.for_run(*request)).await?;
                 serde_json::to_value(out).map_err(|e| Error::retryable(e.to_string()))
             }
             ParityRequest::Standalone(request) => {
@@ -199,7 +199,7 @@ pub async fn handler(
     event: lambda_runtime::LambdaEvent<Value>,
 ) -> Result<Value, lambda_runtime::Diagnostic> {
     let result = match ParityRequest::from_json(event.payload) {
-        Ok(request) => reporter.handle(request).await,
+        Ok(request) => Box::pin(reporter.handle(request)).await,
         Err(err) => Err(err),
     };
     result.map_err(|err| {
