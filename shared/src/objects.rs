@@ -1,8 +1,13 @@
 //! Bulk object operations on a prefix, paged so memory stays flat however many objects
 //! there are.
 
+use std::io::{self, Read};
+
+use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{ChecksumMode, Delete, ObjectIdentifier};
 use base64::Engine;
+use bytes::Bytes;
+use tokio::sync::mpsc;
 use tracing::warn;
 
 use crate::error::{Error, Result};
@@ -135,4 +140,52 @@ pub async fn stored_sha256(s3: &aws_sdk_s3::Client, uri: &S3Uri) -> Result<Optio
         .and_then(|c| base64::engine::general_purpose::STANDARD.decode(c).ok())
         .filter(|raw| raw.len() == 32)
         .map(hex::encode))
+}
+
+/// Streams an S3 object body into a bounded channel that [`BodyReader`] reads as
+/// `std::io::Read` on a blocking thread (the archive reader is synchronous).
+pub fn pump_body(mut body: ByteStream, what: String) -> (BodyReader, tokio::task::JoinHandle<()>) {
+    let (tx, rx) = mpsc::channel::<Result<Bytes>>(8);
+    let pump = tokio::spawn(async move {
+        loop {
+            let next = body.try_next().await;
+            let item = match next {
+                Ok(Some(chunk)) => Ok(chunk),
+                Ok(None) => break,
+                Err(e) => Err(Error::retryable(format!("reading {what}: {e}"))),
+            };
+            let failed = item.is_err();
+            if tx.send(item).await.is_err() || failed {
+                break;
+            }
+        }
+    });
+    (
+        BodyReader {
+            rx,
+            current: Bytes::new(),
+        },
+        pump,
+    )
+}
+
+/// `std::io::Read` over chunks arriving on a channel (call only from a blocking thread).
+pub struct BodyReader {
+    rx: mpsc::Receiver<Result<Bytes>>,
+    current: Bytes,
+}
+
+impl Read for BodyReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.current.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(Ok(chunk)) => self.current = chunk,
+                Some(Err(err)) => return Err(io::Error::other(err)),
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current.split_to(n));
+        Ok(n)
+    }
 }

@@ -40,6 +40,10 @@ pub struct Profile {
     /// Delete objects only in `root/` on promote (otherwise reported as drift).
     #[serde(default)]
     pub prune_drift: bool,
+    /// validate re-reads and hashes every staged object instead of trusting the SHA-256
+    /// restore stored with it.
+    #[serde(default)]
+    pub full_validation: bool,
 }
 
 fn default_lock_ttl() -> u64 {

@@ -7,7 +7,7 @@
 //! Memory is bounded by `concurrency × part_size` plus the channels, whatever the size of
 //! the archive or of any file in it.
 
-use std::io::{self, Read};
+use std::io::Read;
 use std::sync::Arc;
 
 use aws_sdk_s3::primitives::ByteStream;
@@ -64,52 +64,7 @@ pub fn base64_sha256(digest: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(digest)
 }
 
-/// Streams an S3 object into a channel that [`BodyReader`] reads on a blocking thread.
-pub fn pump_body(mut body: ByteStream, what: String) -> (BodyReader, tokio::task::JoinHandle<()>) {
-    let (tx, rx) = mpsc::channel::<Result<Bytes>>(8);
-    let pump = tokio::spawn(async move {
-        loop {
-            let next = body.try_next().await;
-            let item = match next {
-                Ok(Some(chunk)) => Ok(chunk),
-                Ok(None) => break,
-                Err(e) => Err(Error::retryable(format!("reading {what}: {e}"))),
-            };
-            let failed = item.is_err();
-            if tx.send(item).await.is_err() || failed {
-                break;
-            }
-        }
-    });
-    (
-        BodyReader {
-            rx,
-            current: Bytes::new(),
-        },
-        pump,
-    )
-}
-
-/// `std::io::Read` over chunks arriving on a channel (call only from a blocking thread).
-pub struct BodyReader {
-    rx: mpsc::Receiver<Result<Bytes>>,
-    current: Bytes,
-}
-
-impl Read for BodyReader {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        while self.current.is_empty() {
-            match self.rx.blocking_recv() {
-                Some(Ok(chunk)) => self.current = chunk,
-                Some(Err(err)) => return Err(io::Error::other(err)),
-                None => return Ok(0),
-            }
-        }
-        let n = buf.len().min(self.current.len());
-        buf[..n].copy_from_slice(&self.current.split_to(n));
-        Ok(n)
-    }
-}
+pub use drpilot_shared::objects::{pump_body, BodyReader};
 
 /// What the unpacker tells the uploader.
 #[derive(Debug)]

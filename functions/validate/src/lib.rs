@@ -1,0 +1,434 @@
+//! validate: the staged objects are exactly what the backup's manifests say — every entry
+//! present with its size and SHA-256, nothing extra — and the profile's checks pass.
+//!
+//! Hashes come from what restore stored with each object (`drpilot-sha256` tag or S3
+//! checksum); a profile with `full_validation` re-reads and hashes every object instead.
+//! Differences are counted in full and written to S3 as JSON lines; the first few appear
+//! in the receipt and the error.
+
+pub mod manifest;
+
+use aws_sdk_cloudwatch::types::{Dimension, Metric, MetricDataQuery, MetricStat};
+use chrono::Utc;
+use drpilot_shared::archive::{unpack, RESERVED_PREFIX};
+use drpilot_shared::backup::{self, MANIFESTS};
+use drpilot_shared::listing::{list_sorted, Joined, MergeJoin};
+use drpilot_shared::objects::{pump_body, stored_sha256};
+use drpilot_shared::parity::DifferenceLog;
+use drpilot_shared::profile::{Check, Profile, ProfileSource};
+use drpilot_shared::receipt::{PhaseClock, PhaseStatus};
+use drpilot_shared::run::{PhaseOutput, PhaseRequest, RunContext};
+use drpilot_shared::{AwsClients, Error, ErrorKind, Phase, Result, S3Uri};
+use serde::Serialize;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tracing::info;
+
+use crate::manifest::{ExternalSort, ManifestCollector, ManifestEntry, SORT_CHUNK};
+
+/// Hash lookups (or full reads) in flight at once.
+const HASH_CONCURRENCY: usize = 32;
+
+/// A way the staging differs from the manifests.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Finding {
+    /// In the manifests, not staged.
+    Missing { key: String, size: u64 },
+    /// Staged, in no manifest.
+    Extra { key: String, size: u64 },
+    Size {
+        key: String,
+        expected: u64,
+        staged: u64,
+    },
+    Sha256 {
+        key: String,
+        expected: String,
+        staged: Option<String>,
+    },
+}
+
+/// Tallies of the comparison.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Tally {
+    pub expected_objects: u64,
+    pub staged_objects: u64,
+    pub verified: u64,
+    pub missing: u64,
+    pub extra: u64,
+    pub size_mismatches: u64,
+    pub sha256_mismatches: u64,
+}
+
+/// One configured check's outcome.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct CheckResult {
+    pub name: String,
+    pub passed: bool,
+    pub value: Option<f64>,
+    pub detail: String,
+}
+
+pub struct Validate {
+    pub clients: AwsClients,
+    pub profiles: ProfileSource,
+}
+
+impl Validate {
+    pub fn new(clients: AwsClients) -> Self {
+        let profiles = ProfileSource::from_env(clients.ssm.clone());
+        Self { clients, profiles }
+    }
+
+    pub async fn handle(&self, request: PhaseRequest) -> Result<PhaseOutput> {
+        let run = &request.run;
+        let profile = self.profiles.load(&run.input.profile).await?;
+        let store = run.receipts(&self.clients.s3, &profile);
+        let clock = PhaseClock::start(&run.run_id, Phase::Validate, request.attempt());
+        if let Some(reason) = run.input.skip_reason(Phase::Validate) {
+            let receipt = clock.skipped(reason);
+            let uri = store.put_phase(&receipt).await?;
+            return Ok(PhaseOutput::new(&receipt, uri));
+        }
+        let restore = store.get_phase(&run.run_id, Phase::Restore).await?;
+        if restore.as_ref().map(|r| r.status) != Some(PhaseStatus::Success) {
+            let err = Error::input(format!(
+                "run {}: the restore receipt is {}; validate needs a successful restore",
+                run.run_id,
+                restore.map_or("missing".to_owned(), |r| format!("{:?}", r.status)
+                    .to_lowercase())
+            ));
+            let receipt = clock.finish_with(&Err(err.clone()));
+            store.put_phase(&receipt).await?;
+            return Err(err);
+        }
+        if run.input.dry_run {
+            let receipt = clock.skipped("dry_run: nothing was staged".to_owned());
+            let uri = store.put_phase(&receipt).await?;
+            return Ok(PhaseOutput::new(&receipt, uri));
+        }
+
+        let differences_uri = store
+            .run_dir(&run.run_id)?
+            .join("validate/differences.jsonl")
+            .map_err(|e| Error::input(e.to_string()))?;
+        let (tally, log) = self.compare(run, &profile).await?;
+        let checks = self.run_checks(&profile).await?;
+        let failed_checks: Vec<&CheckResult> = checks.iter().filter(|c| !c.passed).collect();
+        let first = log.first().to_vec();
+        let differences = log.count();
+        log.upload(&self.clients.s3, &differences_uri).await?;
+        let details = json!({
+            "tally": tally,
+            "differences": differences,
+            "differences_uri": differences_uri,
+            "first_differences": first,
+            "checks": checks,
+            "full": profile.full_validation,
+        });
+        let verdict = if differences > 0 || !failed_checks.is_empty() {
+            let mut parts = Vec::new();
+            if differences > 0 {
+                parts.push(format!(
+                    "{differences} differences between the manifests and the staging (missing {}, extra {}, size {}, sha256 {}); first: {}; all in {differences_uri}",
+                    tally.missing,
+                    tally.extra,
+                    tally.size_mismatches,
+                    tally.sha256_mismatches,
+                    first
+                        .iter()
+                        .take(5)
+                        .map(Value::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+            }
+            for check in &failed_checks {
+                parts.push(format!("check {:?} failed: {}", check.name, check.detail));
+            }
+            Err(Error::integrity(parts.join("; ")))
+        } else {
+            Ok(())
+        };
+        let receipt = match &verdict {
+            Ok(()) => clock.finish(PhaseStatus::Success, None, details),
+            Err(err) => {
+                let mut details = details;
+                details["error"] = json!(ErrorKind::IntegrityError.name());
+                clock.finish(PhaseStatus::Failed, Some(err.to_string()), details)
+            }
+        };
+        let uri = store.put_phase(&receipt).await?;
+        verdict?;
+        info!(run_id = %run.run_id, verified = tally.verified, "validated");
+        Ok(PhaseOutput::new(&receipt, uri))
+    }
+
+    /// Merge-joins the sorted manifests with the sorted staging listing.
+    async fn compare(&self, run: &RunContext, profile: &Profile) -> Result<(Tally, DifferenceLog)> {
+        let s3 = &self.clients.s3;
+        let (backup, meta) = backup::inspect(s3, &run.backup.uri).await?;
+        let manifests_uri = backup
+            .uri
+            .join(MANIFESTS)
+            .map_err(|e| Error::contract(e.to_string()))?;
+        let body = s3
+            .get_object()
+            .bucket(&manifests_uri.bucket)
+            .key(&manifests_uri.key)
+            .send()
+            .await
+            .map_err(|e| Error::from_sdk(&format!("GetObject {manifests_uri}"), e))?
+            .body;
+        let (reader, pump) = pump_body(body, manifests_uri.to_string());
+        let expected = meta.artifact(MANIFESTS).clone();
+        let (tx, manifest_rx) = mpsc::channel::<Result<ManifestEntry>>(4096);
+        // A blocking thread parses and sorts the manifests, then streams them in order.
+        let sorter = tokio::task::spawn_blocking(move || {
+            let mut collector = ManifestCollector {
+                sorter: ExternalSort::new(SORT_CHUNK)?,
+                manifests: 0,
+            };
+            let sent = unpack(MANIFESTS, reader, &expected, &mut collector).and_then(|_| {
+                for entry in collector.sorter.finish()? {
+                    let failed = entry.is_err();
+                    if tx.blocking_send(entry).is_err() || failed {
+                        break;
+                    }
+                }
+                Ok(())
+            });
+            if let Err(err) = sent {
+                let _ = tx.blocking_send(Err(err));
+            }
+            Ok::<(), Error>(())
+        });
+
+        let staging = profile.target.staging(&run.run_id)?;
+        let (staged_rx, lister) =
+            list_sorted(s3.clone(), &staging, vec![RESERVED_PREFIX.to_owned()]);
+        let mut merge = MergeJoin::new(manifest_rx, staged_rx);
+        let mut tally = Tally::default();
+        let mut log = DifferenceLog::new()?;
+        let mut hashing: JoinSet<Result<Option<Finding>>> = JoinSet::new();
+        let full = profile.full_validation;
+        let result: Result<()> = async {
+            while let Some(joined) = merge.next().await? {
+                match joined {
+                    Joined::OnlyLeft(m) => {
+                        tally.expected_objects += 1;
+                        tally.missing += 1;
+                        log.push(&Finding::Missing {
+                            key: m.key,
+                            size: m.size,
+                        })?;
+                    }
+                    Joined::OnlyRight(o) => {
+                        tally.staged_objects += 1;
+                        tally.extra += 1;
+                        log.push(&Finding::Extra {
+                            key: o.key,
+                            size: o.size,
+                        })?;
+                    }
+                    Joined::Both(m, o) => {
+                        tally.expected_objects += 1;
+                        tally.staged_objects += 1;
+                        if m.size != o.size {
+                            tally.size_mismatches += 1;
+                            log.push(&Finding::Size {
+                                key: m.key,
+                                expected: m.size,
+                                staged: o.size,
+                            })?;
+                            continue;
+                        }
+                        while hashing.len() >= HASH_CONCURRENCY {
+                            record(hashing.join_next().await, &mut tally, &mut log)?;
+                        }
+                        let s3 = s3.clone();
+                        let uri = staging
+                            .join(&m.key)
+                            .map_err(|e| Error::contract(e.to_string()))?;
+                        hashing.spawn(async move {
+                            let staged = if full {
+                                hash_by_reading(&s3, &uri).await?
+                            } else {
+                                stored_sha256(&s3, &uri).await?
+                            };
+                            if staged.as_deref() == Some(m.sha256.as_str()) {
+                                return Ok(None);
+                            }
+                            Ok(Some(Finding::Sha256 {
+                                key: m.key,
+                                expected: m.sha256,
+                                staged,
+                            }))
+                        });
+                    }
+                }
+            }
+            while !hashing.is_empty() {
+                record(hashing.join_next().await, &mut tally, &mut log)?;
+            }
+            Ok(())
+        }
+        .await;
+        lister.abort();
+        pump.abort();
+        drop(merge);
+        sorter
+            .await
+            .map_err(|e| Error::retryable(format!("manifest task failed: {e}")))??;
+        result?;
+        Ok((tally, log))
+    }
+
+    /// Each configured check, pass or fail. A failure to ask CloudWatch is an error, not
+    /// a failed check.
+    async fn run_checks(&self, profile: &Profile) -> Result<Vec<CheckResult>> {
+        let mut results = Vec::new();
+        for check in &profile.checks {
+            let Check::CloudwatchMetric {
+                name,
+                namespace,
+                metric_name,
+                dimensions,
+                stat,
+                window_seconds,
+                comparison,
+                threshold,
+                missing_data_passes,
+            } = check;
+            let end = Utc::now();
+            let start = end - chrono::Duration::seconds(*window_seconds as i64);
+            let metric = Metric::builder()
+                .namespace(namespace)
+                .metric_name(metric_name)
+                .set_dimensions(Some(
+                    dimensions
+                        .iter()
+                        .map(|(k, v)| Dimension::builder().name(k).value(v).build())
+                        .collect(),
+                ))
+                .build();
+            let query = MetricDataQuery::builder()
+                .id("check")
+                .metric_stat(
+                    MetricStat::builder()
+                        .metric(metric)
+                        .period(i32::try_from(*window_seconds).unwrap_or(i32::MAX))
+                        .stat(stat)
+                        .build(),
+                )
+                .return_data(true)
+                .build();
+            let out = self
+                .clients
+                .cloudwatch
+                .get_metric_data()
+                .metric_data_queries(query)
+                .start_time(aws_sdk_cloudwatch::primitives::DateTime::from_secs(
+                    start.timestamp(),
+                ))
+                .end_time(aws_sdk_cloudwatch::primitives::DateTime::from_secs(
+                    end.timestamp() + 1,
+                ))
+                .send()
+                .await
+                .map_err(|e| {
+                    Error::from_sdk(&format!("GetMetricData {namespace}/{metric_name}"), e)
+                })?;
+            let values: Vec<f64> = out
+                .metric_data_results()
+                .iter()
+                .flat_map(|r| r.values().iter().copied())
+                .collect();
+            let result = if values.is_empty() {
+                CheckResult {
+                    name: name.clone(),
+                    passed: *missing_data_passes,
+                    value: None,
+                    detail: format!(
+                        "no {namespace}/{metric_name} data in the last {window_seconds} s ({})",
+                        if *missing_data_passes {
+                            "allowed"
+                        } else {
+                            "missing data fails"
+                        }
+                    ),
+                }
+            } else {
+                // One period spans the window; should CloudWatch split it, add the sums.
+                let value = if stat == "Sum" || stat == "SampleCount" {
+                    values.iter().sum()
+                } else {
+                    values.iter().copied().fold(f64::NAN, f64::max)
+                };
+                let passed = comparison.holds(value, *threshold);
+                CheckResult {
+                    name: name.clone(),
+                    passed,
+                    value: Some(value),
+                    detail: format!(
+                        "{stat} of {namespace}/{metric_name} over {window_seconds} s is {value}, expected {comparison:?} {threshold}"
+                    ),
+                }
+            };
+            results.push(result);
+        }
+        Ok(results)
+    }
+}
+
+fn record(
+    done: Option<std::result::Result<Result<Option<Finding>>, tokio::task::JoinError>>,
+    tally: &mut Tally,
+    log: &mut DifferenceLog,
+) -> Result<()> {
+    let Some(done) = done else { return Ok(()) };
+    let finding = done.map_err(|e| Error::retryable(format!("hash task failed: {e}")))??;
+    match finding {
+        None => tally.verified += 1,
+        Some(finding) => {
+            tally.sha256_mismatches += 1;
+            log.push(&finding)?;
+        }
+    }
+    Ok(())
+}
+
+async fn hash_by_reading(s3: &aws_sdk_s3::Client, uri: &S3Uri) -> Result<Option<String>> {
+    let mut body = s3
+        .get_object()
+        .bucket(&uri.bucket)
+        .key(&uri.key)
+        .send()
+        .await
+        .map_err(|e| Error::from_sdk(&format!("GetObject {uri}"), e))?
+        .body;
+    let mut hasher = Sha256::new();
+    while let Some(chunk) = body
+        .try_next()
+        .await
+        .map_err(|e| Error::retryable(format!("reading {uri}: {e}")))?
+    {
+        hasher.update(&chunk);
+    }
+    Ok(Some(hex::encode(hasher.finalize())))
+}
+
+pub async fn handler(
+    validate: &Validate,
+    event: lambda_runtime::LambdaEvent<PhaseRequest>,
+) -> Result<PhaseOutput, lambda_runtime::Diagnostic> {
+    Box::pin(validate.handle(event.payload))
+        .await
+        .map_err(|err| {
+            tracing::warn!(error = %err, "validate failed");
+            err.into()
+        })
+}

@@ -1,0 +1,467 @@
+//! The backup's manifests as one sorted stream of entries, whatever their number: each
+//! manifest JSON is parsed entry by entry as it streams out of `manifests.tar.zst`, and
+//! entries are sorted in bounded chunks spilled to temporary files, then merged. Memory
+//! is bounded by the chunk size (`SORT_CHUNK` entries); disk by the manifests' size.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::fmt;
+use std::fs::File;
+use std::io::{BufRead, BufReader, BufWriter, Read, Write};
+use std::path::PathBuf;
+
+use drpilot_shared::archive::{stream_error, EntryVisitor};
+use drpilot_shared::backup::is_sha256_hex;
+use drpilot_shared::listing::Keyed;
+use drpilot_shared::s3uri::RelativeKey;
+use drpilot_shared::{Error, Result};
+use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// Entries held in memory before a sorted run is spilled to disk (~100 bytes each).
+pub const SORT_CHUNK: usize = 200_000;
+
+/// One object the backup says must exist.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManifestEntry {
+    pub key: String,
+    pub size: u64,
+    pub sha256: String,
+}
+
+impl Keyed for ManifestEntry {
+    fn key(&self) -> &str {
+        &self.key
+    }
+}
+
+/// Reads every `*.json` manifest in the archive into a sorter.
+pub struct ManifestCollector {
+    pub sorter: ExternalSort,
+    pub manifests: u64,
+}
+
+impl EntryVisitor for ManifestCollector {
+    fn file(&mut self, key: RelativeKey, _size: u64, data: &mut dyn Read) -> Result<()> {
+        let name = key.to_string();
+        if !name.ends_with(".json") {
+            return Err(Error::contract(format!(
+                "manifests.tar.zst: entry {name:?} is not a .json manifest"
+            )));
+        }
+        let mut failure: Option<Error> = None;
+        let mut reader = BufReader::with_capacity(1 << 16, data);
+        let mut de = serde_json::Deserializer::from_reader(&mut reader);
+        let sorter = &mut self.sorter;
+        let seed = ManifestSeed {
+            on_entry: &mut |entry: RawEntry| -> Result<()> {
+                let checked = entry.check(&name)?;
+                sorter.push(checked)
+            },
+            failure: &mut failure,
+        };
+        let parsed = seed.deserialize(&mut de).and_then(|()| de.end());
+        if let Some(err) = failure {
+            return Err(err);
+        }
+        parsed.map_err(|e| {
+            if e.is_io() {
+                stream_error("manifests.tar.zst", std::io::Error::other(e))
+            } else {
+                Error::contract(format!("manifest {name}: {e}"))
+            }
+        })?;
+        self.manifests += 1;
+        Ok(())
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEntry {
+    key: String,
+    size: u64,
+    sha256: String,
+}
+
+impl RawEntry {
+    fn check(self, manifest: &str) -> Result<ManifestEntry> {
+        RelativeKey::parse(&self.key)
+            .map_err(|e| Error::contract(format!("manifest {manifest}: bad key: {e}")))?;
+        if !is_sha256_hex(&self.sha256) {
+            return Err(Error::contract(format!(
+                "manifest {manifest}: entry {:?}: sha256 must be 64 lowercase hex digits, got {:?}",
+                self.key, self.sha256
+            )));
+        }
+        Ok(ManifestEntry {
+            key: self.key,
+            size: self.size,
+            sha256: self.sha256,
+        })
+    }
+}
+
+/// Deserializes `{"objects": [...]}` calling `on_entry` per element, never holding the array.
+struct ManifestSeed<'a, F> {
+    on_entry: &'a mut F,
+    failure: &'a mut Option<Error>,
+}
+
+impl<'de, F: FnMut(RawEntry) -> Result<()>> DeserializeSeed<'de> for ManifestSeed<'_, F> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> std::result::Result<(), D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de, F: FnMut(RawEntry) -> Result<()>> Visitor<'de> for ManifestSeed<'_, F> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(r#"a manifest {"objects": [...]}"#)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<(), A::Error> {
+        let mut seen = false;
+        while let Some(field) = map.next_key::<String>()? {
+            if field != "objects" {
+                return Err(de::Error::unknown_field(&field, &["objects"]));
+            }
+            if seen {
+                return Err(de::Error::duplicate_field("objects"));
+            }
+            seen = true;
+            map.next_value_seed(ObjectsSeed {
+                on_entry: &mut *self.on_entry,
+                failure: &mut *self.failure,
+            })?;
+        }
+        if !seen {
+            return Err(de::Error::missing_field("objects"));
+        }
+        Ok(())
+    }
+}
+
+struct ObjectsSeed<'a, F> {
+    on_entry: &'a mut F,
+    failure: &'a mut Option<Error>,
+}
+
+impl<'de, F: FnMut(RawEntry) -> Result<()>> DeserializeSeed<'de> for ObjectsSeed<'_, F> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> std::result::Result<(), D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de, F: FnMut(RawEntry) -> Result<()>> Visitor<'de> for ObjectsSeed<'_, F> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an array of {key, size, sha256}")
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<(), A::Error> {
+        while let Some(entry) = seq.next_element::<RawEntry>()? {
+            if let Err(err) = (self.on_entry)(entry) {
+                let message = err.message.clone();
+                *self.failure = Some(err);
+                return Err(de::Error::custom(message));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Sorts entries by key (byte order, as S3 lists), in chunks of at most `limit` in memory.
+pub struct ExternalSort {
+    limit: usize,
+    buffer: Vec<ManifestEntry>,
+    runs: Vec<PathBuf>,
+    dir: PathBuf,
+}
+
+impl ExternalSort {
+    pub fn new(limit: usize) -> Result<Self> {
+        static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("drpilot-sort-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| Error::retryable(format!("creating {}: {e}", dir.display())))?;
+        Ok(Self {
+            limit: limit.max(1),
+            buffer: Vec::new(),
+            runs: Vec::new(),
+            dir,
+        })
+    }
+
+    pub fn push(&mut self, entry: ManifestEntry) -> Result<()> {
+        self.buffer.push(entry);
+        if self.buffer.len() >= self.limit {
+            self.spill()?;
+        }
+        Ok(())
+    }
+
+    fn spill(&mut self) -> Result<()> {
+        self.buffer
+            .sort_by(|a, b| a.key.as_bytes().cmp(b.key.as_bytes()));
+        let path = self.dir.join(format!("run-{}.jsonl", self.runs.len()));
+        let io = |e: std::io::Error| Error::retryable(format!("spilling manifest entries: {e}"));
+        let mut out = BufWriter::new(File::create(&path).map_err(io)?);
+        for entry in self.buffer.drain(..) {
+            serde_json::to_writer(&mut out, &entry)
+                .map_err(|e| Error::retryable(format!("spilling manifest entries: {e}")))?;
+            out.write_all(b"\n").map_err(io)?;
+        }
+        out.flush().map_err(io)?;
+        self.runs.push(path);
+        Ok(())
+    }
+
+    /// The entries in key order, duplicates checked: the same key twice with the same
+    /// size and hash is one entry; with different ones it is a contract error.
+    pub fn finish(mut self) -> Result<Sorted> {
+        let source = if self.runs.is_empty() {
+            self.buffer
+                .sort_by(|a, b| a.key.as_bytes().cmp(b.key.as_bytes()));
+            Source::Memory(std::mem::take(&mut self.buffer).into_iter())
+        } else {
+            if !self.buffer.is_empty() {
+                self.spill()?;
+            }
+            let mut readers = Vec::new();
+            let mut heap = BinaryHeap::new();
+            for (i, path) in self.runs.iter().enumerate() {
+                let file = File::open(path)
+                    .map_err(|e| Error::retryable(format!("reading a sorted run: {e}")))?;
+                let mut reader = BufReader::new(file).lines();
+                if let Some(entry) = next_line(&mut reader)? {
+                    heap.push(Reverse(HeapItem { entry, run: i }));
+                }
+                readers.push(reader);
+            }
+            Source::Merge { readers, heap }
+        };
+        Ok(Sorted {
+            source,
+            pending: None,
+            _dir: TempDir(std::mem::take(&mut self.dir)),
+        })
+    }
+}
+
+impl Drop for ExternalSort {
+    fn drop(&mut self) {
+        if !self.dir.as_os_str().is_empty() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn next_line(lines: &mut std::io::Lines<BufReader<File>>) -> Result<Option<ManifestEntry>> {
+    match lines.next() {
+        None => Ok(None),
+        Some(line) => {
+            let line = line.map_err(|e| Error::retryable(format!("reading a sorted run: {e}")))?;
+            serde_json::from_str(&line)
+                .map(Some)
+                .map_err(|e| Error::retryable(format!("reading a sorted run: {e}")))
+        }
+    }
+}
+
+#[derive(PartialEq, Eq)]
+struct HeapItem {
+    entry: ManifestEntry,
+    run: usize,
+}
+
+impl Ord for HeapItem {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.entry
+            .key
+            .as_bytes()
+            .cmp(other.entry.key.as_bytes())
+            .then(self.run.cmp(&other.run))
+    }
+}
+
+impl PartialOrd for HeapItem {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+enum Source {
+    Memory(std::vec::IntoIter<ManifestEntry>),
+    Merge {
+        readers: Vec<std::io::Lines<BufReader<File>>>,
+        heap: BinaryHeap<Reverse<HeapItem>>,
+    },
+}
+
+impl Source {
+    fn next_raw(&mut self) -> Result<Option<ManifestEntry>> {
+        match self {
+            Source::Memory(it) => Ok(it.next()),
+            Source::Merge { readers, heap } => {
+                let Some(Reverse(item)) = heap.pop() else {
+                    return Ok(None);
+                };
+                if let Some(next) = next_line(&mut readers[item.run])? {
+                    heap.push(Reverse(HeapItem {
+                        entry: next,
+                        run: item.run,
+                    }));
+                }
+                Ok(Some(item.entry))
+            }
+        }
+    }
+}
+
+/// Sorted, de-duplicated manifest entries.
+pub struct Sorted {
+    source: Source,
+    pending: Option<ManifestEntry>,
+    _dir: TempDir,
+}
+
+impl Iterator for Sorted {
+    type Item = Result<ManifestEntry>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let current = match self.pending.take() {
+            Some(entry) => entry,
+            None => match self.source.next_raw() {
+                Ok(Some(entry)) => entry,
+                Ok(None) => return None,
+                Err(e) => return Some(Err(e)),
+            },
+        };
+        loop {
+            match self.source.next_raw() {
+                Ok(Some(next)) if next.key == current.key => {
+                    if next != current {
+                        return Some(Err(Error::contract(format!(
+                            "manifests list {:?} twice with different size or sha256",
+                            current.key
+                        ))));
+                    }
+                }
+                Ok(Some(next)) => {
+                    self.pending = Some(next);
+                    return Some(Ok(current));
+                }
+                Ok(None) => return Some(Ok(current)),
+                Err(e) => return Some(Err(e)),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(key: &str, size: u64) -> ManifestEntry {
+        ManifestEntry {
+            key: key.into(),
+            size,
+            sha256: "0".repeat(64),
+        }
+    }
+
+    fn sorted_keys(limit: usize, keys: &[&str]) -> Result<Vec<String>> {
+        let mut sorter = ExternalSort::new(limit)?;
+        for k in keys {
+            sorter.push(entry(k, 1))?;
+        }
+        sorter.finish()?.map(|e| e.map(|e| e.key)).collect()
+    }
+
+    #[test]
+    fn sorts_in_memory_and_through_spilled_runs_alike() {
+        let keys: Vec<String> = (0..1000)
+            .map(|i| format!("k{}", (i * 7919) % 1000))
+            .collect();
+        let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+        let mut expected = keys.clone();
+        expected.sort();
+        assert_eq!(sorted_keys(10_000, &refs).unwrap(), expected);
+        assert_eq!(sorted_keys(7, &refs).unwrap(), expected);
+    }
+
+    #[test]
+    fn identical_duplicates_merge_and_conflicting_ones_fail() {
+        assert_eq!(
+            sorted_keys(2, &["b", "a", "b", "a", "c"]).unwrap(),
+            ["a", "b", "c"]
+        );
+        let mut sorter = ExternalSort::new(2).unwrap();
+        sorter.push(entry("a", 1)).unwrap();
+        sorter.push(entry("x", 1)).unwrap();
+        sorter.push(entry("a", 2)).unwrap();
+        let result: Result<Vec<_>> = sorter.finish().unwrap().collect();
+        assert!(result.unwrap_err().message.contains("twice"));
+    }
+
+    #[test]
+    fn parses_a_manifest_entry_by_entry() {
+        let json = br#"{"objects": [{"key": "a/b.json", "size": 3, "sha256": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"}]}"#;
+        let mut collector = ManifestCollector {
+            sorter: ExternalSort::new(10).unwrap(),
+            manifests: 0,
+        };
+        collector
+            .file(
+                RelativeKey::parse("m.json").unwrap(),
+                json.len() as u64,
+                &mut &json[..],
+            )
+            .unwrap();
+        let entries: Vec<_> = collector
+            .sorter
+            .finish()
+            .unwrap()
+            .collect::<Result<_>>()
+            .unwrap();
+        assert_eq!(entries.len(), 1);
+        assert_eq!(entries[0].key, "a/b.json");
+
+        for (bad, says) in [
+            (
+                &br#"{"objects": [{"key": "../x", "size": 1, "sha256": "00"}]}"#[..],
+                "bad key",
+            ),
+            (
+                &br#"{"objects": [{"key": "x", "size": 1, "sha256": "zz"}]}"#[..],
+                "sha256",
+            ),
+            (&br#"{"things": []}"#[..], "unknown field"),
+            (&br#"{"objects": [{"key": "x"}]}"#[..], "missing field"),
+            (&br#"{"objects": [ "#[..], "EOF"),
+        ] {
+            let mut collector = ManifestCollector {
+                sorter: ExternalSort::new(10).unwrap(),
+                manifests: 0,
+            };
+            let err = collector
+                .file(
+                    RelativeKey::parse("m.json").unwrap(),
+                    bad.len() as u64,
+                    &mut &bad[..],
+                )
+                .unwrap_err();
+            assert!(err.message.contains(says), "{says}: {err}");
+        }
+    }
+}
