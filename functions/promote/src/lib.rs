@@ -1,0 +1,565 @@
+//! promote: makes the validated staging the production data. Refuses without an approval
+//! (approver and ticket) unless the drill-only bypass applies, and refuses a run whose
+//! restore or validate did not succeed. Copies staging into `root/` server-side, skipping
+//! objects that are already identical (so a re-run after an interruption resumes), leaves
+//! objects only in `root/` alone as drift unless the profile prunes them, re-checks
+//! parity, and writes one audit record and the publish pointer.
+
+use std::sync::Arc;
+
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, TaggingDirective};
+use chrono::{DateTime, Utc};
+use drpilot_shared::archive::RESERVED_PREFIX;
+use drpilot_shared::metrics::{self, Sample};
+use drpilot_shared::parity::{compare_prefixes, Difference, ParityCounts, Verdict};
+use drpilot_shared::profile::{Profile, ProfileSource};
+use drpilot_shared::receipt::{get_json, put_json, PhaseClock, PhaseStatus, ReceiptStore};
+use drpilot_shared::run::{PhaseOutput, RunContext};
+use drpilot_shared::{AwsClients, Error, ErrorKind, Phase, Result, S3Uri};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, Semaphore};
+use tokio::task::JoinSet;
+use tracing::info;
+
+/// An operator's approval, as `drpilot approve` sends it through the task token.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Approval {
+    pub approver: String,
+    pub ticket: String,
+    #[serde(default)]
+    pub approved_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub comment: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PromoteRequest {
+    pub run: RunContext,
+    #[serde(default)]
+    pub retry_count: u32,
+    #[serde(default)]
+    pub approval: Option<Approval>,
+}
+
+/// Copy sizing: CopyObject up to `multipart_threshold` (S3's limit is 5 GiB), a
+/// multipart copy in `part_size` ranges above it.
+#[derive(Clone, Copy, Debug)]
+pub struct CopyTuning {
+    pub multipart_threshold: u64,
+    pub part_size: u64,
+    pub concurrency: usize,
+}
+
+impl Default for CopyTuning {
+    fn default() -> Self {
+        Self {
+            multipart_threshold: 5 << 30,
+            part_size: 512 << 20,
+            concurrency: 16,
+        }
+    }
+}
+
+/// `audit/promotions/promotion-<UTC timestamp>.json`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    pub run_id: String,
+    pub execution_arn: Option<String>,
+    pub profile: String,
+    pub mode: String,
+    pub approver: Option<String>,
+    pub ticket: Option<String>,
+    pub approved_at: Option<DateTime<Utc>>,
+    pub bypass: bool,
+    pub backup_uri: S3Uri,
+    pub backup_id: String,
+    pub backup_created_at: DateTime<Utc>,
+    pub promoted_at: DateTime<Utc>,
+    pub objects_copied: u64,
+    pub bytes_copied: u64,
+    pub objects_identical: u64,
+    pub drift_objects: u64,
+    pub drift_pruned: bool,
+    pub parity_before: ParityCounts,
+    pub parity_after: ParityCounts,
+}
+
+/// Where a run's audit record goes, decided once so a re-run writes the same one.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct PendingAudit {
+    audit_record: S3Uri,
+}
+
+pub struct Promote {
+    pub clients: AwsClients,
+    pub profiles: ProfileSource,
+    pub tuning: CopyTuning,
+}
+
+#[derive(Default)]
+struct CopyStats {
+    copied: u64,
+    bytes: u64,
+    deleted: u64,
+}
+
+impl Promote {
+    pub fn new(clients: AwsClients) -> Self {
+        let profiles = ProfileSource::from_env(clients.ssm.clone());
+        Self {
+            clients,
+            profiles,
+            tuning: CopyTuning::default(),
+        }
+    }
+
+    pub async fn handle(&self, request: PromoteRequest) -> Result<PhaseOutput> {
+        let run = &request.run;
+        let profile = self.profiles.load(&run.input.profile).await?;
+        let store = run.receipts(&self.clients.s3, &profile);
+        let clock = PhaseClock::start(&run.run_id, Phase::Promote, request.retry_count + 1);
+        if let Some(reason) = run.input.skip_reason(Phase::Promote) {
+            let receipt = clock.skipped(reason);
+            let uri = store.put_phase(&receipt).await?;
+            return Ok(PhaseOutput::new(&receipt, uri));
+        }
+        if let Some(done) = store.get_phase(&run.run_id, Phase::Promote).await? {
+            if done.status == PhaseStatus::Success {
+                info!(run_id = %run.run_id, "already promoted");
+                let uri = store.phase_uri(&run.run_id, Phase::Promote)?;
+                return Ok(PhaseOutput::new(&done, uri));
+            }
+        }
+        let result = self
+            .promote(run, &profile, &store, request.approval.as_ref())
+            .await;
+        let receipt = clock.finish_with(&result);
+        let uri = store.put_phase(&receipt).await?;
+        result?;
+        Ok(PhaseOutput::new(&receipt, uri))
+    }
+
+    async fn promote(
+        &self,
+        run: &RunContext,
+        profile: &Profile,
+        store: &ReceiptStore,
+        approval: Option<&Approval>,
+    ) -> Result<Value> {
+        let bypass = run.input.approval_bypassed();
+        let approval = match approval {
+            Some(a) if !a.approver.trim().is_empty() && !a.ticket.trim().is_empty() => Some(a),
+            Some(_) => {
+                return Err(Error::new(
+                    ErrorKind::ApprovalMissing,
+                    "approval: approver and ticket must both be given",
+                ))
+            }
+            None if bypass => None,
+            None => {
+                return Err(Error::new(
+                    ErrorKind::ApprovalMissing,
+                    format!(
+                        "run {} has no approval (approver and ticket); only a drill with auto_promote and allow_promote_bypass may promote without one",
+                        run.run_id
+                    ),
+                ))
+            }
+        };
+        for phase in [Phase::Restore, Phase::Validate] {
+            let receipt = store.get_phase(&run.run_id, phase).await?;
+            if receipt.as_ref().map(|r| r.status) != Some(PhaseStatus::Success) {
+                return Err(Error::integrity(format!(
+                    "run {}: the {phase} receipt is {}; promote needs a successful {phase}",
+                    run.run_id,
+                    receipt.map_or("missing".into(), |r| format!("{:?}", r.status)
+                        .to_lowercase())
+                )));
+            }
+        }
+        if run.input.dry_run {
+            return Err(Error::input("dry_run: a dry run never promotes"));
+        }
+
+        let staging = profile.target.staging(&run.run_id)?;
+        let root = profile.target.root();
+        let started = Utc::now();
+        let (parity_before, stats) = self.copy_all(&staging, &root, profile.prune_drift).await?;
+        let parity_after = compare_prefixes(
+            &self.clients.s3,
+            &staging,
+            &root,
+            vec![RESERVED_PREFIX.to_owned()],
+            async |_| Ok(()),
+        )
+        .await?;
+        let unpromoted =
+            parity_after.only_left + parity_after.size_differs + parity_after.checksum_differs;
+        if unpromoted > 0 {
+            return Err(Error::integrity(format!(
+                "after promotion {unpromoted} staged objects still differ from {root} ({parity_after:?})"
+            )));
+        }
+        let promoted_at = Utc::now();
+
+        // One audit record per run: its key is chosen once and remembered.
+        let pending_uri = store
+            .run_dir(&run.run_id)?
+            .join("promote.pending.json")
+            .map_err(|e| Error::input(e.to_string()))?;
+        let pending = match get_json::<PendingAudit>(&self.clients.s3, &pending_uri).await? {
+            Some(p) => p,
+            None => {
+                let key = format!(
+                    "promotions/promotion-{}.json",
+                    promoted_at.format("%Y%m%dT%H%M%S%.3fZ")
+                );
+                let p = PendingAudit {
+                    audit_record: profile
+                        .target
+                        .audit()
+                        .join(&key)
+                        .map_err(|e| Error::input(e.to_string()))?,
+                };
+                put_json(&self.clients.s3, &pending_uri, &p).await?;
+                p
+            }
+        };
+        let record = AuditRecord {
+            run_id: run.run_id.clone(),
+            execution_arn: run.execution_arn.clone(),
+            profile: run.input.profile.clone(),
+            mode: run.input.mode.to_string(),
+            approver: approval.map(|a| a.approver.clone()),
+            ticket: approval.map(|a| a.ticket.clone()),
+            approved_at: approval.and_then(|a| a.approved_at),
+            bypass: approval.is_none(),
+            backup_uri: run.backup.uri.clone(),
+            backup_id: run.backup.backup_id.clone(),
+            backup_created_at: run.backup.created_at,
+            promoted_at,
+            objects_copied: stats.copied,
+            bytes_copied: stats.bytes,
+            objects_identical: parity_before.identical,
+            drift_objects: parity_before.only_right,
+            drift_pruned: profile.prune_drift,
+            parity_before: parity_before.clone(),
+            parity_after: parity_after.clone(),
+        };
+        put_json(&self.clients.s3, &pending.audit_record, &record).await?;
+        let pointer = profile
+            .target
+            .audit()
+            .join("published.json")
+            .map_err(|e| Error::input(e.to_string()))?;
+        put_json(
+            &self.clients.s3,
+            &pointer,
+            &json!({
+                "run_id": run.run_id,
+                "backup_uri": run.backup.uri,
+                "backup_id": run.backup.backup_id,
+                "backup_created_at": run.backup.created_at,
+                "git_sha": run.backup.git_sha,
+                "root": root,
+                "promoted_at": promoted_at,
+                "audit_record": pending.audit_record,
+            }),
+        )
+        .await?;
+        let time_to_promotion = (promoted_at - run.kickoff_at).num_milliseconds() as f64 / 1000.0;
+        metrics::publish(
+            &self.clients.cloudwatch,
+            &run.input.profile,
+            run.input.mode.as_str(),
+            promoted_at,
+            vec![Sample::seconds("TimeToPromotionSeconds", time_to_promotion)],
+        )
+        .await?;
+        info!(run_id = %run.run_id, copied = stats.copied, identical = parity_before.identical, drift = parity_before.only_right, "promoted");
+        Ok(json!({
+            "promoted": true,
+            "approver": record.approver,
+            "ticket": record.ticket,
+            "bypass": record.bypass,
+            "objects_copied": stats.copied,
+            "bytes_copied": stats.bytes,
+            "objects_identical": parity_before.identical,
+            "drift_objects": parity_before.only_right,
+            "drift_deleted": stats.deleted,
+            "parity_before": parity_before,
+            "parity_after": parity_after,
+            "audit_record": pending.audit_record,
+            "pointer": pointer,
+            "copy_seconds": (promoted_at - started).num_milliseconds() as f64 / 1000.0,
+            "time_to_promotion_seconds": time_to_promotion,
+        }))
+    }
+
+    /// One merge of staging with root; every staged object that is missing or different
+    /// in root is copied (at most `concurrency` at once) while the merge goes on.
+    async fn copy_all(
+        &self,
+        staging: &S3Uri,
+        root: &S3Uri,
+        prune: bool,
+    ) -> Result<(ParityCounts, CopyStats)> {
+        let (tx, mut rx) = mpsc::channel::<(Difference, u64)>(1024);
+        let compare = async {
+            let counts = compare_prefixes(
+                &self.clients.s3,
+                staging,
+                root,
+                vec![RESERVED_PREFIX.to_owned()],
+                async |step| {
+                    let work = match step {
+                        Verdict::Identical(_) => None,
+                        Verdict::Differs(d @ Difference::OnlyLeft { size, .. }) => Some((d, size)),
+                        Verdict::Differs(d @ Difference::Size { left_size, .. }) => {
+                            Some((d, left_size))
+                        }
+                        Verdict::Differs(d @ Difference::Checksum { .. }) => Some((d, 0)),
+                        Verdict::Differs(d @ Difference::OnlyRight { .. }) => {
+                            prune.then_some((d, 0))
+                        }
+                    };
+                    if let Some(work) = work {
+                        tx.send(work)
+                            .await
+                            .map_err(|_| Error::retryable("the copy workers stopped"))?;
+                    }
+                    Ok(())
+                },
+            )
+            .await;
+            drop(tx);
+            counts
+        };
+        let copy = async {
+            let permits = Arc::new(Semaphore::new(self.tuning.concurrency.max(1)));
+            let mut tasks: JoinSet<Result<(u64, u64, u64)>> = JoinSet::new();
+            let mut stats = CopyStats::default();
+            let mut first_error = None;
+            while let Some((difference, size)) = rx.recv().await {
+                let permit = permits
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .map_err(|_| Error::retryable("copy semaphore closed"))?;
+                let s3 = self.clients.s3.clone();
+                let tuning = self.tuning;
+                let (staging, root) = (staging.clone(), root.clone());
+                tasks.spawn(async move {
+                    let _permit = permit;
+                    match difference {
+                        Difference::OnlyRight { key, .. } => {
+                            let target = root
+                                .join(&key)
+                                .map_err(|e| Error::contract(e.to_string()))?;
+                            delete(&s3, &target).await?;
+                            Ok((0, 0, 1))
+                        }
+                        other => {
+                            let key = other.key().to_owned();
+                            let from = staging
+                                .join(&key)
+                                .map_err(|e| Error::contract(e.to_string()))?;
+                            let to = root
+                                .join(&key)
+                                .map_err(|e| Error::contract(e.to_string()))?;
+                            let size = if size == 0 {
+                                object_size(&s3, &from).await?
+                            } else {
+                                size
+                            };
+                            copy(&s3, &from, &to, size, tuning).await?;
+                            Ok((1, size, 0))
+                        }
+                    }
+                });
+                while let Some(done) = tasks.try_join_next() {
+                    absorb(done, &mut stats, &mut first_error);
+                }
+            }
+            while let Some(done) = tasks.join_next().await {
+                absorb(done, &mut stats, &mut first_error);
+            }
+            first_error.map_or(Ok(stats), Err)
+        };
+        let (counts, stats) = tokio::join!(compare, copy);
+        let stats = stats?;
+        Ok((counts?, stats))
+    }
+}
+
+fn absorb(
+    done: std::result::Result<Result<(u64, u64, u64)>, tokio::task::JoinError>,
+    stats: &mut CopyStats,
+    first_error: &mut Option<Error>,
+) {
+    match done {
+        Ok(Ok((copied, bytes, deleted))) => {
+            stats.copied += copied;
+            stats.bytes += bytes;
+            stats.deleted += deleted;
+        }
+        Ok(Err(err)) => {
+            first_error.get_or_insert(err);
+        }
+        Err(e) => {
+            first_error.get_or_insert(Error::retryable(format!("copy task failed: {e}")));
+        }
+    }
+}
+
+/// `bucket/key` for `x-amz-copy-source`, percent-encoded (keys may hold any UTF-8).
+fn copy_source(uri: &S3Uri) -> String {
+    let mut out = format!("{}/", uri.bucket);
+    for byte in uri.key.bytes() {
+        match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => {
+                out.push(byte as char)
+            }
+            other => out.push_str(&format!("%{other:02X}")),
+        }
+    }
+    out
+}
+
+async fn object_size(s3: &aws_sdk_s3::Client, uri: &S3Uri) -> Result<u64> {
+    let head = s3
+        .head_object()
+        .bucket(&uri.bucket)
+        .key(&uri.key)
+        .send()
+        .await
+        .map_err(|e| Error::from_sdk(&format!("HeadObject {uri}"), e))?;
+    Ok(u64::try_from(head.content_length.unwrap_or(0)).unwrap_or(0))
+}
+
+async fn delete(s3: &aws_sdk_s3::Client, uri: &S3Uri) -> Result<()> {
+    s3.delete_object()
+        .bucket(&uri.bucket)
+        .key(&uri.key)
+        .send()
+        .await
+        .map_err(|e| Error::from_sdk(&format!("DeleteObject {uri}"), e))?;
+    Ok(())
+}
+
+/// Server-side copy keeping tags (the stored SHA-256) and metadata: CopyObject up to the
+/// threshold, UploadPartCopy ranges above it.
+async fn copy(
+    s3: &aws_sdk_s3::Client,
+    from: &S3Uri,
+    to: &S3Uri,
+    size: u64,
+    tuning: CopyTuning,
+) -> Result<()> {
+    let source = copy_source(from);
+    if size <= tuning.multipart_threshold {
+        s3.copy_object()
+            .bucket(&to.bucket)
+            .key(&to.key)
+            .copy_source(&source)
+            .tagging_directive(TaggingDirective::Copy)
+            .send()
+            .await
+            .map_err(|e| Error::from_sdk(&format!("CopyObject {from} -> {to}"), e))?;
+        return Ok(());
+    }
+    // UploadPartCopy carries no tags: read the source's and set them on the new object.
+    let tags = s3
+        .get_object_tagging()
+        .bucket(&from.bucket)
+        .key(&from.key)
+        .send()
+        .await
+        .map_err(|e| Error::from_sdk(&format!("GetObjectTagging {from}"), e))?;
+    let tagging = tags
+        .tag_set()
+        .iter()
+        .map(|t| format!("{}={}", t.key(), t.value()))
+        .collect::<Vec<_>>()
+        .join("&");
+    let upload = s3
+        .create_multipart_upload()
+        .bucket(&to.bucket)
+        .key(&to.key)
+        .set_tagging((!tagging.is_empty()).then_some(tagging))
+        .send()
+        .await
+        .map_err(|e| Error::from_sdk(&format!("CreateMultipartUpload {to}"), e))?;
+    let upload_id = upload
+        .upload_id
+        .ok_or_else(|| Error::retryable("CreateMultipartUpload returned no upload id"))?;
+    let mut parts = Vec::new();
+    let mut offset = 0u64;
+    let mut number = 1;
+    let result: Result<()> = async {
+        while offset < size {
+            let end = (offset + tuning.part_size).min(size) - 1;
+            let out = s3
+                .upload_part_copy()
+                .bucket(&to.bucket)
+                .key(&to.key)
+                .upload_id(&upload_id)
+                .part_number(number)
+                .copy_source(&source)
+                .copy_source_range(format!("bytes={offset}-{end}"))
+                .send()
+                .await
+                .map_err(|e| {
+                    Error::from_sdk(&format!("UploadPartCopy {number} {from} -> {to}"), e)
+                })?;
+            let etag = out.copy_part_result.and_then(|r| r.e_tag);
+            parts.push(
+                CompletedPart::builder()
+                    .part_number(number)
+                    .set_e_tag(etag)
+                    .build(),
+            );
+            offset = end + 1;
+            number += 1;
+        }
+        s3.complete_multipart_upload()
+            .bucket(&to.bucket)
+            .key(&to.key)
+            .upload_id(&upload_id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|e| Error::from_sdk(&format!("CompleteMultipartUpload {to}"), e))?;
+        Ok(())
+    }
+    .await;
+    if result.is_err() {
+        let _ = s3
+            .abort_multipart_upload()
+            .bucket(&to.bucket)
+            .key(&to.key)
+            .upload_id(&upload_id)
+            .send()
+            .await;
+    }
+    result
+}
+
+pub async fn handler(
+    promote: &Promote,
+    event: lambda_runtime::LambdaEvent<PromoteRequest>,
+) -> Result<PhaseOutput, lambda_runtime::Diagnostic> {
+    Box::pin(promote.handle(event.payload))
+        .await
+        .map_err(|err| {
+            tracing::warn!(error = %err, "promote failed");
+            err.into()
+        })
+}

@@ -1,0 +1,346 @@
+//! promote against real SDK calls on the local emulator, after a real restore and validate.
+
+#![allow(clippy::unwrap_used)] // a test that cannot unwrap should fail loudly
+
+use std::path::Path;
+
+use chrono::Utc;
+use drpilot_shared::backup::BackupRef;
+use drpilot_shared::input::Trigger;
+use drpilot_shared::objects::stored_sha256;
+use drpilot_shared::profile::ProfileSource;
+use drpilot_shared::receipt::PhaseStatus;
+use drpilot_shared::run::{PhaseRequest, RunContext};
+use drpilot_shared::{ErrorKind, Mode, RunInput, S3Uri};
+use drpilot_testkit::{
+    make_backup, sh, test_profile, LocalAws, TempDir, BACKUP_BUCKET, BACKUP_PREFIX, PROFILE,
+    TARGET_BUCKET,
+};
+use promote::{Approval, CopyTuning, Promote, PromoteRequest};
+use serde_json::{json, Value};
+
+fn run(run_id: &str, backup_id: &str) -> RunContext {
+    let mut input = RunInput::drill(PROFILE);
+    input.run_id = Some(run_id.into());
+    RunContext {
+        run_id: run_id.into(),
+        input,
+        trigger: Trigger::Manual,
+        execution_arn: Some(format!(
+            "arn:aws:states:us-east-1:123456789012:execution:drill:{run_id}"
+        )),
+        kickoff_at: Utc::now(),
+        backup: BackupRef {
+            uri: S3Uri::new(BACKUP_BUCKET, format!("{BACKUP_PREFIX}{backup_id}/")).unwrap(),
+            backup_id: backup_id.into(),
+            created_at: Utc::now(),
+            git_sha: None,
+        },
+    }
+}
+
+fn approval() -> Option<Approval> {
+    Some(Approval {
+        approver: "alice".into(),
+        ticket: "CHG-1234".into(),
+        approved_at: Some(Utc::now()),
+        comment: None,
+    })
+}
+
+fn promoter(aws: &LocalAws) -> Promote {
+    Promote {
+        clients: aws.clients.clone(),
+        profiles: ProfileSource::Ssm(aws.clients.ssm.clone()),
+        tuning: CopyTuning {
+            multipart_threshold: 6 << 20,
+            part_size: 5 << 20,
+            concurrency: 8,
+        },
+    }
+}
+
+fn request(run: &RunContext, approval: Option<Approval>) -> PromoteRequest {
+    PromoteRequest {
+        run: run.clone(),
+        retry_count: 0,
+        approval,
+    }
+}
+
+fn source(dir: &Path) {
+    sh(&format!(
+        "mkdir -p '{0}/a/b' && for i in $(seq 1 20); do echo \"v $i\" > '{0}/a/b/'$i.json; done && head -c 13000000 /dev/urandom > '{0}/big.bin'",
+        dir.display()
+    ));
+}
+
+/// Restores and validates `backup_id` (made once from `src`) as `run_id`.
+async fn staged_and_validated(
+    aws: &LocalAws,
+    tmp: &TempDir,
+    backup_id: &str,
+    run_id: &str,
+) -> RunContext {
+    let src = tmp.path().join("src");
+    if !src.exists() {
+        source(&src);
+    }
+    let out = tmp.path().join(backup_id);
+    if !out.exists() {
+        make_backup(&src, &out, &[]);
+        aws.upload_dir(BACKUP_BUCKET, &format!("{BACKUP_PREFIX}{backup_id}"), &out)
+            .await;
+    }
+    let ctx = run(run_id, backup_id);
+    let phase = PhaseRequest {
+        run: ctx.clone(),
+        retry_count: 0,
+    };
+    restore::Restore {
+        clients: aws.clients.clone(),
+        profiles: ProfileSource::Ssm(aws.clients.ssm.clone()),
+        tuning: Default::default(),
+    }
+    .handle(phase.clone())
+    .await
+    .unwrap();
+    validate::Validate {
+        clients: aws.clients.clone(),
+        profiles: ProfileSource::Ssm(aws.clients.ssm.clone()),
+    }
+    .handle(phase)
+    .await
+    .unwrap();
+    ctx
+}
+
+async fn root_keys(aws: &LocalAws) -> Vec<String> {
+    aws.keys(TARGET_BUCKET, "root/").await
+}
+
+async fn audit_records(aws: &LocalAws) -> Vec<String> {
+    aws.keys(TARGET_BUCKET, "audit/promotions/").await
+}
+
+#[tokio::test]
+async fn it_copies_and_audits_on_approval_and_a_second_run_copies_nothing() {
+    let aws = LocalAws::start().await;
+    aws.standard_setup().await;
+    aws.put_text(TARGET_BUCKET, "root/legacy/drift.json", "old")
+        .await;
+    let tmp = TempDir::new("promote-ok");
+    let first = staged_and_validated(&aws, &tmp, "b1", "run-1").await;
+
+    let out = promoter(&aws)
+        .handle(request(&first, approval()))
+        .await
+        .unwrap();
+    assert_eq!(out.status, PhaseStatus::Success);
+    assert_eq!(out.details["objects_copied"], 21);
+    assert_eq!(out.details["drift_objects"], 1);
+    assert_eq!(out.details["parity_after"]["only_left"], 0);
+    assert_eq!(out.details["approver"], "alice");
+    let mut expected: Vec<String> = (1..=20).map(|i| format!("root/a/b/{i}.json")).collect();
+    expected.push("root/big.bin".into());
+    expected.push("root/legacy/drift.json".into()); // drift is left alone
+    expected.sort();
+    assert_eq!(root_keys(&aws).await, expected);
+    // The multipart-copied object kept its whole-file hash.
+    let big_root = stored_sha256(
+        aws.s3(),
+        &S3Uri::new(TARGET_BUCKET, "root/big.bin").unwrap(),
+    )
+    .await
+    .unwrap();
+    let big_stage = stored_sha256(
+        aws.s3(),
+        &S3Uri::new(TARGET_BUCKET, "_staging/run-1/big.bin").unwrap(),
+    )
+    .await
+    .unwrap();
+    assert!(big_root.is_some());
+    assert_eq!(big_root, big_stage);
+
+    let records = audit_records(&aws).await;
+    assert_eq!(records.len(), 1);
+    assert!(records[0].starts_with("audit/promotions/promotion-") && records[0].ends_with(".json"));
+    let record: Value =
+        serde_json::from_str(&aws.get_text(TARGET_BUCKET, &records[0]).await.unwrap()).unwrap();
+    assert_eq!(record["run_id"], "run-1");
+    assert_eq!(record["approver"], "alice");
+    assert_eq!(record["ticket"], "CHG-1234");
+    assert_eq!(record["bypass"], false);
+    assert_eq!(record["objects_copied"], 21);
+    assert_eq!(record["parity_before"]["only_left"], 21);
+    assert_eq!(record["parity_after"]["delta"], 1, "only the drift remains");
+    assert!(record["execution_arn"]
+        .as_str()
+        .unwrap()
+        .ends_with(":run-1"));
+    let pointer: Value = serde_json::from_str(
+        &aws.get_text(TARGET_BUCKET, "audit/published.json")
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(pointer["run_id"], "run-1");
+    assert_eq!(
+        pointer["audit_record"],
+        format!("s3://{TARGET_BUCKET}/{}", records[0])
+    );
+
+    // Invoked again for the same run: already promoted, nothing new.
+    promoter(&aws)
+        .handle(request(&first, approval()))
+        .await
+        .unwrap();
+    assert_eq!(audit_records(&aws).await.len(), 1);
+
+    // A later run of the same backup finds root identical and copies nothing.
+    let second = staged_and_validated(&aws, &tmp, "b1", "run-2").await;
+    let out = promoter(&aws)
+        .handle(request(&second, approval()))
+        .await
+        .unwrap();
+    assert_eq!(out.details["objects_copied"], 0);
+    assert_eq!(out.details["objects_identical"], 21);
+}
+
+#[tokio::test]
+async fn it_refuses_without_an_approval() {
+    let aws = LocalAws::start().await;
+    aws.standard_setup().await;
+    let tmp = TempDir::new("promote-noapproval");
+    let ctx = staged_and_validated(&aws, &tmp, "b1", "run-1").await;
+    let err = promoter(&aws)
+        .handle(request(&ctx, None))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind, ErrorKind::ApprovalMissing);
+    let blank = Approval {
+        approver: "alice".into(),
+        ticket: " ".into(),
+        approved_at: None,
+        comment: None,
+    };
+    let err = promoter(&aws)
+        .handle(request(&ctx, Some(blank)))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind, ErrorKind::ApprovalMissing);
+    assert!(root_keys(&aws).await.is_empty());
+    assert!(audit_records(&aws).await.is_empty());
+
+    // The drill-only bypass: both flags, drill mode.
+    let mut bypass = ctx.clone();
+    bypass.input.auto_promote = true;
+    bypass.input.allow_promote_bypass = true;
+    let out = promoter(&aws).handle(request(&bypass, None)).await.unwrap();
+    assert_eq!(out.details["bypass"], true);
+}
+
+#[tokio::test]
+async fn the_bypass_does_not_apply_in_recovery_mode() {
+    let aws = LocalAws::start().await;
+    aws.standard_setup().await;
+    let tmp = TempDir::new("promote-recovery");
+    let mut ctx = staged_and_validated(&aws, &tmp, "b1", "run-1").await;
+    ctx.input.mode = Mode::Recovery;
+    ctx.input.auto_promote = true;
+    ctx.input.allow_promote_bypass = true;
+    let err = promoter(&aws)
+        .handle(request(&ctx, None))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind, ErrorKind::ApprovalMissing);
+    assert!(root_keys(&aws).await.is_empty());
+}
+
+#[tokio::test]
+async fn it_refuses_after_a_failed_validate() {
+    let aws = LocalAws::start().await;
+    aws.standard_setup().await;
+    let tmp = TempDir::new("promote-badvalidate");
+    let ctx = staged_and_validated(&aws, &tmp, "b1", "run-1").await;
+    // Damage the staging and validate again: it fails, and promote must refuse.
+    aws.put_text(TARGET_BUCKET, "_staging/run-1/a/b/1.json", "tampered")
+        .await;
+    validate::Validate {
+        clients: aws.clients.clone(),
+        profiles: ProfileSource::Ssm(aws.clients.ssm.clone()),
+    }
+    .handle(PhaseRequest {
+        run: ctx.clone(),
+        retry_count: 0,
+    })
+    .await
+    .unwrap_err();
+    let err = promoter(&aws)
+        .handle(request(&ctx, approval()))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind, ErrorKind::IntegrityError);
+    assert!(err.message.contains("validate receipt is failed"), "{err}");
+    assert!(root_keys(&aws).await.is_empty());
+}
+
+#[tokio::test]
+async fn a_rerun_after_an_interruption_resumes_with_one_audit_record() {
+    let aws = LocalAws::start().await;
+    aws.standard_setup().await;
+    let tmp = TempDir::new("promote-resume");
+    let ctx = staged_and_validated(&aws, &tmp, "b1", "run-1").await;
+    // The interruption: some objects already in root (as a crashed copy leaves them),
+    // and an audit key already chosen.
+    for i in 1..=7 {
+        aws.s3()
+            .copy_object()
+            .bucket(TARGET_BUCKET)
+            .key(format!("root/a/b/{i}.json"))
+            .copy_source(format!("{TARGET_BUCKET}/_staging/run-1/a/b/{i}.json"))
+            .send()
+            .await
+            .unwrap();
+    }
+    let pending = json!({"audit_record": format!("s3://{TARGET_BUCKET}/audit/promotions/promotion-20261122T000000.000Z.json")});
+    aws.put_text(
+        TARGET_BUCKET,
+        "drpilot/receipts/runs/run-1/promote.pending.json",
+        &pending.to_string(),
+    )
+    .await;
+
+    let out = promoter(&aws)
+        .handle(request(&ctx, approval()))
+        .await
+        .unwrap();
+    assert_eq!(out.details["objects_copied"], 14);
+    assert_eq!(out.details["objects_identical"], 7);
+    assert_eq!(
+        audit_records(&aws).await,
+        ["audit/promotions/promotion-20261122T000000.000Z.json"]
+    );
+}
+
+#[tokio::test]
+async fn drift_is_pruned_when_the_profile_says_so() {
+    let aws = LocalAws::start().await;
+    aws.standard_setup().await;
+    let mut profile = test_profile();
+    profile["prune_drift"] = json!(true);
+    aws.put_profile(PROFILE, &profile).await;
+    aws.put_text(TARGET_BUCKET, "root/legacy/drift.json", "old")
+        .await;
+    let tmp = TempDir::new("promote-prune");
+    let ctx = staged_and_validated(&aws, &tmp, "b1", "run-1").await;
+    let out = promoter(&aws)
+        .handle(request(&ctx, approval()))
+        .await
+        .unwrap();
+    assert_eq!(out.details["drift_deleted"], 1);
+    assert_eq!(out.details["parity_after"]["delta"], 0);
+    assert!(!root_keys(&aws)
+        .await
+        .contains(&"root/legacy/drift.json".to_owned()));
+}
