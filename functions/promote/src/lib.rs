@@ -117,6 +117,11 @@ impl Promote {
     }
 
     pub async fn handle(&self, request: PromoteRequest) -> Result<PhaseOutput> {
+        // Boxed: the SDK futures inside make this one large.
+        Box::pin(self.handle_unboxed(request)).await
+    }
+
+    async fn handle_unboxed(&self, request: PromoteRequest) -> Result<PhaseOutput> {
         let run = &request.run;
         let profile = self.profiles.load(&run.input.profile).await?;
         let store = run.receipts(&self.clients.s3, &profile);
