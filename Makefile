@@ -38,4 +38,7 @@ local-down: ## stop the local AWS stack
 
 .PHONY: bench
 bench: ## benchmarks, printed as markdown tables (see bench/README.md)
-	python3 bench/restore_pipeline.py
+	scripts/ensure-venv.sh
+	scripts/ensure-tools.sh
+	.venv/bin/python bench/restore_pipeline.py
+	.venv/bin/python bench/parity.py

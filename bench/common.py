@@ -1,0 +1,108 @@
+"""Helpers the bench scripts share: building bench targets, a private local S3 server,
+filling it, timing commands, peak RSS."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV_PY = ROOT / ".venv" / "bin" / "python"
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def bench_binary(package: str, bench: str) -> str:
+    """Builds a `harness = false` bench target and returns its executable."""
+    out = subprocess.run(
+        ["cargo", "bench", "-p", package, "--bench", bench, "--no-run", "--message-format=json"],
+        cwd=ROOT, check=True, capture_output=True, text=True,
+    ).stdout
+    for line in out.splitlines():
+        msg = json.loads(line)
+        if (msg.get("reason") == "compiler-artifact" and msg.get("target", {}).get("name") == bench
+                and msg.get("executable")):
+            return msg["executable"]
+    raise SystemExit(f"no executable for bench {bench}")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LocalS3:
+    """moto (infra/local/motoserver.py) on a free loopback port, for the duration of a bench."""
+
+    def __enter__(self) -> "LocalS3":
+        subprocess.run([str(ROOT / "scripts" / "ensure-venv.sh")], check=True)
+        self.port = free_port()
+        self.log = open(tempfile.mktemp(prefix="drpilot-bench-moto-", suffix=".log"), "w")
+        self.proc = subprocess.Popen(
+            [str(VENV_PY), str(ROOT / "infra" / "local" / "motoserver.py"), "--port", str(self.port),
+             "--parent-pid", str(os.getpid())],
+            stdout=self.log, stderr=self.log,
+        )
+        deadline = time.time() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                break
+            except OSError:
+                if time.time() > deadline:
+                    raise SystemExit("moto did not start")
+                time.sleep(0.2)
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.env = dict(os.environ, AWS_ENDPOINT_URL=self.endpoint, AWS_ACCESS_KEY_ID="testing",
+                        AWS_SECRET_ACCESS_KEY="testing", AWS_REGION="us-east-1",
+                        AWS_DEFAULT_REGION="us-east-1")
+        self.env.pop("AWS_CA_BUNDLE", None)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+        self.log.close()
+
+    def client(self):
+        import boto3  # from .venv (moto depends on it)
+        from botocore.config import Config
+        return boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1",
+                            aws_access_key_id="testing", aws_secret_access_key="testing",
+                            config=Config(max_pool_connections=32, s3={"addressing_style": "path"}))
+
+    def fill(self, bucket: str, objects: list[tuple[str, bytes]]) -> None:
+        s3 = self.client()
+        with ThreadPoolExecutor(16) as pool:
+            list(pool.map(lambda kv: s3.put_object(Bucket=bucket, Key=kv[0], Body=kv[1]), objects))
+
+
+def timed(cmd: list[str] | str, env: dict | None = None, shell: bool = False) -> tuple[float, str]:
+    start = time.perf_counter()
+    out = subprocess.run(cmd, env=env, shell=shell, capture_output=True, text=True)
+    elapsed = time.perf_counter() - start
+    if out.returncode not in (0, 1):
+        raise SystemExit(f"{cmd} failed ({out.returncode}): {out.stderr[-2000:]}")
+    return elapsed, out.stdout
+
+
+def aws_cli_path() -> str:
+    """A directory holding the `aws` CLI (awscli, pinned), installed on first use into its
+    own venv so its botocore pin cannot clash with moto's."""
+    venv = ROOT / "target" / "bench-venv"
+    if not (venv / "bin" / "aws").exists():
+        log("installing awscli into target/bench-venv ...")
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "--disable-pip-version-check",
+                        "awscli==1.46.3"], check=True)
+    return str(venv / "bin")
