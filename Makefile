@@ -5,7 +5,7 @@ SHELL := /bin/bash
 VENV_BIN := $(CURDIR)/.venv/bin
 export PATH := $(VENV_BIN):$(PATH)
 
-.PHONY: help setup build test lint fmt local-up local-down
+.PHONY: help setup build test lint fmt local-up local-down drill
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -29,6 +29,11 @@ lint: ## formatting and clippy, warnings are errors
 
 fmt: ## format the code
 	cargo fmt --all
+
+drill: ## the main job: a full DR drill on the local stack (prompts for approval on a terminal)
+	scripts/ensure-venv.sh --build
+	cargo build -q -p drpilot-cli
+	target/debug/drpilot local drill $$( [ -t 0 ] || echo --auto-approve ) $(DRILL_ARGS)
 
 local-up: ## start the local AWS stack (moto + cargo lambda watch) and print its endpoint
 	scripts/local-stack.sh up

@@ -1,1 +1,191 @@
-fn main() {}
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use drpilot_cli::local::{self, DrillOptions};
+use drpilot_cli::{approve, deny, receipts, report, start, status, CliError, Ctx, Out};
+
+/// drpilot: prove you can restore, and restore for real when it burns.
+#[derive(Parser)]
+#[command(name = "drpilot", version, about)]
+struct Cli {
+    /// Print results as JSON (for scripts) instead of human-readable lines.
+    #[arg(long, global = true)]
+    json: bool,
+    /// The state machine to drive: a name or an ARN (default: drpilot-drill).
+    #[arg(long, global = true, env = "DRPILOT_STATE_MACHINE")]
+    state_machine: Option<String>,
+    /// Talk to the local stack (moto on 127.0.0.1:4599) instead of AWS.
+    #[arg(long, global = true)]
+    local: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start a run and follow it to the end (or to the approval, with --no-wait).
+    Start {
+        #[arg(long)]
+        profile: String,
+        /// Execution input (JSON, DESIGN.md §2); --profile and --backup-uri override it.
+        #[arg(long)]
+        input: Option<PathBuf>,
+        #[arg(long)]
+        backup_uri: Option<String>,
+        /// Return once started instead of following the run.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// A run's phases so far.
+    Status { run: String },
+    /// Approve a waiting run's promotion.
+    Approve {
+        run: String,
+        #[arg(long)]
+        approver: String,
+        #[arg(long)]
+        ticket: String,
+        #[arg(long)]
+        comment: Option<String>,
+    },
+    /// Decline a waiting run's promotion (the run tears down without promoting).
+    Deny {
+        run: String,
+        #[arg(long)]
+        reason: String,
+    },
+    /// A run's phase receipts.
+    Receipts { run: String },
+    /// A run's summary, optionally as one self-contained HTML page.
+    Report {
+        run: String,
+        #[arg(long)]
+        html: Option<PathBuf>,
+    },
+    /// The local stack: up, down, or a full drill on it.
+    Local {
+        #[command(subcommand)]
+        command: LocalCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum LocalCommand {
+    /// Start moto and cargo lambda watch.
+    Up,
+    /// Stop them.
+    Down,
+    /// Run a full DR drill on the local stack.
+    Drill {
+        /// Approve promotion without asking (required when stdin is not a terminal).
+        #[arg(long)]
+        auto_approve: bool,
+        /// How many objects the generated demo backup holds.
+        #[arg(long, default_value_t = 3000)]
+        objects: usize,
+        /// Where to write the HTML report (default .local/reports/<run>.html).
+        #[arg(long)]
+        report: Option<PathBuf>,
+    },
+}
+
+async fn run(cli: Cli) -> Result<bool, CliError> {
+    let out = Out { json: cli.json };
+    let endpoint = cli.local.then_some(local::ENDPOINT);
+    let ctx = || Ctx::new(endpoint, cli.state_machine.clone(), out);
+    match &cli.command {
+        Command::Start {
+            profile,
+            input,
+            backup_uri,
+            no_wait,
+        } => {
+            let progress = start(
+                &ctx().await,
+                profile,
+                input.as_deref(),
+                backup_uri.as_deref(),
+                !no_wait,
+                None,
+            )
+            .await?;
+            out.result(&progress);
+            Ok(progress.status == "SUCCEEDED" || (*no_wait && progress.status == "RUNNING"))
+        }
+        Command::Status { run } => {
+            let progress = status(&ctx().await, run).await?;
+            out.result(&progress);
+            Ok(matches!(progress.status.as_str(), "SUCCEEDED" | "RUNNING"))
+        }
+        Command::Approve {
+            run,
+            approver,
+            ticket,
+            comment,
+        } => {
+            let approval = approve(&ctx().await, run, approver, ticket, comment.as_deref()).await?;
+            out.result(&approval);
+            Ok(true)
+        }
+        Command::Deny { run, reason } => {
+            deny(&ctx().await, run, reason).await?;
+            out.result(&serde_json::json!({"run": run, "denied": true, "reason": reason}));
+            Ok(true)
+        }
+        Command::Receipts { run } => {
+            let records = receipts(&ctx().await, run).await?;
+            out.result(&records);
+            Ok(true)
+        }
+        Command::Report { run, html } => {
+            let records = report(&ctx().await, run, html.as_deref()).await?;
+            out.result(&records.summary);
+            Ok(true)
+        }
+        Command::Local { command } => match command {
+            LocalCommand::Up => local::up().map(|()| true),
+            LocalCommand::Down => local::down().map(|()| true),
+            LocalCommand::Drill {
+                auto_approve,
+                objects,
+                report,
+            } => {
+                if !auto_approve && !std::io::stdin().is_terminal() {
+                    return Err(CliError::Usage(
+                        "stdin is not a terminal, so nobody can answer the approval prompt: pass --auto-approve".into(),
+                    ));
+                }
+                let options = DrillOptions {
+                    auto_approve: *auto_approve,
+                    objects: *objects,
+                    report: report.clone(),
+                };
+                local::drill(&options, out).await
+            }
+        },
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let json = cli.json;
+    match run(cli).await {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(err) => {
+            if json {
+                let _ = writeln!(
+                    std::io::stdout(),
+                    "{}",
+                    serde_json::json!({"error": err.to_string()})
+                );
+            } else {
+                eprintln!("drpilot: {err}");
+            }
+            ExitCode::from(2)
+        }
+    }
+}

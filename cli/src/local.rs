@@ -1,0 +1,474 @@
+//! The local stack and the local drill (the README's main job): the same state machine
+//! definition that deploys, the real phase handlers under `cargo lambda watch`, moto as
+//! AWS, and a generated demo backup in the backup contract format.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use aws_sdk_s3::primitives::ByteStream;
+use chrono::{Duration, Utc};
+use serde_json::json;
+
+use crate::{html, records, Approver, CliError, Ctx, Out, DEFAULT_STATE_MACHINE};
+
+pub const ENDPOINT: &str = "http://127.0.0.1:4599";
+pub const ACCOUNT: &str = "123456789012";
+pub const REGION: &str = "us-east-1";
+pub const PROFILE: &str = "demo";
+pub const DATA_BUCKET: &str = "drpilot-demo-data";
+pub const BACKUP_BUCKET: &str = "drpilot-demo-backups";
+pub const TOPIC: &str = "drpilot-notifications";
+pub const QUEUE: &str = "drpilot-notifications-inbox";
+
+/// The repository root: `DRPILOT_ROOT`, else the nearest ancestor of the current
+/// directory holding `scripts/local-stack.sh`, else where this crate was built from.
+pub fn repo_root() -> PathBuf {
+    if let Some(root) = std::env::var_os("DRPILOT_ROOT") {
+        return root.into();
+    }
+    if let Ok(mut dir) = std::env::current_dir() {
+        loop {
+            if dir.join("scripts/local-stack.sh").exists() {
+                return dir;
+            }
+            if !dir.pop() {
+                break;
+            }
+        }
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+}
+
+fn run_script(args: &[&str]) -> Result<(), CliError> {
+    let root = repo_root();
+    let status = Command::new(root.join("scripts/local-stack.sh"))
+        .args(args)
+        .current_dir(&root)
+        .status()
+        .map_err(|e| CliError::Io(format!("running scripts/local-stack.sh: {e}")))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(CliError::Io(format!(
+            "scripts/local-stack.sh {} failed: {status}",
+            args.join(" ")
+        )))
+    }
+}
+
+pub fn up() -> Result<(), CliError> {
+    run_script(&["up"])
+}
+
+pub fn down() -> Result<(), CliError> {
+    run_script(&["down"])
+}
+
+/// The state machine definition with this stack's function ARNs and topic.
+pub fn definition(root: &Path, topic_arn: &str, approval_timeout: u32) -> Result<String, CliError> {
+    let path = root.join("statemachine/drill.asl.json");
+    let mut text = std::fs::read_to_string(&path)
+        .map_err(|e| CliError::Io(format!("reading {}: {e}", path.display())))?;
+    let function = |name: &str| format!("arn:aws:lambda:{REGION}:{ACCOUNT}:function:{name}");
+    let substitutions = [
+        ("BringupFunctionArn", function("bringup")),
+        ("RestoreFunctionArn", function("restore")),
+        ("ValidateFunctionArn", function("validate")),
+        ("ParityReportFunctionArn", function("parity-report")),
+        ("PromoteFunctionArn", function("promote")),
+        ("TeardownFunctionArn", function("teardown")),
+        ("TopicArn", topic_arn.to_owned()),
+        ("ApprovalTimeoutSeconds", approval_timeout.to_string()),
+        (
+            "ApprovalHeartbeatSeconds",
+            approval_timeout.saturating_sub(1).max(1).to_string(),
+        ),
+    ];
+    for (name, value) in substitutions {
+        text = text.replace(&format!("${{{name}}}"), &value);
+    }
+    if let Some(left) = text.find("${") {
+        return Err(CliError::Usage(format!(
+            "{}: unsubstituted placeholder near {:?}",
+            path.display(),
+            &text[left..(left + 40).min(text.len())]
+        )));
+    }
+    Ok(text)
+}
+
+/// Creates (or updates) the state machine named `name` from the repository's ASL.
+pub async fn deploy_state_machine(
+    ctx: &Ctx,
+    name: &str,
+    topic_arn: &str,
+    approval_timeout: u32,
+) -> Result<String, CliError> {
+    let definition = definition(&repo_root(), topic_arn, approval_timeout)?;
+    let role = format!("arn:aws:iam::{ACCOUNT}:role/drpilot-state-machine");
+    let existing = ctx
+        .sfn
+        .list_state_machines()
+        .send()
+        .await
+        .map_err(|e| CliError::aws("ListStateMachines", e))?
+        .state_machines()
+        .iter()
+        .find(|m| m.name() == name)
+        .map(|m| m.state_machine_arn().to_owned());
+    match existing {
+        Some(arn) => {
+            ctx.sfn
+                .update_state_machine()
+                .state_machine_arn(&arn)
+                .definition(definition)
+                .send()
+                .await
+                .map_err(|e| CliError::aws("UpdateStateMachine", e))?;
+            Ok(arn)
+        }
+        None => Ok(ctx
+            .sfn
+            .create_state_machine()
+            .name(name)
+            .definition(definition)
+            .role_arn(role)
+            .send()
+            .await
+            .map_err(|e| CliError::aws("CreateStateMachine", e))?
+            .state_machine_arn()
+            .to_owned()),
+    }
+}
+
+/// Buckets, profile, metrics the profile's checks read, and the notification topic with
+/// an SQS inbox (raw delivery) to read notifications back. Idempotent.
+pub async fn provision(ctx: &Ctx) -> Result<(String, String), CliError> {
+    for bucket in [DATA_BUCKET, BACKUP_BUCKET] {
+        let exists = ctx.aws.s3.head_bucket().bucket(bucket).send().await.is_ok();
+        if !exists {
+            ctx.aws
+                .s3
+                .create_bucket()
+                .bucket(bucket)
+                .send()
+                .await
+                .map_err(|e| CliError::aws(&format!("CreateBucket {bucket}"), e))?;
+        }
+    }
+    let profile = json!({
+        "target": {"bucket": DATA_BUCKET},
+        "backups": format!("s3://{BACKUP_BUCKET}/demo/backups/"),
+        "receipts": format!("s3://{DATA_BUCKET}/drpilot/receipts/"),
+        "account_id": ACCOUNT,
+        "region": REGION,
+        "rto_target_seconds": 900,
+        "rpo_target_seconds": 14400,
+        "checks": [
+            {"type": "cloudwatch_metric", "name": "no failed syncs", "namespace": "DemoApp", "metric_name": "SyncFailed"},
+            {"type": "cloudwatch_metric", "name": "no missed syncs", "namespace": "DemoApp", "metric_name": "NoSync"}
+        ]
+    });
+    ctx.aws
+        .ssm
+        .put_parameter()
+        .name(format!("/drpilot/profiles/{PROFILE}"))
+        .value(profile.to_string())
+        .r#type(aws_sdk_ssm::types::ParameterType::String)
+        .overwrite(true)
+        .send()
+        .await
+        .map_err(|e| CliError::aws("PutParameter", e))?;
+    // The demo application reports healthy syncs.
+    for metric in ["SyncFailed", "NoSync"] {
+        ctx.aws
+            .cloudwatch
+            .put_metric_data()
+            .namespace("DemoApp")
+            .metric_data(
+                aws_sdk_cloudwatch::types::MetricDatum::builder()
+                    .metric_name(metric)
+                    .value(0.0)
+                    .timestamp(aws_sdk_cloudwatch::primitives::DateTime::from_secs(
+                        Utc::now().timestamp() - 30,
+                    ))
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|e| CliError::aws("PutMetricData", e))?;
+    }
+    let topic = ctx
+        .sns
+        .create_topic()
+        .name(TOPIC)
+        .send()
+        .await
+        .map_err(|e| CliError::aws("CreateTopic", e))?
+        .topic_arn()
+        .unwrap_or_default()
+        .to_owned();
+    let queue = ctx
+        .sqs
+        .create_queue()
+        .queue_name(QUEUE)
+        .send()
+        .await
+        .map_err(|e| CliError::aws("CreateQueue", e))?
+        .queue_url()
+        .unwrap_or_default()
+        .to_owned();
+    let queue_arn = format!("arn:aws:sqs:{REGION}:{ACCOUNT}:{QUEUE}");
+    let subscribed = ctx
+        .sns
+        .list_subscriptions_by_topic()
+        .topic_arn(&topic)
+        .send()
+        .await
+        .map_err(|e| CliError::aws("ListSubscriptionsByTopic", e))?
+        .subscriptions()
+        .iter()
+        .any(|s| s.endpoint() == Some(queue_arn.as_str()));
+    if !subscribed {
+        ctx.sns
+            .subscribe()
+            .topic_arn(&topic)
+            .protocol("sqs")
+            .endpoint(&queue_arn)
+            .attributes("RawMessageDelivery", "true")
+            .send()
+            .await
+            .map_err(|e| CliError::aws("Subscribe", e))?;
+    }
+    Ok((topic, queue))
+}
+
+/// Writes the demo application's state: `count` JSON objects across nested prefixes
+/// plus a few binary blobs. `generation` changes a few objects, as production drifts.
+pub fn write_demo_state(dir: &Path, count: usize, generation: u32) -> Result<(), CliError> {
+    let io = |e: std::io::Error| CliError::Io(format!("writing demo data: {e}"));
+    let regions = ["eu-west-1", "us-east-1", "ap-south-1"];
+    for i in 0..count {
+        let path = match i % 3 {
+            0 => dir.join(format!(
+                "customers/{}/c-{i:05}.json",
+                regions[i % regions.len()]
+            )),
+            1 => dir.join(format!("orders/2026/11/{:02}/o-{i:05}.json", 1 + i % 28)),
+            _ => dir.join(format!("catalog/{}/{}/item-{i:05}.json", i % 7, i % 11)),
+        };
+        std::fs::create_dir_all(path.parent().unwrap_or(dir)).map_err(io)?;
+        let changed = generation > 0 && i % 997 == 0;
+        let body = json!({"id": i, "version": if changed { generation } else { 0 }, "note": "drpilot demo", "pad": "x".repeat(i % 200)});
+        std::fs::write(&path, body.to_string()).map_err(io)?;
+    }
+    std::fs::create_dir_all(dir.join("blobs")).map_err(io)?;
+    for b in 0..3u8 {
+        let data: Vec<u8> = (0..(300_000 + usize::from(b) * 1000))
+            .map(|n| (n % 251) as u8 ^ b)
+            .collect();
+        std::fs::write(dir.join(format!("blobs/blob-{b}.bin")), data).map_err(io)?;
+    }
+    Ok(())
+}
+
+/// Makes a backup of freshly generated demo state (taken two hours ago, for a visible
+/// RPO) and uploads it; returns its URI.
+pub async fn seed_backup(ctx: &Ctx, objects: usize) -> Result<String, CliError> {
+    let work = std::env::temp_dir().join(format!("drpilot-demo-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&work);
+    let src = work.join("state");
+    write_demo_state(&src, objects, 0)?;
+    let backup_id = format!("demo-{}", Utc::now().format("%Y%m%dT%H%M%SZ"));
+    let out = work.join(&backup_id);
+    let created_at = (Utc::now() - Duration::hours(2))
+        .format("%Y-%m-%dT%H:%M:%SZ")
+        .to_string();
+    let status = Command::new(repo_root().join("scripts/make-backup.sh"))
+        .arg("--src")
+        .arg(&src)
+        .arg("--out")
+        .arg(&out)
+        .args([
+            "--id",
+            &backup_id,
+            "--created-at",
+            &created_at,
+            "--git-sha",
+            "d3m0d3m0d3m0d3m0d3m0d3m0d3m0d3m0d3m0d3m0",
+        ])
+        .status()
+        .map_err(|e| CliError::Io(format!("running make-backup.sh: {e}")))?;
+    if !status.success() {
+        return Err(CliError::Io(format!("make-backup.sh failed: {status}")));
+    }
+    for name in ["state.tar.zst", "manifests.tar.zst", "metadata.json"] {
+        let body = ByteStream::from_path(out.join(name))
+            .await
+            .map_err(|e| CliError::Io(format!("reading {name}: {e}")))?;
+        ctx.aws
+            .s3
+            .put_object()
+            .bucket(BACKUP_BUCKET)
+            .key(format!("demo/backups/{backup_id}/{name}"))
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| CliError::aws(&format!("PutObject {name}"), e))?;
+    }
+    // Production (root/) is the same state plus a little drift since the backup, so the
+    // parity report has something real to say.
+    let prod = work.join("prod");
+    write_demo_state(&prod, objects, 1)?;
+    upload_tree(ctx, &prod, "root/").await?;
+    let _ = std::fs::remove_dir_all(&work);
+    Ok(format!("s3://{BACKUP_BUCKET}/demo/backups/{backup_id}/"))
+}
+
+async fn upload_tree(ctx: &Ctx, dir: &Path, prefix: &str) -> Result<(), CliError> {
+    let mut files = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).map_err(|e| CliError::Io(e.to_string()))? {
+            let path = entry.map_err(|e| CliError::Io(e.to_string()))?.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                files.push(path);
+            }
+        }
+    }
+    let mut tasks = tokio::task::JoinSet::new();
+    for path in files {
+        while tasks.len() >= 32 {
+            tasks.join_next().await;
+        }
+        let s3 = ctx.aws.s3.clone();
+        let key = format!(
+            "{prefix}{}",
+            path.strip_prefix(dir).unwrap_or(&path).to_string_lossy()
+        );
+        tasks.spawn(async move {
+            let body = std::fs::read(&path).unwrap_or_default();
+            s3.put_object()
+                .bucket(DATA_BUCKET)
+                .key(key)
+                .body(body.into())
+                .send()
+                .await
+                .map(drop)
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        if let Ok(Err(e)) = done {
+            return Err(CliError::aws("PutObject (seeding root/)", e));
+        }
+    }
+    Ok(())
+}
+
+/// Options of `drpilot local drill`.
+#[derive(Clone, Debug)]
+pub struct DrillOptions {
+    pub auto_approve: bool,
+    pub objects: usize,
+    pub report: Option<PathBuf>,
+}
+
+/// `drpilot local drill`: the whole drill on the local stack.
+pub async fn drill(options: &DrillOptions, out: Out) -> Result<bool, CliError> {
+    out.say("== starting the local stack (moto + cargo lambda watch)");
+    up()?;
+    let ctx = Ctx::new(Some(ENDPOINT), Some(DEFAULT_STATE_MACHINE.to_owned()), out).await;
+    out.say("== provisioning buckets, profile, notifications and the state machine");
+    let (topic, queue) = provision(&ctx).await?;
+    let machine = deploy_state_machine(&ctx, DEFAULT_STATE_MACHINE, &topic, 3600).await?;
+    out.say(format!(
+        "   state machine {machine} (statemachine/drill.asl.json)"
+    ));
+    out.say(format!(
+        "== seeding a demo backup ({} objects) and production root/",
+        options.objects + 3
+    ));
+    let backup = seed_backup(&ctx, options.objects).await?;
+    out.say(format!("   backup {backup}"));
+    out.say("== running the drill (the first run compiles the phase functions)");
+    let approver = if options.auto_approve {
+        Approver::Auto {
+            approver: "local-drill".into(),
+            ticket: "LOCAL-DRILL".into(),
+        }
+    } else {
+        Approver::Prompt
+    };
+    let progress = crate::start(&ctx, PROFILE, None, Some(&backup), true, Some(&approver)).await?;
+    let run_id = progress
+        .execution_arn
+        .rsplit(':')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    let succeeded = progress.status == "SUCCEEDED";
+    match records(&ctx, &run_id).await {
+        Ok(found) => {
+            if let Some(summary) = &found.summary {
+                out.say("== summary");
+                for line in html::text_report(summary) {
+                    out.say(line);
+                }
+                let path = options.report.clone().unwrap_or_else(|| {
+                    repo_root()
+                        .join(".local/reports")
+                        .join(format!("{run_id}.html"))
+                });
+                if let Some(parent) = path.parent() {
+                    let _ = std::fs::create_dir_all(parent);
+                }
+                std::fs::write(&path, html::render(summary, &found.phases))
+                    .map_err(|e| CliError::Io(format!("writing {}: {e}", path.display())))?;
+                out.say(format!("   receipts     {}", found.receipts_location));
+                out.say(format!("   HTML report  {}", path.display()));
+            }
+            out.result(
+                &json!({"run_id": run_id, "status": progress.status, "summary": found.summary}),
+            );
+        }
+        Err(err) => out.say(format!("   no receipts: {err}")),
+    }
+    let notes = ctx
+        .sqs
+        .receive_message()
+        .queue_url(&queue)
+        .max_number_of_messages(10)
+        .send()
+        .await
+        .map_err(|e| CliError::aws("ReceiveMessage", e))?;
+    if !notes.messages().is_empty() {
+        out.say("== notifications (SNS → SQS)");
+        for m in notes.messages() {
+            let first = m
+                .body()
+                .unwrap_or_default()
+                .lines()
+                .next()
+                .unwrap_or_default();
+            out.say(format!("   {first}"));
+            if let Some(handle) = m.receipt_handle() {
+                let _ = ctx
+                    .sqs
+                    .delete_message()
+                    .queue_url(&queue)
+                    .receipt_handle(handle)
+                    .send()
+                    .await;
+            }
+        }
+    }
+    out.say(format!(
+        "== drill {} — stop the stack with `make local-down`",
+        if succeeded { "SUCCEEDED" } else { "FAILED" }
+    ));
+    Ok(succeeded)
+}
