@@ -172,7 +172,7 @@ async fn run(cli: Cli) -> Result<bool, CliError> {
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     let json = cli.json;
-    match run(cli).await {
+    match Box::pin(run(cli)).await {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
         Err(err) => {
