@@ -93,6 +93,8 @@ pub fn sh(script: &str) {
 
 struct Server {
     port: u16,
+    /// Where moto forwards Lambda Invoke: a `cargo lambda watch` started on demand.
+    lambda_port: u16,
 }
 
 static SERVER: OnceLock<Server> = OnceLock::new();
@@ -117,7 +119,12 @@ fn start_server() -> Result<Server, String> {
     let log =
         std::fs::File::create(&log_path).map_err(|e| format!("{}: {e}", log_path.display()))?;
     let log_err = log.try_clone().map_err(|e| e.to_string())?;
+    let lambda_port = free_port()?;
     Command::new(root.join(".venv/bin/python"))
+        .env(
+            "DRPILOT_LAMBDA_ENDPOINT",
+            format!("http://127.0.0.1:{lambda_port}"),
+        )
         .arg(root.join("infra/local/motoserver.py"))
         .args(["--port", "0", "--port-file"])
         .arg(&port_file)
@@ -132,7 +139,7 @@ fn start_server() -> Result<Server, String> {
         if let Ok(text) = std::fs::read_to_string(&port_file) {
             if let Ok(port) = text.trim().parse::<u16>() {
                 if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                    return Ok(Server { port });
+                    return Ok(Server { port, lambda_port });
                 }
             }
         }
@@ -142,6 +149,80 @@ fn start_server() -> Result<Server, String> {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+fn free_port() -> Result<u16, String> {
+    let listener = std::net::TcpListener::bind(("127.0.0.1", 0)).map_err(|e| e.to_string())?;
+    listener
+        .local_addr()
+        .map(|a| a.port())
+        .map_err(|e| e.to_string())
+}
+
+static FUNCTIONS: OnceLock<Result<(), String>> = OnceLock::new();
+
+/// Starts `cargo lambda watch` (once per process) serving the phase functions on the
+/// port moto forwards Lambda Invoke to, with this emulator as their AWS. Builds the
+/// functions first so the first invocation does not wait for a compile.
+fn start_functions(server: &Server) -> Result<(), String> {
+    let root = repo_root();
+    let status = Command::new(root.join("scripts/ensure-venv.sh"))
+        .arg("--build")
+        .status()
+        .map_err(|e| format!("running scripts/ensure-venv.sh --build: {e}"))?;
+    if !status.success() {
+        return Err(format!("scripts/ensure-venv.sh --build failed: {status}"));
+    }
+    let built = Command::new("cargo")
+        .args([
+            "build", "--bins", "-p", "bringup", "-p", "restore", "-p", "validate",
+        ])
+        .args(["-p", "parity-report", "-p", "promote", "-p", "teardown"])
+        .current_dir(&root)
+        .status()
+        .map_err(|e| format!("cargo build: {e}"))?;
+    if !built.success() {
+        return Err(format!("building the functions failed: {built}"));
+    }
+    let dir = std::env::temp_dir().join(format!("drpilot-test-{}", std::process::id()));
+    let log_path = dir.join("watch.log");
+    let log = std::fs::File::create(&log_path).map_err(|e| e.to_string())?;
+    let log_err = log.try_clone().map_err(|e| e.to_string())?;
+    let path = format!(
+        "{}:{}",
+        root.join(".venv/bin").display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    Command::new(root.join("scripts/with-parent.sh"))
+        .arg(std::process::id().to_string())
+        .args(["cargo", "lambda", "watch", "--invoke-address", "127.0.0.1"])
+        .args(["--invoke-port", &server.lambda_port.to_string()])
+        .current_dir(&root)
+        .env("PATH", path)
+        .env(
+            "AWS_ENDPOINT_URL",
+            format!("http://127.0.0.1:{}", server.port),
+        )
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_REGION", REGION)
+        .env("AWS_DEFAULT_REGION", REGION)
+        .env("DRPILOT_DEFAULT_PROFILE", PROFILE)
+        .env_remove("AWS_PROFILE")
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log_err)
+        .spawn()
+        .map_err(|e| format!("starting cargo lambda watch: {e}"))?;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while TcpStream::connect(("127.0.0.1", server.lambda_port)).is_err() {
+        if Instant::now() > deadline {
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            return Err(format!("cargo lambda watch did not start; its log:\n{log}"));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Ok(())
 }
 
 /// Sends one HTTP/1.1 request to the emulator and returns the status code and body.
@@ -198,6 +279,14 @@ impl LocalAws {
             endpoint,
             port,
             _turn: turn,
+        }
+    }
+
+    /// Makes sure the phase functions answer Lambda Invoke (for state machine runs).
+    pub fn with_functions(&self) {
+        let started = FUNCTIONS.get_or_init(|| start_functions(server()));
+        if let Err(e) = started {
+            panic!("phase functions: {e}");
         }
     }
 

@@ -1,0 +1,311 @@
+//! End to end: the real ASL (`statemachine/drill.asl.json`) executing the real phase
+//! handlers (under `cargo lambda watch`) on the local stack, driven through the CLI's
+//! own functions and binary.
+
+#![allow(clippy::unwrap_used)] // a test that cannot unwrap should fail loudly
+
+use std::time::Duration;
+
+use drpilot_cli::history::fetch;
+use drpilot_cli::local::deploy_state_machine;
+use drpilot_cli::{approve, deny, follow, records, start, Ctx, Out};
+use drpilot_shared::receipt::{PhaseStatus, RunStatus};
+use drpilot_shared::Phase;
+use drpilot_testkit::{
+    make_backup, sh, LocalAws, TempDir, BACKUP_BUCKET, BACKUP_PREFIX, PROFILE, TARGET_BUCKET,
+};
+use serde_json::{json, Value};
+
+const MACHINE: &str = "drpilot-drill";
+
+/// The stack for one case: functions up, buckets and profile, topic, state machine, and
+/// one published backup.
+async fn stack(aws: &LocalAws, tmp: &TempDir, broken_backup: bool) -> Ctx {
+    aws.with_functions();
+    aws.standard_setup().await;
+    let ctx = Ctx::new(
+        Some(&aws.endpoint),
+        Some(MACHINE.into()),
+        Out { json: true },
+    )
+    .await;
+    let topic = ctx.sns.create_topic().name("drpilot").send().await.unwrap();
+    deploy_state_machine(&ctx, MACHINE, topic.topic_arn().unwrap(), 600)
+        .await
+        .unwrap();
+    let src = tmp.path().join("src");
+    sh(&format!(
+        "mkdir -p '{0}/x/y' && for i in $(seq 1 30); do echo \"record $i\" > '{0}/x/y/'$i.json; done",
+        src.display()
+    ));
+    let out = tmp.path().join("b1");
+    make_backup(&src, &out, &[]);
+    if broken_backup {
+        let meta = out.join("metadata.json");
+        let text = std::fs::read_to_string(&meta).unwrap();
+        let v: Value = serde_json::from_str(&text).unwrap();
+        let sha = v["artifacts"]["state.tar.zst"]["sha256"].as_str().unwrap();
+        std::fs::write(&meta, text.replace(sha, &"0".repeat(64))).unwrap();
+    }
+    aws.upload_dir(BACKUP_BUCKET, &format!("{BACKUP_PREFIX}b1"), &out)
+        .await;
+    ctx
+}
+
+/// Waits until the run asks for approval (or ends).
+async fn until_waiting(ctx: &Ctx, run_id: &str) {
+    let arn = ctx.execution_arn(run_id).await.unwrap();
+    for _ in 0..600 {
+        let p = fetch(&ctx.sfn, &arn).await.unwrap();
+        if p.waiting_for_approval || p.finished() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    panic!("run {run_id} never reached the approval");
+}
+
+async fn start_run(ctx: &Ctx, input: Value) -> String {
+    let tmp = TempDir::new("input");
+    let path = tmp.path().join("input.json");
+    std::fs::write(&path, input.to_string()).unwrap();
+    let p = start(ctx, PROFILE, Some(&path), None, false, None)
+        .await
+        .unwrap();
+    p.execution_arn.rsplit(':').next().unwrap().to_owned()
+}
+
+async fn finish(ctx: &Ctx, run_id: &str) -> drpilot_cli::history::Progress {
+    let arn = ctx.execution_arn(run_id).await.unwrap();
+    follow(ctx, &arn, run_id, None).await.unwrap()
+}
+
+#[tokio::test]
+async fn happy_path_is_promoted_after_approval() {
+    let aws = LocalAws::start().await;
+    let tmp = TempDir::new("e2e-happy");
+    let ctx = stack(&aws, &tmp, false).await;
+    let run = start_run(&ctx, json!({"mode": "drill", "run_id": "happy-1"})).await;
+    until_waiting(&ctx, &run).await;
+    approve(&ctx, &run, "alice", "CHG-7", None).await.unwrap();
+    let done = finish(&ctx, &run).await;
+    assert_eq!(
+        done.status, "SUCCEEDED",
+        "{:?} {:?}",
+        done.error, done.cause
+    );
+    let rec = records(&ctx, &run).await.unwrap();
+    let summary = rec.summary.unwrap();
+    assert_eq!(summary.status, RunStatus::Succeeded);
+    assert!(summary.promoted && summary.torn_down);
+    assert_eq!(summary.approver.as_deref(), Some("alice"));
+    assert_eq!(summary.ticket.as_deref(), Some("CHG-7"));
+    assert!(summary.rto_seconds.is_some() && summary.rpo_seconds.is_some());
+    assert!(summary
+        .phases
+        .iter()
+        .all(|p| p.status == PhaseStatus::Success));
+    assert_eq!(aws.keys(TARGET_BUCKET, "root/").await.len(), 30);
+    let audits = aws.keys(TARGET_BUCKET, "audit/promotions/").await;
+    assert_eq!(audits.len(), 1);
+    let audit: Value =
+        serde_json::from_str(&aws.get_text(TARGET_BUCKET, &audits[0]).await.unwrap()).unwrap();
+    assert_eq!(audit["approver"], "alice");
+    assert!(audit["execution_arn"]
+        .as_str()
+        .unwrap()
+        .ends_with(":happy-1"));
+    assert!(aws
+        .get_text(TARGET_BUCKET, "locks/drill.lock")
+        .await
+        .is_none());
+
+    // The binary: status exits 0 on a succeeded run; report writes one HTML page.
+    let html = tmp.path().join("report.html");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_drpilot"))
+        .args(["--state-machine", MACHINE, "report", &run, "--html"])
+        .arg(&html)
+        .env("AWS_ENDPOINT_URL", &aws.endpoint)
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_REGION", "us-east-1")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let page = std::fs::read_to_string(&html).unwrap();
+    assert!(page.contains("happy-1") && page.contains("alice") && page.contains("RTO"));
+    assert!(
+        !page.contains("http://") && !page.contains("https://"),
+        "no external assets"
+    );
+}
+
+#[tokio::test]
+async fn a_denied_approval_skips_promote_and_still_tears_down() {
+    let aws = LocalAws::start().await;
+    let tmp = TempDir::new("e2e-deny");
+    let ctx = stack(&aws, &tmp, false).await;
+    let run = start_run(&ctx, json!({"mode": "drill", "run_id": "deny-1"})).await;
+    until_waiting(&ctx, &run).await;
+    deny(&ctx, &run, "change freeze").await.unwrap();
+    let done = finish(&ctx, &run).await;
+    assert_eq!(done.status, "SUCCEEDED");
+    let rec = records(&ctx, &run).await.unwrap();
+    let summary = rec.summary.unwrap();
+    assert!(!summary.promoted && summary.torn_down);
+    let promote = summary
+        .phases
+        .iter()
+        .find(|p| p.phase == Phase::Promote)
+        .unwrap();
+    assert_eq!(promote.status, PhaseStatus::Skipped);
+    assert!(
+        promote
+            .reason
+            .as_deref()
+            .unwrap()
+            .starts_with("approval denied"),
+        "{promote:?}"
+    );
+    assert!(aws.keys(TARGET_BUCKET, "root/").await.is_empty());
+    assert!(aws.keys(TARGET_BUCKET, "_staging/deny-1/").await.is_empty());
+}
+
+#[tokio::test]
+async fn a_restore_failure_is_caught_recorded_and_the_run_fails() {
+    let aws = LocalAws::start().await;
+    let tmp = TempDir::new("e2e-fail");
+    let ctx = stack(&aws, &tmp, true).await;
+    let run = start_run(&ctx, json!({"mode": "drill", "run_id": "fail-1"})).await;
+    let done = finish(&ctx, &run).await;
+    assert_eq!(done.status, "FAILED");
+    assert_eq!(done.error.as_deref(), Some("IntegrityError"));
+    let rec = records(&ctx, &run).await.unwrap();
+    let summary = rec.summary.unwrap();
+    assert_eq!(summary.status, RunStatus::Failed);
+    let restore = summary
+        .phases
+        .iter()
+        .find(|p| p.phase == Phase::Restore)
+        .unwrap();
+    assert_eq!(restore.status, PhaseStatus::Failed);
+    assert_eq!(summary.failure.unwrap().phase, Some(Phase::Restore));
+    assert!(
+        aws.get_text(TARGET_BUCKET, "locks/drill.lock")
+            .await
+            .is_none(),
+        "lock released"
+    );
+    assert!(
+        aws.keys(TARGET_BUCKET, "_staging/fail-1/").await.is_empty(),
+        "staging removed"
+    );
+}
+
+#[tokio::test]
+async fn stop_after_validate_skips_the_rest() {
+    let aws = LocalAws::start().await;
+    let tmp = TempDir::new("e2e-stop");
+    let ctx = stack(&aws, &tmp, false).await;
+    let run = start_run(
+        &ctx,
+        json!({"mode": "drill", "run_id": "stop-1", "stop_after": "validate"}),
+    )
+    .await;
+    let done = finish(&ctx, &run).await;
+    assert_eq!(done.status, "SUCCEEDED");
+    assert!(
+        !done.steps.iter().any(|s| s.state == "RequestApproval"),
+        "no approval asked"
+    );
+    let summary = records(&ctx, &run).await.unwrap().summary.unwrap();
+    let status = |phase| {
+        summary
+            .phases
+            .iter()
+            .find(|p| p.phase == phase)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(status(Phase::Validate).status, PhaseStatus::Success);
+    assert_eq!(status(Phase::ParityReport).status, PhaseStatus::Skipped);
+    assert_eq!(
+        status(Phase::ParityReport).reason.as_deref(),
+        Some("stop_after=validate")
+    );
+    assert_eq!(
+        status(Phase::Promote).reason.as_deref(),
+        Some("stop_after=validate")
+    );
+    assert!(!summary.promoted);
+}
+
+#[tokio::test]
+async fn the_aws_sample_alarm_event_starts_a_recovery() {
+    let aws = LocalAws::start().await;
+    let tmp = TempDir::new("e2e-alarm");
+    let ctx = stack(&aws, &tmp, false).await;
+    let event: Value = serde_json::from_str(include_str!(
+        "../../shared/tests/fixtures/alarm-state-change.json"
+    ))
+    .unwrap();
+    let machine = ctx.state_machine_arn().await.unwrap();
+    ctx.sfn
+        .start_execution()
+        .state_machine_arn(&machine)
+        .name("alarm-1")
+        .input(event.to_string())
+        .send()
+        .await
+        .unwrap();
+    until_waiting(&ctx, "alarm-1").await;
+    approve(&ctx, "alarm-1", "oncall", "INC-99", None)
+        .await
+        .unwrap();
+    let done = finish(&ctx, "alarm-1").await;
+    assert_eq!(
+        done.status, "SUCCEEDED",
+        "{:?} {:?}",
+        done.error, done.cause
+    );
+    let summary = records(&ctx, "alarm-1").await.unwrap().summary.unwrap();
+    assert_eq!(summary.mode, drpilot_shared::Mode::Recovery);
+    assert!(summary.promoted);
+    assert!(matches!(
+        summary.trigger,
+        Some(drpilot_shared::input::Trigger::Alarm { .. })
+    ));
+}
+
+#[tokio::test]
+async fn a_second_concurrent_drill_is_refused_while_the_first_completes() {
+    let aws = LocalAws::start().await;
+    let tmp = TempDir::new("e2e-lock");
+    let ctx = stack(&aws, &tmp, false).await;
+    let first = start_run(&ctx, json!({"mode": "drill", "run_id": "first-1"})).await;
+    until_waiting(&ctx, &first).await;
+    let second = start_run(&ctx, json!({"mode": "drill", "run_id": "second-1"})).await;
+    let refused = finish(&ctx, &second).await;
+    assert_eq!(refused.status, "FAILED");
+    assert_eq!(refused.error.as_deref(), Some("LockHeld"));
+    // The first run is untouched: still waiting, its lock and staging intact.
+    let lock: Value = serde_json::from_str(
+        &aws.get_text(TARGET_BUCKET, "locks/drill.lock")
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(lock["run_id"], "first-1");
+    assert_eq!(aws.keys(TARGET_BUCKET, "_staging/first-1/").await.len(), 30);
+    approve(&ctx, &first, "alice", "CHG-8", None).await.unwrap();
+    let done = finish(&ctx, &first).await;
+    assert_eq!(done.status, "SUCCEEDED");
+    assert!(aws
+        .get_text(TARGET_BUCKET, "locks/drill.lock")
+        .await
+        .is_none());
+}
