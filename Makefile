@@ -22,6 +22,8 @@ test: ## run every test (unit and integration, against a private local AWS per t
 	scripts/ensure-tools.sh
 	cargo test --workspace --all-targets
 	cargo test --workspace --doc
+	scripts/ensure-infra-tools.sh
+	.venv-infra/bin/python infra/check.py
 
 lint: ## formatting and clippy, warnings are errors
 	cargo fmt --all --check
