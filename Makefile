@@ -47,5 +47,4 @@ local-down: ## stop the local AWS stack
 bench: ## benchmarks, printed as markdown tables (see bench/README.md)
 	scripts/ensure-venv.sh
 	scripts/ensure-tools.sh
-	.venv/bin/python bench/restore_pipeline.py
-	.venv/bin/python bench/parity.py
+	.venv/bin/python bench/run.py

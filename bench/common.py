@@ -106,3 +106,15 @@ def aws_cli_path() -> str:
         subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "--disable-pip-version-check",
                         "awscli==1.46.3"], check=True)
     return str(venv / "bin")
+
+
+def median(values) -> float:
+    import statistics
+    return statistics.median(values)
+
+
+def table(rows: list[tuple[str, str, str, str]]) -> str:
+    """The markdown table every bench prints: what, drpilot, peer, ratio."""
+    lines = ["| what | drpilot | peer (same data, same run) | ratio |", "|---|---|---|---|"]
+    lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
+    return "\n".join(lines)

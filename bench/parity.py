@@ -73,6 +73,19 @@ def e2e_rows(n: int) -> list[str]:
         ]
 
 
+def rows(n: int = 100_000) -> list[tuple[str, str, str, str]]:
+    """The rows `bench/run.py` prints (its own table format: what, drpilot, peer, ratio)."""
+    out = []
+    for line in engine_rows() + e2e_rows(n):
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        what, ours, peer, ratio, note = cells
+        if not peer:
+            out.append((what, f"{ours}; {note}", "—", "—"))
+        else:
+            out.append((what, ours, peer, ratio))
+    return out
+
+
 def main() -> int:
     sizes = [int(a) for a in sys.argv[1:] if a.isdigit()] or [10_000]
     rows = engine_rows()

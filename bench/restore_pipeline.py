@@ -147,3 +147,16 @@ def main() -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def rows(sizes: list[int] | None = None) -> list[tuple[str, str, str, str]]:
+    """The rows `bench/run.py` prints: throughput at the largest size, RSS across sizes."""
+    binary = bench_binary()
+    results = [measure(binary, s) for s in (sizes or [100, 1100])]
+    big = results[-1]
+    out = [(f"Restore pipeline (sha256 + zstd + tar, local file), {big['archive_bytes'] / 1e6:,.0f} MB archive",
+            f"{big['drpilot_mb_s']:.0f} MB/s", f"sha256sum + zstd -dc \\| tar -x: {big['peer_mb_s']:.0f} MB/s",
+            f"{big['ratio']:.2f}x")]
+    out.append(("Peak RSS, restore pipeline, " + " vs ".join(f"{r['archive_bytes'] / 1e6:,.0f} MB" for r in results),
+                " vs ".join(f"{r['drpilot_peak_rss_mib']:.1f} MiB" for r in results), "—", "—"))
+    return out

@@ -99,11 +99,12 @@ pub struct Promote {
     pub tuning: CopyTuning,
 }
 
-#[derive(Default)]
-struct CopyStats {
-    copied: u64,
-    bytes: u64,
-    deleted: u64,
+/// What a [`sync_prefixes`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct CopyStats {
+    pub copied: u64,
+    pub bytes: u64,
+    pub deleted: u64,
 }
 
 impl Promote {
@@ -192,7 +193,14 @@ impl Promote {
         let staging = profile.target.staging(&run.run_id)?;
         let root = profile.target.root();
         let started = Utc::now();
-        let (parity_before, stats) = self.copy_all(&staging, &root, profile.prune_drift).await?;
+        let (parity_before, stats) = sync_prefixes(
+            &self.clients.s3,
+            &staging,
+            &root,
+            profile.prune_drift,
+            self.tuning,
+        )
+        .await?;
         let parity_after = compare_prefixes(
             &self.clients.s3,
             &staging,
@@ -303,101 +311,101 @@ impl Promote {
             "time_to_promotion_seconds": time_to_promotion,
         }))
     }
+}
 
-    /// One merge of staging with root; every staged object that is missing or different
-    /// in root is copied (at most `concurrency` at once) while the merge goes on.
-    async fn copy_all(
-        &self,
-        staging: &S3Uri,
-        root: &S3Uri,
-        prune: bool,
-    ) -> Result<(ParityCounts, CopyStats)> {
-        let (tx, mut rx) = mpsc::channel::<(Difference, u64)>(1024);
-        let compare = async {
-            let counts = compare_prefixes(
-                &self.clients.s3,
-                staging,
-                root,
-                vec![RESERVED_PREFIX.to_owned()],
-                async |step| {
-                    let work = match step {
-                        Verdict::Identical(_) => None,
-                        Verdict::Differs(d @ Difference::OnlyLeft { size, .. }) => Some((d, size)),
-                        Verdict::Differs(d @ Difference::Size { left_size, .. }) => {
-                            Some((d, left_size))
-                        }
-                        Verdict::Differs(d @ Difference::Checksum { .. }) => Some((d, 0)),
-                        Verdict::Differs(d @ Difference::OnlyRight { .. }) => {
-                            prune.then_some((d, 0))
-                        }
-                    };
-                    if let Some(work) = work {
-                        tx.send(work)
-                            .await
-                            .map_err(|_| Error::retryable("the copy workers stopped"))?;
+/// Makes `root` hold what `staging` holds: one merge of the two listings; every staged
+/// object missing or different in `root` is copied server-side (at most
+/// `tuning.concurrency` at once) while the merge goes on; objects only in `root` are
+/// deleted when `prune`. Returns the parity before, and what was done.
+pub async fn sync_prefixes(
+    s3: &aws_sdk_s3::Client,
+    staging: &S3Uri,
+    root: &S3Uri,
+    prune: bool,
+    tuning: CopyTuning,
+) -> Result<(ParityCounts, CopyStats)> {
+    let (tx, mut rx) = mpsc::channel::<(Difference, u64)>(1024);
+    let compare = async {
+        let counts = compare_prefixes(
+            s3,
+            staging,
+            root,
+            vec![RESERVED_PREFIX.to_owned()],
+            async |step| {
+                let work = match step {
+                    Verdict::Identical(_) => None,
+                    Verdict::Differs(d @ Difference::OnlyLeft { size, .. }) => Some((d, size)),
+                    Verdict::Differs(d @ Difference::Size { left_size, .. }) => {
+                        Some((d, left_size))
                     }
-                    Ok(())
-                },
-            )
-            .await;
-            drop(tx);
-            counts
-        };
-        let copy = async {
-            let permits = Arc::new(Semaphore::new(self.tuning.concurrency.max(1)));
-            let mut tasks: JoinSet<Result<(u64, u64, u64)>> = JoinSet::new();
-            let mut stats = CopyStats::default();
-            let mut first_error = None;
-            while let Some((difference, size)) = rx.recv().await {
-                let permit = permits
-                    .clone()
-                    .acquire_owned()
-                    .await
-                    .map_err(|_| Error::retryable("copy semaphore closed"))?;
-                let s3 = self.clients.s3.clone();
-                let tuning = self.tuning;
-                let (staging, root) = (staging.clone(), root.clone());
-                tasks.spawn(async move {
-                    let _permit = permit;
-                    match difference {
-                        Difference::OnlyRight { key, .. } => {
-                            let target = root
-                                .join(&key)
-                                .map_err(|e| Error::contract(e.to_string()))?;
-                            delete(&s3, &target).await?;
-                            Ok((0, 0, 1))
-                        }
-                        other => {
-                            let key = other.key().to_owned();
-                            let from = staging
-                                .join(&key)
-                                .map_err(|e| Error::contract(e.to_string()))?;
-                            let to = root
-                                .join(&key)
-                                .map_err(|e| Error::contract(e.to_string()))?;
-                            let size = if size == 0 {
-                                object_size(&s3, &from).await?
-                            } else {
-                                size
-                            };
-                            copy(&s3, &from, &to, size, tuning).await?;
-                            Ok((1, size, 0))
-                        }
-                    }
-                });
-                while let Some(done) = tasks.try_join_next() {
-                    absorb(done, &mut stats, &mut first_error);
+                    Verdict::Differs(d @ Difference::Checksum { .. }) => Some((d, 0)),
+                    Verdict::Differs(d @ Difference::OnlyRight { .. }) => prune.then_some((d, 0)),
+                };
+                if let Some(work) = work {
+                    tx.send(work)
+                        .await
+                        .map_err(|_| Error::retryable("the copy workers stopped"))?;
                 }
-            }
-            while let Some(done) = tasks.join_next().await {
+                Ok(())
+            },
+        )
+        .await;
+        drop(tx);
+        counts
+    };
+    let copy = async {
+        let permits = Arc::new(Semaphore::new(tuning.concurrency.max(1)));
+        let mut tasks: JoinSet<Result<(u64, u64, u64)>> = JoinSet::new();
+        let mut stats = CopyStats::default();
+        let mut first_error = None;
+        while let Some((difference, size)) = rx.recv().await {
+            let permit = permits
+                .clone()
+                .acquire_owned()
+                .await
+                .map_err(|_| Error::retryable("copy semaphore closed"))?;
+            let s3 = s3.clone();
+            let (staging, root) = (staging.clone(), root.clone());
+            tasks.spawn(async move {
+                let _permit = permit;
+                match difference {
+                    Difference::OnlyRight { key, .. } => {
+                        let target = root
+                            .join(&key)
+                            .map_err(|e| Error::contract(e.to_string()))?;
+                        delete(&s3, &target).await?;
+                        Ok((0, 0, 1))
+                    }
+                    other => {
+                        let key = other.key().to_owned();
+                        let from = staging
+                            .join(&key)
+                            .map_err(|e| Error::contract(e.to_string()))?;
+                        let to = root
+                            .join(&key)
+                            .map_err(|e| Error::contract(e.to_string()))?;
+                        let size = if size == 0 {
+                            object_size(&s3, &from).await?
+                        } else {
+                            size
+                        };
+                        copy(&s3, &from, &to, size, tuning).await?;
+                        Ok((1, size, 0))
+                    }
+                }
+            });
+            while let Some(done) = tasks.try_join_next() {
                 absorb(done, &mut stats, &mut first_error);
             }
-            first_error.map_or(Ok(stats), Err)
-        };
-        let (counts, stats) = tokio::join!(compare, copy);
-        let stats = stats?;
-        Ok((counts?, stats))
-    }
+        }
+        while let Some(done) = tasks.join_next().await {
+            absorb(done, &mut stats, &mut first_error);
+        }
+        first_error.map_or(Ok(stats), Err)
+    };
+    let (counts, stats) = tokio::join!(compare, copy);
+    let stats = stats?;
+    Ok((counts?, stats))
 }
 
 fn absorb(

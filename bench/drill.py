@@ -1,0 +1,41 @@
+#!/usr/bin/env python3
+"""The full local drill (`drpilot local drill --auto-approve` on the demo backup): wall
+time per phase and in total, from the run summary. The phase functions run as debug
+builds under `cargo lambda watch` against moto, so these are local figures, not Lambda's.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import ROOT, log, table  # noqa: E402
+
+
+def rows() -> list[tuple[str, str, str, str]]:
+    subprocess.run(["cargo", "build", "-q", "-p", "drpilot-cli"], cwd=ROOT, check=True)
+    log("running the local drill ...")
+    start = time.perf_counter()
+    out = subprocess.run([str(ROOT / "target" / "debug" / "drpilot"), "--json", "local", "drill", "--auto-approve"],
+                         cwd=ROOT, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    wall = time.perf_counter() - start
+    text = out.stdout
+    result = json.loads(text[text.rindex("\n{\n") + 1:] if "\n{\n" in text else text[text.index("{"):])
+    summary = result["summary"]
+    rows = []
+    for p in summary["phases"]:
+        ms = p.get("duration_ms")
+        rows.append((f"Local drill, phase {p['phase']}", f"{ms / 1000:.2f} s ({p['status']})" if ms is not None else p["status"], "—", "—"))
+    rows.append(("Local drill, kickoff to summary (RTO measured to promotion)",
+                 f"{(json.loads(json.dumps(summary))['rto_seconds'] or 0):.1f} s RTO; run {result['status']}",
+                 "—", "—"))
+    rows.append(("Local drill, whole command (stack, seeding, run)", f"{wall:.1f} s", "—", "—"))
+    return rows
+
+
+if __name__ == "__main__":
+    print(table(rows()))

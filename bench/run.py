@@ -1,0 +1,38 @@
+#!/usr/bin/env python3
+"""`make bench`: every measurement, drpilot and its peer side by side in one run on the
+same data, as one markdown table (what, drpilot, peer, ratio). Medians of BENCH_REPS runs.
+
+Sizes: BENCH_PARITY_OBJECTS (default 100000), BENCH_PROMOTE_OBJECTS (10000),
+BENCH_RESTORE_FILES (2000), BENCH_PIPELINE_MB ("100 1100").
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import drill  # noqa: E402
+import footprint  # noqa: E402
+import parity  # noqa: E402
+import promote  # noqa: E402
+import restore_pipeline  # noqa: E402
+import restore_s3  # noqa: E402
+from common import table  # noqa: E402
+
+
+def main() -> int:
+    rows = []
+    rows += restore_pipeline.rows([int(x) for x in os.environ.get("BENCH_PIPELINE_MB", "100 1100").split()])
+    rows += restore_s3.rows(int(os.environ.get("BENCH_RESTORE_FILES", "2000")))
+    rows += parity.rows(int(os.environ.get("BENCH_PARITY_OBJECTS", "100000")))
+    rows += promote.rows(int(os.environ.get("BENCH_PROMOTE_OBJECTS", "10000")))
+    rows += footprint.rows()
+    rows += drill.rows()
+    print(table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
