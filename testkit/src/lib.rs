@@ -46,6 +46,52 @@ pub fn test_profile() -> serde_json::Value {
     })
 }
 
+/// A run of the test profile restoring backup `backup_id` (under [`BACKUP_PREFIX`]), as
+/// bringup hands it to the later phases.
+pub fn run_context(run_id: &str, backup_id: &str) -> drpilot_shared::run::RunContext {
+    let mut input = drpilot_shared::RunInput::drill(PROFILE);
+    input.run_id = Some(run_id.into());
+    drpilot_shared::run::RunContext {
+        run_id: run_id.into(),
+        input,
+        trigger: drpilot_shared::input::Trigger::Manual,
+        execution_arn: Some(format!(
+            "arn:aws:states:{REGION}:{ACCOUNT_ID}:execution:drpilot-drill:{run_id}"
+        )),
+        kickoff_at: chrono::Utc::now(),
+        backup: drpilot_shared::backup::BackupRef {
+            uri: drpilot_shared::S3Uri {
+                bucket: BACKUP_BUCKET.into(),
+                key: format!("{BACKUP_PREFIX}{backup_id}/"),
+            },
+            backup_id: backup_id.into(),
+            created_at: chrono::Utc::now(),
+            git_sha: None,
+        },
+    }
+}
+
+/// [`run_context`] as a phase's first attempt.
+pub fn phase_request(run_id: &str, backup_id: &str) -> drpilot_shared::run::PhaseRequest {
+    drpilot_shared::run::PhaseRequest {
+        run: run_context(run_id, backup_id),
+        retry_count: 0,
+    }
+}
+
+/// This process's peak resident set size (VmHWM), for benchmarks.
+pub fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
 /// A directory removed when dropped.
 pub struct TempDir(pub PathBuf);
 
@@ -288,6 +334,17 @@ impl LocalAws {
         if let Err(e) = started {
             panic!("phase functions: {e}");
         }
+    }
+
+    /// The receipts of runs of [`test_profile`].
+    pub fn receipts(&self) -> drpilot_shared::receipt::ReceiptStore {
+        drpilot_shared::receipt::ReceiptStore::new(
+            self.s3().clone(),
+            drpilot_shared::S3Uri {
+                bucket: TARGET_BUCKET.into(),
+                key: "drpilot/receipts/".into(),
+            },
+        )
     }
 
     pub fn s3(&self) -> &aws_sdk_s3::Client {

@@ -10,18 +10,6 @@ use drpilot_shared::listing::{ObjectInfo, Sorted};
 use drpilot_shared::parity::{compare_streams, Verdict};
 use tokio::sync::mpsc;
 
-fn peak_rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 fn main() {
     let n: u64 = std::env::args()
         .skip(1)
@@ -53,7 +41,7 @@ fn main() {
         "keys_per_second": (2 * n) as f64 / seconds,
         "delta": counts.0.delta,
         "differences_seen": counts.1,
-        "peak_rss_kib": peak_rss_kib(),
+        "peak_rss_kib": drpilot_testkit::peak_rss_kib(),
     });
     #[allow(clippy::print_stdout)] // the benchmark's output is its result
     {

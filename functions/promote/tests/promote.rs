@@ -5,39 +5,17 @@
 use std::path::Path;
 
 use chrono::Utc;
-use drpilot_shared::backup::BackupRef;
-use drpilot_shared::input::Trigger;
 use drpilot_shared::objects::stored_sha256;
 use drpilot_shared::profile::ProfileSource;
 use drpilot_shared::receipt::PhaseStatus;
 use drpilot_shared::run::{PhaseRequest, RunContext};
-use drpilot_shared::{ErrorKind, Mode, RunInput, S3Uri};
+use drpilot_shared::{ErrorKind, Mode, S3Uri};
 use drpilot_testkit::{
-    make_backup, sh, test_profile, LocalAws, TempDir, BACKUP_BUCKET, BACKUP_PREFIX, PROFILE,
-    TARGET_BUCKET,
+    make_backup, run_context, sh, test_profile, LocalAws, TempDir, BACKUP_BUCKET, BACKUP_PREFIX,
+    PROFILE, TARGET_BUCKET,
 };
 use promote::{Approval, CopyTuning, Promote, PromoteRequest};
 use serde_json::{json, Value};
-
-fn run(run_id: &str, backup_id: &str) -> RunContext {
-    let mut input = RunInput::drill(PROFILE);
-    input.run_id = Some(run_id.into());
-    RunContext {
-        run_id: run_id.into(),
-        input,
-        trigger: Trigger::Manual,
-        execution_arn: Some(format!(
-            "arn:aws:states:us-east-1:123456789012:execution:drill:{run_id}"
-        )),
-        kickoff_at: Utc::now(),
-        backup: BackupRef {
-            uri: S3Uri::new(BACKUP_BUCKET, format!("{BACKUP_PREFIX}{backup_id}/")).unwrap(),
-            backup_id: backup_id.into(),
-            created_at: Utc::now(),
-            git_sha: None,
-        },
-    }
-}
 
 fn approval() -> Option<Approval> {
     Some(Approval {
@@ -92,7 +70,7 @@ async fn staged_and_validated(
         aws.upload_dir(BACKUP_BUCKET, &format!("{BACKUP_PREFIX}{backup_id}"), &out)
             .await;
     }
-    let ctx = run(run_id, backup_id);
+    let ctx = run_context(run_id, backup_id);
     let phase = PhaseRequest {
         run: ctx.clone(),
         retry_count: 0,

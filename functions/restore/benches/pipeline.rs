@@ -12,18 +12,6 @@ use std::time::Instant;
 use drpilot_shared::archive::{unpack, Discard};
 use drpilot_shared::backup::Artifact;
 
-fn peak_rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 fn main() {
     let args: Vec<String> = std::env::args()
         .skip(1)
@@ -54,7 +42,7 @@ fn main() {
         "archive_bytes": report.archive_bytes,
         "archive_mb_per_s": report.archive_bytes as f64 / 1e6 / seconds,
         "data_mb_per_s": report.bytes as f64 / 1e6 / seconds,
-        "peak_rss_kib": peak_rss_kib(),
+        "peak_rss_kib": drpilot_testkit::peak_rss_kib(),
     });
     #[allow(clippy::print_stdout)] // the benchmark's output is its result
     {

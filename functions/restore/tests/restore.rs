@@ -12,15 +12,12 @@ use aws_smithy_runtime_api::client::interceptors::context::BeforeTransmitInterce
 use aws_smithy_runtime_api::client::interceptors::Intercept;
 use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
 use aws_smithy_types::config_bag::ConfigBag;
-use chrono::Utc;
-use drpilot_shared::backup::BackupRef;
-use drpilot_shared::input::Trigger;
 use drpilot_shared::profile::ProfileSource;
-use drpilot_shared::receipt::{PhaseStatus, ReceiptStore};
-use drpilot_shared::run::{PhaseRequest, RunContext};
-use drpilot_shared::{ErrorKind, Phase, RunInput, S3Uri};
+use drpilot_shared::receipt::PhaseStatus;
+use drpilot_shared::{ErrorKind, Phase, S3Uri};
 use drpilot_testkit::{
-    make_backup, sh, test_profile, LocalAws, TempDir, BACKUP_BUCKET, BACKUP_PREFIX, TARGET_BUCKET,
+    make_backup, phase_request, sh, test_profile, LocalAws, TempDir, BACKUP_BUCKET, BACKUP_PREFIX,
+    TARGET_BUCKET,
 };
 use restore::staging::Tuning;
 use restore::Restore;
@@ -38,38 +35,6 @@ fn restorer(aws: &LocalAws) -> Restore {
         profiles: ProfileSource::Ssm(aws.clients.ssm.clone()),
         tuning: TUNING,
     }
-}
-
-fn request(run_id: &str, backup_id: &str) -> PhaseRequest {
-    let mut input = RunInput::drill(drpilot_testkit::PROFILE);
-    input.run_id = Some(run_id.into());
-    PhaseRequest {
-        run: RunContext {
-            run_id: run_id.into(),
-            input,
-            trigger: Trigger::Manual,
-            execution_arn: None,
-            kickoff_at: Utc::now(),
-            backup: BackupRef {
-                uri: S3Uri::new(BACKUP_BUCKET, format!("{BACKUP_PREFIX}{backup_id}/")).unwrap(),
-                backup_id: backup_id.into(),
-                created_at: Utc::now(),
-                git_sha: None,
-            },
-        },
-        retry_count: 0,
-    }
-}
-
-fn receipts(aws: &LocalAws) -> ReceiptStore {
-    ReceiptStore::new(
-        aws.s3().clone(),
-        test_profile()["receipts"]
-            .as_str()
-            .unwrap()
-            .parse()
-            .unwrap(),
-    )
 }
 
 /// The source tree most tests restore: nested paths, unicode names, an empty file, and
@@ -152,7 +117,7 @@ async fn a_backup_made_by_ordinary_tools_restores_exactly() {
     publish(&aws, &tmp.path().join("b1"), "b1").await;
 
     let out = restorer(&aws)
-        .handle(request("run-ok", "b1"))
+        .handle(phase_request("run-ok", "b1"))
         .await
         .unwrap();
     assert_eq!(out.status, PhaseStatus::Success);
@@ -198,7 +163,8 @@ async fn a_backup_made_by_ordinary_tools_restores_exactly() {
         std::fs::read(src.join("a/large.bin")).unwrap()
     );
 
-    let receipt = receipts(&aws)
+    let receipt = aws
+        .receipts()
         .get_phase("run-ok", Phase::Restore)
         .await
         .unwrap()
@@ -394,7 +360,7 @@ async fn adversarial_backups_fail_with_the_right_error_and_no_success_receipt() 
         publish(&aws, &out, &backup_id).await;
         let run_id = format!("run-bad{i}");
         let err = restorer(&aws)
-            .handle(request(&run_id, &backup_id))
+            .handle(phase_request(&run_id, &backup_id))
             .await
             .expect_err(bad.name);
         assert_eq!(err.kind, bad.kind, "{}: {err}", bad.name);
@@ -404,7 +370,8 @@ async fn adversarial_backups_fail_with_the_right_error_and_no_success_receipt() 
             bad.name,
             bad.says
         );
-        let receipt = receipts(&aws)
+        let receipt = aws
+            .receipts()
             .get_phase(&run_id, Phase::Restore)
             .await
             .unwrap();
@@ -470,12 +437,15 @@ async fn a_rerun_after_a_failure_mid_restore_stages_exactly_the_backup() {
         })
         .build();
     flaky.clients.s3 = aws_sdk_s3::Client::from_conf(s3_config);
-    let err = flaky.handle(request("run-rerun", "b2")).await.unwrap_err();
+    let err = flaky
+        .handle(phase_request("run-rerun", "b2"))
+        .await
+        .unwrap_err();
     assert!(err.message.contains("injected failure"), "{err}");
     let partial = staged(&aws, "run-rerun").await;
     assert!(!partial.is_empty(), "the failure came mid-restore");
     assert_eq!(
-        receipts(&aws)
+        aws.receipts()
             .get_phase("run-rerun", Phase::Restore)
             .await
             .unwrap()
@@ -488,7 +458,7 @@ async fn a_rerun_after_a_failure_mid_restore_stages_exactly_the_backup() {
         .await;
 
     let out = restorer(&aws)
-        .handle(request("run-rerun", "b2"))
+        .handle(phase_request("run-rerun", "b2"))
         .await
         .unwrap();
     assert_eq!(out.status, PhaseStatus::Success);
@@ -496,7 +466,7 @@ async fn a_rerun_after_a_failure_mid_restore_stages_exactly_the_backup() {
     assert_eq!(staged(&aws, "run-rerun").await, keys);
     // And once more: a re-run of a successful restore ends in the same state.
     restorer(&aws)
-        .handle(request("run-rerun", "b2"))
+        .handle(phase_request("run-rerun", "b2"))
         .await
         .unwrap();
     assert_eq!(staged(&aws, "run-rerun").await, keys);
@@ -511,7 +481,7 @@ async fn a_dry_run_verifies_without_staging() {
     source_tree(&src, false);
     make_backup(&src, &tmp.path().join("b3"), &[]);
     publish(&aws, &tmp.path().join("b3"), "b3").await;
-    let mut req = request("run-dry", "b3");
+    let mut req = phase_request("run-dry", "b3");
     req.run.input.dry_run = true;
     let out = restorer(&aws).handle(req).await.unwrap();
     assert_eq!(out.status, PhaseStatus::Success);
@@ -523,7 +493,7 @@ async fn a_dry_run_verifies_without_staging() {
 async fn a_phase_outside_the_window_is_recorded_as_skipped() {
     let aws = LocalAws::start().await;
     aws.standard_setup().await;
-    let mut req = request("run-skip", "nonexistent");
+    let mut req = phase_request("run-skip", "nonexistent");
     req.run.input.start_at = Phase::Validate;
     let out = restorer(&aws).handle(req).await.unwrap();
     assert_eq!(out.status, PhaseStatus::Skipped);
@@ -571,7 +541,7 @@ async fn the_control_plane_bundle_is_verified_and_staged() {
     )
     .await;
     let err = restorer(&aws)
-        .handle(request("run-cp", "b4"))
+        .handle(phase_request("run-cp", "b4"))
         .await
         .unwrap_err();
     assert_eq!(err.kind, ErrorKind::IntegrityError, "{err}");
@@ -588,7 +558,7 @@ async fn the_control_plane_bundle_is_verified_and_staged() {
     )
     .await;
     let out = restorer(&aws)
-        .handle(request("run-cp", "b4"))
+        .handle(phase_request("run-cp", "b4"))
         .await
         .unwrap();
     assert_eq!(out.details["control_plane"]["bundle_sha256"], bundle_sha);

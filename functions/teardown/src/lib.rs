@@ -79,6 +79,24 @@ pub struct TeardownOutput {
     pub failure: Option<Failure>,
 }
 
+impl TeardownOutput {
+    /// A failed run teardown could not, or must not, touch (no input, no profile, or the
+    /// wrong account): nothing written, nothing released.
+    fn untouched(run_id: String, failure: Option<Failure>) -> Self {
+        Self {
+            run_id,
+            status: RunStatus::Failed,
+            summary: None,
+            rto_seconds: None,
+            rpo_seconds: None,
+            promoted: false,
+            torn_down: false,
+            lock: "untouched".into(),
+            failure,
+        }
+    }
+}
+
 pub struct Teardown {
     pub clients: AwsClients,
     pub profiles: ProfileSource,
@@ -119,17 +137,10 @@ impl Teardown {
                 ?failure,
                 "teardown without a usable input: nothing to clean up"
             );
-            return Ok(TeardownOutput {
-                run_id: request.execution.name.clone().unwrap_or_default(),
-                status: RunStatus::Failed,
-                summary: None,
-                rto_seconds: None,
-                rpo_seconds: None,
-                promoted: false,
-                torn_down: false,
-                lock: "untouched".into(),
+            return Ok(TeardownOutput::untouched(
+                request.execution.name.clone().unwrap_or_default(),
                 failure,
-            });
+            ));
         };
         let wrong_account = request
             .failure
@@ -142,17 +153,7 @@ impl Teardown {
                 if let Err(err) = result {
                     warn!(error = %err, "teardown cannot load the profile");
                 }
-                return Ok(TeardownOutput {
-                    run_id: known.run_id,
-                    status: RunStatus::Failed,
-                    summary: None,
-                    rto_seconds: None,
-                    rpo_seconds: None,
-                    promoted: false,
-                    torn_down: false,
-                    lock: "untouched".into(),
-                    failure,
-                });
+                return Ok(TeardownOutput::untouched(known.run_id, failure));
             }
         };
         let store = ReceiptStore::new(self.clients.s3.clone(), profile.receipts.clone());

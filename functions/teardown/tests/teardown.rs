@@ -9,27 +9,15 @@ use chrono::{Duration, Utc};
 use drpilot_shared::input::TriggerDefaults;
 use drpilot_shared::lock::RunLock;
 use drpilot_shared::profile::ProfileSource;
-use drpilot_shared::receipt::{PhaseClock, PhaseStatus, ReceiptStore, RunStatus};
+use drpilot_shared::receipt::{PhaseClock, PhaseStatus, RunStatus};
 use drpilot_shared::run::{ExecutionInfo, PhaseRequest, RunContext};
 use drpilot_shared::{Phase, S3Uri};
 use drpilot_testkit::{
-    make_backup, sh, test_profile, LocalAws, TempDir, BACKUP_BUCKET, BACKUP_PREFIX, PROFILE,
-    TARGET_BUCKET,
+    make_backup, sh, LocalAws, TempDir, BACKUP_BUCKET, BACKUP_PREFIX, PROFILE, TARGET_BUCKET,
 };
 use restore::Restore;
 use serde_json::{json, Value};
 use teardown::{ApprovalOutcome, CaughtFailure, Teardown, TeardownRequest};
-
-fn store(aws: &LocalAws) -> ReceiptStore {
-    ReceiptStore::new(
-        aws.s3().clone(),
-        test_profile()["receipts"]
-            .as_str()
-            .unwrap()
-            .parse()
-            .unwrap(),
-    )
-}
 
 fn teardown(aws: &LocalAws) -> Teardown {
     Teardown {
@@ -107,7 +95,7 @@ async fn run_restore(aws: &LocalAws, run: &RunContext) -> drpilot_shared::Result
 /// Receipts for the phases whose Lambdas are not part of this crate's dependencies.
 async fn succeed(aws: &LocalAws, run_id: &str, phase: Phase, details: Value) {
     let receipt = PhaseClock::start(run_id, phase, 1).finish(PhaseStatus::Success, None, details);
-    store(aws).put_phase(&receipt).await.unwrap();
+    aws.receipts().put_phase(&receipt).await.unwrap();
 }
 
 async fn staging_keys(aws: &LocalAws, run_id: &str) -> Vec<String> {
@@ -179,7 +167,7 @@ async fn after_a_promoted_run_it_cleans_up_and_measures() {
         .await
         .is_none());
 
-    let summary = store(&aws).get_summary("run-ok").await.unwrap().unwrap();
+    let summary = aws.receipts().get_summary("run-ok").await.unwrap().unwrap();
     assert_eq!(summary.phases.len(), 6);
     assert!(summary
         .phases
@@ -223,7 +211,12 @@ async fn after_a_failed_restore_it_records_the_failure_and_releases_the_lock() {
         staging_keys(&aws, "run-fail").await.is_empty(),
         "partial staging removed"
     );
-    let summary = store(&aws).get_summary("run-fail").await.unwrap().unwrap();
+    let summary = aws
+        .receipts()
+        .get_summary("run-fail")
+        .await
+        .unwrap()
+        .unwrap();
     let status = |phase| summary.phases.iter().find(|p| p.phase == phase).unwrap();
     assert_eq!(status(Phase::Restore).status, PhaseStatus::Failed);
     assert_eq!(status(Phase::Validate).status, PhaseStatus::Skipped);
@@ -242,7 +235,12 @@ async fn after_a_failed_restore_it_records_the_failure_and_releases_the_lock() {
     let again = teardown(&aws).handle(request).await.unwrap();
     assert_eq!(again.status, out.status);
     assert_eq!(again.lock, "not held");
-    let summary2 = store(&aws).get_summary("run-fail").await.unwrap().unwrap();
+    let summary2 = aws
+        .receipts()
+        .get_summary("run-fail")
+        .await
+        .unwrap()
+        .unwrap();
     let statuses = |s: &drpilot_shared::receipt::RunSummary| {
         s.phases
             .iter()
@@ -270,7 +268,8 @@ async fn a_phase_that_died_without_a_receipt_is_recorded_as_failed() {
         ..Default::default()
     };
     teardown(&aws).handle(request).await.unwrap();
-    let receipt = store(&aws)
+    let receipt = aws
+        .receipts()
         .get_phase("run-timeout", Phase::Restore)
         .await
         .unwrap()
@@ -313,7 +312,12 @@ async fn a_denied_approval_and_a_held_staging_are_recorded() {
             .is_none(),
         "lock released"
     );
-    let summary = store(&aws).get_summary("run-held").await.unwrap().unwrap();
+    let summary = aws
+        .receipts()
+        .get_summary("run-held")
+        .await
+        .unwrap()
+        .unwrap();
     let promote = summary
         .phases
         .iter()
@@ -360,7 +364,7 @@ async fn a_lock_held_by_another_run_is_left_alone() {
         S3Uri::new(TARGET_BUCKET, "locks/drill.lock").unwrap(),
     );
     assert_eq!(lock.read().await.unwrap().unwrap().0.run_id, "holder");
-    let summary = store(&aws).get_summary("second").await.unwrap().unwrap();
+    let summary = aws.receipts().get_summary("second").await.unwrap().unwrap();
     assert_eq!(summary.failure.unwrap().error, "LockHeld");
 }
 

@@ -6,57 +6,22 @@ use std::path::Path;
 
 use aws_sdk_s3::primitives::ByteStream;
 use chrono::Utc;
-use drpilot_shared::backup::BackupRef;
-use drpilot_shared::input::Trigger;
 use drpilot_shared::profile::ProfileSource;
-use drpilot_shared::receipt::{PhaseStatus, ReceiptStore};
-use drpilot_shared::run::{PhaseRequest, RunContext};
-use drpilot_shared::{ErrorKind, Phase, RunInput, S3Uri};
+use drpilot_shared::receipt::PhaseStatus;
+use drpilot_shared::{ErrorKind, Phase};
 use drpilot_testkit::{
-    make_backup, sh, test_profile, LocalAws, TempDir, BACKUP_BUCKET, BACKUP_PREFIX, PROFILE,
-    TARGET_BUCKET,
+    make_backup, phase_request, sh, test_profile, LocalAws, TempDir, BACKUP_BUCKET, BACKUP_PREFIX,
+    PROFILE, TARGET_BUCKET,
 };
 use restore::Restore;
 use serde_json::json;
 use validate::Validate;
-
-fn request(run_id: &str, backup_id: &str) -> PhaseRequest {
-    let mut input = RunInput::drill(PROFILE);
-    input.run_id = Some(run_id.into());
-    PhaseRequest {
-        run: RunContext {
-            run_id: run_id.into(),
-            input,
-            trigger: Trigger::Manual,
-            execution_arn: None,
-            kickoff_at: Utc::now(),
-            backup: BackupRef {
-                uri: S3Uri::new(BACKUP_BUCKET, format!("{BACKUP_PREFIX}{backup_id}/")).unwrap(),
-                backup_id: backup_id.into(),
-                created_at: Utc::now(),
-                git_sha: None,
-            },
-        },
-        retry_count: 0,
-    }
-}
 
 fn validator(aws: &LocalAws) -> Validate {
     Validate {
         clients: aws.clients.clone(),
         profiles: ProfileSource::Ssm(aws.clients.ssm.clone()),
     }
-}
-
-fn store(aws: &LocalAws) -> ReceiptStore {
-    ReceiptStore::new(
-        aws.s3().clone(),
-        test_profile()["receipts"]
-            .as_str()
-            .unwrap()
-            .parse()
-            .unwrap(),
-    )
 }
 
 fn source(dir: &Path) {
@@ -83,7 +48,7 @@ async fn restored(aws: &LocalAws, tmp: &TempDir, id: &str, run_id: &str) {
         profiles: ProfileSource::Ssm(aws.clients.ssm.clone()),
         tuning: Default::default(),
     }
-    .handle(request(run_id, id))
+    .handle(phase_request(run_id, id))
     .await
     .unwrap();
 }
@@ -107,7 +72,7 @@ async fn a_clean_restore_passes() {
     let tmp = TempDir::new("validate-ok");
     restored(&aws, &tmp, "b1", "run-ok").await;
     let out = validator(&aws)
-        .handle(request("run-ok", "b1"))
+        .handle(phase_request("run-ok", "b1"))
         .await
         .unwrap();
     assert_eq!(out.status, PhaseStatus::Success);
@@ -141,12 +106,13 @@ async fn each_kind_of_damage_is_caught() {
     .await; // wrong size
 
     let err = validator(&aws)
-        .handle(request("run-bad", "b1"))
+        .handle(phase_request("run-bad", "b1"))
         .await
         .unwrap_err();
     assert_eq!(err.kind, ErrorKind::IntegrityError);
     assert!(err.message.contains("4 differences"), "{err}");
-    let receipt = store(&aws)
+    let receipt = aws
+        .receipts()
         .get_phase("run-bad", Phase::Validate)
         .await
         .unwrap()
@@ -204,7 +170,7 @@ async fn full_validation_catches_a_change_the_stored_hash_hides() {
         .to_owned();
     put(&aws, key, "item Z\n", Some(format!("drpilot-sha256={tag}"))).await;
     validator(&aws)
-        .handle(request("run-full", "b1"))
+        .handle(phase_request("run-full", "b1"))
         .await
         .unwrap();
 
@@ -212,7 +178,7 @@ async fn full_validation_catches_a_change_the_stored_hash_hides() {
     profile["full_validation"] = json!(true);
     aws.put_profile(PROFILE, &profile).await;
     let err = validator(&aws)
-        .handle(request("run-full", "b1"))
+        .handle(phase_request("run-full", "b1"))
         .await
         .unwrap_err();
     assert_eq!(err.kind, ErrorKind::IntegrityError);
@@ -245,11 +211,11 @@ async fn a_manifest_entry_with_a_bad_key_is_refused() {
         profiles: ProfileSource::Ssm(aws.clients.ssm.clone()),
         tuning: Default::default(),
     }
-    .handle(request("run-badkey", "b2"))
+    .handle(phase_request("run-badkey", "b2"))
     .await
     .unwrap();
     let err = validator(&aws)
-        .handle(request("run-badkey", "b2"))
+        .handle(phase_request("run-badkey", "b2"))
         .await
         .unwrap_err();
     assert_eq!(err.kind, ErrorKind::ContractError, "{err}");
@@ -264,7 +230,7 @@ async fn it_refuses_a_run_without_a_successful_restore() {
     let aws = LocalAws::start().await;
     aws.standard_setup().await;
     let err = validator(&aws)
-        .handle(request("never-restored", "b1"))
+        .handle(phase_request("never-restored", "b1"))
         .await
         .unwrap_err();
     assert_eq!(err.kind, ErrorKind::InputError);
@@ -303,13 +269,14 @@ async fn configured_metric_checks_pass_and_fail() {
     ]);
     aws.put_profile(PROFILE, &profile).await;
     let err = validator(&aws)
-        .handle(request("run-checks", "b1"))
+        .handle(phase_request("run-checks", "b1"))
         .await
         .unwrap_err();
     assert_eq!(err.kind, ErrorKind::IntegrityError);
     assert!(err.message.contains("always syncing"), "{err}");
     assert!(!err.message.contains("no sync failures"), "{err}");
-    let receipt = store(&aws)
+    let receipt = aws
+        .receipts()
         .get_phase("run-checks", Phase::Validate)
         .await
         .unwrap()
