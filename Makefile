@@ -20,7 +20,9 @@ build: ## build the Lambda functions for arm64 (provided.al2023) as zips under t
 test: ## run every test (unit and integration, against a private local AWS per test process)
 	scripts/ensure-venv.sh
 	scripts/ensure-tools.sh
-	cargo test --workspace --all-targets
+	# Library, binary and integration tests; the bench targets are programs for `make bench`
+	# (clippy still compiles them, in `make lint`).
+	cargo test --workspace --lib --bins --tests
 	cargo test --workspace --doc
 	scripts/ensure-infra-tools.sh
 	.venv-infra/bin/python infra/check.py
