@@ -23,7 +23,6 @@ test: ## run every test (unit and integration, against a private local AWS per t
 	# Library, binary and integration tests; the bench targets are programs for `make bench`
 	# (clippy still compiles them, in `make lint`).
 	cargo test --workspace --lib --bins --tests
-	cargo test --workspace --doc
 	scripts/ensure-infra-tools.sh
 	.venv-infra/bin/python infra/check.py
 
