@@ -46,8 +46,10 @@ pub struct Profile {
     pub full_validation: bool,
 }
 
+/// Longer than a run can take with the template's default approval timeout (24 h): a
+/// lock must not expire while its run waits for a person.
 fn default_lock_ttl() -> u64 {
-    4 * 3600
+    48 * 3600
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
