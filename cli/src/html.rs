@@ -182,8 +182,8 @@ footer{{margin-top:2rem;color:#7a828e;font-size:.85rem}}
             .backup_uri
             .as_ref()
             .map_or("unknown".to_owned(), |u| u.to_string())),
-        kickoff = s.kickoff_at.to_rfc3339(),
-        finished = s.finished_at.to_rfc3339(),
+        kickoff = s.kickoff_at.format("%Y-%m-%d %H:%M:%S UTC"),
+        finished = s.finished_at.format("%Y-%m-%d %H:%M:%S UTC"),
         failure = failure,
         rto = objective("RTO", &s.rto),
         rpo = objective("RPO", &s.rpo),
