@@ -108,6 +108,18 @@ pub async fn abort_uploads(s3: &aws_sdk_s3::Client, prefix: &S3Uri) -> Result<()
     }
 }
 
+/// An object's size in bytes (HeadObject).
+pub async fn object_size(s3: &aws_sdk_s3::Client, uri: &S3Uri) -> Result<u64> {
+    let head = s3
+        .head_object()
+        .bucket(&uri.bucket)
+        .key(&uri.key)
+        .send()
+        .await
+        .map_err(|e| Error::from_sdk(&format!("HeadObject {uri}"), e))?;
+    Ok(u64::try_from(head.content_length.unwrap_or(0)).unwrap_or(0))
+}
+
 /// The object tag restore puts on every staged object: its whole-file SHA-256 in hex.
 /// Single-part objects also carry it as their S3 SHA-256 checksum (which S3 verifies on
 /// upload); multipart objects can only carry a checksum of part checksums, so the tag is

@@ -11,6 +11,7 @@ use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, TaggingDirectiv
 use chrono::{DateTime, Utc};
 use drpilot_shared::archive::RESERVED_PREFIX;
 use drpilot_shared::metrics::{self, Sample};
+use drpilot_shared::objects::object_size;
 use drpilot_shared::parity::{compare_prefixes, Difference, ParityCounts, Verdict};
 use drpilot_shared::profile::{Profile, ProfileSource};
 use drpilot_shared::receipt::{get_json, put_json, PhaseClock, PhaseStatus, ReceiptStore};
@@ -440,17 +441,6 @@ fn copy_source(uri: &S3Uri) -> String {
         }
     }
     out
-}
-
-async fn object_size(s3: &aws_sdk_s3::Client, uri: &S3Uri) -> Result<u64> {
-    let head = s3
-        .head_object()
-        .bucket(&uri.bucket)
-        .key(&uri.key)
-        .send()
-        .await
-        .map_err(|e| Error::from_sdk(&format!("HeadObject {uri}"), e))?;
-    Ok(u64::try_from(head.content_length.unwrap_or(0)).unwrap_or(0))
 }
 
 async fn delete(s3: &aws_sdk_s3::Client, uri: &S3Uri) -> Result<()> {

@@ -11,7 +11,7 @@ pub mod staging;
 use aws_sdk_s3::primitives::ByteStream;
 use chrono::{DateTime, Utc};
 use drpilot_shared::backup::{self, Artifact, BackupMetadata, MANIFESTS, STATE};
-use drpilot_shared::objects::delete_prefix;
+use drpilot_shared::objects::{delete_prefix, object_size};
 use drpilot_shared::profile::{Profile, ProfileSource};
 use drpilot_shared::receipt::{put_json, PhaseClock};
 use drpilot_shared::run::{PhaseOutput, PhaseRequest, RunContext};
@@ -322,16 +322,8 @@ async fn check_size(
     name: &str,
     expected: &Artifact,
 ) -> Result<()> {
-    let uri = artifact_uri(backup, name)?;
-    let head = s3
-        .head_object()
-        .bucket(&uri.bucket)
-        .key(&uri.key)
-        .send()
-        .await
-        .map_err(|e| Error::from_sdk(&format!("HeadObject {uri}"), e))?;
-    let size = head.content_length.unwrap_or(-1);
-    if u64::try_from(size).ok() != Some(expected.size) {
+    let size = object_size(s3, &artifact_uri(backup, name)?).await?;
+    if size != expected.size {
         return Err(Error::integrity(format!(
             "{name}: size is {size} bytes, metadata.json says {}",
             expected.size
