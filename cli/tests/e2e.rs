@@ -12,7 +12,8 @@ use drpilot_cli::{approve, deny, follow, records, start, Ctx, Out};
 use drpilot_shared::receipt::{PhaseStatus, RunStatus};
 use drpilot_shared::Phase;
 use drpilot_testkit::{
-    make_backup, sh, LocalAws, TempDir, BACKUP_BUCKET, BACKUP_PREFIX, PROFILE, TARGET_BUCKET,
+    corrupt_state_sha256, make_backup, sh, LocalAws, TempDir, BACKUP_BUCKET, BACKUP_PREFIX,
+    PROFILE, TARGET_BUCKET,
 };
 use serde_json::{json, Value};
 
@@ -41,11 +42,7 @@ async fn stack(aws: &LocalAws, tmp: &TempDir, broken_backup: bool) -> Ctx {
     let out = tmp.path().join("b1");
     make_backup(&src, &out, &[]);
     if broken_backup {
-        let meta = out.join("metadata.json");
-        let text = std::fs::read_to_string(&meta).unwrap();
-        let v: Value = serde_json::from_str(&text).unwrap();
-        let sha = v["artifacts"]["state.tar.zst"]["sha256"].as_str().unwrap();
-        std::fs::write(&meta, text.replace(sha, &"0".repeat(64))).unwrap();
+        corrupt_state_sha256(&out);
     }
     aws.upload_dir(BACKUP_BUCKET, &format!("{BACKUP_PREFIX}b1"), &out)
         .await;

@@ -157,21 +157,13 @@ pub async fn inspect(
 
 /// Reads an object that must be small, refusing one larger than `limit` before reading it.
 pub async fn read_small(s3: &aws_sdk_s3::Client, uri: &S3Uri, limit: usize) -> Result<Vec<u8>> {
-    let out = s3
-        .get_object()
-        .bucket(&uri.bucket)
-        .key(&uri.key)
-        .send()
-        .await
-        .map_err(|e| Error::from_sdk(&format!("GetObject {uri}"), e))?;
-    let length = out.content_length.unwrap_or(0).max(0) as usize;
-    if length > limit {
+    let (body, length) = crate::objects::open(s3, uri).await?;
+    if length > limit as u64 {
         return Err(Error::contract(format!(
             "{uri}: {length} bytes, more than the {limit} allowed"
         )));
     }
-    let bytes = out
-        .body
+    let bytes = body
         .collect()
         .await
         .map_err(|e| Error::retryable(format!("reading {uri}: {e}")))?

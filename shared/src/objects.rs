@@ -108,6 +108,19 @@ pub async fn abort_uploads(s3: &aws_sdk_s3::Client, prefix: &S3Uri) -> Result<()
     }
 }
 
+/// An object's body, streaming, and its length (GetObject).
+pub async fn open(s3: &aws_sdk_s3::Client, uri: &S3Uri) -> Result<(ByteStream, u64)> {
+    let out = s3
+        .get_object()
+        .bucket(&uri.bucket)
+        .key(&uri.key)
+        .send()
+        .await
+        .map_err(|e| Error::from_sdk(&format!("GetObject {uri}"), e))?;
+    let length = u64::try_from(out.content_length.unwrap_or(0)).unwrap_or(0);
+    Ok((out.body, length))
+}
+
 /// An object's size in bytes (HeadObject).
 pub async fn object_size(s3: &aws_sdk_s3::Client, uri: &S3Uri) -> Result<u64> {
     let head = s3

@@ -128,6 +128,18 @@ pub fn make_backup(src: &Path, out: &Path, extra: &[&str]) {
     assert!(status.success(), "make-backup.sh failed: {status}");
 }
 
+/// Makes the backup in `dir` fail its hash check: `metadata.json` then names a
+/// different SHA-256 for `state.tar.zst` (size unchanged).
+pub fn corrupt_state_sha256(dir: &Path) {
+    let meta = dir.join("metadata.json");
+    let text = std::fs::read_to_string(&meta).expect("read metadata.json");
+    let value: serde_json::Value = serde_json::from_str(&text).expect("metadata.json is JSON");
+    let sha = value["artifacts"]["state.tar.zst"]["sha256"]
+        .as_str()
+        .expect("state.tar.zst sha256");
+    std::fs::write(&meta, text.replace(sha, &"0".repeat(64))).expect("write metadata.json");
+}
+
 /// Runs a shell command line (for fixtures made with ordinary tools), panicking on failure.
 pub fn sh(script: &str) {
     let status = Command::new("bash")

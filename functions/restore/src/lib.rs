@@ -11,7 +11,7 @@ pub mod staging;
 use aws_sdk_s3::primitives::ByteStream;
 use chrono::{DateTime, Utc};
 use drpilot_shared::backup::{self, Artifact, BackupMetadata, MANIFESTS, STATE};
-use drpilot_shared::objects::{delete_prefix, object_size};
+use drpilot_shared::objects::{delete_prefix, object_size, open};
 use drpilot_shared::profile::{Profile, ProfileSource};
 use drpilot_shared::receipt::{put_json, PhaseClock};
 use drpilot_shared::run::{PhaseOutput, PhaseRequest, RunContext};
@@ -113,22 +113,7 @@ impl Restore {
     }
 
     async fn open(&self, uri: &S3Uri) -> Result<ByteStream> {
-        Ok(self.open_sized(uri).await?.0)
-    }
-
-    /// The object's body and its length.
-    async fn open_sized(&self, uri: &S3Uri) -> Result<(ByteStream, u64)> {
-        let out = self
-            .clients
-            .s3
-            .get_object()
-            .bucket(&uri.bucket)
-            .key(&uri.key)
-            .send()
-            .await
-            .map_err(|e| Error::from_sdk(&format!("GetObject {uri}"), e))?;
-        let length = u64::try_from(out.content_length.unwrap_or(0)).unwrap_or(0);
-        Ok((out.body, length))
+        Ok(open(&self.clients.s3, uri).await?.0)
     }
 
     async fn verify_manifests(
@@ -220,7 +205,7 @@ impl Restore {
             .unwrap_or("bundle");
         let key = RelativeKey::parse(&format!("{RESERVED_PREFIX}{file_name}"))
             .map_err(|e| Error::contract(format!("{pointer_uri}: bundle_uri: {e}")))?;
-        let (mut body, declared_size) = self.open_sized(&pointer.bundle_uri).await?;
+        let (mut body, declared_size) = open(&self.clients.s3, &pointer.bundle_uri).await?;
         let (tx, rx) = mpsc::channel(16);
         let mut uploader = Uploader::new(self.clients.s3.clone(), staging.clone(), self.tuning);
         let upload = async {

@@ -13,7 +13,8 @@ use drpilot_shared::receipt::{PhaseClock, PhaseStatus, RunStatus};
 use drpilot_shared::run::{ExecutionInfo, PhaseRequest, RunContext};
 use drpilot_shared::{Phase, S3Uri};
 use drpilot_testkit::{
-    make_backup, sh, LocalAws, TempDir, BACKUP_BUCKET, BACKUP_PREFIX, PROFILE, TARGET_BUCKET,
+    corrupt_state_sha256, make_backup, sh, LocalAws, TempDir, BACKUP_BUCKET, BACKUP_PREFIX,
+    PROFILE, TARGET_BUCKET,
 };
 use restore::Restore;
 use serde_json::{json, Value};
@@ -39,11 +40,7 @@ async fn publish_backup(aws: &LocalAws, id: &str, broken: bool) {
     let created = (Utc::now() - Duration::hours(2)).to_rfc3339();
     make_backup(&src, &out, &["--created-at", &created]);
     if broken {
-        let meta = out.join("metadata.json");
-        let text = std::fs::read_to_string(&meta).unwrap();
-        let v: Value = serde_json::from_str(&text).unwrap();
-        let sha = v["artifacts"]["state.tar.zst"]["sha256"].as_str().unwrap();
-        std::fs::write(&meta, text.replace(sha, &"0".repeat(64))).unwrap();
+        corrupt_state_sha256(&out);
     }
     aws.upload_dir(BACKUP_BUCKET, &format!("{BACKUP_PREFIX}{id}"), &out)
         .await;

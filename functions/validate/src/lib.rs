@@ -13,7 +13,7 @@ use chrono::Utc;
 use drpilot_shared::archive::{unpack, RESERVED_PREFIX};
 use drpilot_shared::backup::{self, MANIFESTS};
 use drpilot_shared::listing::{list_sorted, Joined, MergeJoin};
-use drpilot_shared::objects::{pump_body, stored_sha256};
+use drpilot_shared::objects::{open, pump_body, stored_sha256};
 use drpilot_shared::parity::DifferenceLog;
 use drpilot_shared::profile::{Check, Profile, ProfileSource};
 use drpilot_shared::receipt::{PhaseClock, PhaseStatus};
@@ -175,14 +175,7 @@ impl Validate {
             .uri
             .join(MANIFESTS)
             .map_err(|e| Error::contract(e.to_string()))?;
-        let body = s3
-            .get_object()
-            .bucket(&manifests_uri.bucket)
-            .key(&manifests_uri.key)
-            .send()
-            .await
-            .map_err(|e| Error::from_sdk(&format!("GetObject {manifests_uri}"), e))?
-            .body;
+        let (body, _) = open(s3, &manifests_uri).await?;
         let (reader, pump) = pump_body(body, manifests_uri.to_string());
         let expected = meta.artifact(MANIFESTS).clone();
         let (tx, manifest_rx) = mpsc::channel::<Result<ManifestEntry>>(4096);
@@ -402,14 +395,7 @@ fn record(
 }
 
 async fn hash_by_reading(s3: &aws_sdk_s3::Client, uri: &S3Uri) -> Result<Option<String>> {
-    let mut body = s3
-        .get_object()
-        .bucket(&uri.bucket)
-        .key(&uri.key)
-        .send()
-        .await
-        .map_err(|e| Error::from_sdk(&format!("GetObject {uri}"), e))?
-        .body;
+    let (mut body, _) = open(s3, uri).await?;
     let mut hasher = Sha256::new();
     while let Some(chunk) = body
         .try_next()
