@@ -3,6 +3,8 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 VENV_BIN := $(CURDIR)/.venv/bin
+# Every AWS call the functions make during `make test`, for the permission check.
+LEDGER := $(CURDIR)/target/permission-ledger.jsonl
 export PATH := $(VENV_BIN):$(PATH)
 
 .PHONY: help setup build test lint fmt local-up local-down drill
@@ -17,14 +19,18 @@ build: ## build the Lambda functions for arm64 (provided.al2023) as zips under t
 	scripts/ensure-venv.sh --build
 	cargo lambda build --release --arm64 --output-format zip --workspace --exclude drpilot-cli --exclude drpilot-shared --exclude drpilot-testkit
 
-test: ## run every test (unit and integration, against a private local AWS per test process)
+test: ## run every test (unit, integration, end to end) and the template and permission checks
 	scripts/ensure-venv.sh
 	scripts/ensure-tools.sh
-	# Library, binary and integration tests; the bench targets are programs for `make bench`
-	# (clippy still compiles them, in `make lint`).
-	cargo test --workspace --lib --bins --tests
 	scripts/ensure-infra-tools.sh
+	# Library, binary and integration tests; the bench targets are programs for `make bench`
+	# (clippy still compiles them, in `make lint`). Every AWS call a function makes is
+	# recorded in the call ledger for the permission check below.
+	rm -f $(LEDGER)
+	DRPILOT_CALL_LEDGER=$(LEDGER) cargo test --workspace --lib --bins --tests
+	.venv-infra/bin/python -m unittest infra/test_check.py infra/test_permissions.py
 	.venv-infra/bin/python infra/check.py
+	.venv-infra/bin/python infra/permissions.py --ledger $(LEDGER)
 
 lint: ## formatting and clippy, warnings are errors
 	cargo fmt --all --check

@@ -1,77 +1,219 @@
 #!/usr/bin/env python3
-"""Template checks (run by `make test` with .venv-infra's Python):
+"""Template and state machine checks (run by `make test` with .venv-infra's Python):
 
-1. every ${...} in statemachine/drill.asl.json is supplied by the template's
-   DefinitionSubstitutions, and nothing supplied goes unused;
-2. every function the state machine invokes is a resource of the template, built from a
-   binary that exists in the Cargo workspace;
-3. asl-validator accepts the definition (with the substitutions filled in);
-4. cfn-lint accepts the template;
-5. `sam validate --lint` accepts it (offline, dummy credentials).
+  definition-uri   the state machine's DefinitionUri is the ASL file checked here (the one
+                   the local stack deploys);
+  placeholders     every ${...} in the ASL is supplied by the template's DefinitionSubstitutions;
+  substitutions    nothing the template supplies goes unused;
+  functions        every function the state machine invokes is a function of the template,
+                   built from a binary of the Cargo workspace;
+  arm64            every function runs on arm64 (its own Architectures, else Globals', else
+                   Lambda's default x86_64);
+  asl-validator    asl-validator accepts the definition (with the substitutions filled in);
+  retry            every Retry retries exactly the transient Lambda errors and Retryable
+                   (2 attempts, 15 s, backoff 2, full jitter), never States.ALL or Internal;
+                   every Lambda task has one;
+  approval         the approval's Catch treats only ApprovalDenied and the timeouts as "not
+                   approved"; any other error is a failure recorded against promote;
+  subjects         every SNS Subject is truncated to at most 99 characters ($substring), and
+                   stays under 100 ASCII characters for 80-character run ids;
+  failed-run       a teardown that reports status 'failed' (or fails itself) ends the
+                   execution in a Fail state;
+  rule-inputs      the alarm rule and the schedule pass valid execution inputs (an alarm
+                   reason holding quotes, a backslash and a newline included);
+  cfn-lint         cfn-lint accepts the template;
+  sam-validate     `sam validate` (the SAM translator) and `sam validate --lint` accept it
+                   (offline, dummy credentials).
 
-Prints one line per check and `infra: N passed, M failed`; exits non-zero on a failure.
+Options: --template PATH, --asl PATH (check other copies), --only ID[,ID...] (run only those
+checks). Prints one line per check and `infra: N passed, M failed`; exits non-zero on a
+failure. Nothing here runs cargo: the workspace's binaries are read from its Cargo.toml files.
 """
 
 from __future__ import annotations
 
+import argparse
+import glob
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
+import tomllib
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO, Callable, Iterator
 
-from cfnlint.decode import decode
+INFRA = Path(__file__).resolve().parent
+ROOT = INFRA.parent
+if str(INFRA) not in sys.path:
+    sys.path.insert(0, str(INFRA))  # for rule_input (imported where used: it loads cfn-lint)
 
-ROOT = Path(__file__).resolve().parent.parent
-TEMPLATE = ROOT / "infra" / "template.yaml"
+TEMPLATE = INFRA / "template.yaml"
 ASL = ROOT / "statemachine" / "drill.asl.json"
+ALARM_FIXTURE = ROOT / "shared" / "tests" / "fixtures" / "alarm-state-change.json"
 
-results: list[tuple[str, bool, str]] = []
-
-
-def check(name: str, ok: bool, detail: str = "") -> None:
-    results.append((name, ok, detail))
-
-
-def template() -> dict:
-    tpl, matches = decode(str(TEMPLATE))
-    if matches:
-        raise SystemExit(f"cannot parse {TEMPLATE}: {matches}")
-    return tpl
+# Transient Lambda service errors (Step Functions best practice "Handle Lambda service
+# exceptions") plus drpilot's own Retryable. Never Internal (a bug) or States.ALL.
+RETRY_ERRORS = ["Lambda.ServiceException", "Lambda.AWSLambdaException", "Lambda.SdkClientException",
+                "Lambda.TooManyRequestsException", "Retryable"]
+RETRY_SHAPE = {"IntervalSeconds": 15, "MaxAttempts": 2, "BackoffRate": 2, "JitterStrategy": "FULL"}
+NEVER_RETRIED = {"States.ALL", "Internal"}
+DENIAL_ERRORS = {"ApprovalDenied", "States.Timeout", "States.HeartbeatTimeout"}
+SUBJECT_MAX = 99  # SNS: "less than 100 characters"
+RUN_ID_MAX = 80   # run ids and execution names: 1-80 of [A-Za-z0-9_-]
 
 
-def state_machine(tpl: dict) -> dict:
-    machines = [r for r in tpl["Resources"].values() if r["Type"] == "AWS::Serverless::StateMachine"]
-    assert len(machines) == 1, "expected one state machine"
-    return machines[0]["Properties"]
+@dataclass
+class Context:
+    template_path: Path
+    asl_path: Path
+    _tpl: dict | None = None
+    _asl: dict | None = None
+    cache: dict = field(default_factory=dict)
+
+    @property
+    def tpl(self) -> dict:
+        if self._tpl is None:
+            from cfnlint.decode import decode  # slow to import; the ASL checks do without
+
+            tpl, matches = decode(str(self.template_path))
+            if matches or tpl is None:
+                raise CheckError(f"cannot parse {self.template_path}: {matches}")
+            self._tpl = tpl
+        return self._tpl
+
+    @property
+    def asl_text(self) -> str:
+        return self.asl_path.read_text()
+
+    @property
+    def asl(self) -> dict:
+        if self._asl is None:
+            try:
+                self._asl = json.loads(self.asl_text)
+            except json.JSONDecodeError as e:
+                raise CheckError(f"{self.asl_path} is not JSON: {e}") from None
+        return self._asl
+
+    @property
+    def state_machine(self) -> dict:
+        machines = [r for r in self.tpl["Resources"].values() if r["Type"] == "AWS::Serverless::StateMachine"]
+        if len(machines) != 1:
+            raise CheckError(f"expected one AWS::Serverless::StateMachine, found {len(machines)}")
+        return machines[0]["Properties"]
+
+    @property
+    def placeholders(self) -> set[str]:
+        return set(re.findall(r"\$\{([A-Za-z0-9]+)\}", self.asl_text))
+
+    @property
+    def supplied(self) -> set[str]:
+        return set(self.state_machine.get("DefinitionSubstitutions") or {})
+
+    def functions(self) -> dict[str, dict]:
+        return {k: r for k, r in self.tpl["Resources"].items() if r["Type"] == "AWS::Serverless::Function"}
 
 
-def workspace_binaries() -> set[str]:
-    meta = json.loads(subprocess.run(
-        ["cargo", "metadata", "--no-deps", "--format-version", "1"],
-        cwd=ROOT, check=True, capture_output=True, text=True).stdout)
-    return {t["name"] for p in meta["packages"] for t in p["targets"] if "bin" in t["kind"]}
+class CheckError(Exception):
+    """A check could not even look (unparsable input): it fails with this message."""
 
 
-def main() -> int:
-    tpl = template()
-    sm = state_machine(tpl)
-    definition_uri = (TEMPLATE.parent / sm["DefinitionUri"]).resolve()
-    check("DefinitionUri is the ASL that runs locally", definition_uri == ASL.resolve(), str(definition_uri))
+# ------------------------------------------------------------------------- helpers
 
-    asl_text = ASL.read_text()
-    placeholders = set(re.findall(r"\$\{([A-Za-z0-9]+)\}", asl_text))
-    supplied = set(sm["DefinitionSubstitutions"])
-    check("every ${...} in the ASL is supplied by the template", placeholders <= supplied,
-          f"missing: {sorted(placeholders - supplied)}")
-    check("every substitution the template supplies is used", supplied <= placeholders,
-          f"unused: {sorted(supplied - placeholders)}")
 
+def workspace_binaries(root: Path = ROOT) -> set[str]:
+    """The binary targets of the Cargo workspace at `root`, by Cargo's own rules (explicit
+    [[bin]] targets; with autobins, src/main.rs named after the package and src/bin/*),
+    read from the Cargo.toml files: no cargo process, no build lock."""
+    workspace = tomllib.loads((root / "Cargo.toml").read_text()).get("workspace", {})
+    excluded = {(root / e).resolve() for e in workspace.get("exclude", [])}
+    members = [Path(p) for m in workspace.get("members", []) for p in sorted(glob.glob(str(root / m)))]
+    binaries: set[str] = set()
+    for member in members:
+        manifest = member / "Cargo.toml"
+        if member.resolve() in excluded or not manifest.is_file():
+            continue
+        cargo = tomllib.loads(manifest.read_text())
+        package = cargo.get("package", {})
+        explicit = cargo.get("bin", [])
+        binaries |= {b["name"] for b in explicit if "name" in b}
+        claimed = {os.path.normpath(b["path"]) for b in explicit if "path" in b}
+        if not package.get("autobins", True):
+            continue
+        if (member / "src" / "main.rs").is_file() and os.path.normpath("src/main.rs") not in claimed:
+            binaries.add(package["name"])
+        for path in sorted((member / "src" / "bin").glob("*.rs")):
+            if os.path.normpath(f"src/bin/{path.name}") not in claimed:
+                binaries.add(path.stem)
+        for path in sorted((member / "src" / "bin").glob("*/main.rs")):
+            if os.path.normpath(f"src/bin/{path.parent.name}/main.rs") not in claimed:
+                binaries.add(path.parent.name)
+    return binaries
+
+
+def walk_states(states: dict, prefix: str = "") -> Iterator[tuple[str, dict]]:
+    """Every state, nested Parallel branches and Map processors included."""
+    for name, state in states.items():
+        yield prefix + name, state
+        for branch in state.get("Branches", []):
+            yield from walk_states(branch.get("States", {}), f"{prefix}{name}/")
+        processor = state.get("ItemProcessor") or state.get("Iterator")
+        if processor:
+            yield from walk_states(processor.get("States", {}), f"{prefix}{name}/")
+
+
+def teardown_state(asl: dict) -> str:
+    names = [n for n, s in asl.get("States", {}).items()
+             if s.get("Type") == "Task" and "${TeardownFunctionArn}" in json.dumps(s.get("Arguments", {}))]
+    if len(names) != 1:
+        raise CheckError(f"expected one Task invoking ${{TeardownFunctionArn}}, found {names}")
+    return names[0]
+
+
+def fill_placeholders(text: str, names: set[str]) -> str:
+    for name in names:
+        if name.endswith("Seconds"):
+            value = "60"
+        elif name == "TopicArn":
+            value = "arn:aws:sns:us-east-1:123456789012:drpilot"
+        else:
+            value = f"arn:aws:lambda:us-east-1:123456789012:function:{name}"
+        text = text.replace("${" + name + "}", value)
+    return text
+
+
+def venv_tool(name: str) -> str:
+    return str(Path(sys.executable).parent / name)
+
+
+# -------------------------------------------------------------------------- checks
+
+
+def check_definition_uri(ctx: Context) -> tuple[bool, str]:
+    uri = ctx.state_machine.get("DefinitionUri")
+    if not isinstance(uri, str):
+        return False, f"DefinitionUri is not a local path: {uri!r}"
+    resolved = (ctx.template_path.parent / uri).resolve()
+    return resolved == ctx.asl_path.resolve(), f"{resolved} is not {ctx.asl_path.resolve()}"
+
+
+def check_placeholders(ctx: Context) -> tuple[bool, str]:
+    missing = ctx.placeholders - ctx.supplied
+    return not missing, f"missing: {sorted(missing)}"
+
+
+def check_substitutions(ctx: Context) -> tuple[bool, str]:
+    unused = ctx.supplied - ctx.placeholders
+    return not unused, f"unused: {sorted(unused)}"
+
+
+def check_functions(ctx: Context) -> tuple[bool, str]:
     binaries = workspace_binaries()
     problems = []
-    for key, value in sm["DefinitionSubstitutions"].items():
+    for key, value in (ctx.state_machine.get("DefinitionSubstitutions") or {}).items():
         if not key.endswith("FunctionArn"):
             continue
         ref = value.get("Fn::GetAtt") if isinstance(value, dict) else None
@@ -79,46 +221,305 @@ def main() -> int:
             problems.append(f"{key} is not a GetAtt of a function")
             continue
         logical = ref[0] if isinstance(ref, list) else ref.split(".")[0]
-        resource = tpl["Resources"].get(logical)
+        resource = ctx.tpl["Resources"].get(logical)
         if not resource or resource["Type"] != "AWS::Serverless::Function":
             problems.append(f"{key}: {logical} is not a function of the template")
-            continue
-        binary = resource.get("Metadata", {}).get("BuildProperties", {}).get("Binary")
+    for logical, resource in ctx.functions().items():
+        binary = (resource.get("Metadata") or {}).get("BuildProperties", {}).get("Binary")
         if binary not in binaries:
-            problems.append(f"{key}: {logical} builds binary {binary!r}, not in the workspace {sorted(binaries)}")
-        if resource["Properties"].get("Architectures") not in (None, ["arm64"]):
-            problems.append(f"{logical} is not arm64")
-    check("every function the ASL invokes exists in the template and the workspace", not problems, "; ".join(problems))
+            problems.append(f"{logical} builds binary {binary!r}, not in the workspace {sorted(binaries)}")
+    return not problems, "; ".join(problems)
 
-    filled = asl_text
-    for name in placeholders:
-        value = "60" if name.endswith("Seconds") else f"arn:aws:lambda:us-east-1:123456789012:function:{name}"
-        if name == "TopicArn":
-            value = "arn:aws:sns:us-east-1:123456789012:drpilot"
-        filled = filled.replace("${" + name + "}", value)
+
+def check_arm64(ctx: Context) -> tuple[bool, str]:
+    globals_arch = ((ctx.tpl.get("Globals") or {}).get("Function") or {}).get("Architectures")
+    problems = []
+    for logical, resource in ctx.functions().items():
+        own = (resource.get("Properties") or {}).get("Architectures")
+        effective = own if own is not None else globals_arch if globals_arch is not None else ["x86_64"]
+        if effective != ["arm64"]:
+            source = "its own" if own is not None else "Globals" if globals_arch is not None else "Lambda's default"
+            problems.append(f"{logical} runs on {effective} ({source})")
+    if not ctx.functions():
+        problems.append("the template has no functions")
+    return not problems, "; ".join(problems)
+
+
+def check_asl_validator(ctx: Context) -> tuple[bool, str]:
+    validator = INFRA / "node_modules" / ".bin" / "asl-validator"
+    if not validator.exists():
+        return False, f"{validator} is missing: run scripts/ensure-infra-tools.sh"
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
-        f.write(filled)
-    validator = ROOT / "infra" / "node_modules" / ".bin" / "asl-validator"
-    out = subprocess.run([str(validator), "--json-path", f.name], capture_output=True, text=True)
-    os.unlink(f.name)
-    check("asl-validator accepts the definition", out.returncode == 0, (out.stdout + out.stderr)[-2000:])
+        f.write(fill_placeholders(ctx.asl_text, ctx.placeholders))
+    try:
+        out = subprocess.run([str(validator), "--json-path", f.name], capture_output=True, text=True)
+    finally:
+        os.unlink(f.name)
+    return out.returncode == 0, (out.stdout + out.stderr)[-2000:]
 
-    venv_bin = Path(sys.executable).parent
-    out = subprocess.run([str(venv_bin / "cfn-lint"), str(TEMPLATE)], capture_output=True, text=True)
-    check("cfn-lint accepts the template", out.returncode == 0, (out.stdout + out.stderr)[-3000:])
 
+def check_retry(ctx: Context) -> tuple[bool, str]:
+    problems = []
+    for name, state in walk_states(ctx.asl.get("States", {})):
+        retries = state.get("Retry", [])
+        if state.get("Type") == "Task" and str(state.get("Resource", "")).startswith("arn:aws:states:::lambda:invoke") and not retries:
+            problems.append(f"{name} invokes Lambda without a Retry")
+        for i, retry in enumerate(retries):
+            errors = retry.get("ErrorEquals", [])
+            if NEVER_RETRIED & set(errors):
+                problems.append(f"{name}.Retry[{i}] retries {sorted(NEVER_RETRIED & set(errors))}")
+            if errors != RETRY_ERRORS:
+                problems.append(f"{name}.Retry[{i}].ErrorEquals is {errors}, expected {RETRY_ERRORS}")
+            shape = {k: retry.get(k) for k in RETRY_SHAPE}
+            if shape != RETRY_SHAPE:
+                problems.append(f"{name}.Retry[{i}] is {shape}, expected {RETRY_SHAPE}")
+    return not problems, "; ".join(problems)
+
+
+def check_approval(ctx: Context) -> tuple[bool, str]:
+    states = ctx.asl.get("States", {})
+    approvals = [n for n, s in states.items() if str(s.get("Resource", "")).endswith(".waitForTaskToken")]
+    if len(approvals) != 1:
+        return False, f"expected one .waitForTaskToken approval state, found {approvals}"
+    name = approvals[0]
+    teardown = teardown_state(ctx.asl)
+    catch = states[name].get("Catch", [])
+    problems = []
+    denial = [c for c in catch if DENIAL_ERRORS & set(c.get("ErrorEquals", []))]
+    if len(catch) != 2:
+        problems.append(f"{name} has {len(catch)} catchers, expected 2 (denial/timeout, then States.ALL)")
+    if len(denial) != 1 or set(denial[0].get("ErrorEquals", [])) != DENIAL_ERRORS:
+        problems.append(f"{name}: exactly one catcher must match exactly {sorted(DENIAL_ERRORS)}")
+    else:
+        assign = denial[0].get("Assign", {})
+        if "failure" in assign:
+            problems.append(f"{name}: the denial catcher must not record a failure")
+        if (assign.get("approval") or {}).get("approved") is not False:
+            problems.append(f"{name}: the denial catcher must assign approval.approved = false")
+        if denial[0].get("Next") != teardown:
+            problems.append(f"{name}: the denial catcher must go to {teardown}")
+    if catch:
+        last = catch[-1]
+        if last.get("ErrorEquals") != ["States.ALL"]:
+            problems.append(f"{name}: the last catcher must be States.ALL alone (any other error fails the run)")
+        else:
+            failure = (last.get("Assign") or {}).get("failure") or {}
+            if failure.get("phase") != "promote":
+                problems.append(f"{name}: the States.ALL catcher must record the failure against phase 'promote', got {failure.get('phase')!r}")
+            if "$states.errorOutput.Error" not in str(failure.get("error")):
+                problems.append(f"{name}: the failure's error must be $states.errorOutput.Error")
+            if "approval request failed: " not in str(failure.get("cause")) or "$states.errorOutput.Cause" not in str(failure.get("cause")):
+                problems.append(f"{name}: the failure's cause must be 'approval request failed: ' & the error's Cause")
+            if "approval" in (last.get("Assign") or {}):
+                problems.append(f"{name}: the States.ALL catcher must not record a denial")
+            if last.get("Next") != teardown:
+                problems.append(f"{name}: the States.ALL catcher must go to {teardown}")
+    return not problems, "; ".join(problems)
+
+
+SUBSTRING = re.compile(r"^\{%\s*\$substring\((?P<expr>.*),\s*0\s*,\s*(?P<length>\d+)\s*\)\s*%\}$", re.S)
+
+# Worst-case bindings for the subjects: 80-character ids, the longer mode.
+_LONG_ID = "R" * RUN_ID_MAX
+SUBJECT_BINDINGS = {
+    "run": {"run_id": _LONG_ID, "input": {"mode": "recovery", "profile": "p" * 64}},
+    "execution": {"name": _LONG_ID, "arn": "arn:aws:states:us-east-1:123456789012:execution:x:" + _LONG_ID},
+    "states": {"input": {"run_id": _LONG_ID, "status": "failed"}, "context": {"Execution": {"Name": _LONG_ID}}},
+    "failure": None, "approval": None, "parity": None, "input": {},
+}
+
+_EVALUATE_JS = r"""
+const jsonata = require('jsonata');
+const {expressions, bindings} = JSON.parse(require('fs').readFileSync(0, 'utf8'));
+(async () => {
+  const out = {};
+  for (const [name, expr] of Object.entries(expressions)) {
+    try { out[name] = {value: await jsonata(expr).evaluate({}, bindings)}; }
+    catch (e) { out[name] = {error: String(e.message || e)}; }
+  }
+  process.stdout.write(JSON.stringify(out));
+})();
+"""
+
+
+def evaluate_jsonata(expressions: dict[str, str], bindings: dict) -> dict[str, dict]:
+    node = shutil.which("node")
+    if not node:
+        raise CheckError("node is not on PATH (needed to evaluate JSONata)")
+    if not (INFRA / "node_modules" / "jsonata").is_dir():
+        raise CheckError("infra/node_modules/jsonata is missing: run scripts/ensure-infra-tools.sh")
+    out = subprocess.run([node, "-e", _EVALUATE_JS], input=json.dumps({"expressions": expressions, "bindings": bindings}),
+                         capture_output=True, text=True, env=dict(os.environ, NODE_PATH=str(INFRA / "node_modules")))
+    if out.returncode != 0:
+        raise CheckError(f"evaluating JSONata failed: {out.stderr[-1000:]}")
+    return json.loads(out.stdout)
+
+
+def check_subjects(ctx: Context) -> tuple[bool, str]:
+    problems, expressions = [], {}
+    publishers = [(n, s) for n, s in walk_states(ctx.asl.get("States", {}))
+                  if str(s.get("Resource", "")).startswith("arn:aws:states:::sns:publish")]
+    if not publishers:
+        problems.append("no sns:publish task found")
+    for name, state in publishers:
+        subject = (state.get("Arguments") or state.get("Parameters") or {}).get("Subject")
+        if subject is None:
+            continue
+        if not isinstance(subject, str):
+            problems.append(f"{name}: Subject is not a string")
+        elif not subject.lstrip().startswith("{%"):
+            if len(subject) > SUBJECT_MAX:
+                problems.append(f"{name}: Subject is {len(subject)} characters, more than {SUBJECT_MAX}")
+        else:
+            match = SUBSTRING.match(subject.strip())
+            if not match:
+                problems.append(f"{name}: Subject is not truncated: expected {{% $substring(..., 0, N) %}} with N <= {SUBJECT_MAX}")
+            elif int(match["length"]) > SUBJECT_MAX:
+                problems.append(f"{name}: Subject is truncated to {match['length']}, more than {SUBJECT_MAX}")
+            expressions[name] = subject.strip()[2:-2]
+    if expressions:
+        for name, result in evaluate_jsonata(expressions, SUBJECT_BINDINGS).items():
+            value = result.get("value")
+            if "error" in result:
+                problems.append(f"{name}: Subject does not evaluate: {result['error']}")
+            elif not isinstance(value, str):
+                problems.append(f"{name}: Subject evaluates to {value!r}, not a string")
+            elif len(value) > SUBJECT_MAX or not value.isascii() or any(ord(c) < 32 or ord(c) == 127 for c in value):
+                problems.append(f"{name}: with 80-character ids the Subject is {len(value)} characters"
+                                f" (ASCII, no control characters, at most {SUBJECT_MAX} wanted): {value!r}")
+    return not problems, "; ".join(problems)
+
+
+def check_failed_run(ctx: Context) -> tuple[bool, str]:
+    states = ctx.asl.get("States", {})
+    teardown = teardown_state(ctx.asl)
+    problems = []
+
+    def ends_failed(name: str, seen: frozenset = frozenset()) -> list[str]:
+        """Where a path from `name` ends other than in a Fail state."""
+        state = states.get(name)
+        if state is None:
+            return [f"{name} (no such state)"]
+        if name in seen:
+            return [f"{name} (loop)"]
+        kind = state.get("Type")
+        if kind == "Fail":
+            return []
+        if kind in ("Succeed", "Choice", "Wait", "Parallel", "Map") or state.get("End"):
+            return [f"{name} ({kind})"]
+        targets = [state.get("Next")] + [c.get("Next") for c in state.get("Catch", [])]
+        return [bad for t in targets if t for bad in ends_failed(t, seen | {name})]
+
+    outcome = states[teardown].get("Next")
+    choice = states.get(outcome, {})
+    rules = [r for r in choice.get("Choices", []) if re.search(r"status\s*=\s*'failed'", str(r.get("Condition", "")))]
+    if choice.get("Type") != "Choice" or not rules:
+        problems.append(f"{teardown} must be followed by a Choice with a rule on status = 'failed' (got {outcome})")
+    for rule in rules:
+        bad = ends_failed(rule.get("Next", ""))
+        if bad:
+            problems.append(f"status 'failed' can end in {bad}, not a Fail state")
+    for catcher in states[teardown].get("Catch", []):
+        bad = ends_failed(catcher.get("Next", ""))
+        if bad:
+            problems.append(f"a failed {teardown} can end in {bad}, not a Fail state")
+    if not states[teardown].get("Catch"):
+        problems.append(f"{teardown} has no Catch: a failing teardown would end the run without its Fail state")
+    return not problems, "; ".join(problems)
+
+
+def check_rule_inputs(ctx: Context) -> tuple[bool, str]:
+    import rule_input  # infra/rule_input.py
+
+    problems = []
+    try:
+        tpl = ctx.tpl
+        event = json.loads(ALARM_FIXTURE.read_text())
+        reason = 'Threshold "crossed": a \\ backslash,\na newline and a tab\t'
+        tricky = json.loads(json.dumps(event))
+        tricky["detail"]["state"]["reason"] = reason
+        for sample, want_reason in ((event, event["detail"]["state"]["reason"]), (tricky, reason)):
+            value = rule_input.parse_execution_input(rule_input.alarm_input(tpl, sample, "demo"))
+            trigger = value.get("trigger") or {}
+            expected = {"kind": "alarm", "source": sample["resources"][0], "alarm_name": sample["detail"]["alarmName"],
+                        "alarm_reason": want_reason, "fired_at": sample["time"]}
+            if value.get("mode") != "recovery" or value.get("profile") != "demo" or trigger != expected:
+                problems.append(f"alarm input is {value}, expected mode recovery, profile demo, trigger {expected}")
+        arn = "arn:aws:scheduler:us-east-1:123456789012:schedule/default/drpilot-drill"
+        value = rule_input.parse_execution_input(rule_input.schedule_input(tpl, "demo", "2026-03-02T09:00:00Z", arn))
+        expected = {"kind": "schedule", "source": arn, "fired_at": "2026-03-02T09:00:00Z"}
+        if value.get("mode") != "drill" or value.get("profile") != "demo" or value.get("trigger") != expected:
+            problems.append(f"schedule input is {value}, expected mode drill, profile demo, trigger {expected}")
+    except rule_input.RuleInputError as e:
+        problems.append(str(e))
+    return not problems, "; ".join(problems)
+
+
+def check_cfn_lint(ctx: Context) -> tuple[bool, str]:
+    out = subprocess.run([venv_tool("cfn-lint"), str(ctx.template_path)], capture_output=True, text=True)
+    return out.returncode == 0, (out.stdout + out.stderr)[-3000:]
+
+
+def check_sam_validate(ctx: Context) -> tuple[bool, str]:
+    """`sam validate` (the SAM translator: event types, policy templates, ...) and
+    `sam validate --lint` (which runs cfn-lint instead, and misses what only the translator
+    sees, such as an unknown event type)."""
     env = dict(os.environ, AWS_ACCESS_KEY_ID="dummy", AWS_SECRET_ACCESS_KEY="dummy",
                AWS_DEFAULT_REGION="us-east-1", AWS_REGION="us-east-1", SAM_CLI_TELEMETRY="0")
     env.pop("AWS_ENDPOINT_URL", None)
-    out = subprocess.run([str(venv_bin / "sam"), "validate", "--lint", "--template", str(TEMPLATE)],
-                         capture_output=True, text=True, env=env, cwd=ROOT)
-    check("sam validate --lint accepts the template", out.returncode == 0, (out.stdout + out.stderr)[-3000:])
+    details = []
+    for extra in ([], ["--lint"]):
+        out = subprocess.run([venv_tool("sam"), "validate", *extra, "--template", str(ctx.template_path)],
+                             capture_output=True, text=True, env=env, cwd=ctx.template_path.parent)
+        if out.returncode != 0:
+            details.append(f"sam validate {' '.join(extra)}: " + (out.stdout + out.stderr)[-3000:])
+    return not details, "\n".join(details)
 
-    failed = 0
-    for name, ok, detail in results:
-        print(f"{'ok  ' if ok else 'FAIL'} {name}" + ("" if ok or not detail else f"\n     {detail}"))
+
+CHECKS: list[tuple[str, str, Callable[[Context], tuple[bool, str]]]] = [
+    ("definition-uri", "DefinitionUri is the ASL that runs locally", check_definition_uri),
+    ("placeholders", "every ${...} in the ASL is supplied by the template", check_placeholders),
+    ("substitutions", "every substitution the template supplies is used", check_substitutions),
+    ("functions", "every function the ASL invokes exists in the template and the workspace", check_functions),
+    ("arm64", "every function runs on arm64", check_arm64),
+    ("asl-validator", "asl-validator accepts the definition", check_asl_validator),
+    ("retry", "every Retry retries exactly the transient Lambda errors and Retryable", check_retry),
+    ("approval", "only a denial or a timeout skips promote; other approval errors fail the run", check_approval),
+    ("subjects", "every SNS Subject is truncated below 100 characters", check_subjects),
+    ("failed-run", "a failed teardown status ends the execution FAILED", check_failed_run),
+    ("rule-inputs", "the alarm rule and the schedule pass valid execution inputs", check_rule_inputs),
+    ("cfn-lint", "cfn-lint accepts the template", check_cfn_lint),
+    ("sam-validate", "sam validate and sam validate --lint accept the template", check_sam_validate),
+]
+
+
+def main(argv: list[str] | None = None, out: IO[str] | None = None) -> int:
+    out = out or sys.stdout
+    parser = argparse.ArgumentParser(description="drpilot template and state machine checks")
+    parser.add_argument("--template", type=Path, default=TEMPLATE)
+    parser.add_argument("--asl", type=Path, default=ASL)
+    parser.add_argument("--only", action="append", default=[], metavar="ID[,ID...]",
+                        help=f"run only these checks: {', '.join(c[0] for c in CHECKS)}")
+    args = parser.parse_args(argv)
+    only = {i for value in args.only for i in value.split(",") if i}
+    unknown = only - {c[0] for c in CHECKS}
+    if unknown:
+        parser.error(f"unknown check(s) {sorted(unknown)}; known: {[c[0] for c in CHECKS]}")
+
+    ctx = Context(args.template.resolve(), args.asl.resolve())
+    failed = ran = 0
+    for check_id, title, run in CHECKS:
+        if only and check_id not in only:
+            continue
+        ran += 1
+        try:
+            ok, detail = run(ctx)
+        except Exception as e:  # a check that cannot look fails, and the others still run
+            ok, detail = False, f"{type(e).__name__}: {e}"
+        print(f"{'ok  ' if ok else 'FAIL'} [{check_id}] {title}" + ("" if ok or not detail else f"\n     {detail}"),
+              file=out, flush=True)
         failed += not ok
-    print(f"infra: {len(results) - failed} passed, {failed} failed")
+    print(f"infra: {ran - failed} passed, {failed} failed", file=out, flush=True)
     return 1 if failed else 0
 
 

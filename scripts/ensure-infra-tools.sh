@@ -1,21 +1,34 @@
 #!/usr/bin/env bash
-# Installs the template checkers: cfn-lint and the SAM CLI into .venv-infra (pinned in
-# infra/requirements-infra.txt), asl-validator into infra/node_modules (pinned in
-# infra/package.json, locked by infra/package-lock.json). Re-runs are cheap.
+# Installs the template checkers: cfn-lint, the SAM CLI and parliament into .venv-infra
+# (pinned in infra/requirements-infra.txt); asl-validator and @cloud-copilot/iam-simulate
+# into infra/node_modules (pinned in infra/package.json, locked by infra/package-lock.json).
+# Each side re-installs when its pin file changes (a stamp holds the hash it was installed
+# from); otherwise re-runs are cheap.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 mkdir -p "$root/target"
 exec 9>"$root/target/.infra-tools.lock"
 flock 9
+
 venv="$root/.venv-infra"
 want="$(sha256sum "$root/infra/requirements-infra.txt" | cut -d' ' -f1)"
 if [[ ! -f "$venv/stamp" || "$(cat "$venv/stamp")" != "$want" ]]; then
-  echo "installing cfn-lint and the SAM CLI into $venv" >&2
+  echo "installing cfn-lint, the SAM CLI and parliament into $venv" >&2
   [[ -x "$venv/bin/python" ]] || "${PYTHON:-python3}" -m venv "$venv"
   "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$root/infra/requirements-infra.txt"
   echo "$want" > "$venv/stamp"
 fi
-if [[ ! -x "$root/infra/node_modules/.bin/asl-validator" ]]; then
-  echo "installing asl-validator into infra/node_modules" >&2
-  (cd "$root/infra" && if [[ -f package-lock.json ]]; then npm ci --silent --no-audit --no-fund; else npm install --silent --no-audit --no-fund; fi)
+
+infra="$root/infra"
+modules="$infra/node_modules"
+stamp="$modules/.drpilot-stamp"
+want="$(cat "$infra/package.json" "$infra/package-lock.json" | sha256sum | cut -d' ' -f1)"
+if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$want" \
+      || ! -x "$modules/.bin/asl-validator" \
+      || ! -f "$modules/@cloud-copilot/iam-simulate/package.json" ]]; then
+  echo "installing asl-validator and @cloud-copilot/iam-simulate into infra/node_modules" >&2
+  # npm ci installs exactly what the lock file says (and fails if package.json and the
+  # lock disagree), after removing whatever node_modules held.
+  (cd "$infra" && npm ci --silent --no-audit --no-fund)
+  echo "$want" > "$stamp"
 fi

@@ -167,8 +167,8 @@ pub async fn provision(ctx: &Ctx) -> Result<(String, String), CliError> {
         "rto_target_seconds": 900,
         "rpo_target_seconds": 14400,
         "checks": [
-            {"type": "cloudwatch_metric", "name": "no failed syncs", "namespace": "DemoApp", "metric_name": "SyncFailed"},
-            {"type": "cloudwatch_metric", "name": "no missed syncs", "namespace": "DemoApp", "metric_name": "NoSync"}
+            {"type": "cloudwatch_metric", "name": "no failed syncs", "namespace": "DemoApp", "metric_name": "SyncFailed", "missing_data_passes": false},
+            {"type": "cloudwatch_metric", "name": "no missed syncs", "namespace": "DemoApp", "metric_name": "NoSync", "missing_data_passes": false}
         ]
     });
     ctx.aws

@@ -22,6 +22,16 @@ const MACHINE: &str = "drpilot-drill";
 /// The stack for one case: functions up, buckets and profile, topic, state machine, and
 /// one published backup.
 async fn stack(aws: &LocalAws, tmp: &TempDir, broken_backup: bool) -> Ctx {
+    stack_with_topic(aws, tmp, broken_backup, None).await
+}
+
+/// [`stack`], notifying `topic_arn` instead of a topic it creates.
+async fn stack_with_topic(
+    aws: &LocalAws,
+    tmp: &TempDir,
+    broken_backup: bool,
+    topic_arn: Option<&str>,
+) -> Ctx {
     aws.with_functions();
     aws.standard_setup().await;
     let ctx = Ctx::new(
@@ -30,8 +40,14 @@ async fn stack(aws: &LocalAws, tmp: &TempDir, broken_backup: bool) -> Ctx {
         Out { json: true },
     )
     .await;
-    let topic = ctx.sns.create_topic().name("drpilot").send().await.unwrap();
-    deploy_state_machine(&ctx, MACHINE, topic.topic_arn().unwrap(), 600)
+    let topic = match topic_arn {
+        Some(arn) => arn.to_owned(),
+        None => {
+            let created = ctx.sns.create_topic().name("drpilot").send().await.unwrap();
+            created.topic_arn().unwrap().to_owned()
+        }
+    };
+    deploy_state_machine(&ctx, MACHINE, &topic, 600)
         .await
         .unwrap();
     let src = tmp.path().join("src");
@@ -241,21 +257,47 @@ async fn stop_after_validate_skips_the_rest() {
     assert!(!summary.promoted);
 }
 
+/// The execution input the deployed AlarmRecovery rule produces for `event`
+/// (`infra/rule_input.py` applies the template's own InputTransformer).
+fn rule_input(event: &Value) -> Value {
+    let root = drpilot_testkit::repo_root();
+    let tmp = TempDir::new("rule-event");
+    let path = tmp.path().join("event.json");
+    std::fs::write(&path, event.to_string()).unwrap();
+    let out = std::process::Command::new(root.join(".venv-infra/bin/python"))
+        .arg(root.join("infra/rule_input.py"))
+        .arg("alarm")
+        .arg(&path)
+        .args(["--profile", PROFILE])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "rule_input.py: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 #[tokio::test]
-async fn the_aws_sample_alarm_event_starts_a_recovery() {
+async fn the_deployed_alarm_rule_starts_a_recovery_that_records_the_alarm() {
     let aws = LocalAws::start().await;
     let tmp = TempDir::new("e2e-alarm");
     let ctx = stack(&aws, &tmp, false).await;
-    let event: Value = serde_json::from_str(include_str!(
+    let mut event: Value = serde_json::from_str(include_str!(
         "../../shared/tests/fixtures/alarm-state-change.json"
     ))
     .unwrap();
+    // A reason with quotes, as CloudWatch writes them, must survive the transformer.
+    event["detail"]["state"]["reason"] =
+        json!("Threshold Crossed: 1 datapoint [\"p99\" 2.5] was greater than 2.0");
+    let input = rule_input(&event);
     let machine = ctx.state_machine_arn().await.unwrap();
     ctx.sfn
         .start_execution()
         .state_machine_arn(&machine)
         .name("alarm-1")
-        .input(event.to_string())
+        .input(input.to_string())
         .send()
         .await
         .unwrap();
@@ -272,10 +314,60 @@ async fn the_aws_sample_alarm_event_starts_a_recovery() {
     let summary = records(&ctx, "alarm-1").await.unwrap().summary.unwrap();
     assert_eq!(summary.mode, drpilot_shared::Mode::Recovery);
     assert!(summary.promoted);
-    assert!(matches!(
-        summary.trigger,
-        Some(drpilot_shared::input::Trigger::Alarm { .. })
-    ));
+    match summary.trigger {
+        Some(drpilot_shared::input::Trigger::Alarm {
+            alarm_name,
+            alarm_reason,
+            source,
+            fired_at,
+        }) => {
+            assert_eq!(alarm_name, "ServerCpuTooHigh");
+            assert!(alarm_reason.unwrap().contains("\"p99\""));
+            assert!(source.unwrap().starts_with("arn:aws:cloudwatch:"));
+            assert_eq!(
+                fired_at.unwrap().to_rfc3339(),
+                event["time"]
+                    .as_str()
+                    .unwrap()
+                    .parse::<chrono::DateTime<chrono::Utc>>()
+                    .unwrap()
+                    .to_rfc3339()
+            );
+        }
+        other => panic!("expected the alarm as the trigger, got {other:?}"),
+    }
+}
+
+/// A failure to ask for approval (here: the topic does not exist) is not a denial: the
+/// run fails, with the error recorded, instead of ending SUCCEEDED with nobody asked.
+#[tokio::test]
+async fn an_approval_request_that_cannot_be_sent_fails_the_run() {
+    let aws = LocalAws::start().await;
+    let tmp = TempDir::new("e2e-sns");
+    let ctx = stack_with_topic(
+        &aws,
+        &tmp,
+        false,
+        Some("arn:aws:sns:us-east-1:123456789012:no-such-topic"),
+    )
+    .await;
+    let run = start_run(&ctx, json!({"mode": "drill", "run_id": "nosns-1"})).await;
+    let done = finish(&ctx, &run).await;
+    assert_eq!(done.status, "FAILED", "{:?} {:?}", done.error, done.cause);
+    let summary = records(&ctx, &run).await.unwrap().summary.unwrap();
+    assert_eq!(summary.status, RunStatus::Failed);
+    assert!(!summary.promoted && summary.torn_down);
+    let failure = summary.failure.unwrap();
+    assert_eq!(failure.phase, Some(Phase::Promote));
+    assert!(
+        failure.cause.contains("approval request failed"),
+        "{failure:?}"
+    );
+    assert!(aws.keys(TARGET_BUCKET, "root/").await.is_empty());
+    assert!(aws
+        .get_text(TARGET_BUCKET, "locks/drill.lock")
+        .await
+        .is_none());
 }
 
 #[tokio::test]

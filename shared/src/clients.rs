@@ -3,6 +3,8 @@
 
 use aws_config::{BehaviorVersion, SdkConfig};
 
+use crate::ledger::CallLedger;
+
 /// The clients the phases use. Cheap to clone: each is an `Arc` inside.
 #[derive(Clone, Debug)]
 pub struct AwsClients {
@@ -22,18 +24,43 @@ impl AwsClients {
     }
 
     pub fn from_config(config: SdkConfig) -> Self {
+        Self::build(config, None)
+    }
+
+    /// The clients `function` (a phase binary) makes its calls with. When the call
+    /// ledger is switched on (`DRPILOT_CALL_LEDGER`, see [`crate::ledger`]) every call
+    /// they make is recorded under that name for the permission check; otherwise they
+    /// are these clients.
+    pub fn for_function(&self, function: &'static str) -> Self {
+        match CallLedger::from_env(function) {
+            Some(ledger) => Self::build(self.config.clone(), Some(ledger)),
+            None => self.clone(),
+        }
+    }
+
+    fn build(config: SdkConfig, ledger: Option<CallLedger>) -> Self {
         // Virtual-hosted addressing needs DNS for `<bucket>.<host>`; an emulator on
         // 127.0.0.1 has none, so any custom endpoint gets path-style requests.
         let custom_endpoint =
             config.endpoint_url().is_some() || std::env::var_os("AWS_ENDPOINT_URL_S3").is_some();
-        let s3_config = aws_sdk_s3::config::Builder::from(&config)
-            .force_path_style(custom_endpoint)
-            .build();
+        let s3 = aws_sdk_s3::config::Builder::from(&config).force_path_style(custom_endpoint);
+        let ssm = aws_sdk_ssm::config::Builder::from(&config);
+        let sts = aws_sdk_sts::config::Builder::from(&config);
+        let cloudwatch = aws_sdk_cloudwatch::config::Builder::from(&config);
+        let (s3, ssm, sts, cloudwatch) = match ledger {
+            Some(ledger) => (
+                s3.interceptor(ledger.clone()),
+                ssm.interceptor(ledger.clone()),
+                sts.interceptor(ledger.clone()),
+                cloudwatch.interceptor(ledger),
+            ),
+            None => (s3, ssm, sts, cloudwatch),
+        };
         Self {
-            s3: aws_sdk_s3::Client::from_conf(s3_config),
-            ssm: aws_sdk_ssm::Client::new(&config),
-            sts: aws_sdk_sts::Client::new(&config),
-            cloudwatch: aws_sdk_cloudwatch::Client::new(&config),
+            s3: aws_sdk_s3::Client::from_conf(s3.build()),
+            ssm: aws_sdk_ssm::Client::from_conf(ssm.build()),
+            sts: aws_sdk_sts::Client::from_conf(sts.build()),
+            cloudwatch: aws_sdk_cloudwatch::Client::from_conf(cloudwatch.build()),
             config,
         }
     }

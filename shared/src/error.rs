@@ -29,6 +29,9 @@ pub enum ErrorKind {
     /// Not in DESIGN.md §5's list: it keeps such faults apart from `Retryable`, and the
     /// state machine's catch-all routes it to teardown like any other failure.
     ServiceError,
+    /// A bug: a panic, a task that died, a request that could not be built. Retrying
+    /// cannot fix it, so the state machine never retries it.
+    Internal,
 }
 
 impl ErrorKind {
@@ -43,6 +46,7 @@ impl ErrorKind {
             Self::ApprovalMissing => "ApprovalMissing",
             Self::Retryable => "Retryable",
             Self::ServiceError => "ServiceError",
+            Self::Internal => "Internal",
         }
     }
 }
@@ -82,6 +86,9 @@ impl Error {
     pub fn retryable(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::Retryable, message)
     }
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Internal, message)
+    }
 
     /// Classifies a failed AWS SDK call. `what` says which call on which resource,
     /// e.g. `"GetObject s3://b/k"`, so the message stands on its own.
@@ -89,7 +96,10 @@ impl Error {
     where
         E: ProvideErrorMetadata + std::error::Error + 'static,
     {
-        let kind = if is_transient(&err) {
+        let kind = if matches!(err, SdkError::ConstructionFailure(_)) {
+            // The request could not even be built: our bug, not the service's.
+            ErrorKind::Internal
+        } else if is_transient(&err) {
             ErrorKind::Retryable
         } else {
             ErrorKind::ServiceError
@@ -146,8 +156,76 @@ impl From<Error> for Diagnostic {
     }
 }
 
+/// A task that panicked or was cancelled is a bug (`Internal`), never a transient fault.
+impl From<tokio::task::JoinError> for Error {
+    fn from(err: tokio::task::JoinError) -> Self {
+        if err.is_panic() {
+            Error::internal(format!(
+                "a task panicked: {}",
+                panic_message(err.into_panic())
+            ))
+        } else {
+            Error::internal(format!("a task was cancelled: {err}"))
+        }
+    }
+}
+
+fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "no message".to_owned())
+}
+
+/// Runs a handler, turning a panic inside it into an `Internal` error: Step Functions
+/// then sees the name it matches on (and never retries it) instead of the runtime's
+/// type name for a panic payload.
+pub async fn catch_panic<T>(handler: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+    use futures::FutureExt;
+    std::panic::AssertUnwindSafe(handler)
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|payload| {
+            Err(Error::internal(format!(
+                "the handler panicked: {}",
+                panic_message(payload)
+            )))
+        })
+}
+
 impl From<serde_json::Error> for Error {
     fn from(err: serde_json::Error) -> Self {
         Error::input(err.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panicking_handler_is_internal_and_named_so() {
+        let result: Result<()> = catch_panic(async { panic!("boom") }).await;
+        let err = result.unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Internal);
+        assert!(err.message.contains("boom"), "{err}");
+        let diagnostic = Diagnostic::from(err);
+        assert_eq!(diagnostic.error_type, "Internal");
+    }
+
+    #[tokio::test]
+    async fn a_panicked_task_is_internal_not_retryable() {
+        let joined = tokio::spawn(async { panic!("in a task") }).await;
+        let err = Error::from(joined.unwrap_err());
+        assert_eq!(err.kind, ErrorKind::Internal);
+        assert!(err.message.contains("in a task"), "{err}");
+    }
+
+    #[test]
+    fn a_request_that_cannot_be_built_is_internal() {
+        let err: SdkError<aws_sdk_s3::operation::get_object::GetObjectError, HttpResponse> =
+            SdkError::construction_failure("missing bucket");
+        assert_eq!(Error::from_sdk("GetObject", err).kind, ErrorKind::Internal);
     }
 }

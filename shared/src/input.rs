@@ -276,23 +276,112 @@ fn json_type(value: &Value) -> &'static str {
     }
 }
 
-/// What started the run, kept for the receipts and the summary.
+/// What started the run, kept for the receipts and the summary. The execution input
+/// may carry it as `trigger` (the deployed schedule and alarm rule pass it); a raw
+/// EventBridge or alarm event is turned into it; otherwise the run is manual.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Trigger {
     /// Console, CLI, or any caller that passes the input JSON itself.
-    Manual,
+    Manual {
+        /// Who started it (the caller's IAM ARN), when known.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        source: Option<String>,
+    },
     /// An EventBridge schedule (the monthly drill).
     Schedule {
-        rule: Option<String>,
-        time: Option<DateTime<Utc>>,
+        /// The schedule's (or rule's) ARN.
+        #[serde(default)]
+        source: Option<String>,
+        #[serde(default)]
+        fired_at: Option<DateTime<Utc>>,
     },
     /// A CloudWatch alarm went into ALARM (recovery mode).
     Alarm {
+        /// The alarm's ARN.
+        #[serde(default)]
+        source: Option<String>,
         alarm_name: String,
-        reason: String,
-        time: Option<DateTime<Utc>>,
+        #[serde(default)]
+        alarm_reason: Option<String>,
+        #[serde(default)]
+        fired_at: Option<DateTime<Utc>>,
     },
+}
+
+impl Trigger {
+    /// A manual start by an unknown caller.
+    pub fn manual() -> Self {
+        Self::Manual { source: None }
+    }
+
+    /// Parses the input's `trigger` object; errors name the field. Read through a flat
+    /// shape first: serde loses the field path inside an internally tagged enum.
+    fn from_input(value: &Value) -> Result<Self> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Flat {
+            kind: String,
+            #[serde(default)]
+            source: Option<String>,
+            #[serde(default)]
+            alarm_name: Option<String>,
+            #[serde(default)]
+            alarm_reason: Option<String>,
+            #[serde(default)]
+            fired_at: Option<DateTime<Utc>>,
+        }
+        let flat: Flat = serde_path_to_error::deserialize(value).map_err(|err| {
+            let path = err.path().to_string();
+            let inner = err.into_inner();
+            if path == "." {
+                Error::input(format!("trigger: {inner}"))
+            } else {
+                Error::input(format!("trigger.{path}: {inner}"))
+            }
+        })?;
+        let only_for_alarms = |field: &str, present: bool| {
+            if present {
+                Err(Error::input(format!(
+                    "trigger.{field}: only an alarm trigger has it (kind is {:?})",
+                    flat.kind
+                )))
+            } else {
+                Ok(())
+            }
+        };
+        match flat.kind.as_str() {
+            "manual" | "schedule" => {
+                only_for_alarms("alarm_name", flat.alarm_name.is_some())?;
+                only_for_alarms("alarm_reason", flat.alarm_reason.is_some())?;
+                if flat.kind == "manual" {
+                    if flat.fired_at.is_some() {
+                        return Err(Error::input(
+                            "trigger.fired_at: a manual start has no firing time",
+                        ));
+                    }
+                    return Ok(Self::Manual {
+                        source: flat.source,
+                    });
+                }
+                Ok(Self::Schedule {
+                    source: flat.source,
+                    fired_at: flat.fired_at,
+                })
+            }
+            "alarm" => Ok(Self::Alarm {
+                source: flat.source,
+                alarm_name: flat.alarm_name.filter(|n| !n.is_empty()).ok_or_else(|| {
+                    Error::input("trigger.alarm_name: an alarm trigger names its alarm")
+                })?,
+                alarm_reason: flat.alarm_reason,
+                fired_at: flat.fired_at,
+            }),
+            other => Err(Error::input(format!(
+                "trigger.kind: expected manual, schedule or alarm, got {other:?}"
+            ))),
+        }
+    }
 }
 
 /// What a trigger that carries no input of its own runs with.
@@ -344,9 +433,15 @@ pub fn normalize(raw: &Value, defaults: &TriggerDefaults) -> Result<Normalized> 
     if object.contains_key("alarmData") {
         return normalize_alarm_action(raw, defaults);
     }
+    // The deployed rules pass the run's settings with a `trigger` beside them.
+    let mut settings = object.clone();
+    let trigger = match settings.remove("trigger") {
+        Some(trigger) => Trigger::from_input(&trigger)?,
+        None => Trigger::manual(),
+    };
     Ok(Normalized {
-        input: RunInput::from_json(raw)?,
-        trigger: Trigger::Manual,
+        input: RunInput::from_json(&Value::Object(settings))?,
+        trigger,
     })
 }
 
@@ -360,8 +455,8 @@ fn normalize_eventbridge(raw: &Value, defaults: &TriggerDefaults) -> Result<Norm
             Ok(Normalized {
                 input,
                 trigger: Trigger::Schedule {
-                    rule: event.resources.and_then(|r| r.into_iter().next()),
-                    time: event.time,
+                    source: event.resources.and_then(|r| r.into_iter().next()),
+                    fired_at: event.time,
                 },
             })
         }
@@ -370,7 +465,8 @@ fn normalize_eventbridge(raw: &Value, defaults: &TriggerDefaults) -> Result<Norm
                 serde_path_to_error::deserialize(&event.detail).map_err(|err| {
                     Error::input(format!("event detail.{}: {}", err.path(), err.inner()))
                 })?;
-            alarm_run(detail, event.time, defaults)
+            let source = event.resources.and_then(|r| r.into_iter().next());
+            alarm_run(detail, source, event.time, defaults)
         }
         (source, detail_type) => Err(Error::input(format!(
             "detail-type: drpilot starts on {SCHEDULED_EVENT:?} (aws.events) or {ALARM_STATE_CHANGE:?} (aws.cloudwatch) events, got {detail_type:?} from {source}"
@@ -381,11 +477,17 @@ fn normalize_eventbridge(raw: &Value, defaults: &TriggerDefaults) -> Result<Norm
 fn normalize_alarm_action(raw: &Value, defaults: &TriggerDefaults) -> Result<Normalized> {
     let alarm: CloudWatchAlarm<Value, Value> = serde_path_to_error::deserialize(raw)
         .map_err(|err| Error::input(format!("alarm event {}: {}", err.path(), err.inner())))?;
-    alarm_run(alarm.alarm_data, Some(alarm.time), defaults)
+    alarm_run(
+        alarm.alarm_data,
+        alarm.alarm_arn,
+        Some(alarm.time),
+        defaults,
+    )
 }
 
 fn alarm_run(
     data: CloudWatchAlarmData<Value, Value>,
+    source: Option<String>,
     time: Option<DateTime<Utc>>,
     defaults: &TriggerDefaults,
 ) -> Result<Normalized> {
@@ -409,9 +511,10 @@ fn alarm_run(
     Ok(Normalized {
         input,
         trigger: Trigger::Alarm {
+            source,
             alarm_name: data.alarm_name,
-            reason: state.reason,
-            time,
+            alarm_reason: Some(state.reason),
+            fired_at: time,
         },
     })
 }

@@ -3,13 +3,15 @@
 //! One concept per module: [`input`] (execution input and trigger normalisation),
 //! [`profile`], [`receipt`] (receipts and the run summary), [`lock`] (the run lock),
 //! [`backup`] (the backup contract), [`archive`] (reading its archives as streams), [`run`] (what phases pass along), [`s3uri`] (locations and keys that cannot escape their prefix), [`error`] (the error
-//! names Step Functions matches), [`clients`] and [`telemetry`].
+//! names Step Functions matches), [`clients`], [`ledger`] (the record of every AWS call, for the permission check) and
+//! [`telemetry`].
 
 pub mod archive;
 pub mod backup;
 pub mod clients;
 pub mod error;
 pub mod input;
+pub mod ledger;
 pub mod listing;
 pub mod lock;
 pub mod metrics;

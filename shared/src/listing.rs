@@ -18,15 +18,9 @@ const LIST_BUFFER: usize = 4096;
 pub struct ObjectInfo {
     pub key: String,
     pub size: u64,
-    /// As S3 reports it, without quotes.
+    /// As S3 reports it, without quotes. Equal ETags mean equal content; different
+    /// ones do not mean different content (multipart uploads, SSE-KMS).
     pub etag: String,
-}
-
-impl ObjectInfo {
-    /// A multipart ETag (`<hex>-<parts>`) is not the MD5 of the content.
-    pub fn etag_is_md5(&self) -> bool {
-        !self.etag.contains('-')
-    }
 }
 
 /// Something with a key in a sorted stream.

@@ -203,7 +203,7 @@ impl RunLock {
 
     async fn put(&self, record: &LockRecord, condition: Condition<'_>) -> Result<Written> {
         let body = serde_json::to_vec_pretty(record)
-            .map_err(|e| Error::new(ErrorKind::ServiceError, format!("encoding lock: {e}")))?;
+            .map_err(|e| Error::internal(format!("encoding lock: {e}")))?;
         let request = self
             .s3
             .put_object()

@@ -13,6 +13,18 @@ use tracing::warn;
 use crate::error::{Error, Result};
 use crate::s3uri::S3Uri;
 
+/// S3's most parts in one multipart upload.
+pub const MAX_PARTS: u64 = 10_000;
+
+/// The part size for a multipart upload or copy of `size` bytes: `preferred`, or larger
+/// when `preferred` would need more than [`MAX_PARTS`] parts (past ~78 GiB at 8 MiB),
+/// rounded up to a whole MiB.
+pub fn part_size(size: u64, preferred: u64) -> u64 {
+    const MIB: u64 = 1 << 20;
+    let needed = size.div_ceil(MAX_PARTS).div_ceil(MIB) * MIB;
+    preferred.max(needed)
+}
+
 /// Deletes every object under `prefix` (1000 keys a request, one page at a time) and
 /// aborts multipart uploads left under it. Returns how many objects were deleted.
 /// Idempotent: an empty prefix deletes nothing.
@@ -46,7 +58,7 @@ pub async fn delete_prefix(s3: &aws_sdk_s3::Client, prefix: &S3Uri) -> Result<u6
             .set_objects(Some(ids))
             .quiet(true)
             .build()
-            .map_err(|e| Error::retryable(format!("building DeleteObjects: {e}")))?;
+            .map_err(|e| Error::internal(format!("building DeleteObjects: {e}")))?;
         let out = s3
             .delete_objects()
             .bucket(&prefix.bucket)
@@ -212,5 +224,25 @@ impl Read for BodyReader {
         let n = buf.len().min(self.current.len());
         buf[..n].copy_from_slice(&self.current.split_to(n));
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{part_size, MAX_PARTS};
+
+    #[test]
+    fn part_size_keeps_every_upload_within_ten_thousand_parts() {
+        const MIB: u64 = 1 << 20;
+        assert_eq!(part_size(5 * MIB, 8 * MIB), 8 * MIB);
+        // 78 GiB is the last size 8 MiB parts can carry.
+        assert_eq!(part_size(MAX_PARTS * 8 * MIB, 8 * MIB), 8 * MIB);
+        let big = MAX_PARTS * 8 * MIB + 1;
+        assert_eq!(part_size(big, 8 * MIB), 9 * MIB);
+        // S3's largest object, 5 TiB: 525 MiB parts, 9,987 of them.
+        let largest = 5 << 40;
+        let size = part_size(largest, 8 * MIB);
+        assert_eq!(size, 525 * MIB);
+        assert!(largest.div_ceil(size) <= MAX_PARTS);
     }
 }

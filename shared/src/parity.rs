@@ -154,8 +154,13 @@ pub async fn compare_streams(
     Ok(counts)
 }
 
-/// Equal MD5 ETags prove equal content; different MD5 ETags prove a difference. A
-/// multipart ETag on either side proves nothing, so the stored SHA-256s decide.
+/// Equal ETags prove equal content. Different ETags prove nothing by themselves: an
+/// ETag is the MD5 of the content only for a single-part upload without SSE-KMS (or
+/// SSE-C), and a listing says neither how an object was uploaded nor how it is
+/// encrypted: under SSE-KMS two identical objects have different ETags. So the stored
+/// whole-file SHA-256s decide; where either side has none, the ETags' difference is
+/// taken as a content difference (for promote, a redundant copy; for parity, a
+/// difference worth a look), never as proof of equality.
 async fn same_content(
     l: &ObjectInfo,
     r: &ObjectInfo,
@@ -163,9 +168,6 @@ async fn same_content(
 ) -> Result<bool> {
     if l.etag == r.etag {
         return Ok(true);
-    }
-    if l.etag_is_md5() && r.etag_is_md5() {
-        return Ok(false);
     }
     let Some(lookup) = lookup else {
         return Ok(false);
@@ -215,7 +217,7 @@ impl DifferenceLog {
     pub fn push<T: Serialize>(&mut self, difference: &T) -> Result<()> {
         use std::io::Write;
         let value = serde_json::to_value(difference)
-            .map_err(|e| crate::Error::retryable(format!("encoding a difference: {e}")))?;
+            .map_err(|e| crate::Error::internal(format!("encoding a difference: {e}")))?;
         serde_json::to_writer(&mut self.file, &value)
             .map_err(|e| crate::Error::retryable(format!("writing differences: {e}")))?;
         self.file

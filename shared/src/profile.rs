@@ -122,21 +122,76 @@ pub enum Check {
         #[serde(default)]
         dimensions: BTreeMap<String, String>,
         #[serde(default = "default_stat")]
-        stat: String,
+        stat: Statistic,
+        /// How far back from validation the statistic covers: a whole number of minutes,
+        /// since CloudWatch periods are multiples of 60 s.
         #[serde(default = "default_window")]
         window_seconds: u64,
         #[serde(default)]
         comparison: Comparison,
         #[serde(default)]
         threshold: f64,
-        /// Whether no datapoints in the window passes the check.
-        #[serde(default)]
+        /// Whether a window with no datapoints passes the check. Required: whether
+        /// "no data" means "healthy" (a failure counter nobody incremented) or "broken"
+        /// (a heartbeat that stopped) is the profile author's call, never a default.
         missing_data_passes: bool,
     },
 }
 
-fn default_stat() -> String {
-    "Sum".into()
+/// The CloudWatch statistics a check can compare. Each combines across the periods
+/// CloudWatch may split a window into as itself: sums add, minima take the smallest,
+/// maxima the largest, and an average is the window's sum over its sample count.
+/// Percentiles are left out on purpose: they cannot be combined across periods.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Statistic {
+    Sum,
+    SampleCount,
+    Minimum,
+    Maximum,
+    Average,
+}
+
+impl Statistic {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Sum => "Sum",
+            Self::SampleCount => "SampleCount",
+            Self::Minimum => "Minimum",
+            Self::Maximum => "Maximum",
+            Self::Average => "Average",
+        }
+    }
+
+    /// The window's value from the per-period values CloudWatch returned for this
+    /// statistic (`None` when there are none). Not for `Average`: see
+    /// [`Statistic::average`].
+    pub fn combine(self, values: &[f64]) -> Option<f64> {
+        if values.is_empty() {
+            return None;
+        }
+        Some(match self {
+            Self::Sum | Self::SampleCount => values.iter().sum(),
+            Self::Minimum => values.iter().copied().fold(f64::INFINITY, f64::min),
+            Self::Maximum => values.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+            Self::Average => return Self::average(values, &vec![1.0; values.len()]),
+        })
+    }
+
+    /// The window's average from the periods' sums and sample counts.
+    pub fn average(sums: &[f64], counts: &[f64]) -> Option<f64> {
+        let count: f64 = counts.iter().sum();
+        (count > 0.0).then(|| sums.iter().sum::<f64>() / count)
+    }
+}
+
+impl std::fmt::Display for Statistic {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+fn default_stat() -> Statistic {
+    Statistic::Sum
 }
 fn default_window() -> u64 {
     3600
@@ -242,9 +297,9 @@ impl Profile {
             if name.is_empty() {
                 return Err(format!("checks[{i}].name: expected a non-empty name"));
             }
-            if *window_seconds < 60 {
+            if *window_seconds < 60 || window_seconds % 60 != 0 {
                 return Err(format!(
-                    "checks[{i}].window_seconds: expected at least 60, got {window_seconds}"
+                    "checks[{i}].window_seconds: expected a positive multiple of 60, got {window_seconds}"
                 ));
             }
         }
@@ -303,5 +358,23 @@ impl ProfileSource {
                 Profile::from_json(&origin, &text)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Statistic;
+
+    #[test]
+    fn each_statistic_combines_as_itself() {
+        let split = [3.0, 1.0, 2.0];
+        assert_eq!(Statistic::Sum.combine(&split), Some(6.0));
+        assert_eq!(Statistic::SampleCount.combine(&split), Some(6.0));
+        assert_eq!(Statistic::Minimum.combine(&split), Some(1.0));
+        assert_eq!(Statistic::Maximum.combine(&split), Some(3.0));
+        assert_eq!(Statistic::Sum.combine(&[]), None);
+        // 10 over 4 samples and 2 over 1 sample: 12 / 5, not the mean of the means.
+        assert_eq!(Statistic::average(&[10.0, 2.0], &[4.0, 1.0]), Some(2.4));
+        assert_eq!(Statistic::average(&[], &[]), None);
     }
 }

@@ -262,12 +262,8 @@ impl ReceiptStore {
 
 /// Writes `value` as pretty JSON to `uri`.
 pub async fn put_json<T: Serialize>(s3: &aws_sdk_s3::Client, uri: &S3Uri, value: &T) -> Result<()> {
-    let body = serde_json::to_vec_pretty(value).map_err(|e| {
-        Error::new(
-            crate::ErrorKind::ServiceError,
-            format!("encoding {uri}: {e}"),
-        )
-    })?;
+    let body = serde_json::to_vec_pretty(value)
+        .map_err(|e| Error::internal(format!("encoding {uri}: {e}")))?;
     s3.put_object()
         .bucket(&uri.bucket)
         .key(&uri.key)

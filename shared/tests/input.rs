@@ -25,7 +25,7 @@ fn console_input_with_defaults() {
         &defaults(),
     )
     .unwrap();
-    assert_eq!(n.trigger, Trigger::Manual);
+    assert_eq!(n.trigger, Trigger::manual());
     assert_eq!(n.input, RunInput::drill("payments"));
     assert!(n.input.teardown);
     assert_eq!(n.input.start_at, Phase::Bringup);
@@ -83,12 +83,12 @@ fn aws_sample_scheduled_event_is_a_drill() {
     assert_eq!(n.input.profile, "payments");
     assert!(!n.input.approval_bypassed());
     match n.trigger {
-        Trigger::Schedule { rule, time } => {
+        Trigger::Schedule { source, fired_at } => {
             assert_eq!(
-                rule.as_deref(),
+                source.as_deref(),
                 Some("arn:aws:events:us-east-1:123456789012:rule/my-scheduled-rule")
             );
-            assert_eq!(time.unwrap().to_rfc3339(), "2015-10-08T16:53:06+00:00");
+            assert_eq!(fired_at.unwrap().to_rfc3339(), "2015-10-08T16:53:06+00:00");
         }
         other => panic!("expected a schedule trigger, got {other:?}"),
     }
@@ -102,10 +102,15 @@ fn aws_sample_alarm_state_change_is_a_recovery() {
     assert!(!n.input.approval_bypassed());
     match n.trigger {
         Trigger::Alarm {
-            alarm_name, reason, ..
+            alarm_name,
+            alarm_reason,
+            source,
+            ..
         } => {
             assert_eq!(alarm_name, "ServerCpuTooHigh");
+            let reason = alarm_reason.unwrap();
             assert!(reason.starts_with("Threshold Crossed"), "{reason}");
+            assert!(source.unwrap().starts_with("arn:aws:cloudwatch:"));
         }
         other => panic!("expected an alarm trigger, got {other:?}"),
     }
@@ -291,4 +296,59 @@ fn errors_become_diagnostics_with_the_design_names() {
     let diagnostic: lambda_runtime::Diagnostic = err.into();
     assert_eq!(diagnostic.error_type, "InputError");
     assert!(diagnostic.error_message.contains("mode"));
+}
+
+#[test]
+fn the_deployed_rules_pass_their_trigger_beside_the_settings() {
+    let alarm = json!({
+        "mode": "recovery", "profile": "payments",
+        "trigger": {"kind": "alarm", "source": "arn:aws:cloudwatch:us-east-1:123456789012:alarm:db-down",
+                    "alarm_name": "db-down", "alarm_reason": "Threshold Crossed: \"p99\" > 2",
+                    "fired_at": "2026-11-22T03:00:00Z"}
+    });
+    let n = normalize(&alarm, &defaults()).unwrap();
+    assert_eq!(n.input.mode, Mode::Recovery);
+    assert_eq!(
+        n.trigger,
+        Trigger::Alarm {
+            source: Some("arn:aws:cloudwatch:us-east-1:123456789012:alarm:db-down".into()),
+            alarm_name: "db-down".into(),
+            alarm_reason: Some("Threshold Crossed: \"p99\" > 2".into()),
+            fired_at: Some("2026-11-22T03:00:00Z".parse().unwrap()),
+        }
+    );
+    let schedule = json!({"mode": "drill", "profile": "payments",
+        "trigger": {"kind": "schedule", "source": "arn:aws:scheduler:us-east-1:123456789012:schedule/default/monthly",
+                    "fired_at": "2026-12-07T09:00:00Z"}});
+    assert!(matches!(
+        normalize(&schedule, &defaults()).unwrap().trigger,
+        Trigger::Schedule {
+            fired_at: Some(_),
+            ..
+        }
+    ));
+    let manual = json!({"mode": "drill", "profile": "payments"});
+    assert_eq!(
+        normalize(&manual, &defaults()).unwrap().trigger,
+        Trigger::manual()
+    );
+}
+
+#[test]
+fn a_bad_trigger_is_named() {
+    for (trigger, field) in [
+        (json!({"kind": "pager"}), "trigger"),
+        (json!("alarm"), "trigger"),
+        (json!({"kind": "alarm"}), "alarm_name"),
+        (
+            json!({"kind": "schedule", "fired_at": "yesterday"}),
+            "trigger.fired_at",
+        ),
+        (json!({"kind": "manual", "surprise": 1}), "surprise"),
+    ] {
+        let input = json!({"mode": "drill", "profile": "payments", "trigger": trigger});
+        let err = normalize(&input, &defaults()).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::InputError);
+        assert!(err.message.contains(field), "{field}: {err}");
+    }
 }

@@ -17,7 +17,8 @@ fn good_profile() -> Value {
         "rto_target_seconds": 3600,
         "rpo_target_seconds": 86400,
         "checks": [{"type": "cloudwatch_metric", "name": "no sync failures",
-                    "namespace": "Payments", "metric_name": "SyncFailed"}]
+                    "namespace": "Payments", "metric_name": "SyncFailed",
+                    "missing_data_passes": false}]
     })
 }
 
@@ -164,6 +165,33 @@ async fn missing_and_bad_fields_are_named() {
                 p
             },
             "checks",
+        ),
+        (
+            {
+                let mut p = good_profile();
+                p["checks"][0]
+                    .as_object_mut()
+                    .unwrap()
+                    .remove("missing_data_passes");
+                p
+            },
+            "missing_data_passes",
+        ),
+        (
+            {
+                let mut p = good_profile();
+                p["checks"][0]["window_seconds"] = json!(90);
+                p
+            },
+            "window_seconds",
+        ),
+        (
+            {
+                let mut p = good_profile();
+                p["checks"][0]["stat"] = json!("p99");
+                p
+            },
+            "p99",
         ),
     ];
     for (i, (doc, field)) in cases.into_iter().enumerate() {

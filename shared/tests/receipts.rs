@@ -92,7 +92,7 @@ async fn the_summary_has_every_design_field() {
         profile: "payments".into(),
         status: RunStatus::Succeeded,
         execution_arn: Some("arn:aws:states:us-east-1:123456789012:execution:drill:run-2".into()),
-        trigger: Some(Trigger::Manual),
+        trigger: Some(Trigger::manual()),
         backup_uri: Some("s3://b-bucket/backups/b1".parse().unwrap()),
         backup_created_at: Some(now - chrono::Duration::hours(3)),
         kickoff_at: now,

@@ -54,7 +54,7 @@ pub fn run_context(run_id: &str, backup_id: &str) -> drpilot_shared::run::RunCon
     drpilot_shared::run::RunContext {
         run_id: run_id.into(),
         input,
-        trigger: drpilot_shared::input::Trigger::Manual,
+        trigger: drpilot_shared::input::Trigger::manual(),
         execution_arn: Some(format!(
             "arn:aws:states:{REGION}:{ACCOUNT_ID}:execution:drpilot-drill:{run_id}"
         )),

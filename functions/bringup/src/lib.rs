@@ -4,6 +4,7 @@
 
 use chrono::{Duration, Utc};
 use drpilot_shared::backup::{self, BackupRef};
+use drpilot_shared::error::catch_panic;
 use drpilot_shared::input::{normalize, validate_run_id, TriggerDefaults};
 use drpilot_shared::lock::RunLock;
 use drpilot_shared::profile::ProfileSource;
@@ -57,6 +58,7 @@ pub struct Bringup {
 
 impl Bringup {
     pub fn new(clients: AwsClients) -> Self {
+        let clients = clients.for_function("bringup");
         let profiles = ProfileSource::from_env(clients.ssm.clone());
         Self {
             clients,
@@ -216,9 +218,8 @@ pub async fn handler(
     event: lambda_runtime::LambdaEvent<BringupRequest>,
 ) -> Result<RunContext, lambda_runtime::Diagnostic> {
     let started = Utc::now();
-    let result = bringup
-        .handle(event.payload, &event.context.invoked_function_arn)
-        .await;
+    let result =
+        catch_panic(bringup.handle(event.payload, &event.context.invoked_function_arn)).await;
     if let Err(err) = &result {
         warn!(error = %err, elapsed_ms = (Utc::now() - started).num_milliseconds(), "bringup failed");
     }

@@ -18,7 +18,7 @@ const LOCAL_ARN: &str = "function-arn";
 
 fn bringup(aws: &LocalAws) -> Bringup {
     Bringup {
-        clients: aws.clients.clone(),
+        clients: aws.clients.for_function("bringup"),
         profiles: ProfileSource::Ssm(aws.clients.ssm.clone()),
         defaults: TriggerDefaults {
             profile: Some(PROFILE.into()),

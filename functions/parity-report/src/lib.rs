@@ -5,6 +5,7 @@
 
 use chrono::{DateTime, Utc};
 use drpilot_shared::archive::RESERVED_PREFIX;
+use drpilot_shared::error::catch_panic;
 use drpilot_shared::metrics::{self, Sample};
 use drpilot_shared::parity::{compare_prefixes, DifferenceLog, ParityCounts, Verdict};
 use drpilot_shared::profile::ProfileSource;
@@ -67,6 +68,7 @@ pub struct ParityReporter {
 
 impl ParityReporter {
     pub fn new(clients: AwsClients) -> Self {
+        let clients = clients.for_function("parity-report");
         let profiles = ProfileSource::from_env(clients.ssm.clone());
         Self { clients, profiles }
     }
@@ -75,7 +77,7 @@ impl ParityReporter {
         match request {
             ParityRequest::Run(request) => {
                 let out = Box::pin(self.for_run(*request)).await?;
-                serde_json::to_value(out).map_err(|e| Error::retryable(e.to_string()))
+                serde_json::to_value(out).map_err(|e| Error::internal(e.to_string()))
             }
             ParityRequest::Standalone(request) => {
                 let profile = self.profiles.load(&request.profile).await?;
@@ -199,7 +201,7 @@ pub async fn handler(
     event: lambda_runtime::LambdaEvent<Value>,
 ) -> Result<Value, lambda_runtime::Diagnostic> {
     let result = match ParityRequest::from_json(event.payload) {
-        Ok(request) => Box::pin(reporter.handle(request)).await,
+        Ok(request) => catch_panic(Box::pin(reporter.handle(request))).await,
         Err(err) => Err(err),
     };
     result.map_err(|err| {

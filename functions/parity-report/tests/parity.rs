@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 
 fn reporter(aws: &LocalAws) -> ParityReporter {
     ParityReporter {
-        clients: aws.clients.clone(),
+        clients: aws.clients.for_function("parity-report"),
         profiles: ProfileSource::Ssm(aws.clients.ssm.clone()),
     }
 }

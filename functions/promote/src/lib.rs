@@ -10,13 +10,15 @@ use std::sync::Arc;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, TaggingDirective};
 use chrono::{DateTime, Utc};
 use drpilot_shared::archive::RESERVED_PREFIX;
+use drpilot_shared::error::catch_panic;
 use drpilot_shared::metrics::{self, Sample};
-use drpilot_shared::objects::object_size;
+use drpilot_shared::objects::{object_size, part_size};
 use drpilot_shared::parity::{compare_prefixes, Difference, ParityCounts, Verdict};
 use drpilot_shared::profile::{Profile, ProfileSource};
 use drpilot_shared::receipt::{get_json, put_json, PhaseClock, PhaseStatus, ReceiptStore};
 use drpilot_shared::run::{PhaseOutput, RunContext};
 use drpilot_shared::{AwsClients, Error, ErrorKind, Phase, Result, S3Uri};
+use futures::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, Semaphore};
@@ -110,6 +112,7 @@ pub struct CopyStats {
 
 impl Promote {
     pub fn new(clients: AwsClients) -> Self {
+        let clients = clients.for_function("promote");
         let profiles = ProfileSource::from_env(clients.ssm.clone());
         Self {
             clients,
@@ -345,7 +348,7 @@ pub async fn sync_prefixes(
                 if let Some(work) = work {
                     tx.send(work)
                         .await
-                        .map_err(|_| Error::retryable("the copy workers stopped"))?;
+                        .map_err(|_| Error::internal("the copy workers stopped"))?;
                 }
                 Ok(())
             },
@@ -364,7 +367,7 @@ pub async fn sync_prefixes(
                 .clone()
                 .acquire_owned()
                 .await
-                .map_err(|_| Error::retryable("copy semaphore closed"))?;
+                .map_err(|_| Error::internal("copy semaphore closed"))?;
             let s3 = s3.clone();
             let (staging, root) = (staging.clone(), root.clone());
             tasks.spawn(async move {
@@ -424,7 +427,7 @@ fn absorb(
             first_error.get_or_insert(err);
         }
         Err(e) => {
-            first_error.get_or_insert(Error::retryable(format!("copy task failed: {e}")));
+            first_error.get_or_insert(Error::from(e));
         }
     }
 }
@@ -452,6 +455,9 @@ async fn delete(s3: &aws_sdk_s3::Client, uri: &S3Uri) -> Result<()> {
         .map_err(|e| Error::from_sdk(&format!("DeleteObject {uri}"), e))?;
     Ok(())
 }
+
+/// UploadPartCopy requests in flight for one large object.
+const PART_COPY_CONCURRENCY: usize = 8;
 
 /// Server-side copy keeping tags (the stored SHA-256) and metadata: CopyObject up to the
 /// threshold, UploadPartCopy ranges above it.
@@ -499,35 +505,44 @@ async fn copy(
     let upload_id = upload
         .upload_id
         .ok_or_else(|| Error::retryable("CreateMultipartUpload returned no upload id"))?;
-    let mut parts = Vec::new();
-    let mut offset = 0u64;
-    let mut number = 1;
+    // Parts in parallel (they are independent server-side copies), completed in order.
+    let part_size = part_size(size, tuning.part_size);
+    let ranges: Vec<(i32, u64, u64)> = (0..size.div_ceil(part_size))
+        .map(|i| {
+            let start = i * part_size;
+            let end = (start + part_size).min(size) - 1;
+            (i32::try_from(i + 1).unwrap_or(i32::MAX), start, end)
+        })
+        .collect();
     let result: Result<()> = async {
-        while offset < size {
-            let end = (offset + tuning.part_size).min(size) - 1;
-            let out = s3
-                .upload_part_copy()
-                .bucket(&to.bucket)
-                .key(&to.key)
-                .upload_id(&upload_id)
-                .part_number(number)
-                .copy_source(&source)
-                .copy_source_range(format!("bytes={offset}-{end}"))
-                .send()
-                .await
-                .map_err(|e| {
-                    Error::from_sdk(&format!("UploadPartCopy {number} {from} -> {to}"), e)
-                })?;
-            let etag = out.copy_part_result.and_then(|r| r.e_tag);
-            parts.push(
-                CompletedPart::builder()
-                    .part_number(number)
-                    .set_e_tag(etag)
-                    .build(),
-            );
-            offset = end + 1;
-            number += 1;
-        }
+        let parts: Vec<CompletedPart> = futures::stream::iter(ranges)
+            .map(|(number, start, end)| {
+                let (source, upload_id) = (&source, &upload_id);
+                async move {
+                    let out = s3
+                        .upload_part_copy()
+                        .bucket(&to.bucket)
+                        .key(&to.key)
+                        .upload_id(upload_id)
+                        .part_number(number)
+                        .copy_source(source)
+                        .copy_source_range(format!("bytes={start}-{end}"))
+                        .send()
+                        .await
+                        .map_err(|e| {
+                            Error::from_sdk(&format!("UploadPartCopy {number} {from} -> {to}"), e)
+                        })?;
+                    Ok::<_, Error>(
+                        CompletedPart::builder()
+                            .part_number(number)
+                            .set_e_tag(out.copy_part_result.and_then(|r| r.e_tag))
+                            .build(),
+                    )
+                }
+            })
+            .buffered(PART_COPY_CONCURRENCY)
+            .try_collect()
+            .await?;
         s3.complete_multipart_upload()
             .bucket(&to.bucket)
             .key(&to.key)
@@ -559,7 +574,7 @@ pub async fn handler(
     promote: &Promote,
     event: lambda_runtime::LambdaEvent<PromoteRequest>,
 ) -> Result<PhaseOutput, lambda_runtime::Diagnostic> {
-    Box::pin(promote.handle(event.payload))
+    catch_panic(Box::pin(promote.handle(event.payload)))
         .await
         .map_err(|err| {
             tracing::warn!(error = %err, "promote failed");

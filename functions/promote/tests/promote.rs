@@ -28,7 +28,7 @@ fn approval() -> Option<Approval> {
 
 fn promoter(aws: &LocalAws) -> Promote {
     Promote {
-        clients: aws.clients.clone(),
+        clients: aws.clients.for_function("promote"),
         profiles: ProfileSource::Ssm(aws.clients.ssm.clone()),
         tuning: CopyTuning {
             multipart_threshold: 6 << 20,
@@ -76,7 +76,7 @@ async fn staged_and_validated(
         retry_count: 0,
     };
     restore::Restore {
-        clients: aws.clients.clone(),
+        clients: aws.clients.for_function("restore"),
         profiles: ProfileSource::Ssm(aws.clients.ssm.clone()),
         tuning: Default::default(),
     }
@@ -84,7 +84,7 @@ async fn staged_and_validated(
     .await
     .unwrap();
     validate::Validate {
-        clients: aws.clients.clone(),
+        clients: aws.clients.for_function("validate"),
         profiles: ProfileSource::Ssm(aws.clients.ssm.clone()),
     }
     .handle(phase)
@@ -245,7 +245,7 @@ async fn it_refuses_after_a_failed_validate() {
     aws.put_text(TARGET_BUCKET, "_staging/run-1/a/b/1.json", "tampered")
         .await;
     validate::Validate {
-        clients: aws.clients.clone(),
+        clients: aws.clients.for_function("validate"),
         profiles: ProfileSource::Ssm(aws.clients.ssm.clone()),
     }
     .handle(PhaseRequest {

@@ -29,7 +29,7 @@ fn main() {
         run: RunContext {
             run_id: run_id.clone(),
             input,
-            trigger: Trigger::Manual,
+            trigger: Trigger::manual(),
             execution_arn: None,
             kickoff_at: Utc::now(),
             backup: BackupRef {

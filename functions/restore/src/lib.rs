@@ -11,6 +11,7 @@ pub mod staging;
 use aws_sdk_s3::primitives::ByteStream;
 use chrono::{DateTime, Utc};
 use drpilot_shared::backup::{self, Artifact, BackupMetadata, MANIFESTS, STATE};
+use drpilot_shared::error::catch_panic;
 use drpilot_shared::objects::{delete_prefix, object_size, open};
 use drpilot_shared::profile::{Profile, ProfileSource};
 use drpilot_shared::receipt::{put_json, PhaseClock};
@@ -34,6 +35,7 @@ pub struct Restore {
 
 impl Restore {
     pub fn new(clients: AwsClients) -> Self {
+        let clients = clients.for_function("restore");
         let profiles = ProfileSource::from_env(clients.ssm.clone());
         Self {
             clients,
@@ -145,7 +147,7 @@ impl Restore {
             )
         })
         .await
-        .map_err(|e| Error::retryable(format!("unpack task failed: {e}")))?;
+        .map_err(Error::from)?;
         pump.abort();
         report
     }
@@ -165,9 +167,7 @@ impl Restore {
         });
         let mut uploader = Uploader::new(self.clients.s3.clone(), staging.clone(), self.tuning);
         let uploaded = uploader.run(rx).await;
-        let unpacked = unpacker
-            .await
-            .map_err(|e| Error::retryable(format!("unpack task failed: {e}")))?;
+        let unpacked = unpacker.await.map_err(Error::from)?;
         pump.abort();
         match (unpacked, uploaded) {
             (Ok(report), Ok(())) => Ok(report),
@@ -321,8 +321,10 @@ pub async fn handler(
     restore: &Restore,
     event: lambda_runtime::LambdaEvent<PhaseRequest>,
 ) -> Result<PhaseOutput, lambda_runtime::Diagnostic> {
-    restore.handle(event.payload).await.map_err(|err| {
-        tracing::warn!(error = %err, "restore failed");
-        err.into()
-    })
+    catch_panic(restore.handle(event.payload))
+        .await
+        .map_err(|err| {
+            tracing::warn!(error = %err, "restore failed");
+            err.into()
+        })
 }

@@ -21,6 +21,7 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
 use drpilot_shared::archive::{stream_error, EntryVisitor, CHUNK};
+use drpilot_shared::objects::part_size;
 
 pub use drpilot_shared::objects::SHA256_TAG;
 
@@ -139,6 +140,9 @@ enum Current {
     Multipart {
         key: String,
         upload_id: String,
+        /// The tuning's part size, or larger for a file it would split into more
+        /// parts than S3 allows.
+        part_size: usize,
         buf: BytesMut,
         parts: Vec<tokio::task::JoinHandle<Result<CompletedPart>>>,
     },
@@ -178,10 +182,14 @@ impl Uploader {
                     let key = self.object_key(&key)?;
                     current = Some(if size as usize > self.tuning.part_size {
                         let upload_id = self.create_multipart(&key).await?;
+                        let part_size =
+                            usize::try_from(part_size(size, self.tuning.part_size as u64))
+                                .unwrap_or(usize::MAX);
                         Current::Multipart {
                             key,
                             upload_id,
-                            buf: BytesMut::with_capacity(self.tuning.part_size),
+                            part_size,
+                            buf: BytesMut::with_capacity(part_size),
                             parts: Vec::new(),
                         }
                     } else {
@@ -196,18 +204,19 @@ impl Uploader {
                     Some(Current::Multipart {
                         key,
                         upload_id,
+                        part_size,
                         buf,
                         parts,
                     }) => {
                         buf.extend_from_slice(&chunk);
-                        while buf.len() >= self.tuning.part_size {
-                            let part = buf.split_to(self.tuning.part_size).freeze();
+                        while buf.len() >= *part_size {
+                            let part = buf.split_to(*part_size).freeze();
                             let number = parts.len() as i32 + 1;
                             let handle = self.upload_part(key, upload_id, number, part).await;
                             parts.push(handle);
                         }
                     }
-                    None => return Err(Error::retryable("entry data before its header")),
+                    None => return Err(Error::internal("entry data before its header")),
                 },
                 EntryMessage::End { sha256 } => match current.take() {
                     Some(Current::Small { key, buf }) => {
@@ -224,10 +233,11 @@ impl Uploader {
                     Some(Current::Multipart {
                         key,
                         upload_id,
+                        part_size,
                         mut buf,
                         mut parts,
                     }) => {
-                        let written = parts.len() as u64 * self.tuning.part_size as u64;
+                        let written = parts.len() as u64 * part_size as u64;
                         let tail = buf.split().freeze();
                         self.bytes += written + tail.len() as u64;
                         if !tail.is_empty() || parts.is_empty() {
@@ -241,7 +251,7 @@ impl Uploader {
                         });
                         self.objects += 1;
                     }
-                    None => return Err(Error::retryable("entry end before its header")),
+                    None => return Err(Error::internal("entry end before its header")),
                 },
             }
         }
@@ -339,7 +349,7 @@ impl Uploader {
 }
 
 fn flatten(done: std::result::Result<Result<()>, tokio::task::JoinError>) -> Result<()> {
-    done.map_err(|e| Error::retryable(format!("upload task failed: {e}")))?
+    done.map_err(Error::from)?
 }
 
 /// S3's answer to a conditional write whose condition failed: the key already exists.
@@ -397,7 +407,7 @@ async fn complete_multipart(
                 failure.get_or_insert(err);
             }
             Err(e) => {
-                failure.get_or_insert(Error::retryable(format!("upload part task failed: {e}")));
+                failure.get_or_insert(Error::from(e));
             }
         }
     }
@@ -430,11 +440,11 @@ async fn complete_multipart(
         .key(SHA256_TAG)
         .value(hex::encode(sha256))
         .build()
-        .map_err(|e| Error::retryable(format!("building tag: {e}")))?;
+        .map_err(|e| Error::internal(format!("building tag: {e}")))?;
     let tagging = Tagging::builder()
         .tag_set(tag)
         .build()
-        .map_err(|e| Error::retryable(format!("building tagging: {e}")))?;
+        .map_err(|e| Error::internal(format!("building tagging: {e}")))?;
     s3.put_object_tagging()
         .bucket(bucket)
         .key(key)

@@ -31,7 +31,7 @@ const TUNING: Tuning = Tuning {
 
 fn restorer(aws: &LocalAws) -> Restore {
     Restore {
-        clients: aws.clients.clone(),
+        clients: aws.clients.for_function("restore"),
         profiles: ProfileSource::Ssm(aws.clients.ssm.clone()),
         tuning: TUNING,
     }

@@ -5,6 +5,7 @@
 //! the same state (metrics are published once).
 
 use chrono::{DateTime, Utc};
+use drpilot_shared::error::catch_panic;
 use drpilot_shared::input::{normalize, Trigger, TriggerDefaults};
 use drpilot_shared::lock::{Released, RunLock};
 use drpilot_shared::metrics::{self, Sample};
@@ -116,6 +117,7 @@ struct Known {
 
 impl Teardown {
     pub fn new(clients: AwsClients) -> Self {
+        let clients = clients.for_function("teardown");
         let profiles = ProfileSource::from_env(clients.ssm.clone());
         Self {
             clients,
@@ -159,9 +161,10 @@ impl Teardown {
         let store = ReceiptStore::new(self.clients.s3.clone(), profile.receipts.clone());
         let clock = PhaseClock::start(&known.run_id, Phase::Teardown, 1);
         let previous = store.get_phase(&known.run_id, Phase::Teardown).await?;
-        let metrics_already_published = previous.as_ref().is_some_and(|r| {
-            r.status == PhaseStatus::Success && r.details["metrics_published"] == true
-        });
+        // Whatever else a previous attempt did, metrics it put stay put: never twice.
+        let metrics_already_published = previous
+            .as_ref()
+            .is_some_and(|r| r.details["metrics_published"] == true);
 
         // 1. Staging: deleted unless the input holds it (or a dry run never made it).
         let staging = profile.target.staging(&known.run_id)?;
@@ -230,16 +233,7 @@ impl Teardown {
             RunStatus::Succeeded
         };
         let torn_down = deleted.is_some();
-        let mut phases: Vec<PhaseOutcome> = receipts.iter().map(outcome).collect();
-        phases.push(PhaseOutcome {
-            phase: Phase::Teardown,
-            status: PhaseStatus::Success,
-            reason: None,
-            started_at: Some(clock.started_at()),
-            finished_at: Some(now),
-            duration_ms: Some((now - clock.started_at()).num_milliseconds().max(0) as u64),
-        });
-        let summary = RunSummary {
+        let mut summary = RunSummary {
             run_id: known.run_id.clone(),
             mode: known.input.mode,
             profile: known.input.profile.clone(),
@@ -250,7 +244,7 @@ impl Teardown {
             backup_created_at: known.backup_created_at,
             kickoff_at: known.kickoff_at,
             finished_at: now,
-            phases,
+            phases: receipts.iter().map(outcome).collect(),
             rto_seconds,
             rpo_seconds,
             rto: Objective::measure(rto_seconds, profile.rto_target_seconds),
@@ -272,15 +266,32 @@ impl Teardown {
                     })
             }),
         };
-        let summary_uri = store.put_summary(&summary).await?;
 
-        // 5. Metrics, once per run.
-        let metrics_published = if metrics_already_published {
-            true
+        // 5. Metrics, once per run, before the summary says how teardown ended: a failed
+        //    put is recorded as teardown's failure (and retried), never as a success.
+        let metrics = if metrics_already_published {
+            Ok(())
         } else {
-            self.publish_metrics(&summary, failed_phases).await?;
-            true
+            self.publish_metrics(&summary, failed_phases).await
         };
+        let teardown_reason = metrics
+            .as_ref()
+            .err()
+            .map(|err| format!("metrics not published: {err}"));
+        let finished = Utc::now();
+        summary.phases.push(PhaseOutcome {
+            phase: Phase::Teardown,
+            status: if metrics.is_ok() {
+                PhaseStatus::Success
+            } else {
+                PhaseStatus::Failed
+            },
+            reason: teardown_reason.clone(),
+            started_at: Some(clock.started_at()),
+            finished_at: Some(finished),
+            duration_ms: Some((finished - clock.started_at()).num_milliseconds().max(0) as u64),
+        });
+        let summary_uri = store.put_summary(&summary).await?;
 
         let details = json!({
             "staging": staging,
@@ -288,9 +299,18 @@ impl Teardown {
             "staged_objects_deleted": deleted,
             "lock": lock_state,
             "summary": summary_uri,
-            "metrics_published": metrics_published,
+            "metrics_published": metrics.is_ok(),
         });
-        store.put_phase(&clock.finish_with(&Ok(details))).await?;
+        let receipt = match &metrics {
+            Ok(()) => clock.finish(PhaseStatus::Success, None, details),
+            Err(err) => {
+                let mut details = details;
+                details["error"] = json!(err.kind.name());
+                clock.finish(PhaseStatus::Failed, teardown_reason, details)
+            }
+        };
+        store.put_phase(&receipt).await?;
+        metrics?;
         info!(run_id = %summary.run_id, status = ?summary.status, rto_seconds = ?summary.rto_seconds, rpo_seconds = ?summary.rpo_seconds, "run summary written");
         Ok(TeardownOutput {
             run_id: summary.run_id,
@@ -418,8 +438,10 @@ pub async fn handler(
     teardown: &Teardown,
     event: lambda_runtime::LambdaEvent<TeardownRequest>,
 ) -> Result<TeardownOutput, lambda_runtime::Diagnostic> {
-    teardown.handle(event.payload).await.map_err(|err| {
-        warn!(error = %err, "teardown failed");
-        err.into()
-    })
+    catch_panic(teardown.handle(event.payload))
+        .await
+        .map_err(|err| {
+            warn!(error = %err, "teardown failed");
+            err.into()
+        })
 }

@@ -22,7 +22,7 @@ use teardown::{ApprovalOutcome, CaughtFailure, Teardown, TeardownRequest};
 
 fn teardown(aws: &LocalAws) -> Teardown {
     Teardown {
-        clients: aws.clients.clone(),
+        clients: aws.clients.for_function("teardown"),
         profiles: ProfileSource::Ssm(aws.clients.ssm.clone()),
         defaults: TriggerDefaults::default(),
     }
@@ -54,7 +54,7 @@ async fn start_run(aws: &LocalAws, run_id: &str, extra: Value) -> RunContext {
         .unwrap()
         .extend(extra.as_object().unwrap().clone());
     Bringup {
-        clients: aws.clients.clone(),
+        clients: aws.clients.for_function("bringup"),
         profiles: ProfileSource::Ssm(aws.clients.ssm.clone()),
         defaults: TriggerDefaults::default(),
     }
@@ -77,7 +77,7 @@ async fn start_run(aws: &LocalAws, run_id: &str, extra: Value) -> RunContext {
 
 async fn run_restore(aws: &LocalAws, run: &RunContext) -> drpilot_shared::Result<()> {
     Restore {
-        clients: aws.clients.clone(),
+        clients: aws.clients.for_function("restore"),
         profiles: ProfileSource::Ssm(aws.clients.ssm.clone()),
         tuning: Default::default(),
     }
@@ -387,4 +387,73 @@ async fn an_account_mismatch_writes_nothing() {
     assert_eq!(out.status, RunStatus::Failed);
     assert!(out.summary.is_none());
     assert_eq!(aws.keys(TARGET_BUCKET, "").await, before);
+}
+
+/// CloudWatch unreachable (a closed port, no retries): PutMetricData fails.
+fn teardown_without_cloudwatch(aws: &LocalAws) -> Teardown {
+    let mut clients = aws.clients.for_function("teardown");
+    let unreachable = aws_sdk_cloudwatch::config::Builder::from(&clients.config)
+        .endpoint_url("http://127.0.0.1:9")
+        .retry_config(aws_sdk_cloudwatch::config::retry::RetryConfig::disabled())
+        .build();
+    clients.cloudwatch = aws_sdk_cloudwatch::Client::from_conf(unreachable);
+    Teardown {
+        clients,
+        ..teardown(aws)
+    }
+}
+
+#[tokio::test]
+async fn metrics_that_fail_to_publish_are_recorded_as_such_and_published_on_the_rerun() {
+    let aws = LocalAws::start().await;
+    aws.standard_setup().await;
+    publish_backup(&aws, "b-1", false).await;
+    let run = start_run(&aws, "run-m", json!({"stop_after": "validate"})).await;
+    run_restore(&aws, &run).await.unwrap();
+    succeed(&aws, "run-m", Phase::Validate, json!({})).await;
+    let request = TeardownRequest {
+        run: Some(run.clone()),
+        ..Default::default()
+    };
+
+    let err = teardown_without_cloudwatch(&aws)
+        .handle(request.clone())
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind, drpilot_shared::ErrorKind::Retryable, "{err}");
+    // Cleaned up all the same, and the summary says teardown did not finish.
+    assert!(staging_keys(&aws, "run-m").await.is_empty());
+    let summary = aws.receipts().get_summary("run-m").await.unwrap().unwrap();
+    let last = summary.phases.last().unwrap();
+    assert_eq!(last.phase, Phase::Teardown);
+    assert_eq!(last.status, PhaseStatus::Failed);
+    assert!(last
+        .reason
+        .as_deref()
+        .unwrap()
+        .contains("metrics not published"));
+    let receipt = aws
+        .receipts()
+        .get_phase("run-m", Phase::Teardown)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(receipt.status, PhaseStatus::Failed);
+    assert_eq!(receipt.details["metrics_published"], false);
+    assert_eq!(metric_samples(&aws, "DrillDurationSeconds").await, 0.0);
+
+    // The retry publishes them once and ends clean.
+    let out = teardown(&aws).handle(request.clone()).await.unwrap();
+    assert_eq!(out.status, RunStatus::Succeeded);
+    let summary = aws.receipts().get_summary("run-m").await.unwrap().unwrap();
+    assert_eq!(summary.phases.last().unwrap().status, PhaseStatus::Success);
+    let receipt = aws
+        .receipts()
+        .get_phase("run-m", Phase::Teardown)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(receipt.details["metrics_published"], true);
+    teardown(&aws).handle(request).await.unwrap();
+    assert_eq!(metric_samples(&aws, "DrillDurationSeconds").await, 1.0);
 }

@@ -12,10 +12,11 @@ use aws_sdk_cloudwatch::types::{Dimension, Metric, MetricDataQuery, MetricStat};
 use chrono::Utc;
 use drpilot_shared::archive::{unpack, RESERVED_PREFIX};
 use drpilot_shared::backup::{self, MANIFESTS};
+use drpilot_shared::error::catch_panic;
 use drpilot_shared::listing::{list_sorted, Joined, MergeJoin};
 use drpilot_shared::objects::{open, pump_body, stored_sha256};
 use drpilot_shared::parity::DifferenceLog;
-use drpilot_shared::profile::{Check, Profile, ProfileSource};
+use drpilot_shared::profile::{Check, Profile, ProfileSource, Statistic};
 use drpilot_shared::receipt::{PhaseClock, PhaseStatus};
 use drpilot_shared::run::{PhaseOutput, PhaseRequest, RunContext};
 use drpilot_shared::{AwsClients, Error, ErrorKind, Phase, Result, S3Uri};
@@ -79,6 +80,7 @@ pub struct Validate {
 
 impl Validate {
     pub fn new(clients: AwsClients) -> Self {
+        let clients = clients.for_function("validate");
         let profiles = ProfileSource::from_env(clients.ssm.clone());
         Self { clients, profiles }
     }
@@ -273,9 +275,7 @@ impl Validate {
         lister.abort();
         pump.abort();
         drop(merge);
-        sorter
-            .await
-            .map_err(|e| Error::retryable(format!("manifest task failed: {e}")))??;
+        sorter.await.map_err(Error::from)??;
         result?;
         Ok((tally, log))
     }
@@ -308,22 +308,34 @@ impl Validate {
                         .collect(),
                 ))
                 .build();
-            let query = MetricDataQuery::builder()
-                .id("check")
-                .metric_stat(
-                    MetricStat::builder()
-                        .metric(metric)
-                        .period(i32::try_from(*window_seconds).unwrap_or(i32::MAX))
-                        .stat(stat)
-                        .build(),
-                )
-                .return_data(true)
-                .build();
+            // An average is combined from the window's sums and sample counts; every other
+            // statistic is asked for as itself.
+            let asked: &[Statistic] = match stat {
+                Statistic::Average => &[Statistic::Sum, Statistic::SampleCount],
+                other => std::slice::from_ref(other),
+            };
+            let queries = asked
+                .iter()
+                .map(|s| {
+                    MetricDataQuery::builder()
+                        .id(s.as_str().to_lowercase())
+                        .metric_stat(
+                            MetricStat::builder()
+                                .metric(metric.clone())
+                                // The profile holds windows to multiples of 60 s.
+                                .period(i32::try_from(*window_seconds).unwrap_or(i32::MAX))
+                                .stat(s.as_str())
+                                .build(),
+                        )
+                        .return_data(true)
+                        .build()
+                })
+                .collect();
             let out = self
                 .clients
                 .cloudwatch
                 .get_metric_data()
-                .metric_data_queries(query)
+                .set_metric_data_queries(Some(queries))
                 .start_time(aws_sdk_cloudwatch::primitives::DateTime::from_secs(
                     start.timestamp(),
                 ))
@@ -335,40 +347,46 @@ impl Validate {
                 .map_err(|e| {
                     Error::from_sdk(&format!("GetMetricData {namespace}/{metric_name}"), e)
                 })?;
-            let values: Vec<f64> = out
-                .metric_data_results()
-                .iter()
-                .flat_map(|r| r.values().iter().copied())
-                .collect();
-            let result = if values.is_empty() {
-                CheckResult {
+            let values_of = |s: Statistic| -> Vec<f64> {
+                let id = s.as_str().to_lowercase();
+                out.metric_data_results()
+                    .iter()
+                    .filter(|r| r.id() == Some(id.as_str()))
+                    .flat_map(|r| r.values().iter().copied())
+                    .collect()
+            };
+            // CloudWatch may split the window into more than one period.
+            let value = match stat {
+                Statistic::Average => Statistic::average(
+                    &values_of(Statistic::Sum),
+                    &values_of(Statistic::SampleCount),
+                ),
+                other => other.combine(&values_of(*other)),
+            };
+            let result = match value {
+                None => CheckResult {
                     name: name.clone(),
                     passed: *missing_data_passes,
                     value: None,
                     detail: format!(
                         "no {namespace}/{metric_name} data in the last {window_seconds} s ({})",
                         if *missing_data_passes {
-                            "allowed"
+                            "the check allows missing data"
                         } else {
-                            "missing data fails"
+                            "the check fails on missing data"
                         }
                     ),
-                }
-            } else {
-                // One period spans the window; should CloudWatch split it, add the sums.
-                let value = if stat == "Sum" || stat == "SampleCount" {
-                    values.iter().sum()
-                } else {
-                    values.iter().copied().fold(f64::NAN, f64::max)
-                };
-                let passed = comparison.holds(value, *threshold);
-                CheckResult {
-                    name: name.clone(),
-                    passed,
-                    value: Some(value),
-                    detail: format!(
-                        "{stat} of {namespace}/{metric_name} over {window_seconds} s is {value}, expected {comparison:?} {threshold}"
-                    ),
+                },
+                Some(value) => {
+                    let passed = comparison.holds(value, *threshold);
+                    CheckResult {
+                        name: name.clone(),
+                        passed,
+                        value: Some(value),
+                        detail: format!(
+                            "{stat} of {namespace}/{metric_name} over {window_seconds} s is {value}, expected {comparison:?} {threshold}"
+                        ),
+                    }
                 }
             };
             results.push(result);
@@ -383,7 +401,7 @@ fn record(
     log: &mut DifferenceLog,
 ) -> Result<()> {
     let Some(done) = done else { return Ok(()) };
-    let finding = done.map_err(|e| Error::retryable(format!("hash task failed: {e}")))??;
+    let finding = done.map_err(Error::from)??;
     match finding {
         None => tally.verified += 1,
         Some(finding) => {
@@ -411,7 +429,7 @@ pub async fn handler(
     validate: &Validate,
     event: lambda_runtime::LambdaEvent<PhaseRequest>,
 ) -> Result<PhaseOutput, lambda_runtime::Diagnostic> {
-    Box::pin(validate.handle(event.payload))
+    catch_panic(Box::pin(validate.handle(event.payload)))
         .await
         .map_err(|err| {
             tracing::warn!(error = %err, "validate failed");

@@ -19,7 +19,7 @@ use validate::Validate;
 
 fn validator(aws: &LocalAws) -> Validate {
     Validate {
-        clients: aws.clients.clone(),
+        clients: aws.clients.for_function("validate"),
         profiles: ProfileSource::Ssm(aws.clients.ssm.clone()),
     }
 }
@@ -44,7 +44,7 @@ async fn restored(aws: &LocalAws, tmp: &TempDir, id: &str, run_id: &str) {
     aws.upload_dir(BACKUP_BUCKET, &format!("{BACKUP_PREFIX}{id}"), &out)
         .await;
     Restore {
-        clients: aws.clients.clone(),
+        clients: aws.clients.for_function("restore"),
         profiles: ProfileSource::Ssm(aws.clients.ssm.clone()),
         tuning: Default::default(),
     }
@@ -207,7 +207,7 @@ async fn a_manifest_entry_with_a_bad_key_is_refused() {
     aws.upload_dir(BACKUP_BUCKET, &format!("{BACKUP_PREFIX}b2"), &out)
         .await;
     Restore {
-        clients: aws.clients.clone(),
+        clients: aws.clients.for_function("restore"),
         profiles: ProfileSource::Ssm(aws.clients.ssm.clone()),
         tuning: Default::default(),
     }
@@ -263,8 +263,8 @@ async fn configured_metric_checks_pass_and_fail() {
     }
     let mut profile = test_profile();
     profile["checks"] = json!([
-        {"type": "cloudwatch_metric", "name": "no sync failures", "namespace": "Payments", "metric_name": "SyncFailed"},
-        {"type": "cloudwatch_metric", "name": "always syncing", "namespace": "Payments", "metric_name": "NoSync"},
+        {"type": "cloudwatch_metric", "name": "no sync failures", "namespace": "Payments", "metric_name": "SyncFailed", "missing_data_passes": false},
+        {"type": "cloudwatch_metric", "name": "always syncing", "namespace": "Payments", "metric_name": "NoSync", "missing_data_passes": false},
         {"type": "cloudwatch_metric", "name": "quiet metric", "namespace": "Payments", "metric_name": "Absent", "missing_data_passes": true}
     ]);
     aws.put_profile(PROFILE, &profile).await;
@@ -288,4 +288,59 @@ async fn configured_metric_checks_pass_and_fail() {
         .collect();
     assert_eq!(passed, [true, false, true]);
     assert_eq!(checks[1]["value"], 3.0);
+}
+
+#[tokio::test]
+async fn minimum_and_average_are_computed_as_themselves() {
+    let aws = LocalAws::start().await;
+    aws.standard_setup().await;
+    let tmp = TempDir::new("validate-stats");
+    restored(&aws, &tmp, "b1", "run-stats").await;
+    // Three samples in the window: minimum 1, maximum 5, average 3.
+    for (age, value) in [(240, 5.0), (180, 1.0), (120, 3.0)] {
+        aws.clients
+            .cloudwatch
+            .put_metric_data()
+            .namespace("Payments")
+            .metric_data(
+                aws_sdk_cloudwatch::types::MetricDatum::builder()
+                    .metric_name("Lag")
+                    .value(value)
+                    .timestamp(aws_sdk_cloudwatch::primitives::DateTime::from_secs(
+                        Utc::now().timestamp() - age,
+                    ))
+                    .build(),
+            )
+            .send()
+            .await
+            .unwrap();
+    }
+    let mut profile = test_profile();
+    profile["checks"] = json!([
+        {"type": "cloudwatch_metric", "name": "lag floor", "namespace": "Payments", "metric_name": "Lag",
+         "stat": "Minimum", "comparison": "less_than_or_equal", "threshold": 1.0, "missing_data_passes": false},
+        {"type": "cloudwatch_metric", "name": "lag mean", "namespace": "Payments", "metric_name": "Lag",
+         "stat": "Average", "comparison": "equal", "threshold": 3.0, "missing_data_passes": false},
+        {"type": "cloudwatch_metric", "name": "lag peak", "namespace": "Payments", "metric_name": "Lag",
+         "stat": "Maximum", "comparison": "less_than_or_equal", "threshold": 4.0, "missing_data_passes": false}
+    ]);
+    aws.put_profile(PROFILE, &profile).await;
+    let err = validator(&aws)
+        .handle(phase_request("run-stats", "b1"))
+        .await
+        .unwrap_err();
+    assert!(err.message.contains("lag peak"), "{err}");
+    let receipt = aws
+        .receipts()
+        .get_phase("run-stats", Phase::Validate)
+        .await
+        .unwrap()
+        .unwrap();
+    let values: Vec<(bool, f64)> = receipt.details["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["passed"].as_bool().unwrap(), c["value"].as_f64().unwrap()))
+        .collect();
+    assert_eq!(values, [(true, 1.0), (true, 3.0), (false, 5.0)]);
 }

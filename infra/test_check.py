@@ -1,0 +1,313 @@
+#!/usr/bin/env python3
+"""Every check in infra/check.py can fail: each case runs check.py (`--only` the check under
+test) against a mutated copy of the template or the state machine, laid out like the
+repository, and expects that check to fail; the real files must pass every check (check.py
+run as a command, exit status 0). Also covers infra/rule_input.py's command line.
+
+Run with .venv-infra's Python: `python -m unittest infra/test_check.py` or
+`python infra/test_check.py`. The mutated cases call check.py's main() in this process (so
+cfn-lint's template decoder is imported once, not once per case) on a few threads; the
+external tools (cfn-lint, sam, asl-validator, node) still run as processes. The whole file
+takes about as long as one full check.py run.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import unittest
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+INFRA = Path(__file__).resolve().parent
+ROOT = INFRA.parent
+CHECK = INFRA / "check.py"
+RULE_INPUT = INFRA / "rule_input.py"
+TEMPLATE = INFRA / "template.yaml"
+ASL = ROOT / "statemachine" / "drill.asl.json"
+ALARM_FIXTURE = ROOT / "shared" / "tests" / "fixtures" / "alarm-state-change.json"
+PYTHON = sys.executable
+
+
+def replace_once(text: str, old: str, new: str) -> str:
+    """`old` must occur exactly once, so a template change cannot silently void a case."""
+    count = text.count(old)
+    if count != 1:
+        raise AssertionError(f"mutation target occurs {count} times, expected once: {old!r}")
+    return text.replace(old, new)
+
+
+def yaml_edit(old: str, new: str) -> Callable[[str], str]:
+    return lambda text: replace_once(text, old, new)
+
+
+def asl_edit(change: Callable[[dict], None]) -> Callable[[str], str]:
+    def edit(text: str) -> str:
+        asl = json.loads(text)
+        change(asl)
+        return json.dumps(asl, indent=2)
+    return edit
+
+
+def states(asl: dict) -> dict:
+    return asl["States"]
+
+
+@dataclass
+class Case:
+    """check.py --only `check` on a copy of the files, with `template`/`asl` applied."""
+    check: str
+    template: Callable[[str], str] | None = None
+    asl: Callable[[str], str] | None = None
+
+
+def _set_retry(name: str, errors: list[str]) -> Callable[[dict], None]:
+    def change(asl: dict) -> None:
+        states(asl)[name]["Retry"][0]["ErrorEquals"] = errors
+    return change
+
+
+def _subject(name: str, subject: str) -> Callable[[dict], None]:
+    def change(asl: dict) -> None:
+        states(asl)[name]["Arguments"]["Subject"] = subject
+    return change
+
+
+def _old_approval_catch(asl: dict) -> None:
+    # What the approval did before: every error, SNS failures included, is a "denial".
+    catch = states(asl)["RequestApproval"]["Catch"]
+    catch[0]["ErrorEquals"] = ["States.ALL"]
+    del catch[1]
+
+
+def _approval_failure_phase(asl: dict) -> None:
+    states(asl)["RequestApproval"]["Catch"][1]["Assign"]["failure"]["phase"] = "approval"
+
+
+def _timeout_is_failure(asl: dict) -> None:
+    states(asl)["RequestApproval"]["Catch"][0]["ErrorEquals"] = ["ApprovalDenied", "States.HeartbeatTimeout"]
+
+
+def _failed_status_succeeds(asl: dict) -> None:
+    outcome = states(asl)["Outcome"]
+    outcome["Choices"][0]["Next"] = "NotifySummary"
+
+
+def _teardown_crash_succeeds(asl: dict) -> None:
+    states(asl)["Teardown"]["Catch"][0]["Next"] = "Succeeded"
+
+
+def _unknown_next(asl: dict) -> None:
+    states(asl)["Validate"]["Next"] = "NoSuchState"
+
+
+def _no_retry(asl: dict) -> None:
+    del states(asl)["Promote"]["Retry"]
+
+
+def _placeholder(asl: dict) -> None:
+    asl["Comment"] += " ${NotSuppliedByTheTemplate}"
+
+
+BRINGUP_BINARY = "        Binary: bringup\n"
+GLOBAL_ARCH = "    Architectures: [arm64]\n"
+SUBSTITUTIONS = "        TopicArn: !Ref NotificationTopic\n"
+
+CASES: dict[str, Case] = {
+    "real_files_pass": Case(check=""),  # every check, on the real files
+    "definition_uri": Case("definition-uri", template=yaml_edit(
+        "DefinitionUri: ../statemachine/drill.asl.json", "DefinitionUri: ../statemachine/other.asl.json")),
+    "placeholder_not_supplied": Case("placeholders", asl=asl_edit(_placeholder)),
+    "substitution_unused": Case("substitutions", template=yaml_edit(
+        SUBSTITUTIONS, SUBSTITUTIONS + "        UnusedArn: arn:aws:sns:us-east-1:123456789012:unused\n")),
+    "binary_not_in_workspace": Case("functions", template=yaml_edit(
+        BRINGUP_BINARY, "        Binary: no-such-binary\n")),
+    "invoked_function_not_in_template": Case("functions", template=yaml_edit(
+        "BringupFunctionArn: !GetAtt BringupFunction.Arn", "BringupFunctionArn: !GetAtt NotificationTopic.TopicArn")),
+    "globals_x86": Case("arm64", template=yaml_edit(GLOBAL_ARCH, "    Architectures: [x86_64]\n")),
+    "no_architecture_defaults_to_x86": Case("arm64", template=yaml_edit(GLOBAL_ARCH, "")),
+    "function_overrides_to_x86": Case("arm64", template=yaml_edit(
+        "      MemorySize: 2048\n", "      MemorySize: 2048\n      Architectures: [x86_64]\n")),
+    "asl_validator_rejects": Case("asl-validator", asl=asl_edit(_unknown_next)),
+    "retry_states_all": Case("retry", asl=asl_edit(_set_retry("Restore", ["States.ALL"]))),
+    "retry_internal": Case("retry", asl=asl_edit(_set_retry("Validate", [
+        "Lambda.ServiceException", "Lambda.AWSLambdaException", "Lambda.SdkClientException",
+        "Lambda.TooManyRequestsException", "Retryable", "Internal"]))),
+    "retry_missing_error": Case("retry", asl=asl_edit(_set_retry("Bringup", [
+        "Lambda.ServiceException", "Lambda.TooManyRequestsException", "Retryable"]))),
+    "lambda_task_without_retry": Case("retry", asl=asl_edit(_no_retry)),
+    "approval_catches_everything": Case("approval", asl=asl_edit(_old_approval_catch)),
+    "approval_failure_phase": Case("approval", asl=asl_edit(_approval_failure_phase)),
+    "approval_timeout_fails": Case("approval", asl=asl_edit(_timeout_is_failure)),
+    "subject_untruncated": Case("subjects", asl=asl_edit(_subject(
+        "NotifyStart", "{% 'drpilot ' & $run.input.mode & ' ' & $run.run_id & ' started' %}"))),
+    "subject_truncated_too_long": Case("subjects", asl=asl_edit(_subject(
+        "NotifySummary", "{% $substring('drpilot run succeeded: ' & $states.input.run_id, 0, 120) %}"))),
+    "subject_long_after_truncation": Case("subjects", asl=asl_edit(_subject(
+        "NotifyFailure", "{% $substring('FAILED: ', 0, 99) & $substring($execution.name & $execution.name, 0, 99) %}"))),
+    "failed_status_succeeds": Case("failed-run", asl=asl_edit(_failed_status_succeeds)),
+    "teardown_crash_succeeds": Case("failed-run", asl=asl_edit(_teardown_crash_succeeds)),
+    "alarm_reason_in_quotes": Case("rule-inputs", template=yaml_edit(
+        '"alarm_reason":<alarm_reason>', '"alarm_reason":"<alarm_reason>"')),
+    "schedule_without_trigger": Case("rule-inputs", template=yaml_edit(
+        ',"trigger":{"kind":"schedule","source":"<aws.scheduler.schedule-arn>","fired_at":"<aws.scheduler.scheduled-time>"}}', '}')),
+    "cfn_lint_rejects": Case("cfn-lint", template=yaml_edit("      Timeout: 120\n", "      Timeout: 9000\n")),
+    "sam_validate_rejects": Case("sam-validate", template=yaml_edit(
+        "          Type: ScheduleV2\n", "          Type: NotAnEventSourceType\n")),
+}
+
+
+def load_check():
+    """infra/check.py as a module (whether this file runs as infra.test_check or a script)."""
+    spec = importlib.util.spec_from_file_location("drpilot_infra_check", CHECK)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+check = load_check()
+
+
+def run_case(case: Case, workdir: Path) -> subprocess.CompletedProcess:
+    """check.py on copies laid out like the repository (infra/, statemachine/) in `workdir`:
+    the real files as a command; a mutated case through main(), in this process."""
+    (workdir / "infra").mkdir(parents=True)
+    (workdir / "statemachine").mkdir()
+    template, asl = workdir / "infra" / "template.yaml", workdir / "statemachine" / "drill.asl.json"
+    template.write_text((case.template or (lambda t: t))(TEMPLATE.read_text()))
+    asl.write_text((case.asl or (lambda t: t))(ASL.read_text()))
+    args = ["--template", str(template), "--asl", str(asl)]
+    if not case.check:
+        return subprocess.run([PYTHON, str(CHECK), *args], capture_output=True, text=True, cwd=ROOT)
+    out = io.StringIO()
+    code = check.main([*args, "--only", case.check], out=out)
+    return subprocess.CompletedProcess(args, code, out.getvalue(), "")
+
+
+class CheckPyCanFail(unittest.TestCase):
+    results: dict[str, subprocess.CompletedProcess | BaseException] = {}
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        cls.tmp = Path(tempfile.mkdtemp(prefix="drpilot-test-check-"))
+
+        def attempt(name: str) -> subprocess.CompletedProcess | BaseException:
+            try:
+                return run_case(CASES[name], cls.tmp / name)
+            except BaseException as e:  # reported by the case's own test
+                return e
+
+        # The slow cases (the full run, sam validate, cfn-lint) start first.
+        order = sorted(CASES, key=lambda n: CASES[n].check not in ("", "sam-validate", "cfn-lint"))
+        with ThreadPoolExecutor(max_workers=3) as pool:
+            cls.results = dict(zip(order, pool.map(attempt, order)))
+
+    @classmethod
+    def tearDownClass(cls) -> None:
+        shutil.rmtree(cls.tmp, ignore_errors=True)
+
+    def outcome(self, name: str) -> subprocess.CompletedProcess:
+        result = self.results[name]
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    def test_real_files_pass_every_check(self) -> None:
+        out = self.outcome("real_files_pass")
+        self.assertEqual(out.returncode, 0, out.stdout + out.stderr)
+        self.assertNotRegex(out.stdout, r"(?m)^FAIL ")
+        self.assertRegex(out.stdout, rf"infra: {len(check.CHECKS)} passed, 0 failed")
+
+    def test_every_check_has_a_failing_case(self) -> None:
+        covered = {case.check for case in CASES.values()}
+        self.assertEqual({c[0] for c in check.CHECKS} - covered, set())
+
+
+def _failing_case_test(name: str, case: Case) -> Callable[[CheckPyCanFail], None]:
+    def test(self: CheckPyCanFail) -> None:
+        out = self.outcome(name)
+        detail = out.stdout + out.stderr
+        self.assertNotEqual(out.returncode, 0, detail)
+        self.assertIn(f"FAIL [{case.check}]", out.stdout, detail)
+        self.assertRegex(out.stdout, r"infra: 0 passed, 1 failed", detail)
+    test.__doc__ = f"check.py [{case.check}] fails on: {name.replace('_', ' ')}"
+    return test
+
+
+for _name, _case in CASES.items():
+    if _case.check:
+        setattr(CheckPyCanFail, f"test_{_name}", _failing_case_test(_name, _case))
+
+
+class RuleInputCommandLine(unittest.TestCase):
+    """infra/rule_input.py prints the execution input the deployed triggers pass."""
+
+    def run_rule_input(self, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([PYTHON, str(RULE_INPUT), *args], capture_output=True, text=True, cwd=ROOT)
+
+    def test_alarm_fixture(self) -> None:
+        out = self.run_rule_input("alarm", str(ALARM_FIXTURE), "--profile", "demo")
+        self.assertEqual(out.returncode, 0, out.stderr)
+        event = json.loads(ALARM_FIXTURE.read_text())
+        self.assertEqual(json.loads(out.stdout), {
+            "mode": "recovery", "profile": "demo",
+            "trigger": {"kind": "alarm", "source": event["resources"][0], "alarm_name": event["detail"]["alarmName"],
+                        "alarm_reason": event["detail"]["state"]["reason"], "fired_at": event["time"]}})
+        self.assertEqual(out.stdout.count("\n"), 1, "one line of minified JSON")
+
+    def test_alarm_reason_with_quotes_stays_valid_json(self) -> None:
+        event = json.loads(ALARM_FIXTURE.read_text())
+        event["detail"]["state"]["reason"] = 'value "42" > threshold \\ 50'
+        with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+            json.dump(event, f)
+        try:
+            out = self.run_rule_input("alarm", f.name)
+        finally:
+            Path(f.name).unlink()
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertEqual(json.loads(out.stdout)["trigger"]["alarm_reason"], 'value "42" > threshold \\ 50')
+        self.assertEqual(json.loads(out.stdout)["profile"], "default", "the ProfileName default")
+
+    def test_invalid_json_fails_loudly(self) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            template = Path(tmp) / "template.yaml"
+            template.write_text(replace_once(TEMPLATE.read_text(), '"alarm_reason":<alarm_reason>',
+                                             '"alarm_reason":"<alarm_reason>"'))
+            event = json.loads(ALARM_FIXTURE.read_text())
+            event["detail"]["state"]["reason"] = 'a "quoted" reason'
+            path = Path(tmp) / "event.json"
+            path.write_text(json.dumps(event))
+            out = self.run_rule_input("alarm", str(path), "--template", str(template))
+        self.assertEqual(out.returncode, 1)
+        self.assertEqual(out.stdout, "")
+        self.assertIn("not valid JSON", out.stderr)
+
+    def test_missing_path_fails(self) -> None:
+        out = self.run_rule_input("alarm", str(ROOT / "shared" / "tests" / "fixtures" / "scheduled-event.json"))
+        self.assertEqual(out.returncode, 1)
+        self.assertIn("does not resolve", out.stderr)
+
+    def test_schedule(self) -> None:
+        arn = "arn:aws:scheduler:eu-west-1:123456789012:schedule/default/drpilot-MonthlyDrill"
+        out = self.run_rule_input("schedule", "--time", "2026-04-06T09:00:00Z", "--schedule-arn", arn, "--profile", "prod")
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertEqual(json.loads(out.stdout), {
+            "mode": "drill", "profile": "prod",
+            "trigger": {"kind": "schedule", "source": arn, "fired_at": "2026-04-06T09:00:00Z"}})
+
+    def test_schedule_rejects_a_bad_time(self) -> None:
+        out = self.run_rule_input("schedule", "--time", "first Monday", "--schedule-arn", "arn:aws:scheduler:x")
+        self.assertEqual(out.returncode, 1)
+        self.assertIn("RFC 3339", out.stderr)
+
+
+if __name__ == "__main__":
+    unittest.main()
