@@ -468,11 +468,17 @@ def check_sam_validate(ctx: Context) -> tuple[bool, str]:
                AWS_DEFAULT_REGION="us-east-1", AWS_REGION="us-east-1", SAM_CLI_TELEMETRY="0")
     env.pop("AWS_ENDPOINT_URL", None)
     details = []
-    for extra in ([], ["--lint"]):
-        out = subprocess.run([venv_tool("sam"), "validate", *extra, "--template", str(ctx.template_path)],
-                             capture_output=True, text=True, env=env, cwd=ctx.template_path.parent)
-        if out.returncode != 0:
-            details.append(f"sam validate {' '.join(extra)}: " + (out.stdout + out.stderr)[-3000:])
+    # An empty config file: a samconfig.toml beside the template (validate settings such as
+    # lint = true) must not change what is checked.
+    with tempfile.TemporaryDirectory() as tmp:
+        config = Path(tmp) / "samconfig.toml"
+        config.write_text("version = 0.1\n")
+        for extra in ([], ["--lint"]):
+            out = subprocess.run([venv_tool("sam"), "validate", *extra, "--template", str(ctx.template_path),
+                                  "--config-file", str(config)],
+                                 capture_output=True, text=True, env=env, cwd=ctx.template_path.parent)
+            if out.returncode != 0:
+                details.append(f"sam validate {' '.join(extra)}: " + (out.stdout + out.stderr)[-3000:])
     return not details, "\n".join(details)
 
 

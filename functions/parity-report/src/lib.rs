@@ -1,5 +1,7 @@
 //! parity-report: compares two S3 prefixes in one streaming pass — staging vs `root/` in a
-//! run, or any two prefixes when invoked on its own (e.g. on a schedule) — writes the
+//! run, or any two prefixes its role may read when invoked on its own (the template grants
+//! the target bucket's staging and `root/`; e.g. a held staging against production,
+//! on a schedule) — writes the
 //! report (a JSON summary and the differences as JSON lines) to S3, puts the
 //! `ParityDelta` metric, and returns a small summary with the report's URI.
 

@@ -12,9 +12,19 @@ use drpilot_testkit::{LocalAws, TempDir, TARGET_BUCKET};
 use parity_report::{ParityReport, ParityReporter, ParityRequest};
 use serde_json::{json, Value};
 
+/// The function as deployed: its calls are recorded for the permission check.
 fn reporter(aws: &LocalAws) -> ParityReporter {
     ParityReporter {
         clients: aws.clients.for_function("parity-report"),
+        profiles: ProfileSource::Ssm(aws.clients.ssm.clone()),
+    }
+}
+
+/// The comparison engine on arbitrary prefixes, outside any deployment: not recorded,
+/// since no deployed role reads these test prefixes.
+fn engine(aws: &LocalAws) -> ParityReporter {
+    ParityReporter {
+        clients: aws.clients.clone(),
         profiles: ProfileSource::Ssm(aws.clients.ssm.clone()),
     }
 }
@@ -24,7 +34,7 @@ fn uri(key: &str) -> S3Uri {
 }
 
 async fn compare(aws: &LocalAws, left: &str, right: &str) -> ParityReport {
-    reporter(aws)
+    engine(aws)
         .compare(&uri(left), &uri(right), Vec::new(), &uri("reports/test"))
         .await
         .unwrap()
@@ -262,13 +272,17 @@ async fn a_standalone_request_writes_a_report_and_the_metric() {
     aws.standard_setup().await;
     aws.put_many(
         TARGET_BUCKET,
-        vec![("a/1".into(), "x".into()), ("b/1".into(), "y".into())],
+        vec![
+            ("_staging/held/1".into(), "x".into()),
+            ("root/1".into(), "y".into()),
+        ],
     )
     .await;
+    // A held staging against production: what the deployed role may read.
     let request = ParityRequest::from_json(json!({
         "profile": drpilot_testkit::PROFILE,
-        "left": format!("s3://{TARGET_BUCKET}/a/"),
-        "right": format!("s3://{TARGET_BUCKET}/b/"),
+        "left": format!("s3://{TARGET_BUCKET}/_staging/held/"),
+        "right": format!("s3://{TARGET_BUCKET}/root/"),
     }))
     .unwrap();
     let out = reporter(&aws).handle(request).await.unwrap();
