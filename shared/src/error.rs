@@ -183,7 +183,8 @@ fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
 /// type name for a panic payload.
 pub async fn catch_panic<T>(handler: impl std::future::Future<Output = Result<T>>) -> Result<T> {
     use futures::FutureExt;
-    std::panic::AssertUnwindSafe(handler)
+    // Boxed: handler futures hold the SDK's and are large.
+    std::panic::AssertUnwindSafe(Box::pin(handler))
         .catch_unwind()
         .await
         .unwrap_or_else(|payload| {

@@ -203,7 +203,7 @@ pub async fn handler(
     event: lambda_runtime::LambdaEvent<Value>,
 ) -> Result<Value, lambda_runtime::Diagnostic> {
     let result = match ParityRequest::from_json(event.payload) {
-        Ok(request) => catch_panic(Box::pin(reporter.handle(request))).await,
+        Ok(request) => catch_panic(reporter.handle(request)).await,
         Err(err) => Err(err),
     };
     result.map_err(|err| {

@@ -574,7 +574,7 @@ pub async fn handler(
     promote: &Promote,
     event: lambda_runtime::LambdaEvent<PromoteRequest>,
 ) -> Result<PhaseOutput, lambda_runtime::Diagnostic> {
-    catch_panic(Box::pin(promote.handle(event.payload)))
+    catch_panic(promote.handle(event.payload))
         .await
         .map_err(|err| {
             tracing::warn!(error = %err, "promote failed");

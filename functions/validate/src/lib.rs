@@ -429,7 +429,7 @@ pub async fn handler(
     validate: &Validate,
     event: lambda_runtime::LambdaEvent<PhaseRequest>,
 ) -> Result<PhaseOutput, lambda_runtime::Diagnostic> {
-    catch_panic(Box::pin(validate.handle(event.payload)))
+    catch_panic(validate.handle(event.payload))
         .await
         .map_err(|err| {
             tracing::warn!(error = %err, "validate failed");
