@@ -78,6 +78,9 @@ UNEXERCISED_NOTES = [
     ("*", "s3:AbortMultipartUpload", "only when a multipart upload fails or is left over"),
     ("*", "sts:GetCallerIdentity", "only when the runtime passes no function ARN; needs no permission anyway"),
     ("*", "cloudwatch:GetMetricData", "only with profile checks"),
+    ("bringup", "s3:ListBucket", "the lock read finds no key only when the lock is released between bringup's conditional write and its read; without it S3 answers 403 there"),
+    ("validate", "s3:ListBucket", "a backup's manifests deleted during the run: a 404 (ContractError) instead of a 403"),
+    ("promote", "s3:GetObject", "HeadObject fallback for a root/ object with no stored SHA-256 whose ETag differs from staging's"),
 ]
 
 # KMS authorises a key's use only if its key policy lets IAM policies decide. The keys are
