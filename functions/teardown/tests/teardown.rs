@@ -9,7 +9,7 @@ use chrono::{Duration, Utc};
 use drpilot_shared::input::TriggerDefaults;
 use drpilot_shared::lock::RunLock;
 use drpilot_shared::profile::ProfileSource;
-use drpilot_shared::receipt::{PhaseClock, PhaseStatus, RunStatus};
+use drpilot_shared::receipt::{PhaseClock, PhaseReceipt, PhaseStatus, RunStatus};
 use drpilot_shared::run::{ExecutionInfo, PhaseRequest, RunContext};
 use drpilot_shared::{Phase, S3Uri};
 use drpilot_testkit::{
@@ -93,6 +93,15 @@ async fn run_restore(aws: &LocalAws, run: &RunContext) -> drpilot_shared::Result
 async fn succeed(aws: &LocalAws, run_id: &str, phase: Phase, details: Value) {
     let receipt = PhaseClock::start(run_id, phase, 1).finish(PhaseStatus::Success, None, details);
     aws.receipts().put_phase(&receipt).await.unwrap();
+}
+
+/// The receipt `phase` of `run_id` left (it must exist).
+async fn phase_receipt(aws: &LocalAws, run_id: &str, phase: Phase) -> PhaseReceipt {
+    aws.receipts()
+        .get_phase(run_id, phase)
+        .await
+        .unwrap()
+        .unwrap_or_else(|| panic!("no {phase} receipt for {run_id}"))
 }
 
 async fn staging_keys(aws: &LocalAws, run_id: &str) -> Vec<String> {
@@ -265,12 +274,7 @@ async fn a_phase_that_died_without_a_receipt_is_recorded_as_failed() {
         ..Default::default()
     };
     teardown(&aws).handle(request).await.unwrap();
-    let receipt = aws
-        .receipts()
-        .get_phase("run-timeout", Phase::Restore)
-        .await
-        .unwrap()
-        .unwrap();
+    let receipt = phase_receipt(&aws, "run-timeout", Phase::Restore).await;
     assert_eq!(receipt.status, PhaseStatus::Failed);
     assert!(receipt.reason.unwrap().contains("States.Timeout"));
     assert_eq!(receipt.details["recorded_by"], "teardown");
@@ -432,12 +436,7 @@ async fn metrics_that_fail_to_publish_are_recorded_as_such_and_published_on_the_
         .as_deref()
         .unwrap()
         .contains("metrics not published"));
-    let receipt = aws
-        .receipts()
-        .get_phase("run-m", Phase::Teardown)
-        .await
-        .unwrap()
-        .unwrap();
+    let receipt = phase_receipt(&aws, "run-m", Phase::Teardown).await;
     assert_eq!(receipt.status, PhaseStatus::Failed);
     assert_eq!(receipt.details["metrics_published"], false);
     assert_eq!(metric_samples(&aws, "DrillDurationSeconds").await, 0.0);
@@ -447,12 +446,7 @@ async fn metrics_that_fail_to_publish_are_recorded_as_such_and_published_on_the_
     assert_eq!(out.status, RunStatus::Succeeded);
     let summary = aws.receipts().get_summary("run-m").await.unwrap().unwrap();
     assert_eq!(summary.phases.last().unwrap().status, PhaseStatus::Success);
-    let receipt = aws
-        .receipts()
-        .get_phase("run-m", Phase::Teardown)
-        .await
-        .unwrap()
-        .unwrap();
+    let receipt = phase_receipt(&aws, "run-m", Phase::Teardown).await;
     assert_eq!(receipt.details["metrics_published"], true);
     teardown(&aws).handle(request).await.unwrap();
     assert_eq!(metric_samples(&aws, "DrillDurationSeconds").await, 1.0);

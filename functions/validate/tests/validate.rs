@@ -237,6 +237,26 @@ async fn it_refuses_a_run_without_a_successful_restore() {
     assert!(err.message.contains("restore receipt is missing"), "{err}");
 }
 
+/// One `Payments/<name>` datapoint, `age_seconds` old.
+async fn put_metric(aws: &LocalAws, name: &str, value: f64, age_seconds: i64) {
+    aws.clients
+        .cloudwatch
+        .put_metric_data()
+        .namespace("Payments")
+        .metric_data(
+            aws_sdk_cloudwatch::types::MetricDatum::builder()
+                .metric_name(name)
+                .value(value)
+                .timestamp(aws_sdk_cloudwatch::primitives::DateTime::from_secs(
+                    Utc::now().timestamp() - age_seconds,
+                ))
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+}
+
 #[tokio::test]
 async fn configured_metric_checks_pass_and_fail() {
     let aws = LocalAws::start().await;
@@ -244,22 +264,7 @@ async fn configured_metric_checks_pass_and_fail() {
     let tmp = TempDir::new("validate-checks");
     restored(&aws, &tmp, "b1", "run-checks").await;
     for (name, value) in [("SyncFailed", 0.0), ("NoSync", 3.0)] {
-        aws.clients
-            .cloudwatch
-            .put_metric_data()
-            .namespace("Payments")
-            .metric_data(
-                aws_sdk_cloudwatch::types::MetricDatum::builder()
-                    .metric_name(name)
-                    .value(value)
-                    .timestamp(aws_sdk_cloudwatch::primitives::DateTime::from_secs(
-                        Utc::now().timestamp() - 60,
-                    ))
-                    .build(),
-            )
-            .send()
-            .await
-            .unwrap();
+        put_metric(&aws, name, value, 60).await;
     }
     let mut profile = test_profile();
     profile["checks"] = json!([
@@ -298,22 +303,7 @@ async fn minimum_and_average_are_computed_as_themselves() {
     restored(&aws, &tmp, "b1", "run-stats").await;
     // Three samples in the window: minimum 1, maximum 5, average 3.
     for (age, value) in [(240, 5.0), (180, 1.0), (120, 3.0)] {
-        aws.clients
-            .cloudwatch
-            .put_metric_data()
-            .namespace("Payments")
-            .metric_data(
-                aws_sdk_cloudwatch::types::MetricDatum::builder()
-                    .metric_name("Lag")
-                    .value(value)
-                    .timestamp(aws_sdk_cloudwatch::primitives::DateTime::from_secs(
-                        Utc::now().timestamp() - age,
-                    ))
-                    .build(),
-            )
-            .send()
-            .await
-            .unwrap();
+        put_metric(&aws, "Lag", value, age).await;
     }
     let mut profile = test_profile();
     profile["checks"] = json!([
