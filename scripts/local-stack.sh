@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The local AWS stack (DESIGN.md §7): moto on loopback with state-machine execution and
+# The local AWS stack (docs/local-stack.md): moto on loopback with state-machine execution and
 # JSONata on, and `cargo lambda watch` serving the phase functions that moto's Lambda
 # Invoke is forwarded to.
 #   scripts/local-stack.sh up       start both (idempotent), print the endpoint

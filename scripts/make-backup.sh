@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Makes a drpilot backup (contract v1, DESIGN.md §3) with ordinary tools: tar, zstd,
+# Makes a drpilot backup (format v1, docs/contracts.md) with ordinary tools: tar, zstd,
 # sha256sum. Used by the tests, the local drill and anyone producing backups by hand.
 #
 #   scripts/make-backup.sh --src DIR --out DIR [--id ID] [--created-at RFC3339]

@@ -1,4 +1,4 @@
-//! The operator CLI (`drpilot`, DESIGN.md §6): start runs and follow them, approve or
+//! The operator CLI (`drpilot`, docs/contracts.md): start runs and follow them, approve or
 //! deny promotion, read receipts and reports, and run the local drill. Human-readable by
 //! default, `--json` for scripts; the exit code is 0 only on success.
 
@@ -11,9 +11,10 @@ use std::time::Duration;
 
 use aws_config::{BehaviorVersion, Region};
 use chrono::Utc;
+use drpilot_shared::input::{normalize, TriggerDefaults};
 use drpilot_shared::profile::ProfileSource;
 use drpilot_shared::receipt::{PhaseReceipt, ReceiptStore, RunSummary};
-use drpilot_shared::{AwsClients, RunInput, S3Uri};
+use drpilot_shared::{AwsClients, S3Uri};
 use serde::Serialize;
 use serde_json::{json, Value};
 
@@ -187,7 +188,8 @@ pub async fn start(
     if let Some(uri) = backup_uri {
         object.insert("backup_uri".into(), json!(uri));
     }
-    let checked = RunInput::from_json(&input)?;
+    // The same normalisation bringup makes: the run's settings, and `trigger` beside them.
+    let checked = normalize(&input, &TriggerDefaults::default())?.input;
     let run_id = match &checked.run_id {
         Some(id) => id.clone(),
         None => {

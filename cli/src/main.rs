@@ -29,7 +29,7 @@ enum Command {
     Start {
         #[arg(long)]
         profile: String,
-        /// Execution input (JSON, DESIGN.md §2); --profile and --backup-uri override it.
+        /// Execution input (JSON); --profile and --backup-uri override it.
         #[arg(long)]
         input: Option<PathBuf>,
         #[arg(long)]

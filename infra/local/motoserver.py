@@ -1,6 +1,6 @@
 """drpilot's local AWS: moto in server mode, wired the way drpilot needs it.
 
-What this adds to a plain `moto_server` (facts in DESIGN.md section 7):
+What this adds to a plain `moto_server` (see docs/local-stack.md):
   * Step Functions executes state machines, and Lambda uses moto's docker-free backend;
   * the JSONata hook moto leaves empty is filled with jsonata-python, so the same
     JSONata ASL that deploys runs here;

@@ -1,4 +1,4 @@
-//! Reading a backup archive (a zstd-compressed POSIX tar, DESIGN.md §3) as a stream:
+//! Reading a backup archive (a zstd-compressed POSIX tar, docs/contracts.md) as a stream:
 //! archive bytes → SHA-256 and size of the whole → zstd decoder → tar reader → one
 //! checked entry at a time, handed to an [`EntryVisitor`] as a `Read`. Nothing here holds
 //! more than the decoder's window and one entry header; the visitor decides what the data

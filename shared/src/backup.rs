@@ -1,4 +1,4 @@
-//! The backup contract v1 (DESIGN.md §3): `metadata.json`, `state.tar.zst` and
+//! The backup contract v1 (docs/contracts.md): `metadata.json`, `state.tar.zst` and
 //! `manifests.tar.zst` under one `backup_uri`.
 
 use std::collections::BTreeMap;

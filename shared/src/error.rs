@@ -1,5 +1,5 @@
 //! The error every drpilot phase raises. Its [`ErrorKind`] name becomes the Lambda
-//! `errorType`, which is what Step Functions matches in `Retry`/`Catch` (DESIGN.md §5).
+//! `errorType`, which is what Step Functions matches in `Retry`/`Catch` (docs/contracts.md).
 
 use std::fmt;
 
@@ -26,8 +26,8 @@ pub enum ErrorKind {
     /// A transient fault (throttling, 5xx, timeout): the state machine retries it.
     Retryable,
     /// An AWS call failed in a way retrying will not fix (access denied, missing bucket).
-    /// Not in DESIGN.md §5's list: it keeps such faults apart from `Retryable`, and the
-    /// state machine's catch-all routes it to teardown like any other failure.
+    /// Kept apart from `Retryable` so the state machine never retries it; its catch-all
+    /// routes it to teardown like any other failure.
     ServiceError,
     /// A bug: a panic, a task that died, a request that could not be built. Retrying
     /// cannot fix it, so the state machine never retries it.

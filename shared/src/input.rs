@@ -1,4 +1,4 @@
-//! The execution input (DESIGN.md §2) and the normalisation of every trigger shape into it:
+//! The execution input (docs/contracts.md) and the normalisation of every trigger shape into it:
 //! console/CLI JSON, an EventBridge scheduled event, and a CloudWatch alarm state change
 //! (the EventBridge event or the alarm's direct Lambda action payload).
 
@@ -203,8 +203,8 @@ impl RunInput {
         Ok(())
     }
 
-    /// Whether promote may go ahead without an approval (DESIGN.md §2): only in a drill,
-    /// and only when both flags say so.
+    /// Whether promote may go ahead without an approval: only in a drill, and only when
+    /// both flags say so.
     pub fn approval_bypassed(&self) -> bool {
         self.mode == Mode::Drill && self.auto_promote && self.allow_promote_bypass
     }

@@ -17,6 +17,7 @@ pub mod lock;
 pub mod metrics;
 pub mod objects;
 pub mod parity;
+pub mod phase;
 pub mod profile;
 pub mod receipt;
 pub mod run;

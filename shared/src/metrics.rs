@@ -1,4 +1,4 @@
-//! The `DRPilot` CloudWatch metrics (DESIGN.md §4), dimensioned by `Profile` and `Mode`.
+//! The `DRPilot` CloudWatch metrics (docs/contracts.md), dimensioned by `Profile` and `Mode`.
 
 use aws_sdk_cloudwatch::types::{Dimension, MetricDatum, StandardUnit};
 use chrono::{DateTime, Utc};

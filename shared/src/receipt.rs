@@ -1,4 +1,4 @@
-//! What a run leaves behind for auditors (DESIGN.md §4): one receipt per phase at
+//! What a run leaves behind for auditors (docs/contracts.md): one receipt per phase at
 //! `<receipts>/runs/<run_id>/phases/<phase>.json` and the run summary at
 //! `<receipts>/runs/<run_id>/drill.summary.json`.
 

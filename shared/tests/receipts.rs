@@ -1,4 +1,4 @@
-//! Receipts and the run summary round-trip through S3 with the DESIGN.md §4 schema.
+//! Receipts and the run summary round-trip through S3 with the docs/contracts.md schema.
 
 #![allow(clippy::unwrap_used)] // a test that cannot unwrap should fail loudly
 

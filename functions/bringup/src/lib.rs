@@ -2,9 +2,8 @@
 //! function runs in the profile's account and region, finds the backup, and takes the run
 //! lock. Nothing is written before every check has passed.
 
-use chrono::{Duration, Utc};
+use chrono::Duration;
 use drpilot_shared::backup::{self, BackupRef};
-use drpilot_shared::error::catch_panic;
 use drpilot_shared::input::{normalize, validate_run_id, TriggerDefaults};
 use drpilot_shared::lock::RunLock;
 use drpilot_shared::profile::ProfileSource;
@@ -84,6 +83,7 @@ impl Bringup {
                 ))
             }
         };
+        drpilot_shared::phase::record_run(&run_id, Phase::Bringup);
         let clock = PhaseClock::start(&run_id, Phase::Bringup, 1);
         let profile = self.profiles.load(&input.profile).await?;
         self.guard_account(&profile, function_arn).await?;
@@ -210,18 +210,4 @@ pub async fn newest_backup(s3: &aws_sdk_s3::Client, prefix: &S3Uri) -> Result<Ba
             "no valid backup under {prefix} ({skipped} invalid skipped)"
         ))
     })
-}
-
-/// Lambda's entry: the typed request, the invoked ARN from the context.
-pub async fn handler(
-    bringup: &Bringup,
-    event: lambda_runtime::LambdaEvent<BringupRequest>,
-) -> Result<RunContext, lambda_runtime::Diagnostic> {
-    let started = Utc::now();
-    let result =
-        catch_panic(bringup.handle(event.payload, &event.context.invoked_function_arn)).await;
-    if let Err(err) = &result {
-        warn!(error = %err, elapsed_ms = (Utc::now() - started).num_milliseconds(), "bringup failed");
-    }
-    result.map_err(Into::into)
 }

@@ -1,15 +1,19 @@
-use bringup::{handler, Bringup};
-use drpilot_shared::{telemetry, AwsClients};
-use lambda_runtime::{service_fn, Error, LambdaEvent};
+use bringup::{Bringup, BringupRequest};
+use drpilot_shared::phase::serve;
+use drpilot_shared::AwsClients;
+use lambda_runtime::LambdaEvent;
 
 #[tokio::main]
-async fn main() -> Result<(), Error> {
-    telemetry::init_tracing();
-    let bringup = Bringup::new(AwsClients::from_env().await);
-    let bringup = &bringup;
-    // Boxed: the runtime's future holds every in-flight handler future and is large.
-    Box::pin(lambda_runtime::run(service_fn(
-        move |event: LambdaEvent<_>| handler(bringup, event),
-    )))
+async fn main() -> Result<(), lambda_runtime::Error> {
+    let function = &Bringup::new(AwsClients::from_env().await);
+    // The account guard reads the invoked function's ARN from the invocation's context.
+    serve(
+        "bringup",
+        move |event: LambdaEvent<BringupRequest>| async move {
+            function
+                .handle(event.payload, &event.context.invoked_function_arn)
+                .await
+        },
+    )
     .await
 }

@@ -7,11 +7,11 @@
 
 use chrono::{DateTime, Utc};
 use drpilot_shared::archive::RESERVED_PREFIX;
-use drpilot_shared::error::catch_panic;
 use drpilot_shared::metrics::{self, Sample};
 use drpilot_shared::parity::{compare_prefixes, DifferenceLog, ParityCounts, Verdict};
+use drpilot_shared::phase::{self, Outcome, PhaseRun, Rerun};
 use drpilot_shared::profile::ProfileSource;
-use drpilot_shared::receipt::{put_json, PhaseClock};
+use drpilot_shared::receipt::put_json;
 use drpilot_shared::run::{PhaseOutput, PhaseRequest};
 use drpilot_shared::{AwsClients, Error, Phase, Result, S3Uri};
 use serde::{Deserialize, Serialize};
@@ -109,49 +109,45 @@ impl ParityReporter {
     }
 
     async fn for_run(&self, request: PhaseRequest) -> Result<PhaseOutput> {
-        let run = &request.run;
-        let profile = self.profiles.load(&run.input.profile).await?;
-        let store = run.receipts(&self.clients.s3, &profile);
-        let clock = PhaseClock::start(&run.run_id, Phase::ParityReport, request.attempt());
-        if let Some(reason) = run.input.skip_reason(Phase::ParityReport) {
-            let receipt = clock.skipped(reason);
-            let uri = store.put_phase(&receipt).await?;
-            return Ok(PhaseOutput::new(&receipt, uri));
-        }
-        let dir = store
-            .run_dir(&run.run_id)?
-            .join("parity")
-            .map_err(|e| Error::input(e.to_string()))?;
-        let result = async {
-            let staging = profile.target.staging(&run.run_id)?;
-            let report = self
-                .compare(
-                    &staging,
-                    &profile.target.root(),
-                    vec![RESERVED_PREFIX.to_owned()],
-                    &dir,
+        phase::run(
+            Phase::ParityReport,
+            &request,
+            &self.clients.s3,
+            &self.profiles,
+            Rerun::StartOver,
+            async |ctx: &PhaseRun<'_>| {
+                let (run, profile) = (ctx.run, ctx.profile);
+                let dir = ctx
+                    .store
+                    .run_dir(&run.run_id)?
+                    .join("parity")
+                    .map_err(|e| Error::input(e.to_string()))?;
+                let staging = profile.target.staging(&run.run_id)?;
+                let report = self
+                    .compare(
+                        &staging,
+                        &profile.target.root(),
+                        vec![RESERVED_PREFIX.to_owned()],
+                        &dir,
+                    )
+                    .await?;
+                metrics::publish(
+                    &self.clients.cloudwatch,
+                    &run.input.profile,
+                    run.input.mode.as_str(),
+                    report.generated_at,
+                    vec![Sample::count("ParityDelta", report.counts.delta as f64)],
                 )
                 .await?;
-            metrics::publish(
-                &self.clients.cloudwatch,
-                &run.input.profile,
-                run.input.mode.as_str(),
-                report.generated_at,
-                vec![Sample::count("ParityDelta", report.counts.delta as f64)],
-            )
-            .await?;
-            Ok(json!({
-                "delta": report.counts.delta,
-                "counts": report.counts,
-                "report": dir.join("report.json").map_err(|e| Error::input(e.to_string()))?,
-                "differences": report.differences,
-            }))
-        }
-        .await;
-        let receipt = clock.finish_with(&result);
-        let uri = store.put_phase(&receipt).await?;
-        result?;
-        Ok(PhaseOutput::new(&receipt, uri))
+                Ok(Outcome::Done(json!({
+                    "delta": report.counts.delta,
+                    "counts": report.counts,
+                    "report": dir.join("report.json").map_err(|e| Error::input(e.to_string()))?,
+                    "differences": report.differences,
+                })))
+            },
+        )
+        .await
     }
 
     /// Compares `left` with `right` and writes `report.json` and `differences.jsonl`
@@ -196,18 +192,4 @@ impl ParityReporter {
         info!(left = %report.left, right = %report.right, delta = report.counts.delta, "parity compared");
         Ok(report)
     }
-}
-
-pub async fn handler(
-    reporter: &ParityReporter,
-    event: lambda_runtime::LambdaEvent<Value>,
-) -> Result<Value, lambda_runtime::Diagnostic> {
-    let result = match ParityRequest::from_json(event.payload) {
-        Ok(request) => catch_panic(reporter.handle(request)).await,
-        Err(err) => Err(err),
-    };
-    result.map_err(|err| {
-        tracing::warn!(error = %err, "parity-report failed");
-        err.into()
-    })
 }

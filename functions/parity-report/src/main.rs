@@ -1,15 +1,19 @@
-use drpilot_shared::{telemetry, AwsClients};
-use lambda_runtime::{service_fn, Error, LambdaEvent};
-use parity_report::{handler, ParityReporter};
+use drpilot_shared::phase::serve;
+use drpilot_shared::AwsClients;
+use lambda_runtime::LambdaEvent;
+use parity_report::{ParityReporter, ParityRequest};
 
 #[tokio::main]
-async fn main() -> Result<(), Error> {
-    telemetry::init_tracing();
-    let reporter = ParityReporter::new(AwsClients::from_env().await);
-    let reporter = &reporter;
-    // Boxed: the runtime's future holds every in-flight handler future and is large.
-    Box::pin(lambda_runtime::run(service_fn(
-        move |event: LambdaEvent<_>| handler(reporter, event),
-    )))
+async fn main() -> Result<(), lambda_runtime::Error> {
+    let function = &ParityReporter::new(AwsClients::from_env().await);
+    // A run's phase or a standalone comparison: the request says which.
+    serve(
+        "parity-report",
+        move |event: LambdaEvent<serde_json::Value>| async move {
+            function
+                .handle(ParityRequest::from_json(event.payload)?)
+                .await
+        },
+    )
     .await
 }

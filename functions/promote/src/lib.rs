@@ -10,13 +10,13 @@ use std::sync::Arc;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, TaggingDirective};
 use chrono::{DateTime, Utc};
 use drpilot_shared::archive::RESERVED_PREFIX;
-use drpilot_shared::error::catch_panic;
 use drpilot_shared::metrics::{self, Sample};
 use drpilot_shared::objects::{object_size, part_size};
 use drpilot_shared::parity::{compare_prefixes, Difference, ParityCounts, Verdict};
+use drpilot_shared::phase::{self, Outcome, PhaseRun, Rerun};
 use drpilot_shared::profile::{Profile, ProfileSource};
-use drpilot_shared::receipt::{get_json, put_json, PhaseClock, PhaseStatus, ReceiptStore};
-use drpilot_shared::run::{PhaseOutput, RunContext};
+use drpilot_shared::receipt::{get_json, put_json, PhaseStatus, ReceiptStore};
+use drpilot_shared::run::{PhaseOutput, PhaseRequest, RunContext};
 use drpilot_shared::{AwsClients, Error, ErrorKind, Phase, Result, S3Uri};
 use futures::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
@@ -122,34 +122,25 @@ impl Promote {
     }
 
     pub async fn handle(&self, request: PromoteRequest) -> Result<PhaseOutput> {
-        // Boxed: the SDK futures inside make this one large.
-        Box::pin(self.handle_unboxed(request)).await
-    }
-
-    async fn handle_unboxed(&self, request: PromoteRequest) -> Result<PhaseOutput> {
-        let run = &request.run;
-        let profile = self.profiles.load(&run.input.profile).await?;
-        let store = run.receipts(&self.clients.s3, &profile);
-        let clock = PhaseClock::start(&run.run_id, Phase::Promote, request.retry_count + 1);
-        if let Some(reason) = run.input.skip_reason(Phase::Promote) {
-            let receipt = clock.skipped(reason);
-            let uri = store.put_phase(&receipt).await?;
-            return Ok(PhaseOutput::new(&receipt, uri));
-        }
-        if let Some(done) = store.get_phase(&run.run_id, Phase::Promote).await? {
-            if done.status == PhaseStatus::Success {
-                info!(run_id = %run.run_id, "already promoted");
-                let uri = store.phase_uri(&run.run_id, Phase::Promote)?;
-                return Ok(PhaseOutput::new(&done, uri));
-            }
-        }
-        let result = self
-            .promote(run, &profile, &store, request.approval.as_ref())
-            .await;
-        let receipt = clock.finish_with(&result);
-        let uri = store.put_phase(&receipt).await?;
-        result?;
-        Ok(PhaseOutput::new(&receipt, uri))
+        let phase_request = PhaseRequest {
+            run: request.run,
+            retry_count: request.retry_count,
+        };
+        let approval = request.approval;
+        phase::run(
+            Phase::Promote,
+            &phase_request,
+            &self.clients.s3,
+            &self.profiles,
+            Rerun::KeepSuccess,
+            async |ctx: &PhaseRun<'_>| {
+                let details = self
+                    .promote(ctx.run, ctx.profile, ctx.store, approval.as_ref())
+                    .await?;
+                Ok(Outcome::Done(details))
+            },
+        )
+        .await
     }
 
     async fn promote(
@@ -568,16 +559,4 @@ async fn copy(
             .await;
     }
     result
-}
-
-pub async fn handler(
-    promote: &Promote,
-    event: lambda_runtime::LambdaEvent<PromoteRequest>,
-) -> Result<PhaseOutput, lambda_runtime::Diagnostic> {
-    catch_panic(promote.handle(event.payload))
-        .await
-        .map_err(|err| {
-            tracing::warn!(error = %err, "promote failed");
-            err.into()
-        })
 }

@@ -1,15 +1,13 @@
-use drpilot_shared::{telemetry, AwsClients};
-use lambda_runtime::{service_fn, Error, LambdaEvent};
-use promote::{handler, Promote};
+use drpilot_shared::phase::serve;
+use drpilot_shared::AwsClients;
+use lambda_runtime::LambdaEvent;
+use promote::{Promote, PromoteRequest};
 
 #[tokio::main]
-async fn main() -> Result<(), Error> {
-    telemetry::init_tracing();
-    let promote = Promote::new(AwsClients::from_env().await);
-    let promote = &promote;
-    // Boxed: the runtime's future holds every in-flight handler future and is large.
-    Box::pin(lambda_runtime::run(service_fn(
-        move |event: LambdaEvent<_>| handler(promote, event),
-    )))
+async fn main() -> Result<(), lambda_runtime::Error> {
+    let function = Promote::new(AwsClients::from_env().await);
+    serve("promote", |event: LambdaEvent<PromoteRequest>| {
+        function.handle(event.payload)
+    })
     .await
 }

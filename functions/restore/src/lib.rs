@@ -11,10 +11,10 @@ pub mod staging;
 use aws_sdk_s3::primitives::ByteStream;
 use chrono::{DateTime, Utc};
 use drpilot_shared::backup::{self, Artifact, BackupMetadata, MANIFESTS, STATE};
-use drpilot_shared::error::catch_panic;
 use drpilot_shared::objects::{delete_prefix, object_size, open};
+use drpilot_shared::phase::{self, Outcome, PhaseRun, Rerun};
 use drpilot_shared::profile::{Profile, ProfileSource};
-use drpilot_shared::receipt::{put_json, PhaseClock};
+use drpilot_shared::receipt::put_json;
 use drpilot_shared::run::{PhaseOutput, PhaseRequest, RunContext};
 use drpilot_shared::s3uri::RelativeKey;
 use drpilot_shared::{AwsClients, Error, Phase, Result, S3Uri};
@@ -45,22 +45,19 @@ impl Restore {
     }
 
     pub async fn handle(&self, request: PhaseRequest) -> Result<PhaseOutput> {
-        let run = &request.run;
-        let profile = self.profiles.load(&run.input.profile).await?;
-        let store = run.receipts(&self.clients.s3, &profile);
-        let clock = PhaseClock::start(&run.run_id, Phase::Restore, request.attempt());
-        if let Some(reason) = run.input.skip_reason(Phase::Restore) {
-            let receipt = clock.skipped(reason);
-            let uri = store.put_phase(&receipt).await?;
-            return Ok(PhaseOutput::new(&receipt, uri));
-        }
-        store.delete_phase(&run.run_id, Phase::Restore).await?;
-        let result = self.restore(run, &profile).await;
-        let receipt = clock.finish_with(&result);
-        let uri = store.put_phase(&receipt).await?;
-        result?;
-        info!(run_id = %run.run_id, objects = %receipt.details["objects"], bytes = %receipt.details["bytes"], "restored");
-        Ok(PhaseOutput::new(&receipt, uri))
+        phase::run(
+            Phase::Restore,
+            &request,
+            &self.clients.s3,
+            &self.profiles,
+            Rerun::StartOver,
+            async |ctx: &PhaseRun<'_>| {
+                let details = self.restore(ctx.run, ctx.profile).await?;
+                info!(objects = %details["objects"], bytes = %details["bytes"], "restored");
+                Ok(Outcome::Done(details))
+            },
+        )
+        .await
     }
 
     async fn restore(&self, run: &RunContext, profile: &Profile) -> Result<Value> {
@@ -284,7 +281,7 @@ async fn send(tx: &mpsc::Sender<EntryMessage>, message: EntryMessage) -> Result<
         .map_err(|_| Error::retryable(staging::UPLOADER_STOPPED))
 }
 
-/// `<prefix>/control-plane/current.json` (DESIGN.md §3).
+/// `<prefix>/control-plane/current.json` (docs/contracts.md, profile).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ControlPlanePointer {
     pub bundle_uri: S3Uri,
@@ -315,16 +312,4 @@ async fn check_size(
         )));
     }
     Ok(())
-}
-
-pub async fn handler(
-    restore: &Restore,
-    event: lambda_runtime::LambdaEvent<PhaseRequest>,
-) -> Result<PhaseOutput, lambda_runtime::Diagnostic> {
-    catch_panic(restore.handle(event.payload))
-        .await
-        .map_err(|err| {
-            tracing::warn!(error = %err, "restore failed");
-            err.into()
-        })
 }

@@ -1,15 +1,14 @@
-use drpilot_shared::{telemetry, AwsClients};
-use lambda_runtime::{service_fn, Error, LambdaEvent};
-use restore::{handler, Restore};
+use drpilot_shared::phase::serve;
+use drpilot_shared::AwsClients;
+use lambda_runtime::LambdaEvent;
+use restore::Restore;
 
 #[tokio::main]
-async fn main() -> Result<(), Error> {
-    telemetry::init_tracing();
-    let restore = Restore::new(AwsClients::from_env().await);
-    let restore = &restore;
-    // Boxed: the runtime's future holds every in-flight handler future and is large.
-    Box::pin(lambda_runtime::run(service_fn(
-        move |event: LambdaEvent<_>| handler(restore, event),
-    )))
+async fn main() -> Result<(), lambda_runtime::Error> {
+    let function = Restore::new(AwsClients::from_env().await);
+    serve(
+        "restore",
+        |event: LambdaEvent<drpilot_shared::run::PhaseRequest>| function.handle(event.payload),
+    )
     .await
 }

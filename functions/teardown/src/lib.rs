@@ -5,7 +5,6 @@
 //! the same state (metrics are published once).
 
 use chrono::{DateTime, Utc};
-use drpilot_shared::error::catch_panic;
 use drpilot_shared::input::{normalize, Trigger, TriggerDefaults};
 use drpilot_shared::lock::{Released, RunLock};
 use drpilot_shared::metrics::{self, Sample};
@@ -144,6 +143,7 @@ impl Teardown {
                 failure,
             ));
         };
+        drpilot_shared::phase::record_run(&known.run_id, Phase::Teardown);
         let wrong_account = request
             .failure
             .as_ref()
@@ -432,16 +432,4 @@ fn outcome(receipt: &PhaseReceipt) -> PhaseOutcome {
 
 fn seconds(d: chrono::Duration) -> f64 {
     d.num_milliseconds() as f64 / 1000.0
-}
-
-pub async fn handler(
-    teardown: &Teardown,
-    event: lambda_runtime::LambdaEvent<TeardownRequest>,
-) -> Result<TeardownOutput, lambda_runtime::Diagnostic> {
-    catch_panic(teardown.handle(event.payload))
-        .await
-        .map_err(|err| {
-            warn!(error = %err, "teardown failed");
-            err.into()
-        })
 }

@@ -1,15 +1,13 @@
-use drpilot_shared::{telemetry, AwsClients};
-use lambda_runtime::{service_fn, Error, LambdaEvent};
-use teardown::{handler, Teardown};
+use drpilot_shared::phase::serve;
+use drpilot_shared::AwsClients;
+use lambda_runtime::LambdaEvent;
+use teardown::{Teardown, TeardownRequest};
 
 #[tokio::main]
-async fn main() -> Result<(), Error> {
-    telemetry::init_tracing();
-    let teardown = Teardown::new(AwsClients::from_env().await);
-    let teardown = &teardown;
-    // Boxed: the runtime's future holds every in-flight handler future and is large.
-    Box::pin(lambda_runtime::run(service_fn(
-        move |event: LambdaEvent<_>| handler(teardown, event),
-    )))
+async fn main() -> Result<(), lambda_runtime::Error> {
+    let function = Teardown::new(AwsClients::from_env().await);
+    serve("teardown", |event: LambdaEvent<TeardownRequest>| {
+        function.handle(event.payload)
+    })
     .await
 }

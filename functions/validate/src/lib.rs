@@ -12,14 +12,14 @@ use aws_sdk_cloudwatch::types::{Dimension, Metric, MetricDataQuery, MetricStat};
 use chrono::Utc;
 use drpilot_shared::archive::{unpack, RESERVED_PREFIX};
 use drpilot_shared::backup::{self, MANIFESTS};
-use drpilot_shared::error::catch_panic;
 use drpilot_shared::listing::{list_sorted, Joined, MergeJoin};
 use drpilot_shared::objects::{open, pump_body, stored_sha256};
 use drpilot_shared::parity::DifferenceLog;
+use drpilot_shared::phase::{self, Failed, Outcome, PhaseRun, Rerun};
 use drpilot_shared::profile::{Check, Profile, ProfileSource, Statistic};
-use drpilot_shared::receipt::{PhaseClock, PhaseStatus};
+use drpilot_shared::receipt::{PhaseStatus, ReceiptStore};
 use drpilot_shared::run::{PhaseOutput, PhaseRequest, RunContext};
-use drpilot_shared::{AwsClients, Error, ErrorKind, Phase, Result, S3Uri};
+use drpilot_shared::{AwsClients, Error, Phase, Result, S3Uri};
 use serde::Serialize;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -86,15 +86,23 @@ impl Validate {
     }
 
     pub async fn handle(&self, request: PhaseRequest) -> Result<PhaseOutput> {
-        let run = &request.run;
-        let profile = self.profiles.load(&run.input.profile).await?;
-        let store = run.receipts(&self.clients.s3, &profile);
-        let clock = PhaseClock::start(&run.run_id, Phase::Validate, request.attempt());
-        if let Some(reason) = run.input.skip_reason(Phase::Validate) {
-            let receipt = clock.skipped(reason);
-            let uri = store.put_phase(&receipt).await?;
-            return Ok(PhaseOutput::new(&receipt, uri));
-        }
+        phase::run(
+            Phase::Validate,
+            &request,
+            &self.clients.s3,
+            &self.profiles,
+            Rerun::StartOver,
+            async |ctx: &PhaseRun<'_>| self.validate(ctx.run, ctx.profile, ctx.store).await,
+        )
+        .await
+    }
+
+    async fn validate(
+        &self,
+        run: &RunContext,
+        profile: &Profile,
+        store: &ReceiptStore,
+    ) -> std::result::Result<Outcome, Failed> {
         let restore = store.get_phase(&run.run_id, Phase::Restore).await?;
         if restore.as_ref().map(|r| r.status) != Some(PhaseStatus::Success) {
             let err = Error::input(format!(
@@ -103,22 +111,18 @@ impl Validate {
                 restore.map_or("missing".to_owned(), |r| format!("{:?}", r.status)
                     .to_lowercase())
             ));
-            let receipt = clock.finish_with(&Err(err.clone()));
-            store.put_phase(&receipt).await?;
-            return Err(err);
+            return Err(err.into());
         }
         if run.input.dry_run {
-            let receipt = clock.skipped("dry_run: nothing was staged".to_owned());
-            let uri = store.put_phase(&receipt).await?;
-            return Ok(PhaseOutput::new(&receipt, uri));
+            return Ok(Outcome::Skipped("dry_run: nothing was staged".to_owned()));
         }
 
         let differences_uri = store
             .run_dir(&run.run_id)?
             .join("validate/differences.jsonl")
             .map_err(|e| Error::input(e.to_string()))?;
-        let (tally, log) = self.compare(run, &profile).await?;
-        let checks = self.run_checks(&profile).await?;
+        let (tally, log) = self.compare(run, profile).await?;
+        let checks = self.run_checks(profile).await?;
         let failed_checks: Vec<&CheckResult> = checks.iter().filter(|c| !c.passed).collect();
         let first = log.first().to_vec();
         let differences = log.count();
@@ -131,7 +135,7 @@ impl Validate {
             "checks": checks,
             "full": profile.full_validation,
         });
-        let verdict = if differences > 0 || !failed_checks.is_empty() {
+        if differences > 0 || !failed_checks.is_empty() {
             let mut parts = Vec::new();
             if differences > 0 {
                 parts.push(format!(
@@ -151,22 +155,11 @@ impl Validate {
             for check in &failed_checks {
                 parts.push(format!("check {:?} failed: {}", check.name, check.detail));
             }
-            Err(Error::integrity(parts.join("; ")))
-        } else {
-            Ok(())
-        };
-        let receipt = match &verdict {
-            Ok(()) => clock.finish(PhaseStatus::Success, None, details),
-            Err(err) => {
-                let mut details = details;
-                details["error"] = json!(ErrorKind::IntegrityError.name());
-                clock.finish(PhaseStatus::Failed, Some(err.to_string()), details)
-            }
-        };
-        let uri = store.put_phase(&receipt).await?;
-        verdict?;
-        info!(run_id = %run.run_id, verified = tally.verified, "validated");
-        Ok(PhaseOutput::new(&receipt, uri))
+            let err = Error::integrity(parts.join("; "));
+            return Err(Failed::with_details(err, details));
+        }
+        info!(verified = tally.verified, "validated");
+        Ok(Outcome::Done(details))
     }
 
     /// Merge-joins the sorted manifests with the sorted staging listing.
@@ -423,16 +416,4 @@ async fn hash_by_reading(s3: &aws_sdk_s3::Client, uri: &S3Uri) -> Result<Option<
         hasher.update(&chunk);
     }
     Ok(Some(hex::encode(hasher.finalize())))
-}
-
-pub async fn handler(
-    validate: &Validate,
-    event: lambda_runtime::LambdaEvent<PhaseRequest>,
-) -> Result<PhaseOutput, lambda_runtime::Diagnostic> {
-    catch_panic(validate.handle(event.payload))
-        .await
-        .map_err(|err| {
-            tracing::warn!(error = %err, "validate failed");
-            err.into()
-        })
 }

@@ -1,15 +1,14 @@
-use drpilot_shared::{telemetry, AwsClients};
-use lambda_runtime::{service_fn, Error, LambdaEvent};
-use validate::{handler, Validate};
+use drpilot_shared::phase::serve;
+use drpilot_shared::AwsClients;
+use lambda_runtime::LambdaEvent;
+use validate::Validate;
 
 #[tokio::main]
-async fn main() -> Result<(), Error> {
-    telemetry::init_tracing();
-    let validate = Validate::new(AwsClients::from_env().await);
-    let validate = &validate;
-    // Boxed: the runtime's future holds every in-flight handler future and is large.
-    Box::pin(lambda_runtime::run(service_fn(
-        move |event: LambdaEvent<_>| handler(validate, event),
-    )))
+async fn main() -> Result<(), lambda_runtime::Error> {
+    let function = Validate::new(AwsClients::from_env().await);
+    serve(
+        "validate",
+        |event: LambdaEvent<drpilot_shared::run::PhaseRequest>| function.handle(event.payload),
+    )
     .await
 }

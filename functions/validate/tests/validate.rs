@@ -334,3 +334,34 @@ async fn minimum_and_average_are_computed_as_themselves() {
         .collect();
     assert_eq!(values, [(true, 1.0), (true, 3.0), (false, 5.0)]);
 }
+
+/// A failure before the comparison (here the backup lost its manifests after restore)
+/// still leaves a failed receipt naming the error, like every other way out.
+#[tokio::test]
+async fn an_early_failure_still_leaves_a_failed_receipt() {
+    let aws = LocalAws::start().await;
+    aws.standard_setup().await;
+    let tmp = TempDir::new("validate-early");
+    restored(&aws, &tmp, "b1", "run-early").await;
+    aws.s3()
+        .delete_object()
+        .bucket(BACKUP_BUCKET)
+        .key(format!("{BACKUP_PREFIX}b1/manifests.tar.zst"))
+        .send()
+        .await
+        .unwrap();
+    let err = validator(&aws)
+        .handle(phase_request("run-early", "b1"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind, ErrorKind::ContractError, "{err}");
+    let receipt = aws
+        .receipts()
+        .get_phase("run-early", Phase::Validate)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(receipt.status, PhaseStatus::Failed);
+    assert_eq!(receipt.details["error"], "ContractError");
+    assert!(receipt.reason.unwrap().contains("manifests.tar.zst"));
+}
