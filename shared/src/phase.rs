@@ -90,59 +90,59 @@ where
 {
     let run = &request.run;
     record_run(&run.run_id, phase);
-    let lifecycle = async {
-        let profile = profiles.load(&run.input.profile).await?;
-        let store = run.receipts(s3, &profile);
-        let clock = PhaseClock::start(&run.run_id, phase, request.attempt());
-        if let Some(reason) = run.input.skip_reason(phase) {
-            info!(%reason, "skipped");
-            let receipt = clock.skipped(reason);
-            let uri = store.put_phase(&receipt).await?;
-            return Ok(PhaseOutput::new(&receipt, uri));
-        }
-        match rerun {
-            Rerun::StartOver => store.delete_phase(&run.run_id, phase).await?,
-            Rerun::KeepSuccess => {
-                if let Some(done) = store.get_phase(&run.run_id, phase).await? {
-                    if done.status == PhaseStatus::Success {
-                        info!("already done: keeping the earlier success");
-                        let uri = store.phase_uri(&run.run_id, phase)?;
-                        return Ok(PhaseOutput::new(&done, uri));
-                    }
-                }
-            }
-        }
-        let context = PhaseRun {
-            run,
-            profile: &profile,
-            store: &store,
-            attempt: request.attempt(),
-        };
-        // Boxed: a body's future holds the SDK's and is large.
-        let result = Box::pin(body(&context)).await;
-        let receipt = match &result {
-            Ok(Outcome::Done(details)) => clock.finish(PhaseStatus::Success, None, details.clone()),
-            Ok(Outcome::Skipped(reason)) => clock.skipped(reason.clone()),
-            Err(failed) => {
-                let mut details = failed.details.clone();
-                if let Some(object) = details.as_object_mut() {
-                    object.insert("error".into(), json!(failed.error.kind.name()));
-                } else {
-                    details = json!({"error": failed.error.kind.name()});
-                }
-                clock.finish(PhaseStatus::Failed, Some(failed.error.to_string()), details)
-            }
-        };
+    let profile = profiles.load(&run.input.profile).await?;
+    let store = run.receipts(s3, &profile);
+    let clock = PhaseClock::start(&run.run_id, phase, request.attempt());
+    if let Some(reason) = run.input.skip_reason(phase) {
+        info!(%reason, "skipped");
+        let receipt = clock.skipped(reason);
         let uri = store.put_phase(&receipt).await?;
-        match result {
-            Ok(_) => {
-                info!(status = ?receipt.status, duration_ms = receipt.duration_ms, "phase finished");
-                Ok(PhaseOutput::new(&receipt, uri))
+        return Ok(PhaseOutput::new(&receipt, uri));
+    }
+    match rerun {
+        Rerun::StartOver => store.delete_phase(&run.run_id, phase).await?,
+        Rerun::KeepSuccess => {
+            if let Some(done) = store.get_phase(&run.run_id, phase).await? {
+                if done.status == PhaseStatus::Success {
+                    info!("already done: keeping the earlier success");
+                    let uri = store.phase_uri(&run.run_id, phase)?;
+                    return Ok(PhaseOutput::new(&done, uri));
+                }
             }
-            Err(failed) => Err(failed.error),
+        }
+    }
+    let context = PhaseRun {
+        run,
+        profile: &profile,
+        store: &store,
+        attempt: request.attempt(),
+    };
+    // Boxed: a body's future holds the SDK's and is large.
+    let result = Box::pin(body(&context)).await;
+    let (receipt, error) = match result {
+        Ok(Outcome::Done(details)) => (clock.finish(PhaseStatus::Success, None, details), None),
+        Ok(Outcome::Skipped(reason)) => (clock.skipped(reason), None),
+        Err(Failed { error, mut details }) => {
+            let name = json!(error.kind.name());
+            match details.as_object_mut() {
+                Some(object) => {
+                    object.insert("error".into(), name);
+                }
+                None => details = json!({"error": name}),
+            }
+            let reason = Some(error.to_string());
+            (
+                clock.finish(PhaseStatus::Failed, reason, details),
+                Some(error),
+            )
         }
     };
-    lifecycle.await
+    let uri = store.put_phase(&receipt).await?;
+    if let Some(error) = error {
+        return Err(error);
+    }
+    info!(status = ?receipt.status, duration_ms = receipt.duration_ms, "phase finished");
+    Ok(PhaseOutput::new(&receipt, uri))
 }
 
 /// Names the run and phase on the current invocation's span (see [`serve`]), so every
