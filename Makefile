@@ -32,9 +32,10 @@ test: ## run every test (unit, integration, end to end) and the template and per
 	.venv-infra/bin/python infra/check.py
 	.venv-infra/bin/python infra/permissions.py --ledger $(LEDGER)
 
-lint: ## formatting and clippy, warnings are errors
+lint: ## formatting, clippy (warnings are errors), and one feature set for every build
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets -- -D warnings
+	scripts/check-one-build.sh
 
 fmt: ## format the code
 	cargo fmt --all

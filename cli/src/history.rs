@@ -2,28 +2,21 @@
 //! failed, whether it waits for an approval (and the task token to answer with), and what
 //! bringup and teardown returned.
 
-use aws_sdk_sfn::types::HistoryEvent;
+use aws_sdk_sfn::types::{ExecutionStatus, HistoryEvent};
 use chrono::{DateTime, Utc};
+use drpilot_shared::input::{Phase, Stage};
+use drpilot_shared::receipt::seconds;
+use drpilot_shared::run::{RunContext, TeardownOutput};
 use serde::Serialize;
 use serde_json::Value;
 
 use crate::CliError;
 
-/// The states an operator cares about, in the order they run, with the phase they are.
-pub const STEPS: [(&str, &str); 7] = [
-    ("Bringup", "bringup"),
-    ("Restore", "restore"),
-    ("Validate", "validate"),
-    ("ParityReport", "parity-report"),
-    ("RequestApproval", "approval"),
-    ("Promote", "promote"),
-    ("Teardown", "teardown"),
-];
-
-#[derive(Clone, Debug, Default, Serialize)]
+/// One state of the run as the history shows it.
+#[derive(Clone, Debug, Serialize)]
 pub struct Step {
-    pub state: String,
-    pub phase: String,
+    pub state: &'static str,
+    pub phase: Stage,
     pub entered_at: Option<DateTime<Utc>>,
     pub exited_at: Option<DateTime<Utc>>,
     /// `Error: cause` of the task's last failure, when it failed.
@@ -32,15 +25,79 @@ pub struct Step {
 }
 
 impl Step {
+    fn new(stage: Stage) -> Self {
+        Self {
+            state: stage.state_name(),
+            phase: stage,
+            entered_at: None,
+            exited_at: None,
+            failed: None,
+            attempts: 0,
+        }
+    }
+
     pub fn seconds(&self) -> Option<f64> {
-        Some((self.exited_at? - self.entered_at?).num_milliseconds() as f64 / 1000.0)
+        Some(seconds(self.exited_at? - self.entered_at?))
+    }
+}
+
+/// Where an execution is, as Step Functions reports it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ExecutionState {
+    #[default]
+    Running,
+    Succeeded,
+    Failed,
+    TimedOut,
+    Aborted,
+    PendingRedrive,
+}
+
+impl ExecutionState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Running => "RUNNING",
+            Self::Succeeded => "SUCCEEDED",
+            Self::Failed => "FAILED",
+            Self::TimedOut => "TIMED_OUT",
+            Self::Aborted => "ABORTED",
+            Self::PendingRedrive => "PENDING_REDRIVE",
+        }
+    }
+}
+
+impl From<&ExecutionStatus> for ExecutionState {
+    fn from(status: &ExecutionStatus) -> Self {
+        match status {
+            ExecutionStatus::Running => Self::Running,
+            ExecutionStatus::Succeeded => Self::Succeeded,
+            ExecutionStatus::TimedOut => Self::TimedOut,
+            ExecutionStatus::Aborted => Self::Aborted,
+            ExecutionStatus::PendingRedrive => Self::PendingRedrive,
+            // FAILED, and any status this CLI does not know yet: not a success.
+            _ => Self::Failed,
+        }
+    }
+}
+
+/// Compares with the name Step Functions uses (`"SUCCEEDED"`).
+impl PartialEq<&str> for ExecutionState {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl std::fmt::Display for ExecutionState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Progress {
     pub execution_arn: String,
-    pub status: String,
+    pub status: ExecutionState,
     pub started_at: Option<DateTime<Utc>>,
     pub stopped_at: Option<DateTime<Utc>>,
     pub steps: Vec<Step>,
@@ -51,16 +108,20 @@ pub struct Progress {
     /// The approval request's message, while waiting.
     pub approval_message: Option<String>,
     /// Bringup's output (the run context), once bringup succeeded.
-    pub run: Option<Value>,
-    /// The execution's output (teardown's summary), once finished.
-    pub output: Option<Value>,
+    pub run: Option<RunContext>,
+    /// The execution's output (teardown's answer), once it succeeded.
+    pub output: Option<TeardownOutput>,
     pub error: Option<String>,
     pub cause: Option<String>,
 }
 
 impl Progress {
     pub fn finished(&self) -> bool {
-        self.status != "RUNNING"
+        self.status != ExecutionState::Running
+    }
+
+    pub fn succeeded(&self) -> bool {
+        self.status == ExecutionState::Succeeded
     }
 }
 
@@ -89,7 +150,7 @@ pub async fn fetch(sfn: &aws_sdk_sfn::Client, execution_arn: &str) -> Result<Pro
     }
     let mut progress = Progress {
         execution_arn: execution_arn.to_owned(),
-        status: described.status().as_str().to_owned(),
+        status: ExecutionState::from(described.status()),
         started_at: time(described.start_date()),
         stopped_at: described.stop_date().and_then(time),
         output: described
@@ -110,15 +171,11 @@ fn read_events(progress: &mut Progress, events: &[HistoryEvent]) {
         let at = time(event.timestamp());
         if let Some(entered) = event.state_entered_event_details() {
             current = None;
-            if let Some((state, phase)) = STEPS.iter().find(|(s, _)| *s == entered.name()) {
-                let index = match progress.steps.iter().position(|s| s.state == *state) {
+            if let Some(stage) = Stage::of_state(entered.name()) {
+                let index = match progress.steps.iter().position(|s| s.phase == stage) {
                     Some(i) => i,
                     None => {
-                        progress.steps.push(Step {
-                            state: (*state).to_owned(),
-                            phase: (*phase).to_owned(),
-                            ..Default::default()
-                        });
+                        progress.steps.push(Step::new(stage));
                         progress.steps.len() - 1
                     }
                 };
@@ -165,13 +222,11 @@ fn read_events(progress: &mut Progress, events: &[HistoryEvent]) {
         if let Some(exited) = event.state_exited_event_details() {
             if let Some(i) = progress.steps.iter().position(|s| s.state == exited.name()) {
                 progress.steps[i].exited_at = at;
-                if exited.name() == "Bringup" && progress.steps[i].failed.is_none() {
-                    progress.run = exited
-                        .output()
-                        .and_then(|o| serde_json::from_str::<Value>(o).ok())
-                        .map(|v| v.get("Payload").cloned().unwrap_or(v));
+                let stage = progress.steps[i].phase;
+                if stage == Stage::Phase(Phase::Bringup) && progress.steps[i].failed.is_none() {
+                    progress.run = exited.output().and_then(run_context);
                 }
-                if exited.name() == "RequestApproval" {
+                if stage == Stage::Approval {
                     token = None;
                 }
             }
@@ -184,6 +239,13 @@ fn read_events(progress: &mut Progress, events: &[HistoryEvent]) {
     }
     progress.waiting_for_approval = token.is_some() && !progress.finished();
     progress.waiting_token = token.filter(|_| progress.waiting_for_approval);
+}
+
+/// Bringup's state output: the Lambda invoke result, whose `Payload` is the run context.
+fn run_context(output: &str) -> Option<RunContext> {
+    let value: Value = serde_json::from_str(output).ok()?;
+    let payload = value.get("Payload").cloned().unwrap_or(value);
+    serde_json::from_value(payload).ok()
 }
 
 /// The token from the approval task's parameters: its `task_token` message attribute, or

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use drpilot_cli::local::{self, DrillOptions};
-use drpilot_cli::{approve, deny, receipts, report, start, status, CliError, Ctx, Out};
+use drpilot_cli::{approve, deny, receipts, report, start, status, CliError, Ctx, ExitStatus, Out};
 
 /// drpilot: prove you can restore, and restore for real when it burns.
 #[derive(Parser)]
@@ -19,6 +19,9 @@ struct Cli {
     /// Talk to the local stack (moto on 127.0.0.1:4599) instead of AWS.
     #[arg(long, global = true)]
     local: bool,
+    /// On an error, also show its full chain of causes (the AWS SDK's detail).
+    #[arg(long, short, global = true)]
+    verbose: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -91,7 +94,7 @@ enum LocalCommand {
     },
 }
 
-async fn run(cli: Cli) -> Result<bool, CliError> {
+async fn run(cli: Cli) -> Result<ExitStatus, CliError> {
     let out = Out { json: cli.json };
     let endpoint = cli.local.then_some(local::ENDPOINT);
     let ctx = || Ctx::new(endpoint, cli.state_machine.clone(), out);
@@ -112,12 +115,16 @@ async fn run(cli: Cli) -> Result<bool, CliError> {
             )
             .await?;
             out.result(&progress);
-            Ok(progress.status == "SUCCEEDED" || (*no_wait && progress.status == "RUNNING"))
+            Ok(ExitStatus::success_if(
+                progress.succeeded() || (*no_wait && !progress.finished()),
+            ))
         }
         Command::Status { run } => {
             let progress = status(&ctx().await, run).await?;
             out.result(&progress);
-            Ok(matches!(progress.status.as_str(), "SUCCEEDED" | "RUNNING"))
+            Ok(ExitStatus::success_if(
+                progress.succeeded() || !progress.finished(),
+            ))
         }
         Command::Approve {
             run,
@@ -127,26 +134,26 @@ async fn run(cli: Cli) -> Result<bool, CliError> {
         } => {
             let approval = approve(&ctx().await, run, approver, ticket, comment.as_deref()).await?;
             out.result(&approval);
-            Ok(true)
+            Ok(ExitStatus::Success)
         }
         Command::Deny { run, reason } => {
             deny(&ctx().await, run, reason).await?;
             out.result(&serde_json::json!({"run": run, "denied": true, "reason": reason}));
-            Ok(true)
+            Ok(ExitStatus::Success)
         }
         Command::Receipts { run } => {
             let records = receipts(&ctx().await, run).await?;
             out.result(&records);
-            Ok(true)
+            Ok(ExitStatus::Success)
         }
         Command::Report { run, html } => {
             let records = report(&ctx().await, run, html.as_deref()).await?;
             out.result(&records.summary);
-            Ok(true)
+            Ok(ExitStatus::Success)
         }
         Command::Local { command } => match command {
-            LocalCommand::Up => local::up().map(|()| true),
-            LocalCommand::Down => local::down().map(|()| true),
+            LocalCommand::Up => local::up().map(|()| ExitStatus::Success),
+            LocalCommand::Down => local::down().map(|()| ExitStatus::Success),
             LocalCommand::Drill {
                 auto_approve,
                 objects,
@@ -162,7 +169,9 @@ async fn run(cli: Cli) -> Result<bool, CliError> {
                     objects: *objects,
                     report: report.clone(),
                 };
-                local::drill(&options, out).await
+                local::drill(&options, out)
+                    .await
+                    .map(ExitStatus::success_if)
             }
         },
     }
@@ -171,21 +180,21 @@ async fn run(cli: Cli) -> Result<bool, CliError> {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let json = cli.json;
-    match Box::pin(run(cli)).await {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::FAILURE,
+    let (json, verbose) = (cli.json, cli.verbose);
+    let status = match Box::pin(run(cli)).await {
+        Ok(status) => status,
         Err(err) => {
             if json {
                 let _ = writeln!(
                     std::io::stdout(),
                     "{}",
-                    serde_json::json!({"error": err.to_string()})
+                    serde_json::json!({"error": err.report(verbose)})
                 );
             } else {
-                eprintln!("drpilot: {err}");
+                eprintln!("drpilot: {}", err.report(verbose));
             }
-            ExitCode::from(2)
+            ExitStatus::Error
         }
-    }
+    };
+    status.into()
 }

@@ -7,7 +7,7 @@ use aws_sdk_s3::operation::head_object::HeadObjectError;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
+use crate::error::{decode_slice, Error, Result};
 use crate::s3uri::S3Uri;
 
 pub const FORMAT_V1: &str = "drpilot.backup/v1";
@@ -41,19 +41,8 @@ impl BackupMetadata {
     /// naming the field.
     pub fn parse(uri: &S3Uri, bytes: &[u8]) -> Result<Self> {
         let contract = |msg: String| Error::contract(format!("{uri}: {msg}"));
-        let meta: BackupMetadata =
-            serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_slice(bytes))
-                .map_err(|err| {
-                    let path = err.path().to_string();
-                    let inner = err.into_inner();
-                    if inner.is_syntax() || inner.is_eof() {
-                        contract(format!("not valid JSON: {inner}"))
-                    } else if path == "." {
-                        contract(inner.to_string())
-                    } else {
-                        contract(format!("{path}: {inner}"))
-                    }
-                })?;
+        let meta: BackupMetadata = decode_slice(&uri.to_string(), bytes)
+            .map_err(|e| Error::contract(e.to_string()).with_source(e))?;
         if meta.format != FORMAT_V1 {
             return Err(contract(format!(
                 "format: expected {FORMAT_V1:?}, got {:?} (unknown format version)",

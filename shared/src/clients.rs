@@ -23,6 +23,17 @@ impl AwsClients {
         Self::from_config(config)
     }
 
+    /// The SDK configuration for a local emulator at `endpoint`: its region and the dummy
+    /// credentials it accepts (the local stack, the tests).
+    pub async fn emulator_config(endpoint: &str, region: &str) -> SdkConfig {
+        aws_config::defaults(BehaviorVersion::latest())
+            .endpoint_url(endpoint)
+            .region(aws_config::Region::new(region.to_owned()))
+            .test_credentials()
+            .load()
+            .await
+    }
+
     pub fn from_config(config: SdkConfig) -> Self {
         Self::build(config, None)
     }

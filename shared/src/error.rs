@@ -2,6 +2,7 @@
 //! `errorType`, which is what Step Functions matches in `Retry`/`Catch` (docs/contracts.md).
 
 use std::fmt;
+use std::sync::Arc;
 
 use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
@@ -57,12 +58,28 @@ impl fmt::Display for ErrorKind {
     }
 }
 
-/// A drpilot failure: what kind it is (for the state machine) and what happened (for a person).
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("{kind}: {message}")]
+/// A drpilot failure: what kind it is (for the state machine), what happened (for a
+/// person), and the underlying error when there is one (kept as the `source`, so a
+/// verbose report can walk the chain).
+#[derive(Debug, Clone)]
 pub struct Error {
     pub kind: ErrorKind,
     pub message: String,
+    source: Option<Arc<dyn std::error::Error + Send + Sync>>,
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.kind, self.message)
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -72,7 +89,14 @@ impl Error {
         Self {
             kind,
             message: message.into(),
+            source: None,
         }
+    }
+
+    /// Keeps `source` as the cause of this error.
+    pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        self.source = Some(Arc::new(source));
+        self
     }
     pub fn input(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::InputError, message)
@@ -94,7 +118,7 @@ impl Error {
     /// e.g. `"GetObject s3://b/k"`, so the message stands on its own.
     pub fn from_sdk<E>(what: &str, err: SdkError<E, HttpResponse>) -> Self
     where
-        E: ProvideErrorMetadata + std::error::Error + 'static,
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     {
         let kind = if matches!(err, SdkError::ConstructionFailure(_)) {
             // The request could not even be built: our bug, not the service's.
@@ -108,7 +132,7 @@ impl Error {
             Some(code) => format!("{code}: {}", err.message().unwrap_or("no message")),
             None => aws_smithy_types::error::display::DisplayErrorContext(&err).to_string(),
         };
-        Self::new(kind, format!("{what} failed: {detail}"))
+        Self::new(kind, format!("{what} failed: {detail}")).with_source(err)
     }
 }
 
@@ -195,10 +219,67 @@ pub async fn catch_panic<T>(handler: impl std::future::Future<Output = Result<T>
         })
 }
 
-impl From<serde_json::Error> for Error {
-    fn from(err: serde_json::Error) -> Self {
-        Error::input(err.to_string())
+/// A location built from the input or the profile that S3 cannot hold. Locations built
+/// from a backup's contents map to `ContractError` explicitly where they are made.
+impl From<crate::s3uri::LocationError> for Error {
+    fn from(err: crate::s3uri::LocationError) -> Self {
+        Error::input(err.to_string()).with_source(err)
     }
+}
+
+/// A JSON document that did not decode, named by what it is and the field it failed at:
+/// `input: mode: unknown variant ...`, `profile prod: not valid JSON: ...`. The one
+/// place serde's path errors become words; the caller picks the error kind.
+#[derive(Debug, thiserror::Error)]
+#[error("{document}: {}", self.describe())]
+pub struct DecodeError {
+    document: String,
+    path: String,
+    #[source]
+    error: serde_json::Error,
+}
+
+impl DecodeError {
+    fn new(document: &str, err: serde_path_to_error::Error<serde_json::Error>) -> Self {
+        Self {
+            document: document.to_owned(),
+            path: err.path().to_string(),
+            error: err.into_inner(),
+        }
+    }
+
+    fn describe(&self) -> String {
+        if self.error.is_syntax() || self.error.is_eof() {
+            format!("not valid JSON: {}", self.error)
+        } else if self.path == "." {
+            // serde reports unknown and missing fields at the level they belong to.
+            self.error.to_string()
+        } else {
+            format!("{}: {}", self.path, self.error)
+        }
+    }
+
+    /// The field the document failed at (`.` for the top level).
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+}
+
+/// Decodes `value` as `T`; `document` names it in the error.
+pub fn decode_value<T: serde::de::DeserializeOwned>(
+    document: &str,
+    value: &serde_json::Value,
+) -> Result<T, DecodeError> {
+    serde_path_to_error::deserialize(value).map_err(|e| DecodeError::new(document, e))
+}
+
+/// Decodes JSON text as `T`; `document` names it in the error.
+pub fn decode_slice<T: serde::de::DeserializeOwned>(
+    document: &str,
+    bytes: &[u8],
+) -> Result<T, DecodeError> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(&mut de).map_err(|e| DecodeError::new(document, e))
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::error::{Error, Result};
+use crate::error::{decode_value, Error, Result};
 use crate::s3uri::S3Uri;
 
 /// Why a run exists: an exercise, or the real thing.
@@ -69,11 +69,78 @@ impl Phase {
             Self::Teardown => "teardown",
         }
     }
+
+    /// The name of the phase's Task state in the state machine.
+    pub fn state_name(self) -> &'static str {
+        match self {
+            Self::Bringup => "Bringup",
+            Self::Restore => "Restore",
+            Self::Validate => "Validate",
+            Self::ParityReport => "ParityReport",
+            Self::Promote => "Promote",
+            Self::Teardown => "Teardown",
+        }
+    }
+}
+
+/// A state of the drill state machine an operator follows: a phase, or the wait for an
+/// approval between parity-report and promote.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    Phase(Phase),
+    Approval,
+}
+
+impl Stage {
+    /// The state that waits for `drpilot approve`/`deny`.
+    pub const APPROVAL_STATE: &'static str = "RequestApproval";
+
+    /// Every stage, in the order a run goes through them.
+    pub fn all() -> impl Iterator<Item = Stage> {
+        Phase::ALL.into_iter().flat_map(|phase| {
+            let approval = (phase == Phase::Promote).then_some(Stage::Approval);
+            approval.into_iter().chain([Stage::Phase(phase)])
+        })
+    }
+
+    /// The stage a state machine state is, if it is one.
+    pub fn of_state(state: &str) -> Option<Stage> {
+        Stage::all().find(|stage| stage.state_name() == state)
+    }
+
+    pub fn state_name(self) -> &'static str {
+        match self {
+            Self::Phase(phase) => phase.state_name(),
+            Self::Approval => Self::APPROVAL_STATE,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Phase(phase) => phase.as_str(),
+            Self::Approval => "approval",
+        }
+    }
+}
+
+impl Serialize for Stage {
+    fn serialize<S: serde::Serializer>(
+        &self,
+        serializer: S,
+    ) -> std::result::Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl fmt::Display for Stage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.as_str())
+    }
 }
 
 impl fmt::Display for Phase {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        f.pad(self.as_str())
     }
 }
 
@@ -161,16 +228,8 @@ impl RunInput {
                 json_type(value)
             )));
         }
-        let input: RunInput = serde_path_to_error::deserialize(value).map_err(|err| {
-            let path = err.path().to_string();
-            let inner = err.into_inner().to_string();
-            if path == "." {
-                // serde reports unknown and missing fields at the top level itself.
-                Error::input(format!("input: {inner}"))
-            } else {
-                Error::input(format!("{path}: {inner}"))
-            }
-        })?;
+        let input: RunInput =
+            decode_value("input", value).map_err(|e| Error::input(e.to_string()).with_source(e))?;
         input.validate()?;
         Ok(input)
     }
@@ -178,9 +237,12 @@ impl RunInput {
     /// The checks serde cannot express. Every error names its field.
     pub fn validate(&self) -> Result<()> {
         if let Some(run_id) = &self.run_id {
-            validate_run_id(run_id).map_err(|why| Error::input(format!("run_id: {why}")))?;
+            NameRule::RUN_ID
+                .check(run_id)
+                .map_err(|why| Error::input(format!("run_id: {why}")))?;
         }
-        validate_profile_name(&self.profile)
+        NameRule::PROFILE
+            .check(&self.profile)
             .map_err(|why| Error::input(format!("profile: {why}")))?;
         if let Some(uri) = &self.backup_uri {
             if uri.key.trim_end_matches('/').is_empty() {
@@ -209,6 +271,17 @@ impl RunInput {
         self.mode == Mode::Drill && self.auto_promote && self.allow_promote_bypass
     }
 
+    /// What the approval gate does for this input (see [`Promotion`]).
+    pub fn promotion(&self) -> Promotion {
+        if self.dry_run || !self.runs(Phase::Promote) {
+            Promotion::Skip
+        } else if self.approval_bypassed() {
+            Promotion::Bypass
+        } else {
+            Promotion::Ask
+        }
+    }
+
     /// Why `phase` does not run for this input, or `None` when it does. Bringup (the
     /// precondition gate: guard, backup, lock) and teardown (which releases the lock)
     /// always run; the `start_at..=stop_after` window selects among the others.
@@ -227,40 +300,77 @@ impl RunInput {
     }
 }
 
-/// Run ids end up in S3 keys and execution names: `[A-Za-z0-9_-]`, 1-80, starting alphanumeric.
-pub fn validate_run_id(run_id: &str) -> std::result::Result<(), String> {
-    let ok = (1..=80).contains(&run_id.len())
-        && run_id
-            .bytes()
-            .next()
-            .is_some_and(|b| b.is_ascii_alphanumeric())
-        && run_id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "expected 1-80 characters of A-Z a-z 0-9 - _ starting with a letter or digit, got {run_id:?}"
-        ))
-    }
+/// A new run id for a run in `mode`: sortable by time, unique enough for one state
+/// machine, and within [`NameRule::RUN_ID`].
+pub fn new_run_id(mode: Mode) -> String {
+    let suffix = uuid::Uuid::new_v4().simple().to_string();
+    format!(
+        "{mode}-{}-{}",
+        Utc::now().format("%Y%m%d-%H%M%S"),
+        &suffix[..6]
+    )
 }
 
-/// Profile names become SSM parameter names and file names: `[A-Za-z0-9_.-]`, 1-64.
-pub fn validate_profile_name(name: &str) -> std::result::Result<(), String> {
-    let ok = (1..=64).contains(&name.len())
-        && name
-            .bytes()
-            .next()
-            .is_some_and(|b| b.is_ascii_alphanumeric())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
-    if ok {
-        Ok(())
-    } else {
+/// What the state machine's approval gate does, decided once from the input (bringup
+/// puts it in the run context; the gate only reads it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Promotion {
+    /// Never promote: a dry run, or promote is outside the `start_at`/`stop_after` window.
+    Skip,
+    /// Promote without asking: a drill with `auto_promote` and `allow_promote_bypass`.
+    Bypass,
+    /// Ask an operator (approver and ticket) and wait for the answer.
+    Ask,
+}
+
+/// The shape of a name drpilot puts into S3 keys, execution names, SSM parameter names
+/// and file names: ASCII letters and digits plus a few separators, starting with a letter
+/// or digit, of bounded length. One rule per kind of name, checked by one function.
+#[derive(Clone, Copy, Debug)]
+pub struct NameRule {
+    what: &'static str,
+    max_len: usize,
+    separators: &'static [u8],
+}
+
+impl NameRule {
+    /// Run ids end up in S3 keys and execution names (at most 80 characters).
+    pub const RUN_ID: NameRule = NameRule {
+        what: "a run id",
+        max_len: 80,
+        separators: b"-_",
+    };
+    /// Profile names become SSM parameter names and file names.
+    pub const PROFILE: NameRule = NameRule {
+        what: "a profile name",
+        max_len: 64,
+        separators: b"-_.",
+    };
+
+    /// Whether `name` follows the rule; the error says what was expected.
+    pub fn check(&self, name: &str) -> std::result::Result<(), String> {
+        let ok = (1..=self.max_len).contains(&name.len())
+            && name
+                .bytes()
+                .next()
+                .is_some_and(|b| b.is_ascii_alphanumeric())
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || self.separators.contains(&b));
+        if ok {
+            return Ok(());
+        }
+        let separators: Vec<String> = self
+            .separators
+            .iter()
+            .map(|b| char::from(*b).to_string())
+            .collect();
         Err(format!(
-            "expected a profile name of 1-64 characters of A-Z a-z 0-9 . - _, got {name:?}"
+            "expected {} of 1-{} characters of A-Z a-z 0-9 {} starting with a letter or digit, got {name:?}",
+            self.what,
+            self.max_len,
+            separators.join(" ")
         ))
     }
 }
@@ -331,15 +441,8 @@ impl Trigger {
             #[serde(default)]
             fired_at: Option<DateTime<Utc>>,
         }
-        let flat: Flat = serde_path_to_error::deserialize(value).map_err(|err| {
-            let path = err.path().to_string();
-            let inner = err.into_inner();
-            if path == "." {
-                Error::input(format!("trigger: {inner}"))
-            } else {
-                Error::input(format!("trigger.{path}: {inner}"))
-            }
-        })?;
+        let flat: Flat = decode_value("trigger", value)
+            .map_err(|e| Error::input(e.to_string()).with_source(e))?;
         let only_for_alarms = |field: &str, present: bool| {
             if present {
                 Err(Error::input(format!(
@@ -446,8 +549,8 @@ pub fn normalize(raw: &Value, defaults: &TriggerDefaults) -> Result<Normalized> 
 }
 
 fn normalize_eventbridge(raw: &Value, defaults: &TriggerDefaults) -> Result<Normalized> {
-    let event: EventBridgeEvent<Value> = serde_path_to_error::deserialize(raw)
-        .map_err(|err| Error::input(format!("event {}: {}", err.path(), err.inner())))?;
+    let event: EventBridgeEvent<Value> =
+        decode_value("event", raw).map_err(|e| Error::input(e.to_string()).with_source(e))?;
     match (event.source.as_str(), event.detail_type.as_str()) {
         ("aws.events", SCHEDULED_EVENT) | ("aws.scheduler", SCHEDULED_EVENT) => {
             let input = RunInput::drill(defaults.profile_for("scheduled event")?);
@@ -462,9 +565,8 @@ fn normalize_eventbridge(raw: &Value, defaults: &TriggerDefaults) -> Result<Norm
         }
         ("aws.cloudwatch", ALARM_STATE_CHANGE) => {
             let detail: CloudWatchAlarmData<Value, Value> =
-                serde_path_to_error::deserialize(&event.detail).map_err(|err| {
-                    Error::input(format!("event detail.{}: {}", err.path(), err.inner()))
-                })?;
+                decode_value("event detail", &event.detail)
+                    .map_err(|e| Error::input(e.to_string()).with_source(e))?;
             let source = event.resources.and_then(|r| r.into_iter().next());
             alarm_run(detail, source, event.time, defaults)
         }
@@ -475,8 +577,8 @@ fn normalize_eventbridge(raw: &Value, defaults: &TriggerDefaults) -> Result<Norm
 }
 
 fn normalize_alarm_action(raw: &Value, defaults: &TriggerDefaults) -> Result<Normalized> {
-    let alarm: CloudWatchAlarm<Value, Value> = serde_path_to_error::deserialize(raw)
-        .map_err(|err| Error::input(format!("alarm event {}: {}", err.path(), err.inner())))?;
+    let alarm: CloudWatchAlarm<Value, Value> =
+        decode_value("alarm event", raw).map_err(|e| Error::input(e.to_string()).with_source(e))?;
     alarm_run(
         alarm.alarm_data,
         alarm.alarm_arn,

@@ -5,14 +5,12 @@
 //! racing for a stale lock cannot both win either. Released only by its owner, again
 //! conditional on the ETag it read.
 
-use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
-use aws_sdk_s3::operation::get_object::GetObjectError;
-use aws_sdk_s3::primitives::ByteStream;
 use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::objects::{delete_if_match, get_bytes, put_json_if, Conditional, Precondition};
 use crate::s3uri::S3Uri;
 
 /// What the lock object holds.
@@ -86,12 +84,12 @@ impl RunLock {
                 acquired_at: now,
                 expires_at: now + ttl,
             };
-            match self.put(&record, Condition::Absent).await? {
-                Written::Yes => {
+            match self.put(&record, Precondition::Absent).await? {
+                Conditional::Written => {
                     info!(run_id, lock = %self.uri, expires_at = %record.expires_at, "run lock acquired");
                     return Ok(Acquired::Fresh);
                 }
-                Written::ConditionFailed => {}
+                Conditional::ConditionFailed => {}
             }
             let Some((current, etag)) = self.read().await? else {
                 continue; // released between our write and our read: try again
@@ -112,8 +110,8 @@ impl RunLock {
                     ),
                 ));
             }
-            match self.put(&record, Condition::Matches(&etag)).await? {
-                Written::Yes => {
+            match self.put(&record, Precondition::Matches(&etag)).await? {
+                Conditional::Written => {
                     warn!(
                         run_id,
                         lock = %self.uri,
@@ -123,7 +121,7 @@ impl RunLock {
                     );
                     return Ok(Acquired::TakenOver { previous: current });
                 }
-                Written::ConditionFailed => continue, // someone else took it over first
+                Conditional::ConditionFailed => continue, // someone else took it over first
             }
         }
         Err(Error::retryable(format!(
@@ -144,23 +142,12 @@ impl RunLock {
                     owner: current.run_id,
                 });
             }
-            let deleted = self
-                .s3
-                .delete_object()
-                .bucket(&self.uri.bucket)
-                .key(&self.uri.key)
-                .if_match(&etag)
-                .send()
-                .await;
-            match deleted {
-                Ok(_) => {
+            match delete_if_match(&self.s3, &self.uri, &etag).await? {
+                Conditional::Written => {
                     info!(run_id, lock = %self.uri, "run lock released");
                     return Ok(Released::Released);
                 }
-                Err(err) if condition_failed(&err) => continue,
-                Err(err) => {
-                    return Err(Error::from_sdk(&format!("DeleteObject {}", self.uri), err))
-                }
+                Conditional::ConditionFailed => continue,
             }
         }
         Err(Error::retryable(format!(
@@ -171,27 +158,9 @@ impl RunLock {
 
     /// The current lock and its ETag, if any.
     pub async fn read(&self) -> Result<Option<(LockRecord, String)>> {
-        let out = match self
-            .s3
-            .get_object()
-            .bucket(&self.uri.bucket)
-            .key(&self.uri.key)
-            .send()
-            .await
-        {
-            Ok(out) => out,
-            Err(err) if matches!(err.as_service_error(), Some(GetObjectError::NoSuchKey(_))) => {
-                return Ok(None)
-            }
-            Err(err) => return Err(Error::from_sdk(&format!("GetObject {}", self.uri), err)),
+        let Some((bytes, etag)) = get_bytes(&self.s3, &self.uri).await? else {
+            return Ok(None);
         };
-        let etag = out.e_tag.clone().unwrap_or_default();
-        let bytes = out
-            .body
-            .collect()
-            .await
-            .map_err(|e| Error::retryable(format!("reading {}: {e}", self.uri)))?
-            .into_bytes();
         let record: LockRecord = serde_json::from_slice(&bytes).map_err(|e| {
             Error::integrity(format!(
                 "{} is not a drpilot lock ({e}); remove it by hand if no run is active",
@@ -201,44 +170,11 @@ impl RunLock {
         Ok(Some((record, etag)))
     }
 
-    async fn put(&self, record: &LockRecord, condition: Condition<'_>) -> Result<Written> {
-        let body = serde_json::to_vec_pretty(record)
-            .map_err(|e| Error::internal(format!("encoding lock: {e}")))?;
-        let request = self
-            .s3
-            .put_object()
-            .bucket(&self.uri.bucket)
-            .key(&self.uri.key)
-            .content_type("application/json")
-            .body(ByteStream::from(body));
-        let request = match condition {
-            Condition::Absent => request.if_none_match("*"),
-            Condition::Matches(etag) => request.if_match(etag),
-        };
-        match request.send().await {
-            Ok(_) => Ok(Written::Yes),
-            Err(err) if condition_failed(&err) => Ok(Written::ConditionFailed),
-            Err(err) => Err(Error::from_sdk(&format!("PutObject {}", self.uri), err)),
-        }
+    async fn put(
+        &self,
+        record: &LockRecord,
+        precondition: Precondition<'_>,
+    ) -> Result<Conditional> {
+        put_json_if(&self.s3, &self.uri, record, Some(precondition)).await
     }
-}
-
-enum Condition<'a> {
-    Absent,
-    Matches(&'a str),
-}
-
-enum Written {
-    Yes,
-    ConditionFailed,
-}
-
-/// S3 answers a failed precondition with 412, and a concurrent conditional write with 409
-/// `ConditionalRequestConflict`; an `If-Match` on a vanished object is a 404. Each means
-/// "the lock is not what we thought": read it again.
-fn condition_failed<E: ProvideErrorMetadata, R>(err: &SdkError<E, R>) -> bool {
-    matches!(
-        err.code(),
-        Some("PreconditionFailed" | "ConditionalRequestConflict" | "NoSuchKey")
-    )
 }

@@ -3,6 +3,8 @@
 
 use std::io::{self, Read};
 
+use aws_sdk_s3::error::ProvideErrorMetadata;
+use aws_sdk_s3::operation::get_object::GetObjectError;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{ChecksumMode, Delete, ObjectIdentifier};
 use base64::Engine;
@@ -10,8 +12,213 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 use tracing::warn;
 
-use crate::error::{Error, Result};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::error::{decode_slice, Error, Result};
 use crate::s3uri::S3Uri;
+
+/// Writes `value` as pretty JSON to `uri`.
+pub async fn put_json<T: Serialize>(s3: &aws_sdk_s3::Client, uri: &S3Uri, value: &T) -> Result<()> {
+    match put_json_if(s3, uri, value, None).await? {
+        Conditional::Written => Ok(()),
+        Conditional::ConditionFailed => Err(Error::internal(format!(
+            "PutObject {uri}: a condition failed on an unconditional write"
+        ))),
+    }
+}
+
+/// What a conditional write or delete must find: no object yet, or the object with this
+/// ETag.
+#[derive(Clone, Copy, Debug)]
+pub enum Precondition<'a> {
+    Absent,
+    Matches(&'a str),
+}
+
+/// How a conditional write or delete ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Conditional {
+    Written,
+    /// The object was not as the precondition said: read it again.
+    ConditionFailed,
+}
+
+/// Writes `value` as pretty JSON to `uri` if `precondition` holds (always, with `None`).
+pub async fn put_json_if<T: Serialize>(
+    s3: &aws_sdk_s3::Client,
+    uri: &S3Uri,
+    value: &T,
+    precondition: Option<Precondition<'_>>,
+) -> Result<Conditional> {
+    let body = serde_json::to_vec_pretty(value)
+        .map_err(|e| Error::internal(format!("encoding {uri}: {e}")))?;
+    let request = s3
+        .put_object()
+        .bucket(&uri.bucket)
+        .key(&uri.key)
+        .content_type("application/json")
+        .body(ByteStream::from(body));
+    let request = match precondition {
+        None => request,
+        Some(Precondition::Absent) => request.if_none_match("*"),
+        Some(Precondition::Matches(etag)) => request.if_match(etag),
+    };
+    match request.send().await {
+        Ok(_) => Ok(Conditional::Written),
+        Err(err) if precondition.is_some() && precondition_failed(&err) => {
+            Ok(Conditional::ConditionFailed)
+        }
+        // If-Match on an object that is gone answers 404: not what we thought either.
+        Err(err)
+            if matches!(precondition, Some(Precondition::Matches(_)))
+                && err.code() == Some("NoSuchKey") =>
+        {
+            Ok(Conditional::ConditionFailed)
+        }
+        Err(err) => Err(Error::from_sdk(&format!("PutObject {uri}"), err)),
+    }
+}
+
+/// Deletes `uri` if its ETag is still `etag`.
+pub async fn delete_if_match(
+    s3: &aws_sdk_s3::Client,
+    uri: &S3Uri,
+    etag: &str,
+) -> Result<Conditional> {
+    let deleted = s3
+        .delete_object()
+        .bucket(&uri.bucket)
+        .key(&uri.key)
+        .if_match(etag)
+        .send()
+        .await;
+    match deleted {
+        Ok(_) => Ok(Conditional::Written),
+        // If-Match on an object that is gone answers 404: not what we thought either.
+        Err(err) if precondition_failed(&err) || err.code() == Some("NoSuchKey") => {
+            Ok(Conditional::ConditionFailed)
+        }
+        Err(err) => Err(Error::from_sdk(&format!("DeleteObject {uri}"), err)),
+    }
+}
+
+/// Whether S3 refused a conditional request because its condition failed: 412
+/// `PreconditionFailed`, or 409 `ConditionalRequestConflict` for a conditional write racing
+/// another one on the same key.
+pub fn precondition_failed<E: ProvideErrorMetadata>(err: &E) -> bool {
+    matches!(
+        err.code(),
+        Some("PreconditionFailed" | "ConditionalRequestConflict")
+    )
+}
+
+/// The object at `uri` and its ETag; `None` when there is no such object.
+pub async fn get_bytes(s3: &aws_sdk_s3::Client, uri: &S3Uri) -> Result<Option<(Bytes, String)>> {
+    let out = match s3
+        .get_object()
+        .bucket(&uri.bucket)
+        .key(&uri.key)
+        .send()
+        .await
+    {
+        Ok(out) => out,
+        Err(err) if matches!(err.as_service_error(), Some(GetObjectError::NoSuchKey(_))) => {
+            return Ok(None)
+        }
+        Err(err) => return Err(Error::from_sdk(&format!("GetObject {uri}"), err)),
+    };
+    let etag = out.e_tag.clone().unwrap_or_default();
+    let bytes = out
+        .body
+        .collect()
+        .await
+        .map_err(|e| Error::retryable(format!("reading {uri}: {e}")))?
+        .into_bytes();
+    Ok(Some((bytes, etag)))
+}
+
+/// Reads JSON from `uri`; `None` when there is no such object.
+pub async fn get_json<T: DeserializeOwned>(
+    s3: &aws_sdk_s3::Client,
+    uri: &S3Uri,
+) -> Result<Option<T>> {
+    let Some((bytes, _etag)) = get_bytes(s3, uri).await? else {
+        return Ok(None);
+    };
+    decode_slice(&uri.to_string(), &bytes)
+        .map(Some)
+        .map_err(|e| {
+            Error::integrity(format!("not the expected JSON document: {e}")).with_source(e)
+        })
+}
+
+/// Aborts a multipart upload, best effort: a failure is only logged, because the caller is
+/// already failing (or clearing up), and teardown's prefix delete aborts what is left.
+pub async fn abort_multipart(s3: &aws_sdk_s3::Client, bucket: &str, key: &str, upload_id: &str) {
+    if let Err(e) = s3
+        .abort_multipart_upload()
+        .bucket(bucket)
+        .key(key)
+        .upload_id(upload_id)
+        .send()
+        .await
+    {
+        warn!(key, error = %aws_sdk_s3::error::DisplayErrorContext(&e), "could not abort multipart upload");
+    }
+}
+
+/// Uploads every file under `dir` to `dest/<relative path>`, `concurrency` at a time,
+/// each streamed from disk. Returns how many files were uploaded.
+pub async fn upload_tree(
+    s3: &aws_sdk_s3::Client,
+    dir: &std::path::Path,
+    dest: &S3Uri,
+    concurrency: usize,
+) -> Result<u64> {
+    use futures::{StreamExt, TryStreamExt};
+    let dest = dest.as_prefix();
+    let mut files = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(current) = stack.pop() {
+        let entries = std::fs::read_dir(&current)
+            .map_err(|e| Error::input(format!("reading {}: {e}", current.display())))?;
+        for entry in entries {
+            let path = entry
+                .map_err(|e| Error::input(format!("reading {}: {e}", current.display())))?
+                .path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                files.push(path);
+            }
+        }
+    }
+    let count = files.len() as u64;
+    futures::stream::iter(files)
+        .map(|path| {
+            let dest = &dest;
+            async move {
+                let relative = path.strip_prefix(dir).unwrap_or(&path).to_string_lossy();
+                let target = dest.join(&relative)?;
+                let body = ByteStream::from_path(&path)
+                    .await
+                    .map_err(|e| Error::input(format!("reading {}: {e}", path.display())))?;
+                s3.put_object()
+                    .bucket(&target.bucket)
+                    .key(&target.key)
+                    .body(body)
+                    .send()
+                    .await
+                    .map_err(|e| Error::from_sdk(&format!("PutObject {target}"), e))?;
+                Ok::<_, Error>(())
+            }
+        })
+        .buffer_unordered(concurrency.max(1))
+        .try_collect::<()>()
+        .await?;
+    Ok(count)
+}
 
 /// S3's most parts in one multipart upload.
 pub const MAX_PARTS: u64 = 10_000;
@@ -98,16 +305,7 @@ pub async fn abort_uploads(s3: &aws_sdk_s3::Client, prefix: &S3Uri) -> Result<()
             let (Some(key), Some(id)) = (upload.key(), upload.upload_id()) else {
                 continue;
             };
-            if let Err(e) = s3
-                .abort_multipart_upload()
-                .bucket(&prefix.bucket)
-                .key(key)
-                .upload_id(id)
-                .send()
-                .await
-            {
-                warn!(key, error = %aws_sdk_s3::error::DisplayErrorContext(&e), "could not abort multipart upload");
-            }
+            abort_multipart(s3, &prefix.bucket, key, id).await;
         }
         if out.is_truncated() != Some(true) {
             return Ok(());

@@ -6,7 +6,7 @@
 //! every path — success, skipped, or failed with the details gathered so far — before
 //! the error goes back to the state machine.
 //!
-//! [`serve`] is the one Lambda entry point: tracing set up once, a span per invocation
+//! [`serve`] is the one Lambda entry point: the runtime's own tracing subscriber, a span per invocation
 //! (request id, and the run id and phase once known, see [`record_run`]), panics turned
 //! into `Internal`, a failure logged once at error level with its name, and errors handed
 //! to Step Functions by that name.
@@ -16,9 +16,9 @@ use std::future::Future;
 use lambda_runtime::{service_fn, Diagnostic, LambdaEvent};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use serde_json::{json, Value};
 use tracing::{error, info, Instrument, Span};
 
+use crate::details::PhaseDetails;
 use crate::error::{catch_panic, Error, Result};
 use crate::input::Phase;
 use crate::profile::{Profile, ProfileSource};
@@ -27,9 +27,9 @@ use crate::run::{PhaseOutput, PhaseRequest, RunContext};
 
 /// How a phase ended when it did not fail.
 #[derive(Clone, Debug, PartialEq)]
-pub enum Outcome {
+pub enum Outcome<D> {
     /// Done: the receipt's details.
-    Done(Value),
+    Done(D),
     /// Nothing to do for this run (a dry run, say): skipped, with why.
     Skipped(String),
 }
@@ -37,23 +37,32 @@ pub enum Outcome {
 /// A phase failure, with the details gathered before it (a validation's tallies) so the
 /// receipt keeps them.
 #[derive(Debug)]
-pub struct Failed {
+pub struct Failed<D> {
     pub error: Error,
-    pub details: Value,
+    pub details: Option<D>,
 }
 
-impl Failed {
-    pub fn with_details(error: Error, details: Value) -> Self {
-        Self { error, details }
+impl<D> Failed<D> {
+    pub fn with_details(error: Error, details: D) -> Self {
+        Self {
+            error,
+            details: Some(details),
+        }
     }
 }
 
-impl From<Error> for Failed {
+impl<D> From<Error> for Failed<D> {
     fn from(error: Error) -> Self {
         Self {
             error,
-            details: json!({}),
+            details: None,
         }
+    }
+}
+
+impl<D> From<crate::s3uri::LocationError> for Failed<D> {
+    fn from(error: crate::s3uri::LocationError) -> Self {
+        Error::from(error).into()
     }
 }
 
@@ -73,12 +82,11 @@ pub struct PhaseRun<'a> {
     pub run: &'a RunContext,
     pub profile: &'a Profile,
     pub store: &'a ReceiptStore,
-    pub attempt: u32,
 }
 
-/// Runs `body` as `phase` of `request`'s run, with everything around it (module docs).
-pub async fn run<F>(
-    phase: Phase,
+/// Runs `body` as the phase whose details it records (`D::PHASE`) in `request`'s run,
+/// with everything around it (module docs).
+pub async fn run<D, F>(
     request: &PhaseRequest,
     s3: &aws_sdk_s3::Client,
     profiles: &ProfileSource,
@@ -86,8 +94,10 @@ pub async fn run<F>(
     body: F,
 ) -> Result<PhaseOutput>
 where
-    F: AsyncFnOnce(&PhaseRun<'_>) -> std::result::Result<Outcome, Failed>,
+    D: PhaseDetails,
+    F: AsyncFnOnce(&PhaseRun<'_>) -> std::result::Result<Outcome<D>, Failed<D>>,
 {
+    let phase = D::PHASE;
     let run = &request.run;
     record_run(&run.run_id, phase);
     let profile = profiles.load(&run.input.profile).await?;
@@ -115,27 +125,13 @@ where
         run,
         profile: &profile,
         store: &store,
-        attempt: request.attempt(),
     };
     // Boxed: a body's future holds the SDK's and is large.
     let result = Box::pin(body(&context)).await;
     let (receipt, error) = match result {
-        Ok(Outcome::Done(details)) => (clock.finish(PhaseStatus::Success, None, details), None),
+        Ok(Outcome::Done(details)) => (clock.succeeded(&details)?, None),
         Ok(Outcome::Skipped(reason)) => (clock.skipped(reason), None),
-        Err(Failed { error, mut details }) => {
-            let name = json!(error.kind.name());
-            match details.as_object_mut() {
-                Some(object) => {
-                    object.insert("error".into(), name);
-                }
-                None => details = json!({"error": name}),
-            }
-            let reason = Some(error.to_string());
-            (
-                clock.finish(PhaseStatus::Failed, reason, details),
-                Some(error),
-            )
-        }
+        Err(Failed { error, details }) => (clock.failed(&error, details.as_ref())?, Some(error)),
     };
     let uri = store.put_phase(&receipt).await?;
     if let Some(error) = error {
@@ -167,7 +163,9 @@ where
     Handler: Fn(LambdaEvent<Request>) -> Fut,
     Fut: Future<Output = Result<Response>>,
 {
-    crate::telemetry::init_tracing();
+    // Lambda's advanced logging controls (AWS_LAMBDA_LOG_FORMAT, AWS_LAMBDA_LOG_LEVEL),
+    // as the runtime reads them.
+    lambda_runtime::tracing::init_default_subscriber();
     let handler = &handler;
     // Boxed: the runtime's future holds every in-flight handler future and is large.
     Box::pin(lambda_runtime::run(service_fn(

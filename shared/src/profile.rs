@@ -8,8 +8,8 @@ use std::path::PathBuf;
 use aws_sdk_ssm::operation::get_parameter::GetParameterError;
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
-use crate::input::validate_profile_name;
+use crate::error::{decode_slice, Error, Result};
+use crate::input::NameRule;
 use crate::s3uri::{as_prefix, RelativeKey, S3Uri};
 
 pub const SSM_PREFIX: &str = "/drpilot/profiles/";
@@ -226,18 +226,8 @@ pub struct ControlPlane {
 impl Profile {
     /// Parses and checks a profile document. `origin` names where it came from.
     pub fn from_json(origin: &str, text: &str) -> Result<Self> {
-        let mut de = serde_json::Deserializer::from_str(text);
-        let profile: Profile = serde_path_to_error::deserialize(&mut de).map_err(|err| {
-            let path = err.path().to_string();
-            let inner = err.into_inner();
-            if inner.is_syntax() || inner.is_eof() {
-                Error::input(format!("profile {origin}: malformed JSON: {inner}"))
-            } else if path == "." {
-                Error::input(format!("profile {origin}: {inner}"))
-            } else {
-                Error::input(format!("profile {origin}: {path}: {inner}"))
-            }
-        })?;
+        let profile: Profile = decode_slice(&format!("profile {origin}"), text.as_bytes())
+            .map_err(|e| Error::input(e.to_string()).with_source(e))?;
         profile
             .validate()
             .map_err(|why| Error::input(format!("profile {origin}: {why}")))?;
@@ -324,7 +314,9 @@ impl ProfileSource {
     }
 
     pub async fn load(&self, name: &str) -> Result<Profile> {
-        validate_profile_name(name).map_err(|why| Error::input(format!("profile: {why}")))?;
+        NameRule::PROFILE
+            .check(name)
+            .map_err(|why| Error::input(format!("profile: {why}")))?;
         match self {
             Self::Ssm(ssm) => {
                 let parameter = format!("{SSM_PREFIX}{name}");

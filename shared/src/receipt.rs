@@ -2,15 +2,14 @@
 //! `<receipts>/runs/<run_id>/phases/<phase>.json` and the run summary at
 //! `<receipts>/runs/<run_id>/drill.summary.json`.
 
-use aws_sdk_s3::operation::get_object::GetObjectError;
-use aws_sdk_s3::primitives::ByteStream;
 use chrono::{DateTime, Utc};
-use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::details::PhaseDetails;
 use crate::error::{Error, Result};
 use crate::input::{Mode, Phase, Trigger};
+use crate::objects::{get_json, put_json};
 use crate::s3uri::S3Uri;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -37,6 +36,37 @@ pub struct PhaseReceipt {
     pub details: Value,
 }
 
+impl PhaseReceipt {
+    /// The details as the phase's type: an error names the receipt when it belongs to
+    /// another phase or does not have the expected shape.
+    pub fn details<D: PhaseDetails>(&self) -> Result<D> {
+        if self.phase != D::PHASE {
+            return Err(Error::internal(format!(
+                "run {}: a {} receipt read as {} details",
+                self.run_id,
+                self.phase,
+                D::PHASE
+            )));
+        }
+        let document = format!("run {}: the {} receipt's details", self.run_id, self.phase);
+        crate::error::decode_value(&document, &self.details)
+            .map_err(|e| Error::integrity(e.to_string()).with_source(e))
+    }
+
+    /// The details of a successful receipt; `None` for any other status.
+    pub fn success_details<D: PhaseDetails>(&self) -> Result<Option<D>> {
+        match self.status {
+            PhaseStatus::Success => self.details().map(Some),
+            _ => Ok(None),
+        }
+    }
+
+    /// The name of the error a failed receipt records (`details.error`).
+    pub fn error_name(&self) -> Option<&str> {
+        self.details.get("error").and_then(Value::as_str)
+    }
+}
+
 /// Times a phase from its start and turns into its receipt.
 #[derive(Clone, Debug)]
 pub struct PhaseClock {
@@ -60,17 +90,22 @@ impl PhaseClock {
         self.started_at
     }
 
-    /// The receipt for a phase that ended with `result`: success with its details, or
-    /// failed with the error as the reason.
-    pub fn finish_with(&self, result: &Result<Value>) -> PhaseReceipt {
-        match result {
-            Ok(details) => self.finish(PhaseStatus::Success, None, details.clone()),
-            Err(err) => self.finish(
-                PhaseStatus::Failed,
-                Some(err.to_string()),
-                serde_json::json!({"error": err.kind.name()}),
-            ),
+    /// The receipt of a phase that succeeded with `details`.
+    pub fn succeeded<D: PhaseDetails>(&self, details: &D) -> Result<PhaseReceipt> {
+        Ok(self.finish(PhaseStatus::Success, None, encode(details)?))
+    }
+
+    /// The receipt of a phase that failed with `error`, keeping the details gathered
+    /// before it; `details.error` names the error.
+    pub fn failed<D: Serialize>(&self, error: &Error, details: Option<&D>) -> Result<PhaseReceipt> {
+        let mut details = match details {
+            Some(details) => encode(details)?,
+            None => Value::Object(Default::default()),
+        };
+        if let Some(object) = details.as_object_mut() {
+            object.insert("error".into(), Value::from(error.kind.name()));
         }
+        Ok(self.finish(PhaseStatus::Failed, Some(error.to_string()), details))
     }
 
     /// The receipt for a phase the input's `start_at`/`stop_after` window leaves out.
@@ -120,6 +155,12 @@ pub struct PhaseOutcome {
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
     pub duration_ms: Option<u64>,
+}
+
+/// A duration in seconds with millisecond precision, as receipts and summaries record
+/// RTO, RPO and phase times.
+pub fn seconds(duration: chrono::TimeDelta) -> f64 {
+    duration.num_milliseconds() as f64 / 1000.0
 }
 
 /// A measured value against its target.
@@ -260,46 +301,7 @@ impl ReceiptStore {
     }
 }
 
-/// Writes `value` as pretty JSON to `uri`.
-pub async fn put_json<T: Serialize>(s3: &aws_sdk_s3::Client, uri: &S3Uri, value: &T) -> Result<()> {
-    let body = serde_json::to_vec_pretty(value)
-        .map_err(|e| Error::internal(format!("encoding {uri}: {e}")))?;
-    s3.put_object()
-        .bucket(&uri.bucket)
-        .key(&uri.key)
-        .content_type("application/json")
-        .body(ByteStream::from(body))
-        .send()
-        .await
-        .map_err(|e| Error::from_sdk(&format!("PutObject {uri}"), e))?;
-    Ok(())
-}
-
-/// Reads JSON from `uri`; `None` when there is no such object.
-pub async fn get_json<T: DeserializeOwned>(
-    s3: &aws_sdk_s3::Client,
-    uri: &S3Uri,
-) -> Result<Option<T>> {
-    let out = match s3
-        .get_object()
-        .bucket(&uri.bucket)
-        .key(&uri.key)
-        .send()
-        .await
-    {
-        Ok(out) => out,
-        Err(err) if matches!(err.as_service_error(), Some(GetObjectError::NoSuchKey(_))) => {
-            return Ok(None)
-        }
-        Err(err) => return Err(Error::from_sdk(&format!("GetObject {uri}"), err)),
-    };
-    let bytes = out
-        .body
-        .collect()
-        .await
-        .map_err(|e| Error::retryable(format!("reading {uri}: {e}")))?
-        .into_bytes();
-    serde_json::from_slice(&bytes)
-        .map(Some)
-        .map_err(|e| Error::integrity(format!("{uri}: not the expected JSON document: {e}")))
+fn encode<T: Serialize>(value: &T) -> Result<Value> {
+    serde_json::to_value(value)
+        .map_err(|e| Error::internal(format!("encoding receipt details: {e}")))
 }

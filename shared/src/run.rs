@@ -6,9 +6,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::backup::BackupRef;
 use crate::input::Phase;
-use crate::input::{RunInput, Trigger};
+use crate::input::{Promotion, RunInput, Trigger};
 use crate::profile::Profile;
-use crate::receipt::{PhaseReceipt, PhaseStatus, ReceiptStore};
+use crate::receipt::{Failure, PhaseReceipt, PhaseStatus, ReceiptStore, RunStatus};
 use crate::s3uri::S3Uri;
 
 /// The execution, as the state machine's context object describes it.
@@ -32,6 +32,8 @@ pub struct RunContext {
     /// When the run started (the execution's start): RTO and RPO are measured from here.
     pub kickoff_at: DateTime<Utc>,
     pub backup: BackupRef,
+    /// What the approval gate does (the state machine reads `promotion`).
+    pub promotion: Promotion,
 }
 
 impl RunContext {
@@ -78,6 +80,38 @@ impl PhaseOutput {
             reason: receipt.reason.clone(),
             receipt: uri,
             details: receipt.details.clone(),
+        }
+    }
+}
+
+/// teardown's answer: the headline of the summary and where the summary is.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TeardownOutput {
+    pub run_id: String,
+    pub status: RunStatus,
+    pub summary: Option<S3Uri>,
+    pub rto_seconds: Option<f64>,
+    pub rpo_seconds: Option<f64>,
+    pub promoted: bool,
+    pub torn_down: bool,
+    pub lock: String,
+    pub failure: Option<Failure>,
+}
+
+impl TeardownOutput {
+    /// A failed run teardown could not, or must not, touch (no input, no profile, or the
+    /// wrong account): nothing written, nothing released.
+    pub fn untouched(run_id: String, failure: Option<Failure>) -> Self {
+        Self {
+            run_id,
+            status: RunStatus::Failed,
+            summary: None,
+            rto_seconds: None,
+            rpo_seconds: None,
+            promoted: false,
+            torn_down: false,
+            lock: "untouched".into(),
+            failure,
         }
     }
 }

@@ -342,7 +342,7 @@ fn a_bad_trigger_is_named() {
         (json!({"kind": "alarm"}), "alarm_name"),
         (
             json!({"kind": "schedule", "fired_at": "yesterday"}),
-            "trigger.fired_at",
+            "trigger: fired_at",
         ),
         (json!({"kind": "manual", "surprise": 1}), "surprise"),
     ] {

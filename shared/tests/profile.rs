@@ -84,7 +84,7 @@ async fn malformed_json_is_a_clear_error() {
         .unwrap_err();
     assert_eq!(err.kind, ErrorKind::InputError);
     assert!(
-        err.message.contains("malformed JSON") && err.message.contains("broken"),
+        err.message.contains("not valid JSON") && err.message.contains("broken"),
         "{err}"
     );
 }

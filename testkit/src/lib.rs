@@ -11,7 +11,6 @@ use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use aws_config::{BehaviorVersion, Region};
 use drpilot_shared::AwsClients;
 use tokio::sync::{Mutex, MutexGuard};
 
@@ -19,13 +18,7 @@ pub const REGION: &str = "us-east-1";
 /// The account moto answers STS GetCallerIdentity with.
 pub const ACCOUNT_ID: &str = "123456789012";
 
-/// The repository root (this crate lives in `<root>/testkit`).
-pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("."))
-}
+pub use drpilot_shared::local::repo_root;
 
 pub const PROFILE: &str = "test";
 pub const TARGET_BUCKET: &str = "target-data";
@@ -53,6 +46,7 @@ pub fn run_context(run_id: &str, backup_id: &str) -> drpilot_shared::run::RunCon
     input.run_id = Some(run_id.into());
     drpilot_shared::run::RunContext {
         run_id: run_id.into(),
+        promotion: input.promotion(),
         input,
         trigger: drpilot_shared::input::Trigger::manual(),
         execution_arn: Some(format!(
@@ -231,14 +225,9 @@ fn start_functions(server: &Server) -> Result<(), String> {
     if !status.success() {
         return Err(format!("scripts/ensure-venv.sh --build failed: {status}"));
     }
-    let built = Command::new("cargo")
-        .args([
-            "build", "--bins", "-p", "bringup", "-p", "restore", "-p", "validate",
-        ])
-        .args(["-p", "parity-report", "-p", "promote", "-p", "teardown"])
-        .current_dir(&root)
+    let built = Command::new(root.join("scripts/build-functions.sh"))
         .status()
-        .map_err(|e| format!("cargo build: {e}"))?;
+        .map_err(|e| format!("running scripts/build-functions.sh: {e}"))?;
     if !built.success() {
         return Err(format!("building the functions failed: {built}"));
     }
@@ -253,7 +242,8 @@ fn start_functions(server: &Server) -> Result<(), String> {
     );
     Command::new(root.join("scripts/with-parent.sh"))
         .arg(std::process::id().to_string())
-        .args(["cargo", "lambda", "watch", "--invoke-address", "127.0.0.1"])
+        .args(["cargo", "lambda", "watch", "--ignore-changes"])
+        .args(["--invoke-address", "127.0.0.1"])
         .args(["--invoke-port", &server.lambda_port.to_string()])
         .current_dir(&root)
         .env("PATH", path)
@@ -326,12 +316,7 @@ impl LocalAws {
         let (status, body) = http(port, "POST", "/moto-api/reset", "").expect("reset local AWS");
         assert_eq!(status, 200, "moto reset failed: {body}");
         let endpoint = format!("http://127.0.0.1:{port}");
-        let config = aws_config::defaults(BehaviorVersion::latest())
-            .endpoint_url(&endpoint)
-            .region(Region::new(REGION))
-            .test_credentials()
-            .load()
-            .await;
+        let config = AwsClients::emulator_config(&endpoint, REGION).await;
         Self {
             clients: AwsClients::from_config(config),
             endpoint,
@@ -421,29 +406,10 @@ impl LocalAws {
 
     /// Uploads every file under `dir` to `s3://bucket/prefix/<relative path>`.
     pub async fn upload_dir(&self, bucket: &str, prefix: &str, dir: &Path) {
-        let mut stack = vec![dir.to_path_buf()];
-        while let Some(current) = stack.pop() {
-            for entry in std::fs::read_dir(&current).expect("read_dir") {
-                let path = entry.expect("dir entry").path();
-                if path.is_dir() {
-                    stack.push(path);
-                    continue;
-                }
-                let relative = path.strip_prefix(dir).expect("under dir").to_string_lossy();
-                let key = format!("{}{relative}", drpilot_shared::s3uri::as_prefix(prefix));
-                let body = aws_sdk_s3::primitives::ByteStream::from_path(&path)
-                    .await
-                    .expect("open file");
-                self.s3()
-                    .put_object()
-                    .bucket(bucket)
-                    .key(&key)
-                    .body(body)
-                    .send()
-                    .await
-                    .unwrap_or_else(|e| panic!("upload {}: {e:?}", path.display()));
-            }
-        }
+        let dest = drpilot_shared::S3Uri::new(bucket, prefix).expect("a valid location");
+        drpilot_shared::objects::upload_tree(self.s3(), dir, &dest, 32)
+            .await
+            .unwrap_or_else(|e| panic!("upload {} to {dest}: {e}", dir.display()));
     }
 
     /// Stores a profile in SSM as `/drpilot/profiles/<name>`.

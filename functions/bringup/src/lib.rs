@@ -4,14 +4,15 @@
 
 use chrono::Duration;
 use drpilot_shared::backup::{self, BackupRef};
-use drpilot_shared::input::{normalize, validate_run_id, TriggerDefaults};
+use drpilot_shared::details::BringupDetails;
+use drpilot_shared::input::{normalize, NameRule, TriggerDefaults};
 use drpilot_shared::lock::RunLock;
 use drpilot_shared::profile::ProfileSource;
-use drpilot_shared::receipt::PhaseClock;
+use drpilot_shared::receipt::{seconds, PhaseClock};
 use drpilot_shared::run::{ExecutionInfo, RunContext};
 use drpilot_shared::{AwsClients, Error, ErrorKind, Phase, Profile, Result, S3Uri};
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::Value;
 use tracing::{info, warn};
 
 /// What the state machine passes: the raw execution input and the execution's identity.
@@ -72,7 +73,7 @@ impl Bringup {
         let run_id = match (&input.run_id, &request.execution.name) {
             (Some(id), _) => id.clone(),
             (None, Some(name)) => {
-                validate_run_id(name).map_err(|why| {
+                NameRule::RUN_ID.check(name).map_err(|why| {
                     Error::input(format!("run_id (from the execution name): {why}"))
                 })?;
                 name.clone()
@@ -103,6 +104,7 @@ impl Bringup {
 
         let run = RunContext {
             run_id: run_id.clone(),
+            promotion: input.promotion(),
             input,
             trigger: normalized.trigger,
             execution_arn: request.execution.arn.clone(),
@@ -112,19 +114,19 @@ impl Bringup {
                 .unwrap_or_else(|| clock.started_at()),
             backup,
         };
-        let details = json!({
-            "profile": run.input.profile,
-            "mode": run.input.mode,
-            "trigger": run.trigger,
-            "backup_uri": run.backup.uri,
-            "backup_id": run.backup.backup_id,
-            "backup_created_at": run.backup.created_at,
-            "lock": lock.uri(),
-            "lock_acquired": format!("{acquired:?}"),
-            "rpo_seconds_at_kickoff": (run.kickoff_at - run.backup.created_at).num_milliseconds() as f64 / 1000.0,
-        });
+        let details = BringupDetails {
+            profile: run.input.profile.clone(),
+            mode: run.input.mode,
+            trigger: run.trigger.clone(),
+            backup_uri: run.backup.uri.clone(),
+            backup_id: run.backup.backup_id.clone(),
+            backup_created_at: run.backup.created_at,
+            lock: lock.uri().clone(),
+            lock_acquired: format!("{acquired:?}"),
+            rpo_seconds_at_kickoff: seconds(run.kickoff_at - run.backup.created_at),
+        };
         run.receipts(&self.clients.s3, &profile)
-            .put_phase(&clock.finish_with(&Ok(details)))
+            .put_phase(&clock.succeeded(&details)?)
             .await?;
         info!(run_id = %run.run_id, mode = %run.input.mode, "bringup done");
         Ok(run)

@@ -7,13 +7,15 @@
 
 use chrono::{DateTime, Utc};
 use drpilot_shared::archive::RESERVED_PREFIX;
+use drpilot_shared::details::ParityDetails;
+use drpilot_shared::error::{decode_value, DecodeError};
 use drpilot_shared::metrics::{self, Sample};
+use drpilot_shared::objects::put_json;
 use drpilot_shared::parity::{compare_prefixes, DifferenceLog, ParityCounts, Verdict};
 use drpilot_shared::phase::{self, Outcome, PhaseRun, Rerun};
 use drpilot_shared::profile::ProfileSource;
-use drpilot_shared::receipt::put_json;
 use drpilot_shared::run::{PhaseOutput, PhaseRequest};
-use drpilot_shared::{AwsClients, Error, Phase, Result, S3Uri};
+use drpilot_shared::{AwsClients, Error, Result, S3Uri};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tracing::info;
@@ -38,15 +40,14 @@ pub enum ParityRequest {
 impl ParityRequest {
     /// `{"run": ...}` is a phase of a run; anything else must be a standalone request.
     pub fn from_json(value: Value) -> Result<Self> {
-        let parse_error =
-            |e: serde_json::Error| Error::input(format!("parity-report request: {e}"));
+        let input = |e: DecodeError| Error::input(e.to_string()).with_source(e);
         if value.get("run").is_some() {
-            Ok(Self::Run(
-                serde_json::from_value(value).map_err(parse_error)?,
-            ))
+            Ok(Self::Run(Box::new(
+                decode_value("parity-report request", &value).map_err(input)?,
+            )))
         } else {
             Ok(Self::Standalone(
-                serde_json::from_value(value).map_err(parse_error)?,
+                decode_value("parity-report request", &value).map_err(input)?,
             ))
         }
     }
@@ -78,7 +79,7 @@ impl ParityReporter {
     pub async fn handle(&self, request: ParityRequest) -> Result<Value> {
         match request {
             ParityRequest::Run(request) => {
-                let out = Box::pin(self.for_run(*request)).await?;
+                let out = self.for_run(*request).await?;
                 serde_json::to_value(out).map_err(|e| Error::internal(e.to_string()))
             }
             ParityRequest::Standalone(request) => {
@@ -86,8 +87,7 @@ impl ParityReporter {
                 let at = Utc::now();
                 let dir = profile
                     .receipts
-                    .join(&format!("parity/{}", at.format("%Y%m%dT%H%M%S%.3fZ")))
-                    .map_err(|e| Error::input(e.to_string()))?;
+                    .join(&format!("parity/{}", at.format("%Y%m%dT%H%M%S%.3fZ")))?;
                 let report = self
                     .compare(&request.left, &request.right, Vec::new(), &dir)
                     .await?;
@@ -101,7 +101,7 @@ impl ParityReporter {
                 .await?;
                 Ok(json!({
                     "counts": report.counts,
-                    "report": dir.join("report.json").map_err(|e| Error::input(e.to_string()))?,
+                    "report": dir.join("report.json")?,
                     "differences": report.differences,
                 }))
             }
@@ -110,18 +110,13 @@ impl ParityReporter {
 
     async fn for_run(&self, request: PhaseRequest) -> Result<PhaseOutput> {
         phase::run(
-            Phase::ParityReport,
             &request,
             &self.clients.s3,
             &self.profiles,
             Rerun::StartOver,
             async |ctx: &PhaseRun<'_>| {
                 let (run, profile) = (ctx.run, ctx.profile);
-                let dir = ctx
-                    .store
-                    .run_dir(&run.run_id)?
-                    .join("parity")
-                    .map_err(|e| Error::input(e.to_string()))?;
+                let dir = ctx.store.run_dir(&run.run_id)?.join("parity")?;
                 let staging = profile.target.staging(&run.run_id)?;
                 let report = self
                     .compare(
@@ -139,12 +134,12 @@ impl ParityReporter {
                     vec![Sample::count("ParityDelta", report.counts.delta as f64)],
                 )
                 .await?;
-                Ok(Outcome::Done(json!({
-                    "delta": report.counts.delta,
-                    "counts": report.counts,
-                    "report": dir.join("report.json").map_err(|e| Error::input(e.to_string()))?,
-                    "differences": report.differences,
-                })))
+                Ok(Outcome::Done(ParityDetails {
+                    delta: report.counts.delta,
+                    counts: report.counts,
+                    report: dir.join("report.json")?,
+                    differences: report.differences,
+                }))
             },
         )
         .await
@@ -172,9 +167,7 @@ impl ParityReporter {
                 },
             )
             .await?;
-        let differences_uri = dir
-            .join("differences.jsonl")
-            .map_err(|e| Error::input(e.to_string()))?;
+        let differences_uri = dir.join("differences.jsonl")?;
         let first_differences = log.first().to_vec();
         log.upload(&self.clients.s3, &differences_uri).await?;
         let report = ParityReport {
@@ -185,9 +178,7 @@ impl ParityReporter {
             differences: differences_uri,
             first_differences,
         };
-        let report_uri = dir
-            .join("report.json")
-            .map_err(|e| Error::input(e.to_string()))?;
+        let report_uri = dir.join("report.json")?;
         put_json(&self.clients.s3, &report_uri, &report).await?;
         info!(left = %report.left, right = %report.right, delta = report.counts.delta, "parity compared");
         Ok(report)

@@ -10,17 +10,18 @@ use std::sync::Arc;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, TaggingDirective};
 use chrono::{DateTime, Utc};
 use drpilot_shared::archive::RESERVED_PREFIX;
+use drpilot_shared::details::{PromoteDetails, PublishedPointer};
 use drpilot_shared::metrics::{self, Sample};
+use drpilot_shared::objects::{abort_multipart, get_json, put_json};
 use drpilot_shared::objects::{object_size, part_size};
 use drpilot_shared::parity::{compare_prefixes, Difference, ParityCounts, Verdict};
 use drpilot_shared::phase::{self, Outcome, PhaseRun, Rerun};
 use drpilot_shared::profile::{Profile, ProfileSource};
-use drpilot_shared::receipt::{get_json, put_json, PhaseStatus, ReceiptStore};
+use drpilot_shared::receipt::{seconds, PhaseStatus, ReceiptStore};
 use drpilot_shared::run::{PhaseOutput, PhaseRequest, RunContext};
 use drpilot_shared::{AwsClients, Error, ErrorKind, Phase, Result, S3Uri};
 use futures::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 use tracing::info;
@@ -128,14 +129,15 @@ impl Promote {
         };
         let approval = request.approval;
         phase::run(
-            Phase::Promote,
             &phase_request,
             &self.clients.s3,
             &self.profiles,
             Rerun::KeepSuccess,
             async |ctx: &PhaseRun<'_>| {
+                let approval = gate(ctx.run, ctx.store, approval.as_ref()).await?;
+                let synced = self.sync(ctx.run, ctx.profile).await?;
                 let details = self
-                    .promote(ctx.run, ctx.profile, ctx.store, approval.as_ref())
+                    .audit(ctx.run, ctx.profile, ctx.store, approval, &synced)
                     .await?;
                 Ok(Outcome::Done(details))
             },
@@ -143,48 +145,8 @@ impl Promote {
         .await
     }
 
-    async fn promote(
-        &self,
-        run: &RunContext,
-        profile: &Profile,
-        store: &ReceiptStore,
-        approval: Option<&Approval>,
-    ) -> Result<Value> {
-        let bypass = run.input.approval_bypassed();
-        let approval = match approval {
-            Some(a) if !a.approver.trim().is_empty() && !a.ticket.trim().is_empty() => Some(a),
-            Some(_) => {
-                return Err(Error::new(
-                    ErrorKind::ApprovalMissing,
-                    "approval: approver and ticket must both be given",
-                ))
-            }
-            None if bypass => None,
-            None => {
-                return Err(Error::new(
-                    ErrorKind::ApprovalMissing,
-                    format!(
-                        "run {} has no approval (approver and ticket); only a drill with auto_promote and allow_promote_bypass may promote without one",
-                        run.run_id
-                    ),
-                ))
-            }
-        };
-        for phase in [Phase::Restore, Phase::Validate] {
-            let receipt = store.get_phase(&run.run_id, phase).await?;
-            if receipt.as_ref().map(|r| r.status) != Some(PhaseStatus::Success) {
-                return Err(Error::integrity(format!(
-                    "run {}: the {phase} receipt is {}; promote needs a successful {phase}",
-                    run.run_id,
-                    receipt.map_or("missing".into(), |r| format!("{:?}", r.status)
-                        .to_lowercase())
-                )));
-            }
-        }
-        if run.input.dry_run {
-            return Err(Error::input("dry_run: a dry run never promotes"));
-        }
-
+    /// Copies the staging into `root/` and checks nothing staged was left out.
+    async fn sync(&self, run: &RunContext, profile: &Profile) -> Result<Synced> {
         let staging = profile.target.staging(&run.run_id)?;
         let root = profile.target.root();
         let started = Utc::now();
@@ -211,32 +173,103 @@ impl Promote {
                 "after promotion {unpromoted} staged objects still differ from {root} ({parity_after:?})"
             )));
         }
-        let promoted_at = Utc::now();
+        Ok(Synced {
+            root,
+            started,
+            promoted_at: Utc::now(),
+            parity_before,
+            parity_after,
+            stats,
+        })
+    }
 
+    /// Writes the run's one audit record, the publish pointer and the time-to-promotion
+    /// metric, and returns the receipt's details.
+    async fn audit(
+        &self,
+        run: &RunContext,
+        profile: &Profile,
+        store: &ReceiptStore,
+        approval: Option<&Approval>,
+        synced: &Synced,
+    ) -> Result<PromoteDetails> {
+        let s3 = &self.clients.s3;
         // One audit record per run: its key is chosen once and remembered.
-        let pending_uri = store
-            .run_dir(&run.run_id)?
-            .join("promote.pending.json")
-            .map_err(|e| Error::input(e.to_string()))?;
-        let pending = match get_json::<PendingAudit>(&self.clients.s3, &pending_uri).await? {
+        let pending_uri = store.run_dir(&run.run_id)?.join("promote.pending.json")?;
+        let pending = match get_json::<PendingAudit>(s3, &pending_uri).await? {
             Some(p) => p,
             None => {
                 let key = format!(
                     "promotions/promotion-{}.json",
-                    promoted_at.format("%Y%m%dT%H%M%S%.3fZ")
+                    synced.promoted_at.format("%Y%m%dT%H%M%S%.3fZ")
                 );
                 let p = PendingAudit {
-                    audit_record: profile
-                        .target
-                        .audit()
-                        .join(&key)
-                        .map_err(|e| Error::input(e.to_string()))?,
+                    audit_record: profile.target.audit().join(&key)?,
                 };
-                put_json(&self.clients.s3, &pending_uri, &p).await?;
+                put_json(s3, &pending_uri, &p).await?;
                 p
             }
         };
-        let record = AuditRecord {
+        let record = AuditRecord::new(run, profile, approval, synced);
+        put_json(s3, &pending.audit_record, &record).await?;
+        let pointer = profile.target.audit().join("published.json")?;
+        let published = PublishedPointer::new(
+            &run.run_id,
+            &run.backup,
+            synced.root.clone(),
+            synced.promoted_at,
+            pending.audit_record.clone(),
+        );
+        put_json(s3, &pointer, &published).await?;
+        let time_to_promotion = seconds(synced.promoted_at - run.kickoff_at);
+        metrics::publish(
+            &self.clients.cloudwatch,
+            &run.input.profile,
+            run.input.mode.as_str(),
+            synced.promoted_at,
+            vec![Sample::seconds("TimeToPromotionSeconds", time_to_promotion)],
+        )
+        .await?;
+        let (before, stats) = (&synced.parity_before, &synced.stats);
+        info!(run_id = %run.run_id, copied = stats.copied, identical = before.identical, drift = before.only_right, "promoted");
+        Ok(PromoteDetails {
+            promoted: true,
+            approver: record.approver,
+            ticket: record.ticket,
+            bypass: record.bypass,
+            objects_copied: stats.copied,
+            bytes_copied: stats.bytes,
+            objects_identical: before.identical,
+            drift_objects: before.only_right,
+            drift_deleted: stats.deleted,
+            parity_before: before.clone(),
+            parity_after: synced.parity_after.clone(),
+            audit_record: pending.audit_record,
+            pointer,
+            copy_seconds: seconds(synced.promoted_at - synced.started),
+            time_to_promotion_seconds: time_to_promotion,
+        })
+    }
+}
+
+/// What [`Promote::sync`] did.
+struct Synced {
+    root: S3Uri,
+    started: DateTime<Utc>,
+    promoted_at: DateTime<Utc>,
+    parity_before: ParityCounts,
+    parity_after: ParityCounts,
+    stats: CopyStats,
+}
+
+impl AuditRecord {
+    fn new(
+        run: &RunContext,
+        profile: &Profile,
+        approval: Option<&Approval>,
+        synced: &Synced,
+    ) -> Self {
+        Self {
             run_id: run.run_id.clone(),
             execution_arn: run.execution_arn.clone(),
             profile: run.input.profile.clone(),
@@ -248,64 +281,60 @@ impl Promote {
             backup_uri: run.backup.uri.clone(),
             backup_id: run.backup.backup_id.clone(),
             backup_created_at: run.backup.created_at,
-            promoted_at,
-            objects_copied: stats.copied,
-            bytes_copied: stats.bytes,
-            objects_identical: parity_before.identical,
-            drift_objects: parity_before.only_right,
+            promoted_at: synced.promoted_at,
+            objects_copied: synced.stats.copied,
+            bytes_copied: synced.stats.bytes,
+            objects_identical: synced.parity_before.identical,
+            drift_objects: synced.parity_before.only_right,
             drift_pruned: profile.prune_drift,
-            parity_before: parity_before.clone(),
-            parity_after: parity_after.clone(),
-        };
-        put_json(&self.clients.s3, &pending.audit_record, &record).await?;
-        let pointer = profile
-            .target
-            .audit()
-            .join("published.json")
-            .map_err(|e| Error::input(e.to_string()))?;
-        put_json(
-            &self.clients.s3,
-            &pointer,
-            &json!({
-                "run_id": run.run_id,
-                "backup_uri": run.backup.uri,
-                "backup_id": run.backup.backup_id,
-                "backup_created_at": run.backup.created_at,
-                "git_sha": run.backup.git_sha,
-                "root": root,
-                "promoted_at": promoted_at,
-                "audit_record": pending.audit_record,
-            }),
-        )
-        .await?;
-        let time_to_promotion = (promoted_at - run.kickoff_at).num_milliseconds() as f64 / 1000.0;
-        metrics::publish(
-            &self.clients.cloudwatch,
-            &run.input.profile,
-            run.input.mode.as_str(),
-            promoted_at,
-            vec![Sample::seconds("TimeToPromotionSeconds", time_to_promotion)],
-        )
-        .await?;
-        info!(run_id = %run.run_id, copied = stats.copied, identical = parity_before.identical, drift = parity_before.only_right, "promoted");
-        Ok(json!({
-            "promoted": true,
-            "approver": record.approver,
-            "ticket": record.ticket,
-            "bypass": record.bypass,
-            "objects_copied": stats.copied,
-            "bytes_copied": stats.bytes,
-            "objects_identical": parity_before.identical,
-            "drift_objects": parity_before.only_right,
-            "drift_deleted": stats.deleted,
-            "parity_before": parity_before,
-            "parity_after": parity_after,
-            "audit_record": pending.audit_record,
-            "pointer": pointer,
-            "copy_seconds": (promoted_at - started).num_milliseconds() as f64 / 1000.0,
-            "time_to_promotion_seconds": time_to_promotion,
-        }))
+            parity_before: synced.parity_before.clone(),
+            parity_after: synced.parity_after.clone(),
+        }
     }
+}
+
+/// Whether this run may promote: an approval with approver and ticket (or the drill-only
+/// bypass), a successful restore and validate, and not a dry run. Returns the approval
+/// (`None` under the bypass).
+async fn gate<'a>(
+    run: &RunContext,
+    store: &ReceiptStore,
+    approval: Option<&'a Approval>,
+) -> Result<Option<&'a Approval>> {
+    let approval = match approval {
+        Some(a) if !a.approver.trim().is_empty() && !a.ticket.trim().is_empty() => Some(a),
+        Some(_) => {
+            return Err(Error::new(
+                ErrorKind::ApprovalMissing,
+                "approval: approver and ticket must both be given",
+            ))
+        }
+        None if run.input.approval_bypassed() => None,
+        None => {
+            return Err(Error::new(
+                ErrorKind::ApprovalMissing,
+                format!(
+                    "run {} has no approval (approver and ticket); only a drill with auto_promote and allow_promote_bypass may promote without one",
+                    run.run_id
+                ),
+            ))
+        }
+    };
+    for phase in [Phase::Restore, Phase::Validate] {
+        let receipt = store.get_phase(&run.run_id, phase).await?;
+        if receipt.as_ref().map(|r| r.status) != Some(PhaseStatus::Success) {
+            return Err(Error::integrity(format!(
+                "run {}: the {phase} receipt is {}; promote needs a successful {phase}",
+                run.run_id,
+                receipt.map_or("missing".into(), |r| format!("{:?}", r.status)
+                    .to_lowercase())
+            )));
+        }
+    }
+    if run.input.dry_run {
+        return Err(Error::input("dry_run: a dry run never promotes"));
+    }
+    Ok(approval)
 }
 
 /// Makes `root` hold what `staging` holds: one merge of the two listings; every staged
@@ -550,13 +579,7 @@ async fn copy(
     }
     .await;
     if result.is_err() {
-        let _ = s3
-            .abort_multipart_upload()
-            .bucket(&to.bucket)
-            .key(&to.key)
-            .upload_id(&upload_id)
-            .send()
-            .await;
+        abort_multipart(s3, &to.bucket, &to.key, &upload_id).await;
     }
     result
 }

@@ -28,6 +28,7 @@ fn main() {
     let request = PhaseRequest {
         run: RunContext {
             run_id: run_id.clone(),
+            promotion: input.promotion(),
             input,
             trigger: Trigger::manual(),
             execution_arn: None,

@@ -11,15 +11,16 @@ pub mod staging;
 use aws_sdk_s3::primitives::ByteStream;
 use chrono::{DateTime, Utc};
 use drpilot_shared::backup::{self, Artifact, BackupMetadata, MANIFESTS, STATE};
+use drpilot_shared::details::{ControlPlaneStaged, RestoreDetails};
+use drpilot_shared::objects::put_json;
 use drpilot_shared::objects::{delete_prefix, object_size, open};
 use drpilot_shared::phase::{self, Outcome, PhaseRun, Rerun};
 use drpilot_shared::profile::{Profile, ProfileSource};
-use drpilot_shared::receipt::put_json;
+use drpilot_shared::receipt;
 use drpilot_shared::run::{PhaseOutput, PhaseRequest, RunContext};
 use drpilot_shared::s3uri::RelativeKey;
-use drpilot_shared::{AwsClients, Error, Phase, Result, S3Uri};
+use drpilot_shared::{AwsClients, Error, Result, S3Uri};
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tracing::info;
@@ -46,21 +47,20 @@ impl Restore {
 
     pub async fn handle(&self, request: PhaseRequest) -> Result<PhaseOutput> {
         phase::run(
-            Phase::Restore,
             &request,
             &self.clients.s3,
             &self.profiles,
             Rerun::StartOver,
             async |ctx: &PhaseRun<'_>| {
                 let details = self.restore(ctx.run, ctx.profile).await?;
-                info!(objects = %details["objects"], bytes = %details["bytes"], "restored");
+                info!(objects = details.objects, bytes = details.bytes, "restored");
                 Ok(Outcome::Done(details))
             },
         )
         .await
     }
 
-    async fn restore(&self, run: &RunContext, profile: &Profile) -> Result<Value> {
+    async fn restore(&self, run: &RunContext, profile: &Profile) -> Result<RestoreDetails> {
         let s3 = &self.clients.s3;
         let started = Utc::now();
         let (backup, meta) = backup::inspect(s3, &run.backup.uri).await?;
@@ -89,26 +89,27 @@ impl Restore {
             ),
             None => None,
         };
-        let seconds = (Utc::now() - started).num_milliseconds().max(1) as f64 / 1000.0;
-        Ok(json!({
-            "backup_uri": backup.uri,
-            "backup_id": meta.backup_id,
-            "backup_created_at": meta.created_at,
-            "git_sha": backup.git_sha,
-            "staging": staging,
-            "dry_run": dry_run,
-            "objects": state.files,
-            "directories": state.directories,
-            "bytes": state.bytes,
-            "archive_bytes": state.archive_bytes,
-            "archive_sha256": state.archive_sha256,
-            "manifests_sha256": manifests.archive_sha256,
-            "manifest_files": manifests.files,
-            "previously_staged_objects_removed": cleared,
-            "control_plane": control_plane,
-            "seconds": seconds,
-            "megabytes_per_second": state.bytes as f64 / 1_048_576.0 / seconds,
-        }))
+        // At least a millisecond: the throughput divides by it.
+        let seconds = receipt::seconds(Utc::now() - started).max(0.001);
+        Ok(RestoreDetails {
+            backup_uri: backup.uri,
+            backup_id: meta.backup_id,
+            backup_created_at: meta.created_at,
+            git_sha: backup.git_sha,
+            staging,
+            dry_run,
+            objects: state.files,
+            directories: state.directories,
+            bytes: state.bytes,
+            archive_bytes: state.archive_bytes,
+            archive_sha256: state.archive_sha256,
+            manifests_sha256: manifests.archive_sha256,
+            manifest_files: manifests.files,
+            previously_staged_objects_removed: cleared,
+            control_plane,
+            seconds,
+            megabytes_per_second: state.bytes as f64 / 1_048_576.0 / seconds,
+        })
     }
 
     async fn open(&self, uri: &S3Uri) -> Result<ByteStream> {
@@ -182,7 +183,7 @@ impl Restore {
         pointer_uri: &S3Uri,
         staging: &S3Uri,
         dry_run: bool,
-    ) -> Result<Value> {
+    ) -> Result<ControlPlaneStaged> {
         let bytes = backup::read_small(&self.clients.s3, pointer_uri, 64 << 10).await?;
         let pointer: ControlPlanePointer = serde_json::from_slice(&bytes).map_err(|e| {
             Error::contract(format!("{pointer_uri}: not a control-plane pointer: {e}"))
@@ -263,15 +264,15 @@ impl Restore {
                 .map_err(|e| Error::contract(e.to_string()))?;
             put_json(&self.clients.s3, &staged_pointer, &pointer).await?;
         }
-        Ok(json!({
-            "pointer": pointer_uri,
-            "bundle_uri": pointer.bundle_uri,
-            "bundle_sha256": pointer.bundle_sha256,
-            "bundle_bytes": size,
-            "git_sha": pointer.git_sha,
-            "image_ref_digest": pointer.image_ref_digest,
-            "staged_as": if dry_run { None } else { Some(format!("{}{}", staging.key, key)) },
-        }))
+        Ok(ControlPlaneStaged {
+            pointer: pointer_uri.clone(),
+            bundle_uri: pointer.bundle_uri,
+            bundle_sha256: pointer.bundle_sha256,
+            bundle_bytes: size,
+            git_sha: pointer.git_sha,
+            image_ref_digest: pointer.image_ref_digest,
+            staged_as: (!dry_run).then(|| format!("{}{}", staging.key, key)),
+        })
     }
 }
 

@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
 use drpilot_shared::archive::{stream_error, EntryVisitor, CHUNK};
-use drpilot_shared::objects::part_size;
+use drpilot_shared::objects::{abort_multipart, part_size, precondition_failed};
 
 pub use drpilot_shared::objects::SHA256_TAG;
 
@@ -352,11 +352,6 @@ fn flatten(done: std::result::Result<Result<()>, tokio::task::JoinError>) -> Res
     done.map_err(Error::from)?
 }
 
-/// S3's answer to a conditional write whose condition failed: the key already exists.
-fn is_precondition_failed<E: aws_sdk_s3::error::ProvideErrorMetadata>(err: &E) -> bool {
-    matches!(err.code(), Some("PreconditionFailed"))
-}
-
 fn duplicate(key: &str) -> Error {
     Error::contract(format!(
         "state.tar.zst: duplicate entry (staged key {key} written twice)"
@@ -381,7 +376,7 @@ async fn put_small(
         .send()
         .await
         .map_err(|e| {
-            if is_precondition_failed(&e) {
+            if precondition_failed(&e) {
                 duplicate(key)
             } else {
                 Error::from_sdk(&format!("PutObject s3://{bucket}/{key}"), e)
@@ -430,7 +425,7 @@ async fn complete_multipart(
         .await;
     if let Err(e) = result {
         abort_multipart(s3, bucket, key, upload_id).await;
-        return Err(if is_precondition_failed(&e) {
+        return Err(if precondition_failed(&e) {
             duplicate(key)
         } else {
             Error::from_sdk(&format!("CompleteMultipartUpload s3://{bucket}/{key}"), e)
@@ -453,17 +448,4 @@ async fn complete_multipart(
         .await
         .map_err(|e| Error::from_sdk(&format!("PutObjectTagging s3://{bucket}/{key}"), e))?;
     Ok(())
-}
-
-async fn abort_multipart(s3: &aws_sdk_s3::Client, bucket: &str, key: &str, upload_id: &str) {
-    if let Err(e) = s3
-        .abort_multipart_upload()
-        .bucket(bucket)
-        .key(key)
-        .upload_id(upload_id)
-        .send()
-        .await
-    {
-        tracing::warn!(key, error = %aws_sdk_s3::error::DisplayErrorContext(&e), "could not abort multipart upload");
-    }
 }

@@ -5,17 +5,18 @@
 //! the same state (metrics are published once).
 
 use chrono::{DateTime, Utc};
-use drpilot_shared::input::{normalize, Trigger, TriggerDefaults};
+use drpilot_shared::details::{ParityDetails, PromoteDetails, TeardownDetails};
+use drpilot_shared::input::{normalize, NameRule, Trigger, TriggerDefaults};
 use drpilot_shared::lock::{Released, RunLock};
 use drpilot_shared::metrics::{self, Sample};
 use drpilot_shared::objects::delete_prefix;
-use drpilot_shared::profile::ProfileSource;
+use drpilot_shared::profile::{Profile, ProfileSource};
 use drpilot_shared::receipt::{
-    Failure, Objective, PhaseClock, PhaseOutcome, PhaseReceipt, PhaseStatus, ReceiptStore,
+    seconds, Failure, Objective, PhaseClock, PhaseOutcome, PhaseReceipt, PhaseStatus, ReceiptStore,
     RunStatus, RunSummary,
 };
-use drpilot_shared::run::{ExecutionInfo, RunContext};
-use drpilot_shared::{AwsClients, ErrorKind, Phase, Result, RunInput, S3Uri};
+use drpilot_shared::run::{ExecutionInfo, RunContext, TeardownOutput};
+use drpilot_shared::{AwsClients, Error, ErrorKind, Phase, Result, RunInput, S3Uri};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tracing::{info, warn};
@@ -38,6 +39,17 @@ pub struct TeardownRequest {
     /// The operator's decision, when the run reached the approval step.
     #[serde(default)]
     pub approval: Option<ApprovalOutcome>,
+}
+
+impl TeardownRequest {
+    /// The failure a Catch reported, as the summary records it.
+    pub fn caught_failure(&self) -> Option<Failure> {
+        self.failure.as_ref().map(|f| Failure {
+            phase: Some(f.phase),
+            error: f.error.clone(),
+            cause: f.cause.clone(),
+        })
+    }
 }
 
 /// A Catch's `$states.errorOutput` (`Error`, `Cause`) and the phase it came from.
@@ -63,38 +75,6 @@ pub struct ApprovalOutcome {
     /// Approved by the drill-only bypass rather than a person.
     #[serde(default)]
     pub bypass: bool,
-}
-
-/// teardown's answer: the headline of the summary and where the summary is.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct TeardownOutput {
-    pub run_id: String,
-    pub status: RunStatus,
-    pub summary: Option<S3Uri>,
-    pub rto_seconds: Option<f64>,
-    pub rpo_seconds: Option<f64>,
-    pub promoted: bool,
-    pub torn_down: bool,
-    pub lock: String,
-    pub failure: Option<Failure>,
-}
-
-impl TeardownOutput {
-    /// A failed run teardown could not, or must not, touch (no input, no profile, or the
-    /// wrong account): nothing written, nothing released.
-    fn untouched(run_id: String, failure: Option<Failure>) -> Self {
-        Self {
-            run_id,
-            status: RunStatus::Failed,
-            summary: None,
-            rto_seconds: None,
-            rpo_seconds: None,
-            promoted: false,
-            torn_down: false,
-            lock: "untouched".into(),
-            failure,
-        }
-    }
 }
 
 pub struct Teardown {
@@ -126,13 +106,8 @@ impl Teardown {
     }
 
     pub async fn handle(&self, request: TeardownRequest) -> Result<TeardownOutput> {
-        let clock_start = Utc::now();
-        let failure = request.failure.as_ref().map(|f| Failure {
-            phase: Some(f.phase),
-            error: f.error.clone(),
-            cause: f.cause.clone(),
-        });
-        let Some(known) = self.known(&request, clock_start) else {
+        let failure = request.caught_failure();
+        let Some(known) = self.known(&request, Utc::now()) else {
             // No valid input: there is no profile, so nowhere to write and nothing to undo.
             warn!(
                 ?failure,
@@ -144,185 +119,133 @@ impl Teardown {
             ));
         };
         drpilot_shared::phase::record_run(&known.run_id, Phase::Teardown);
-        let wrong_account = request
-            .failure
-            .as_ref()
-            .is_some_and(|f| f.error == ErrorKind::AccountMismatch.name());
-        let profile = match self.profiles.load(&known.input.profile).await {
-            Ok(profile) if !wrong_account => profile,
-            result => {
-                // Wrong account, or no profile: writing anything anywhere would be wrong.
-                if let Err(err) = result {
-                    warn!(error = %err, "teardown cannot load the profile");
-                }
-                return Ok(TeardownOutput::untouched(known.run_id, failure));
-            }
+        let Some(profile) = self.profile(&known, &request).await else {
+            return Ok(TeardownOutput::untouched(known.run_id, failure));
         };
         let store = ReceiptStore::new(self.clients.s3.clone(), profile.receipts.clone());
         let clock = PhaseClock::start(&known.run_id, Phase::Teardown, 1);
-        let previous = store.get_phase(&known.run_id, Phase::Teardown).await?;
         // Whatever else a previous attempt did, metrics it put stay put: never twice.
-        let metrics_already_published = previous
-            .as_ref()
-            .is_some_and(|r| r.details["metrics_published"] == true);
+        let metrics_already_published = store
+            .get_phase(&known.run_id, Phase::Teardown)
+            .await?
+            .and_then(|r| r.details::<TeardownDetails>().ok())
+            .is_some_and(|d| d.metrics_published);
 
-        // 1. Staging: deleted unless the input holds it (or a dry run never made it).
-        let staging = profile.target.staging(&known.run_id)?;
-        let hold = !known.input.teardown;
-        let deleted = if hold {
-            info!(run_id = %known.run_id, staging = %staging, "holding staging for inspection");
-            None
-        } else {
-            Some(delete_prefix(&self.clients.s3, &staging).await?)
-        };
+        let cleaned = self.clean_up(&known, &profile).await?;
+        let receipts = self.gather(&known, &request, &store).await?;
+        let mut summary = summarize(
+            &known,
+            &request,
+            &profile,
+            &receipts,
+            cleaned.torn_down(),
+            Utc::now(),
+        )?;
 
-        // 2. The lock, only if it is ours.
-        let lock = RunLock::new(self.clients.s3.clone(), profile.target.lock());
-        let released = lock.release(&known.run_id).await?;
-        let lock_state = match &released {
-            Released::Released => "released".to_owned(),
-            Released::NotHeld => "not held".to_owned(),
-            Released::OwnedByOther { owner } => format!("owned by run {owner}, left alone"),
-        };
-
-        // 3. Every phase gets a receipt: the failed one from the Catch if its own Lambda
-        //    could not write one, and those that never ran as skipped with why.
-        let mut receipts = Vec::new();
-        for phase in Phase::ALL.into_iter().filter(|p| *p != Phase::Teardown) {
-            let receipt = match store.get_phase(&known.run_id, phase).await? {
-                Some(r) if !(r.status == PhaseStatus::Success && failed_here(&request, phase)) => r,
-                _ => {
-                    let receipt = synthesize(&known, &request, phase);
-                    store.put_phase(&receipt).await?;
-                    receipt
-                }
-            };
-            receipts.push(receipt);
-        }
-
-        // 4. The summary.
-        let now = Utc::now();
-        let receipt_of = |phase: Phase| receipts.iter().find(|r| r.phase == phase);
-        let succeeded =
-            |phase: Phase| receipt_of(phase).filter(|r| r.status == PhaseStatus::Success);
-        let promote = succeeded(Phase::Promote);
-        let promoted = promote.is_some_and(|r| r.details["promoted"] != false);
-        let rto_end = promote
-            .or_else(|| succeeded(Phase::Validate))
-            .map(|r| r.finished_at);
-        let rto_seconds = rto_end.map(|end| seconds(end - known.kickoff_at));
-        let rpo_seconds = known
-            .backup_created_at
-            .map(|created| seconds(known.kickoff_at - created));
-        let parity_delta = succeeded(Phase::ParityReport).and_then(|r| r.details["delta"].as_u64());
-        let approver = promote
-            .and_then(|r| r.details["approver"].as_str().map(str::to_owned))
-            .or_else(|| request.approval.as_ref().and_then(|a| a.approver.clone()));
-        let ticket = promote
-            .and_then(|r| r.details["ticket"].as_str().map(str::to_owned))
-            .or_else(|| request.approval.as_ref().and_then(|a| a.ticket.clone()));
-        // A person deciding (approve or deny) is a manual intervention; the bypass is not.
-        let manual_interventions = u32::from(request.approval.as_ref().is_some_and(|a| !a.bypass));
-        let failed_phases = receipts
-            .iter()
-            .filter(|r| r.status == PhaseStatus::Failed)
-            .count();
-        let status = if failure.is_some() || failed_phases > 0 {
-            RunStatus::Failed
-        } else {
-            RunStatus::Succeeded
-        };
-        let torn_down = deleted.is_some();
-        let mut summary = RunSummary {
-            run_id: known.run_id.clone(),
-            mode: known.input.mode,
-            profile: known.input.profile.clone(),
-            status,
-            execution_arn: known.execution_arn.clone(),
-            trigger: known.trigger.clone(),
-            backup_uri: known.backup_uri.clone(),
-            backup_created_at: known.backup_created_at,
-            kickoff_at: known.kickoff_at,
-            finished_at: now,
-            phases: receipts.iter().map(outcome).collect(),
-            rto_seconds,
-            rpo_seconds,
-            rto: Objective::measure(rto_seconds, profile.rto_target_seconds),
-            rpo: Objective::measure(rpo_seconds, profile.rpo_target_seconds),
-            parity_delta,
-            manual_interventions,
-            approver,
-            ticket,
-            promoted,
-            torn_down,
-            failure: failure.clone().or_else(|| {
-                receipts
-                    .iter()
-                    .find(|r| r.status == PhaseStatus::Failed)
-                    .map(|r| Failure {
-                        phase: Some(r.phase),
-                        error: r.details["error"].as_str().unwrap_or("Failed").to_owned(),
-                        cause: r.reason.clone().unwrap_or_default(),
-                    })
-            }),
-        };
-
-        // 5. Metrics, once per run, before the summary says how teardown ended: a failed
-        //    put is recorded as teardown's failure (and retried), never as a success.
+        // Metrics, once per run, before the summary says how teardown ended: a failed
+        // put is recorded as teardown's failure (and retried), never as a success.
         let metrics = if metrics_already_published {
             Ok(())
         } else {
-            self.publish_metrics(&summary, failed_phases).await
+            self.publish_metrics(&summary).await.map_err(|err| {
+                let message = format!("metrics not published: {}", err.message);
+                Error::new(err.kind, message).with_source(err)
+            })
         };
-        let teardown_reason = metrics
-            .as_ref()
-            .err()
-            .map(|err| format!("metrics not published: {err}"));
-        let finished = Utc::now();
-        summary.phases.push(PhaseOutcome {
-            phase: Phase::Teardown,
-            status: if metrics.is_ok() {
-                PhaseStatus::Success
-            } else {
-                PhaseStatus::Failed
-            },
-            reason: teardown_reason.clone(),
-            started_at: Some(clock.started_at()),
-            finished_at: Some(finished),
-            duration_ms: Some((finished - clock.started_at()).num_milliseconds().max(0) as u64),
-        });
-        let summary_uri = store.put_summary(&summary).await?;
-
-        let details = json!({
-            "staging": staging,
-            "held": hold,
-            "staged_objects_deleted": deleted,
-            "lock": lock_state,
-            "summary": summary_uri,
-            "metrics_published": metrics.is_ok(),
-        });
+        let details = TeardownDetails {
+            staging: cleaned.staging,
+            held: cleaned.deleted.is_none(),
+            staged_objects_deleted: cleaned.deleted,
+            lock: cleaned.lock,
+            summary: store.summary_uri(&known.run_id)?,
+            metrics_published: metrics.is_ok(),
+        };
         let receipt = match &metrics {
-            Ok(()) => clock.finish(PhaseStatus::Success, None, details),
-            Err(err) => {
-                let mut details = details;
-                details["error"] = json!(err.kind.name());
-                clock.finish(PhaseStatus::Failed, teardown_reason, details)
-            }
+            Ok(()) => clock.succeeded(&details)?,
+            Err(err) => clock.failed(err, Some(&details))?,
         };
+        // The summary's teardown line is the receipt teardown writes next.
+        summary.phases.push(outcome(&receipt));
+        store.put_summary(&summary).await?;
         store.put_phase(&receipt).await?;
         metrics?;
         info!(run_id = %summary.run_id, status = ?summary.status, rto_seconds = ?summary.rto_seconds, rpo_seconds = ?summary.rpo_seconds, "run summary written");
         Ok(TeardownOutput {
             run_id: summary.run_id,
             status: summary.status,
-            summary: Some(summary_uri),
+            summary: Some(details.summary),
             rto_seconds: summary.rto_seconds,
             rpo_seconds: summary.rpo_seconds,
-            promoted,
-            torn_down,
-            lock: lock_state,
+            promoted: summary.promoted,
+            torn_down: summary.torn_down,
+            lock: details.lock,
             failure: summary.failure,
         })
+    }
+
+    /// The run's profile, unless teardown must not touch anything: a wrong-account
+    /// failure, or a profile that cannot be loaded (writing anywhere would be wrong).
+    async fn profile(&self, known: &Known, request: &TeardownRequest) -> Option<Profile> {
+        let wrong_account = request
+            .failure
+            .as_ref()
+            .is_some_and(|f| f.error == ErrorKind::AccountMismatch.name());
+        if wrong_account {
+            return None;
+        }
+        match self.profiles.load(&known.input.profile).await {
+            Ok(profile) => Some(profile),
+            Err(err) => {
+                warn!(error = %err, "teardown cannot load the profile");
+                None
+            }
+        }
+    }
+
+    /// Deletes the staging unless the input holds it, and releases the lock if this run
+    /// owns it.
+    async fn clean_up(&self, known: &Known, profile: &Profile) -> Result<Cleaned> {
+        let staging = profile.target.staging(&known.run_id)?;
+        let deleted = if known.input.teardown {
+            Some(delete_prefix(&self.clients.s3, &staging).await?)
+        } else {
+            info!(run_id = %known.run_id, staging = %staging, "holding staging for inspection");
+            None
+        };
+        let lock = RunLock::new(self.clients.s3.clone(), profile.target.lock());
+        let lock = match lock.release(&known.run_id).await? {
+            Released::Released => "released".to_owned(),
+            Released::NotHeld => "not held".to_owned(),
+            Released::OwnedByOther { owner } => format!("owned by run {owner}, left alone"),
+        };
+        Ok(Cleaned {
+            staging,
+            deleted,
+            lock,
+        })
+    }
+
+    /// Every phase's receipt before teardown: the failed one from the Catch if its own
+    /// Lambda could not write one, and those that never ran as skipped with why.
+    async fn gather(
+        &self,
+        known: &Known,
+        request: &TeardownRequest,
+        store: &ReceiptStore,
+    ) -> Result<Vec<PhaseReceipt>> {
+        let mut receipts = Vec::new();
+        for phase in Phase::ALL.into_iter().filter(|p| *p != Phase::Teardown) {
+            let receipt = match store.get_phase(&known.run_id, phase).await? {
+                Some(r) if !(r.status == PhaseStatus::Success && failed_here(request, phase)) => r,
+                _ => {
+                    let receipt = synthesize(known, request, phase);
+                    store.put_phase(&receipt).await?;
+                    receipt
+                }
+            };
+            receipts.push(receipt);
+        }
+        Ok(receipts)
     }
 
     fn known(&self, request: &TeardownRequest, now: DateTime<Utc>) -> Option<Known> {
@@ -343,7 +266,7 @@ impl Teardown {
             .run_id
             .clone()
             .or_else(|| request.execution.name.clone())?;
-        drpilot_shared::input::validate_run_id(&run_id).ok()?;
+        NameRule::RUN_ID.check(&run_id).ok()?;
         Some(Known {
             run_id,
             input: normalized.input,
@@ -355,7 +278,12 @@ impl Teardown {
         })
     }
 
-    async fn publish_metrics(&self, summary: &RunSummary, failed_phases: usize) -> Result<()> {
+    async fn publish_metrics(&self, summary: &RunSummary) -> Result<()> {
+        let failed_phases = summary
+            .phases
+            .iter()
+            .filter(|p| p.status == PhaseStatus::Failed)
+            .count();
         let mut samples = vec![
             Sample::seconds(
                 "DrillDurationSeconds",
@@ -379,6 +307,101 @@ impl Teardown {
         )
         .await
     }
+}
+
+/// What [`Teardown::clean_up`] did.
+struct Cleaned {
+    staging: S3Uri,
+    /// Objects deleted from the staging; `None` when the input held it.
+    deleted: Option<u64>,
+    /// What happened to the run lock, in words.
+    lock: String,
+}
+
+impl Cleaned {
+    fn torn_down(&self) -> bool {
+        self.deleted.is_some()
+    }
+}
+
+/// The run summary from the receipts of every phase before teardown: the measured RTO
+/// (kickoff to promotion, or to validation when not promoted) and RPO (kickoff minus the
+/// backup's creation), the approval, and the failure, if any.
+fn summarize(
+    known: &Known,
+    request: &TeardownRequest,
+    profile: &Profile,
+    receipts: &[PhaseReceipt],
+    torn_down: bool,
+    now: DateTime<Utc>,
+) -> Result<RunSummary> {
+    let succeeded = |phase: Phase| {
+        receipts
+            .iter()
+            .find(|r| r.phase == phase && r.status == PhaseStatus::Success)
+    };
+    let promote = succeeded(Phase::Promote);
+    let promoted_details = match promote {
+        Some(receipt) => Some(receipt.details::<PromoteDetails>()?),
+        None => None,
+    };
+    let parity = match succeeded(Phase::ParityReport) {
+        Some(receipt) => Some(receipt.details::<ParityDetails>()?),
+        None => None,
+    };
+    let rto_end = promote
+        .or_else(|| succeeded(Phase::Validate))
+        .map(|r| r.finished_at);
+    let rto_seconds = rto_end.map(|end| seconds(end - known.kickoff_at));
+    let rpo_seconds = known
+        .backup_created_at
+        .map(|created| seconds(known.kickoff_at - created));
+    let approval = request.approval.as_ref();
+    let approver = promoted_details
+        .as_ref()
+        .and_then(|d| d.approver.clone())
+        .or_else(|| approval.and_then(|a| a.approver.clone()));
+    let ticket = promoted_details
+        .as_ref()
+        .and_then(|d| d.ticket.clone())
+        .or_else(|| approval.and_then(|a| a.ticket.clone()));
+    let failed = receipts.iter().find(|r| r.status == PhaseStatus::Failed);
+    let failure = request.caught_failure().or_else(|| {
+        failed.map(|r| Failure {
+            phase: Some(r.phase),
+            error: r.error_name().unwrap_or("Failed").to_owned(),
+            cause: r.reason.clone().unwrap_or_default(),
+        })
+    });
+    Ok(RunSummary {
+        run_id: known.run_id.clone(),
+        mode: known.input.mode,
+        profile: known.input.profile.clone(),
+        status: if failure.is_some() {
+            RunStatus::Failed
+        } else {
+            RunStatus::Succeeded
+        },
+        execution_arn: known.execution_arn.clone(),
+        trigger: known.trigger.clone(),
+        backup_uri: known.backup_uri.clone(),
+        backup_created_at: known.backup_created_at,
+        kickoff_at: known.kickoff_at,
+        finished_at: now,
+        phases: receipts.iter().map(outcome).collect(),
+        rto_seconds,
+        rpo_seconds,
+        rto: Objective::measure(rto_seconds, profile.rto_target_seconds),
+        rpo: Objective::measure(rpo_seconds, profile.rpo_target_seconds),
+        parity_delta: parity.map(|p| p.delta),
+        // A person deciding (approve or deny) is a manual intervention; the bypass is not.
+        manual_interventions: u32::from(approval.is_some_and(|a| !a.bypass)),
+        approver,
+        ticket,
+        promoted: promoted_details.is_some_and(|d| d.promoted),
+        torn_down,
+        failure,
+    })
 }
 
 fn failed_here(request: &TeardownRequest, phase: Phase) -> bool {
@@ -428,8 +451,4 @@ fn outcome(receipt: &PhaseReceipt) -> PhaseOutcome {
         finished_at: Some(receipt.finished_at),
         duration_ms: Some(receipt.duration_ms),
     }
-}
-
-fn seconds(d: chrono::Duration) -> f64 {
-    d.num_milliseconds() as f64 / 1000.0
 }

@@ -6,8 +6,10 @@
 use aws_sdk_cloudwatch::types::{Dimension, Statistic};
 use bringup::{Bringup, BringupRequest};
 use chrono::{Duration, Utc};
+use drpilot_shared::details::{ParityDetails, PromoteDetails};
 use drpilot_shared::input::TriggerDefaults;
 use drpilot_shared::lock::RunLock;
+use drpilot_shared::parity::ParityCounts;
 use drpilot_shared::profile::ProfileSource;
 use drpilot_shared::receipt::{PhaseClock, PhaseReceipt, PhaseStatus, RunStatus};
 use drpilot_shared::run::{ExecutionInfo, PhaseRequest, RunContext};
@@ -95,6 +97,47 @@ async fn succeed(aws: &LocalAws, run_id: &str, phase: Phase, details: Value) {
     aws.receipts().put_phase(&receipt).await.unwrap();
 }
 
+fn uri(text: &str) -> S3Uri {
+    text.parse().unwrap()
+}
+
+/// parity-report's details with `delta` differences.
+fn parity_details(delta: u64) -> Value {
+    let counts = ParityCounts {
+        delta,
+        ..Default::default()
+    };
+    serde_json::to_value(ParityDetails {
+        delta,
+        counts,
+        report: uri("s3://target-data/drpilot/receipts/parity/report.json"),
+        differences: uri("s3://target-data/drpilot/receipts/parity/differences.jsonl"),
+    })
+    .unwrap()
+}
+
+/// promote's details for a promotion `approver` approved under `ticket`.
+fn promote_details(approver: &str, ticket: &str) -> Value {
+    serde_json::to_value(PromoteDetails {
+        promoted: true,
+        approver: Some(approver.into()),
+        ticket: Some(ticket.into()),
+        bypass: false,
+        objects_copied: 0,
+        bytes_copied: 0,
+        objects_identical: 0,
+        drift_objects: 0,
+        drift_deleted: 0,
+        parity_before: ParityCounts::default(),
+        parity_after: ParityCounts::default(),
+        audit_record: uri("s3://target-data/audit/promotions/promotion.json"),
+        pointer: uri("s3://target-data/audit/published.json"),
+        copy_seconds: 0.0,
+        time_to_promotion_seconds: 0.0,
+    })
+    .unwrap()
+}
+
 /// The receipt `phase` of `run_id` left (it must exist).
 async fn phase_receipt(aws: &LocalAws, run_id: &str, phase: Phase) -> PhaseReceipt {
     aws.receipts()
@@ -144,12 +187,12 @@ async fn after_a_promoted_run_it_cleans_up_and_measures() {
     run_restore(&aws, &run).await.unwrap();
     assert_eq!(staging_keys(&aws, "run-ok").await.len(), 3);
     succeed(&aws, "run-ok", Phase::Validate, json!({})).await;
-    succeed(&aws, "run-ok", Phase::ParityReport, json!({"delta": 0})).await;
+    succeed(&aws, "run-ok", Phase::ParityReport, parity_details(0)).await;
     succeed(
         &aws,
         "run-ok",
         Phase::Promote,
-        json!({"promoted": true, "approver": "alice", "ticket": "CHG-42"}),
+        promote_details("alice", "CHG-42"),
     )
     .await;
 
@@ -288,7 +331,7 @@ async fn a_denied_approval_and_a_held_staging_are_recorded() {
     let run = start_run(&aws, "run-held", json!({"teardown": false})).await;
     run_restore(&aws, &run).await.unwrap();
     succeed(&aws, "run-held", Phase::Validate, json!({})).await;
-    succeed(&aws, "run-held", Phase::ParityReport, json!({"delta": 3})).await;
+    succeed(&aws, "run-held", Phase::ParityReport, parity_details(3)).await;
     let request = TeardownRequest {
         run: Some(run),
         approval: Some(ApprovalOutcome {

@@ -12,6 +12,7 @@ use aws_sdk_cloudwatch::types::{Dimension, Metric, MetricDataQuery, MetricStat};
 use chrono::Utc;
 use drpilot_shared::archive::{unpack, RESERVED_PREFIX};
 use drpilot_shared::backup::{self, MANIFESTS};
+use drpilot_shared::details::{CheckResult, Tally, ValidateDetails};
 use drpilot_shared::listing::{list_sorted, Joined, MergeJoin};
 use drpilot_shared::objects::{open, pump_body, stored_sha256};
 use drpilot_shared::parity::DifferenceLog;
@@ -21,7 +22,7 @@ use drpilot_shared::receipt::{PhaseStatus, ReceiptStore};
 use drpilot_shared::run::{PhaseOutput, PhaseRequest, RunContext};
 use drpilot_shared::{AwsClients, Error, Phase, Result, S3Uri};
 use serde::Serialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -52,27 +53,6 @@ pub enum Finding {
     },
 }
 
-/// Tallies of the comparison.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct Tally {
-    pub expected_objects: u64,
-    pub staged_objects: u64,
-    pub verified: u64,
-    pub missing: u64,
-    pub extra: u64,
-    pub size_mismatches: u64,
-    pub sha256_mismatches: u64,
-}
-
-/// One configured check's outcome.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct CheckResult {
-    pub name: String,
-    pub passed: bool,
-    pub value: Option<f64>,
-    pub detail: String,
-}
-
 pub struct Validate {
     pub clients: AwsClients,
     pub profiles: ProfileSource,
@@ -87,7 +67,6 @@ impl Validate {
 
     pub async fn handle(&self, request: PhaseRequest) -> Result<PhaseOutput> {
         phase::run(
-            Phase::Validate,
             &request,
             &self.clients.s3,
             &self.profiles,
@@ -102,7 +81,7 @@ impl Validate {
         run: &RunContext,
         profile: &Profile,
         store: &ReceiptStore,
-    ) -> std::result::Result<Outcome, Failed> {
+    ) -> std::result::Result<Outcome<ValidateDetails>, Failed<ValidateDetails>> {
         let restore = store.get_phase(&run.run_id, Phase::Restore).await?;
         if restore.as_ref().map(|r| r.status) != Some(PhaseStatus::Success) {
             let err = Error::input(format!(
@@ -119,47 +98,27 @@ impl Validate {
 
         let differences_uri = store
             .run_dir(&run.run_id)?
-            .join("validate/differences.jsonl")
-            .map_err(|e| Error::input(e.to_string()))?;
+            .join("validate/differences.jsonl")?;
         let (tally, log) = self.compare(run, profile).await?;
         let checks = self.run_checks(profile).await?;
-        let failed_checks: Vec<&CheckResult> = checks.iter().filter(|c| !c.passed).collect();
-        let first = log.first().to_vec();
+        let first_differences = log.first().to_vec();
         let differences = log.count();
         log.upload(&self.clients.s3, &differences_uri).await?;
-        let details = json!({
-            "tally": tally,
-            "differences": differences,
-            "differences_uri": differences_uri,
-            "first_differences": first,
-            "checks": checks,
-            "full": profile.full_validation,
-        });
-        if differences > 0 || !failed_checks.is_empty() {
-            let mut parts = Vec::new();
-            if differences > 0 {
-                parts.push(format!(
-                    "{differences} differences between the manifests and the staging (missing {}, extra {}, size {}, sha256 {}); first: {}; all in {differences_uri}",
-                    tally.missing,
-                    tally.extra,
-                    tally.size_mismatches,
-                    tally.sha256_mismatches,
-                    first
-                        .iter()
-                        .take(5)
-                        .map(Value::to_string)
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ));
+        let details = ValidateDetails {
+            tally,
+            differences,
+            differences_uri,
+            first_differences,
+            checks,
+            full: profile.full_validation,
+        };
+        match failure_message(&details) {
+            Some(message) => Err(Failed::with_details(Error::integrity(message), details)),
+            None => {
+                info!(verified = details.tally.verified, "validated");
+                Ok(Outcome::Done(details))
             }
-            for check in &failed_checks {
-                parts.push(format!("check {:?} failed: {}", check.name, check.detail));
-            }
-            let err = Error::integrity(parts.join("; "));
-            return Err(Failed::with_details(err, details));
         }
-        info!(verified = tally.verified, "validated");
-        Ok(Outcome::Done(details))
     }
 
     /// Merge-joins the sorted manifests with the sorted staging listing.
@@ -386,6 +345,35 @@ impl Validate {
         }
         Ok(results)
     }
+}
+
+/// What failed, in words: the differences (counted, with the first few) and each failed
+/// check; `None` when the staging is exactly the backup and every check passed.
+fn failure_message(details: &ValidateDetails) -> Option<String> {
+    let tally = &details.tally;
+    let mut parts = Vec::new();
+    if details.differences > 0 {
+        parts.push(format!(
+            "{} differences between the manifests and the staging (missing {}, extra {}, size {}, sha256 {}); first: {}; all in {}",
+            details.differences,
+            tally.missing,
+            tally.extra,
+            tally.size_mismatches,
+            tally.sha256_mismatches,
+            details
+                .first_differences
+                .iter()
+                .take(5)
+                .map(Value::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
+            details.differences_uri
+        ));
+    }
+    for check in details.checks.iter().filter(|c| !c.passed) {
+        parts.push(format!("check {:?} failed: {}", check.name, check.detail));
+    }
+    (!parts.is_empty()).then(|| parts.join("; "))
 }
 
 fn record(

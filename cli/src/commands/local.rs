@@ -9,6 +9,10 @@ use aws_sdk_s3::primitives::ByteStream;
 use chrono::{Duration, Utc};
 use serde_json::json;
 
+use drpilot_shared::local::repo_root;
+use drpilot_shared::objects::upload_tree;
+use drpilot_shared::S3Uri;
+
 use crate::{html, records, Approver, CliError, Ctx, Out, DEFAULT_STATE_MACHINE};
 
 pub const ENDPOINT: &str = "http://127.0.0.1:4599";
@@ -19,27 +23,6 @@ pub const DATA_BUCKET: &str = "drpilot-demo-data";
 pub const BACKUP_BUCKET: &str = "drpilot-demo-backups";
 pub const TOPIC: &str = "drpilot-notifications";
 pub const QUEUE: &str = "drpilot-notifications-inbox";
-
-/// The repository root: `DRPILOT_ROOT`, else the nearest ancestor of the current
-/// directory holding `scripts/local-stack.sh`, else where this crate was built from.
-pub fn repo_root() -> PathBuf {
-    if let Some(root) = std::env::var_os("DRPILOT_ROOT") {
-        return root.into();
-    }
-    if let Ok(mut dir) = std::env::current_dir() {
-        loop {
-            if dir.join("scripts/local-stack.sh").exists() {
-                return dir;
-            }
-            if !dir.pop() {
-                break;
-            }
-        }
-    }
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
-}
 
 fn run_script(args: &[&str]) -> Result<(), CliError> {
     let root = repo_root();
@@ -322,51 +305,10 @@ pub async fn seed_backup(ctx: &Ctx, objects: usize) -> Result<String, CliError> 
     // parity report has something real to say.
     let prod = work.join("prod");
     write_demo_state(&prod, objects, 1)?;
-    upload_tree(ctx, &prod, "root/").await?;
+    let root = S3Uri::new(DATA_BUCKET, "root/").map_err(drpilot_shared::Error::from)?;
+    upload_tree(&ctx.aws.s3, &prod, &root, 32).await?;
     let _ = std::fs::remove_dir_all(&work);
     Ok(format!("s3://{BACKUP_BUCKET}/demo/backups/{backup_id}/"))
-}
-
-async fn upload_tree(ctx: &Ctx, dir: &Path, prefix: &str) -> Result<(), CliError> {
-    let mut files = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d).map_err(|e| CliError::Io(e.to_string()))? {
-            let path = entry.map_err(|e| CliError::Io(e.to_string()))?.path();
-            if path.is_dir() {
-                stack.push(path);
-            } else {
-                files.push(path);
-            }
-        }
-    }
-    let mut tasks = tokio::task::JoinSet::new();
-    for path in files {
-        while tasks.len() >= 32 {
-            tasks.join_next().await;
-        }
-        let s3 = ctx.aws.s3.clone();
-        let key = format!(
-            "{prefix}{}",
-            path.strip_prefix(dir).unwrap_or(&path).to_string_lossy()
-        );
-        tasks.spawn(async move {
-            let body = std::fs::read(&path).unwrap_or_default();
-            s3.put_object()
-                .bucket(DATA_BUCKET)
-                .key(key)
-                .body(body.into())
-                .send()
-                .await
-                .map(drop)
-        });
-    }
-    while let Some(done) = tasks.join_next().await {
-        if let Ok(Err(e)) = done {
-            return Err(CliError::aws("PutObject (seeding root/)", e));
-        }
-    }
-    Ok(())
 }
 
 /// Options of `drpilot local drill`.
@@ -410,7 +352,7 @@ pub async fn drill(options: &DrillOptions, out: Out) -> Result<bool, CliError> {
         .next()
         .unwrap_or_default()
         .to_owned();
-    let succeeded = progress.status == "SUCCEEDED";
+    let succeeded = progress.succeeded();
     match records(&ctx, &run_id).await {
         Ok(found) => {
             if let Some(summary) = &found.summary {

@@ -1,0 +1,8 @@
+//! One module per command.
+
+pub mod approve;
+pub mod local;
+pub mod receipts;
+pub mod report;
+pub mod start;
+pub mod status;

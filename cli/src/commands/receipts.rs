@@ -1,0 +1,67 @@
+//! `drpilot receipts`: every phase receipt of a run, found through bringup's output
+//! (profile → receipts location).
+
+use drpilot_shared::profile::ProfileSource;
+use drpilot_shared::receipt::{PhaseReceipt, ReceiptStore, RunSummary};
+use drpilot_shared::S3Uri;
+use serde::Serialize;
+
+use crate::history::fetch;
+use crate::{CliError, Ctx};
+
+/// A run's receipts and summary, found through bringup's output (profile → receipts).
+#[derive(Clone, Debug, Serialize)]
+pub struct RunRecords {
+    pub run_id: String,
+    pub receipts_location: S3Uri,
+    pub phases: Vec<PhaseReceipt>,
+    pub summary: Option<RunSummary>,
+}
+
+pub async fn records(ctx: &Ctx, run_id: &str) -> Result<RunRecords, CliError> {
+    let arn = ctx.execution_arn(run_id).await?;
+    let progress = fetch(&ctx.sfn, &arn).await?;
+    let profile_name = progress
+        .run
+        .as_ref()
+        .map(|run| run.input.profile.clone())
+        .ok_or_else(|| {
+            CliError::Usage(format!(
+                "run {run_id} has no run context (bringup did not succeed), so no receipts to read"
+            ))
+        })?;
+    let profile = ProfileSource::from_env(ctx.aws.ssm.clone())
+        .load(&profile_name)
+        .await?;
+    let store = ReceiptStore::new(ctx.aws.s3.clone(), profile.receipts.clone());
+    Ok(RunRecords {
+        run_id: run_id.to_owned(),
+        receipts_location: store.run_dir(run_id)?,
+        phases: store.phases(run_id).await?,
+        summary: store.get_summary(run_id).await?,
+    })
+}
+
+/// `drpilot receipts`: every phase receipt of the run.
+pub async fn receipts(ctx: &Ctx, run_id: &str) -> Result<RunRecords, CliError> {
+    let records = records(ctx, run_id).await?;
+    ctx.out.say(format!(
+        "receipts of run {run_id} in {}",
+        records.receipts_location
+    ));
+    for r in &records.phases {
+        ctx.out.say(format!(
+            "  {:<14} {:<8} {:>8} ms  attempt {}  {}",
+            r.phase.as_str(),
+            format!("{:?}", r.status).to_lowercase(),
+            r.duration_ms,
+            r.attempt,
+            r.reason.as_deref().unwrap_or("")
+        ));
+    }
+    if records.summary.is_none() {
+        ctx.out
+            .say("  (no run summary yet: teardown has not finished)");
+    }
+    Ok(records)
+}

@@ -1,0 +1,225 @@
+//! `drpilot start`: start a run and follow it to the end, answering the approval when
+//! asked to (the local drill's `--auto-approve` or prompt).
+
+use std::io::Write;
+use std::time::Duration;
+
+use drpilot_shared::input::{new_run_id, normalize, TriggerDefaults};
+use serde_json::{json, Value};
+
+use crate::commands::approve::{approve, deny};
+use crate::history::{self, fetch, readable_cause, Progress};
+use crate::{CliError, Ctx};
+
+/// `drpilot start`: validates the input here (the same checks bringup makes), starts the
+/// execution named after the run id, and follows it unless `wait` is false.
+pub async fn start(
+    ctx: &Ctx,
+    profile: &str,
+    input_file: Option<&std::path::Path>,
+    backup_uri: Option<&str>,
+    wait: bool,
+    approver: Option<&Approver>,
+) -> Result<Progress, CliError> {
+    let mut input: Value = match input_file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| CliError::Usage(format!("--input {}: {e}", path.display())))?;
+            serde_json::from_str(&text).map_err(|e| {
+                CliError::Usage(format!("--input {}: not JSON: {e}", path.display()))
+            })?
+        }
+        None => json!({}),
+    };
+    let Some(object) = input.as_object_mut() else {
+        return Err(CliError::Usage("--input: expected a JSON object".into()));
+    };
+    object.insert("profile".into(), json!(profile));
+    object.entry("mode").or_insert(json!("drill"));
+    if let Some(uri) = backup_uri {
+        object.insert("backup_uri".into(), json!(uri));
+    }
+    // The same normalisation bringup makes: the run's settings, and `trigger` beside them.
+    let checked = normalize(&input, &TriggerDefaults::default())?.input;
+    let run_id = match &checked.run_id {
+        Some(id) => id.clone(),
+        None => {
+            let id = new_run_id(checked.mode);
+            input["run_id"] = json!(id);
+            id
+        }
+    };
+    let machine = ctx.state_machine_arn().await?;
+    let started = ctx
+        .sfn
+        .start_execution()
+        .state_machine_arn(&machine)
+        .name(&run_id)
+        .input(input.to_string())
+        .send()
+        .await
+        .map_err(|e| CliError::aws("StartExecution", e))?;
+    ctx.out.say(format!(
+        "started {} run {run_id} (profile {profile})\n  execution {}",
+        checked.mode,
+        started.execution_arn()
+    ));
+    if !wait {
+        return fetch(&ctx.sfn, started.execution_arn()).await;
+    }
+    follow(ctx, started.execution_arn(), &run_id, approver).await
+}
+
+/// Who approves when a followed run asks (the local drill's prompt or `--auto-approve`).
+#[derive(Clone, Debug)]
+pub enum Approver {
+    Auto { approver: String, ticket: String },
+    Prompt,
+}
+
+/// Polls the execution, printing each state as it starts and ends, until it finishes.
+pub async fn follow(
+    ctx: &Ctx,
+    execution_arn: &str,
+    run_id: &str,
+    approver: Option<&Approver>,
+) -> Result<Progress, CliError> {
+    let mut printed: Vec<(&'static str, bool)> = Vec::new();
+    let mut told_about_approval = false;
+    loop {
+        let progress = fetch(&ctx.sfn, execution_arn).await?;
+        for step in &progress.steps {
+            let done = step.exited_at.is_some();
+            let seen = printed
+                .iter()
+                .find(|(s, _)| *s == step.state)
+                .map(|(_, d)| *d);
+            match (seen, done) {
+                (None, false) => {
+                    ctx.out.say(format!("  … {:<14} running", step.phase));
+                    printed.push((step.state, false));
+                }
+                (Some(false), true) | (None, true) => {
+                    ctx.out.say(step_line(step));
+                    printed.retain(|(s, _)| *s != step.state);
+                    printed.push((step.state, true));
+                }
+                _ => {}
+            }
+        }
+        if progress.waiting_for_approval && !told_about_approval {
+            told_about_approval = true;
+            match approver {
+                Some(Approver::Auto { approver, ticket }) => {
+                    ctx.out.say(format!(
+                        "  approving as {approver} (ticket {ticket}), --auto-approve"
+                    ));
+                    approve(
+                        ctx,
+                        run_id,
+                        approver,
+                        ticket,
+                        Some("auto-approved by the local drill"),
+                    )
+                    .await?;
+                }
+                Some(Approver::Prompt) => {
+                    if let Some(message) = &progress.approval_message {
+                        ctx.out.say(indent(message));
+                    }
+                    prompt_and_answer(ctx, run_id).await?;
+                }
+                None => {
+                    ctx.out.say(format!(
+                        "  waiting for approval: drpilot approve {run_id} --approver NAME --ticket ID   (or: drpilot deny {run_id} --reason TEXT)"
+                    ));
+                }
+            }
+        }
+        if progress.finished() {
+            print_outcome(ctx, run_id, &progress);
+            return Ok(progress);
+        }
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
+}
+
+fn indent(text: &str) -> String {
+    text.lines()
+        .map(|l| format!("    | {l}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+pub(crate) fn step_line(step: &history::Step) -> String {
+    let seconds = step
+        .seconds()
+        .map(|s| format!("{s:>7.2} s"))
+        .unwrap_or_default();
+    match &step.failed {
+        Some(why) => format!("  ✗ {:<14} {seconds}  {why}", step.phase),
+        None => format!("  ✓ {:<14} {seconds}", step.phase),
+    }
+}
+
+async fn prompt_and_answer(ctx: &Ctx, run_id: &str) -> Result<(), CliError> {
+    let ask = |q: &str| -> Result<String, CliError> {
+        let mut stdout = std::io::stdout().lock();
+        let _ = write!(stdout, "{q}");
+        let _ = stdout.flush();
+        let mut line = String::new();
+        std::io::stdin()
+            .read_line(&mut line)
+            .map_err(|e| CliError::Io(format!("reading the answer: {e}")))?;
+        Ok(line.trim().to_owned())
+    };
+    let answer = ask("  promote staging into root/? [y/N] ")?;
+    if answer.eq_ignore_ascii_case("y") || answer.eq_ignore_ascii_case("yes") {
+        let approver = ask("  approver: ")?;
+        let ticket = ask("  ticket: ")?;
+        approve(ctx, run_id, &approver, &ticket, None)
+            .await
+            .map(drop)
+    } else {
+        let reason = ask("  reason for declining: ")?;
+        deny(
+            ctx,
+            run_id,
+            if reason.is_empty() {
+                "declined at the prompt"
+            } else {
+                &reason
+            },
+        )
+        .await
+    }
+}
+
+pub(crate) fn print_outcome(ctx: &Ctx, run_id: &str, progress: &Progress) {
+    let output = progress.output.as_ref();
+    if progress.succeeded() {
+        let promoted = output.is_some_and(|o| o.promoted);
+        ctx.out.say(format!(
+            "run {run_id} SUCCEEDED, {}",
+            if promoted { "promoted" } else { "not promoted" }
+        ));
+    } else {
+        ctx.out.say(format!(
+            "run {run_id} {}: {} {}",
+            progress.status,
+            progress.error.as_deref().unwrap_or(""),
+            readable_cause(progress.cause.as_deref().unwrap_or(""))
+        ));
+    }
+    if let Some(o) = output {
+        let secs = |v: Option<f64>| v.map_or("not measured".to_owned(), |s| format!("{s:.1} s"));
+        ctx.out.say(format!(
+            "  RTO {}   RPO {}   summary {}",
+            secs(o.rto_seconds),
+            secs(o.rpo_seconds),
+            o.summary
+                .as_ref()
+                .map_or("not written".to_owned(), ToString::to_string)
+        ));
+    }
+}
