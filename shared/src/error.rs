@@ -36,6 +36,24 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
+    pub const ALL: [ErrorKind; 9] = [
+        Self::InputError,
+        Self::ContractError,
+        Self::IntegrityError,
+        Self::AccountMismatch,
+        Self::LockHeld,
+        Self::ApprovalMissing,
+        Self::Retryable,
+        Self::ServiceError,
+        Self::Internal,
+    ];
+
+    /// The kind a Step Functions error name (a Catch's `Error`) stands for, if it is one
+    /// of drpilot's.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|kind| kind.name() == name)
+    }
+
     /// The name Step Functions sees as the error.
     pub fn name(self) -> &'static str {
         match self {
@@ -91,6 +109,13 @@ impl Error {
             message: message.into(),
             source: None,
         }
+    }
+
+    /// Whether this error's cause is an `E` (a typed marker, never a message compared).
+    pub fn is_caused_by<E: std::error::Error + 'static>(&self) -> bool {
+        self.source
+            .as_deref()
+            .is_some_and(|source| source.is::<E>())
     }
 
     /// Keeps `source` as the cause of this error.

@@ -1,9 +1,15 @@
 //! drpilot's shared core: what every phase Lambda and the CLI use.
 //!
-//! One concept per module: [`input`] (execution input and trigger normalisation),
-//! [`profile`], [`receipt`] (receipts and the run summary), [`lock`] (the run lock),
-//! [`backup`] (the backup contract), [`archive`] (reading its archives as streams), [`run`] (what phases pass along), [`s3uri`] (locations and keys that cannot escape their prefix), [`error`] (the error
-//! names Step Functions matches), [`clients`], [`ledger`] (the record of every AWS call, for the permission check) and
+//! One concept per module: [`phase`] (the phase lifecycle and the Lambda entry point),
+//! [`input`] (execution input, trigger normalisation, names, the promotion decision),
+//! [`profile`], [`receipt`] (receipts and the run summary), [`details`] (what each phase
+//! records, as types), [`run`] (what travels between phases), [`lock`] (the run lock),
+//! [`objects`] (the S3 access layer: JSON, conditional writes, bulk deletes, uploads),
+//! [`backup`] (the backup contract), [`archive`] (reading its archives as streams),
+//! [`listing`] and [`parity`] (sorted listings and their comparison), [`s3uri`]
+//! (locations and keys that cannot escape their prefix), [`error`] (the error names Step
+//! Functions matches), [`metrics`], [`clients`], [`ledger`] (the record of every AWS call,
+//! for the permission check) and [`local`] (the repository, for the local stack's users).
 
 pub mod archive;
 pub mod backup;

@@ -188,7 +188,8 @@ async fn same_content(
 /// keeps the first few for inline display, and uploads the file as one object.
 pub struct DifferenceLog {
     file: std::io::BufWriter<std::fs::File>,
-    path: std::path::PathBuf,
+    /// Removed when the log is dropped, uploaded or not.
+    path: tempfile::TempPath,
     count: u64,
     first: Vec<serde_json::Value>,
 }
@@ -198,14 +199,12 @@ pub const INLINE_DIFFERENCES: usize = 20;
 
 impl DifferenceLog {
     pub fn new() -> Result<Self> {
-        static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let path = std::env::temp_dir().join(format!(
-            "drpilot-differences-{}-{n}.jsonl",
-            std::process::id()
-        ));
-        let file = std::fs::File::create(&path)
-            .map_err(|e| crate::Error::retryable(format!("creating {}: {e}", path.display())))?;
+        let (file, path) = tempfile::Builder::new()
+            .prefix("drpilot-differences-")
+            .suffix(".jsonl")
+            .tempfile()
+            .map_err(|e| crate::Error::retryable(format!("creating the differences file: {e}")))?
+            .into_parts();
         Ok(Self {
             file: std::io::BufWriter::new(file),
             path,
@@ -239,7 +238,7 @@ impl DifferenceLog {
     }
 
     /// Uploads the differences to `uri` (even when there are none, so a report always
-    /// points at a real object) and removes the temporary file.
+    /// points at a real object); the temporary file goes with the log.
     pub async fn upload(mut self, s3: &aws_sdk_s3::Client, uri: &S3Uri) -> Result<()> {
         use std::io::Write;
         self.file
@@ -256,14 +255,7 @@ impl DifferenceLog {
             .body(body)
             .send()
             .await;
-        let _ = std::fs::remove_file(&self.path);
         result.map_err(|e| crate::Error::from_sdk(&format!("PutObject {uri}"), e))?;
         Ok(())
-    }
-}
-
-impl Drop for DifferenceLog {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
     }
 }

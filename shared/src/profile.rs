@@ -162,25 +162,34 @@ impl Statistic {
         }
     }
 
-    /// The window's value from the per-period values CloudWatch returned for this
-    /// statistic (`None` when there are none). Not for `Average`: see
-    /// [`Statistic::average`].
-    pub fn combine(self, values: &[f64]) -> Option<f64> {
+    /// What to ask CloudWatch for to know this statistic over a window that may come back
+    /// split into periods: an average is combined from the sums and the sample counts.
+    pub fn queried(self) -> &'static [Statistic] {
+        match self {
+            Self::Average => &[Self::Sum, Self::SampleCount],
+            Self::Sum => &[Self::Sum],
+            Self::SampleCount => &[Self::SampleCount],
+            Self::Minimum => &[Self::Minimum],
+            Self::Maximum => &[Self::Maximum],
+        }
+    }
+
+    /// The window's value from the per-period values CloudWatch returned for each
+    /// [`queried`](Self::queried) statistic; `None` when there are none.
+    pub fn over_window(self, values_of: impl Fn(Statistic) -> Vec<f64>) -> Option<f64> {
+        if self == Self::Average {
+            let count: f64 = values_of(Self::SampleCount).iter().sum();
+            return (count > 0.0).then(|| values_of(Self::Sum).iter().sum::<f64>() / count);
+        }
+        let values = values_of(self);
         if values.is_empty() {
             return None;
         }
         Some(match self {
-            Self::Sum | Self::SampleCount => values.iter().sum(),
             Self::Minimum => values.iter().copied().fold(f64::INFINITY, f64::min),
             Self::Maximum => values.iter().copied().fold(f64::NEG_INFINITY, f64::max),
-            Self::Average => return Self::average(values, &vec![1.0; values.len()]),
+            _ => values.iter().sum(),
         })
-    }
-
-    /// The window's average from the periods' sums and sample counts.
-    pub fn average(sums: &[f64], counts: &[f64]) -> Option<f64> {
-        let count: f64 = counts.iter().sum();
-        (count > 0.0).then(|| sums.iter().sum::<f64>() / count)
     }
 }
 
@@ -297,6 +306,21 @@ impl Profile {
     }
 }
 
+/// Stores `text` as the SSM parameter of profile `name`, as it is (see
+/// [`ProfileSource::save`] for the checked write).
+pub async fn put_parameter(ssm: &aws_sdk_ssm::Client, name: &str, text: &str) -> Result<()> {
+    let parameter = format!("{SSM_PREFIX}{name}");
+    ssm.put_parameter()
+        .name(&parameter)
+        .value(text)
+        .r#type(aws_sdk_ssm::types::ParameterType::String)
+        .overwrite(true)
+        .send()
+        .await
+        .map_err(|e| Error::from_sdk(&format!("PutParameter {parameter}"), e))?;
+    Ok(())
+}
+
 /// Where profiles are read from.
 #[derive(Clone, Debug)]
 pub enum ProfileSource {
@@ -311,6 +335,25 @@ impl ProfileSource {
             Some(dir) if !dir.is_empty() => Self::Dir(dir.into()),
             _ => Self::Ssm(ssm),
         }
+    }
+
+    /// Checks `text` is a valid profile, then stores it as profile `name` (replacing one
+    /// of that name): nothing is written when it is not valid.
+    pub async fn save(&self, name: &str, text: &str) -> Result<Profile> {
+        NameRule::PROFILE
+            .check(name)
+            .map_err(|why| Error::input(format!("profile: {why}")))?;
+        let profile = Profile::from_json(name, text)?;
+        match self {
+            Self::Ssm(ssm) => put_parameter(ssm, name, text).await?,
+            Self::Dir(dir) => {
+                let path = dir.join(format!("{name}.json"));
+                tokio::fs::write(&path, text)
+                    .await
+                    .map_err(|e| Error::input(format!("writing {}: {e}", path.display())))?;
+            }
+        }
+        Ok(profile)
     }
 
     pub async fn load(&self, name: &str) -> Result<Profile> {
@@ -360,13 +403,19 @@ mod tests {
     #[test]
     fn each_statistic_combines_as_itself() {
         let split = [3.0, 1.0, 2.0];
-        assert_eq!(Statistic::Sum.combine(&split), Some(6.0));
-        assert_eq!(Statistic::SampleCount.combine(&split), Some(6.0));
-        assert_eq!(Statistic::Minimum.combine(&split), Some(1.0));
-        assert_eq!(Statistic::Maximum.combine(&split), Some(3.0));
-        assert_eq!(Statistic::Sum.combine(&[]), None);
+        let periods = |_: Statistic| split.to_vec();
+        assert_eq!(Statistic::Sum.over_window(periods), Some(6.0));
+        assert_eq!(Statistic::SampleCount.over_window(periods), Some(6.0));
+        assert_eq!(Statistic::Minimum.over_window(periods), Some(1.0));
+        assert_eq!(Statistic::Maximum.over_window(periods), Some(3.0));
+        assert_eq!(Statistic::Sum.over_window(|_| Vec::new()), None);
         // 10 over 4 samples and 2 over 1 sample: 12 / 5, not the mean of the means.
-        assert_eq!(Statistic::average(&[10.0, 2.0], &[4.0, 1.0]), Some(2.4));
-        assert_eq!(Statistic::average(&[], &[]), None);
+        let split_average = |s: Statistic| match s {
+            Statistic::Sum => vec![10.0, 2.0],
+            Statistic::SampleCount => vec![4.0, 1.0],
+            other => panic!("an average never asks for {other}"),
+        };
+        assert_eq!(Statistic::Average.over_window(split_average), Some(2.4));
+        assert_eq!(Statistic::Average.over_window(|_| Vec::new()), None);
     }
 }

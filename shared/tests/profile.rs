@@ -205,8 +205,8 @@ async fn missing_and_bad_fields_are_named() {
 
 #[tokio::test]
 async fn loads_from_a_profile_directory() {
-    let dir = std::env::temp_dir().join(format!("drpilot-profiles-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let tmp = drpilot_testkit::TempDir::new("profiles");
+    let dir = tmp.path().to_path_buf();
     std::fs::write(dir.join("local.json"), good_profile().to_string()).unwrap();
     let source = ProfileSource::Dir(dir.clone());
     assert_eq!(source.load("local").await.unwrap().region, "us-east-1");
@@ -217,5 +217,4 @@ async fn loads_from_a_profile_directory() {
     );
     let err = source.load("../escape").await.unwrap_err();
     assert!(err.message.starts_with("profile:"), "{err}");
-    std::fs::remove_dir_all(dir).unwrap();
 }

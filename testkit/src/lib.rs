@@ -6,7 +6,7 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -86,26 +86,20 @@ pub fn peak_rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
-/// A directory removed when dropped.
-pub struct TempDir(pub PathBuf);
+/// A directory removed when dropped, named after what the test uses it for.
+pub struct TempDir(tempfile::TempDir);
 
 impl TempDir {
     pub fn new(label: &str) -> Self {
-        static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let path = std::env::temp_dir().join(format!("drpilot-{label}-{}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path).expect("create temp dir");
-        Self(path)
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("drpilot-{label}-"))
+            .tempdir()
+            .expect("create temp dir");
+        Self(dir)
     }
-    pub fn path(&self) -> &Path {
-        &self.0
-    }
-}
 
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+    pub fn path(&self) -> &Path {
+        self.0.path()
     }
 }
 
@@ -414,16 +408,10 @@ impl LocalAws {
 
     /// Stores a profile in SSM as `/drpilot/profiles/<name>`.
     pub async fn put_profile(&self, name: &str, profile: &serde_json::Value) {
-        self.clients
-            .ssm
-            .put_parameter()
-            .name(format!("/drpilot/profiles/{name}"))
-            .value(profile.to_string())
-            .r#type(aws_sdk_ssm::types::ParameterType::String)
-            .overwrite(true)
-            .send()
+        // As it is, valid or not: tests store broken profiles on purpose.
+        drpilot_shared::profile::put_parameter(&self.clients.ssm, name, &profile.to_string())
             .await
-            .unwrap_or_else(|e| panic!("put profile {name}: {e:?}"));
+            .unwrap_or_else(|e| panic!("put profile {name}: {e}"));
     }
 
     /// Creates the buckets [`test_profile`] names and stores it as profile `test`.

@@ -11,8 +11,10 @@ use serde_json::json;
 
 use drpilot_shared::local::repo_root;
 use drpilot_shared::objects::upload_tree;
+use drpilot_shared::profile::ProfileSource;
 use drpilot_shared::S3Uri;
 
+use crate::history::ExecutionState;
 use crate::{html, records, Approver, CliError, Ctx, Out, DEFAULT_STATE_MACHINE};
 
 pub const ENDPOINT: &str = "http://127.0.0.1:4599";
@@ -154,16 +156,9 @@ pub async fn provision(ctx: &Ctx) -> Result<(String, String), CliError> {
             {"type": "cloudwatch_metric", "name": "no missed syncs", "namespace": "DemoApp", "metric_name": "NoSync", "missing_data_passes": false}
         ]
     });
-    ctx.aws
-        .ssm
-        .put_parameter()
-        .name(format!("/drpilot/profiles/{PROFILE}"))
-        .value(profile.to_string())
-        .r#type(aws_sdk_ssm::types::ParameterType::String)
-        .overwrite(true)
-        .send()
-        .await
-        .map_err(|e| CliError::aws("PutParameter", e))?;
+    ProfileSource::Ssm(ctx.aws.ssm.clone())
+        .save(PROFILE, &profile.to_string())
+        .await?;
     // The demo application reports healthy syncs.
     for metric in ["SyncFailed", "NoSync"] {
         ctx.aws
@@ -183,6 +178,12 @@ pub async fn provision(ctx: &Ctx) -> Result<(String, String), CliError> {
             .await
             .map_err(|e| CliError::aws("PutMetricData", e))?;
     }
+    notifications(ctx).await
+}
+
+/// The SNS topic and an SQS queue subscribed to it (raw delivery), so the drill can read
+/// back what the run sent. Returns the topic ARN and the queue URL.
+async fn notifications(ctx: &Ctx) -> Result<(String, String), CliError> {
     let topic = ctx
         .sns
         .create_topic()
@@ -260,8 +261,11 @@ pub fn write_demo_state(dir: &Path, count: usize, generation: u32) -> Result<(),
 /// Makes a backup of freshly generated demo state (taken two hours ago, for a visible
 /// RPO) and uploads it; returns its URI.
 pub async fn seed_backup(ctx: &Ctx, objects: usize) -> Result<String, CliError> {
-    let work = std::env::temp_dir().join(format!("drpilot-demo-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&work);
+    let work = tempfile::Builder::new()
+        .prefix("drpilot-demo-")
+        .tempdir()
+        .map_err(|e| CliError::Io(format!("creating a work directory: {e}")))?;
+    let work = work.path();
     let src = work.join("state");
     write_demo_state(&src, objects, 0)?;
     let backup_id = format!("demo-{}", Utc::now().format("%Y%m%dT%H%M%SZ"));
@@ -307,7 +311,6 @@ pub async fn seed_backup(ctx: &Ctx, objects: usize) -> Result<String, CliError> 
     write_demo_state(&prod, objects, 1)?;
     let root = S3Uri::new(DATA_BUCKET, "root/").map_err(drpilot_shared::Error::from)?;
     upload_tree(&ctx.aws.s3, &prod, &root, 32).await?;
-    let _ = std::fs::remove_dir_all(&work);
     Ok(format!("s3://{BACKUP_BUCKET}/demo/backups/{backup_id}/"))
 }
 
@@ -336,7 +339,7 @@ pub async fn drill(options: &DrillOptions, out: Out) -> Result<bool, CliError> {
     ));
     let backup = seed_backup(&ctx, options.objects).await?;
     out.say(format!("   backup {backup}"));
-    out.say("== running the drill (the first run compiles the phase functions)");
+    out.say("== running the drill");
     let approver = if options.auto_approve {
         Approver::Auto {
             approver: "local-drill".into(),
@@ -353,14 +356,32 @@ pub async fn drill(options: &DrillOptions, out: Out) -> Result<bool, CliError> {
         .unwrap_or_default()
         .to_owned();
     let succeeded = progress.succeeded();
-    match records(&ctx, &run_id).await {
+    report_run(&ctx, &run_id, progress.status, options.report.clone()).await?;
+    print_notifications(&ctx, &queue).await?;
+    out.say(format!(
+        "== drill {} — stop the stack with `make local-down`",
+        if succeeded { "SUCCEEDED" } else { "FAILED" }
+    ));
+    Ok(succeeded)
+}
+
+/// Prints the run's summary and writes its HTML report (default
+/// `.local/reports/<run>.html`).
+async fn report_run(
+    ctx: &Ctx,
+    run_id: &str,
+    status: ExecutionState,
+    report: Option<PathBuf>,
+) -> Result<(), CliError> {
+    let out = ctx.out;
+    match records(ctx, run_id).await {
         Ok(found) => {
             if let Some(summary) = &found.summary {
                 out.say("== summary");
                 for line in html::text_report(summary) {
                     out.say(line);
                 }
-                let path = options.report.clone().unwrap_or_else(|| {
+                let path = report.unwrap_or_else(|| {
                     repo_root()
                         .join(".local/reports")
                         .join(format!("{run_id}.html"))
@@ -368,21 +389,25 @@ pub async fn drill(options: &DrillOptions, out: Out) -> Result<bool, CliError> {
                 if let Some(parent) = path.parent() {
                     let _ = std::fs::create_dir_all(parent);
                 }
-                std::fs::write(&path, html::render(summary, &found.phases))
+                std::fs::write(&path, html::render(summary, &found.phases)?)
                     .map_err(|e| CliError::Io(format!("writing {}: {e}", path.display())))?;
                 out.say(format!("   receipts     {}", found.receipts_location));
                 out.say(format!("   HTML report  {}", path.display()));
             }
-            out.result(
-                &json!({"run_id": run_id, "status": progress.status, "summary": found.summary}),
-            );
+            out.result(&json!({"run_id": run_id, "status": status, "summary": found.summary}));
         }
         Err(err) => out.say(format!("   no receipts: {err}")),
     }
+    Ok(())
+}
+
+/// Prints the notifications the run sent (SNS → SQS) and takes them off the queue.
+async fn print_notifications(ctx: &Ctx, queue: &str) -> Result<(), CliError> {
+    let out = ctx.out;
     let notes = ctx
         .sqs
         .receive_message()
-        .queue_url(&queue)
+        .queue_url(queue)
         .max_number_of_messages(10)
         .send()
         .await
@@ -401,16 +426,12 @@ pub async fn drill(options: &DrillOptions, out: Out) -> Result<bool, CliError> {
                 let _ = ctx
                     .sqs
                     .delete_message()
-                    .queue_url(&queue)
+                    .queue_url(queue)
                     .receipt_handle(handle)
                     .send()
                     .await;
             }
         }
     }
-    out.say(format!(
-        "== drill {} — stop the stack with `make local-down`",
-        if succeeded { "SUCCEEDED" } else { "FAILED" }
-    ));
-    Ok(succeeded)
+    Ok(())
 }

@@ -21,7 +21,7 @@ pub async fn report(
         ctx.out.say(line);
     }
     if let Some(path) = html_file {
-        std::fs::write(path, html::render(summary, &records.phases))
+        std::fs::write(path, html::render(summary, &records.phases)?)
             .map_err(|e| CliError::Io(format!("writing {}: {e}", path.display())))?;
         ctx.out
             .say(format!("HTML report written to {}", path.display()));

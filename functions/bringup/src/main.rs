@@ -5,7 +5,7 @@ use lambda_runtime::LambdaEvent;
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
-    let function = &Bringup::new(AwsClients::from_env().await);
+    let function = &Bringup::new(AwsClients::from_lambda_env());
     // The account guard reads the invoked function's ARN from the invocation's context.
     serve(
         "bringup",

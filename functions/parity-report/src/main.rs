@@ -5,7 +5,7 @@ use parity_report::{ParityReporter, ParityRequest};
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
-    let function = &ParityReporter::new(AwsClients::from_env().await);
+    let function = &ParityReporter::new(AwsClients::from_lambda_env());
     // A run's phase or a standalone comparison: the request says which.
     serve(
         "parity-report",

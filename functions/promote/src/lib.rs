@@ -392,31 +392,7 @@ pub async fn sync_prefixes(
             let (staging, root) = (staging.clone(), root.clone());
             tasks.spawn(async move {
                 let _permit = permit;
-                match difference {
-                    Difference::OnlyRight { key, .. } => {
-                        let target = root
-                            .join(&key)
-                            .map_err(|e| Error::contract(e.to_string()))?;
-                        delete(&s3, &target).await?;
-                        Ok((0, 0, 1))
-                    }
-                    other => {
-                        let key = other.key().to_owned();
-                        let from = staging
-                            .join(&key)
-                            .map_err(|e| Error::contract(e.to_string()))?;
-                        let to = root
-                            .join(&key)
-                            .map_err(|e| Error::contract(e.to_string()))?;
-                        let size = if size == 0 {
-                            object_size(&s3, &from).await?
-                        } else {
-                            size
-                        };
-                        copy(&s3, &from, &to, size, tuning).await?;
-                        Ok((1, size, 0))
-                    }
-                }
+                apply(&s3, &staging, &root, difference, size, tuning).await
             });
             while let Some(done) = tasks.try_join_next() {
                 absorb(done, &mut stats, &mut first_error);
@@ -430,6 +406,35 @@ pub async fn sync_prefixes(
     let (counts, stats) = tokio::join!(compare, copy);
     let stats = stats?;
     Ok((counts?, stats))
+}
+
+/// Makes `root` agree with `staging` on one difference: deletes an object only in
+/// `root`, copies any other. Returns (copied, bytes, deleted).
+async fn apply(
+    s3: &aws_sdk_s3::Client,
+    staging: &S3Uri,
+    root: &S3Uri,
+    difference: Difference,
+    size: u64,
+    tuning: CopyTuning,
+) -> Result<(u64, u64, u64)> {
+    let under =
+        |prefix: &S3Uri, key: &str| prefix.join(key).map_err(|e| Error::contract(e.to_string()));
+    if let Difference::OnlyRight { key, .. } = &difference {
+        delete(s3, &under(root, key)?).await?;
+        return Ok((0, 0, 1));
+    }
+    let key = difference.key();
+    let (from, to) = (under(staging, key)?, under(root, key)?);
+    // A checksum difference comes without the staged size (an empty object, asked
+    // again, is still 0).
+    let size = if size == 0 {
+        object_size(s3, &from).await?
+    } else {
+        size
+    };
+    copy(s3, &from, &to, size, tuning).await?;
+    Ok((1, size, 0))
 }
 
 fn absorb(
@@ -500,6 +505,18 @@ async fn copy(
             .map_err(|e| Error::from_sdk(&format!("CopyObject {from} -> {to}"), e))?;
         return Ok(());
     }
+    copy_in_parts(s3, from, to, size, part_size(size, tuning.part_size)).await
+}
+
+/// A multipart copy: UploadPartCopy ranges of `part_size`, in parallel, completed in
+/// order; aborted if any part fails.
+async fn copy_in_parts(
+    s3: &aws_sdk_s3::Client,
+    from: &S3Uri,
+    to: &S3Uri,
+    size: u64,
+    part_size: u64,
+) -> Result<()> {
     // UploadPartCopy carries no tags: read the source's and set them on the new object.
     let tags = s3
         .get_object_tagging()
@@ -526,7 +543,6 @@ async fn copy(
         .upload_id
         .ok_or_else(|| Error::retryable("CreateMultipartUpload returned no upload id"))?;
     // Parts in parallel (they are independent server-side copies), completed in order.
-    let part_size = part_size(size, tuning.part_size);
     let ranges: Vec<(i32, u64, u64)> = (0..size.div_ceil(part_size))
         .map(|i| {
             let start = i * part_size;
@@ -535,34 +551,7 @@ async fn copy(
         })
         .collect();
     let result: Result<()> = async {
-        let parts: Vec<CompletedPart> = futures::stream::iter(ranges)
-            .map(|(number, start, end)| {
-                let (source, upload_id) = (&source, &upload_id);
-                async move {
-                    let out = s3
-                        .upload_part_copy()
-                        .bucket(&to.bucket)
-                        .key(&to.key)
-                        .upload_id(upload_id)
-                        .part_number(number)
-                        .copy_source(source)
-                        .copy_source_range(format!("bytes={start}-{end}"))
-                        .send()
-                        .await
-                        .map_err(|e| {
-                            Error::from_sdk(&format!("UploadPartCopy {number} {from} -> {to}"), e)
-                        })?;
-                    Ok::<_, Error>(
-                        CompletedPart::builder()
-                            .part_number(number)
-                            .set_e_tag(out.copy_part_result.and_then(|r| r.e_tag))
-                            .build(),
-                    )
-                }
-            })
-            .buffered(PART_COPY_CONCURRENCY)
-            .try_collect()
-            .await?;
+        let parts = copy_parts(s3, from, to, &upload_id, ranges).await?;
         s3.complete_multipart_upload()
             .bucket(&to.bucket)
             .key(&to.key)
@@ -582,4 +571,44 @@ async fn copy(
         abort_multipart(s3, &to.bucket, &to.key, &upload_id).await;
     }
     result
+}
+
+/// The UploadPartCopy requests of one multipart copy, `PART_COPY_CONCURRENCY` at a time;
+/// the completed parts in order.
+async fn copy_parts(
+    s3: &aws_sdk_s3::Client,
+    from: &S3Uri,
+    to: &S3Uri,
+    upload_id: &str,
+    ranges: Vec<(i32, u64, u64)>,
+) -> Result<Vec<CompletedPart>> {
+    let source = copy_source(from);
+    futures::stream::iter(ranges)
+        .map(|(number, start, end)| {
+            let source = &source;
+            async move {
+                let out = s3
+                    .upload_part_copy()
+                    .bucket(&to.bucket)
+                    .key(&to.key)
+                    .upload_id(upload_id)
+                    .part_number(number)
+                    .copy_source(source)
+                    .copy_source_range(format!("bytes={start}-{end}"))
+                    .send()
+                    .await
+                    .map_err(|e| {
+                        Error::from_sdk(&format!("UploadPartCopy {number} {from} -> {to}"), e)
+                    })?;
+                Ok::<_, Error>(
+                    CompletedPart::builder()
+                        .part_number(number)
+                        .set_e_tag(out.copy_part_result.and_then(|r| r.e_tag))
+                        .build(),
+                )
+            }
+        })
+        .buffered(PART_COPY_CONCURRENCY)
+        .try_collect()
+        .await
 }

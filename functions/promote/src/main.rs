@@ -5,7 +5,7 @@ use promote::{Promote, PromoteRequest};
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
-    let function = Promote::new(AwsClients::from_env().await);
+    let function = Promote::new(AwsClients::from_lambda_env());
     serve("promote", |event: LambdaEvent<PromoteRequest>| {
         function.handle(event.payload)
     })

@@ -12,6 +12,7 @@ use aws_sdk_s3::primitives::ByteStream;
 use chrono::{DateTime, Utc};
 use drpilot_shared::backup::{self, Artifact, BackupMetadata, MANIFESTS, STATE};
 use drpilot_shared::details::{ControlPlaneStaged, RestoreDetails};
+use drpilot_shared::error::decode_slice;
 use drpilot_shared::objects::put_json;
 use drpilot_shared::objects::{delete_prefix, object_size, open};
 use drpilot_shared::phase::{self, Outcome, PhaseRun, Rerun};
@@ -170,24 +171,21 @@ impl Restore {
         match (unpacked, uploaded) {
             (Ok(report), Ok(())) => Ok(report),
             // The unpacker only stops on its own account when the uploader failed first.
-            (Err(e), Err(upload)) if staging::is_uploader_stopped(&e) => Err(upload),
+            (Err(e), Err(upload)) if staging::UploaderStopped::is_cause_of(&e) => Err(upload),
             (Err(e), _) => Err(e),
             (Ok(_), Err(upload)) => Err(upload),
         }
     }
 
-    /// Fetches the control-plane pointer, streams the bundle it names into
-    /// `_staging/<run_id>/_control-plane/`, and commits it only if its SHA-256 matches.
-    async fn stage_control_plane(
+    /// The control-plane pointer, checked, and the staging key its bundle goes to.
+    async fn control_plane_pointer(
         &self,
         pointer_uri: &S3Uri,
-        staging: &S3Uri,
-        dry_run: bool,
-    ) -> Result<ControlPlaneStaged> {
+    ) -> Result<(ControlPlanePointer, RelativeKey)> {
         let bytes = backup::read_small(&self.clients.s3, pointer_uri, 64 << 10).await?;
-        let pointer: ControlPlanePointer = serde_json::from_slice(&bytes).map_err(|e| {
-            Error::contract(format!("{pointer_uri}: not a control-plane pointer: {e}"))
-        })?;
+        let pointer: ControlPlanePointer =
+            decode_slice(&format!("control-plane pointer {pointer_uri}"), &bytes)
+                .map_err(|e| Error::contract(e.to_string()).with_source(e))?;
         if !backup::is_sha256_hex(&pointer.bundle_sha256) {
             return Err(Error::contract(format!(
                 "{pointer_uri}: bundle_sha256: expected 64 lowercase hex digits, got {:?}",
@@ -203,6 +201,18 @@ impl Restore {
             .unwrap_or("bundle");
         let key = RelativeKey::parse(&format!("{RESERVED_PREFIX}{file_name}"))
             .map_err(|e| Error::contract(format!("{pointer_uri}: bundle_uri: {e}")))?;
+        Ok((pointer, key))
+    }
+
+    /// Fetches the control-plane pointer, streams the bundle it names into
+    /// `_staging/<run_id>/_control-plane/`, and commits it only if its SHA-256 matches.
+    async fn stage_control_plane(
+        &self,
+        pointer_uri: &S3Uri,
+        staging: &S3Uri,
+        dry_run: bool,
+    ) -> Result<ControlPlaneStaged> {
+        let (pointer, key) = self.control_plane_pointer(pointer_uri).await?;
         let (mut body, declared_size) = open(&self.clients.s3, &pointer.bundle_uri).await?;
         let (tx, rx) = mpsc::channel(16);
         let mut uploader = Uploader::new(self.clients.s3.clone(), staging.clone(), self.tuning);
@@ -279,7 +289,7 @@ impl Restore {
 async fn send(tx: &mpsc::Sender<EntryMessage>, message: EntryMessage) -> Result<()> {
     tx.send(message)
         .await
-        .map_err(|_| Error::retryable(staging::UPLOADER_STOPPED))
+        .map_err(|_| staging::UploaderStopped::error())
 }
 
 /// `<prefix>/control-plane/current.json` (docs/contracts.md, profile).

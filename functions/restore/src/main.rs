@@ -5,7 +5,7 @@ use restore::Restore;
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
-    let function = Restore::new(AwsClients::from_env().await);
+    let function = Restore::new(AwsClients::from_lambda_env());
     serve(
         "restore",
         |event: LambdaEvent<drpilot_shared::run::PhaseRequest>| function.handle(event.payload),

@@ -80,19 +80,29 @@ pub struct ChannelSink {
     pub tx: mpsc::Sender<EntryMessage>,
 }
 
-/// The error a producer sees when the uploader has stopped: the uploader reports the
+/// Why a producer could not hand an entry on: the uploader has stopped, and reports the
 /// real cause itself.
-pub const UPLOADER_STOPPED: &str = "the uploader stopped";
+#[derive(Debug, thiserror::Error)]
+#[error("the uploader stopped")]
+pub struct UploaderStopped;
 
-pub fn is_uploader_stopped(err: &Error) -> bool {
-    err.message == UPLOADER_STOPPED
+impl UploaderStopped {
+    pub fn error() -> Error {
+        Error::retryable(UploaderStopped.to_string()).with_source(UploaderStopped)
+    }
+
+    /// Whether `err` only says the uploader stopped (the uploader's own error is the one
+    /// to report).
+    pub fn is_cause_of(err: &Error) -> bool {
+        err.is_caused_by::<UploaderStopped>()
+    }
 }
 
 impl ChannelSink {
     fn send(&self, message: EntryMessage) -> Result<()> {
         self.tx
             .blocking_send(message)
-            .map_err(|_| Error::retryable(UPLOADER_STOPPED))
+            .map_err(|_| UploaderStopped::error())
     }
 }
 

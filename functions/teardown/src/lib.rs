@@ -189,7 +189,7 @@ impl Teardown {
         let wrong_account = request
             .failure
             .as_ref()
-            .is_some_and(|f| f.error == ErrorKind::AccountMismatch.name());
+            .is_some_and(|f| ErrorKind::from_name(&f.error) == Some(ErrorKind::AccountMismatch));
         if wrong_account {
             return None;
         }
@@ -450,5 +450,218 @@ fn outcome(receipt: &PhaseReceipt) -> PhaseOutcome {
         started_at: Some(receipt.started_at),
         finished_at: Some(receipt.finished_at),
         duration_ms: Some(receipt.duration_ms),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! `summarize` is pure: RTO, RPO and the run's outcome from receipts alone.
+
+    use super::*;
+    use drpilot_shared::parity::ParityCounts;
+    use serde_json::json;
+
+    const KICKOFF: &str = "2026-01-01T00:00:00Z";
+
+    fn at(seconds_after_kickoff: i64) -> DateTime<Utc> {
+        KICKOFF.parse::<DateTime<Utc>>().unwrap()
+            + chrono::TimeDelta::seconds(seconds_after_kickoff)
+    }
+
+    fn known() -> Known {
+        Known {
+            run_id: "run-1".into(),
+            input: RunInput::drill("test"),
+            trigger: Some(Trigger::manual()),
+            execution_arn: None,
+            kickoff_at: at(0),
+            backup_uri: Some("s3://backup-store/prod/backups/b1/".parse().unwrap()),
+            // Two hours before kickoff: RPO 7,200 s.
+            backup_created_at: Some(at(-7_200)),
+        }
+    }
+
+    fn profile() -> Profile {
+        let text = drpilot_testkit::test_profile().to_string();
+        Profile::from_json("test", &text).unwrap()
+    }
+
+    fn receipt(phase: Phase, status: PhaseStatus, finished: i64, details: Value) -> PhaseReceipt {
+        PhaseReceipt {
+            run_id: "run-1".into(),
+            phase,
+            status,
+            reason: (status != PhaseStatus::Success).then(|| format!("{phase} {status:?}")),
+            started_at: at(finished - 1),
+            finished_at: at(finished),
+            duration_ms: 1_000,
+            attempt: 1,
+            details,
+        }
+    }
+
+    fn uri(text: &str) -> S3Uri {
+        text.parse().unwrap()
+    }
+
+    fn parity(delta: u64) -> Value {
+        serde_json::to_value(ParityDetails {
+            delta,
+            counts: ParityCounts {
+                delta,
+                ..Default::default()
+            },
+            report: uri("s3://target-data/r/report.json"),
+            differences: uri("s3://target-data/r/differences.jsonl"),
+        })
+        .unwrap()
+    }
+
+    fn promoted(approver: &str) -> Value {
+        serde_json::to_value(PromoteDetails {
+            promoted: true,
+            approver: Some(approver.into()),
+            ticket: Some("CHG-1".into()),
+            bypass: false,
+            objects_copied: 3,
+            bytes_copied: 30,
+            objects_identical: 0,
+            drift_objects: 0,
+            drift_deleted: 0,
+            parity_before: ParityCounts::default(),
+            parity_after: ParityCounts::default(),
+            audit_record: uri("s3://target-data/audit/promotions/p.json"),
+            pointer: uri("s3://target-data/audit/published.json"),
+            copy_seconds: 1.0,
+            time_to_promotion_seconds: 42.0,
+        })
+        .unwrap()
+    }
+
+    fn through_parity() -> Vec<PhaseReceipt> {
+        vec![
+            receipt(Phase::Bringup, PhaseStatus::Success, 2, json!({})),
+            receipt(Phase::Restore, PhaseStatus::Success, 20, json!({})),
+            receipt(Phase::Validate, PhaseStatus::Success, 30, json!({})),
+            receipt(Phase::ParityReport, PhaseStatus::Success, 35, parity(4)),
+        ]
+    }
+
+    #[test]
+    fn a_promoted_run_measures_rto_to_promotion_and_rpo_to_the_backup() {
+        let mut receipts = through_parity();
+        receipts.push(receipt(
+            Phase::Promote,
+            PhaseStatus::Success,
+            42,
+            promoted("alice"),
+        ));
+        let request = TeardownRequest::default();
+        let summary = summarize(&known(), &request, &profile(), &receipts, true, at(50)).unwrap();
+        assert_eq!(summary.status, RunStatus::Succeeded);
+        assert_eq!(summary.rto_seconds, Some(42.0));
+        assert_eq!(summary.rpo_seconds, Some(7_200.0));
+        assert_eq!(summary.parity_delta, Some(4));
+        assert!(summary.promoted && summary.torn_down);
+        assert_eq!(summary.approver.as_deref(), Some("alice"));
+        assert_eq!(summary.ticket.as_deref(), Some("CHG-1"));
+        assert_eq!(summary.phases.len(), 5);
+        assert_eq!(summary.failure, None);
+        assert_eq!(summary.rto.met, Some(true));
+    }
+
+    #[test]
+    fn without_a_promotion_rto_ends_at_validation_and_a_denial_counts_as_an_intervention() {
+        let mut receipts = through_parity();
+        receipts.push(receipt(Phase::Promote, PhaseStatus::Skipped, 36, json!({})));
+        let request = TeardownRequest {
+            approval: Some(ApprovalOutcome {
+                approved: false,
+                approver: Some("bob".into()),
+                reason: Some("not today".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let summary = summarize(&known(), &request, &profile(), &receipts, false, at(40)).unwrap();
+        assert_eq!(summary.status, RunStatus::Succeeded);
+        assert_eq!(summary.rto_seconds, Some(30.0));
+        assert!(!summary.promoted && !summary.torn_down);
+        assert_eq!(summary.manual_interventions, 1);
+        assert_eq!(summary.approver.as_deref(), Some("bob"));
+    }
+
+    #[test]
+    fn a_caught_failure_fails_the_run_and_leaves_rto_unmeasured() {
+        let receipts = vec![
+            receipt(Phase::Bringup, PhaseStatus::Success, 2, json!({})),
+            receipt(
+                Phase::Restore,
+                PhaseStatus::Failed,
+                5,
+                json!({"error": "ContractError"}),
+            ),
+        ];
+        let request = TeardownRequest {
+            failure: Some(CaughtFailure {
+                phase: Phase::Restore,
+                error: "ContractError".into(),
+                cause: "missing artifact".into(),
+            }),
+            ..Default::default()
+        };
+        let summary = summarize(&known(), &request, &profile(), &receipts, true, at(9)).unwrap();
+        assert_eq!(summary.status, RunStatus::Failed);
+        assert_eq!(summary.rto_seconds, None);
+        assert_eq!(summary.rto.met, None);
+        let failure = summary.failure.unwrap();
+        assert_eq!(failure.phase, Some(Phase::Restore));
+        assert_eq!(failure.cause, "missing artifact");
+    }
+
+    #[test]
+    fn a_failed_receipt_without_a_catch_still_fails_the_run_by_its_error_name() {
+        let mut receipts = through_parity();
+        receipts[2] = receipt(
+            Phase::Validate,
+            PhaseStatus::Failed,
+            30,
+            json!({"error": "IntegrityError"}),
+        );
+        let summary = summarize(
+            &known(),
+            &TeardownRequest::default(),
+            &profile(),
+            &receipts,
+            true,
+            at(40),
+        )
+        .unwrap();
+        assert_eq!(summary.status, RunStatus::Failed);
+        let failure = summary.failure.unwrap();
+        assert_eq!(failure.phase, Some(Phase::Validate));
+        assert_eq!(failure.error, "IntegrityError");
+    }
+
+    #[test]
+    fn a_promote_receipt_of_the_wrong_shape_is_an_integrity_error_naming_it() {
+        let mut receipts = through_parity();
+        receipts.push(receipt(
+            Phase::Promote,
+            PhaseStatus::Success,
+            42,
+            json!({"promoted": true}),
+        ));
+        let err = summarize(
+            &known(),
+            &TeardownRequest::default(),
+            &profile(),
+            &receipts,
+            true,
+            at(50),
+        )
+        .unwrap_err();
+        assert_eq!(err.kind, ErrorKind::IntegrityError);
+        assert!(err.message.contains("promote receipt"), "{err}");
     }
 }

@@ -5,7 +5,7 @@ use teardown::{Teardown, TeardownRequest};
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
-    let function = Teardown::new(AwsClients::from_env().await);
+    let function = Teardown::new(AwsClients::from_lambda_env());
     serve("teardown", |event: LambdaEvent<TeardownRequest>| {
         function.handle(event.payload)
     })

@@ -13,7 +13,7 @@ use chrono::Utc;
 use drpilot_shared::archive::{unpack, RESERVED_PREFIX};
 use drpilot_shared::backup::{self, MANIFESTS};
 use drpilot_shared::details::{CheckResult, Tally, ValidateDetails};
-use drpilot_shared::listing::{list_sorted, Joined, MergeJoin};
+use drpilot_shared::listing::{list_sorted, Joined, MergeJoin, ObjectInfo};
 use drpilot_shared::objects::{open, pump_body, stored_sha256};
 use drpilot_shared::parity::DifferenceLog;
 use drpilot_shared::phase::{self, Failed, Outcome, PhaseRun, Rerun};
@@ -131,105 +131,26 @@ impl Validate {
             .map_err(|e| Error::contract(e.to_string()))?;
         let (body, _) = open(s3, &manifests_uri).await?;
         let (reader, pump) = pump_body(body, manifests_uri.to_string());
-        let expected = meta.artifact(MANIFESTS).clone();
-        let (tx, manifest_rx) = mpsc::channel::<Result<ManifestEntry>>(4096);
-        // A blocking thread parses and sorts the manifests, then streams them in order.
-        let sorter = tokio::task::spawn_blocking(move || {
-            let mut collector = ManifestCollector {
-                sorter: ExternalSort::new(SORT_CHUNK)?,
-                manifests: 0,
-            };
-            let sent = unpack(MANIFESTS, reader, &expected, &mut collector).and_then(|_| {
-                for entry in collector.sorter.finish()? {
-                    let failed = entry.is_err();
-                    if tx.blocking_send(entry).is_err() || failed {
-                        break;
-                    }
-                }
-                Ok(())
-            });
-            if let Err(err) = sent {
-                let _ = tx.blocking_send(Err(err));
-            }
-            Ok::<(), Error>(())
-        });
-
+        let (manifest_rx, sorter) = sort_manifests(reader, meta.artifact(MANIFESTS).clone());
         let staging = profile.target.staging(&run.run_id)?;
         let (staged_rx, lister) =
             list_sorted(s3.clone(), &staging, vec![RESERVED_PREFIX.to_owned()]);
         let mut merge = MergeJoin::new(manifest_rx, staged_rx);
-        let mut tally = Tally::default();
-        let mut log = DifferenceLog::new()?;
-        let mut hashing: JoinSet<Result<Option<Finding>>> = JoinSet::new();
-        let full = profile.full_validation;
-        let result: Result<()> = async {
-            while let Some(joined) = merge.next().await? {
-                match joined {
-                    Joined::OnlyLeft(m) => {
-                        tally.expected_objects += 1;
-                        tally.missing += 1;
-                        log.push(&Finding::Missing {
-                            key: m.key,
-                            size: m.size,
-                        })?;
-                    }
-                    Joined::OnlyRight(o) => {
-                        tally.staged_objects += 1;
-                        tally.extra += 1;
-                        log.push(&Finding::Extra {
-                            key: o.key,
-                            size: o.size,
-                        })?;
-                    }
-                    Joined::Both(m, o) => {
-                        tally.expected_objects += 1;
-                        tally.staged_objects += 1;
-                        if m.size != o.size {
-                            tally.size_mismatches += 1;
-                            log.push(&Finding::Size {
-                                key: m.key,
-                                expected: m.size,
-                                staged: o.size,
-                            })?;
-                            continue;
-                        }
-                        while hashing.len() >= HASH_CONCURRENCY {
-                            record(hashing.join_next().await, &mut tally, &mut log)?;
-                        }
-                        let s3 = s3.clone();
-                        let uri = staging
-                            .join(&m.key)
-                            .map_err(|e| Error::contract(e.to_string()))?;
-                        hashing.spawn(async move {
-                            let staged = if full {
-                                hash_by_reading(&s3, &uri).await?
-                            } else {
-                                stored_sha256(&s3, &uri).await?
-                            };
-                            if staged.as_deref() == Some(m.sha256.as_str()) {
-                                return Ok(None);
-                            }
-                            Ok(Some(Finding::Sha256 {
-                                key: m.key,
-                                expected: m.sha256,
-                                staged,
-                            }))
-                        });
-                    }
-                }
-            }
-            while !hashing.is_empty() {
-                record(hashing.join_next().await, &mut tally, &mut log)?;
-            }
-            Ok(())
-        }
-        .await;
+        let mut check = StagingCheck {
+            s3: s3.clone(),
+            staging,
+            full: profile.full_validation,
+            tally: Tally::default(),
+            log: DifferenceLog::new()?,
+            hashing: JoinSet::new(),
+        };
+        let result = check.run(&mut merge).await;
         lister.abort();
         pump.abort();
         drop(merge);
         sorter.await.map_err(Error::from)??;
         result?;
-        Ok((tally, log))
+        Ok((check.tally, check.log))
     }
 
     /// Each configured check, pass or fail. A failure to ask CloudWatch is an error, not
@@ -237,113 +158,233 @@ impl Validate {
     async fn run_checks(&self, profile: &Profile) -> Result<Vec<CheckResult>> {
         let mut results = Vec::new();
         for check in &profile.checks {
-            let Check::CloudwatchMetric {
-                name,
-                namespace,
-                metric_name,
-                dimensions,
-                stat,
-                window_seconds,
-                comparison,
-                threshold,
-                missing_data_passes,
-            } = check;
-            let end = Utc::now();
-            let start = end - chrono::Duration::seconds(*window_seconds as i64);
-            let metric = Metric::builder()
-                .namespace(namespace)
-                .metric_name(metric_name)
-                .set_dimensions(Some(
-                    dimensions
-                        .iter()
-                        .map(|(k, v)| Dimension::builder().name(k).value(v).build())
-                        .collect(),
-                ))
-                .build();
-            // An average is combined from the window's sums and sample counts; every other
-            // statistic is asked for as itself.
-            let asked: &[Statistic] = match stat {
-                Statistic::Average => &[Statistic::Sum, Statistic::SampleCount],
-                other => std::slice::from_ref(other),
-            };
-            let queries = asked
-                .iter()
-                .map(|s| {
-                    MetricDataQuery::builder()
-                        .id(s.as_str().to_lowercase())
-                        .metric_stat(
-                            MetricStat::builder()
-                                .metric(metric.clone())
-                                // The profile holds windows to multiples of 60 s.
-                                .period(i32::try_from(*window_seconds).unwrap_or(i32::MAX))
-                                .stat(s.as_str())
-                                .build(),
-                        )
-                        .return_data(true)
-                        .build()
-                })
-                .collect();
-            let out = self
-                .clients
-                .cloudwatch
-                .get_metric_data()
-                .set_metric_data_queries(Some(queries))
-                .start_time(aws_sdk_cloudwatch::primitives::DateTime::from_secs(
-                    start.timestamp(),
-                ))
-                .end_time(aws_sdk_cloudwatch::primitives::DateTime::from_secs(
-                    end.timestamp() + 1,
-                ))
-                .send()
-                .await
-                .map_err(|e| {
-                    Error::from_sdk(&format!("GetMetricData {namespace}/{metric_name}"), e)
-                })?;
-            let values_of = |s: Statistic| -> Vec<f64> {
-                let id = s.as_str().to_lowercase();
-                out.metric_data_results()
-                    .iter()
-                    .filter(|r| r.id() == Some(id.as_str()))
-                    .flat_map(|r| r.values().iter().copied())
-                    .collect()
-            };
-            // CloudWatch may split the window into more than one period.
-            let value = match stat {
-                Statistic::Average => Statistic::average(
-                    &values_of(Statistic::Sum),
-                    &values_of(Statistic::SampleCount),
-                ),
-                other => other.combine(&values_of(*other)),
-            };
-            let result = match value {
-                None => CheckResult {
-                    name: name.clone(),
-                    passed: *missing_data_passes,
-                    value: None,
-                    detail: format!(
-                        "no {namespace}/{metric_name} data in the last {window_seconds} s ({})",
-                        if *missing_data_passes {
-                            "the check allows missing data"
-                        } else {
-                            "the check fails on missing data"
-                        }
-                    ),
-                },
-                Some(value) => {
-                    let passed = comparison.holds(value, *threshold);
-                    CheckResult {
-                        name: name.clone(),
-                        passed,
-                        value: Some(value),
-                        detail: format!(
-                            "{stat} of {namespace}/{metric_name} over {window_seconds} s is {value}, expected {comparison:?} {threshold}"
-                        ),
-                    }
-                }
-            };
-            results.push(result);
+            let value = self.metric_value(check).await?;
+            results.push(judge(check, value));
         }
         Ok(results)
+    }
+
+    /// The check's statistic over its window, combined over the periods CloudWatch
+    /// returns; `None` when there is no data.
+    async fn metric_value(&self, check: &Check) -> Result<Option<f64>> {
+        let Check::CloudwatchMetric {
+            namespace,
+            metric_name,
+            dimensions,
+            stat,
+            window_seconds,
+            ..
+        } = check;
+        let end = Utc::now();
+        let start = end - chrono::Duration::seconds(*window_seconds as i64);
+        let metric = Metric::builder()
+            .namespace(namespace)
+            .metric_name(metric_name)
+            .set_dimensions(Some(
+                dimensions
+                    .iter()
+                    .map(|(k, v)| Dimension::builder().name(k).value(v).build())
+                    .collect(),
+            ))
+            .build();
+        let queries = stat
+            .queried()
+            .iter()
+            .map(|s| {
+                MetricDataQuery::builder()
+                    .id(s.as_str().to_lowercase())
+                    .metric_stat(
+                        MetricStat::builder()
+                            .metric(metric.clone())
+                            // The profile holds windows to multiples of 60 s.
+                            .period(i32::try_from(*window_seconds).unwrap_or(i32::MAX))
+                            .stat(s.as_str())
+                            .build(),
+                    )
+                    .return_data(true)
+                    .build()
+            })
+            .collect();
+        let out = self
+            .clients
+            .cloudwatch
+            .get_metric_data()
+            .set_metric_data_queries(Some(queries))
+            .start_time(aws_sdk_cloudwatch::primitives::DateTime::from_secs(
+                start.timestamp(),
+            ))
+            .end_time(aws_sdk_cloudwatch::primitives::DateTime::from_secs(
+                end.timestamp() + 1,
+            ))
+            .send()
+            .await
+            .map_err(|e| Error::from_sdk(&format!("GetMetricData {namespace}/{metric_name}"), e))?;
+        let values_of = |s: Statistic| -> Vec<f64> {
+            let id = s.as_str().to_lowercase();
+            out.metric_data_results()
+                .iter()
+                .filter(|r| r.id() == Some(id.as_str()))
+                .flat_map(|r| r.values().iter().copied())
+                .collect()
+        };
+        // CloudWatch may split the window into more than one period.
+        Ok(stat.over_window(values_of))
+    }
+}
+
+/// A check's verdict on the value its metric had (`None`: no data in the window).
+fn judge(check: &Check, value: Option<f64>) -> CheckResult {
+    let Check::CloudwatchMetric {
+        name,
+        namespace,
+        metric_name,
+        stat,
+        window_seconds,
+        comparison,
+        threshold,
+        missing_data_passes,
+        ..
+    } = check;
+    match value {
+        None => CheckResult {
+            name: name.clone(),
+            passed: *missing_data_passes,
+            value: None,
+            detail: format!(
+                "no {namespace}/{metric_name} data in the last {window_seconds} s ({})",
+                if *missing_data_passes {
+                    "the check allows missing data"
+                } else {
+                    "the check fails on missing data"
+                }
+            ),
+        },
+        Some(value) => CheckResult {
+            name: name.clone(),
+            passed: comparison.holds(value, *threshold),
+            value: Some(value),
+            detail: format!(
+                "{stat} of {namespace}/{metric_name} over {window_seconds} s is {value}, expected {comparison:?} {threshold}"
+            ),
+        },
+    }
+}
+
+/// Parses and sorts the manifests on a blocking thread, then streams their entries in
+/// key order (an error ends the stream).
+fn sort_manifests(
+    reader: impl std::io::Read + Send + 'static,
+    expected: backup::Artifact,
+) -> (
+    mpsc::Receiver<Result<ManifestEntry>>,
+    tokio::task::JoinHandle<Result<()>>,
+) {
+    let (tx, rx) = mpsc::channel::<Result<ManifestEntry>>(4096);
+    let sorter = tokio::task::spawn_blocking(move || {
+        let mut collector = ManifestCollector {
+            sorter: ExternalSort::new(SORT_CHUNK)?,
+            manifests: 0,
+        };
+        let sent = unpack(MANIFESTS, reader, &expected, &mut collector).and_then(|_| {
+            for entry in collector.sorter.finish()? {
+                let failed = entry.is_err();
+                if tx.blocking_send(entry).is_err() || failed {
+                    break;
+                }
+            }
+            Ok(())
+        });
+        if let Err(err) = sent {
+            let _ = tx.blocking_send(Err(err));
+        }
+        Ok(())
+    });
+    (rx, sorter)
+}
+
+/// The comparison of the staging with the manifests, one joined entry at a time: counts
+/// and differences, with the hashes looked up (or recomputed) `HASH_CONCURRENCY` at once.
+struct StagingCheck {
+    s3: aws_sdk_s3::Client,
+    staging: S3Uri,
+    /// Recompute every hash (the profile's `full_validation`).
+    full: bool,
+    tally: Tally,
+    log: DifferenceLog,
+    hashing: JoinSet<Result<Option<Finding>>>,
+}
+
+impl StagingCheck {
+    async fn run(&mut self, merge: &mut MergeJoin<ManifestEntry, ObjectInfo>) -> Result<()> {
+        while let Some(joined) = merge.next().await? {
+            match joined {
+                Joined::OnlyLeft(m) => {
+                    self.tally.expected_objects += 1;
+                    self.tally.missing += 1;
+                    self.log.push(&Finding::Missing {
+                        key: m.key,
+                        size: m.size,
+                    })?;
+                }
+                Joined::OnlyRight(o) => {
+                    self.tally.staged_objects += 1;
+                    self.tally.extra += 1;
+                    self.log.push(&Finding::Extra {
+                        key: o.key,
+                        size: o.size,
+                    })?;
+                }
+                Joined::Both(m, o) => {
+                    self.tally.expected_objects += 1;
+                    self.tally.staged_objects += 1;
+                    if m.size != o.size {
+                        self.tally.size_mismatches += 1;
+                        self.log.push(&Finding::Size {
+                            key: m.key,
+                            expected: m.size,
+                            staged: o.size,
+                        })?;
+                    } else {
+                        self.check_hash(m).await?;
+                    }
+                }
+            }
+        }
+        while !self.hashing.is_empty() {
+            let done = self.hashing.join_next().await;
+            record(done, &mut self.tally, &mut self.log)?;
+        }
+        Ok(())
+    }
+
+    /// Starts comparing the staged object's hash with the manifest's, waiting for a slot.
+    async fn check_hash(&mut self, m: ManifestEntry) -> Result<()> {
+        while self.hashing.len() >= HASH_CONCURRENCY {
+            let done = self.hashing.join_next().await;
+            record(done, &mut self.tally, &mut self.log)?;
+        }
+        let s3 = self.s3.clone();
+        let full = self.full;
+        let uri = self
+            .staging
+            .join(&m.key)
+            .map_err(|e| Error::contract(e.to_string()))?;
+        self.hashing.spawn(async move {
+            let staged = if full {
+                hash_by_reading(&s3, &uri).await?
+            } else {
+                stored_sha256(&s3, &uri).await?
+            };
+            if staged.as_deref() == Some(m.sha256.as_str()) {
+                return Ok(None);
+            }
+            Ok(Some(Finding::Sha256 {
+                key: m.key,
+                expected: m.sha256,
+                staged,
+            }))
+        });
+        Ok(())
     }
 }
 

@@ -5,7 +5,7 @@ use validate::Validate;
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
-    let function = Validate::new(AwsClients::from_env().await);
+    let function = Validate::new(AwsClients::from_lambda_env());
     serve(
         "validate",
         |event: LambdaEvent<drpilot_shared::run::PhaseRequest>| function.handle(event.payload),

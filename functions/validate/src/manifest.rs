@@ -176,16 +176,16 @@ pub struct ExternalSort {
     limit: usize,
     buffer: Vec<ManifestEntry>,
     runs: Vec<PathBuf>,
-    dir: PathBuf,
+    /// Where the sorted runs spill; removed when the sorted entries are dropped.
+    dir: tempfile::TempDir,
 }
 
 impl ExternalSort {
     pub fn new(limit: usize) -> Result<Self> {
-        static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!("drpilot-sort-{}-{n}", std::process::id()));
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| Error::retryable(format!("creating {}: {e}", dir.display())))?;
+        let dir = tempfile::Builder::new()
+            .prefix("drpilot-sort-")
+            .tempdir()
+            .map_err(|e| Error::retryable(format!("creating a directory to sort in: {e}")))?;
         Ok(Self {
             limit: limit.max(1),
             buffer: Vec::new(),
@@ -205,7 +205,10 @@ impl ExternalSort {
     fn spill(&mut self) -> Result<()> {
         self.buffer
             .sort_by(|a, b| a.key.as_bytes().cmp(b.key.as_bytes()));
-        let path = self.dir.join(format!("run-{}.jsonl", self.runs.len()));
+        let path = self
+            .dir
+            .path()
+            .join(format!("run-{}.jsonl", self.runs.len()));
         let io = |e: std::io::Error| Error::retryable(format!("spilling manifest entries: {e}"));
         let mut out = BufWriter::new(File::create(&path).map_err(io)?);
         for entry in self.buffer.drain(..) {
@@ -245,24 +248,8 @@ impl ExternalSort {
         Ok(Sorted {
             source,
             pending: None,
-            _dir: TempDir(std::mem::take(&mut self.dir)),
+            _dir: self.dir,
         })
-    }
-}
-
-impl Drop for ExternalSort {
-    fn drop(&mut self) {
-        if !self.dir.as_os_str().is_empty() {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
-    }
-}
-
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
@@ -332,7 +319,7 @@ impl Source {
 pub struct Sorted {
     source: Source,
     pending: Option<ManifestEntry>,
-    _dir: TempDir,
+    _dir: tempfile::TempDir,
 }
 
 impl Iterator for Sorted {
