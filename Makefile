@@ -45,8 +45,10 @@ drill: ## the main job: a full DR drill on the local stack (prompts for approval
 	cargo build -q -p drpilot-cli
 	target/debug/drpilot local drill $$( [ -t 0 ] || echo --auto-approve ) $(DRILL_ARGS)
 
-local-up: ## start the local AWS stack (moto + cargo lambda watch) and print its endpoint
-	scripts/local-stack.sh up
+local-up: ## start the local AWS stack (moto + cargo lambda watch), provisioned for the demo profile
+	scripts/ensure-venv.sh --build
+	cargo build -q -p drpilot-cli
+	target/debug/drpilot local up
 
 local-down: ## stop the local AWS stack
 	scripts/local-stack.sh down

@@ -6,11 +6,14 @@ use aws_sdk_sfn::types::{ExecutionStatus, HistoryEvent};
 use chrono::{DateTime, Utc};
 use drpilot_shared::input::{Phase, Stage};
 use drpilot_shared::receipt::seconds;
-use drpilot_shared::run::{RunContext, TeardownOutput};
+use drpilot_shared::receipt::PhaseStatus;
+use drpilot_shared::run::{PhaseOutput, RunContext, TeardownOutput};
 use serde::Serialize;
 use serde_json::Value;
 
 use crate::CliError;
+
+pub use drpilot_shared::error::readable_cause;
 
 /// One state of the run as the history shows it.
 #[derive(Clone, Debug, Serialize)]
@@ -21,6 +24,8 @@ pub struct Step {
     pub exited_at: Option<DateTime<Utc>>,
     /// `Error: cause` of the task's last failure, when it failed.
     pub failed: Option<String>,
+    /// Why the phase did nothing, when it reported itself skipped.
+    pub skipped: Option<String>,
     pub attempts: u32,
 }
 
@@ -32,6 +37,7 @@ impl Step {
             entered_at: None,
             exited_at: None,
             failed: None,
+            skipped: None,
             attempts: 0,
         }
     }
@@ -214,9 +220,10 @@ fn read_events(progress: &mut Progress, events: &[HistoryEvent]) {
                 ));
             }
         }
-        if event.task_succeeded_event_details().is_some() {
+        if let Some(succeeded) = event.task_succeeded_event_details() {
             if let Some(i) = current {
                 progress.steps[i].failed = None; // a retry succeeded
+                progress.steps[i].skipped = succeeded.output().and_then(skip_reason);
             }
         }
         if let Some(exited) = event.state_exited_event_details() {
@@ -241,6 +248,14 @@ fn read_events(progress: &mut Progress, events: &[HistoryEvent]) {
     progress.waiting_token = token.filter(|_| progress.waiting_for_approval);
 }
 
+/// The reason a phase gave for skipping, from its task's result (the Lambda invoke result,
+/// whose `Payload` is the phase's output).
+fn skip_reason(output: &str) -> Option<String> {
+    let value: Value = serde_json::from_str(output).ok()?;
+    let phase: PhaseOutput = serde_json::from_value(value.get("Payload")?.clone()).ok()?;
+    (phase.status == PhaseStatus::Skipped).then(|| phase.reason.unwrap_or_default())
+}
+
 /// Bringup's state output: the Lambda invoke result, whose `Payload` is the run context.
 fn run_context(output: &str) -> Option<RunContext> {
     let value: Value = serde_json::from_str(output).ok()?;
@@ -262,14 +277,6 @@ fn task_token(parameters: &str) -> Option<String> {
         .map(str::to_owned)
 }
 
-/// Lambda errors arrive as `{"errorType": ..., "errorMessage": ...}`; show the message.
-pub fn readable_cause(cause: &str) -> String {
-    serde_json::from_str::<Value>(cause)
-        .ok()
-        .and_then(|v| v["errorMessage"].as_str().map(str::to_owned))
-        .unwrap_or_else(|| cause.to_owned())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -281,14 +288,5 @@ mod tests {
         let message = r#"{"Message": "approve it\n\nTask token: tok-2"}"#;
         assert_eq!(task_token(message).as_deref(), Some("tok-2"));
         assert_eq!(task_token("{}"), None);
-    }
-
-    #[test]
-    fn lambda_causes_are_unwrapped() {
-        assert_eq!(
-            readable_cause(r#"{"errorType":"ContractError","errorMessage":"missing artifact"}"#),
-            "missing artifact"
-        );
-        assert_eq!(readable_cause("plain"), "plain");
     }
 }

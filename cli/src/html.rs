@@ -9,14 +9,6 @@ fn seconds(v: Option<f64>) -> String {
     v.map_or("not measured".to_owned(), |s| format!("{s:.1} s"))
 }
 
-fn verdict(o: &Objective) -> &'static str {
-    match o.met {
-        Some(true) => "met",
-        Some(false) => "MISSED",
-        None => "not measured",
-    }
-}
-
 fn status(s: PhaseStatus) -> &'static str {
     match s {
         PhaseStatus::Success => "success",
@@ -37,15 +29,7 @@ pub fn text_report(s: &RunSummary) -> Vec<String> {
                 RunStatus::Failed => "FAILED",
             }
         ),
-        format!(
-            "  RTO {} (target {} s, {})   RPO {} (target {} s, {})",
-            seconds(s.rto_seconds),
-            s.rto.target_seconds,
-            verdict(&s.rto),
-            seconds(s.rpo_seconds),
-            s.rpo.target_seconds,
-            verdict(&s.rpo)
-        ),
+        format!("  RTO {}   RPO {}", s.rto.describe(), s.rpo.describe()),
         format!(
             "  parity delta {}   promoted {}   torn down {}   manual interventions {}",
             s.parity_delta.map_or("n/a".to_owned(), |d| d.to_string()),
@@ -126,7 +110,7 @@ impl ObjectiveCard {
             },
             value: seconds(o.seconds),
             target_seconds: o.target_seconds,
-            verdict: verdict(o),
+            verdict: o.verdict(),
         }
     }
 }

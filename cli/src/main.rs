@@ -4,7 +4,10 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use drpilot_cli::local::{self, DrillOptions};
-use drpilot_cli::{approve, deny, receipts, report, start, status, CliError, Ctx, ExitStatus, Out};
+use drpilot_cli::{
+    approve, deny, parse_since, receipts, report, runs, start, status, CliError, Ctx, ExitStatus,
+    Out,
+};
 
 /// drpilot: prove you can restore, and restore for real when it burns.
 #[derive(Parser)]
@@ -61,6 +64,15 @@ enum Command {
     },
     /// A run's phase receipts.
     Receipts { run: String },
+    /// One line per run (newest first): mode, trigger, status, RTO/RPO, promoted.
+    Runs {
+        /// Only this profile's runs (default: every stored profile).
+        #[arg(long)]
+        profile: Option<String>,
+        /// Only runs started at or after this date (2026-11-01) or time (RFC 3339).
+        #[arg(long)]
+        since: Option<String>,
+    },
     /// A run's summary, optionally as one self-contained HTML page.
     Report {
         run: String,
@@ -76,7 +88,8 @@ enum Command {
 
 #[derive(Subcommand)]
 enum LocalCommand {
-    /// Start moto and cargo lambda watch.
+    /// Start moto and cargo lambda watch, and provision what a run of the demo profile
+    /// needs (buckets, profile, topic, state machine, a demo backup).
     Up,
     /// Stop them.
     Down,
@@ -146,13 +159,19 @@ async fn run(cli: Cli) -> Result<ExitStatus, CliError> {
             out.result(&records);
             Ok(ExitStatus::Success)
         }
+        Command::Runs { profile, since } => {
+            let since = since.as_deref().map(parse_since).transpose()?;
+            let lines = runs(&ctx().await, profile.as_deref(), since).await?;
+            out.result(&lines);
+            Ok(ExitStatus::Success)
+        }
         Command::Report { run, html } => {
             let records = report(&ctx().await, run, html.as_deref()).await?;
             out.result(&records.summary);
             Ok(ExitStatus::Success)
         }
         Command::Local { command } => match command {
-            LocalCommand::Up => local::up().map(|()| ExitStatus::Success),
+            LocalCommand::Up => local::up(out).await.map(|()| ExitStatus::Success),
             LocalCommand::Down => local::down().map(|()| ExitStatus::Success),
             LocalCommand::Drill {
                 auto_approve,

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use drpilot_cli::history::fetch;
 use drpilot_cli::local::deploy_state_machine;
-use drpilot_cli::{approve, deny, follow, records, start, Ctx, Out};
+use drpilot_cli::{approve, deny, follow, parse_since, records, runs, start, Ctx, Out};
 use drpilot_shared::receipt::{PhaseStatus, RunStatus};
 use drpilot_shared::Phase;
 use drpilot_testkit::{
@@ -155,6 +155,38 @@ async fn happy_path_is_promoted_after_approval() {
         !page.contains("http://") && !page.contains("https://"),
         "no external assets"
     );
+
+    // `drpilot runs --json` lists it from its summary; `--since` tomorrow lists nothing.
+    let listed = std::process::Command::new(env!("CARGO_BIN_EXE_drpilot"))
+        .args(["--json", "runs", "--profile", PROFILE])
+        .env("AWS_ENDPOINT_URL", &aws.endpoint)
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_REGION", "us-east-1")
+        .output()
+        .unwrap();
+    assert!(
+        listed.status.success(),
+        "{} {}",
+        String::from_utf8_lossy(&listed.stdout),
+        String::from_utf8_lossy(&listed.stderr)
+    );
+    let lines: Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(lines.as_array().map(Vec::len), Some(1), "{lines}");
+    assert_eq!(lines[0]["run_id"], "happy-1");
+    assert_eq!(lines[0]["status"], "succeeded");
+    assert_eq!(lines[0]["trigger"], "manual");
+    assert_eq!(lines[0]["promoted"], true);
+    assert_eq!(lines[0]["rto"]["met"], true);
+    let tomorrow = (chrono::Utc::now() + chrono::Duration::days(1))
+        .format("%Y-%m-%d")
+        .to_string();
+    assert!(
+        runs(&ctx, Some(PROFILE), Some(parse_since(&tomorrow).unwrap()))
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 #[tokio::test]
@@ -235,6 +267,15 @@ async fn stop_after_validate_skips_the_rest() {
         !done.steps.iter().any(|s| s.state == "RequestApproval"),
         "no approval asked"
     );
+    // The follow view shows parity-report as skipped, with its reason, not as done.
+    let parity = done
+        .steps
+        .iter()
+        .find(|s| s.state == "ParityReport")
+        .unwrap();
+    assert_eq!(parity.skipped.as_deref(), Some("stop_after=validate"));
+    let validate = done.steps.iter().find(|s| s.state == "Validate").unwrap();
+    assert_eq!(validate.skipped, None);
     let summary = records(&ctx, &run).await.unwrap().summary.unwrap();
     let status = |phase| {
         summary

@@ -244,6 +244,19 @@ pub async fn catch_panic<T>(handler: impl std::future::Future<Output = Result<T>
         })
 }
 
+/// The message of a failure as Step Functions reports it: a Lambda error arrives as
+/// `{"errorType": ..., "errorMessage": ...}`, anything else is shown as it is.
+pub fn readable_cause(cause: &str) -> String {
+    #[derive(serde::Deserialize)]
+    struct LambdaError {
+        #[serde(rename = "errorMessage")]
+        error_message: String,
+    }
+    serde_json::from_str::<LambdaError>(cause)
+        .map(|e| e.error_message)
+        .unwrap_or_else(|_| cause.to_owned())
+}
+
 /// A location built from the input or the profile that S3 cannot hold. Locations built
 /// from a backup's contents map to `ContractError` explicitly where they are made.
 impl From<crate::s3uri::LocationError> for Error {
@@ -327,6 +340,15 @@ mod tests {
         let err = Error::from(joined.unwrap_err());
         assert_eq!(err.kind, ErrorKind::Internal);
         assert!(err.message.contains("in a task"), "{err}");
+    }
+
+    #[test]
+    fn lambda_causes_are_unwrapped() {
+        assert_eq!(
+            readable_cause(r#"{"errorType":"ContractError","errorMessage":"missing artifact"}"#),
+            "missing artifact"
+        );
+        assert_eq!(readable_cause("plain"), "plain");
     }
 
     #[test]

@@ -420,6 +420,15 @@ pub enum Trigger {
 }
 
 impl Trigger {
+    /// `manual`, `schedule` or `alarm`, as the input's `trigger.kind` names it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Manual { .. } => "manual",
+            Self::Schedule { .. } => "schedule",
+            Self::Alarm { .. } => "alarm",
+        }
+    }
+
     /// A manual start by an unknown caller.
     pub fn manual() -> Self {
         Self::Manual { source: None }

@@ -356,6 +356,45 @@ impl ProfileSource {
         Ok(profile)
     }
 
+    /// The names of every stored profile, sorted.
+    pub async fn names(&self) -> Result<Vec<String>> {
+        let mut names = Vec::new();
+        match self {
+            Self::Ssm(ssm) => {
+                let mut pages = ssm
+                    .get_parameters_by_path()
+                    .path(SSM_PREFIX.trim_end_matches('/'))
+                    .into_paginator()
+                    .send();
+                while let Some(page) = pages.next().await {
+                    let page = page.map_err(|e| {
+                        Error::from_sdk(&format!("GetParametersByPath {SSM_PREFIX}"), e)
+                    })?;
+                    names.extend(
+                        page.parameters()
+                            .iter()
+                            .filter_map(|p| p.name()?.strip_prefix(SSM_PREFIX))
+                            .map(str::to_owned),
+                    );
+                }
+            }
+            Self::Dir(dir) => {
+                let entries = std::fs::read_dir(dir)
+                    .map_err(|e| Error::input(format!("reading {}: {e}", dir.display())))?;
+                for entry in entries.flatten() {
+                    let path = entry.path();
+                    if path.extension().is_some_and(|e| e == "json") {
+                        if let Some(stem) = path.file_stem().and_then(|s| s.to_str()) {
+                            names.push(stem.to_owned());
+                        }
+                    }
+                }
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
     pub async fn load(&self, name: &str) -> Result<Profile> {
         NameRule::PROFILE
             .check(name)

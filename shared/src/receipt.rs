@@ -174,6 +174,27 @@ pub struct Objective {
 }
 
 impl Objective {
+    /// `met`, `MISSED` or `not measured`.
+    pub fn verdict(&self) -> &'static str {
+        match self.met {
+            Some(true) => "met",
+            Some(false) => "MISSED",
+            None => "not measured",
+        }
+    }
+
+    /// The measurement in words: `25.7 s (target 900 s, met)`.
+    pub fn describe(&self) -> String {
+        let measured = self
+            .seconds
+            .map_or("not measured".to_owned(), |s| format!("{s:.1} s"));
+        format!(
+            "{measured} (target {} s, {})",
+            self.target_seconds,
+            self.verdict()
+        )
+    }
+
     pub fn measure(seconds: Option<f64>, target_seconds: u64) -> Self {
         Self {
             seconds,
@@ -288,6 +309,32 @@ impl ReceiptStore {
             }
         }
         Ok(receipts)
+    }
+
+    /// The ids of every run with receipts here, in key order.
+    pub async fn run_ids(&self) -> Result<Vec<String>> {
+        let runs = self.base.join("runs")?.as_prefix();
+        let mut ids = Vec::new();
+        let mut pages = self
+            .s3
+            .list_objects_v2()
+            .bucket(&runs.bucket)
+            .prefix(&runs.key)
+            .delimiter("/")
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| Error::from_sdk(&format!("ListObjectsV2 {runs}"), e))?;
+            ids.extend(
+                page.common_prefixes()
+                    .iter()
+                    .filter_map(|p| p.prefix())
+                    .filter_map(|p| runs.strip(p))
+                    .map(|id| id.trim_end_matches('/').to_owned())
+                    .filter(|id| !id.is_empty()),
+            );
+        }
+        Ok(ids)
     }
 
     pub async fn put_summary(&self, summary: &RunSummary) -> Result<S3Uri> {

@@ -96,6 +96,9 @@ pub struct TeardownOutput {
     pub torn_down: bool,
     pub lock: String,
     pub failure: Option<Failure>,
+    /// The run in plain sentences, with where its receipts are: the notification the
+    /// state machine sends at the end.
+    pub notice: String,
 }
 
 impl TeardownOutput {
@@ -103,7 +106,7 @@ impl TeardownOutput {
     /// wrong account): nothing written, nothing released.
     pub fn untouched(run_id: String, failure: Option<Failure>) -> Self {
         Self {
-            run_id,
+            run_id: run_id.clone(),
             status: RunStatus::Failed,
             summary: None,
             rto_seconds: None,
@@ -111,6 +114,15 @@ impl TeardownOutput {
             promoted: false,
             torn_down: false,
             lock: "untouched".into(),
+            notice: format!(
+                "drpilot run {run_id} failed{}. Teardown could not use its input or profile, so it wrote nothing and released nothing.",
+                failure.as_ref().map_or(String::new(), |f| format!(
+                    " in {}: {}: {}",
+                    f.phase.map_or("bringup", |p| p.as_str()),
+                    f.error,
+                    crate::error::readable_cause(&f.cause)
+                ))
+            ),
             failure,
         }
     }

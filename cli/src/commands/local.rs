@@ -43,8 +43,57 @@ fn run_script(args: &[&str]) -> Result<(), CliError> {
     }
 }
 
-pub fn up() -> Result<(), CliError> {
-    run_script(&["up"])
+/// What `up` and `drill` leave ready: the stack, the demo profile and its buckets, the
+/// notification topic and its inbox queue, and the state machine.
+pub struct Stack {
+    pub ctx: Ctx,
+    /// The SQS queue the topic delivers to (the drill reads its notifications back).
+    pub queue: String,
+}
+
+/// Starts the stack and provisions everything a run of the demo profile needs.
+async fn prepare(out: Out) -> Result<Stack, CliError> {
+    out.say("== starting the local stack (moto + cargo lambda watch)");
+    run_script(&["up"])?;
+    let ctx = Ctx::new(Some(ENDPOINT), Some(DEFAULT_STATE_MACHINE.to_owned()), out).await;
+    out.say("== provisioning buckets, profile, notifications and the state machine");
+    let (topic, queue) = provision(&ctx).await?;
+    let machine = deploy_state_machine(&ctx, DEFAULT_STATE_MACHINE, &topic, 3600).await?;
+    out.say(format!(
+        "   state machine {machine} (statemachine/drill.asl.json)"
+    ));
+    Ok(Stack { ctx, queue })
+}
+
+/// `drpilot local up`: the stack, provisioned as the drill provisions it, with a demo
+/// backup (made once), so `drpilot --local start --profile demo` works right after it.
+pub async fn up(out: Out) -> Result<(), CliError> {
+    let stack = prepare(out).await?;
+    let backups = stack
+        .ctx
+        .aws
+        .s3
+        .list_objects_v2()
+        .bucket(BACKUP_BUCKET)
+        .prefix("demo/backups/")
+        .max_keys(1)
+        .send()
+        .await
+        .map_err(|e| {
+            CliError::aws(
+                &format!("ListObjectsV2 s3://{BACKUP_BUCKET}/demo/backups/"),
+                e,
+            )
+        })?;
+    if backups.contents().is_empty() {
+        out.say("== seeding a demo backup (3003 objects) and production root/");
+        let backup = seed_backup(&stack.ctx, 3000).await?;
+        out.say(format!("   backup {backup}"));
+    }
+    out.say(format!(
+        "== ready: drpilot --local start --profile {PROFILE}   (stop with drpilot local down)"
+    ));
+    Ok(())
 }
 
 pub fn down() -> Result<(), CliError> {
@@ -324,15 +373,7 @@ pub struct DrillOptions {
 
 /// `drpilot local drill`: the whole drill on the local stack.
 pub async fn drill(options: &DrillOptions, out: Out) -> Result<bool, CliError> {
-    out.say("== starting the local stack (moto + cargo lambda watch)");
-    up()?;
-    let ctx = Ctx::new(Some(ENDPOINT), Some(DEFAULT_STATE_MACHINE.to_owned()), out).await;
-    out.say("== provisioning buckets, profile, notifications and the state machine");
-    let (topic, queue) = provision(&ctx).await?;
-    let machine = deploy_state_machine(&ctx, DEFAULT_STATE_MACHINE, &topic, 3600).await?;
-    out.say(format!(
-        "   state machine {machine} (statemachine/drill.asl.json)"
-    ));
+    let Stack { ctx, queue } = prepare(out).await?;
     out.say(format!(
         "== seeding a demo backup ({} objects) and production root/",
         options.objects + 3

@@ -4,5 +4,6 @@ pub mod approve;
 pub mod local;
 pub mod receipts;
 pub mod report;
+pub mod runs;
 pub mod start;
 pub mod status;

@@ -5,6 +5,7 @@ use std::io::Write;
 use std::time::Duration;
 
 use drpilot_shared::input::{new_run_id, normalize, TriggerDefaults};
+use drpilot_shared::profile::ProfileSource;
 use serde_json::{json, Value};
 
 use crate::commands::approve::{approve, deny};
@@ -41,6 +42,11 @@ pub async fn start(
     }
     // The same normalisation bringup makes: the run's settings, and `trigger` beside them.
     let checked = normalize(&input, &TriggerDefaults::default())?.input;
+    // The profile must exist (and be valid) before a run is started for it: the error
+    // names the SSM parameter it looked for.
+    ProfileSource::from_env(ctx.aws.ssm.clone())
+        .load(&checked.profile)
+        .await?;
     let run_id = match &checked.run_id {
         Some(id) => id.clone(),
         None => {
@@ -156,9 +162,10 @@ pub(crate) fn step_line(step: &history::Step) -> String {
         .seconds()
         .map(|s| format!("{s:>7.2} s"))
         .unwrap_or_default();
-    match &step.failed {
-        Some(why) => format!("  ✗ {:<14} {seconds}  {why}", step.phase),
-        None => format!("  ✓ {:<14} {seconds}", step.phase),
+    match (&step.failed, &step.skipped) {
+        (Some(why), _) => format!("  ✗ {:<14} {seconds}  {why}", step.phase),
+        (None, Some(why)) => format!("  – {:<14} {seconds}  skipped: {why}", step.phase),
+        (None, None) => format!("  ✓ {:<14} {seconds}", step.phase),
     }
 }
 

@@ -6,6 +6,7 @@
 
 use chrono::{DateTime, Utc};
 use drpilot_shared::details::{ParityDetails, PromoteDetails, TeardownDetails};
+use drpilot_shared::error::readable_cause;
 use drpilot_shared::input::{normalize, NameRule, Trigger, TriggerDefaults};
 use drpilot_shared::lock::{Released, RunLock};
 use drpilot_shared::metrics::{self, Sample};
@@ -170,7 +171,9 @@ impl Teardown {
         store.put_phase(&receipt).await?;
         metrics?;
         info!(run_id = %summary.run_id, status = ?summary.status, rto_seconds = ?summary.rto_seconds, rpo_seconds = ?summary.rpo_seconds, "run summary written");
+        let notice = notice(&summary, &store.run_dir(&known.run_id)?);
         Ok(TeardownOutput {
+            notice,
             run_id: summary.run_id,
             status: summary.status,
             summary: Some(details.summary),
@@ -404,6 +407,36 @@ fn summarize(
     })
 }
 
+/// The run in plain sentences for the end-of-run notification: how it ended (the failed
+/// phase, the error's name and message), RTO and RPO against their targets, what
+/// happened to the staging, and where the receipts are.
+fn notice(summary: &RunSummary, receipts: &S3Uri) -> String {
+    let run = format!("drpilot {} {}", summary.mode, summary.run_id);
+    let outcome = match (&summary.status, &summary.failure) {
+        (RunStatus::Succeeded, _) if summary.promoted => {
+            format!("{run} succeeded: the backup was promoted into root/.")
+        }
+        (RunStatus::Succeeded, _) => format!("{run} succeeded; nothing was promoted."),
+        (RunStatus::Failed, Some(f)) => format!(
+            "{run} FAILED in {}: {}: {}.",
+            f.phase.map_or("the run", |p| p.as_str()),
+            f.error,
+            readable_cause(&f.cause)
+        ),
+        (RunStatus::Failed, None) => format!("{run} FAILED."),
+    };
+    let staging = if summary.torn_down {
+        "deleted"
+    } else {
+        "held for inspection"
+    };
+    format!(
+        "{outcome} RTO {}, RPO {}. Staging {staging}. Receipts: {receipts}",
+        summary.rto.describe(),
+        summary.rpo.describe()
+    )
+}
+
 fn failed_here(request: &TeardownRequest, phase: Phase) -> bool {
     request.failure.as_ref().is_some_and(|f| f.phase == phase)
 }
@@ -589,6 +622,42 @@ mod tests {
         assert!(!summary.promoted && !summary.torn_down);
         assert_eq!(summary.manual_interventions, 1);
         assert_eq!(summary.approver.as_deref(), Some("bob"));
+    }
+
+    #[test]
+    fn the_notice_is_plain_sentences_with_the_receipts() {
+        let mut receipts = through_parity();
+        receipts.push(receipt(
+            Phase::Promote,
+            PhaseStatus::Success,
+            42,
+            promoted("alice"),
+        ));
+        let request = TeardownRequest::default();
+        let summary = summarize(&known(), &request, &profile(), &receipts, true, at(50)).unwrap();
+        let dir = uri("s3://target-data/drpilot/receipts/runs/run-1/");
+        assert_eq!(
+            notice(&summary, &dir),
+            "drpilot drill run-1 succeeded: the backup was promoted into root/. RTO 42.0 s (target 3600 s, met), RPO 7200.0 s (target 86400 s, met). Staging deleted. Receipts: s3://target-data/drpilot/receipts/runs/run-1/"
+        );
+        let failed = RunSummary {
+            status: RunStatus::Failed,
+            failure: Some(Failure {
+                phase: Some(Phase::Restore),
+                error: "ContractError".into(),
+                cause: r#"{"errorType":"ContractError","errorMessage":"state.tar.zst: missing"}"#
+                    .into(),
+            }),
+            ..summary
+        };
+        let text = notice(&failed, &dir);
+        assert!(
+            text.starts_with(
+                "drpilot drill run-1 FAILED in restore: ContractError: state.tar.zst: missing."
+            ),
+            "{text}"
+        );
+        assert!(!text.contains('{'), "{text}");
     }
 
     #[test]
