@@ -20,7 +20,7 @@ pub use commands::local;
 pub use commands::receipts::{receipts, records, RunRecords};
 pub use commands::report::report;
 pub use commands::runs::{parse_since, runs, RunLine};
-pub use commands::start::{follow, start, Approver};
+pub use commands::start::{follow, start, Approver, StartFlags};
 pub use commands::status::status;
 pub use error::CliError;
 pub use output::{ExitStatus, Out};

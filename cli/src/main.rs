@@ -6,7 +6,7 @@ use clap::{Parser, Subcommand};
 use drpilot_cli::local::{self, DrillOptions};
 use drpilot_cli::{
     approve, deny, parse_since, receipts, report, runs, start, status, CliError, Ctx, ExitStatus,
-    Out,
+    Out, StartFlags,
 };
 
 /// drpilot: prove you can restore, and restore for real when it burns.
@@ -43,6 +43,8 @@ enum Command {
         /// Return once started instead of following the run.
         #[arg(long)]
         no_wait: bool,
+        #[command(flatten)]
+        flags: StartFlags,
     },
     /// A run's phases so far.
     Status { run: String },
@@ -117,6 +119,7 @@ async fn run(cli: Cli) -> Result<ExitStatus, CliError> {
             input,
             backup_uri,
             no_wait,
+            flags,
         } => {
             let progress = start(
                 &ctx().await,
@@ -125,6 +128,7 @@ async fn run(cli: Cli) -> Result<ExitStatus, CliError> {
                 backup_uri.as_deref(),
                 !no_wait,
                 None,
+                flags,
             )
             .await?;
             out.result(&progress);

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use drpilot_cli::history::fetch;
 use drpilot_cli::local::deploy_state_machine;
-use drpilot_cli::{approve, deny, follow, parse_since, records, runs, start, Ctx, Out};
+use drpilot_cli::{approve, deny, follow, parse_since, records, runs, start, Ctx, Out, StartFlags};
 use drpilot_shared::receipt::{PhaseStatus, RunStatus};
 use drpilot_shared::Phase;
 use drpilot_testkit::{
@@ -82,9 +82,17 @@ async fn start_run(ctx: &Ctx, input: Value) -> String {
     let tmp = TempDir::new("input");
     let path = tmp.path().join("input.json");
     std::fs::write(&path, input.to_string()).unwrap();
-    let p = start(ctx, PROFILE, Some(&path), None, false, None)
-        .await
-        .unwrap();
+    let p = start(
+        ctx,
+        PROFILE,
+        Some(&path),
+        None,
+        false,
+        None,
+        &StartFlags::full_drill(),
+    )
+    .await
+    .unwrap();
     p.execution_arn.rsplit(':').next().unwrap().to_owned()
 }
 
@@ -438,4 +446,72 @@ async fn a_second_concurrent_drill_is_refused_while_the_first_completes() {
         .get_text(TARGET_BUCKET, "locks/drill.lock")
         .await
         .is_none());
+}
+
+/// `drpilot start` refuses, before anything starts, a drill that may promote without
+/// `--allow-full-drill` and flags that contradict each other: exit code 2, the flags named.
+#[tokio::test]
+async fn start_flags_are_checked_before_anything_starts() {
+    let aws = LocalAws::start().await;
+    let tmp = TempDir::new("e2e-flags");
+    let ctx = stack(&aws, &tmp, false).await;
+    let drpilot = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_drpilot"))
+            .args(["--state-machine", MACHINE, "start", "--profile", PROFILE])
+            .args(args)
+            .env("AWS_ENDPOINT_URL", &aws.endpoint)
+            .env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing")
+            .env("AWS_REGION", "us-east-1")
+            .output()
+            .unwrap()
+    };
+    for (args, named) in [
+        (&["--no-wait"][..], &["--allow-full-drill"][..]),
+        (
+            &["--validate-only", "--start-at", "restore"][..],
+            &["--validate-only", "--start-at"][..],
+        ),
+        (
+            &["--mode", "recovery", "--auto-promote"][..],
+            &["--auto-promote"][..],
+        ),
+        (&["--profile-typo"][..], &["--profile-typo"][..]),
+    ] {
+        let out = drpilot(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        for flag in named {
+            assert!(stderr.contains(flag), "{args:?}: {stderr}");
+        }
+    }
+    let machine = ctx.state_machine_arn().await.unwrap();
+    let started = ctx
+        .sfn
+        .list_executions()
+        .state_machine_arn(machine)
+        .send()
+        .await
+        .unwrap();
+    assert!(started.executions().is_empty(), "nothing was started");
+
+    // Stopping before promotion needs no --allow-full-drill.
+    let out = drpilot(&[
+        "--stop-after",
+        "validate",
+        "--run-id",
+        "flags-1",
+        "--no-wait",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let done = finish(&ctx, "flags-1").await;
+    assert_eq!(
+        done.status, "SUCCEEDED",
+        "{:?} {:?}",
+        done.error, done.cause
+    );
 }

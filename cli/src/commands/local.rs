@@ -389,7 +389,16 @@ pub async fn drill(options: &DrillOptions, out: Out) -> Result<bool, CliError> {
     } else {
         Approver::Prompt
     };
-    let progress = crate::start(&ctx, PROFILE, None, Some(&backup), true, Some(&approver)).await?;
+    let progress = crate::start(
+        &ctx,
+        PROFILE,
+        None,
+        Some(&backup),
+        true,
+        Some(&approver),
+        &crate::StartFlags::full_drill(),
+    )
+    .await?;
     let run_id = progress
         .execution_arn
         .rsplit(':')

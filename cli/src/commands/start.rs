@@ -4,13 +4,120 @@
 use std::io::Write;
 use std::time::Duration;
 
-use drpilot_shared::input::{new_run_id, normalize, TriggerDefaults};
+use drpilot_shared::input::{new_run_id, normalize, Mode, Promotion, RunInput, TriggerDefaults};
 use drpilot_shared::profile::ProfileSource;
 use serde_json::{json, Value};
 
 use crate::commands::approve::{approve, deny};
 use crate::history::{self, fetch, readable_cause, Progress};
 use crate::{CliError, Ctx};
+
+/// The flags of `drpilot start` that mirror the runbook's steps; each overrides the same
+/// setting of `--input`.
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct StartFlags {
+    /// `drill` (the default) or `recovery`.
+    #[arg(long)]
+    pub mode: Option<String>,
+    /// The first phase to run (bringup always runs).
+    #[arg(long)]
+    pub start_at: Option<String>,
+    /// The last phase to run before teardown.
+    #[arg(long)]
+    pub stop_after: Option<String>,
+    /// Keep the staging after the run (`teardown: false`).
+    #[arg(long)]
+    pub hold: bool,
+    /// Only validate: `--start-at validate --stop-after validate`.
+    #[arg(long)]
+    pub validate_only: bool,
+    /// Verify what each phase would do; write nothing but receipts.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// With --allow-promote-bypass, a drill promotes without waiting for an approval.
+    #[arg(long)]
+    pub auto_promote: bool,
+    /// Allows --auto-promote's bypass (drills only).
+    #[arg(long)]
+    pub allow_promote_bypass: bool,
+    /// The run's id (default: <mode>-<time>-<random>).
+    #[arg(long)]
+    pub run_id: Option<String>,
+    /// Required for a drill that may promote staging into root/.
+    #[arg(long)]
+    pub allow_full_drill: bool,
+}
+
+impl StartFlags {
+    /// The flags of a run that may go all the way to promotion (the local drill).
+    pub fn full_drill() -> Self {
+        Self {
+            allow_full_drill: true,
+            ..Self::default()
+        }
+    }
+
+    /// Writes the flags into the input object; combinations that contradict each other
+    /// are usage errors naming the flags.
+    pub fn apply(&self, input: &mut serde_json::Map<String, Value>) -> Result<(), CliError> {
+        if self.validate_only && (self.start_at.is_some() || self.stop_after.is_some()) {
+            return Err(CliError::Usage(
+                "--validate-only runs validate alone: it cannot be combined with --start-at or --stop-after".into(),
+            ));
+        }
+        let mut set = |key: &str, value: Value| {
+            input.insert(key.to_owned(), value);
+        };
+        if let Some(mode) = &self.mode {
+            set("mode", json!(mode));
+        }
+        if let Some(run_id) = &self.run_id {
+            set("run_id", json!(run_id));
+        }
+        if self.validate_only {
+            set("start_at", json!("validate"));
+            set("stop_after", json!("validate"));
+        }
+        if let Some(phase) = &self.start_at {
+            set("start_at", json!(phase));
+        }
+        if let Some(phase) = &self.stop_after {
+            set("stop_after", json!(phase));
+        }
+        if self.hold {
+            set("teardown", json!(false));
+        }
+        for (flag, key) in [
+            (self.dry_run, "dry_run"),
+            (self.auto_promote, "auto_promote"),
+            (self.allow_promote_bypass, "allow_promote_bypass"),
+        ] {
+            if flag {
+                set(key, json!(true));
+            }
+        }
+        Ok(())
+    }
+
+    /// Refuses what the flags cannot mean for this (checked) input: `--auto-promote` in a
+    /// recovery, and a drill that may promote without `--allow-full-drill`.
+    pub fn check(&self, input: &RunInput) -> Result<(), CliError> {
+        if self.auto_promote && input.mode == Mode::Recovery {
+            return Err(CliError::Usage(
+                "--auto-promote is for drills: a recovery always waits for an approval with approver and ticket".into(),
+            ));
+        }
+        if input.mode == Mode::Drill
+            && input.promotion() != Promotion::Skip
+            && !self.allow_full_drill
+        {
+            return Err(CliError::Usage(
+                "this drill may promote staging into root/: pass --allow-full-drill, or stop before promotion (--stop-after parity-report, --validate-only, --dry-run)".into(),
+            ));
+        }
+        Ok(())
+    }
+}
 
 /// `drpilot start`: validates the input here (the same checks bringup makes), starts the
 /// execution named after the run id, and follows it unless `wait` is false.
@@ -21,6 +128,7 @@ pub async fn start(
     backup_uri: Option<&str>,
     wait: bool,
     approver: Option<&Approver>,
+    flags: &StartFlags,
 ) -> Result<Progress, CliError> {
     let mut input: Value = match input_file {
         Some(path) => {
@@ -40,8 +148,10 @@ pub async fn start(
     if let Some(uri) = backup_uri {
         object.insert("backup_uri".into(), json!(uri));
     }
+    flags.apply(object)?;
     // The same normalisation bringup makes: the run's settings, and `trigger` beside them.
     let checked = normalize(&input, &TriggerDefaults::default())?.input;
+    flags.check(&checked)?;
     // The profile must exist (and be valid) before a run is started for it: the error
     // names the SSM parameter it looked for.
     ProfileSource::from_env(ctx.aws.ssm.clone())
@@ -228,5 +338,78 @@ pub(crate) fn print_outcome(ctx: &Ctx, run_id: &str, progress: &Progress) {
                 .as_ref()
                 .map_or("not written".to_owned(), ToString::to_string)
         ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn input_with(flags: &StartFlags) -> Result<RunInput, CliError> {
+        let mut input = json!({"profile": "p", "mode": "drill"});
+        flags.apply(input.as_object_mut().unwrap())?;
+        let checked = normalize(&input, &TriggerDefaults::default())?.input;
+        flags.check(&checked)?;
+        Ok(checked)
+    }
+
+    #[test]
+    fn the_runbook_flags_become_the_input() {
+        let hold = StartFlags {
+            run_id: Some("dr-1".into()),
+            stop_after: Some("bringup".into()),
+            hold: true,
+            ..Default::default()
+        };
+        let input = input_with(&hold).unwrap();
+        assert_eq!(input.run_id.as_deref(), Some("dr-1"));
+        assert!(!input.teardown);
+        assert_eq!(input.promotion(), Promotion::Skip);
+        let validate = StartFlags {
+            validate_only: true,
+            ..Default::default()
+        };
+        let input = input_with(&validate).unwrap();
+        assert_eq!(input.start_at.as_str(), "validate");
+        assert_eq!(input.stop_after.as_str(), "validate");
+        let dry = StartFlags {
+            dry_run: true,
+            ..Default::default()
+        };
+        assert!(input_with(&dry).unwrap().dry_run);
+    }
+
+    #[test]
+    fn a_drill_that_may_promote_needs_allow_full_drill() {
+        let err = input_with(&StartFlags::default()).unwrap_err().to_string();
+        assert!(err.contains("--allow-full-drill"), "{err}");
+        assert!(input_with(&StartFlags::full_drill()).is_ok());
+    }
+
+    #[test]
+    fn contradicting_flags_are_usage_errors_naming_them() {
+        let both = StartFlags {
+            validate_only: true,
+            start_at: Some("restore".into()),
+            ..Default::default()
+        };
+        let err = input_with(&both).unwrap_err();
+        assert!(matches!(err, CliError::Usage(_)));
+        assert!(
+            err.to_string().contains("--validate-only") && err.to_string().contains("--start-at")
+        );
+        let recovery = StartFlags {
+            mode: Some("recovery".into()),
+            auto_promote: true,
+            ..Default::default()
+        };
+        let err = input_with(&recovery).unwrap_err().to_string();
+        assert!(err.contains("--auto-promote"), "{err}");
+        let bad_phase = StartFlags {
+            stop_after: Some("nowhere".into()),
+            ..StartFlags::full_drill()
+        };
+        let err = input_with(&bad_phase).unwrap_err().to_string();
+        assert!(err.contains("stop_after"), "{err}");
     }
 }
