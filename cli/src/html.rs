@@ -209,6 +209,7 @@ mod tests {
         RunSummary {
             run_id: "run-<1>".into(),
             mode: Mode::Drill,
+            dry_run: false,
             profile: "payments".into(),
             status: RunStatus::Failed,
             execution_arn: None,

@@ -515,3 +515,67 @@ async fn start_flags_are_checked_before_anything_starts() {
         done.error, done.cause
     );
 }
+
+/// A dry run of a full drill verifies the backup and writes nothing but receipts: both
+/// buckets are byte-identical afterwards outside the receipts, no lock is taken, and every
+/// receipt and the summary say it was a dry run.
+#[tokio::test]
+async fn a_dry_run_of_a_full_drill_leaves_every_bucket_as_it_was() {
+    let aws = LocalAws::start().await;
+    let tmp = TempDir::new("e2e-dry");
+    let ctx = stack(&aws, &tmp, false).await;
+    aws.put_text(TARGET_BUCKET, "root/existing.txt", "production")
+        .await;
+    let outside_receipts = |objects: Vec<(String, String, i64)>| -> Vec<(String, String, i64)> {
+        objects
+            .into_iter()
+            .filter(|(key, _, _)| !key.starts_with("drpilot/receipts/"))
+            .collect()
+    };
+    let target_before = outside_receipts(aws.snapshot(TARGET_BUCKET).await);
+    let backups_before = aws.snapshot(BACKUP_BUCKET).await;
+
+    let run = start_run(
+        &ctx,
+        json!({"mode": "drill", "run_id": "dry-1", "dry_run": true}),
+    )
+    .await;
+    let done = finish(&ctx, &run).await;
+    assert_eq!(
+        done.status, "SUCCEEDED",
+        "{:?} {:?}",
+        done.error, done.cause
+    );
+    assert!(
+        !done.steps.iter().any(|s| s.state == "RequestApproval"),
+        "a dry run never asks to promote"
+    );
+
+    assert_eq!(
+        outside_receipts(aws.snapshot(TARGET_BUCKET).await),
+        target_before
+    );
+    assert_eq!(aws.snapshot(BACKUP_BUCKET).await, backups_before);
+    let records = records(&ctx, &run).await.unwrap();
+    assert_eq!(records.phases.len(), 6);
+    assert!(
+        records.phases.iter().all(|r| r.dry_run),
+        "{:?}",
+        records.phases
+    );
+    let status_of = |phase| {
+        records
+            .phases
+            .iter()
+            .find(|r| r.phase == phase)
+            .unwrap()
+            .status
+    };
+    assert_eq!(status_of(Phase::Restore), PhaseStatus::Success);
+    assert_eq!(status_of(Phase::Validate), PhaseStatus::Skipped);
+    assert_eq!(status_of(Phase::ParityReport), PhaseStatus::Skipped);
+    assert_eq!(status_of(Phase::Promote), PhaseStatus::Skipped);
+    let summary = records.summary.unwrap();
+    assert!(summary.dry_run && !summary.promoted);
+    assert_eq!(summary.status, RunStatus::Succeeded);
+}

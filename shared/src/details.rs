@@ -36,7 +36,8 @@ pub struct BringupDetails {
     pub backup_created_at: DateTime<Utc>,
     pub lock: S3Uri,
     /// How the lock was taken: `Fresh`, `AlreadyOwned` (a retried bringup) or
-    /// `TakenOver` with the expired record it replaced.
+    /// `TakenOver` with the expired record it replaced; a dry run takes none and says who
+    /// holds it.
     pub lock_acquired: String,
     pub rpo_seconds_at_kickoff: f64,
 }

@@ -102,7 +102,7 @@ where
     record_run(&run.run_id, phase);
     let profile = profiles.load(&run.input.profile).await?;
     let store = run.receipts(s3, &profile);
-    let clock = PhaseClock::start(&run.run_id, phase, request.attempt());
+    let clock = PhaseClock::start(&run.run_id, phase, request.attempt()).dry_run(run.input.dry_run);
     if let Some(reason) = run.input.skip_reason(phase) {
         info!(%reason, "skipped");
         let receipt = clock.skipped(reason);

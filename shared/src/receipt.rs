@@ -34,6 +34,10 @@ pub struct PhaseReceipt {
     pub attempt: u32,
     /// Phase-specific facts: counts, bytes, URIs of large results.
     pub details: Value,
+    /// The run was a dry run: this phase verified and wrote nothing but receipts. Written
+    /// only when true, so every other receipt keeps the documented fields.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub dry_run: bool,
 }
 
 impl PhaseReceipt {
@@ -74,6 +78,7 @@ pub struct PhaseClock {
     phase: Phase,
     attempt: u32,
     started_at: DateTime<Utc>,
+    dry_run: bool,
 }
 
 impl PhaseClock {
@@ -83,7 +88,14 @@ impl PhaseClock {
             phase,
             attempt: attempt.max(1),
             started_at: Utc::now(),
+            dry_run: false,
         }
+    }
+
+    /// Marks the receipts of a dry run.
+    pub fn dry_run(mut self, dry_run: bool) -> Self {
+        self.dry_run = dry_run;
+        self
     }
 
     pub fn started_at(&self) -> DateTime<Utc> {
@@ -135,6 +147,7 @@ impl PhaseClock {
             duration_ms,
             attempt: self.attempt,
             details,
+            dry_run: self.dry_run,
         }
     }
 }
@@ -155,6 +168,10 @@ pub struct PhaseOutcome {
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
     pub duration_ms: Option<u64>,
+}
+
+fn is_false(value: &bool) -> bool {
+    !value
 }
 
 /// A duration in seconds with millisecond precision, as receipts and summaries record
@@ -209,6 +226,10 @@ impl Objective {
 pub struct RunSummary {
     pub run_id: String,
     pub mode: Mode,
+    /// A dry run: every phase verified what it would do and wrote nothing but receipts
+    /// (written only when true).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub dry_run: bool,
     pub profile: String,
     pub status: RunStatus,
     pub execution_arn: Option<String>,

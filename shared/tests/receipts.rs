@@ -89,6 +89,7 @@ async fn the_summary_has_every_design_field() {
     let summary = RunSummary {
         run_id: "run-2".into(),
         mode: Mode::Drill,
+        dry_run: false,
         profile: "payments".into(),
         status: RunStatus::Succeeded,
         execution_arn: Some("arn:aws:states:us-east-1:123456789012:execution:drill:run-2".into()),

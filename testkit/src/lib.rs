@@ -422,6 +422,30 @@ impl LocalAws {
     }
 
     /// Every key under `prefix`, sorted.
+    /// Every object of `bucket` as (key, ETag, size), sorted: equal snapshots mean the
+    /// bucket was left as it was.
+    pub async fn snapshot(&self, bucket: &str) -> Vec<(String, String, i64)> {
+        let mut objects = Vec::new();
+        let mut pages = self
+            .s3()
+            .list_objects_v2()
+            .bucket(bucket)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.unwrap_or_else(|e| panic!("list s3://{bucket}: {e:?}"));
+            objects.extend(page.contents().iter().map(|o| {
+                (
+                    o.key().unwrap_or_default().to_owned(),
+                    o.e_tag().unwrap_or_default().to_owned(),
+                    o.size().unwrap_or_default(),
+                )
+            }));
+        }
+        objects.sort();
+        objects
+    }
+
     pub async fn keys(&self, bucket: &str, prefix: &str) -> Vec<String> {
         let mut keys = Vec::new();
         let mut pages = self

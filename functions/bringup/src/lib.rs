@@ -85,7 +85,7 @@ impl Bringup {
             }
         };
         drpilot_shared::phase::record_run(&run_id, Phase::Bringup);
-        let clock = PhaseClock::start(&run_id, Phase::Bringup, 1);
+        let clock = PhaseClock::start(&run_id, Phase::Bringup, 1).dry_run(input.dry_run);
         let profile = self.profiles.load(&input.profile).await?;
         self.guard_account(&profile, function_arn).await?;
 
@@ -98,9 +98,18 @@ impl Bringup {
         let lock = RunLock::new(self.clients.s3.clone(), profile.target.lock());
         let ttl =
             Duration::seconds(i64::try_from(profile.lock_ttl_seconds).unwrap_or(i64::MAX / 2));
-        let acquired = lock
-            .acquire(&run_id, request.execution.arn.as_deref(), ttl)
-            .await?;
+        // A dry run changes nothing, the lock included: it only says who holds it.
+        let acquired = if input.dry_run {
+            match lock.read().await? {
+                Some((holder, _)) => format!("not taken (dry run); held by run {}", holder.run_id),
+                None => "not taken (dry run); free".to_owned(),
+            }
+        } else {
+            let acquired = lock
+                .acquire(&run_id, request.execution.arn.as_deref(), ttl)
+                .await?;
+            format!("{acquired:?}")
+        };
 
         let run = RunContext {
             run_id: run_id.clone(),
@@ -122,7 +131,7 @@ impl Bringup {
             backup_id: run.backup.backup_id.clone(),
             backup_created_at: run.backup.created_at,
             lock: lock.uri().clone(),
-            lock_acquired: format!("{acquired:?}"),
+            lock_acquired: acquired,
             rpo_seconds_at_kickoff: seconds(run.kickoff_at - run.backup.created_at),
         };
         run.receipts(&self.clients.s3, &profile)

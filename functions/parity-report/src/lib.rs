@@ -116,6 +116,11 @@ impl ParityReporter {
             Rerun::StartOver,
             async |ctx: &PhaseRun<'_>| {
                 let (run, profile) = (ctx.run, ctx.profile);
+                if run.input.dry_run {
+                    return Ok(Outcome::Skipped(
+                        "dry_run: nothing was staged to compare".to_owned(),
+                    ));
+                }
                 let dir = ctx.store.run_dir(&run.run_id)?.join("parity")?;
                 let staging = profile.target.staging(&run.run_id)?;
                 let report = self

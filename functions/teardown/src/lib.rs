@@ -124,7 +124,8 @@ impl Teardown {
             return Ok(TeardownOutput::untouched(known.run_id, failure));
         };
         let store = ReceiptStore::new(self.clients.s3.clone(), profile.receipts.clone());
-        let clock = PhaseClock::start(&known.run_id, Phase::Teardown, 1);
+        let clock =
+            PhaseClock::start(&known.run_id, Phase::Teardown, 1).dry_run(known.input.dry_run);
         // Whatever else a previous attempt did, metrics it put stay put: never twice.
         let metrics_already_published = store
             .get_phase(&known.run_id, Phase::Teardown)
@@ -379,6 +380,7 @@ fn summarize(
     Ok(RunSummary {
         run_id: known.run_id.clone(),
         mode: known.input.mode,
+        dry_run: known.input.dry_run,
         profile: known.input.profile.clone(),
         status: if failure.is_some() {
             RunStatus::Failed
@@ -443,7 +445,7 @@ fn failed_here(request: &TeardownRequest, phase: Phase) -> bool {
 
 /// The receipt for a phase that left none: failed (per the Catch), or skipped with why.
 fn synthesize(known: &Known, request: &TeardownRequest, phase: Phase) -> PhaseReceipt {
-    let clock = PhaseClock::start(&known.run_id, phase, 1);
+    let clock = PhaseClock::start(&known.run_id, phase, 1).dry_run(known.input.dry_run);
     if let Some(f) = request.failure.as_ref().filter(|f| f.phase == phase) {
         return clock.finish(
             PhaseStatus::Failed,
@@ -530,6 +532,7 @@ mod tests {
             duration_ms: 1_000,
             attempt: 1,
             details,
+            dry_run: false,
         }
     }
 
