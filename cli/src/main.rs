@@ -81,10 +81,27 @@ enum Command {
         #[arg(long)]
         html: Option<PathBuf>,
     },
+    /// Backups: verify one in S3 without restoring it.
+    Backup {
+        #[command(subcommand)]
+        command: BackupCommand,
+    },
     /// The local stack: up, down, or a full drill on it.
     Local {
         #[command(subcommand)]
         command: LocalCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum BackupCommand {
+    /// Check a backup in place (contract, sizes, SHA-256, archive structure) and, with
+    /// --profile, its age against the RPO target; writes nothing.
+    Verify {
+        /// The backup's location, s3://bucket/prefix/.
+        uri: String,
+        #[arg(long)]
+        profile: Option<String>,
     },
 }
 
@@ -173,6 +190,15 @@ async fn run(cli: Cli) -> Result<ExitStatus, CliError> {
             let records = report(&ctx().await, run, html.as_deref()).await?;
             out.result(&records.summary);
             Ok(ExitStatus::Success)
+        }
+        Command::Backup {
+            command: BackupCommand::Verify { uri, profile },
+        } => {
+            let (check, status) =
+                drpilot_cli::commands::backup::verify(&ctx().await, uri, profile.as_deref())
+                    .await?;
+            out.result(&check);
+            Ok(status)
         }
         Command::Local { command } => match command {
             LocalCommand::Up => local::up(out).await.map(|()| ExitStatus::Success),

@@ -579,3 +579,40 @@ async fn a_dry_run_of_a_full_drill_leaves_every_bucket_as_it_was() {
     assert!(summary.dry_run && !summary.promoted);
     assert_eq!(summary.status, RunStatus::Succeeded);
 }
+
+/// `drpilot backup verify` checks a backup in place: a sound one exits 0 with its archives'
+/// reports and its age against the profile's RPO; a corrupted one exits 1 with the error
+/// name restore would give. Nothing is written either way.
+#[tokio::test]
+async fn backup_verify_reports_sound_and_corrupted_backups() {
+    let aws = LocalAws::start().await;
+    for (broken, code, error) in [(false, 0, None), (true, 1, Some("IntegrityError"))] {
+        let tmp = TempDir::new("e2e-verify");
+        let _ctx = stack(&aws, &tmp, broken).await;
+        let target_before = aws.snapshot(TARGET_BUCKET).await;
+        let uri = format!("s3://{BACKUP_BUCKET}/{BACKUP_PREFIX}b1/");
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_drpilot"))
+            .args(["--json", "backup", "verify", &uri, "--profile", PROFILE])
+            .env("AWS_ENDPOINT_URL", &aws.endpoint)
+            .env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing")
+            .env("AWS_REGION", "us-east-1")
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "{} {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let check: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(check["ok"], !broken, "{check}");
+        assert_eq!(check["error"].as_str(), error, "{check}");
+        if !broken {
+            assert_eq!(check["verified"]["state"]["files"], 30, "{check}");
+            assert_eq!(check["age"]["met"], true, "{check}");
+        }
+        assert_eq!(aws.snapshot(TARGET_BUCKET).await, target_before);
+    }
+}

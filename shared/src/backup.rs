@@ -7,7 +7,9 @@ use aws_sdk_s3::operation::head_object::HeadObjectError;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::archive::{unpack, ArchiveReport, Discard};
 use crate::error::{decode_slice, Error, Result};
+use crate::objects::{object_size, open, pump_body};
 use crate::s3uri::S3Uri;
 
 pub const FORMAT_V1: &str = "drpilot.backup/v1";
@@ -146,7 +148,7 @@ pub async fn inspect(
 
 /// Reads an object that must be small, refusing one larger than `limit` before reading it.
 pub async fn read_small(s3: &aws_sdk_s3::Client, uri: &S3Uri, limit: usize) -> Result<Vec<u8>> {
-    let (body, length) = crate::objects::open(s3, uri).await?;
+    let (body, length) = open(s3, uri).await?;
     if length > limit as u64 {
         return Err(Error::contract(format!(
             "{uri}: {length} bytes, more than the {limit} allowed"
@@ -158,4 +160,82 @@ pub async fn read_small(s3: &aws_sdk_s3::Client, uri: &S3Uri, limit: usize) -> R
         .map_err(|e| Error::retryable(format!("reading {uri}: {e}")))?
         .into_bytes();
     Ok(bytes.to_vec())
+}
+
+/// What [`verify`] found: the backup, its metadata, and each archive's report.
+#[derive(Clone, Debug, Serialize)]
+pub struct Verified {
+    pub backup: BackupRef,
+    pub backup_id: String,
+    pub manifests: ArchiveReport,
+    pub state: ArchiveReport,
+}
+
+/// Verifies a backup in place, writing nothing: the contract (`metadata.json` and the
+/// three objects), each archive's size, and both archives streamed through every check
+/// restore makes (SHA-256, zstd, tar entries, duplicates). Errors are the ones restore
+/// would raise (`ContractError`, `IntegrityError`).
+pub async fn verify(s3: &aws_sdk_s3::Client, backup_uri: &S3Uri) -> Result<Verified> {
+    let (backup, meta) = inspect(s3, backup_uri).await?;
+    for name in [STATE, MANIFESTS] {
+        check_size(s3, &backup.uri, name, meta.artifact(name)).await?;
+    }
+    let manifests = verify_artifact(s3, &backup.uri, MANIFESTS, meta.artifact(MANIFESTS)).await?;
+    let state = verify_artifact(s3, &backup.uri, STATE, meta.artifact(STATE)).await?;
+    Ok(Verified {
+        backup,
+        backup_id: meta.backup_id,
+        manifests,
+        state,
+    })
+}
+
+/// The artifact's size in S3 against the size `metadata.json` declares, before reading a
+/// byte of it.
+pub async fn check_size(
+    s3: &aws_sdk_s3::Client,
+    backup: &S3Uri,
+    name: &str,
+    expected: &Artifact,
+) -> Result<()> {
+    let size = object_size(s3, &artifact_uri(backup, name)?).await?;
+    if size != expected.size {
+        return Err(Error::integrity(format!(
+            "{name}: size is {size} bytes, metadata.json says {}",
+            expected.size
+        )));
+    }
+    Ok(())
+}
+
+/// Streams an artifact through the unpacker into nothing: every check, no writes.
+pub async fn verify_artifact(
+    s3: &aws_sdk_s3::Client,
+    backup: &S3Uri,
+    name: &str,
+    expected: &Artifact,
+) -> Result<ArchiveReport> {
+    let uri = artifact_uri(backup, name)?;
+    let (reader, pump) = pump_body(open(s3, &uri).await?.0, uri.to_string());
+    let name = name.to_owned();
+    let expected = expected.clone();
+    let report = tokio::task::spawn_blocking(move || {
+        unpack(
+            &name,
+            reader,
+            &expected,
+            &mut Discard::detecting_duplicates(),
+        )
+    })
+    .await
+    .map_err(Error::from)?;
+    pump.abort();
+    report
+}
+
+/// `<backup>/<name>`.
+pub fn artifact_uri(backup: &S3Uri, name: &str) -> Result<S3Uri> {
+    backup
+        .join(name)
+        .map_err(|e| Error::contract(e.to_string()))
 }

@@ -1,6 +1,7 @@
 //! One module per command.
 
 pub mod approve;
+pub mod backup;
 pub mod local;
 pub mod receipts;
 pub mod report;

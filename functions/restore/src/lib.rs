@@ -10,11 +10,13 @@ pub mod staging;
 
 use aws_sdk_s3::primitives::ByteStream;
 use chrono::{DateTime, Utc};
-use drpilot_shared::backup::{self, Artifact, BackupMetadata, MANIFESTS, STATE};
+use drpilot_shared::backup::{
+    self, artifact_uri, check_size, verify_artifact, BackupMetadata, MANIFESTS, STATE,
+};
 use drpilot_shared::details::{ControlPlaneStaged, RestoreDetails};
 use drpilot_shared::error::decode_slice;
 use drpilot_shared::objects::put_json;
-use drpilot_shared::objects::{delete_prefix, object_size, open};
+use drpilot_shared::objects::{delete_prefix, open};
 use drpilot_shared::phase::{self, Outcome, PhaseRun, Rerun};
 use drpilot_shared::profile::{Profile, ProfileSource};
 use drpilot_shared::receipt;
@@ -27,7 +29,7 @@ use tokio::sync::mpsc;
 use tracing::info;
 
 use crate::staging::{pump_body, ChannelSink, EntryMessage, Tuning, Uploader};
-use drpilot_shared::archive::{unpack, ArchiveReport, Discard, RESERVED_PREFIX};
+use drpilot_shared::archive::{unpack, ArchiveReport, RESERVED_PREFIX};
 
 pub struct Restore {
     pub clients: AwsClients,
@@ -76,10 +78,10 @@ impl Restore {
             delete_prefix(s3, &staging).await?
         };
 
-        let manifests = self.verify_manifests(&backup.uri, &meta).await?;
+        let manifests =
+            verify_artifact(s3, &backup.uri, MANIFESTS, meta.artifact(MANIFESTS)).await?;
         let state = if dry_run {
-            self.verify_only(&backup.uri, STATE, meta.artifact(STATE))
-                .await?
+            verify_artifact(s3, &backup.uri, STATE, meta.artifact(STATE)).await?
         } else {
             self.stage_state(&backup.uri, &meta, &staging).await?
         };
@@ -115,40 +117,6 @@ impl Restore {
 
     async fn open(&self, uri: &S3Uri) -> Result<ByteStream> {
         Ok(open(&self.clients.s3, uri).await?.0)
-    }
-
-    async fn verify_manifests(
-        &self,
-        backup: &S3Uri,
-        meta: &BackupMetadata,
-    ) -> Result<ArchiveReport> {
-        self.verify_only(backup, MANIFESTS, meta.artifact(MANIFESTS))
-            .await
-    }
-
-    /// Streams an artifact through the unpacker into nothing: every check, no writes.
-    async fn verify_only(
-        &self,
-        backup: &S3Uri,
-        name: &str,
-        expected: &Artifact,
-    ) -> Result<ArchiveReport> {
-        let uri = artifact_uri(backup, name)?;
-        let (reader, pump) = pump_body(self.open(&uri).await?, uri.to_string());
-        let name = name.to_owned();
-        let expected = expected.clone();
-        let report = tokio::task::spawn_blocking(move || {
-            unpack(
-                &name,
-                reader,
-                &expected,
-                &mut Discard::detecting_duplicates(),
-            )
-        })
-        .await
-        .map_err(Error::from)?;
-        pump.abort();
-        report
     }
 
     async fn stage_state(
@@ -300,27 +268,4 @@ pub struct ControlPlanePointer {
     pub created_at: DateTime<Utc>,
     pub git_sha: String,
     pub image_ref_digest: String,
-}
-
-fn artifact_uri(backup: &S3Uri, name: &str) -> Result<S3Uri> {
-    backup
-        .join(name)
-        .map_err(|e| Error::contract(e.to_string()))
-}
-
-/// Compares the stored object's size with `metadata.json` before reading a byte of it.
-async fn check_size(
-    s3: &aws_sdk_s3::Client,
-    backup: &S3Uri,
-    name: &str,
-    expected: &Artifact,
-) -> Result<()> {
-    let size = object_size(s3, &artifact_uri(backup, name)?).await?;
-    if size != expected.size {
-        return Err(Error::integrity(format!(
-            "{name}: size is {size} bytes, metadata.json says {}",
-            expected.size
-        )));
-    }
-    Ok(())
 }

@@ -358,6 +358,22 @@ async fn adversarial_backups_fail_with_the_right_error_and_no_success_receipt() 
         (bad.make)(&src, &out);
         let backup_id = format!("bad{i}");
         publish(&aws, &out, &backup_id).await;
+        // `drpilot backup verify` finds the same fault with the same name, writing nothing.
+        let before = aws.snapshot(TARGET_BUCKET).await;
+        let uri: S3Uri = format!("s3://{BACKUP_BUCKET}/{BACKUP_PREFIX}{backup_id}/")
+            .parse()
+            .unwrap();
+        let verified = drpilot_shared::backup::verify(aws.s3(), &uri)
+            .await
+            .expect_err(bad.name);
+        assert_eq!(verified.kind, bad.kind, "{}: verify: {verified}", bad.name);
+        assert!(
+            verified.message.contains(bad.says),
+            "{}: verify: {verified} lacks {:?}",
+            bad.name,
+            bad.says
+        );
+        assert_eq!(aws.snapshot(TARGET_BUCKET).await, before, "{}", bad.name);
         let run_id = format!("run-bad{i}");
         let err = restorer(&aws)
             .handle(phase_request(&run_id, &backup_id))
