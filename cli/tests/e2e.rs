@@ -65,6 +65,17 @@ async fn stack_with_topic(
     ctx
 }
 
+/// The `drpilot` binary, talking to this test's emulator.
+fn drpilot(aws: &LocalAws) -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_drpilot"));
+    command
+        .env("AWS_ENDPOINT_URL", &aws.endpoint)
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_REGION", "us-east-1");
+    command
+}
+
 /// Waits until the run asks for approval (or ends).
 async fn until_waiting(ctx: &Ctx, run_id: &str) {
     let arn = ctx.execution_arn(run_id).await.unwrap();
@@ -143,13 +154,9 @@ async fn happy_path_is_promoted_after_approval() {
 
     // The binary: status exits 0 on a succeeded run; report writes one HTML page.
     let html = tmp.path().join("report.html");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_drpilot"))
+    let out = drpilot(&aws)
         .args(["--state-machine", MACHINE, "report", &run, "--html"])
         .arg(&html)
-        .env("AWS_ENDPOINT_URL", &aws.endpoint)
-        .env("AWS_ACCESS_KEY_ID", "testing")
-        .env("AWS_SECRET_ACCESS_KEY", "testing")
-        .env("AWS_REGION", "us-east-1")
         .output()
         .unwrap();
     assert!(
@@ -165,12 +172,8 @@ async fn happy_path_is_promoted_after_approval() {
     );
 
     // `drpilot runs --json` lists it from its summary; `--since` tomorrow lists nothing.
-    let listed = std::process::Command::new(env!("CARGO_BIN_EXE_drpilot"))
+    let listed = drpilot(&aws)
         .args(["--json", "runs", "--profile", PROFILE])
-        .env("AWS_ENDPOINT_URL", &aws.endpoint)
-        .env("AWS_ACCESS_KEY_ID", "testing")
-        .env("AWS_SECRET_ACCESS_KEY", "testing")
-        .env("AWS_REGION", "us-east-1")
         .output()
         .unwrap();
     assert!(
@@ -455,14 +458,10 @@ async fn start_flags_are_checked_before_anything_starts() {
     let aws = LocalAws::start().await;
     let tmp = TempDir::new("e2e-flags");
     let ctx = stack(&aws, &tmp, false).await;
-    let drpilot = |args: &[&str]| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_drpilot"))
+    let drpilot_start = |args: &[&str]| {
+        drpilot(&aws)
             .args(["--state-machine", MACHINE, "start", "--profile", PROFILE])
             .args(args)
-            .env("AWS_ENDPOINT_URL", &aws.endpoint)
-            .env("AWS_ACCESS_KEY_ID", "testing")
-            .env("AWS_SECRET_ACCESS_KEY", "testing")
-            .env("AWS_REGION", "us-east-1")
             .output()
             .unwrap()
     };
@@ -478,7 +477,7 @@ async fn start_flags_are_checked_before_anything_starts() {
         ),
         (&["--profile-typo"][..], &["--profile-typo"][..]),
     ] {
-        let out = drpilot(args);
+        let out = drpilot_start(args);
         assert_eq!(out.status.code(), Some(2), "{args:?}");
         let stderr = String::from_utf8_lossy(&out.stderr);
         for flag in named {
@@ -496,7 +495,7 @@ async fn start_flags_are_checked_before_anything_starts() {
     assert!(started.executions().is_empty(), "nothing was started");
 
     // Stopping before promotion needs no --allow-full-drill.
-    let out = drpilot(&[
+    let out = drpilot_start(&[
         "--stop-after",
         "validate",
         "--run-id",
@@ -591,12 +590,8 @@ async fn backup_verify_reports_sound_and_corrupted_backups() {
         let _ctx = stack(&aws, &tmp, broken).await;
         let target_before = aws.snapshot(TARGET_BUCKET).await;
         let uri = format!("s3://{BACKUP_BUCKET}/{BACKUP_PREFIX}b1/");
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_drpilot"))
+        let out = drpilot(&aws)
             .args(["--json", "backup", "verify", &uri, "--profile", PROFILE])
-            .env("AWS_ENDPOINT_URL", &aws.endpoint)
-            .env("AWS_ACCESS_KEY_ID", "testing")
-            .env("AWS_SECRET_ACCESS_KEY", "testing")
-            .env("AWS_REGION", "us-east-1")
             .output()
             .unwrap();
         assert_eq!(
