@@ -220,6 +220,35 @@ pub async fn upload_tree(
     Ok(count)
 }
 
+/// Calls `visit` with each "directory" directly under `prefix` (the common prefixes of a
+/// listing with delimiter `/`, as full locations ending in `/`), one page at a time, so
+/// memory does not grow with how many there are.
+pub async fn for_each_child_prefix(
+    s3: &aws_sdk_s3::Client,
+    prefix: &S3Uri,
+    mut visit: impl AsyncFnMut(S3Uri) -> Result<()>,
+) -> Result<()> {
+    let prefix = prefix.as_prefix();
+    let mut pages = s3
+        .list_objects_v2()
+        .bucket(&prefix.bucket)
+        .prefix(&prefix.key)
+        .delimiter("/")
+        .into_paginator()
+        .send();
+    while let Some(page) = pages.next().await {
+        let page = page.map_err(|e| Error::from_sdk(&format!("ListObjectsV2 {prefix}"), e))?;
+        for key in page.common_prefixes().iter().filter_map(|p| p.prefix()) {
+            visit(S3Uri {
+                bucket: prefix.bucket.clone(),
+                key: key.to_owned(),
+            })
+            .await?;
+        }
+    }
+    Ok(())
+}
+
 /// S3's most parts in one multipart upload.
 pub const MAX_PARTS: u64 = 10_000;
 

@@ -9,7 +9,7 @@ use serde_json::Value;
 use crate::details::PhaseDetails;
 use crate::error::{Error, Result};
 use crate::input::{Mode, Phase, Trigger};
-use crate::objects::{get_json, put_json};
+use crate::objects::{for_each_child_prefix, get_json, put_json};
 use crate::s3uri::S3Uri;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -336,25 +336,13 @@ impl ReceiptStore {
     pub async fn run_ids(&self) -> Result<Vec<String>> {
         let runs = self.base.join("runs")?.as_prefix();
         let mut ids = Vec::new();
-        let mut pages = self
-            .s3
-            .list_objects_v2()
-            .bucket(&runs.bucket)
-            .prefix(&runs.key)
-            .delimiter("/")
-            .into_paginator()
-            .send();
-        while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| Error::from_sdk(&format!("ListObjectsV2 {runs}"), e))?;
-            ids.extend(
-                page.common_prefixes()
-                    .iter()
-                    .filter_map(|p| p.prefix())
-                    .filter_map(|p| runs.strip(p))
-                    .map(|id| id.trim_end_matches('/').to_owned())
-                    .filter(|id| !id.is_empty()),
-            );
-        }
+        for_each_child_prefix(&self.s3, &runs, async |child| {
+            if let Some(id) = runs.strip(&child.key) {
+                ids.push(id.trim_end_matches('/').to_owned());
+            }
+            Ok(())
+        })
+        .await?;
         Ok(ids)
     }
 

@@ -7,6 +7,7 @@ use drpilot_shared::backup::{self, BackupRef};
 use drpilot_shared::details::BringupDetails;
 use drpilot_shared::input::{normalize, NameRule, TriggerDefaults};
 use drpilot_shared::lock::RunLock;
+use drpilot_shared::objects::for_each_child_prefix;
 use drpilot_shared::profile::ProfileSource;
 use drpilot_shared::receipt::{seconds, PhaseClock};
 use drpilot_shared::run::{ExecutionInfo, RunContext};
@@ -181,44 +182,32 @@ impl Bringup {
 /// The newest valid backup (by `metadata.json` `created_at`) under `prefix`. Invalid
 /// backups are skipped with a warning; only the best candidate is kept in memory.
 pub async fn newest_backup(s3: &aws_sdk_s3::Client, prefix: &S3Uri) -> Result<BackupRef> {
-    let prefix = prefix.as_prefix();
-    let mut pages = s3
-        .list_objects_v2()
-        .bucket(&prefix.bucket)
-        .prefix(&prefix.key)
-        .delimiter("/")
-        .into_paginator()
-        .send();
     let mut best: Option<BackupRef> = None;
     let mut skipped = 0usize;
-    while let Some(page) = pages.next().await {
-        let page = page.map_err(|e| Error::from_sdk(&format!("ListObjectsV2 {prefix}"), e))?;
-        for common in page.common_prefixes() {
-            let Some(key) = common.prefix() else { continue };
-            let candidate = S3Uri {
-                bucket: prefix.bucket.clone(),
-                key: key.to_owned(),
-            };
-            match backup::inspect(s3, &candidate).await {
-                Ok((found, _)) => {
-                    if best
-                        .as_ref()
-                        .is_none_or(|b| found.created_at > b.created_at)
-                    {
-                        best = Some(found);
-                    }
+    for_each_child_prefix(s3, prefix, async |candidate| {
+        match backup::inspect(s3, &candidate).await {
+            Ok((found, _)) => {
+                if best
+                    .as_ref()
+                    .is_none_or(|b| found.created_at > b.created_at)
+                {
+                    best = Some(found);
                 }
-                Err(err) if err.kind == ErrorKind::ContractError => {
-                    skipped += 1;
-                    warn!(backup = %candidate, error = %err, "skipping invalid backup");
-                }
-                Err(err) => return Err(err),
+                Ok(())
             }
+            Err(err) if err.kind == ErrorKind::ContractError => {
+                skipped += 1;
+                warn!(backup = %candidate, error = %err, "skipping invalid backup");
+                Ok(())
+            }
+            Err(err) => Err(err),
         }
-    }
+    })
+    .await?;
     best.ok_or_else(|| {
         Error::contract(format!(
-            "no valid backup under {prefix} ({skipped} invalid skipped)"
+            "no valid backup under {} ({skipped} invalid skipped)",
+            prefix.as_prefix()
         ))
     })
 }
