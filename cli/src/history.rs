@@ -251,13 +251,18 @@ fn read_events(progress: &mut Progress, events: &[HistoryEvent]) {
 /// The reason a phase gave for skipping, from its task's result (the Lambda invoke result,
 /// whose `Payload` is the phase's output).
 fn skip_reason(output: &str) -> Option<String> {
-    let value: Value = serde_json::from_str(output).ok()?;
-    let phase: PhaseOutput = serde_json::from_value(value.get("Payload")?.clone()).ok()?;
+    let phase: PhaseOutput = payload(output)?;
     (phase.status == PhaseStatus::Skipped).then(|| phase.reason.unwrap_or_default())
 }
 
-/// Bringup's state output: the Lambda invoke result, whose `Payload` is the run context.
+/// Bringup's state output: the run context.
 fn run_context(output: &str) -> Option<RunContext> {
+    payload(output)
+}
+
+/// What a Lambda task's function returned: the invoke result's `Payload` (or the output
+/// itself when a state passes only the payload on).
+fn payload<T: serde::de::DeserializeOwned>(output: &str) -> Option<T> {
     let value: Value = serde_json::from_str(output).ok()?;
     let payload = value.get("Payload").cloned().unwrap_or(value);
     serde_json::from_value(payload).ok()

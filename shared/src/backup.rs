@@ -177,9 +177,7 @@ pub struct Verified {
 /// would raise (`ContractError`, `IntegrityError`).
 pub async fn verify(s3: &aws_sdk_s3::Client, backup_uri: &S3Uri) -> Result<Verified> {
     let (backup, meta) = inspect(s3, backup_uri).await?;
-    for name in [STATE, MANIFESTS] {
-        check_size(s3, &backup.uri, name, meta.artifact(name)).await?;
-    }
+    check_sizes(s3, &backup.uri, &meta).await?;
     let manifests = verify_artifact(s3, &backup.uri, MANIFESTS, meta.artifact(MANIFESTS)).await?;
     let state = verify_artifact(s3, &backup.uri, STATE, meta.artifact(STATE)).await?;
     Ok(Verified {
@@ -190,9 +188,20 @@ pub async fn verify(s3: &aws_sdk_s3::Client, backup_uri: &S3Uri) -> Result<Verif
     })
 }
 
-/// The artifact's size in S3 against the size `metadata.json` declares, before reading a
-/// byte of it.
-pub async fn check_size(
+/// Both archives' sizes in S3 against the sizes `metadata.json` declares, before reading a
+/// byte of either.
+pub async fn check_sizes(
+    s3: &aws_sdk_s3::Client,
+    backup: &S3Uri,
+    meta: &BackupMetadata,
+) -> Result<()> {
+    for name in [STATE, MANIFESTS] {
+        check_size(s3, backup, name, meta.artifact(name)).await?;
+    }
+    Ok(())
+}
+
+async fn check_size(
     s3: &aws_sdk_s3::Client,
     backup: &S3Uri,
     name: &str,

@@ -296,11 +296,6 @@ impl DecodeError {
             format!("{}: {}", self.path, self.error)
         }
     }
-
-    /// The field the document failed at (`.` for the top level).
-    pub fn path(&self) -> &str {
-        &self.path
-    }
 }
 
 /// Decodes `value` as `T`; `document` names it in the error.

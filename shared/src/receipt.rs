@@ -57,14 +57,6 @@ impl PhaseReceipt {
             .map_err(|e| Error::integrity(e.to_string()).with_source(e))
     }
 
-    /// The details of a successful receipt; `None` for any other status.
-    pub fn success_details<D: PhaseDetails>(&self) -> Result<Option<D>> {
-        match self.status {
-            PhaseStatus::Success => self.details().map(Some),
-            _ => Ok(None),
-        }
-    }
-
     /// The name of the error a failed receipt records (`details.error`).
     pub fn error_name(&self) -> Option<&str> {
         self.details.get("error").and_then(Value::as_str)

@@ -26,6 +26,23 @@ pub struct RunLine {
     pub promoted: Option<bool>,
 }
 
+impl RunLine {
+    /// A run with receipts but no summary: still running, or teardown never finished.
+    pub fn unfinished(run_id: String, profile: String) -> Self {
+        Self {
+            run_id,
+            profile,
+            mode: None,
+            trigger: None,
+            status: "unfinished",
+            kickoff_at: None,
+            rto: None,
+            rpo: None,
+            promoted: None,
+        }
+    }
+}
+
 /// `--since`: an RFC 3339 time, or a date (midnight UTC).
 pub fn parse_since(text: &str) -> Result<DateTime<Utc>, CliError> {
     if let Ok(at) = DateTime::parse_from_rfc3339(text) {
@@ -74,17 +91,7 @@ pub async fn runs(
                     rpo: Some(s.rpo),
                     promoted: Some(s.promoted),
                 },
-                None => RunLine {
-                    run_id,
-                    profile: name.clone(),
-                    mode: None,
-                    trigger: None,
-                    status: "unfinished",
-                    kickoff_at: None,
-                    rto: None,
-                    rpo: None,
-                    promoted: None,
-                },
+                None => RunLine::unfinished(run_id, name.clone()),
             };
             let recent = match (since, line.kickoff_at) {
                 (Some(since), Some(at)) => at >= since,
@@ -153,17 +160,7 @@ mod tests {
 
     #[test]
     fn an_unfinished_run_is_a_line_of_dashes() {
-        let line = RunLine {
-            run_id: "r-1".into(),
-            profile: "p".into(),
-            mode: None,
-            trigger: None,
-            status: "unfinished",
-            kickoff_at: None,
-            rto: None,
-            rpo: None,
-            promoted: None,
-        };
+        let line = RunLine::unfinished("r-1".into(), "p".into());
         let text = describe(&line);
         assert!(text.starts_with("-  unfinished"), "{text}");
         assert!(

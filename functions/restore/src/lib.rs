@@ -11,7 +11,7 @@ pub mod staging;
 use aws_sdk_s3::primitives::ByteStream;
 use chrono::{DateTime, Utc};
 use drpilot_shared::backup::{
-    self, artifact_uri, check_size, verify_artifact, BackupMetadata, MANIFESTS, STATE,
+    self, artifact_uri, verify_artifact, BackupMetadata, MANIFESTS, STATE,
 };
 use drpilot_shared::details::{ControlPlaneStaged, RestoreDetails};
 use drpilot_shared::error::decode_slice;
@@ -67,9 +67,7 @@ impl Restore {
         let s3 = &self.clients.s3;
         let started = Utc::now();
         let (backup, meta) = backup::inspect(s3, &run.backup.uri).await?;
-        for name in [STATE, MANIFESTS] {
-            check_size(s3, &backup.uri, name, meta.artifact(name)).await?;
-        }
+        backup::check_sizes(s3, &backup.uri, &meta).await?;
         let staging = profile.target.staging(&run.run_id)?;
         let dry_run = run.input.dry_run;
         let cleared = if dry_run {
