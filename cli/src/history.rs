@@ -113,6 +113,8 @@ pub struct Progress {
     pub waiting_for_approval: bool,
     /// The approval request's message, while waiting.
     pub approval_message: Option<String>,
+    /// The execution's input, as it was started.
+    pub input: Option<Value>,
     /// Bringup's output (the run context), once bringup succeeded.
     pub run: Option<RunContext>,
     /// The execution's output (teardown's answer), once it succeeded.
@@ -162,6 +164,7 @@ pub async fn fetch(sfn: &aws_sdk_sfn::Client, execution_arn: &str) -> Result<Pro
         output: described
             .output()
             .and_then(|o| serde_json::from_str(o).ok()),
+        input: described.input().and_then(|i| serde_json::from_str(i).ok()),
         error: described.error().map(str::to_owned),
         cause: described.cause().map(str::to_owned),
         ..Default::default()

@@ -1,20 +1,12 @@
 //! The run report: a few lines of text, or one self-contained HTML page (inline CSS, no
 //! external assets) with the phase timeline, RTO/RPO against targets, parity and approval.
 
-use drpilot_shared::receipt::{Objective, PhaseReceipt, PhaseStatus, RunStatus, RunSummary};
+use drpilot_shared::receipt::{Objective, PhaseReceipt, RunStatus, RunSummary};
 
 use crate::CliError;
 
 fn seconds(v: Option<f64>) -> String {
     v.map_or("not measured".to_owned(), |s| format!("{s:.1} s"))
-}
-
-fn status(s: PhaseStatus) -> &'static str {
-    match s {
-        PhaseStatus::Success => "success",
-        PhaseStatus::Failed => "failed",
-        PhaseStatus::Skipped => "skipped",
-    }
 }
 
 pub fn text_report(s: &RunSummary) -> Vec<String> {
@@ -45,10 +37,20 @@ pub fn text_report(s: &RunSummary) -> Vec<String> {
         lines.push(format!(
             "  {:<14} {:<8} {:>9}  {}",
             p.phase.as_str(),
-            status(p.status),
+            p.status.as_str(),
             p.duration_ms.map_or(String::new(), |ms| format!("{ms} ms")),
             p.reason.as_deref().unwrap_or("")
         ));
+    }
+    if s.executions.len() > 1 {
+        for e in &s.executions {
+            lines.push(format!(
+                "  execution {:<20} {:<28} {}",
+                e.name.as_deref().unwrap_or("-"),
+                e.window(),
+                e.ended()
+            ));
+        }
     }
     if let Some(f) = &s.failure {
         lines.push(format!(
@@ -83,6 +85,15 @@ struct ReportPage<'a> {
     rows: Vec<PhaseRow>,
     torn_down: bool,
     execution: &'a str,
+    /// The run's executions, when it took more than one.
+    executions: Vec<ExecutionRow>,
+}
+
+struct ExecutionRow {
+    name: String,
+    started: String,
+    window: String,
+    ended: String,
 }
 
 struct FailureLine {
@@ -143,7 +154,7 @@ pub fn render(s: &RunSummary, receipts: &[PhaseReceipt]) -> Result<String, CliEr
             };
             PhaseRow {
                 phase: p.phase.as_str(),
-                status: status(p.status),
+                status: p.status.as_str(),
                 duration: p
                     .duration_ms
                     .map_or(String::new(), |ms| format!("{:.2} s", ms as f64 / 1000.0)),
@@ -194,6 +205,19 @@ pub fn render(s: &RunSummary, receipts: &[PhaseReceipt]) -> Result<String, CliEr
         rows,
         torn_down: s.torn_down,
         execution: s.execution_arn.as_deref().unwrap_or("unknown"),
+        executions: if s.executions.len() > 1 {
+            s.executions
+                .iter()
+                .map(|e| ExecutionRow {
+                    name: e.name.clone().unwrap_or_else(|| "-".to_owned()),
+                    started: e.started_at.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
+                    window: e.window(),
+                    ended: e.ended(),
+                })
+                .collect()
+        } else {
+            Vec::new()
+        },
     };
     askama::Template::render(&page).map_err(|e| CliError::Io(format!("rendering the report: {e}")))
 }
@@ -202,7 +226,7 @@ pub fn render(s: &RunSummary, receipts: &[PhaseReceipt]) -> Result<String, CliEr
 mod tests {
     use super::*;
     use drpilot_shared::input::{Mode, Phase};
-    use drpilot_shared::receipt::{Failure, PhaseOutcome};
+    use drpilot_shared::receipt::{Failure, PhaseOutcome, PhaseStatus};
 
     fn summary() -> RunSummary {
         let kickoff = "2026-01-01T00:00:00Z".parse().unwrap();
@@ -236,6 +260,7 @@ mod tests {
             ticket: None,
             promoted: false,
             torn_down: true,
+            executions: Vec::new(),
             failure: Some(Failure {
                 phase: Some(Phase::Restore),
                 error: "ContractError".into(),
@@ -267,5 +292,50 @@ mod tests {
         // Restore ran for 5 s of a 10 s run, from its start.
         assert!(page.contains("margin-left:0.00%;width:50.00%"), "{page}");
         assert!(page.contains("not approved; nothing promoted"), "{page}");
+        assert!(!page.contains("Executions"), "one execution: no table");
+    }
+
+    #[test]
+    fn a_run_of_several_executions_lists_them() {
+        use drpilot_shared::input::{RunInput, Trigger};
+        use drpilot_shared::resume::{ExecutionEntry, ExecutionOutcome};
+        let mut s = summary();
+        let entry = |name: &str, start_at: Phase, failure: Option<Failure>| {
+            let mut input = RunInput::drill("payments");
+            input.start_at = start_at;
+            let mut e = ExecutionEntry::new(
+                Some(name.into()),
+                None,
+                s.kickoff_at,
+                &input,
+                Trigger::manual(),
+            );
+            e.outcome = Some(ExecutionOutcome {
+                status: if failure.is_some() {
+                    RunStatus::Failed
+                } else {
+                    RunStatus::Succeeded
+                },
+                failure,
+                torn_down: true,
+                finished_at: s.finished_at,
+            });
+            e
+        };
+        let failed = s.failure.clone();
+        s.executions = vec![
+            entry("run-1.1", Phase::Bringup, failed),
+            entry("run-1.2", Phase::Restore, None),
+        ];
+        let page = render(&s, &[]).unwrap();
+        assert!(page.contains("<h2>Executions</h2>"), "{page}");
+        assert!(
+            page.contains("<code>run-1.1</code>")
+                && page.contains("failed (ContractError in restore)"),
+            "{page}"
+        );
+        assert!(page.contains("restore..teardown"), "{page}");
+        let text = text_report(&s).join("\n");
+        assert!(text.contains("execution run-1.2"), "{text}");
     }
 }

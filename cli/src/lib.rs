@@ -13,14 +13,18 @@ pub mod html;
 pub mod output;
 
 use aws_config::BehaviorVersion;
+use drpilot_shared::resume::ExecutionName;
 use drpilot_shared::AwsClients;
+
+use crate::history::ExecutionState;
 
 pub use commands::approve::{approve, deny};
 pub use commands::local;
 pub use commands::receipts::{receipts, records, RunRecords};
 pub use commands::report::report;
+pub use commands::resume::{resume, ResumeFlags};
 pub use commands::runs::{parse_since, runs, RunLine};
-pub use commands::start::{follow, start, Approver, StartFlags};
+pub use commands::start::{follow, start, Approver, AttemptFlags, StartFlags};
 pub use commands::status::status;
 pub use error::CliError;
 pub use output::{ExitStatus, Out};
@@ -82,15 +86,87 @@ impl Ctx {
         )))
     }
 
-    /// `arn:…:stateMachine:NAME` + run → `arn:…:execution:NAME:RUN`.
+    /// The execution a command about `run` means: an execution ARN as given; a
+    /// numbered execution name (`RUN.2`) as named; otherwise the run's latest execution.
     pub async fn execution_arn(&self, run: &str) -> Result<String, CliError> {
         if run.starts_with("arn:") {
             return Ok(run.to_owned());
         }
+        if ExecutionName::parse(run).number.is_some() {
+            return self.arn_of(run).await;
+        }
+        let executions = self.run_executions(run).await?;
+        executions.last().map(|e| e.arn.clone()).ok_or_else(|| {
+            CliError::Usage(format!("no execution of run {run} in this state machine"))
+        })
+    }
+
+    /// Every execution of `run`, in order: `RUN` (a first execution not named by
+    /// drpilot, e.g. by an EventBridge rule) or `RUN.1`, then `RUN.2`, … up to the first
+    /// number that does not exist.
+    pub async fn run_executions(&self, run: &str) -> Result<Vec<RunExecution>, CliError> {
+        let mut found = Vec::new();
+        for (name, number) in [(run.to_owned(), 1), (ExecutionName::format(run, 1), 1)] {
+            if let Some(e) = self.describe(&name, number).await? {
+                found.push(e);
+            }
+        }
+        for number in 2.. {
+            match self
+                .describe(&ExecutionName::format(run, number), number)
+                .await?
+            {
+                Some(e) => found.push(e),
+                None => break,
+            }
+        }
+        Ok(found)
+    }
+
+    async fn arn_of(&self, name: &str) -> Result<String, CliError> {
         let machine = self.state_machine_arn().await?;
         Ok(format!(
-            "{}:{run}",
+            "{}:{name}",
             machine.replacen(":stateMachine:", ":execution:", 1)
         ))
     }
+
+    async fn describe(&self, name: &str, number: u32) -> Result<Option<RunExecution>, CliError> {
+        let arn = self.arn_of(name).await?;
+        match self
+            .sfn
+            .describe_execution()
+            .execution_arn(&arn)
+            .send()
+            .await
+        {
+            Ok(described) => Ok(Some(RunExecution {
+                name: name.to_owned(),
+                arn,
+                number,
+                state: ExecutionState::from(described.status()),
+                input: described.input().and_then(|i| serde_json::from_str(i).ok()),
+            })),
+            Err(err)
+                if err
+                    .as_service_error()
+                    .is_some_and(|e| e.is_execution_does_not_exist()) =>
+            {
+                Ok(None)
+            }
+            Err(err) => Err(CliError::aws(&format!("DescribeExecution {arn}"), err)),
+        }
+    }
+}
+
+/// One execution of a run.
+#[derive(Clone, Debug)]
+pub struct RunExecution {
+    pub name: String,
+    pub arn: String,
+    /// Its number in the run (an unnumbered first execution is 1).
+    pub number: u32,
+    pub state: ExecutionState,
+    /// The execution input it was started with.
+    pub input: Option<serde_json::Value>,
 }

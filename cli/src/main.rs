@@ -5,8 +5,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use drpilot_cli::local::{self, DrillOptions};
 use drpilot_cli::{
-    approve, deny, parse_since, receipts, report, runs, start, status, CliError, Ctx, ExitStatus,
-    Out, StartFlags,
+    approve, deny, parse_since, receipts, report, resume, runs, start, status, CliError, Ctx,
+    ExitStatus, Out, ResumeFlags, StartFlags,
 };
 
 /// drpilot: prove you can restore, and restore for real when it burns.
@@ -46,7 +46,17 @@ enum Command {
         #[command(flatten)]
         flags: StartFlags,
     },
-    /// A run's phases so far.
+    /// Continue a run in a new execution: from the phase that failed (or the first one
+    /// not done, or --from PHASE), reusing its held staging, receipts and lock.
+    Resume {
+        run: String,
+        /// Return once started instead of following the run.
+        #[arg(long)]
+        no_wait: bool,
+        #[command(flatten)]
+        flags: ResumeFlags,
+    },
+    /// A run's phases so far (its latest execution; RUN.N names one).
     Status { run: String },
     /// Approve a waiting run's promotion.
     Approve {
@@ -148,6 +158,17 @@ async fn run(cli: Cli) -> Result<ExitStatus, CliError> {
                 flags,
             )
             .await?;
+            out.result(&progress);
+            Ok(ExitStatus::success_if(
+                progress.succeeded() || (*no_wait && !progress.finished()),
+            ))
+        }
+        Command::Resume {
+            run,
+            no_wait,
+            flags,
+        } => {
+            let progress = resume(&ctx().await, run, flags, !no_wait, None).await?;
             out.result(&progress);
             Ok(ExitStatus::success_if(
                 progress.succeeded() || (*no_wait && !progress.finished()),

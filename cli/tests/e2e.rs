@@ -10,6 +10,7 @@ use drpilot_cli::history::fetch;
 use drpilot_cli::local::deploy_state_machine;
 use drpilot_cli::{approve, deny, follow, parse_since, records, runs, start, Ctx, Out, StartFlags};
 use drpilot_shared::receipt::{PhaseStatus, RunStatus};
+use drpilot_shared::resume::ExecutionName;
 use drpilot_shared::Phase;
 use drpilot_testkit::{
     corrupt_state_sha256, make_backup, sh, LocalAws, TempDir, BACKUP_BUCKET, BACKUP_PREFIX,
@@ -76,6 +77,22 @@ fn drpilot(aws: &LocalAws) -> std::process::Command {
     command
 }
 
+/// Runs `drpilot --state-machine MACHINE ARGS` to success and returns its stdout.
+fn drpilot_ok(aws: &LocalAws, args: &[&str]) -> String {
+    let out = drpilot(aws)
+        .args(["--state-machine", MACHINE])
+        .args(args)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{args:?}: {stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
 /// Waits until the run asks for approval (or ends).
 async fn until_waiting(ctx: &Ctx, run_id: &str) {
     let arn = ctx.execution_arn(run_id).await.unwrap();
@@ -104,7 +121,8 @@ async fn start_run(ctx: &Ctx, input: Value) -> String {
     )
     .await
     .unwrap();
-    p.execution_arn.rsplit(':').next().unwrap().to_owned()
+    let name = p.execution_arn.rsplit(':').next().unwrap();
+    ExecutionName::parse(name).run_id
 }
 
 async fn finish(ctx: &Ctx, run_id: &str) -> drpilot_cli::history::Progress {
@@ -146,7 +164,7 @@ async fn happy_path_is_promoted_after_approval() {
     assert!(audit["execution_arn"]
         .as_str()
         .unwrap()
-        .ends_with(":happy-1"));
+        .ends_with(":happy-1.1"));
     assert!(aws
         .get_text(TARGET_BUCKET, "locks/drill.lock")
         .await
@@ -154,16 +172,7 @@ async fn happy_path_is_promoted_after_approval() {
 
     // The binary: status exits 0 on a succeeded run; report writes one HTML page.
     let html = tmp.path().join("report.html");
-    let out = drpilot(&aws)
-        .args(["--state-machine", MACHINE, "report", &run, "--html"])
-        .arg(&html)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    drpilot_ok(&aws, &["report", &run, "--html", html.to_str().unwrap()]);
     let page = std::fs::read_to_string(&html).unwrap();
     assert!(page.contains("happy-1") && page.contains("alice") && page.contains("RTO"));
     assert!(
@@ -172,17 +181,8 @@ async fn happy_path_is_promoted_after_approval() {
     );
 
     // `drpilot runs --json` lists it from its summary; `--since` tomorrow lists nothing.
-    let listed = drpilot(&aws)
-        .args(["--json", "runs", "--profile", PROFILE])
-        .output()
-        .unwrap();
-    assert!(
-        listed.status.success(),
-        "{} {}",
-        String::from_utf8_lossy(&listed.stdout),
-        String::from_utf8_lossy(&listed.stderr)
-    );
-    let lines: Value = serde_json::from_slice(&listed.stdout).unwrap();
+    let listed = drpilot_ok(&aws, &["--json", "runs", "--profile", PROFILE]);
+    let lines: Value = serde_json::from_str(&listed).unwrap();
     assert_eq!(lines.as_array().map(Vec::len), Some(1), "{lines}");
     assert_eq!(lines[0]["run_id"], "happy-1");
     assert_eq!(lines[0]["status"], "succeeded");
@@ -476,6 +476,16 @@ async fn start_flags_are_checked_before_anything_starts() {
             &["--auto-promote"][..],
         ),
         (&["--profile-typo"][..], &["--profile-typo"][..]),
+        (
+            &[
+                "--no-retry",
+                "--max-attempts",
+                "3",
+                "--stop-after",
+                "validate",
+            ][..],
+            &["--no-retry", "--max-attempts"][..],
+        ),
     ] {
         let out = drpilot_start(args);
         assert_eq!(out.status.code(), Some(2), "{args:?}");
@@ -513,6 +523,13 @@ async fn start_flags_are_checked_before_anything_starts() {
         "{:?} {:?}",
         done.error, done.cause
     );
+    // Its run id names an existing run now: starting it again from bringup is refused
+    // with the way to continue it, and nothing starts.
+    let out = drpilot_start(&["--stop-after", "validate", "--run-id", "flags-1"]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("drpilot resume flags-1"), "{stderr}");
+    assert_eq!(ctx.run_executions("flags-1").await.unwrap().len(), 1);
 }
 
 /// A dry run of a full drill verifies the backup and writes nothing but receipts: both
@@ -610,4 +627,279 @@ async fn backup_verify_reports_sound_and_corrupted_backups() {
         }
         assert_eq!(aws.snapshot(TARGET_BUCKET).await, target_before);
     }
+}
+
+/// The runbook's cost-discipline sequence on one run id, one execution per step: bring up
+/// and hold, restore only, validate only, final teardown. The run's receipts come from
+/// all four; the staging lives from the restore to the final teardown and the lock from
+/// the bringup to it.
+#[tokio::test]
+async fn the_cost_discipline_sequence_runs_one_run_over_four_executions() {
+    let aws = LocalAws::start().await;
+    let tmp = TempDir::new("e2e-steps");
+    let ctx = stack(&aws, &tmp, false).await;
+    let lock_owner = || async {
+        aws.get_text(TARGET_BUCKET, "locks/drill.lock")
+            .await
+            .map(|text| serde_json::from_str::<Value>(&text).unwrap()["run_id"].clone())
+    };
+    let step = |args: &[&str]| drpilot_ok(&aws, args);
+
+    step(&[
+        "start",
+        "--profile",
+        PROFILE,
+        "--run-id",
+        "steps-1",
+        "--stop-after",
+        "bringup",
+        "--hold",
+    ]);
+    assert_eq!(
+        lock_owner().await,
+        Some(json!("steps-1")),
+        "bringup holds the lock"
+    );
+    let bringup = aws
+        .receipts()
+        .get_phase("steps-1", Phase::Bringup)
+        .await
+        .unwrap()
+        .unwrap();
+
+    let restored = step(&[
+        "start",
+        "--profile",
+        PROFILE,
+        "--run-id",
+        "steps-1",
+        "--start-at",
+        "restore",
+        "--stop-after",
+        "restore",
+        "--hold",
+    ]);
+    assert!(restored.contains("execution 2"), "{restored}");
+    assert_eq!(aws.keys(TARGET_BUCKET, "_staging/steps-1/").await.len(), 30);
+    assert_eq!(
+        lock_owner().await,
+        Some(json!("steps-1")),
+        "still the run's"
+    );
+
+    step(&[
+        "start",
+        "--profile",
+        PROFILE,
+        "--run-id",
+        "steps-1",
+        "--validate-only",
+        "--hold",
+    ]);
+    let validate = aws
+        .receipts()
+        .get_phase("steps-1", Phase::Validate)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(validate.status, PhaseStatus::Success);
+    // The restore receipt of the second execution stands through the third.
+    let restore = aws
+        .receipts()
+        .get_phase("steps-1", Phase::Restore)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(restore.status, PhaseStatus::Success);
+    assert!(restore.finished_at < validate.started_at);
+
+    let finished = step(&["resume", "steps-1", "--from", "teardown"]);
+    assert!(finished.contains("execution 4"), "{finished}");
+    assert!(
+        aws.keys(TARGET_BUCKET, "_staging/steps-1/")
+            .await
+            .is_empty(),
+        "staging gone"
+    );
+    assert_eq!(lock_owner().await, None, "lock released");
+    assert!(
+        aws.keys(TARGET_BUCKET, "root/").await.is_empty(),
+        "nothing promoted"
+    );
+
+    let rec = records(&ctx, "steps-1").await.unwrap();
+    let again = rec
+        .phases
+        .iter()
+        .find(|r| r.phase == Phase::Bringup)
+        .unwrap();
+    assert_eq!(again.started_at, bringup.started_at, "bringup ran once");
+    let summary = rec.summary.unwrap();
+    assert_eq!(summary.status, RunStatus::Succeeded);
+    assert!(summary.torn_down && !summary.promoted);
+    assert_eq!(summary.kickoff_at, rec.record.as_ref().unwrap().kickoff_at);
+    let names: Vec<_> = summary
+        .executions
+        .iter()
+        .map(|e| e.name.clone().unwrap())
+        .collect();
+    assert_eq!(names, ["steps-1.1", "steps-1.2", "steps-1.3", "steps-1.4"]);
+    assert!(summary.executions.iter().all(|e| e.outcome.is_some()));
+    assert_eq!(summary.executions.iter().filter(|e| e.hold).count(), 3);
+    let status = |phase: Phase| {
+        summary
+            .phases
+            .iter()
+            .find(|p| p.phase == phase)
+            .unwrap()
+            .status
+    };
+    for phase in [
+        Phase::Bringup,
+        Phase::Restore,
+        Phase::Validate,
+        Phase::Teardown,
+    ] {
+        assert_eq!(status(phase), PhaseStatus::Success, "{phase}");
+    }
+    assert_eq!(status(Phase::ParityReport), PhaseStatus::Skipped);
+    assert!(summary.rto_seconds.is_some(), "RTO measured to validation");
+
+    // Finished: a resume without --from has nothing to do.
+    let out = drpilot(&aws)
+        .args(["--state-machine", MACHINE, "resume", "steps-1"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nothing to resume"));
+}
+
+/// A restore that fails (its backup's recorded hash is wrong), is fixed, and is resumed:
+/// the new execution reruns restore and what follows, not bringup, and ends where an
+/// uninterrupted run ends. Validate cannot be resumed past the deleted staging.
+#[tokio::test]
+async fn a_failed_restore_is_fixed_and_resumed_without_rerunning_bringup() {
+    let aws = LocalAws::start().await;
+    let tmp = TempDir::new("e2e-resume");
+    let ctx = stack(&aws, &tmp, false).await;
+    let metadata_key = format!("{BACKUP_PREFIX}b1/metadata.json");
+    let good = aws.get_text(BACKUP_BUCKET, &metadata_key).await.unwrap();
+    let mut broken: Value = serde_json::from_str(&good).unwrap();
+    broken["artifacts"]["state.tar.zst"]["sha256"] = json!("0".repeat(64));
+    aws.put_text(BACKUP_BUCKET, &metadata_key, &broken.to_string())
+        .await;
+
+    let run = start_run(
+        &ctx,
+        json!({"run_id": "resume-1", "auto_promote": true, "allow_promote_bypass": true, "max_attempts": 1}),
+    )
+    .await;
+    let failed = finish(&ctx, &run).await;
+    assert_eq!(failed.status, "FAILED");
+    assert_eq!(failed.error.as_deref(), Some("IntegrityError"));
+    let bringup = aws
+        .receipts()
+        .get_phase(&run, Phase::Bringup)
+        .await
+        .unwrap()
+        .unwrap();
+
+    // Validate needs the staging the failed restore never made: `resume` refuses it
+    // before starting anything (exit 2), naming the phase to run first.
+    let refused = drpilot(&aws)
+        .args([
+            "--state-machine",
+            MACHINE,
+            "resume",
+            &run,
+            "--from",
+            "validate",
+            "--allow-full-drill",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("resume from restore"), "{stderr}");
+    assert_eq!(ctx.run_executions(&run).await.unwrap().len(), 1);
+    // Started anyway (as the console could), bringup refuses it and the execution's
+    // teardown leaves the run as it was.
+    start_run(
+        &ctx,
+        json!({"run_id": "resume-1", "start_at": "validate", "stop_after": "validate"}),
+    )
+    .await;
+    let second = finish(&ctx, &run).await;
+    assert_eq!(second.error.as_deref(), Some("InputError"));
+    let cause = second.cause.unwrap_or_default();
+    assert!(cause.contains("start at restore"), "{cause}");
+    let after_refusal = aws
+        .receipts()
+        .get_phase(&run, Phase::Bringup)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        after_refusal, bringup,
+        "a refused execution changes nothing"
+    );
+    let (record, _) = aws.receipts().get_record(&run).await.unwrap().unwrap();
+    assert_eq!(
+        record.executions.len(),
+        1,
+        "the refused execution is not the run's"
+    );
+
+    // Fixed; resumed from where it failed.
+    aws.put_text(BACKUP_BUCKET, &metadata_key, &good).await;
+    let stdout = drpilot_ok(&aws, &["resume", &run, "--allow-full-drill"]);
+    assert!(
+        stdout.contains("resuming run resume-1 from restore"),
+        "{stdout}"
+    );
+
+    let rec = records(&ctx, &run).await.unwrap();
+    let again = rec
+        .phases
+        .iter()
+        .find(|r| r.phase == Phase::Bringup)
+        .unwrap();
+    assert_eq!(*again, bringup, "bringup was not rerun");
+    let summary = rec.summary.unwrap();
+    assert_eq!(
+        summary.status,
+        RunStatus::Succeeded,
+        "{:?}",
+        summary.failure
+    );
+    assert!(summary.promoted && summary.torn_down);
+    assert!(summary
+        .phases
+        .iter()
+        .all(|p| p.status == PhaseStatus::Success));
+    assert_eq!(
+        summary.kickoff_at,
+        bringup.started_at.min(summary.kickoff_at)
+    );
+    let outcomes: Vec<_> = summary
+        .executions
+        .iter()
+        .map(|e| e.outcome.as_ref().unwrap().status)
+        .collect();
+    assert_eq!(outcomes, [RunStatus::Failed, RunStatus::Succeeded]);
+    // The end state of an uninterrupted run: root/ holds the backup, nothing else is left.
+    let root = aws.keys(TARGET_BUCKET, "root/").await;
+    assert_eq!(root.len(), 30);
+    assert_eq!(
+        aws.get_text(TARGET_BUCKET, "root/x/y/7.json")
+            .await
+            .as_deref(),
+        Some("record 7\n")
+    );
+    assert!(aws.keys(TARGET_BUCKET, "_staging/").await.is_empty());
+    assert!(aws
+        .get_text(TARGET_BUCKET, "locks/drill.lock")
+        .await
+        .is_none());
+    assert_eq!(aws.keys(TARGET_BUCKET, "audit/promotions/").await.len(), 1);
 }

@@ -166,15 +166,21 @@ impl PhaseDetails for PromoteDetails {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TeardownDetails {
     pub staging: S3Uri,
-    /// The input held the staging for inspection (`teardown: false`).
+    /// The input held the staging and the lock for the run's next execution
+    /// (`teardown: false`).
     pub held: bool,
-    /// Objects deleted from the staging; `null` when held.
+    /// Objects deleted from the staging; `null` when held or not touched (a dry run, a
+    /// failed bringup).
     pub staged_objects_deleted: Option<u64>,
     /// What happened to the run lock, in words.
     pub lock: String,
     pub summary: S3Uri,
-    /// Metrics are published once per run; a re-run reads this and does not repeat them.
+    /// Metrics are published by the execution that ends the run (not by one that holds
+    /// it); a re-run of that teardown reads this and does not repeat them.
     pub metrics_published: bool,
+    /// The execution whose teardown this is.
+    #[serde(default)]
+    pub execution: Option<String>,
 }
 
 impl PhaseDetails for TeardownDetails {

@@ -135,6 +135,22 @@ impl Error {
     pub fn retryable(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::Retryable, message)
     }
+    /// A `Retryable` failure at the run's last allowed attempt becomes a `ServiceError`
+    /// (which the state machine does not retry), saying so; anything else is unchanged.
+    pub fn at_attempt(self, attempt: u32, max_attempts: u32) -> Self {
+        if self.kind != ErrorKind::Retryable || attempt < max_attempts {
+            return self;
+        }
+        let message = format!(
+            "gave up at attempt {attempt} of {max_attempts} (max_attempts): {}",
+            self.message
+        );
+        Self {
+            kind: ErrorKind::ServiceError,
+            message,
+            source: self.source,
+        }
+    }
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::Internal, message)
     }
@@ -344,6 +360,22 @@ mod tests {
             "missing artifact"
         );
         assert_eq!(readable_cause("plain"), "plain");
+    }
+
+    #[test]
+    fn a_transient_failure_at_the_last_attempt_is_no_longer_retried() {
+        let slow = || Error::retryable("S3 SlowDown");
+        assert_eq!(slow().at_attempt(1, 3).kind, ErrorKind::Retryable);
+        let last = slow().at_attempt(3, 3);
+        assert_eq!(last.kind, ErrorKind::ServiceError);
+        assert!(last.message.contains("attempt 3 of 3") && last.message.contains("SlowDown"));
+        // --no-retry: the first attempt is the last.
+        assert_eq!(slow().at_attempt(1, 1).kind, ErrorKind::ServiceError);
+        let input = Error::input("bad").at_attempt(9, 1);
+        assert_eq!(
+            (input.kind, input.message.as_str()),
+            (ErrorKind::InputError, "bad")
+        );
     }
 
     #[test]

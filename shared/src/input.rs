@@ -186,6 +186,22 @@ pub struct RunInput {
     /// Check and report, change nothing outside the run's own receipts.
     #[serde(default)]
     pub dry_run: bool,
+    /// How many attempts a phase gets at a transient (`Retryable`) failure, the first
+    /// included: 1 (`--no-retry`) to [`MAX_ATTEMPTS`]. The state machine's retry count
+    /// is fixed when it is deployed, so the phases honour this one: at the last attempt
+    /// they report the failure as `ServiceError`, which the state machine does not retry.
+    #[serde(default = "default_attempts")]
+    pub max_attempts: u32,
+}
+
+/// Attempts at a transient failure when the input does not say (two retries).
+pub const DEFAULT_ATTEMPTS: u32 = 3;
+/// The most attempts an input may ask for: the state machine's `MaxAttempts` (2) plus
+/// the first try. The phases can give up sooner than the state machine, never later.
+pub const MAX_ATTEMPTS: u32 = 3;
+
+fn default_attempts() -> u32 {
+    DEFAULT_ATTEMPTS
 }
 
 fn default_true() -> bool {
@@ -216,6 +232,7 @@ impl RunInput {
             start_at: first_phase(),
             stop_after: last_phase(),
             dry_run: false,
+            max_attempts: DEFAULT_ATTEMPTS,
         }
     }
 
@@ -255,6 +272,13 @@ impl RunInput {
             return Err(Error::input(format!(
                 "start_at: {} comes after stop_after ({}); nothing would run",
                 self.start_at, self.stop_after
+            )));
+        }
+        if !(1..=MAX_ATTEMPTS).contains(&self.max_attempts) {
+            return Err(Error::input(format!(
+                "max_attempts: expected 1 to {MAX_ATTEMPTS} (the state machine retries a transient failure at most {} times), got {}",
+                MAX_ATTEMPTS - 1,
+                self.max_attempts
             )));
         }
         if self.mode == Mode::Recovery && self.allow_promote_bypass {
@@ -335,10 +359,11 @@ pub struct NameRule {
 }
 
 impl NameRule {
-    /// Run ids end up in S3 keys and execution names (at most 80 characters).
+    /// Run ids end up in S3 keys and execution names: `<run_id>.<n>` must fit Step
+    /// Functions' 80 characters, and `.` is what separates the run from the number.
     pub const RUN_ID: NameRule = NameRule {
         what: "a run id",
-        max_len: 80,
+        max_len: 72,
         separators: b"-_",
     };
     /// Profile names become SSM parameter names and file names.

@@ -3,7 +3,8 @@
 //! One concept per module: [`phase`] (the phase lifecycle and the Lambda entry point),
 //! [`input`] (execution input, trigger normalisation, names, the promotion decision),
 //! [`profile`], [`receipt`] (receipts and the run summary), [`details`] (what each phase
-//! records, as types), [`run`] (what travels between phases), [`lock`] (the run lock),
+//! records, as types), [`run`] (what travels between phases), [`resume`] (a run across executions: their names,
+//! the run record, what a phase needs done before it), [`lock`] (the run lock),
 //! [`objects`] (the S3 access layer: JSON, conditional writes, bulk deletes, uploads),
 //! [`backup`] (the backup contract), [`archive`] (reading its archives as streams),
 //! [`listing`] and [`parity`] (sorted listings and their comparison), [`s3uri`]
@@ -27,6 +28,7 @@ pub mod parity;
 pub mod phase;
 pub mod profile;
 pub mod receipt;
+pub mod resume;
 pub mod run;
 pub mod s3uri;
 

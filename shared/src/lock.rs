@@ -33,7 +33,8 @@ impl LockRecord {
 pub enum Acquired {
     /// The lock was free.
     Fresh,
-    /// This run already held it (a re-run of bringup after a crash).
+    /// This run already held it (a retried bringup, or a later execution of the run);
+    /// its expiry was renewed.
     AlreadyOwned,
     /// Another run's lock had expired and was taken over.
     TakenOver { previous: LockRecord },
@@ -45,6 +46,8 @@ pub enum Released {
     Released,
     /// No lock object: nothing to do (a re-run of teardown).
     NotHeld,
+    /// The run holds the lock from an earlier execution; this one did not take it.
+    KeptForRun,
     /// Another run owns the lock now (ours expired and was taken over); left alone.
     OwnedByOther {
         owner: String,
@@ -95,8 +98,19 @@ impl RunLock {
                 continue; // released between our write and our read: try again
             };
             if current.run_id == run_id {
-                info!(run_id, lock = %self.uri, "run lock already held by this run");
-                return Ok(Acquired::AlreadyOwned);
+                // A retried bringup, or a later execution continuing the run: the lock
+                // is the run's; its expiry starts again from now, for this execution.
+                let renewed = LockRecord {
+                    acquired_at: current.acquired_at,
+                    ..record
+                };
+                match self.put(&renewed, Precondition::Matches(&etag)).await? {
+                    Conditional::Written => {
+                        info!(run_id, lock = %self.uri, expires_at = %renewed.expires_at, "run lock already held by this run: renewed");
+                        return Ok(Acquired::AlreadyOwned);
+                    }
+                    Conditional::ConditionFailed => continue,
+                }
             }
             if !current.is_expired(now) {
                 return Err(Error::new(
@@ -132,10 +146,27 @@ impl RunLock {
 
     /// Releases the lock if `run_id` owns it.
     pub async fn release(&self, run_id: &str) -> Result<Released> {
+        self.release_if(run_id, None).await
+    }
+
+    /// Releases the lock only if `run_id` took or renewed it in the execution
+    /// `execution_arn`: what is left to undo after a bringup that failed, which must not
+    /// release a lock an earlier execution of the run holds.
+    pub async fn release_taken_by(&self, run_id: &str, execution_arn: &str) -> Result<Released> {
+        self.release_if(run_id, Some(execution_arn)).await
+    }
+
+    async fn release_if(&self, run_id: &str, execution_arn: Option<&str>) -> Result<Released> {
         for _ in 0..MAX_ROUNDS {
             let Some((current, etag)) = self.read().await? else {
                 return Ok(Released::NotHeld);
             };
+            if current.run_id == run_id
+                && execution_arn.is_some_and(|arn| current.execution_arn.as_deref() != Some(arn))
+            {
+                info!(run_id, lock = %self.uri, holder = ?current.execution_arn, "the run's lock is an earlier execution's: kept");
+                return Ok(Released::KeptForRun);
+            }
             if current.run_id != run_id {
                 warn!(run_id, owner = %current.run_id, lock = %self.uri, "not releasing a lock another run owns");
                 return Ok(Released::OwnedByOther {

@@ -1,10 +1,13 @@
 //! The phase lifecycle, in one place: what every phase of a run does around its own work.
 //!
 //! [`run`] loads the profile, skips a phase outside the input's `start_at`/`stop_after`
-//! window (with a `skipped` receipt saying why), clears a stale receipt or returns an
-//! earlier success (per [`Rerun`]), runs the phase's body, and writes its receipt on
-//! every path — success, skipped, or failed with the details gathered so far — before
-//! the error goes back to the state machine.
+//! window (with a `skipped` receipt saying why, or keeping the receipt an earlier
+//! execution of the run left), refuses a phase whose earlier phases are not done
+//! ([`resume::blocker`]), clears a stale receipt or returns an earlier success (per
+//! [`Rerun`]), runs the phase's body, and writes its receipt on every path — success,
+//! skipped, or failed with the details gathered so far — before the error goes back to
+//! the state machine. A transient failure at the input's last allowed attempt goes back
+//! as `ServiceError` ([`Error::at_attempt`]).
 //!
 //! [`serve`] is the one Lambda entry point: the runtime's own tracing subscriber, a span per invocation
 //! (request id, and the run id and phase once known, see [`record_run`]), panics turned
@@ -23,6 +26,7 @@ use crate::error::{catch_panic, Error, Result};
 use crate::input::Phase;
 use crate::profile::{Profile, ProfileSource};
 use crate::receipt::{PhaseClock, PhaseStatus, ReceiptStore};
+use crate::resume;
 use crate::run::{PhaseOutput, PhaseRequest, RunContext};
 
 /// How a phase ended when it did not fail.
@@ -100,45 +104,85 @@ where
     let phase = D::PHASE;
     let run = &request.run;
     record_run(&run.run_id, phase);
-    let profile = profiles.load(&run.input.profile).await?;
-    let store = run.receipts(s3, &profile);
-    let clock = PhaseClock::start(&run.run_id, phase, request.attempt()).dry_run(run.input.dry_run);
-    if let Some(reason) = run.input.skip_reason(phase) {
-        info!(%reason, "skipped");
-        let receipt = clock.skipped(reason);
-        let uri = store.put_phase(&receipt).await?;
-        return Ok(PhaseOutput::new(&receipt, uri));
-    }
-    match rerun {
-        Rerun::StartOver => store.delete_phase(&run.run_id, phase).await?,
-        Rerun::KeepSuccess => {
-            if let Some(done) = store.get_phase(&run.run_id, phase).await? {
-                if done.status == PhaseStatus::Success {
-                    info!("already done: keeping the earlier success");
-                    let uri = store.phase_uri(&run.run_id, phase)?;
-                    return Ok(PhaseOutput::new(&done, uri));
+    let (attempt, max_attempts) = (request.attempt(), run.input.max_attempts);
+    // Every error, whichever step it comes from, is judged against the attempt count.
+    let attempted = async {
+        let profile = profiles.load(&run.input.profile).await?;
+        let store = run.receipts(s3, &profile);
+        let clock =
+            PhaseClock::start(&run.run_id, phase, request.attempt()).dry_run(run.input.dry_run);
+        if let Some(reason) = run.input.skip_reason(phase) {
+            // An earlier execution's receipt of this phase is the run's record of it: kept.
+            if let Some(earlier) = store
+                .get_phase(&run.run_id, phase)
+                .await?
+                .filter(|r| r.status != PhaseStatus::Skipped)
+            {
+                info!(%reason, earlier = ?earlier.status, "outside this execution's window; the earlier receipt stands");
+                let mut output = PhaseOutput::new(&earlier, store.phase_uri(&run.run_id, phase)?);
+                output.status = PhaseStatus::Skipped;
+                output.reason = Some(format!(
+                    "{reason} (its {} of {} stands)",
+                    earlier.status.as_str(),
+                    earlier.finished_at.to_rfc3339()
+                ));
+                return Ok(output);
+            }
+            info!(%reason, "skipped");
+            let receipt = clock.skipped(reason);
+            let uri = store.put_phase(&receipt).await?;
+            return Ok(PhaseOutput::new(&receipt, uri));
+        }
+        // A dry run stages nothing, so there is nothing earlier for it to build on.
+        if !run.input.dry_run && resume::builds_on_earlier(phase) {
+            let receipts = store.phases(&run.run_id).await?;
+            if let Some(blocked) = resume::blocker(&receipts, phase) {
+                return Err(Error::input(format!(
+                "{phase} cannot run in run {run_id} yet: {why}; run {first} first (drpilot resume {run_id} --from {first})",
+                run_id = run.run_id,
+                why = blocked.why,
+                first = blocked.run_first,
+            )));
+            }
+        }
+        match rerun {
+            Rerun::StartOver => store.delete_phase(&run.run_id, phase).await?,
+            Rerun::KeepSuccess => {
+                if let Some(done) = store.get_phase(&run.run_id, phase).await? {
+                    if done.status == PhaseStatus::Success {
+                        info!("already done: keeping the earlier success");
+                        let uri = store.phase_uri(&run.run_id, phase)?;
+                        return Ok(PhaseOutput::new(&done, uri));
+                    }
                 }
             }
         }
-    }
-    let context = PhaseRun {
-        run,
-        profile: &profile,
-        store: &store,
+        let context = PhaseRun {
+            run,
+            profile: &profile,
+            store: &store,
+        };
+        let result = body(&context).await;
+        let (receipt, error) = match result {
+            Ok(Outcome::Done(details)) => (clock.succeeded(&details)?, None),
+            Ok(Outcome::Skipped(reason)) => (clock.skipped(reason), None),
+            Err(Failed { error, details }) => {
+                // The receipt names the error the state machine will see.
+                let error = error.at_attempt(request.attempt(), run.input.max_attempts);
+                (clock.failed(&error, details.as_ref())?, Some(error))
+            }
+        };
+        let uri = store.put_phase(&receipt).await?;
+        if let Some(error) = error {
+            return Err(error);
+        }
+        info!(status = ?receipt.status, duration_ms = receipt.duration_ms, "phase finished");
+        Ok(PhaseOutput::new(&receipt, uri))
     };
     // Boxed: a body's future holds the SDK's and is large.
-    let result = Box::pin(body(&context)).await;
-    let (receipt, error) = match result {
-        Ok(Outcome::Done(details)) => (clock.succeeded(&details)?, None),
-        Ok(Outcome::Skipped(reason)) => (clock.skipped(reason), None),
-        Err(Failed { error, details }) => (clock.failed(&error, details.as_ref())?, Some(error)),
-    };
-    let uri = store.put_phase(&receipt).await?;
-    if let Some(error) = error {
-        return Err(error);
-    }
-    info!(status = ?receipt.status, duration_ms = receipt.duration_ms, "phase finished");
-    Ok(PhaseOutput::new(&receipt, uri))
+    Box::pin(attempted)
+        .await
+        .map_err(|err| err.at_attempt(attempt, max_attempts))
 }
 
 /// Names the run and phase on the current invocation's span (see [`serve`]), so every

@@ -9,7 +9,10 @@ use serde_json::Value;
 use crate::details::PhaseDetails;
 use crate::error::{Error, Result};
 use crate::input::{Mode, Phase, Trigger};
-use crate::objects::{for_each_child_prefix, get_json, put_json};
+use crate::objects::{
+    for_each_child_prefix, get_bytes, get_json, put_json, put_json_if, Conditional, Precondition,
+};
+use crate::resume::{ExecutionEntry, RunRecord};
 use crate::s3uri::S3Uri;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -18,6 +21,17 @@ pub enum PhaseStatus {
     Success,
     Failed,
     Skipped,
+}
+
+impl PhaseStatus {
+    /// The name receipts use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Success => "success",
+            Self::Failed => "failed",
+            Self::Skipped => "skipped",
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -151,6 +165,16 @@ pub enum RunStatus {
     Failed,
 }
 
+impl RunStatus {
+    /// The name summaries use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+        }
+    }
+}
+
 /// One line of the summary's phase table.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PhaseOutcome {
@@ -245,6 +269,10 @@ pub struct RunSummary {
     pub torn_down: bool,
     /// The failed phase and its error, when the run failed.
     pub failure: Option<Failure>,
+    /// Every execution that worked on the run, in order, with how each ended (from the
+    /// run record).
+    #[serde(default)]
+    pub executions: Vec<ExecutionEntry>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -336,6 +364,38 @@ impl ReceiptStore {
         })
         .await?;
         Ok(ids)
+    }
+
+    /// `<receipts>/runs/<run_id>/run.json`
+    pub fn record_uri(&self, run_id: &str) -> Result<S3Uri> {
+        self.run_dir(run_id)?
+            .join("run.json")
+            .map_err(|e| Error::input(format!("run_id: {e}")))
+    }
+
+    /// The run record and its ETag (to write it back with [`Self::put_record`]).
+    pub async fn get_record(&self, run_id: &str) -> Result<Option<(RunRecord, String)>> {
+        let uri = self.record_uri(run_id)?;
+        let Some((bytes, etag)) = get_bytes(&self.s3, &uri).await? else {
+            return Ok(None);
+        };
+        let record = crate::error::decode_slice(&uri.to_string(), &bytes)
+            .map_err(|e| Error::integrity(e.to_string()).with_source(e))?;
+        Ok(Some((record, etag)))
+    }
+
+    /// Writes the run record: created only if absent (`etag` `None`), replaced only if
+    /// unchanged since it was read. Another writer in between is `Retryable`.
+    pub async fn put_record(&self, record: &RunRecord, etag: Option<&str>) -> Result<()> {
+        let uri = self.record_uri(&record.run_id)?;
+        let precondition = etag.map_or(Precondition::Absent, Precondition::Matches);
+        match put_json_if(&self.s3, &uri, record, Some(precondition)).await? {
+            Conditional::Written => Ok(()),
+            Conditional::ConditionFailed => Err(Error::retryable(format!(
+                "{uri} changed while this execution updated it (another execution of run {} at the same time?)",
+                record.run_id
+            ))),
+        }
     }
 
     pub async fn put_summary(&self, summary: &RunSummary) -> Result<S3Uri> {

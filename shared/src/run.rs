@@ -102,6 +102,21 @@ pub struct TeardownOutput {
 }
 
 impl TeardownOutput {
+    /// A later execution of an existing run that bringup refused: the run was left as
+    /// it was.
+    pub fn refused(run_id: String, failure: Option<Failure>) -> Self {
+        let why = failure.as_ref().map_or(String::new(), |f| {
+            format!(": {}: {}", f.error, crate::error::readable_cause(&f.cause))
+        });
+        Self {
+            notice: format!(
+                "drpilot: an execution of run {run_id} was refused at bringup{why}. The run is unchanged: its staging, lock, receipts and summary are as they were."
+            ),
+            lock: "untouched".into(),
+            ..Self::untouched(run_id, failure)
+        }
+    }
+
     /// A failed run teardown could not, or must not, touch (no input, no profile, or the
     /// wrong account): nothing written, nothing released.
     pub fn untouched(run_id: String, failure: Option<Failure>) -> Self {

@@ -352,3 +352,44 @@ fn a_bad_trigger_is_named() {
         assert!(err.message.contains(field), "{field}: {err}");
     }
 }
+
+#[test]
+fn max_attempts_is_bounded_by_what_the_state_machine_retries() {
+    let with = |n: Value| {
+        normalize(
+            &json!({"mode": "drill", "profile": "p", "max_attempts": n}),
+            &defaults(),
+        )
+    };
+    assert_eq!(
+        normalize(&json!({"mode": "drill", "profile": "p"}), &defaults())
+            .unwrap()
+            .input
+            .max_attempts,
+        drpilot_shared::input::DEFAULT_ATTEMPTS
+    );
+    assert_eq!(with(json!(1)).unwrap().input.max_attempts, 1);
+    for bad in [json!(0), json!(4), json!("2")] {
+        let err = with(bad.clone()).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::InputError, "{bad}");
+        assert!(err.message.contains("max_attempts"), "{bad}: {err}");
+    }
+    // The bound is the deployed state machine's: every retrier's MaxAttempts plus the
+    // first try.
+    let asl_path = format!(
+        "{}/../statemachine/drill.asl.json",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let asl: Value = serde_json::from_str(&std::fs::read_to_string(&asl_path).unwrap()).unwrap();
+    let mut retriers = 0;
+    for state in asl["States"].as_object().unwrap().values() {
+        for retry in state["Retry"].as_array().into_iter().flatten() {
+            retriers += 1;
+            assert_eq!(
+                retry["MaxAttempts"].as_u64().unwrap() + 1,
+                u64::from(drpilot_shared::input::MAX_ATTEMPTS)
+            );
+        }
+    }
+    assert!(retriers >= 6, "{retriers} retriers");
+}

@@ -39,20 +39,33 @@ async fn second_acquire_fails_with_lock_held() {
 }
 
 #[tokio::test]
-async fn the_owner_reacquiring_is_a_no_op() {
+async fn the_owner_reacquiring_renews_it_for_the_new_execution() {
     let aws = LocalAws::start().await;
     let lock = lock(&aws).await;
-    lock.acquire("run-a", None, Duration::hours(1))
+    lock.acquire("run-a", Some("exec-1"), Duration::minutes(5))
         .await
         .unwrap();
-    let before = lock.read().await.unwrap().unwrap();
+    let (before, _) = lock.read().await.unwrap().unwrap();
     assert_eq!(
-        lock.acquire("run-a", None, Duration::hours(1))
+        lock.acquire("run-a", Some("exec-2"), Duration::hours(1))
             .await
             .unwrap(),
         Acquired::AlreadyOwned
     );
-    assert_eq!(lock.read().await.unwrap().unwrap(), before);
+    let (after, _) = lock.read().await.unwrap().unwrap();
+    assert_eq!(after.run_id, "run-a");
+    assert_eq!(after.acquired_at, before.acquired_at, "the run's since");
+    assert_eq!(after.execution_arn.as_deref(), Some("exec-2"));
+    assert!(after.expires_at > before.expires_at + Duration::minutes(50));
+    // After a bringup that failed, an execution releases only a lock it took itself.
+    assert_eq!(
+        lock.release_taken_by("run-a", "exec-3").await.unwrap(),
+        Released::KeptForRun
+    );
+    assert_eq!(
+        lock.release_taken_by("run-a", "exec-2").await.unwrap(),
+        Released::Released
+    );
 }
 
 #[tokio::test]

@@ -117,6 +117,7 @@ async fn the_summary_has_every_design_field() {
         promoted: true,
         torn_down: true,
         failure: None,
+        executions: Vec::new(),
     };
     let uri = store.put_summary(&summary).await.unwrap();
     assert_eq!(uri.key, "drpilot/receipts/runs/run-2/drill.summary.json");
@@ -146,4 +147,56 @@ async fn a_run_id_cannot_escape_the_receipts_prefix() {
     let aws = LocalAws::start().await;
     let store = store(&aws);
     assert!(store.phase_uri("../other", Phase::Bringup).is_err());
+}
+
+#[tokio::test]
+async fn the_run_record_is_created_once_and_replaced_only_as_it_was_read() {
+    use drpilot_shared::backup::BackupRef;
+    use drpilot_shared::resume::{ExecutionEntry, RunRecord};
+    use drpilot_shared::{ErrorKind, RunInput};
+    let aws = LocalAws::start().await;
+    aws.create_bucket(BUCKET).await;
+    let store = store(&aws);
+    let now = Utc::now();
+    let entry = |name: &str| {
+        ExecutionEntry::new(
+            Some(name.into()),
+            None,
+            now,
+            &RunInput::drill("payments"),
+            Trigger::manual(),
+        )
+    };
+    let mut record = RunRecord {
+        run_id: "run-3".into(),
+        profile: "payments".into(),
+        mode: Mode::Drill,
+        trigger: Trigger::manual(),
+        kickoff_at: now,
+        backup: BackupRef {
+            uri: "s3://b-bucket/backups/b1/".parse().unwrap(),
+            backup_id: "b1".into(),
+            created_at: now,
+            git_sha: None,
+        },
+        executions: vec![entry("run-3.1")],
+    };
+    assert!(store.get_record("run-3").await.unwrap().is_none());
+    store.put_record(&record, None).await.unwrap();
+    assert_eq!(
+        store.record_uri("run-3").unwrap().key,
+        "drpilot/receipts/runs/run-3/run.json"
+    );
+    // A second first execution loses: the record exists.
+    let twice = store.put_record(&record, None).await.unwrap_err();
+    assert_eq!(twice.kind, ErrorKind::Retryable);
+    let (read, etag) = store.get_record("run-3").await.unwrap().unwrap();
+    assert_eq!(read, record);
+    record.executions.push(entry("run-3.2"));
+    store.put_record(&record, Some(&etag)).await.unwrap();
+    // A writer holding the old ETag is refused: the other execution's entry stands.
+    let stale = store.put_record(&read, Some(&etag)).await.unwrap_err();
+    assert_eq!(stale.kind, ErrorKind::Retryable, "{stale}");
+    let (now_stored, _) = store.get_record("run-3").await.unwrap().unwrap();
+    assert_eq!(now_stored.executions.len(), 2);
 }

@@ -5,6 +5,7 @@ pub mod backup;
 pub mod local;
 pub mod receipts;
 pub mod report;
+pub mod resume;
 pub mod runs;
 pub mod start;
 pub mod status;

@@ -1,8 +1,10 @@
 //! `drpilot receipts`: every phase receipt of a run, found through bringup's output
 //! (profile → receipts location).
 
+use drpilot_shared::input::{normalize, TriggerDefaults};
 use drpilot_shared::profile::ProfileSource;
 use drpilot_shared::receipt::{PhaseReceipt, ReceiptStore, RunSummary};
+use drpilot_shared::resume::{ExecutionName, RunRecord};
 use drpilot_shared::S3Uri;
 use serde::Serialize;
 
@@ -16,20 +18,24 @@ pub struct RunRecords {
     pub receipts_location: S3Uri,
     pub phases: Vec<PhaseReceipt>,
     pub summary: Option<RunSummary>,
+    /// The run record: what the run is and every execution that worked on it.
+    pub record: Option<RunRecord>,
 }
 
-pub async fn records(ctx: &Ctx, run_id: &str) -> Result<RunRecords, CliError> {
-    let arn = ctx.execution_arn(run_id).await?;
+pub async fn records(ctx: &Ctx, run: &str) -> Result<RunRecords, CliError> {
+    let arn = ctx.execution_arn(run).await?;
     let progress = fetch(&ctx.sfn, &arn).await?;
-    let profile_name = progress
-        .run
-        .as_ref()
-        .map(|run| run.input.profile.clone())
-        .ok_or_else(|| {
-            CliError::Usage(format!(
-                "run {run_id} has no run context (bringup did not succeed), so no receipts to read"
-            ))
-        })?;
+    let run_id = &ExecutionName::parse(run).run_id;
+    // The profile, from bringup's run context, else from the execution's input.
+    let profile_name = match (&progress.run, &progress.input) {
+        (Some(context), _) => context.input.profile.clone(),
+        (None, Some(input)) => normalize(input, &TriggerDefaults::default())?.input.profile,
+        (None, None) => {
+            return Err(CliError::Usage(format!(
+                "run {run_id}: its execution has neither a run context nor a readable input, so no receipts to read"
+            )))
+        }
+    };
     let profile = ProfileSource::from_env(ctx.aws.ssm.clone())
         .load(&profile_name)
         .await?;
@@ -39,6 +45,7 @@ pub async fn records(ctx: &Ctx, run_id: &str) -> Result<RunRecords, CliError> {
         receipts_location: store.run_dir(run_id)?,
         phases: store.phases(run_id).await?,
         summary: store.get_summary(run_id).await?,
+        record: store.get_record(run_id).await?.map(|(record, _)| record),
     })
 }
 
@@ -53,10 +60,18 @@ pub async fn receipts(ctx: &Ctx, run_id: &str) -> Result<RunRecords, CliError> {
         ctx.out.say(format!(
             "  {:<14} {:<8} {:>8} ms  attempt {}  {}",
             r.phase.as_str(),
-            format!("{:?}", r.status).to_lowercase(),
+            r.status.as_str(),
             r.duration_ms,
             r.attempt,
             r.reason.as_deref().unwrap_or("")
+        ));
+    }
+    for e in records.record.iter().flat_map(|r| &r.executions) {
+        ctx.out.say(format!(
+            "  execution {:<20} {:<28} {}",
+            e.name.as_deref().unwrap_or("-"),
+            e.window(),
+            e.ended()
         ));
     }
     if records.summary.is_none() {

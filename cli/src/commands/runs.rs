@@ -18,7 +18,8 @@ pub struct RunLine {
     /// `null` for a run without a summary (still running, or teardown never finished).
     pub mode: Option<Mode>,
     pub trigger: Option<&'static str>,
-    /// `succeeded`, `failed`, or `unfinished` when there is no summary.
+    /// `succeeded`, `failed`, `held` / `failed, held` (its latest execution kept the
+    /// staging and lock for the next), or `unfinished` when there is no summary.
     pub status: &'static str,
     pub kickoff_at: Option<DateTime<Utc>>,
     pub rto: Option<Objective>,
@@ -82,9 +83,11 @@ pub async fn runs(
                     profile: name.clone(),
                     mode: Some(s.mode),
                     trigger: s.trigger.as_ref().map(|t| t.kind()),
-                    status: match s.status {
-                        RunStatus::Succeeded => "succeeded",
-                        RunStatus::Failed => "failed",
+                    // A run its latest execution held waits for its next one.
+                    status: match (s.status, s.executions.last().is_some_and(|e| e.hold)) {
+                        (RunStatus::Succeeded, true) => "held",
+                        (RunStatus::Failed, true) => "failed, held",
+                        (status, false) => status.as_str(),
                     },
                     kickoff_at: Some(s.kickoff_at),
                     rto: Some(s.rto),

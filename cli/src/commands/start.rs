@@ -6,11 +6,13 @@ use std::time::Duration;
 
 use drpilot_shared::input::{new_run_id, normalize, Mode, Promotion, RunInput, TriggerDefaults};
 use drpilot_shared::profile::ProfileSource;
+use drpilot_shared::resume::ExecutionName;
+use drpilot_shared::Phase;
 use serde_json::{json, Value};
 
 use crate::commands::approve::{approve, deny};
-use crate::history::{self, fetch, readable_cause, Progress};
-use crate::{CliError, Ctx};
+use crate::history::{self, fetch, readable_cause, ExecutionState, Progress};
+use crate::{CliError, Ctx, RunExecution};
 
 /// The flags of `drpilot start` that mirror the runbook's steps; each overrides the same
 /// setting of `--input`.
@@ -46,6 +48,39 @@ pub struct StartFlags {
     /// Required for a drill that may promote staging into root/.
     #[arg(long)]
     pub allow_full_drill: bool,
+    #[command(flatten)]
+    pub attempts: AttemptFlags,
+}
+
+/// How often a phase may try again after a transient failure (`max_attempts`).
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct AttemptFlags {
+    /// Attempts a phase gets at a transient failure, the first included (1-3; default 3).
+    #[arg(long, value_name = "N")]
+    pub max_attempts: Option<u32>,
+    /// Never retry a phase: `--max-attempts 1`.
+    #[arg(long)]
+    pub no_retry: bool,
+}
+
+impl AttemptFlags {
+    /// Writes `max_attempts` into the input; both flags at once is a usage error.
+    pub fn apply(&self, input: &mut serde_json::Map<String, Value>) -> Result<(), CliError> {
+        match (self.max_attempts, self.no_retry) {
+            (Some(n), true) => Err(CliError::Usage(format!(
+                "--no-retry means one attempt: it cannot be combined with --max-attempts {n}"
+            ))),
+            (Some(n), false) => {
+                input.insert("max_attempts".into(), json!(n));
+                Ok(())
+            }
+            (None, true) => {
+                input.insert("max_attempts".into(), json!(1));
+                Ok(())
+            }
+            (None, false) => Ok(()),
+        }
+    }
 }
 
 impl StartFlags {
@@ -65,6 +100,7 @@ impl StartFlags {
                 "--validate-only runs validate alone: it cannot be combined with --start-at or --stop-after".into(),
             ));
         }
+        self.attempts.apply(input)?;
         let mut set = |key: &str, value: Value| {
             input.insert(key.to_owned(), value);
         };
@@ -165,25 +201,64 @@ pub async fn start(
             id
         }
     };
+    // A run id that exists continues that run: from a phase after bringup, and never
+    // while another execution of it runs.
+    let executions = ctx.run_executions(&run_id).await?;
+    if let Some(latest) = executions.last() {
+        not_running(latest, &run_id)?;
+        if checked.start_at == Phase::Bringup {
+            return Err(CliError::Usage(format!(
+                "run {run_id} exists (execution {} {}): continue it with `drpilot resume {run_id}` or `--start-at PHASE`, or leave out --run-id for a new run",
+                latest.name, latest.state
+            )));
+        }
+    }
+    let number = executions.last().map_or(1, |e| e.number + 1);
+    launch(ctx, &run_id, number, &input, wait, approver).await
+}
+
+/// Refuses to add an execution to a run while one of its executions is running.
+pub(crate) fn not_running(latest: &RunExecution, run_id: &str) -> Result<(), CliError> {
+    if latest.state == ExecutionState::Running {
+        return Err(CliError::Usage(format!(
+            "execution {} of run {run_id} is still running: follow it with `drpilot status {run_id}`, or stop it first",
+            latest.name
+        )));
+    }
+    Ok(())
+}
+
+/// Starts execution `number` of `run_id` (`<run_id>.<number>`) with `input`, and follows
+/// it unless `wait` is false.
+pub(crate) async fn launch(
+    ctx: &Ctx,
+    run_id: &str,
+    number: u32,
+    input: &Value,
+    wait: bool,
+    approver: Option<&Approver>,
+) -> Result<Progress, CliError> {
     let machine = ctx.state_machine_arn().await?;
+    let name = ExecutionName::format(run_id, number);
     let started = ctx
         .sfn
         .start_execution()
         .state_machine_arn(&machine)
-        .name(&run_id)
+        .name(&name)
         .input(input.to_string())
         .send()
         .await
         .map_err(|e| CliError::aws("StartExecution", e))?;
     ctx.out.say(format!(
-        "started {} run {run_id} (profile {profile})\n  execution {}",
-        checked.mode,
+        "started {} run {run_id} (profile {}), execution {number}\n  execution {}",
+        input["mode"].as_str().unwrap_or("drill"),
+        input["profile"].as_str().unwrap_or_default(),
         started.execution_arn()
     ));
     if !wait {
         return fetch(&ctx.sfn, started.execution_arn()).await;
     }
-    follow(ctx, started.execution_arn(), &run_id, approver).await
+    follow(ctx, started.execution_arn(), run_id, approver).await
 }
 
 /// Who approves when a followed run asks (the local drill's prompt or `--auto-approve`).

@@ -1,17 +1,20 @@
-//! bringup: the precondition gate of every run. Normalises the execution input, checks the
-//! function runs in the profile's account and region, finds the backup, and takes the run
-//! lock. Nothing is written before every check has passed.
+//! bringup: the precondition gate of every execution. Normalises the execution input,
+//! checks the function runs in the profile's account and region, finds the backup, takes
+//! the run lock and starts the run record. A later execution of the same run continues
+//! it: the record's backup and kickoff stand, the lock is renewed, and the phases it
+//! starts at must have what they build on. Nothing is written before every check passed.
 
 use chrono::Duration;
 use drpilot_shared::backup::{self, BackupRef};
 use drpilot_shared::details::BringupDetails;
-use drpilot_shared::input::{normalize, NameRule, TriggerDefaults};
+use drpilot_shared::input::{normalize, NameRule, Normalized, TriggerDefaults};
 use drpilot_shared::lock::RunLock;
 use drpilot_shared::objects::for_each_child_prefix;
 use drpilot_shared::profile::ProfileSource;
-use drpilot_shared::receipt::{seconds, PhaseClock};
+use drpilot_shared::receipt::{seconds, PhaseClock, ReceiptStore};
+use drpilot_shared::resume::{self, ExecutionEntry, ExecutionName, RunRecord};
 use drpilot_shared::run::{ExecutionInfo, RunContext};
-use drpilot_shared::{AwsClients, Error, ErrorKind, Phase, Profile, Result, S3Uri};
+use drpilot_shared::{AwsClients, Error, ErrorKind, Phase, Profile, Result, RunInput, S3Uri};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tracing::{info, warn};
@@ -23,6 +26,9 @@ pub struct BringupRequest {
     pub input: Value,
     #[serde(default)]
     pub execution: ExecutionInfo,
+    /// Step Functions' retry count for this state (0 on the first try).
+    #[serde(default)]
+    pub retry_count: u32,
 }
 
 /// The account and region a function runs in.
@@ -70,35 +76,89 @@ impl Bringup {
 
     pub async fn handle(&self, request: BringupRequest, function_arn: &str) -> Result<RunContext> {
         let normalized = normalize(&request.input, &self.defaults)?;
-        let input = normalized.input;
-        let run_id = match (&input.run_id, &request.execution.name) {
-            (Some(id), _) => id.clone(),
-            (None, Some(name)) => {
-                NameRule::RUN_ID.check(name).map_err(|why| {
-                    Error::input(format!("run_id (from the execution name): {why}"))
-                })?;
-                name.clone()
-            }
-            (None, None) => {
-                return Err(Error::input(
-                    "run_id: not given, and no execution name to derive it from",
-                ))
-            }
-        };
+        let attempt = request.retry_count.saturating_add(1);
+        let max_attempts = normalized.input.max_attempts;
+        Box::pin(self.bring_up(&request, normalized, attempt, function_arn))
+            .await
+            .map_err(|err| err.at_attempt(attempt, max_attempts))
+    }
+
+    async fn bring_up(
+        &self,
+        request: &BringupRequest,
+        normalized: Normalized,
+        attempt: u32,
+        function_arn: &str,
+    ) -> Result<RunContext> {
+        let Normalized { input, trigger } = normalized;
+        let execution = &request.execution;
+        let run_id = run_id(&input, execution.name.as_deref())?;
         drpilot_shared::phase::record_run(&run_id, Phase::Bringup);
-        let clock = PhaseClock::start(&run_id, Phase::Bringup, 1).dry_run(input.dry_run);
+        let clock = PhaseClock::start(&run_id, Phase::Bringup, attempt).dry_run(input.dry_run);
         let profile = self.profiles.load(&input.profile).await?;
         self.guard_account(&profile, function_arn).await?;
-
-        let backup = match &input.backup_uri {
-            Some(uri) => backup::inspect(&self.clients.s3, uri).await?.0,
-            None => newest_backup(&self.clients.s3, &profile.backups).await?,
-        };
-        info!(run_id = %run_id, backup = %backup.uri, created_at = %backup.created_at, "backup found");
-
+        let store = ReceiptStore::new(self.clients.s3.clone(), profile.receipts.clone());
+        let this = ExecutionEntry::new(
+            execution.name.clone(),
+            execution.arn.clone(),
+            execution.start_time.unwrap_or_else(|| clock.started_at()),
+            &input,
+            trigger,
+        );
         let lock = RunLock::new(self.clients.s3.clone(), profile.target.lock());
         let ttl =
             Duration::seconds(i64::try_from(profile.lock_ttl_seconds).unwrap_or(i64::MAX / 2));
+
+        let (record, etag) = match store.get_record(&run_id).await? {
+            Some((record, etag)) => (record, Some(etag)),
+            None => {
+                // A new run: nothing before it to build on, so it starts at restore at the latest.
+                if !input.dry_run {
+                    if let Some(blocked) = resume::blocker(&[], input.start_at) {
+                        return Err(Error::input(format!(
+                            "start_at: run {run_id} is new and {}; a new run starts at bringup or restore",
+                            blocked.why
+                        )));
+                    }
+                }
+                let backup = match &input.backup_uri {
+                    Some(uri) => backup::inspect(&self.clients.s3, uri).await?.0,
+                    None => newest_backup(&self.clients.s3, &profile.backups).await?,
+                };
+                info!(run_id = %run_id, backup = %backup.uri, created_at = %backup.created_at, "backup found");
+                let record = RunRecord {
+                    run_id: run_id.clone(),
+                    profile: input.profile.clone(),
+                    mode: input.mode,
+                    trigger: this.trigger.clone(),
+                    kickoff_at: this.started_at,
+                    backup,
+                    executions: Vec::new(),
+                };
+                (record, None)
+            }
+        };
+        let first = record
+            .executions
+            .first()
+            .is_none_or(|e| e.is(execution.name.as_deref(), execution.arn.as_deref()));
+        let retried = record
+            .executions
+            .iter()
+            .any(|e| e.is(execution.name.as_deref(), execution.arn.as_deref()));
+        if !first && !retried {
+            continues(&record, &input)?;
+        }
+        if !first && !input.dry_run {
+            let receipts = store.phases(&run_id).await?;
+            if let Some(blocked) = resume::blocker(&receipts, input.start_at) {
+                return Err(Error::input(format!(
+                    "start_at: {} cannot run in run {run_id} yet: {}; start at {} (drpilot resume {run_id} --from {})",
+                    input.start_at, blocked.why, blocked.run_first, blocked.run_first
+                )));
+            }
+        }
+
         // A dry run changes nothing, the lock included: it only says who holds it.
         let acquired = if input.dry_run {
             match lock.read().await? {
@@ -106,39 +166,42 @@ impl Bringup {
                 None => "not taken (dry run); free".to_owned(),
             }
         } else {
-            let acquired = lock
-                .acquire(&run_id, request.execution.arn.as_deref(), ttl)
-                .await?;
+            let acquired = lock.acquire(&run_id, execution.arn.as_deref(), ttl).await?;
             format!("{acquired:?}")
         };
+        let mut record = record;
+        if !retried {
+            record.executions.push(this);
+            store.put_record(&record, etag.as_deref()).await?;
+        }
 
         let run = RunContext {
             run_id: run_id.clone(),
             promotion: input.promotion(),
             input,
-            trigger: normalized.trigger,
-            execution_arn: request.execution.arn.clone(),
-            kickoff_at: request
-                .execution
-                .start_time
-                .unwrap_or_else(|| clock.started_at()),
-            backup,
+            trigger: record.trigger.clone(),
+            execution_arn: execution.arn.clone(),
+            kickoff_at: record.kickoff_at,
+            backup: record.backup.clone(),
         };
-        let details = BringupDetails {
-            profile: run.input.profile.clone(),
-            mode: run.input.mode,
-            trigger: run.trigger.clone(),
-            backup_uri: run.backup.uri.clone(),
-            backup_id: run.backup.backup_id.clone(),
-            backup_created_at: run.backup.created_at,
-            lock: lock.uri().clone(),
-            lock_acquired: acquired,
-            rpo_seconds_at_kickoff: seconds(run.kickoff_at - run.backup.created_at),
-        };
-        run.receipts(&self.clients.s3, &profile)
-            .put_phase(&clock.succeeded(&details)?)
-            .await?;
-        info!(run_id = %run.run_id, mode = %run.input.mode, "bringup done");
+        if first {
+            let details = BringupDetails {
+                profile: run.input.profile.clone(),
+                mode: run.input.mode,
+                trigger: run.trigger.clone(),
+                backup_uri: run.backup.uri.clone(),
+                backup_id: run.backup.backup_id.clone(),
+                backup_created_at: run.backup.created_at,
+                lock: lock.uri().clone(),
+                lock_acquired: acquired,
+                rpo_seconds_at_kickoff: seconds(run.kickoff_at - run.backup.created_at),
+            };
+            store.put_phase(&clock.succeeded(&details)?).await?;
+            info!(run_id = %run.run_id, mode = %run.input.mode, "bringup done");
+        } else {
+            // The run was brought up by its first execution; its receipt stands.
+            info!(run_id = %run.run_id, start_at = %run.input.start_at, lock = %acquired, executions = record.executions.len(), "continuing the run");
+        }
         Ok(run)
     }
 
@@ -177,6 +240,65 @@ impl Bringup {
         }
         Ok(())
     }
+}
+
+/// The run this execution works on: the input's `run_id`, else the execution's name
+/// without its `.<n>`.
+fn run_id(input: &RunInput, execution_name: Option<&str>) -> Result<String> {
+    let named = execution_name.map(ExecutionName::parse);
+    match (&input.run_id, named) {
+        (Some(id), Some(named)) if named.number.is_some() && named.run_id != *id => {
+            Err(Error::input(format!(
+                "run_id: {id:?}, but the execution is named for run {:?} ({}); executions of run {id} are named {id}.<n>",
+                named.run_id,
+                execution_name.unwrap_or_default()
+            )))
+        }
+        (Some(id), _) => Ok(id.clone()),
+        (None, Some(named)) => {
+            NameRule::RUN_ID
+                .check(&named.run_id)
+                .map_err(|why| Error::input(format!("run_id (from the execution name): {why}")))?;
+            Ok(named.run_id)
+        }
+        (None, None) => Err(Error::input(
+            "run_id: not given, and no execution name to derive it from",
+        )),
+    }
+}
+
+/// Refuses a later execution that would change what the run is.
+fn continues(record: &RunRecord, input: &RunInput) -> Result<()> {
+    let run_id = &record.run_id;
+    if input.start_at == Phase::Bringup {
+        return Err(Error::input(format!(
+            "start_at: run {run_id} was brought up at {} and a later execution continues it from a phase after bringup (drpilot resume {run_id}, or --start-at PHASE); for a new run, use a new run id",
+            record.kickoff_at.to_rfc3339()
+        )));
+    }
+    if input.profile != record.profile {
+        return Err(Error::input(format!(
+            "profile: run {run_id} belongs to profile {}, not {}",
+            record.profile, input.profile
+        )));
+    }
+    if input.mode != record.mode {
+        return Err(Error::input(format!(
+            "mode: run {run_id} is a {}; a later execution cannot make it a {}",
+            record.mode, input.mode
+        )));
+    }
+    if let Some(uri) = input
+        .backup_uri
+        .as_ref()
+        .filter(|u| **u != record.backup.uri)
+    {
+        return Err(Error::input(format!(
+            "backup_uri: run {run_id} restores {}; a later execution cannot switch it to {uri}",
+            record.backup.uri
+        )));
+    }
+    Ok(())
 }
 
 /// The newest valid backup (by `metadata.json` `created_at`) under `prefix`. Invalid

@@ -36,6 +36,7 @@ fn request(input: Value, name: &str) -> BringupRequest {
             )),
             start_time: None,
         },
+        retry_count: 0,
     }
 }
 

@@ -17,9 +17,9 @@ use drpilot_shared::objects::{object_size, part_size};
 use drpilot_shared::parity::{compare_prefixes, Difference, ParityCounts, Verdict};
 use drpilot_shared::phase::{self, Outcome, PhaseRun, Rerun};
 use drpilot_shared::profile::{Profile, ProfileSource};
-use drpilot_shared::receipt::{seconds, PhaseStatus, ReceiptStore};
+use drpilot_shared::receipt::{seconds, ReceiptStore};
 use drpilot_shared::run::{PhaseOutput, PhaseRequest, RunContext};
-use drpilot_shared::{AwsClients, Error, ErrorKind, Phase, Result, S3Uri};
+use drpilot_shared::{AwsClients, Error, ErrorKind, Result, S3Uri};
 use futures::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, Semaphore};
@@ -134,7 +134,7 @@ impl Promote {
             &self.profiles,
             Rerun::KeepSuccess,
             async |ctx: &PhaseRun<'_>| {
-                let approval = gate(ctx.run, ctx.store, approval.as_ref()).await?;
+                let approval = gate(ctx.run, approval.as_ref())?;
                 let synced = self.sync(ctx.run, ctx.profile).await?;
                 let details = self
                     .audit(ctx.run, ctx.profile, ctx.store, approval, &synced)
@@ -294,13 +294,8 @@ impl AuditRecord {
 }
 
 /// Whether this run may promote: an approval with approver and ticket (or the drill-only
-/// bypass), a successful restore and validate, and not a dry run. Returns the approval
-/// (`None` under the bypass).
-async fn gate<'a>(
-    run: &RunContext,
-    store: &ReceiptStore,
-    approval: Option<&'a Approval>,
-) -> Result<Option<&'a Approval>> {
+/// bypass), and not a dry run. Returns the approval (`None` under the bypass).
+fn gate<'a>(run: &RunContext, approval: Option<&'a Approval>) -> Result<Option<&'a Approval>> {
     let approval = match approval {
         Some(a) if !a.approver.trim().is_empty() && !a.ticket.trim().is_empty() => Some(a),
         Some(_) => {
@@ -320,17 +315,8 @@ async fn gate<'a>(
             ))
         }
     };
-    for phase in [Phase::Restore, Phase::Validate] {
-        let receipt = store.get_phase(&run.run_id, phase).await?;
-        if receipt.as_ref().map(|r| r.status) != Some(PhaseStatus::Success) {
-            return Err(Error::integrity(format!(
-                "run {}: the {phase} receipt is {}; promote needs a successful {phase}",
-                run.run_id,
-                receipt.map_or("missing".into(), |r| format!("{:?}", r.status)
-                    .to_lowercase())
-            )));
-        }
-    }
+    // That restore, validate and parity-report succeeded in order, on a staging still
+    // there, the lifecycle checked before this.
     if run.input.dry_run {
         return Err(Error::input("dry_run: a dry run never promotes"));
     }

@@ -53,7 +53,8 @@ fn source(dir: &Path) {
     ));
 }
 
-/// Restores and validates `backup_id` (made once from `src`) as `run_id`.
+/// Restores, validates and reports the parity of `backup_id` (made once from `src`) as
+/// `run_id`: what a run has done when it reaches promote.
 async fn staged_and_validated(
     aws: &LocalAws,
     tmp: &TempDir,
@@ -87,9 +88,17 @@ async fn staged_and_validated(
         clients: aws.clients.for_function("validate"),
         profiles: ProfileSource::Ssm(aws.clients.ssm.clone()),
     }
-    .handle(phase)
+    .handle(phase.clone())
     .await
     .unwrap();
+    let parity = parity_report::ParityReporter {
+        clients: aws.clients.for_function("parity-report"),
+        profiles: ProfileSource::Ssm(aws.clients.ssm.clone()),
+    };
+    // Boxed: the comparison's future is large.
+    Box::pin(parity.handle(parity_report::ParityRequest::Run(Box::new(phase))))
+        .await
+        .unwrap();
     ctx
 }
 
@@ -258,8 +267,12 @@ async fn it_refuses_after_a_failed_validate() {
         .handle(request(&ctx, approval()))
         .await
         .unwrap_err();
-    assert_eq!(err.kind, ErrorKind::IntegrityError);
-    assert!(err.message.contains("validate receipt is failed"), "{err}");
+    assert_eq!(err.kind, ErrorKind::InputError);
+    assert!(
+        err.message
+            .contains("validate has not succeeded (it failed with IntegrityError)"),
+        "{err}"
+    );
     assert!(root_keys(&aws).await.is_empty());
 }
 

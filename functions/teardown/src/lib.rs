@@ -16,6 +16,7 @@ use drpilot_shared::receipt::{
     seconds, Failure, Objective, PhaseClock, PhaseOutcome, PhaseReceipt, PhaseStatus, ReceiptStore,
     RunStatus, RunSummary,
 };
+use drpilot_shared::resume::{self, ExecutionName, ExecutionOutcome};
 use drpilot_shared::run::{ExecutionInfo, RunContext, TeardownOutput};
 use drpilot_shared::{AwsClients, Error, ErrorKind, Phase, Result, RunInput, S3Uri};
 use serde::{Deserialize, Serialize};
@@ -124,29 +125,49 @@ impl Teardown {
             return Ok(TeardownOutput::untouched(known.run_id, failure));
         };
         let store = ReceiptStore::new(self.clients.s3.clone(), profile.receipts.clone());
+        let record = store.get_record(&known.run_id).await?;
+        let this = (
+            request.execution.name.as_deref(),
+            request.execution.arn.as_deref(),
+        );
+        if request.run.is_none() {
+            // Bringup refused to continue an existing run: the run is not this
+            // execution's to change (its receipts, summary, staging and lock stand).
+            if let Some((record, _)) = record
+                .as_ref()
+                .filter(|(r, _)| !r.executions.iter().any(|e| e.is(this.0, this.1)))
+            {
+                warn!(run_id = %record.run_id, ?failure, "a later execution was refused at bringup: the run is left as it was");
+                return Ok(TeardownOutput::refused(record.run_id.clone(), failure));
+            }
+        }
         let clock =
             PhaseClock::start(&known.run_id, Phase::Teardown, 1).dry_run(known.input.dry_run);
-        // Whatever else a previous attempt did, metrics it put stay put: never twice.
+        // Whatever else an earlier attempt of this execution did, metrics it put stay
+        // put: never twice.
         let metrics_already_published = store
             .get_phase(&known.run_id, Phase::Teardown)
             .await?
             .and_then(|r| r.details::<TeardownDetails>().ok())
-            .is_some_and(|d| d.metrics_published);
+            .is_some_and(|d| d.metrics_published && d.execution == request.execution.name);
 
-        let cleaned = self.clean_up(&known, &profile).await?;
+        let cleaned = self.clean_up(&known, &request, &profile).await?;
         let receipts = self.gather(&known, &request, &store).await?;
+        let now = Utc::now();
         let mut summary = summarize(
             &known,
             &request,
             &profile,
             &receipts,
-            cleaned.torn_down(),
-            Utc::now(),
+            cleaned.staging.torn_down(),
+            now,
         )?;
 
-        // Metrics, once per run, before the summary says how teardown ended: a failed
-        // put is recorded as teardown's failure (and retried), never as a success.
-        let metrics = if metrics_already_published {
+        // Metrics, once per execution that ends the run (a held run has not ended),
+        // before the summary says how teardown ended: a failed put is recorded as
+        // teardown's failure (and retried), never as a success.
+        let ends_run = !matches!(cleaned.staging, Staging::Held);
+        let metrics = if metrics_already_published || !ends_run {
             Ok(())
         } else {
             self.publish_metrics(&summary).await.map_err(|err| {
@@ -155,12 +176,16 @@ impl Teardown {
             })
         };
         let details = TeardownDetails {
-            staging: cleaned.staging,
-            held: cleaned.deleted.is_none(),
-            staged_objects_deleted: cleaned.deleted,
+            staging: cleaned.staging_uri,
+            held: matches!(cleaned.staging, Staging::Held),
+            staged_objects_deleted: match cleaned.staging {
+                Staging::Deleted(count) => Some(count),
+                Staging::Held | Staging::Untouched => None,
+            },
             lock: cleaned.lock,
             summary: store.summary_uri(&known.run_id)?,
-            metrics_published: metrics.is_ok(),
+            metrics_published: ends_run && metrics.is_ok(),
+            execution: request.execution.name.clone(),
         };
         let receipt = match &metrics {
             Ok(()) => clock.succeeded(&details)?,
@@ -168,11 +193,25 @@ impl Teardown {
         };
         // The summary's teardown line is the receipt teardown writes next.
         summary.phases.push(outcome(&receipt));
+        if let Some((mut record, etag)) = record {
+            if let Some(entry) = record.execution_mut(this.0, this.1) {
+                entry.outcome = Some(ExecutionOutcome {
+                    status: summary.status,
+                    failure: summary.failure.clone(),
+                    torn_down: summary.torn_down,
+                    finished_at: now,
+                });
+                store.put_record(&record, Some(&etag)).await?;
+            }
+            summary.executions = record.executions;
+        }
         store.put_summary(&summary).await?;
         store.put_phase(&receipt).await?;
         metrics?;
         info!(run_id = %summary.run_id, status = ?summary.status, rto_seconds = ?summary.rto_seconds, rpo_seconds = ?summary.rpo_seconds, "run summary written");
-        let notice = notice(&summary, &store.run_dir(&known.run_id)?);
+        let held = matches!(cleaned.staging, Staging::Held)
+            .then(|| resume::resume_point(&receipts).run_first);
+        let notice = notice(&summary, held, &store.run_dir(&known.run_id)?);
         Ok(TeardownOutput {
             notice,
             run_id: summary.run_id,
@@ -206,25 +245,49 @@ impl Teardown {
         }
     }
 
-    /// Deletes the staging unless the input holds it, and releases the lock if this run
-    /// owns it.
-    async fn clean_up(&self, known: &Known, profile: &Profile) -> Result<Cleaned> {
-        let staging = profile.target.staging(&known.run_id)?;
-        let deleted = if known.input.teardown {
-            Some(delete_prefix(&self.clients.s3, &staging).await?)
-        } else {
-            info!(run_id = %known.run_id, staging = %staging, "holding staging for inspection");
-            None
-        };
+    /// Ends the run, or holds it for a later execution. Deletes the staging and
+    /// releases the lock (if this run owns it) unless the input holds them; a dry run
+    /// touches neither; after a bringup that failed, there is no staging of this
+    /// execution's and only a lock this execution took is released.
+    async fn clean_up(
+        &self,
+        known: &Known,
+        request: &TeardownRequest,
+        profile: &Profile,
+    ) -> Result<Cleaned> {
+        let staging_uri = profile.target.staging(&known.run_id)?;
         let lock = RunLock::new(self.clients.s3.clone(), profile.target.lock());
-        let lock = match lock.release(&known.run_id).await? {
-            Released::Released => "released".to_owned(),
-            Released::NotHeld => "not held".to_owned(),
-            Released::OwnedByOther { owner } => format!("owned by run {owner}, left alone"),
+        let (staging, released) = if known.input.dry_run {
+            (Staging::Untouched, None)
+        } else if request.run.is_none() {
+            let released = match &request.execution.arn {
+                Some(arn) => Some(lock.release_taken_by(&known.run_id, arn).await?),
+                None => None,
+            };
+            (Staging::Untouched, released)
+        } else if known.input.teardown {
+            let deleted = delete_prefix(&self.clients.s3, &staging_uri).await?;
+            (
+                Staging::Deleted(deleted),
+                Some(lock.release(&known.run_id).await?),
+            )
+        } else {
+            info!(run_id = %known.run_id, staging = %staging_uri, "holding the staging and the lock for the run's next execution");
+            (Staging::Held, None)
+        };
+        let lock = match released {
+            Some(Released::Released) => "released".to_owned(),
+            Some(Released::NotHeld) => "not held".to_owned(),
+            Some(Released::KeptForRun) => {
+                "kept: an earlier execution of the run holds it".to_owned()
+            }
+            Some(Released::OwnedByOther { owner }) => format!("owned by run {owner}, left alone"),
+            None if matches!(staging, Staging::Held) => "kept for the run (held)".to_owned(),
+            None => "untouched".to_owned(),
         };
         Ok(Cleaned {
+            staging_uri,
             staging,
-            deleted,
             lock,
         })
     }
@@ -265,11 +328,10 @@ impl Teardown {
             });
         }
         let normalized = normalize(request.input.as_ref()?, &self.defaults).ok()?;
-        let run_id = normalized
-            .input
-            .run_id
-            .clone()
-            .or_else(|| request.execution.name.clone())?;
+        let run_id = normalized.input.run_id.clone().or_else(|| {
+            let name = request.execution.name.as_deref()?;
+            Some(ExecutionName::parse(name).run_id)
+        })?;
         NameRule::RUN_ID.check(&run_id).ok()?;
         Some(Known {
             run_id,
@@ -315,16 +377,25 @@ impl Teardown {
 
 /// What [`Teardown::clean_up`] did.
 struct Cleaned {
-    staging: S3Uri,
-    /// Objects deleted from the staging; `None` when the input held it.
-    deleted: Option<u64>,
+    staging_uri: S3Uri,
+    staging: Staging,
     /// What happened to the run lock, in words.
     lock: String,
 }
 
-impl Cleaned {
+/// What became of the run's staging.
+enum Staging {
+    /// Deleted: this many objects.
+    Deleted(u64),
+    /// Kept, with the lock, for the run's next execution (`teardown: false`).
+    Held,
+    /// Not this execution's to touch: a dry run, or a bringup that did not finish.
+    Untouched,
+}
+
+impl Staging {
     fn torn_down(&self) -> bool {
-        self.deleted.is_some()
+        matches!(self, Self::Deleted(_))
     }
 }
 
@@ -406,13 +477,16 @@ fn summarize(
         promoted: promoted_details.is_some_and(|d| d.promoted),
         torn_down,
         failure,
+        executions: Vec::new(),
     })
 }
 
 /// The run in plain sentences for the end-of-run notification: how it ended (the failed
 /// phase, the error's name and message), RTO and RPO against their targets, what
 /// happened to the staging, and where the receipts are.
-fn notice(summary: &RunSummary, receipts: &S3Uri) -> String {
+/// The run in plain sentences; `held` is where the run's next execution would start
+/// when this one held it.
+fn notice(summary: &RunSummary, held: Option<Phase>, receipts: &S3Uri) -> String {
     let run = format!("drpilot {} {}", summary.mode, summary.run_id);
     let outcome = match (&summary.status, &summary.failure) {
         (RunStatus::Succeeded, _) if summary.promoted => {
@@ -427,13 +501,17 @@ fn notice(summary: &RunSummary, receipts: &S3Uri) -> String {
         ),
         (RunStatus::Failed, None) => format!("{run} FAILED."),
     };
-    let staging = if summary.torn_down {
-        "deleted"
-    } else {
-        "held for inspection"
+    let staging = match held {
+        _ if summary.torn_down => "Staging deleted.".to_owned(),
+        Some(next) => format!(
+            "Staging and run lock held for the run's next step: drpilot resume {run_id} (from {next}), or drpilot resume {run_id} --from teardown to finish.",
+            run_id = summary.run_id
+        ),
+        None if summary.dry_run => "Staging untouched (dry run).".to_owned(),
+        None => "Staging untouched.".to_owned(),
     };
     format!(
-        "{outcome} RTO {}, RPO {}. Staging {staging}. Receipts: {receipts}",
+        "{outcome} RTO {}, RPO {}. {staging} Receipts: {receipts}",
         summary.rto.describe(),
         summary.rpo.describe()
     )
@@ -640,7 +718,7 @@ mod tests {
         let summary = summarize(&known(), &request, &profile(), &receipts, true, at(50)).unwrap();
         let dir = uri("s3://target-data/drpilot/receipts/runs/run-1/");
         assert_eq!(
-            notice(&summary, &dir),
+            notice(&summary, None, &dir),
             "drpilot drill run-1 succeeded: the backup was promoted into root/. RTO 42.0 s (target 3600 s, met), RPO 7200.0 s (target 86400 s, met). Staging deleted. Receipts: s3://target-data/drpilot/receipts/runs/run-1/"
         );
         let failed = RunSummary {
@@ -653,7 +731,16 @@ mod tests {
             }),
             ..summary
         };
-        let text = notice(&failed, &dir);
+        let held = RunSummary {
+            torn_down: false,
+            ..failed.clone()
+        };
+        let text = notice(&held, Some(Phase::Restore), &dir);
+        assert!(
+            text.contains("held for the run's next step: drpilot resume run-1 (from restore)"),
+            "{text}"
+        );
+        let text = notice(&failed, None, &dir);
         assert!(
             text.starts_with(
                 "drpilot drill run-1 FAILED in restore: ContractError: state.tar.zst: missing."

@@ -70,6 +70,7 @@ async fn start_run(aws: &LocalAws, run_id: &str, extra: Value) -> RunContext {
                 )),
                 start_time: Some(Utc::now()),
             },
+            retry_count: 0,
         },
         "function-arn",
     )
@@ -350,12 +351,22 @@ async fn a_denied_approval_and_a_held_staging_are_recorded() {
         3,
         "staging held"
     );
-    assert!(
-        aws.get_text(TARGET_BUCKET, "locks/drill.lock")
-            .await
-            .is_none(),
-        "lock released"
+    // Held for the run's next execution: the lock stays the run's, and the run has not
+    // ended, so no metrics yet.
+    assert_eq!(out.lock, "kept for the run (held)");
+    let lock = RunLock::new(
+        aws.s3().clone(),
+        S3Uri::new(TARGET_BUCKET, "locks/drill.lock").unwrap(),
     );
+    assert_eq!(lock.read().await.unwrap().unwrap().0.run_id, "run-held");
+    assert!(
+        out.notice.contains("drpilot resume run-held"),
+        "{}",
+        out.notice
+    );
+    let receipt = phase_receipt(&aws, "run-held", Phase::Teardown).await;
+    assert_eq!(receipt.details["held"], true);
+    assert_eq!(receipt.details["metrics_published"], false);
     let summary = aws
         .receipts()
         .get_summary("run-held")
@@ -391,6 +402,7 @@ async fn a_lock_held_by_another_run_is_left_alone() {
         input: Some(json!({"mode": "drill", "profile": PROFILE})),
         execution: ExecutionInfo {
             name: Some("second".into()),
+            arn: Some("arn:aws:states:us-east-1:123456789012:execution:drill:second".into()),
             ..Default::default()
         },
         failure: Some(CaughtFailure {

@@ -18,9 +18,9 @@ use drpilot_shared::objects::{open, pump_body, stored_sha256};
 use drpilot_shared::parity::DifferenceLog;
 use drpilot_shared::phase::{self, Failed, Outcome, PhaseRun, Rerun};
 use drpilot_shared::profile::{Check, Profile, ProfileSource, Statistic};
-use drpilot_shared::receipt::{PhaseStatus, ReceiptStore};
+use drpilot_shared::receipt::ReceiptStore;
 use drpilot_shared::run::{PhaseOutput, PhaseRequest, RunContext};
-use drpilot_shared::{AwsClients, Error, Phase, Result, S3Uri};
+use drpilot_shared::{AwsClients, Error, Result, S3Uri};
 use serde::Serialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -82,16 +82,7 @@ impl Validate {
         profile: &Profile,
         store: &ReceiptStore,
     ) -> std::result::Result<Outcome<ValidateDetails>, Failed<ValidateDetails>> {
-        let restore = store.get_phase(&run.run_id, Phase::Restore).await?;
-        if restore.as_ref().map(|r| r.status) != Some(PhaseStatus::Success) {
-            let err = Error::input(format!(
-                "run {}: the restore receipt is {}; validate needs a successful restore",
-                run.run_id,
-                restore.map_or("missing".to_owned(), |r| format!("{:?}", r.status)
-                    .to_lowercase())
-            ));
-            return Err(err.into());
-        }
+        // That restore succeeded and its staging is still there, the lifecycle checked.
         if run.input.dry_run {
             return Ok(Outcome::Skipped("dry_run: nothing was staged".to_owned()));
         }

@@ -234,7 +234,11 @@ async fn it_refuses_a_run_without_a_successful_restore() {
         .await
         .unwrap_err();
     assert_eq!(err.kind, ErrorKind::InputError);
-    assert!(err.message.contains("restore receipt is missing"), "{err}");
+    assert!(
+        err.message
+            .contains("restore has not succeeded (it never ran); run restore first"),
+        "{err}"
+    );
 }
 
 /// One `Payments/<name>` datapoint, `age_seconds` old.
