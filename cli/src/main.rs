@@ -91,7 +91,7 @@ enum Command {
         #[arg(long)]
         html: Option<PathBuf>,
     },
-    /// Backups: verify one in S3 without restoring it.
+    /// Backups: make one from a directory, or verify one in S3 without restoring it.
     Backup {
         #[command(subcommand)]
         command: BackupCommand,
@@ -105,6 +105,9 @@ enum Command {
 
 #[derive(Subcommand)]
 enum BackupCommand {
+    /// Make a contract backup of a directory (state.tar.zst, manifests.tar.zst,
+    /// metadata.json), optionally publishing it under a backups prefix.
+    Make(drpilot_cli::commands::backup::MakeArgs),
     /// Check a backup in place (contract, sizes, SHA-256, archive structure) and, with
     /// --profile, its age against the RPO target; writes nothing.
     Verify {
@@ -210,6 +213,13 @@ async fn run(cli: Cli) -> Result<ExitStatus, CliError> {
         Command::Report { run, html } => {
             let records = report(&ctx().await, run, html.as_deref()).await?;
             out.result(&records.summary);
+            Ok(ExitStatus::Success)
+        }
+        Command::Backup {
+            command: BackupCommand::Make(args),
+        } => {
+            let made = drpilot_cli::commands::backup::make(&ctx().await, args).await?;
+            out.result(&made);
             Ok(ExitStatus::Success)
         }
         Command::Backup {

@@ -712,8 +712,15 @@ async fn the_cost_discipline_sequence_runs_one_run_over_four_executions() {
         .unwrap();
     assert_eq!(restore.status, PhaseStatus::Success);
     assert!(restore.finished_at < validate.started_at);
+    // `drpilot runs` (every profile, one listing) shows it held for its next step.
+    let status_in_runs = || {
+        let listed: Value = serde_json::from_str(&step(&["--json", "runs"])).unwrap();
+        listed[0]["status"].clone()
+    };
+    assert_eq!(status_in_runs(), "held");
 
     let finished = step(&["resume", "steps-1", "--from", "teardown"]);
+    assert_eq!(status_in_runs(), "succeeded");
     assert!(finished.contains("execution 4"), "{finished}");
     assert!(
         aws.keys(TARGET_BUCKET, "_staging/steps-1/")
@@ -902,4 +909,82 @@ async fn a_failed_restore_is_fixed_and_resumed_without_rerunning_bringup() {
         .await
         .is_none());
     assert_eq!(aws.keys(TARGET_BUCKET, "audit/promotions/").await.len(), 1);
+}
+
+/// `drpilot backup make` publishes a backup that `backup verify` passes and a run
+/// restores and validates (the manifests it wrote are what validate checks against).
+#[tokio::test]
+async fn a_backup_made_by_drpilot_verifies_restores_and_validates() {
+    let aws = LocalAws::start().await;
+    let tmp = TempDir::new("e2e-make");
+    let ctx = stack(&aws, &tmp, false).await;
+    let src = tmp.path().join("made-src");
+    sh(&format!(
+        "mkdir -p '{0}/deep/er' '{0}/empty' && echo one > '{0}/deep/er/1.json' && : > '{0}/zero.json' && printf 'é' > '{0}/naïve ☃.json'",
+        src.display()
+    ));
+    let out = tmp.path().join("made-1");
+    let prefix = format!("s3://{BACKUP_BUCKET}/{BACKUP_PREFIX}");
+    let made = drpilot_ok(
+        &aws,
+        &[
+            "--json",
+            "backup",
+            "make",
+            src.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--git-sha",
+            "abc123",
+            "--upload",
+            &prefix,
+        ],
+    );
+    let made: Value = serde_json::from_str(&made).unwrap();
+    assert_eq!(made["files"], 3, "{made}");
+    let uri = format!("{prefix}made-1/");
+    assert_eq!(made["uri"], uri.as_str());
+    let verified = drpilot_ok(&aws, &["--json", "backup", "verify", &uri]);
+    let verified: Value = serde_json::from_str(&verified).unwrap();
+    assert_eq!(
+        verified["verified"]["coverage"]["matching"], 3,
+        "{verified}"
+    );
+    // Made twice into the same directory: refused, nothing overwritten.
+    let again = drpilot(&aws)
+        .args([
+            "backup",
+            "make",
+            src.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already holds a backup"));
+
+    let run = start_run(
+        &ctx,
+        json!({"run_id": "made-run", "backup_uri": uri, "stop_after": "validate"}),
+    )
+    .await;
+    let done = finish(&ctx, &run).await;
+    assert_eq!(
+        done.status, "SUCCEEDED",
+        "{:?} {:?}",
+        done.error, done.cause
+    );
+    let rec = records(&ctx, &run).await.unwrap();
+    let validate = rec
+        .phases
+        .iter()
+        .find(|r| r.phase == Phase::Validate)
+        .unwrap();
+    assert_eq!(validate.status, PhaseStatus::Success);
+    assert_eq!(
+        validate.details["tally"]["verified"], 3,
+        "{}",
+        validate.details
+    );
 }

@@ -90,10 +90,25 @@ impl<R: Read> Read for CountingReader<R> {
 }
 
 /// Counts and hashes every byte read through it.
-struct HashingReader<R> {
+pub(crate) struct HashingReader<R> {
     inner: R,
     hasher: Sha256,
-    bytes: u64,
+    pub(crate) bytes: u64,
+}
+
+impl<R> HashingReader<R> {
+    pub(crate) fn new(inner: R) -> Self {
+        Self {
+            inner,
+            hasher: Sha256::new(),
+            bytes: 0,
+        }
+    }
+
+    /// The SHA-256 of what was read.
+    pub(crate) fn finish(self) -> [u8; 32] {
+        self.hasher.finalize().into()
+    }
 }
 
 impl<R: Read> Read for HashingReader<R> {

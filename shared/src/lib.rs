@@ -7,6 +7,8 @@
 //! the run record, what a phase needs done before it), [`lock`] (the run lock),
 //! [`objects`] (the S3 access layer: JSON, conditional writes, bulk deletes, uploads),
 //! [`backup`] (the backup contract), [`archive`] (reading its archives as streams),
+//! [`manifest`] (the manifests and the archive's contents as sorted streams), [`maker`]
+//! (making a backup from a directory),
 //! [`listing`] and [`parity`] (sorted listings and their comparison), [`s3uri`]
 //! (locations and keys that cannot escape their prefix), [`error`] (the error names Step
 //! Functions matches), [`metrics`], [`clients`], [`ledger`] (the record of every AWS call,
@@ -22,6 +24,8 @@ pub mod ledger;
 pub mod listing;
 pub mod local;
 pub mod lock;
+pub mod maker;
+pub mod manifest;
 pub mod metrics;
 pub mod objects;
 pub mod parity;

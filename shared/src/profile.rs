@@ -356,31 +356,40 @@ impl ProfileSource {
         Ok(profile)
     }
 
-    /// The names of every stored profile, sorted.
-    pub async fn names(&self) -> Result<Vec<String>> {
-        let mut names = Vec::new();
+    /// Every stored profile with its name, sorted by name: one paginated
+    /// `GetParametersByPath` (values decrypted) rather than a read per profile. A profile
+    /// that does not parse is an error naming it, as [`Self::load`] would give.
+    pub async fn load_all(&self) -> Result<Vec<(String, Profile)>> {
+        let mut profiles = Vec::new();
         match self {
             Self::Ssm(ssm) => {
                 let mut pages = ssm
                     .get_parameters_by_path()
                     .path(SSM_PREFIX.trim_end_matches('/'))
+                    .with_decryption(true)
                     .into_paginator()
                     .send();
                 while let Some(page) = pages.next().await {
                     let page = page.map_err(|e| {
                         Error::from_sdk(&format!("GetParametersByPath {SSM_PREFIX}"), e)
                     })?;
-                    names.extend(
-                        page.parameters()
-                            .iter()
-                            .filter_map(|p| p.name()?.strip_prefix(SSM_PREFIX))
-                            .map(str::to_owned),
-                    );
+                    for parameter in page.parameters() {
+                        let Some(name) = parameter.name().and_then(|n| n.strip_prefix(SSM_PREFIX))
+                        else {
+                            continue;
+                        };
+                        let origin = format!("{name} (SSM {SSM_PREFIX}{name})");
+                        let text = parameter.value().ok_or_else(|| {
+                            Error::input(format!("profile {origin}: parameter has no value"))
+                        })?;
+                        profiles.push((name.to_owned(), Profile::from_json(&origin, text)?));
+                    }
                 }
             }
             Self::Dir(dir) => {
                 let entries = std::fs::read_dir(dir)
                     .map_err(|e| Error::input(format!("reading {}: {e}", dir.display())))?;
+                let mut names = Vec::new();
                 for entry in entries.flatten() {
                     let path = entry.path();
                     if path.extension().is_some_and(|e| e == "json") {
@@ -389,10 +398,14 @@ impl ProfileSource {
                         }
                     }
                 }
+                for name in names {
+                    let profile = self.load(&name).await?;
+                    profiles.push((name, profile));
+                }
             }
         }
-        names.sort();
-        Ok(names)
+        profiles.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(profiles)
     }
 
     pub async fn load(&self, name: &str) -> Result<Profile> {

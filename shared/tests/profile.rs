@@ -218,3 +218,20 @@ async fn loads_from_a_profile_directory() {
     let err = source.load("../escape").await.unwrap_err();
     assert!(err.message.starts_with("profile:"), "{err}");
 }
+
+#[tokio::test]
+async fn every_stored_profile_loads_in_one_listing() {
+    let aws = LocalAws::start().await;
+    let source = ProfileSource::Ssm(aws.clients.ssm.clone());
+    assert!(source.load_all().await.unwrap().is_empty());
+    put_parameter(&aws, "payments", &good_profile().to_string()).await;
+    put_parameter(&aws, "billing", &good_profile().to_string()).await;
+    let all = source.load_all().await.unwrap();
+    let names: Vec<&str> = all.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["billing", "payments"]);
+    assert_eq!(all[1].1, source.load("payments").await.unwrap());
+    put_parameter(&aws, "broken", "{\"target\": ").await;
+    let err = source.load_all().await.unwrap_err();
+    assert_eq!(err.kind, ErrorKind::InputError);
+    assert!(err.message.contains("broken"), "{err}");
+}

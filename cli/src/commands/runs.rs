@@ -68,13 +68,12 @@ pub async fn runs(
     since: Option<DateTime<Utc>>,
 ) -> Result<Vec<RunLine>, CliError> {
     let source = ProfileSource::from_env(ctx.aws.ssm.clone());
-    let names = match profile {
-        Some(name) => vec![name.to_owned()],
-        None => source.names().await?,
+    let profiles = match profile {
+        Some(name) => vec![(name.to_owned(), source.load(name).await?)],
+        None => source.load_all().await?,
     };
     let mut lines = Vec::new();
-    for name in names {
-        let profile = source.load(&name).await?;
+    for (name, profile) in profiles {
         let store = ReceiptStore::new(ctx.aws.s3.clone(), profile.receipts.clone());
         for run_id in store.run_ids().await? {
             let line = match store.get_summary(&run_id).await? {

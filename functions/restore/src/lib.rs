@@ -10,9 +10,7 @@ pub mod staging;
 
 use aws_sdk_s3::primitives::ByteStream;
 use chrono::{DateTime, Utc};
-use drpilot_shared::backup::{
-    self, artifact_uri, verify_artifact, BackupMetadata, MANIFESTS, STATE,
-};
+use drpilot_shared::backup::{self, artifact_uri, BackupMetadata, STATE};
 use drpilot_shared::details::{ControlPlaneStaged, RestoreDetails};
 use drpilot_shared::error::decode_slice;
 use drpilot_shared::objects::put_json;
@@ -76,12 +74,18 @@ impl Restore {
             delete_prefix(s3, &staging).await?
         };
 
-        let manifests =
-            verify_artifact(s3, &backup.uri, MANIFESTS, meta.artifact(MANIFESTS)).await?;
-        let state = if dry_run {
-            verify_artifact(s3, &backup.uri, STATE, meta.artifact(STATE)).await?
+        // A dry run also checks what validate would: the archive's files against the
+        // manifests.
+        let (manifests, state) = if dry_run {
+            let (manifests, state, _) =
+                backup::verify_archives(s3, &backup.uri, &meta, None).await?;
+            (manifests, state)
         } else {
-            self.stage_state(&backup.uri, &meta, &staging).await?
+            let manifests = backup::verify_manifests(s3, &backup.uri, &meta).await?;
+            (
+                manifests,
+                self.stage_state(&backup.uri, &meta, &staging).await?,
+            )
         };
         let control_plane = match &profile.control_plane {
             Some(cp) => Some(

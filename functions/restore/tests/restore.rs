@@ -363,7 +363,7 @@ async fn adversarial_backups_fail_with_the_right_error_and_no_success_receipt() 
         let uri: S3Uri = format!("s3://{BACKUP_BUCKET}/{BACKUP_PREFIX}{backup_id}/")
             .parse()
             .unwrap();
-        let verified = drpilot_shared::backup::verify(aws.s3(), &uri)
+        let verified = drpilot_shared::backup::verify(aws.s3(), &uri, None)
             .await
             .expect_err(bad.name);
         assert_eq!(verified.kind, bad.kind, "{}: verify: {verified}", bad.name);
@@ -398,6 +398,49 @@ async fn adversarial_backups_fail_with_the_right_error_and_no_success_receipt() 
             bad.name
         );
     }
+}
+
+/// A sound archive whose files are not what the manifests list: restore stages it (it
+/// is validate's to find), but `backup verify` and a dry-run restore, which check what
+/// validate would, refuse it with `IntegrityError` naming the differences.
+#[tokio::test]
+async fn an_archive_the_manifests_do_not_cover_is_refused_by_verify_and_dry_run() {
+    let aws = LocalAws::start().await;
+    aws.standard_setup().await;
+    let tmp = TempDir::new("restore-coverage");
+    let src = tmp.path().join("src");
+    source_tree(&src, false);
+    let out = tmp.path().join("backup");
+    // The archive holds one file more, and one changed, than the manifests list.
+    let changed = tmp.path().join("changed");
+    sh(&format!(
+        "cp -r '{}' '{1}' && echo more > '{1}/extra.json' && echo changed >> '{1}/a/b/obj-1.json'",
+        src.display(),
+        changed.display()
+    ));
+    crafted_tar(
+        &src,
+        &out,
+        &format!("cd '{}' && tar --format=pax -cf - .", changed.display()),
+    );
+    publish(&aws, &out, "cov").await;
+    let uri: S3Uri = format!("s3://{BACKUP_BUCKET}/{BACKUP_PREFIX}cov/")
+        .parse()
+        .unwrap();
+    let err = drpilot_shared::backup::verify(aws.s3(), &uri, None)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind, ErrorKind::IntegrityError, "{err}");
+    assert!(err.message.contains("1 not listed"), "{err}");
+    assert!(err.message.contains("a/b/obj-1.json"), "{err}");
+    let mut dry = phase_request("run-cov-dry", "cov");
+    dry.run.input.dry_run = true;
+    let err = restorer(&aws).handle(dry).await.unwrap_err();
+    assert_eq!(err.kind, ErrorKind::IntegrityError, "{err}");
+    restorer(&aws)
+        .handle(phase_request("run-cov", "cov"))
+        .await
+        .unwrap();
 }
 
 /// Fails the `n`th single-part PUT into staging, as a flaky network would.

@@ -6,8 +6,6 @@
 //! Differences are counted in full and written to S3 as JSON lines; the first few appear
 //! in the receipt and the error.
 
-pub mod manifest;
-
 use aws_sdk_cloudwatch::types::{Dimension, Metric, MetricDataQuery, MetricStat};
 use chrono::Utc;
 use drpilot_shared::archive::{unpack, RESERVED_PREFIX};
@@ -28,7 +26,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tracing::info;
 
-use crate::manifest::{ExternalSort, ManifestCollector, ManifestEntry, SORT_CHUNK};
+use drpilot_shared::manifest::{ExternalSort, ManifestCollector, ManifestEntry, SORT_CHUNK};
 
 /// Hash lookups (or full reads) in flight at once.
 const HASH_CONCURRENCY: usize = 32;

@@ -1,7 +1,9 @@
-//! The backup's manifests as one sorted stream of entries, whatever their number: each
-//! manifest JSON is parsed entry by entry as it streams out of `manifests.tar.zst`, and
-//! entries are sorted in bounded chunks spilled to temporary files, then merged. Memory
-//! is bounded by the chunk size (`SORT_CHUNK` entries); disk by the manifests' size.
+//! The backup's manifests, and what its state archive holds, as sorted streams of
+//! `{key, size, sha256}` entries, whatever their number: each manifest JSON is parsed
+//! entry by entry as it streams out of `manifests.tar.zst` ([`ManifestCollector`]), each
+//! file of `state.tar.zst` is hashed as it streams by ([`ContentCollector`]), and entries
+//! are sorted in bounded chunks spilled to temporary files, then merged. Memory is
+//! bounded by the chunk size (`SORT_CHUNK` entries); disk by the entries' size.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -10,11 +12,13 @@ use std::fs::File;
 use std::io::{BufRead, BufReader, BufWriter, Read, Write};
 use std::path::PathBuf;
 
-use drpilot_shared::archive::{stream_error, EntryVisitor};
-use drpilot_shared::backup::is_sha256_hex;
-use drpilot_shared::listing::Keyed;
-use drpilot_shared::s3uri::RelativeKey;
-use drpilot_shared::{Error, Result};
+use sha2::{Digest, Sha256};
+
+use crate::archive::{stream_error, EntryVisitor};
+use crate::backup::is_sha256_hex;
+use crate::error::{Error, Result};
+use crate::listing::Keyed;
+use crate::s3uri::RelativeKey;
 use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 
@@ -171,9 +175,41 @@ impl<'de, F: FnMut(RawEntry) -> Result<()>> Visitor<'de> for ObjectsSeed<'_, F> 
     }
 }
 
+/// Hashes every file of an archive into a sorter: what the archive holds, as entries
+/// comparable with the manifests'.
+pub struct ContentCollector {
+    pub sorter: ExternalSort,
+}
+
+impl EntryVisitor for ContentCollector {
+    fn file(&mut self, key: RelativeKey, _size: u64, data: &mut dyn Read) -> Result<()> {
+        let mut hasher = Sha256::new();
+        let mut buffer = vec![0u8; 1 << 16];
+        let mut size = 0u64;
+        loop {
+            let n = data
+                .read(&mut buffer)
+                .map_err(|e| stream_error("state.tar.zst", e))?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buffer[..n]);
+            size += n as u64;
+        }
+        self.sorter.push(ManifestEntry {
+            key: key.to_string(),
+            size,
+            sha256: hex::encode(hasher.finalize()),
+        })
+    }
+}
+
 /// Sorts entries by key (byte order, as S3 lists), in chunks of at most `limit` in memory.
 pub struct ExternalSort {
     limit: usize,
+    /// A key twice is an error (an archive's entries), not one entry listed twice (the
+    /// manifests').
+    refuse_duplicates: bool,
     buffer: Vec<ManifestEntry>,
     runs: Vec<PathBuf>,
     /// Where the sorted runs spill; removed when the sorted entries are dropped.
@@ -188,10 +224,18 @@ impl ExternalSort {
             .map_err(|e| Error::retryable(format!("creating a directory to sort in: {e}")))?;
         Ok(Self {
             limit: limit.max(1),
+            refuse_duplicates: false,
             buffer: Vec::new(),
             runs: Vec::new(),
             dir,
         })
+    }
+
+    /// A sorter for which a key seen twice is a `ContractError` (a duplicate archive
+    /// entry), with bounded memory where a set of seen keys would grow with the archive.
+    pub fn refusing_duplicates(mut self) -> Self {
+        self.refuse_duplicates = true;
+        self
     }
 
     pub fn push(&mut self, entry: ManifestEntry) -> Result<()> {
@@ -248,6 +292,7 @@ impl ExternalSort {
         Ok(Sorted {
             source,
             pending: None,
+            refuse_duplicates: self.refuse_duplicates,
             _dir: self.dir,
         })
     }
@@ -319,6 +364,7 @@ impl Source {
 pub struct Sorted {
     source: Source,
     pending: Option<ManifestEntry>,
+    refuse_duplicates: bool,
     _dir: tempfile::TempDir,
 }
 
@@ -337,6 +383,12 @@ impl Iterator for Sorted {
         loop {
             match self.source.next_raw() {
                 Ok(Some(next)) if next.key == current.key => {
+                    if self.refuse_duplicates {
+                        return Some(Err(Error::contract(format!(
+                            "state.tar.zst: duplicate entry {}",
+                            current.key
+                        ))));
+                    }
                     if next != current {
                         return Some(Err(Error::contract(format!(
                             "manifests list {:?} twice with different size or sha256",
@@ -399,6 +451,47 @@ mod tests {
         sorter.push(entry("a", 2)).unwrap();
         let result: Result<Vec<_>> = sorter.finish().unwrap().collect();
         assert!(result.unwrap_err().message.contains("twice"));
+    }
+
+    #[test]
+    fn an_archive_collector_hashes_files_and_refuses_a_key_twice() {
+        let mut content = ContentCollector {
+            sorter: ExternalSort::new(1).unwrap().refusing_duplicates(),
+        };
+        for (key, data) in [("b", &b"test"[..]), ("a", &b""[..])] {
+            content
+                .file(
+                    RelativeKey::parse(key).unwrap(),
+                    data.len() as u64,
+                    &mut &data[..],
+                )
+                .unwrap();
+        }
+        let entries: Vec<_> = content
+            .sorter
+            .finish()
+            .unwrap()
+            .collect::<Result<_>>()
+            .unwrap();
+        assert_eq!(entries[0].key, "a");
+        assert_eq!(
+            entries[1],
+            ManifestEntry {
+                key: "b".into(),
+                size: 4,
+                sha256: "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08".into(),
+            }
+        );
+        let mut twice = ExternalSort::new(1).unwrap().refusing_duplicates();
+        twice.push(entry("a", 1)).unwrap();
+        twice.push(entry("a", 1)).unwrap();
+        let err = twice
+            .finish()
+            .unwrap()
+            .collect::<Result<Vec<_>>>()
+            .unwrap_err();
+        assert_eq!(err.kind, crate::ErrorKind::ContractError);
+        assert!(err.message.contains("duplicate entry a"), "{err}");
     }
 
     #[test]

@@ -1,0 +1,333 @@
+//! Making a contract backup (format v1, docs/contracts.md) from a directory: what
+//! `scripts/make-backup.sh` does with tar, zstd and sha256sum, in one streaming pass —
+//! each file is read once, hashed for its manifest entry while it is written into the
+//! archive, and the archive is hashed while it is written to disk. Memory holds one
+//! directory's listing and one buffer, whatever the size of the tree; the manifest is
+//! written to a temporary file as it grows.
+
+use std::fs::File;
+use std::io::{self, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::archive::HashingReader;
+use crate::backup::{Artifact, FORMAT_V1, MANIFESTS, METADATA, STATE};
+use crate::error::{Error, Result};
+use crate::input::NameRule;
+use crate::s3uri::RelativeKey;
+
+/// What `make` writes into `metadata.json` beyond the artifacts.
+#[derive(Clone, Debug)]
+pub struct MakeOptions {
+    pub backup_id: String,
+    pub created_at: DateTime<Utc>,
+    /// The source's revision (`source.git_sha`).
+    pub git_sha: String,
+    /// zstd level (1-19); 3 is zstd's own default.
+    pub level: i32,
+}
+
+/// What `make` wrote.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Made {
+    pub dir: PathBuf,
+    pub backup_id: String,
+    pub files: u64,
+    pub directories: u64,
+    /// Bytes of file data backed up.
+    pub bytes: u64,
+    pub state: Artifact,
+    pub manifests: Artifact,
+}
+
+/// Backs up the tree under `src` into `out` (created; it must not hold a backup already):
+/// `state.tar.zst` (directories and regular files, relative to `src`, in byte order of
+/// their names), `manifests.tar.zst` (one manifest, `state.json`, listing every file with
+/// its size and SHA-256) and `metadata.json`, written last. Anything but directories and
+/// regular files (a symlink, a device, a socket), and a name that is not UTF-8 or not a
+/// valid key, is an `InputError` naming the path, raised before `out` is created.
+pub fn make(src: &Path, out: &Path, options: &MakeOptions) -> Result<Made> {
+    NameRule::RUN_ID
+        .check(&options.backup_id)
+        .map_err(|why| Error::input(format!("backup id: {why}")))?;
+    if !(1..=19).contains(&options.level) {
+        return Err(Error::input(format!(
+            "level: expected a zstd level of 1 to 19, got {}",
+            options.level
+        )));
+    }
+    if !src.is_dir() {
+        return Err(Error::input(format!(
+            "{}: not a directory to back up",
+            src.display()
+        )));
+    }
+    // Checked before anything is written: a tree that cannot be backed up leaves nothing.
+    walk(src, Path::new(""), &mut |relative, _| {
+        key_of(relative).map(drop)
+    })?;
+    if out.join(METADATA).exists() {
+        return Err(Error::input(format!(
+            "{}: already holds a backup ({METADATA}); choose another directory",
+            out.display()
+        )));
+    }
+    let io_error = |what: &str, e: io::Error| Error::input(format!("{what}: {e}"));
+    std::fs::create_dir_all(out).map_err(|e| io_error(&out.display().to_string(), e))?;
+
+    let mut manifest = tempfile::tempfile().map_err(|e| io_error("a temporary manifest", e))?;
+    let (state, tally) = {
+        let mut manifest = BufWriter::new(&mut manifest);
+        manifest
+            .write_all(b"{\"objects\": [")
+            .map_err(|e| io_error("the manifest", e))?;
+        let written = write_archive(&out.join(STATE), options.level, |tar| {
+            let mut tally = Tally::default();
+            walk(src, Path::new(""), &mut |relative, kind| {
+                let name = key_of(relative)?;
+                let path = src.join(relative);
+                match kind {
+                    Kind::Directory => {
+                        append(
+                            tar,
+                            tar::EntryType::Directory,
+                            &format!("{name}/"),
+                            0,
+                            io::empty(),
+                        )
+                        .map_err(|e| io_error(&path.display().to_string(), e))?;
+                        tally.directories += 1;
+                    }
+                    Kind::File => {
+                        let file = File::open(&path)
+                            .map_err(|e| io_error(&path.display().to_string(), e))?;
+                        let size = file
+                            .metadata()
+                            .map_err(|e| io_error(&path.display().to_string(), e))?
+                            .len();
+                        let mut hashing = HashingReader::new(file);
+                        append(
+                            tar,
+                            tar::EntryType::Regular,
+                            &name,
+                            size,
+                            (&mut hashing).take(size),
+                        )
+                        .map_err(|e| io_error(&path.display().to_string(), e))?;
+                        if hashing.bytes != size {
+                            return Err(Error::input(format!(
+                                "{}: changed while it was backed up ({size} bytes, then {})",
+                                path.display(),
+                                hashing.bytes
+                            )));
+                        }
+                        let entry = serde_json::json!({
+                            "key": name,
+                            "size": size,
+                            "sha256": hex::encode(hashing.finish()),
+                        });
+                        let separator: &[u8] = if tally.files == 0 { b"\n  " } else { b",\n  " };
+                        manifest
+                            .write_all(separator)
+                            .and_then(|()| {
+                                serde_json::to_writer(&mut manifest, &entry)
+                                    .map_err(io::Error::other)
+                            })
+                            .map_err(|e| io_error("the manifest", e))?;
+                        tally.files += 1;
+                        tally.bytes += size;
+                    }
+                }
+                Ok(())
+            })?;
+            Ok(tally)
+        })?;
+        manifest
+            .write_all(b"\n]}\n")
+            .and_then(|()| manifest.flush())
+            .map_err(|e| io_error("the manifest", e))?;
+        written
+    };
+    let manifest_size = manifest
+        .metadata()
+        .map_err(|e| io_error("the manifest", e))?
+        .len();
+    io::Seek::rewind(&mut manifest).map_err(|e| io_error("the manifest", e))?;
+    let (manifests, ()) = write_archive(&out.join(MANIFESTS), options.level, |tar| {
+        append(
+            tar,
+            tar::EntryType::Regular,
+            "state.json",
+            manifest_size,
+            &mut manifest,
+        )
+        .map_err(|e| io_error("the manifest", e))
+    })?;
+
+    let metadata = serde_json::json!({
+        "format": FORMAT_V1,
+        "backup_id": options.backup_id,
+        "created_at": options.created_at.to_rfc3339_opts(SecondsFormat::Secs, true),
+        "source": {
+            "git_sha": options.git_sha,
+            "tool": concat!("drpilot backup make ", env!("CARGO_PKG_VERSION")),
+        },
+        "artifacts": {STATE: &state, MANIFESTS: &manifests},
+    });
+    let text = serde_json::to_vec_pretty(&metadata)
+        .map_err(|e| Error::internal(format!("encoding {METADATA}: {e}")))?;
+    std::fs::write(out.join(METADATA), text).map_err(|e| io_error(METADATA, e))?;
+    Ok(Made {
+        dir: out.to_path_buf(),
+        backup_id: options.backup_id.clone(),
+        files: tally.files,
+        directories: tally.directories,
+        bytes: tally.bytes,
+        state,
+        manifests,
+    })
+}
+
+#[derive(Debug, Default)]
+struct Tally {
+    files: u64,
+    directories: u64,
+    bytes: u64,
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Directory,
+    File,
+}
+
+/// Calls `visit` with every directory and regular file under `dir` (paths relative to the
+/// tree's root, `at` being `dir`'s), depth first, each directory's entries in byte order
+/// of their names; anything else is an `InputError` naming it. Hand-written rather than
+/// a directory-walking crate: it is this short, and the order and refusals are the
+/// contract's.
+fn walk(root: &Path, at: &Path, visit: &mut dyn FnMut(&Path, Kind) -> Result<()>) -> Result<()> {
+    let dir = root.join(at);
+    let read = |e: io::Error| Error::input(format!("{}: {e}", dir.display()));
+    let mut names: Vec<_> = std::fs::read_dir(&dir)
+        .map_err(read)?
+        .map(|entry| entry.map(|e| e.file_name()))
+        .collect::<io::Result<_>>()
+        .map_err(read)?;
+    names.sort_by(|a, b| a.as_encoded_bytes().cmp(b.as_encoded_bytes()));
+    for name in names {
+        let relative = at.join(&name);
+        let path = root.join(&relative);
+        let kind = std::fs::symlink_metadata(&path)
+            .map_err(|e| Error::input(format!("{}: {e}", path.display())))?
+            .file_type();
+        if kind.is_dir() {
+            visit(&relative, Kind::Directory)?;
+            walk(root, &relative, visit)?;
+        } else if kind.is_file() {
+            visit(&relative, Kind::File)?;
+        } else {
+            return Err(Error::input(format!(
+                "{}: only directories and regular files can be backed up (a restore refuses links, devices and the like)",
+                path.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The archive key of `relative`, checked as restore checks it.
+fn key_of(relative: &Path) -> Result<String> {
+    let name = relative.to_str().ok_or_else(|| {
+        Error::input(format!(
+            "{}: the name is not UTF-8, which S3 keys must be",
+            relative.display()
+        ))
+    })?;
+    RelativeKey::parse(name)
+        .map_err(|e| Error::input(format!("{}: cannot be a key: {e}", relative.display())))?;
+    Ok(name.to_owned())
+}
+
+/// Appends one POSIX entry: a ustar header, preceded by a pax `path` record when the name
+/// does not fit ustar's fields (never GNU extensions: the contract is ustar or pax).
+fn append<W: Write>(
+    tar: &mut tar::Builder<W>,
+    kind: tar::EntryType,
+    name: &str,
+    size: u64,
+    data: impl Read,
+) -> io::Result<()> {
+    let mut header = tar::Header::new_ustar();
+    header.set_entry_type(kind);
+    header.set_mode(if kind.is_dir() { 0o755 } else { 0o644 });
+    header.set_size(size);
+    header.set_mtime(0);
+    if header.set_path(name).is_err() {
+        tar.append_pax_extensions([("path", name.as_bytes())])?;
+        // What a reader without pax support would see; pax readers use the record.
+        header.set_path(if kind.is_dir() {
+            "pax-long-name/"
+        } else {
+            "pax-long-name"
+        })?;
+    }
+    header.set_cksum();
+    tar.append(&header, data)
+}
+
+/// Writes a zstd-compressed tar to `path` through `fill`, hashing what lands on disk.
+fn write_archive<T>(
+    path: &Path,
+    level: i32,
+    fill: impl FnOnce(&mut tar::Builder<zstd::Encoder<'static, HashingWriter<File>>>) -> Result<T>,
+) -> Result<(Artifact, T)> {
+    let io_error = |e: io::Error| Error::input(format!("{}: {e}", path.display()));
+    let file = File::create(path).map_err(io_error)?;
+    let encoder = zstd::Encoder::new(HashingWriter::new(file), level).map_err(io_error)?;
+    let mut tar = tar::Builder::new(encoder);
+    tar.mode(tar::HeaderMode::Deterministic);
+    let filled = fill(&mut tar)?;
+    let encoder = tar.into_inner().map_err(io_error)?;
+    let mut hashing = encoder.finish().map_err(io_error)?;
+    hashing.inner.flush().map_err(io_error)?;
+    Ok((
+        Artifact {
+            sha256: hex::encode(hashing.hasher.finalize()),
+            size: hashing.bytes,
+        },
+        filled,
+    ))
+}
+
+struct HashingWriter<W> {
+    inner: W,
+    hasher: Sha256,
+    bytes: u64,
+}
+
+impl<W> HashingWriter<W> {
+    fn new(inner: W) -> Self {
+        Self {
+            inner,
+            hasher: Sha256::new(),
+            bytes: 0,
+        }
+    }
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
