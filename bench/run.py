@@ -3,7 +3,7 @@
 same data, as one markdown table (what, drpilot, peer, ratio). Medians of BENCH_REPS runs.
 
 Sizes: BENCH_PARITY_OBJECTS (default 100000), BENCH_PROMOTE_OBJECTS (10000),
-BENCH_RESTORE_FILES (2000), BENCH_PIPELINE_MB ("100 1100").
+BENCH_RESTORE_FILES (2000), BENCH_PIPELINE_MB ("100 1100"), BENCH_MAKE_MB ("100 1000").
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import backup_make  # noqa: E402
 import drill  # noqa: E402
 import footprint  # noqa: E402
 import parity  # noqa: E402
@@ -28,6 +29,7 @@ def main() -> int:
     rows += restore_s3.rows(int(os.environ.get("BENCH_RESTORE_FILES", "2000")))
     rows += parity.rows(int(os.environ.get("BENCH_PARITY_OBJECTS", "100000")))
     rows += promote.rows(int(os.environ.get("BENCH_PROMOTE_OBJECTS", "10000")))
+    rows += backup_make.rows([int(x) for x in os.environ.get("BENCH_MAKE_MB", "100 1000").split()])
     rows += footprint.rows()
     rows += drill.rows()
     print(table(rows))

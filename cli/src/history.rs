@@ -131,6 +131,18 @@ impl Progress {
     pub fn succeeded(&self) -> bool {
         self.status == ExecutionState::Succeeded
     }
+
+    /// The run this execution belongs to: bringup's run id, else the execution's name
+    /// without its `.<n>`.
+    pub fn run_id(&self) -> String {
+        match &self.run {
+            Some(run) => run.run_id.clone(),
+            None => {
+                let name = self.execution_arn.rsplit(':').next().unwrap_or_default();
+                drpilot_shared::resume::ExecutionName::parse(name).run_id
+            }
+        }
+    }
 }
 
 fn time(t: &aws_sdk_sfn::primitives::DateTime) -> Option<DateTime<Utc>> {

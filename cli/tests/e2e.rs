@@ -10,7 +10,6 @@ use drpilot_cli::history::fetch;
 use drpilot_cli::local::deploy_state_machine;
 use drpilot_cli::{approve, deny, follow, parse_since, records, runs, start, Ctx, Out, StartFlags};
 use drpilot_shared::receipt::{PhaseStatus, RunStatus};
-use drpilot_shared::resume::ExecutionName;
 use drpilot_shared::Phase;
 use drpilot_testkit::{
     corrupt_state_sha256, make_backup, sh, LocalAws, TempDir, BACKUP_BUCKET, BACKUP_PREFIX,
@@ -121,8 +120,7 @@ async fn start_run(ctx: &Ctx, input: Value) -> String {
     )
     .await
     .unwrap();
-    let name = p.execution_arn.rsplit(':').next().unwrap();
-    ExecutionName::parse(name).run_id
+    p.run_id()
 }
 
 async fn finish(ctx: &Ctx, run_id: &str) -> drpilot_cli::history::Progress {

@@ -399,12 +399,7 @@ pub async fn drill(options: &DrillOptions, out: Out) -> Result<bool, CliError> {
         &crate::StartFlags::full_drill(),
     )
     .await?;
-    let run_id = progress
-        .execution_arn
-        .rsplit(':')
-        .next()
-        .unwrap_or_default()
-        .to_owned();
+    let run_id = progress.run_id();
     let succeeded = progress.succeeded();
     report_run(&ctx, &run_id, progress.status, options.report.clone()).await?;
     print_notifications(&ctx, &queue).await?;
