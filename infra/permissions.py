@@ -9,9 +9,12 @@ function, as CloudFormation would deploy it:
    intrinsics with the parameter set of the tests (infra/permissions/test-parameters.json);
 2. turns each ledger record into the IAM requests AWS authorises for it, including the
    implied ones moto does not reproduce (a 404 object read also needs s3:ListBucket without
-   s3:prefix; SSE-KMS needs kms:Decrypt / kms:GenerateDataKey);
+   s3:prefix; SSE-KMS needs kms:Decrypt / kms:GenerateDataKey; an RDS restore with tags
+   needs rds:AddTagsToResource; a restore job's role needs iam:PassRole); RDS, Lambda,
+   AWS Backup and Run Command resources come from the request's recorded `params`;
 3. evaluates all of them in one batch with @cloud-copilot/iam-simulate
-   (infra/permissions/simulate.mjs);
+   (infra/permissions/simulate.mjs), except AWS-owned SSM documents, whose account-less
+   ARN the simulator cannot parse (matched by evaluate_locally);
 4. checks statically that the state machine's role may invoke every function and publish
    to every topic its definition names (Step Functions makes those calls, not the Lambdas);
 5. lints every generated policy with parliament;
@@ -68,6 +71,8 @@ LINT_ALLOW = [
      "CloudWatch metric actions support no resource-level permission; PutMetricData is narrowed by cloudwatch:namespace"),
     ("RESOURCE_STAR", r"sts:GetCallerIdentity",
      "GetCallerIdentity supports no resource (and needs no permission at all)"),
+    ("RESOURCE_MISMATCH", r"'action': 'ssm:SendCommand'",
+     "parliament wants a document with an account: an AWS-owned document's ARN has none (arn:aws:ssm:REGION::document/AWS-RunShellScript), and the statement granting the instances names no document (IAM authorizes the document and each instance separately)"),
     ("RESOURCE_STAR", r"logs:(CreateLogDelivery|GetLogDelivery|UpdateLogDelivery|DeleteLogDelivery|ListLogDeliveries|PutResourcePolicy|DescribeResourcePolicies|DescribeLogGroups)",
      "Step Functions log delivery requires these on \"*\" (vended logs)"),
 ]
@@ -81,6 +86,21 @@ UNEXERCISED_NOTES = [
     ("bringup", "s3:ListBucket", "the lock read finds no key only when the lock is released between bringup's conditional write and its read; without it S3 answers 403 there"),
     ("validate", "s3:ListBucket", "a backup's manifests deleted during the run: a 404 (ContractError) instead of a 403"),
     ("promote", "s3:GetObject", "HeadObject fallback for a root/ object with no stored SHA-256 whose ETag differs from staging's"),
+    ("components", "backup:ListRecoveryPointsByBackupVault", "aws_backup: the emulator has no AWS Backup; the kind is tested with aws-smithy-mocks, outside the ledger"),
+    ("components", "backup:GetRecoveryPointRestoreMetadata", "aws_backup: the emulator has no AWS Backup; tested with aws-smithy-mocks"),
+    ("components", "backup:StartRestoreJob", "aws_backup: the emulator has no AWS Backup restore jobs; tested with aws-smithy-mocks"),
+    ("components", "backup:DescribeRestoreJob", "aws_backup: the emulator has no AWS Backup restore jobs; tested with aws-smithy-mocks"),
+    ("components", "backup:PutRestoreValidationResult", "aws_backup: the emulator has no AWS Backup restore jobs; tested with aws-smithy-mocks"),
+    ("components", "iam:PassRole", "aws_backup's StartRestoreJob passes the restore role; tested with aws-smithy-mocks"),
+    ("components", "ssm:ListCommandInvocations", "ssm_command with tag targets only (instance ids poll with GetCommandInvocation)"),
+    ("components", "ssm:SendCommand", "managed nodes (mi-...) and tag targets only, or a document the tests do not send"),
+    ("components", "rds:DescribeDBSnapshots", "the code always filters by DBInstanceIdentifier (db); snapshot is the action's other resource type"),
+    ("components", "rds:RestoreDBInstanceFromDBSnapshot", "a cluster snapshot or a resource type the recorded restores did not name"),
+    ("components", "lambda:GetFunction", "a verifier the tests do not configure (VerifierFunctionArns, or the sample verifier)"),
+    ("components", "lambda:InvokeFunction", "a verifier the tests do not configure (VerifierFunctionArns, or the sample verifier)"),
+    ("components", "kms:CreateGrant", "only to restore a snapshot encrypted under a customer managed key; the ledger cannot see the snapshot's key"),
+    ("components", "kms:DescribeKey", "only to restore a snapshot encrypted under a customer managed key; the ledger cannot see the snapshot's key"),
+    ("components", "s3:DeleteObject", "only when a re-run replaces a stale phase receipt"),
 ]
 
 # KMS authorises a key's use only if its key policy lets IAM policies decide. The keys are
@@ -579,11 +599,17 @@ class Call:
     status: int
     error: str | None
     checksum_mode: bool
+    # RDS, Lambda, AWS Backup, SSM Run Command: the request's own fields (ledger `params`).
+    params: dict[str, str] = field(default_factory=dict)
 
     def describe(self) -> str:
         prefix = self.context.get("s3:prefix")
         if prefix is not None and self.resource.startswith("arn:aws:s3:::") and not is_object(self.resource):
             return f"{self.operation} {pretty(bucket_arn(self.resource))}/{prefix}"
+        if self.resource == "*" and self.params:
+            subject = next((self.params[k] for k in DESCRIBE_PARAMS if self.params.get(k)), None)
+            if subject:
+                return f"{self.operation} {subject}"
         return f"{self.operation} {pretty(self.resource)}"
 
     @property
@@ -602,6 +628,8 @@ class Request:
 
 
 REQUIRED_FIELDS = ("function", "service", "operation")
+# What names a params call in a denial line, first found first.
+DESCRIBE_PARAMS = ("DBInstanceIdentifier", "DocumentName", "CommandId", "RecoveryPointArn", "path")
 
 
 def read_ledger(path: Path) -> list[Call]:
@@ -631,6 +659,7 @@ def read_ledger(path: Path) -> list[Call]:
             context={k: str(v) for k, v in (raw.get("context") or {}).items()},
             kms_key=raw.get("kms_key") or None, status=int(raw.get("status") or 0),
             error=raw.get("error") or None, checksum_mode=bool(raw.get("checksum_mode")),
+            params={k: str(v) for k, v in (raw.get("params") or {}).items()},
         ))
     if problems:
         raise CheckError("malformed ledger:\n  " + "\n  ".join(problems[:20]))
@@ -718,6 +747,14 @@ def requests_for(call: Call) -> list[Request]:
                                {"kms:ViaService": f"ssm.{call.region}.amazonaws.com"},
                                "a SecureString parameter under a KMS key", kind="kms"))
         return out
+    if service == "ssm" and op in SSM_RUN_COMMAND:
+        return run_command_requests(call)
+    if service == "rds":
+        return rds_requests(call)
+    if service == "lambda":
+        return lambda_requests(call)
+    if service == "backup":
+        return backup_requests(call)
     if service in ("monitoring", "cloudwatch"):
         action = {"PutMetricData": "cloudwatch:PutMetricData", "GetMetricData": "cloudwatch:GetMetricData",
                   "GetMetricStatistics": "cloudwatch:GetMetricStatistics",
@@ -797,6 +834,221 @@ def requests_for(call: Call) -> list[Request]:
     if read and call.not_found:
         out.append(Request("s3:ListBucket", bucket_arn(resource), {},
                            "the 404 answer", kind="404-list"))
+    return out
+
+
+# RDS, Lambda, AWS Backup and SSM Run Command: the resources come from the request's own
+# fields (`params`), the account and region from the call. Sources: "Actions, resources,
+# and condition keys for Amazon RDS / AWS Lambda / AWS Backup / AWS Systems Manager"
+# (Service Authorization Reference), and the API References' permission notes (below).
+
+def rds_arn(kind: str, name: str, region: str) -> str:
+    """An RDS resource ARN from an identifier (RDS identifiers are stored lower-case) or
+    an ARN passed as it is (a shared snapshot is named by its ARN)."""
+    if name.startswith("arn:"):
+        return name
+    return f"arn:{PARTITION}:rds:{region}:{ACCOUNT}:{kind}:{name.lower()}"
+
+
+RDS_TAG_KEY = re.compile(r"^Tags\.[^.]+\.(\d+)\.Key$")   # Tags.Tag.1.Key (awsQuery); Tags.member.1.Key
+
+
+def rds_tags(params: dict[str, str]) -> dict[str, str]:
+    tags = {}
+    for name, key in params.items():
+        match = RDS_TAG_KEY.match(name)
+        if match:
+            tags[key] = params.get(name[:-len("Key")] + "Value", "")
+    return tags
+
+
+def rds_requests(call: Call) -> list[Request]:
+    op, params, region = call.operation, call.params, call.region
+    instance = params.get("DBInstanceIdentifier")
+    if op == "DescribeDBInstances":
+        # Without an identifier the call lists every instance: the wildcard ARN.
+        return [Request("rds:DescribeDBInstances", rds_arn("db", instance or "*", region), {}, "the call")]
+    if op == "DescribeDBSnapshots":
+        out = []
+        if instance:
+            out.append(Request("rds:DescribeDBSnapshots", rds_arn("db", instance, region), {},
+                               "the DBInstanceIdentifier filter"))
+        if params.get("DBSnapshotIdentifier"):
+            out.append(Request("rds:DescribeDBSnapshots", rds_arn("snapshot", params["DBSnapshotIdentifier"], region),
+                               {}, "the DBSnapshotIdentifier filter"))
+        return out or [Request("rds:DescribeDBSnapshots", rds_arn("snapshot", "*", region), {}, "the call")]
+    if op == "DeleteDBInstance":
+        if not instance:
+            raise CheckError(f"ledger line {call.line}: DeleteDBInstance without DBInstanceIdentifier in params")
+        # A final snapshot (SkipFinalSnapshot false) would also need rds:CreateDBSnapshot.
+        out = [Request("rds:DeleteDBInstance", rds_arn("db", instance, region), {}, "the call")]
+        if params.get("SkipFinalSnapshot", "false").lower() != "true":
+            name = params.get("FinalDBSnapshotIdentifier") or "final-snapshot"
+            out.append(Request("rds:CreateDBSnapshot", rds_arn("snapshot", name, region), {},
+                               "the final snapshot (SkipFinalSnapshot is not set)"))
+        return out
+    if op == "RestoreDBInstanceFromDBSnapshot":
+        if not instance:
+            raise CheckError(f"ledger line {call.line}: {op} without DBInstanceIdentifier in params")
+        tags = rds_tags(params)
+        tag_context = {f"aws:RequestTag/{k}": v for k, v in tags.items()}
+        target = rds_arn("db", instance, region)
+        out = [Request("rds:RestoreDBInstanceFromDBSnapshot", target, tag_context, "the new DB instance")]
+        if params.get("DBSnapshotIdentifier"):
+            out.append(Request("rds:RestoreDBInstanceFromDBSnapshot",
+                               rds_arn("snapshot", params["DBSnapshotIdentifier"], region), {}, "the source snapshot"))
+        if params.get("DBClusterSnapshotIdentifier"):
+            out.append(Request("rds:RestoreDBInstanceFromDBSnapshot",
+                               rds_arn("cluster-snapshot", params["DBClusterSnapshotIdentifier"], region), {},
+                               "the source cluster snapshot"))
+        # The instance's subnet group: the request's, else the default VPC's "default".
+        out.append(Request("rds:RestoreDBInstanceFromDBSnapshot",
+                           rds_arn("subgrp", params.get("DBSubnetGroupName") or "default", region), {},
+                           "the DB subnet group the instance is placed in"))
+        # The option and parameter groups: the request's, else the snapshot's own, whose
+        # names the request does not carry. The stand-in name stands for "any": only a grant
+        # that covers every group name of the account allows it.
+        for kind, field_name, what in (("og", "OptionGroupName", "option group"),
+                                       ("pg", "DBParameterGroupName", "DB parameter group")):
+            named = params.get(field_name)
+            out.append(Request("rds:RestoreDBInstanceFromDBSnapshot",
+                               rds_arn(kind, named or UNNAMED_GROUP, region), {},
+                               f"the {what} the instance gets" + ("" if named else " (the snapshot's, not named by the request)")))
+        if tags:
+            # RDS User Guide, "Tagging Amazon RDS resources": tags on a create or restore call
+            # need rds:AddTagsToResource on the new resource.
+            out.append(Request("rds:AddTagsToResource", target, tag_context, "the Tags of the request", kind="tagging"))
+        return out
+    if op == "AddTagsToResource":
+        name = params.get("ResourceName")
+        if not name:
+            raise CheckError(f"ledger line {call.line}: AddTagsToResource without ResourceName in params")
+        tags = rds_tags(params)
+        return [Request("rds:AddTagsToResource", name, {f"aws:RequestTag/{k}": v for k, v in tags.items()}, "the call")]
+    raise KeyError(op)
+
+
+UNNAMED_GROUP = "(the-snapshots-own)"
+
+
+LAMBDA_PATH = re.compile(r"^/[0-9-]+/functions/(?P<name>[^/]+)(?P<rest>/.*)?$")
+
+
+def lambda_function_arn(name: str, qualifier: str | None, region: str) -> str:
+    """FunctionName in any of its forms (name, name:qualifier, ACCOUNT:function:name,
+    a full or qualified ARN) as the ARN Lambda authorizes; a Qualifier parameter is the
+    alias or version the ARN is qualified with."""
+    if name.startswith("arn:"):
+        arn = name
+    elif ":function:" in name:
+        arn = f"arn:{PARTITION}:lambda:{region}:{name}"
+    else:
+        arn = f"arn:{PARTITION}:lambda:{region}:{ACCOUNT}:function:{name}"
+    parts = arn.split(":")
+    if qualifier and len(parts) == 7:
+        arn = f"{arn}:{qualifier}"
+    return arn
+
+
+LAMBDA_ACTIONS = {"Invoke": "lambda:InvokeFunction", "GetFunction": "lambda:GetFunction",
+                  "GetFunctionConfiguration": "lambda:GetFunctionConfiguration"}
+
+
+def lambda_requests(call: Call) -> list[Request]:
+    action = LAMBDA_ACTIONS.get(call.operation)
+    if action is None:
+        raise KeyError(call.operation)
+    match = LAMBDA_PATH.match(call.params.get("path", ""))
+    if not match:
+        raise CheckError(f"ledger line {call.line}: {call.operation} without a /functions/NAME path in params")
+    arn = lambda_function_arn(match["name"], call.params.get("query.Qualifier"), call.region)
+    return [Request(action, arn, {}, "the call")]
+
+
+BACKUP_PATH = re.compile(r"^/backup-vaults/(?P<vault>[^/]+)/recovery-points(?:/(?P<point>.+)/restore-metadata)?$")
+
+
+def backup_requests(call: Call) -> list[Request]:
+    op, params = call.operation, call.params
+    if op in ("ListRecoveryPointsByBackupVault", "GetRecoveryPointRestoreMetadata"):
+        match = BACKUP_PATH.match(params.get("path", ""))
+        if not match or (op == "GetRecoveryPointRestoreMetadata") != bool(match["point"]):
+            raise CheckError(f"ledger line {call.line}: {op} with an unexpected path {params.get('path')!r}")
+        if op == "ListRecoveryPointsByBackupVault":
+            account = params.get("query.backupVaultAccountId") or ACCOUNT
+            vault = f"arn:{PARTITION}:backup:{call.region}:{account}:backup-vault:{match['vault']}"
+            return [Request("backup:ListRecoveryPointsByBackupVault", vault, {}, "the call")]
+        return [Request("backup:GetRecoveryPointRestoreMetadata", match["point"], {}, "the call")]
+    if op == "StartRestoreJob":
+        point = params.get("RecoveryPointArn")
+        if not point:
+            raise CheckError(f"ledger line {call.line}: StartRestoreJob without RecoveryPointArn in params")
+        out = [Request("backup:StartRestoreJob", point, {}, "the recovery point")]
+        role = params.get("IamRoleArn")
+        if role:
+            # IamRoleArn is a role handed to AWS Backup, which restores with it: IAM User
+            # Guide, "Grant a user permissions to pass a role to an AWS service".
+            out.append(Request("iam:PassRole", role, {"iam:PassedToService": "backup.amazonaws.com"},
+                               "the IamRoleArn AWS Backup restores with"))
+        return out
+    if op in ("DescribeRestoreJob", "PutRestoreValidationResult"):
+        # No resource type: "*" (Service Authorization Reference, AWS Backup).
+        return [Request(f"backup:{op}", "*", {}, "the call")]
+    raise KeyError(op)
+
+
+SSM_RUN_COMMAND = {"SendCommand", "GetCommandInvocation", "ListCommandInvocations"}
+# SSM reserves these prefixes for AWS-owned documents (no one else may create one); their
+# ARN has no account.
+AWS_DOCUMENT_PREFIXES = ("aws", "amazon", "amzn")
+TARGET_INSTANCES = "(resolved-from-targets)"
+
+
+def ssm_document_arn(name: str, region: str) -> str:
+    if name.startswith("arn:"):
+        return name
+    owner = "" if name.lower().startswith(AWS_DOCUMENT_PREFIXES) else ACCOUNT
+    return f"arn:{PARTITION}:ssm:{region}:{owner}:document/{name}"
+
+
+def ssm_node_arn(node: str, region: str) -> str:
+    """An EC2 instance (i-...) is authorized as an ec2 ARN, a managed node (mi-...) as ssm's."""
+    if node.startswith("mi-"):
+        return f"arn:{PARTITION}:ssm:{region}:{ACCOUNT}:managed-instance/{node}"
+    return f"arn:{PARTITION}:ec2:{region}:{ACCOUNT}:instance/{node}"
+
+
+def run_command_requests(call: Call) -> list[Request]:
+    op, params, region = call.operation, call.params, call.region
+    if op in ("GetCommandInvocation", "ListCommandInvocations"):
+        # No resource type: "*" (Service Authorization Reference, AWS Systems Manager).
+        return [Request(f"ssm:{op}", "*", {}, "the call")]
+    document = params.get("DocumentName")
+    if not document:
+        raise CheckError(f"ledger line {call.line}: SendCommand without DocumentName in params")
+    doc = ssm_document_arn(document, region)
+    out = [Request("ssm:SendCommand", doc, {}, "the document",
+                   kind="aws-owned" if doc.split(":")[4] == "" else "call")]
+    nodes = [i for i in params.get("InstanceIds", "").split(",") if i]
+    tagged = False
+    if params.get("Targets"):
+        try:
+            targets = json.loads(params["Targets"])
+        except json.JSONDecodeError as e:
+            raise CheckError(f"ledger line {call.line}: SendCommand Targets is not JSON: {e}") from e
+        for target in targets or []:
+            if str(target.get("Key", "")).lower() == "instanceids":
+                nodes.extend(str(v) for v in target.get("Values") or [])
+            else:
+                tagged = True
+    for node in dict.fromkeys(nodes):
+        out.append(Request("ssm:SendCommand", ssm_node_arn(node, region), {}, f"node {node}"))
+    if tagged:
+        # Tag (or resource group) targets resolve to nodes only SSM knows: a stand-in for
+        # "any EC2 instance and any managed node of the account".
+        for arn in (f"arn:{PARTITION}:ec2:{region}:{ACCOUNT}:instance/{TARGET_INSTANCES}",
+                    f"arn:{PARTITION}:ssm:{region}:{ACCOUNT}:managed-instance/{TARGET_INSTANCES}"):
+            out.append(Request("ssm:SendCommand", arn, {}, "the nodes the tag targets resolve to"))
     return out
 
 
@@ -934,6 +1186,50 @@ def simulate(batch: list[dict], policies: dict[str, list[dict]]) -> dict[int, di
     if proc.returncode != 0:
         raise CheckError(f"the simulator failed ({proc.returncode}): {proc.stderr[-3000:]}")
     return {r["id"]: r for r in json.loads(proc.stdout)["results"]}
+
+
+def evaluate_locally(role: Role, entry: dict) -> dict:
+    """The decision for a request the simulator cannot take: an ARN of an AWS-owned SSM
+    document has no account (`arn:aws:ssm:REGION::document/AWS-RunShellScript`), which
+    iam-simulate does not parse as any resource type. IAM's rules, narrowed to what such a
+    request needs: an Allow statement whose Action and Resource patterns (or NotAction /
+    NotResource) match grants it; a statement with a Condition never grants it (the
+    request carries no context to judge one by) and any matching Deny denies it."""
+    action, resource = entry["action"], entry["resource"]
+
+    def matching(patterns: list, value: str, fold: bool) -> list[str]:
+        found = []
+        for pattern in patterns:
+            text = str(pattern)
+            if glob_regex(text.lower() if fold else text).fullmatch(value.lower() if fold else value):
+                found.append(text)
+        return found
+
+    out = {"id": entry["id"], "decision": "ImplicitlyDenied", "dropped": [], "allow": [], "nearMisses": [],
+           "error": None}
+    for stmt in role.statements:
+        doc = stmt.document
+        if "NotAction" in doc:
+            actions = [] if matching(as_list(doc["NotAction"]), action, True) else ["*"]
+        else:
+            actions = matching(as_list(doc.get("Action")), action, True)
+        if "NotResource" in doc:
+            resources = [] if matching(as_list(doc["NotResource"]), resource, False) else ["*"]
+        else:
+            resources = matching(as_list(doc.get("Resource")), resource, False)
+        if not actions or not resources:
+            continue
+        if doc.get("Effect") == "Deny":
+            out["decision"] = "ExplicitlyDenied"
+            return out
+        if doc.get("Condition"):
+            out["nearMisses"].append({"sid": stmt.sid, "conditions": [
+                {"operator": op, "key": key, "missing": True, "supported": True}
+                for op, entries in doc["Condition"].items() for key in entries]})
+            continue
+        out["decision"] = "Allowed"
+        out["allow"].append({"sid": stmt.sid, "actions": actions, "resources": resources})
+    return out
 
 
 # --------------------------------------------------------------------------------------
@@ -1154,17 +1450,23 @@ def run(template: Path, ledger: Path, parameters: Path) -> int:
                           "principal": f"arn:{PARTITION}:sts::{ACCOUNT}:assumed-role/{role.name}/{session}"})
             if req.action.startswith("kms:"):
                 batch[-1]["resourcePolicy"] = DEFAULT_KEY_POLICY
+            if req.kind == "aws-owned":
+                batch[-1]["local"] = True
         return index[key]
 
     call_ids = [(call, fn, req, submit(fn.role, fn.name, call.region, req)) for call, fn, req in planned]
     static_ids = [(role, req, what, submit(role, "drpilot-execution", REGION, req)) for role, req, what in static]
     policies = {logical: role.simulator_policies() for logical, role in model.roles.items()}
+    remote = [entry for entry in batch if not entry.get("local")]
     try:
-        results = simulate(batch, policies) if batch else {}
+        results = simulate(remote, policies) if remote else {}
     except CheckError as e:
         print(f"permissions: cannot check: {e}")
         print("permissions: FAILED, nothing checked")
         return 1
+    for entry in batch:
+        if entry.get("local"):
+            results[entry["id"]] = evaluate_locally(model.roles[entry["role"]], entry)
 
     # 4. denials, deduplicated
     exercised: set[tuple[str, str, str, str]] = set()   # (role, sid, action pattern, resource pattern)

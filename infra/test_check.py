@@ -68,9 +68,28 @@ class Case:
     asl: Callable[[str], str] | None = None
 
 
+def _state(asl: dict, name: str) -> dict:
+    """The state `name`, wherever it is (nested Parallel branches and Map processors too)."""
+    def find(states_: dict) -> dict | None:
+        for key, state in states_.items():
+            if key == name:
+                return state
+            nested = [b.get("States", {}) for b in state.get("Branches", [])]
+            if state.get("ItemProcessor"):
+                nested.append(state["ItemProcessor"].get("States", {}))
+            for inner in nested:
+                found = find(inner)
+                if found is not None:
+                    return found
+        return None
+    found = find(states(asl))
+    assert found is not None, f"no state {name}"
+    return found
+
+
 def _set_retry(name: str, errors: list[str]) -> Callable[[dict], None]:
     def change(asl: dict) -> None:
-        states(asl)[name]["Retry"][0]["ErrorEquals"] = errors
+        _state(asl, name)["Retry"][0]["ErrorEquals"] = errors
     return change
 
 
@@ -97,7 +116,8 @@ def _timeout_is_failure(asl: dict) -> None:
 
 def _failed_status_succeeds(asl: dict) -> None:
     outcome = states(asl)["Outcome"]
-    outcome["Choices"][0]["Next"] = "NotifySummary"
+    rule = next(c for c in outcome["Choices"] if "'failed'" in c["Condition"])
+    rule["Next"] = "NotifySummary"
 
 
 def _teardown_crash_succeeds(asl: dict) -> None:
@@ -137,6 +157,7 @@ CASES: dict[str, Case] = {
         "      MemorySize: 2048\n", "      MemorySize: 2048\n      Architectures: [x86_64]\n")),
     "asl_validator_rejects": Case("asl-validator", asl=asl_edit(_unknown_next)),
     "retry_states_all": Case("retry", asl=asl_edit(_set_retry("Restore", ["States.ALL"]))),
+    "retry_nested_component": Case("retry", asl=asl_edit(_set_retry("PollComponent", ["States.ALL"]))),
     "retry_internal": Case("retry", asl=asl_edit(_set_retry("Validate", [
         "Lambda.ServiceException", "Lambda.AWSLambdaException", "Lambda.SdkClientException",
         "Lambda.TooManyRequestsException", "Retryable", "Internal"]))),

@@ -25,7 +25,11 @@ from pathlib import Path
 INFRA = Path(__file__).resolve().parent
 CHECKER = INFRA / "permissions.py"
 FIXTURES = INFRA / "permissions" / "fixtures"
-PARAMETERS = INFRA / "permissions" / "test-parameters.json"
+# The fixture templates predate the components parameters; they get the parameters of
+# their time (infra/permissions/test-parameters.json is the current template's).
+PARAMETERS = FIXTURES / "test-parameters.json"
+CURRENT_PARAMETERS = INFRA / "permissions" / "test-parameters.json"
+TEMPLATE = INFRA / "template.yaml"
 
 # infra/permissions.py sits next to the infra/permissions/ directory: load it by path.
 _spec = importlib.util.spec_from_file_location("drpilot_permissions", CHECKER)
@@ -34,10 +38,16 @@ sys.modules["drpilot_permissions"] = P
 _spec.loader.exec_module(P)
 
 
-def check(template: Path, ledger: Path) -> subprocess.CompletedProcess:
+def check(template: Path, ledger: Path, parameters: Path = PARAMETERS) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(CHECKER), "--template", str(template),
-                           "--ledger", str(ledger), "--parameters", str(PARAMETERS)],
+                           "--ledger", str(ledger), "--parameters", str(parameters)],
                           capture_output=True, text=True, timeout=300)
+
+
+def DRILL_AND_COMPONENTS() -> str:
+    """A whole drill of the phases before components (ledger-drill.jsonl) and the calls the
+    components, their teardown and the sample verifier make (ledger-components.jsonl)."""
+    return (FIXTURES / "ledger-drill.jsonl").read_text() + (FIXTURES / "ledger-components.jsonl").read_text()
 
 
 def record(**fields) -> dict:
@@ -134,6 +144,49 @@ class EndToEnd(unittest.TestCase):
             self.assertEqual(out.returncode, 1, out.stdout)
             self.assertIn("FAIL unmapped operation s3:GetBucketPolicy (1 calls)", out.stdout)
 
+    def test_the_current_template_allows_what_the_components_and_their_cleanup_call(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            ledger = Path(tmp) / "ledger.jsonl"
+            ledger.write_text(DRILL_AND_COMPONENTS())
+            out = check(TEMPLATE, ledger, CURRENT_PARAMETERS)
+        text = out.stdout + out.stderr
+        self.assertEqual(out.returncode, 0, text)
+        self.assertNotIn("DENY", text)
+        self.assertRegex(out.stdout, r"\npermissions: 152 calls checked, 0 denied, \d+ grants unexercised\n$")
+        self.assertIn("unexercised: components rds:DescribeDBSnapshots on "
+                      "arn:aws:rds:us-east-1:123456789012:snapshot:* (the code always filters", text)
+
+    def test_the_components_grants_are_each_needed(self):
+        template = TEMPLATE.read_text()
+        tags = "              Action: [rds:AddTagsToResource, rds:DescribeDBInstances]\n"
+        teardown = "              Action: [rds:DescribeDBInstances, rds:DeleteDBInstance]\n"
+        passed_to = "                    iam:PassedToService: backup.amazonaws.com\n"
+        for part in (tags, teardown, passed_to):
+            self.assertEqual(template.count(part), 1, part)
+        broken = (template.replace(tags, "              Action: rds:DescribeDBInstances\n")
+                  .replace(teardown, "              Action: rds:DescribeDBInstances\n")
+                  .replace(passed_to, "                    iam:PassedToService: rds.amazonaws.com\n"))
+        with tempfile.TemporaryDirectory() as tmp:
+            ledger = Path(tmp) / "ledger.jsonl"
+            ledger.write_text(DRILL_AND_COMPONENTS())
+            # next to the template: DefinitionUri and CodeUri are relative to it
+            with tempfile.NamedTemporaryFile("w", suffix=".yaml", dir=INFRA, delete=False) as f:
+                f.write(broken)
+            try:
+                out = check(Path(f.name), ledger, CURRENT_PARAMETERS)
+            finally:
+                Path(f.name).unlink()
+        self.assertEqual(out.returncode, 1, out.stdout)
+        self.assertIn("DENY components: RestoreDBInstanceFromDBSnapshot orders-drpilot-r1 -> needs "
+                      "rds:AddTagsToResource on arn:aws:rds:us-east-1:123456789012:db:orders-drpilot-r1", out.stdout)
+        self.assertIn("DENY teardown: DeleteDBInstance orders-drpilot-r1 -> needs rds:DeleteDBInstance on "
+                      "arn:aws:rds:us-east-1:123456789012:db:orders-drpilot-r1", out.stdout)
+        self.assertIn("DENY components: StartRestoreJob arn:aws:rds:us-east-1:123456789012:snapshot:awsbackup:job-1 "
+                      "-> needs iam:PassRole on arn:aws:iam::123456789012:role/drpilot-backup-restore with "
+                      "iam:PassedToService=backup.amazonaws.com", out.stdout)
+        self.assertIn("which does not match", out.stdout)
+        self.assertRegex(out.stdout, r"\npermissions: 152 calls checked, 4 denied")
+
 
 class Mapping(unittest.TestCase):
     def test_a_read_that_found_no_key_also_needs_list_bucket_without_prefix(self):
@@ -196,6 +249,144 @@ class Mapping(unittest.TestCase):
         head = P.requests_for(call(operation="HeadObject", resource=f"{T}/k", kms_key=key))
         self.assertEqual([r.action for r in head], ["s3:GetObject"])
 
+    def test_rds_restore_needs_every_resource_it_touches_and_the_tags(self):
+        reqs = P.requests_for(call(function="components", service="rds", operation="RestoreDBInstanceFromDBSnapshot",
+                                   params={"DBInstanceIdentifier": "Orders-drpilot-r1",
+                                           "DBSnapshotIdentifier": "rds:orders-prod-2026-03-01-00-05",
+                                           "DBSubnetGroupName": "dr-subnets",
+                                           "Tags.Tag.1.Key": "drpilot:run-id", "Tags.Tag.1.Value": "r1",
+                                           "VpcSecurityGroupIds.VpcSecurityGroupId.1": "sg-1"}))
+        rds = "arn:aws:rds:us-east-1:123456789012"
+        tag = {"aws:RequestTag/drpilot:run-id": "r1"}
+        self.assertEqual(summary(reqs), [
+            ("rds:RestoreDBInstanceFromDBSnapshot", f"{rds}:db:orders-drpilot-r1", tag),
+            ("rds:RestoreDBInstanceFromDBSnapshot", f"{rds}:snapshot:rds:orders-prod-2026-03-01-00-05", {}),
+            ("rds:RestoreDBInstanceFromDBSnapshot", f"{rds}:subgrp:dr-subnets", {}),
+            ("rds:RestoreDBInstanceFromDBSnapshot", f"{rds}:og:{P.UNNAMED_GROUP}", {}),
+            ("rds:RestoreDBInstanceFromDBSnapshot", f"{rds}:pg:{P.UNNAMED_GROUP}", {}),
+            ("rds:AddTagsToResource", f"{rds}:db:orders-drpilot-r1", tag)])
+        bare = P.requests_for(call(service="rds", operation="RestoreDBInstanceFromDBSnapshot",
+                                   params={"DBInstanceIdentifier": "x-drpilot-r1", "DBSnapshotIdentifier": "s",
+                                           "OptionGroupName": "og1"}))
+        self.assertEqual([r.resource.rsplit(":", 2)[-2:] for r in bare],
+                         [["db", "x-drpilot-r1"], ["snapshot", "s"], ["subgrp", "default"], ["og", "og1"],
+                          ["pg", P.UNNAMED_GROUP]], "no Tags: no rds:AddTagsToResource")
+        with self.assertRaises(P.CheckError):
+            P.requests_for(call(service="rds", operation="RestoreDBInstanceFromDBSnapshot", params={}))
+
+    def test_rds_describe_and_delete(self):
+        rds = "arn:aws:rds:us-east-1:123456789012"
+        instances = P.requests_for(call(service="rds", operation="DescribeDBInstances",
+                                        params={"DBInstanceIdentifier": "orders-drpilot-r1"}))
+        self.assertEqual(summary(instances), [("rds:DescribeDBInstances", f"{rds}:db:orders-drpilot-r1", {})])
+        listing = P.requests_for(call(service="rds", operation="DescribeDBInstances"))
+        self.assertEqual(listing[0].resource, f"{rds}:db:*")
+        snapshots = P.requests_for(call(service="rds", operation="DescribeDBSnapshots",
+                                        params={"DBInstanceIdentifier": "orders-prod"}))
+        self.assertEqual(summary(snapshots), [("rds:DescribeDBSnapshots", f"{rds}:db:orders-prod", {})])
+        delete = P.requests_for(call(service="rds", operation="DeleteDBInstance",
+                                     params={"DBInstanceIdentifier": "orders-drpilot-r1", "SkipFinalSnapshot": "true",
+                                             "DeleteAutomatedBackups": "true"}))
+        self.assertEqual(summary(delete), [("rds:DeleteDBInstance", f"{rds}:db:orders-drpilot-r1", {})])
+        final = P.requests_for(call(service="rds", operation="DeleteDBInstance",
+                                    params={"DBInstanceIdentifier": "a", "FinalDBSnapshotIdentifier": "a-final"}))
+        self.assertEqual([(r.action, r.resource) for r in final][1:],
+                         [("rds:CreateDBSnapshot", f"{rds}:snapshot:a-final")])
+        with self.assertRaises(KeyError):
+            P.requests_for(call(service="rds", operation="ModifyDBInstance", params={"DBInstanceIdentifier": "a"}))
+
+    def test_lambda_functions_in_every_form_of_name(self):
+        fn = "arn:aws:lambda:us-east-1:123456789012:function"
+        cases = {
+            "/2015-03-31/functions/drpilot-sample-verifier": ("GetFunction", f"{fn}:drpilot-sample-verifier"),
+            "/2015-03-31/functions/verify:live/invocations": ("Invoke", f"{fn}:verify:live"),
+            f"/2015-03-31/functions/{fn}:verify/invocations": ("Invoke", f"{fn}:verify"),
+            "/2015-03-31/functions/123456789012:function:verify/invocations": ("Invoke", f"{fn}:verify"),
+        }
+        for path, (op, arn) in cases.items():
+            reqs = P.requests_for(call(function="components", service="lambda", operation=op,
+                                       params={"path": path, "run_id": "r1"}))
+            action = "lambda:InvokeFunction" if op == "Invoke" else "lambda:GetFunction"
+            self.assertEqual(summary(reqs), [(action, arn, {})], path)
+        qualified = P.requests_for(call(service="lambda", operation="Invoke",
+                                        params={"path": "/2015-03-31/functions/verify/invocations",
+                                                "query.Qualifier": "7"}))
+        self.assertEqual(qualified[0].resource, f"{fn}:verify:7")
+        with self.assertRaises(P.CheckError):
+            P.requests_for(call(service="lambda", operation="Invoke", params={}))
+
+    def test_aws_backup(self):
+        point = "arn:aws:rds:us-east-1:123456789012:snapshot:awsbackup:job-1"
+        vault = "arn:aws:backup:us-east-1:123456789012:backup-vault:dr-vault"
+        listing = P.requests_for(call(service="backup", operation="ListRecoveryPointsByBackupVault",
+                                      params={"path": "/backup-vaults/dr-vault/recovery-points",
+                                              "query.byResourceArn": "arn:aws:rds:us-east-1:123456789012:db:orders"}))
+        self.assertEqual(summary(listing), [("backup:ListRecoveryPointsByBackupVault", vault, {})])
+        ebs = "arn:aws:ec2:us-east-1::snapshot/snap-1"   # a recovery point ARN holding a "/"
+        metadata = P.requests_for(call(service="backup", operation="GetRecoveryPointRestoreMetadata",
+                                       params={"path": f"/backup-vaults/dr-vault/recovery-points/{ebs}/restore-metadata"}))
+        self.assertEqual(summary(metadata), [("backup:GetRecoveryPointRestoreMetadata", ebs, {})])
+        role = "arn:aws:iam::123456789012:role/drpilot-backup-restore"
+        start = P.requests_for(call(service="backup", operation="StartRestoreJob",
+                                    params={"path": "/restore-jobs", "RecoveryPointArn": point, "IamRoleArn": role,
+                                            "Metadata": "{}"}))
+        self.assertEqual(summary(start), [("backup:StartRestoreJob", point, {}),
+                                          ("iam:PassRole", role, {"iam:PassedToService": "backup.amazonaws.com"})])
+        for op, path in (("DescribeRestoreJob", "/restore-jobs/j1"),
+                         ("PutRestoreValidationResult", "/restore-jobs/j1/validations")):
+            self.assertEqual(summary(P.requests_for(call(service="backup", operation=op, params={"path": path}))),
+                             [(f"backup:{op}", "*", {})])
+
+    def test_run_command(self):
+        ec2 = "arn:aws:ec2:us-east-1:123456789012:instance"
+        managed = "arn:aws:ssm:us-east-1:123456789012:managed-instance"
+        sent = P.requests_for(call(function="components", service="ssm", operation="SendCommand",
+                                   params={"DocumentName": "AWS-RunShellScript", "InstanceIds": "i-0abc,mi-0def"}))
+        self.assertEqual([(r.action, r.resource, r.kind) for r in sent], [
+            ("ssm:SendCommand", "arn:aws:ssm:us-east-1::document/AWS-RunShellScript", "aws-owned"),
+            ("ssm:SendCommand", f"{ec2}/i-0abc", "call"),
+            ("ssm:SendCommand", f"{managed}/mi-0def", "call")])
+        own = P.requests_for(call(service="ssm", operation="SendCommand",
+                                  params={"DocumentName": "restore-test",
+                                          "Targets": json.dumps([{"Key": "tag:Role", "Values": ["pg"]}])}))
+        self.assertEqual([r.resource for r in own], [
+            "arn:aws:ssm:us-east-1:123456789012:document/restore-test",
+            f"{ec2}/{P.TARGET_INSTANCES}", f"{managed}/{P.TARGET_INSTANCES}"])
+        by_id = P.requests_for(call(service="ssm", operation="SendCommand",
+                                    params={"DocumentName": "AWS-RunShellScript",
+                                            "Targets": json.dumps([{"Key": "InstanceIds", "Values": ["i-1"]}])}))
+        self.assertEqual([r.resource for r in by_id][1:], [f"{ec2}/i-1"])
+        for op in ("GetCommandInvocation", "ListCommandInvocations"):
+            self.assertEqual(summary(P.requests_for(call(service="ssm", operation=op, params={"CommandId": "c"}))),
+                             [(f"ssm:{op}", "*", {})])
+        with self.assertRaises(P.CheckError):
+            P.requests_for(call(service="ssm", operation="SendCommand", params={}))
+
+    def test_an_aws_owned_document_is_matched_without_the_simulator(self):
+        document = "arn:aws:ssm:us-east-1::document/AWS-RunShellScript"
+
+        def role(*statements):
+            r = P.Role(logical="R", name="r")
+            r.statements = [P.Statement(sid=f"S{i}", policy="p", document=s) for i, s in enumerate(statements)]
+            return r
+
+        def decide(r):
+            return P.evaluate_locally(r, {"id": 0, "action": "ssm:SendCommand", "resource": document})
+
+        allow = {"Effect": "Allow", "Action": "ssm:sendcommand", "Resource": "arn:aws:ssm:*::document/AWS-Run*"}
+        allowed = decide(role(allow))
+        self.assertEqual(allowed["decision"], "Allowed")
+        self.assertEqual(allowed["allow"], [{"sid": "S0", "actions": ["ssm:sendcommand"],
+                                              "resources": ["arn:aws:ssm:*::document/AWS-Run*"]}])
+        own_account = dict(allow, Resource="arn:aws:ssm:us-east-1:123456789012:document/AWS-RunShellScript")
+        self.assertEqual(decide(role(own_account))["decision"], "ImplicitlyDenied")
+        conditioned = dict(allow, Condition={"StringEquals": {"aws:ResourceTag/x": "y"}})
+        near = decide(role(conditioned))
+        self.assertEqual(near["decision"], "ImplicitlyDenied")
+        self.assertEqual(near["nearMisses"][0]["sid"], "S0")
+        self.assertEqual(decide(role(allow, dict(allow, Effect="Deny")))["decision"], "ExplicitlyDenied")
+        self.assertEqual(decide(role({"Effect": "Allow", "NotAction": "s3:*", "Resource": "*"}))["decision"], "Allowed")
+
     def test_other_services(self):
         ssm = P.requests_for(call(service="ssm", operation="GetParameter",
                                   resource="arn:aws:ssm:us-east-1::parameter/drpilot/profiles/test"))
@@ -208,6 +399,8 @@ class Mapping(unittest.TestCase):
         self.assertTrue(sts[0].needs_nothing)
         with self.assertRaises(KeyError):
             P.requests_for(call(operation="PutBucketPolicy", resource=T))
+        with self.assertRaises(KeyError):
+            P.requests_for(call(service="backup", operation="DeleteRecoveryPoint", params={"path": "/x"}))
 
 
 if __name__ == "__main__":

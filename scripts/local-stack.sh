@@ -11,6 +11,8 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 state="$root/.local"
 port="${DRPILOT_LOCAL_PORT:-4599}"
 lambda_port="${DRPILOT_LAMBDA_PORT:-9009}"
+# The demo storefront's health page, which the demo profile's http component checks.
+site_port="${DRPILOT_SITE_PORT:-9011}"
 endpoint="http://127.0.0.1:$port"
 
 client_env() {
@@ -61,7 +63,15 @@ up() {
     echo $! >"$state/watch.pid"
   fi
   wait_for_port "$lambda_port" "cargo lambda watch" "$state/watch.log" 300
-  echo "local AWS: $endpoint (functions: http://127.0.0.1:$lambda_port)"
+  if ! alive site; then
+    mkdir -p "$state/site"
+    printf '{"status": "ok", "service": "drpilot demo storefront"}\n' >"$state/site/health.json"
+    setsid "$root/.venv/bin/python" -m http.server "$site_port" --bind 127.0.0.1 \
+      --directory "$state/site" </dev/null >"$state/site.log" 2>&1 &
+    echo $! >"$state/site.pid"
+  fi
+  wait_for_port "$site_port" "the demo storefront" "$state/site.log"
+  echo "local AWS: $endpoint (functions: http://127.0.0.1:$lambda_port, storefront: http://127.0.0.1:$site_port)"
 }
 
 stop_one() {
@@ -79,12 +89,13 @@ stop_one() {
 case "${1:-}" in
   up) up ;;
   down)
+    stop_one site
     stop_one watch
     stop_one moto
     echo "local AWS stopped"
     ;;
   status)
-    alive moto && alive watch && echo "up: $endpoint" && exit 0
+    alive moto && alive watch && alive site && echo "up: $endpoint" && exit 0
     echo "down"; exit 1 ;;
   env) client_env ;;
   *) echo "usage: $0 up|down|status|env" >&2; exit 2 ;;

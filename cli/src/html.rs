@@ -1,7 +1,7 @@
 //! The run report: a few lines of text, or one self-contained HTML page (inline CSS, no
 //! external assets) with the phase timeline, RTO/RPO against targets, parity and approval.
 
-use drpilot_shared::receipt::{Objective, PhaseReceipt, RunStatus, RunSummary};
+use drpilot_shared::receipt::{Objective, PhaseReceipt, PhaseStatus, RunStatus, RunSummary};
 
 use crate::CliError;
 
@@ -52,6 +52,21 @@ pub fn text_report(s: &RunSummary) -> Vec<String> {
             ));
         }
     }
+    for c in &s.components {
+        lines.push(format!(
+            "  component {:<16} {:<13} {:<9} RTO {}{}",
+            c.name,
+            c.kind,
+            c.status.as_str(),
+            against(c.rto_seconds, Some(c.rto_target_seconds), c.rto_met),
+            c.rpo_seconds
+                .map(|_| format!(
+                    "   RPO {}",
+                    against(c.rpo_seconds, c.rpo_target_seconds, c.rpo_met)
+                ))
+                .unwrap_or_default()
+        ));
+    }
     if let Some(f) = &s.failure {
         lines.push(format!(
             "  failure in {}: {} {}",
@@ -87,6 +102,27 @@ struct ReportPage<'a> {
     execution: &'a str,
     /// The run's executions, when it took more than one.
     executions: Vec<ExecutionRow>,
+    components: Vec<ComponentRow>,
+    /// The post-mortem page's measured timeline, in order.
+    timeline: Vec<TimelineRow>,
+}
+
+struct ComponentRow {
+    name: String,
+    kind: String,
+    status: &'static str,
+    required: bool,
+    rto: String,
+    rto_class: &'static str,
+    rpo: String,
+    resources: String,
+    reason: String,
+}
+
+struct TimelineRow {
+    at: String,
+    offset: String,
+    what: String,
 }
 
 struct ExecutionRow {
@@ -135,6 +171,91 @@ struct PhaseRow {
     left: f64,
     width: f64,
     reason: String,
+}
+
+fn objective_class(met: Option<bool>) -> &'static str {
+    match met {
+        Some(true) => "ok",
+        Some(false) => "bad",
+        None => "na",
+    }
+}
+
+fn against(seconds_measured: Option<f64>, target: Option<u64>, met: Option<bool>) -> String {
+    match (seconds_measured, target) {
+        (None, _) => "not measured".to_owned(),
+        (Some(v), None) => format!("{v:.1} s"),
+        (Some(v), Some(t)) => format!(
+            "{v:.1} s / {t} s {}",
+            if met == Some(false) { "MISSED" } else { "met" }
+        ),
+    }
+}
+
+/// The measured timeline the post-mortem starts from: detected (the alarm, or the start),
+/// started, each component verified, promoted, torn down.
+fn timeline(s: &RunSummary) -> Vec<TimelineRow> {
+    use drpilot_shared::input::{Phase, Trigger};
+    let mut events: Vec<(chrono::DateTime<chrono::Utc>, String)> = Vec::new();
+    let detected = match &s.trigger {
+        Some(Trigger::Alarm {
+            alarm_name,
+            fired_at: Some(at),
+            ..
+        }) => Some((*at, format!("detected: alarm {alarm_name} went into ALARM"))),
+        Some(Trigger::Schedule {
+            fired_at: Some(at), ..
+        }) => Some((*at, "detected: the scheduled drill fired".to_owned())),
+        _ => None,
+    };
+    events.extend(detected);
+    events.push((s.kickoff_at, format!("started: {} {}", s.mode, s.run_id)));
+    for c in &s.components {
+        if let Some(at) = c.verified_at {
+            events.push((at, format!("component {} ({}) verified", c.name, c.kind)));
+        } else {
+            events.push((
+                s.finished_at,
+                format!("component {} ({}) {}", c.name, c.kind, c.status.as_str()),
+            ));
+        }
+    }
+    for p in &s.phases {
+        let Some(at) = p.finished_at else { continue };
+        match (p.phase, p.status) {
+            (Phase::Restore, PhaseStatus::Success) => {
+                events.push((at, "S3 data restored into staging".to_owned()))
+            }
+            (Phase::Validate, PhaseStatus::Success) => {
+                events.push((at, "staging validated".to_owned()))
+            }
+            (Phase::Promote, PhaseStatus::Success) if s.promoted => {
+                events.push((at, "promoted into root/".to_owned()))
+            }
+            (Phase::Teardown, _) => events.push((
+                at,
+                if s.torn_down {
+                    "torn down".to_owned()
+                } else {
+                    "teardown ended (staging kept)".to_owned()
+                },
+            )),
+            (phase, PhaseStatus::Failed) => events.push((at, format!("{phase} failed"))),
+            _ => {}
+        }
+    }
+    events.sort_by_key(|(at, _)| *at);
+    events
+        .into_iter()
+        .map(|(at, what)| TimelineRow {
+            at: at.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
+            offset: format!(
+                "{:+.1} s",
+                (at - s.kickoff_at).num_milliseconds() as f64 / 1000.0
+            ),
+            what,
+        })
+        .collect()
 }
 
 /// One HTML page, everything inline.
@@ -218,6 +339,27 @@ pub fn render(s: &RunSummary, receipts: &[PhaseReceipt]) -> Result<String, CliEr
         } else {
             Vec::new()
         },
+        components: s
+            .components
+            .iter()
+            .map(|c| ComponentRow {
+                name: c.name.clone(),
+                kind: c.kind.clone(),
+                status: c.status.as_str(),
+                required: c.required,
+                rto: against(c.rto_seconds, Some(c.rto_target_seconds), c.rto_met),
+                rto_class: objective_class(c.rto_met),
+                rpo: against(c.rpo_seconds, c.rpo_target_seconds, c.rpo_met),
+                resources: c
+                    .created_resources
+                    .iter()
+                    .map(|r| format!("{} ({:?})", r.resource.describe(), r.state).to_lowercase())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                reason: c.reason.clone().unwrap_or_default(),
+            })
+            .collect(),
+        timeline: timeline(s),
     };
     askama::Template::render(&page).map_err(|e| CliError::Io(format!("rendering the report: {e}")))
 }
@@ -226,7 +368,7 @@ pub fn render(s: &RunSummary, receipts: &[PhaseReceipt]) -> Result<String, CliEr
 mod tests {
     use super::*;
     use drpilot_shared::input::{Mode, Phase};
-    use drpilot_shared::receipt::{Failure, PhaseOutcome, PhaseStatus};
+    use drpilot_shared::receipt::{Failure, PhaseOutcome};
 
     fn summary() -> RunSummary {
         let kickoff = "2026-01-01T00:00:00Z".parse().unwrap();
@@ -261,6 +403,7 @@ mod tests {
             promoted: false,
             torn_down: true,
             executions: Vec::new(),
+            components: Vec::new(),
             failure: Some(Failure {
                 phase: Some(Phase::Restore),
                 error: "ContractError".into(),

@@ -52,7 +52,7 @@ async fn stack_with_topic(
         .unwrap();
     let src = tmp.path().join("src");
     sh(&format!(
-        "mkdir -p '{0}/x/y' && for i in $(seq 1 30); do echo \"record $i\" > '{0}/x/y/'$i.json; done",
+        "mkdir -p '{0}/x/y' && for i in $(seq 1 30); do echo \"{{\\\"record\\\": $i}}\" > '{0}/x/y/'$i.json; done",
         src.display()
     ));
     let out = tmp.path().join("b1");
@@ -571,7 +571,7 @@ async fn a_dry_run_of_a_full_drill_leaves_every_bucket_as_it_was() {
     );
     assert_eq!(aws.snapshot(BACKUP_BUCKET).await, backups_before);
     let records = records(&ctx, &run).await.unwrap();
-    assert_eq!(records.phases.len(), 6);
+    assert_eq!(records.phases.len(), 7);
     assert!(
         records.phases.iter().all(|r| r.dry_run),
         "{:?}",
@@ -586,6 +586,7 @@ async fn a_dry_run_of_a_full_drill_leaves_every_bucket_as_it_was() {
             .status
     };
     assert_eq!(status_of(Phase::Restore), PhaseStatus::Success);
+    assert_eq!(status_of(Phase::Components), PhaseStatus::Success);
     assert_eq!(status_of(Phase::Validate), PhaseStatus::Skipped);
     assert_eq!(status_of(Phase::ParityReport), PhaseStatus::Skipped);
     assert_eq!(status_of(Phase::Promote), PhaseStatus::Skipped);
@@ -899,7 +900,7 @@ async fn a_failed_restore_is_fixed_and_resumed_without_rerunning_bringup() {
         aws.get_text(TARGET_BUCKET, "root/x/y/7.json")
             .await
             .as_deref(),
-        Some("record 7\n")
+        Some("{\"record\": 7}\n")
     );
     assert!(aws.keys(TARGET_BUCKET, "_staging/").await.is_empty());
     assert!(aws
@@ -984,5 +985,294 @@ async fn a_backup_made_by_drpilot_verifies_restores_and_validates() {
         validate.details["tally"]["verified"], 3,
         "{}",
         validate.details
+    );
+}
+
+/// The source database and a snapshot of it, in this test's emulator.
+async fn seed_database(aws: &LocalAws, identifier: &str) {
+    let rds = aws.clients.rds("test");
+    rds.create_db_instance()
+        .db_instance_identifier(identifier)
+        .engine("postgres")
+        .db_instance_class("db.t4g.micro")
+        .allocated_storage(20)
+        .master_username("test")
+        .master_user_password("test-password-1")
+        .send()
+        .await
+        .unwrap();
+    rds.create_db_snapshot()
+        .db_instance_identifier(identifier)
+        .db_snapshot_identifier(format!("{identifier}-manual-1"))
+        .send()
+        .await
+        .unwrap();
+}
+
+async fn db_instances(aws: &LocalAws) -> Vec<String> {
+    let out = aws
+        .clients
+        .rds("test")
+        .describe_db_instances()
+        .send()
+        .await
+        .unwrap();
+    let mut ids: Vec<String> = out
+        .db_instances()
+        .iter()
+        .filter_map(|i| i.db_instance_identifier().map(str::to_owned))
+        .collect();
+    ids.sort();
+    ids
+}
+
+/// A health page on loopback that answers 503 until it has been asked `ready_after` times.
+async fn health_page(ready_after: u32) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let mut asked = 0u32;
+        while let Ok((mut socket, _)) = listener.accept().await {
+            asked += 1;
+            let mut buf = [0u8; 1024];
+            let _ = socket.read(&mut buf).await;
+            let (status, body) = if asked > ready_after {
+                ("200 OK", "{\"status\": \"ok\"}")
+            } else {
+                ("503 Service Unavailable", "starting")
+            };
+            let answer = format!(
+                "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = socket.write_all(answer.as_bytes()).await;
+        }
+    });
+    port
+}
+
+async fn with_components(aws: &LocalAws, components: Value) {
+    let mut profile = drpilot_testkit::test_profile();
+    profile["components"] = components;
+    aws.put_profile(PROFILE, &profile).await;
+}
+
+#[tokio::test]
+async fn components_restore_beside_the_data_and_are_measured_against_their_own_rto() {
+    let aws = LocalAws::start().await;
+    let tmp = TempDir::new("e2e-components");
+    let ctx = stack(&aws, &tmp, false).await;
+    seed_database(&aws, "orders-prod").await;
+    let lambda = aws_sdk_lambda::Client::new(&aws.clients.config);
+    drpilot_shared::local::emulator_function(&lambda, aws.port, "sample-verifier")
+        .await
+        .unwrap();
+    let site = health_page(3).await;
+    with_components(
+        &aws,
+        json!([
+            {"name": "orders", "kind": "rds_snapshot", "db_instance_identifier": "orders-prod",
+             "rto_target_seconds": 600, "rpo_target_seconds": 3600, "poll_seconds": 1},
+            {"name": "decode-sample", "kind": "lambda", "function": "sample-verifier", "after_restore": true,
+             "parameters": {"sample": 10}, "rto_target_seconds": 600, "poll_seconds": 1},
+            {"name": "storefront", "kind": "http", "url": format!("http://127.0.0.1:{site}/health"),
+             "body_contains": "\"status\": \"ok\"", "rto_target_seconds": 1, "poll_seconds": 1}
+        ]),
+    )
+    .await;
+    let run = start_run(
+        &ctx,
+        json!({"mode": "drill", "run_id": "comp-1", "auto_promote": true, "allow_promote_bypass": true}),
+    )
+    .await;
+    let done = finish(&ctx, &run).await;
+    assert!(done.succeeded(), "{done:?}");
+    let summary = aws.receipts().get_summary(&run).await.unwrap().unwrap();
+    assert_eq!(summary.status, RunStatus::Succeeded);
+    assert!(summary.promoted);
+    let by_name = |name: &str| summary.components.iter().find(|c| c.name == name).unwrap();
+    assert_eq!(summary.components.len(), 3, "{:?}", summary.components);
+    for c in &summary.components {
+        assert_eq!(
+            c.status,
+            drpilot_shared::component::ComponentStatus::Verified,
+            "{c:?}"
+        );
+    }
+    // The storefront came back after its 1 s target: marked missed, the run still succeeds.
+    assert_eq!(by_name("storefront").rto_met, Some(false));
+    assert!(by_name("storefront").rto_seconds.unwrap() > 1.0);
+    assert_eq!(by_name("orders").rto_met, Some(true));
+    assert!(by_name("orders").rpo_seconds.is_some());
+    // The overall RTO is the later of the promotion and the slowest required component.
+    let slowest = summary
+        .components
+        .iter()
+        .filter_map(|c| c.rto_seconds)
+        .fold(0.0, f64::max);
+    assert!(summary.rto_seconds.unwrap() >= slowest, "{summary:?}");
+    // The verifier decoded a sample of the staged objects against the manifests.
+    let verifier = aws
+        .receipts()
+        .get_component(&run, "decode-sample")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(verifier.details["verdict"], "passed", "{verifier:?}");
+    assert_eq!(verifier.details["details"]["sampled"], 10);
+    assert_eq!(verifier.details["details"]["json_decoded"], 10);
+    // What the components created is gone, and the receipts prove it.
+    let orders = by_name("orders");
+    assert_eq!(orders.created_resources.len(), 1);
+    assert_eq!(
+        orders.created_resources[0].state,
+        drpilot_shared::component::ResourceState::Deleted
+    );
+    assert_eq!(db_instances(&aws).await, vec!["orders-prod".to_owned()]);
+    assert!(summary
+        .phases
+        .iter()
+        .any(|p| p.phase == Phase::Components && p.status == PhaseStatus::Success));
+    // One ComponentRecoverySeconds per component.
+    let metrics = ctx
+        .aws
+        .cloudwatch
+        .list_metrics()
+        .namespace("DRPilot")
+        .metric_name("ComponentRecoverySeconds")
+        .send()
+        .await
+        .unwrap();
+    let mut dimensioned: Vec<String> = metrics
+        .metrics()
+        .iter()
+        .flat_map(|m| m.dimensions().iter())
+        .filter(|d| d.name() == Some("Component"))
+        .filter_map(|d| d.value().map(str::to_owned))
+        .collect();
+    dimensioned.sort();
+    assert_eq!(dimensioned, ["decode-sample", "orders", "storefront"]);
+}
+
+#[tokio::test]
+async fn a_failing_component_fails_the_run_after_the_slow_one_finishes_and_everything_is_torn_down()
+{
+    let aws = LocalAws::start().await;
+    let tmp = TempDir::new("e2e-components-fail");
+    let ctx = stack(&aws, &tmp, false).await;
+    seed_database(&aws, "orders-prod").await;
+    let slow = health_page(4).await;
+    let down = health_page(u32::MAX).await;
+    with_components(
+        &aws,
+        json!([
+            {"name": "orders", "kind": "rds_snapshot", "db_instance_identifier": "orders-prod",
+             "rto_target_seconds": 600, "poll_seconds": 1},
+            {"name": "slow", "kind": "http", "url": format!("http://127.0.0.1:{slow}/"), "rto_target_seconds": 60, "poll_seconds": 1},
+            {"name": "down", "kind": "http", "url": format!("http://127.0.0.1:{down}/"), "rto_target_seconds": 60,
+             "poll_seconds": 1, "timeout_seconds": 2}
+        ]),
+    )
+    .await;
+    let run = start_run(&ctx, json!({"mode": "drill", "run_id": "comp-2"})).await;
+    let done = finish(&ctx, &run).await;
+    assert!(!done.succeeded());
+    assert_eq!(done.error.as_deref(), Some("ServiceError"), "{done:?}");
+    let summary = aws.receipts().get_summary(&run).await.unwrap().unwrap();
+    assert_eq!(summary.status, RunStatus::Failed);
+    let failure = summary.failure.clone().unwrap();
+    assert_eq!(failure.phase, Some(Phase::Components));
+    assert!(failure.cause.contains("down"), "{failure:?}");
+    let status = |name: &str| {
+        summary
+            .components
+            .iter()
+            .find(|c| c.name == name)
+            .unwrap()
+            .status
+    };
+    use drpilot_shared::component::ComponentStatus;
+    assert_eq!(status("slow"), ComponentStatus::Verified);
+    assert_eq!(status("down"), ComponentStatus::Failed);
+    assert_eq!(status("orders"), ComponentStatus::Verified);
+    // Nothing after the failure ran; everything was torn down.
+    assert!(summary
+        .phases
+        .iter()
+        .any(|p| p.phase == Phase::Validate && p.status == PhaseStatus::Skipped));
+    assert!(summary.torn_down);
+    assert_eq!(db_instances(&aws).await, vec!["orders-prod".to_owned()]);
+    assert!(aws.keys(TARGET_BUCKET, "_staging/comp-2/").await.is_empty());
+}
+
+#[tokio::test]
+async fn a_resource_teardown_cannot_delete_fails_it_by_name_and_a_rerun_ends_clean() {
+    let aws = LocalAws::start().await;
+    let tmp = TempDir::new("e2e-components-delete");
+    let ctx = stack(&aws, &tmp, false).await;
+    seed_database(&aws, "orders-prod").await;
+    with_components(
+        &aws,
+        json!([{"name": "orders", "kind": "rds_snapshot", "db_instance_identifier": "orders-prod",
+                "rto_target_seconds": 600, "poll_seconds": 1}]),
+    )
+    .await;
+    let run = start_run(
+        &ctx,
+        json!({"mode": "drill", "run_id": "del-1", "stop_after": "components", "teardown": false}),
+    )
+    .await;
+    assert!(finish(&ctx, &run).await.succeeded());
+    assert_eq!(
+        db_instances(&aws).await,
+        vec!["orders-drpilot-del-1".to_owned(), "orders-prod".to_owned()]
+    );
+    let rds = aws.clients.rds("test");
+    let protect = |on: bool| {
+        rds.modify_db_instance()
+            .db_instance_identifier("orders-drpilot-del-1")
+            .deletion_protection(on)
+            .apply_immediately(true)
+            .send()
+    };
+    protect(true).await.unwrap();
+    let out = drpilot(&aws)
+        .args([
+            "--state-machine",
+            MACHINE,
+            "resume",
+            "del-1",
+            "--from",
+            "teardown",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let summary = aws.receipts().get_summary("del-1").await.unwrap().unwrap();
+    assert_eq!(summary.status, RunStatus::Failed);
+    let failure = summary.failure.unwrap();
+    assert_eq!(failure.phase, Some(Phase::Teardown));
+    assert!(
+        failure
+            .cause
+            .contains("RDS DB instance orders-drpilot-del-1 of component orders"),
+        "{failure:?}"
+    );
+    assert_eq!(db_instances(&aws).await.len(), 2);
+    // Fixed, and teardown run again: it deletes it, proves it gone, and the run ends clean.
+    protect(false).await.unwrap();
+    drpilot_ok(&aws, &["resume", "del-1", "--from", "teardown"]);
+    let summary = aws.receipts().get_summary("del-1").await.unwrap().unwrap();
+    assert_eq!(summary.status, RunStatus::Succeeded, "{summary:?}");
+    assert_eq!(db_instances(&aws).await, vec!["orders-prod".to_owned()]);
+    assert_eq!(
+        summary.components[0].created_resources[0].state,
+        drpilot_shared::component::ResourceState::Deleted
     );
 }

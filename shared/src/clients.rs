@@ -72,6 +72,16 @@ impl AwsClients {
         }
     }
 
+    /// An RDS client for `function`, recorded in the call ledger like the others. Built on
+    /// demand: only the functions that restore or delete components need one.
+    pub fn rds(&self, function: &'static str) -> aws_sdk_rds::Client {
+        let mut builder = aws_sdk_rds::config::Builder::from(&self.config);
+        if let Some(ledger) = CallLedger::from_env(function) {
+            builder = builder.interceptor(ledger);
+        }
+        aws_sdk_rds::Client::from_conf(builder.build())
+    }
+
     fn build(config: SdkConfig, ledger: Option<CallLedger>) -> Self {
         // Virtual-hosted addressing needs DNS for `<bucket>.<host>`; an emulator on
         // 127.0.0.1 has none, so any custom endpoint gets path-style requests.

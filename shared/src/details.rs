@@ -85,6 +85,22 @@ pub struct ControlPlaneStaged {
     pub staged_as: Option<String>,
 }
 
+/// components: each component's verdict (a dry run: each component checked, none
+/// started).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ComponentsDetails {
+    pub components: Vec<crate::component::ComponentOutcome>,
+    pub verified: u32,
+    pub failed: u32,
+    /// What a dry run checked, one line per component (empty otherwise).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub checked: Vec<String>,
+}
+
+impl PhaseDetails for ComponentsDetails {
+    const PHASE: Phase = Phase::Components;
+}
+
 /// validate's tallies of the manifests against the staging.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Tally {

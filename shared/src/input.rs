@@ -43,6 +43,8 @@ impl fmt::Display for Mode {
 pub enum Phase {
     Bringup,
     Restore,
+    /// The profile's components, restored and verified beside the S3 restore.
+    Components,
     Validate,
     ParityReport,
     Promote,
@@ -50,9 +52,10 @@ pub enum Phase {
 }
 
 impl Phase {
-    pub const ALL: [Phase; 6] = [
+    pub const ALL: [Phase; 7] = [
         Phase::Bringup,
         Phase::Restore,
+        Phase::Components,
         Phase::Validate,
         Phase::ParityReport,
         Phase::Promote,
@@ -63,6 +66,7 @@ impl Phase {
         match self {
             Self::Bringup => "bringup",
             Self::Restore => "restore",
+            Self::Components => "components",
             Self::Validate => "validate",
             Self::ParityReport => "parity-report",
             Self::Promote => "promote",
@@ -75,6 +79,7 @@ impl Phase {
         match self {
             Self::Bringup => "Bringup",
             Self::Restore => "Restore",
+            Self::Components => "Components",
             Self::Validate => "Validate",
             Self::ParityReport => "ParityReport",
             Self::Promote => "Promote",
@@ -152,7 +157,7 @@ impl FromStr for Phase {
             .find(|p| p.as_str() == s)
             .ok_or_else(|| {
                 Error::input(format!(
-                    "phase: expected one of bringup, restore, validate, parity-report, promote, teardown; got {s:?}"
+                    "phase: expected one of bringup, restore, components, validate, parity-report, promote, teardown; got {s:?}"
                 ))
             })
     }
@@ -313,6 +318,8 @@ impl RunInput {
         match phase {
             Phase::Bringup | Phase::Teardown => None,
             _ if phase < self.start_at => Some(format!("start_at={}", self.start_at)),
+            // Components restore beside the S3 restore: "restore only" restores them too.
+            Phase::Components if self.stop_after >= Phase::Restore => None,
             _ if phase > self.stop_after => Some(format!("stop_after={}", self.stop_after)),
             _ => None,
         }
@@ -359,6 +366,14 @@ pub struct NameRule {
 }
 
 impl NameRule {
+    pub const fn new(what: &'static str, max_len: usize, separators: &'static [u8]) -> Self {
+        Self {
+            what,
+            max_len,
+            separators,
+        }
+    }
+
     /// Run ids end up in S3 keys and execution names: `<run_id>.<n>` must fit Step
     /// Functions' 80 characters, and `.` is what separates the run from the number.
     pub const RUN_ID: NameRule = NameRule {

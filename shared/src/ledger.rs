@@ -68,6 +68,11 @@ pub struct CallRecord {
     /// The SSE-KMS key of the object written or read, when it has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kms_key: Option<String>,
+    /// The request's own parameters for services whose IAM resources and condition keys
+    /// come from them (RDS, Lambda, AWS Backup, SSM Run Command): the form or top-level
+    /// JSON fields (lists joined with `,`, objects as JSON) and, for REST APIs, `path`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub params: BTreeMap<String, String>,
     /// The final attempt's HTTP status (0: no response).
     pub status: u16,
     /// The error code of a failed call (from the response body, or the status for a
@@ -233,6 +238,34 @@ fn describe(
                 record.keys = body.as_deref().map(xml_keys).unwrap_or_default();
             }
         }
+        "rds" => {
+            // awsQuery: every form field but the action and version.
+            if let Some(b) = body.as_deref() {
+                for (name, value) in form_urlencoded::parse(b.as_bytes()) {
+                    if name != "Action" && name != "Version" {
+                        record.params.insert(name.into_owned(), value.into_owned());
+                    }
+                }
+            }
+        }
+        "lambda" | "backup" => {
+            record.params.insert(
+                "path".to_owned(),
+                percent_decode_str(path).decode_utf8_lossy().into_owned(),
+            );
+            record.params.extend(json_params(body.as_deref()));
+            for (name, value) in &query {
+                record.params.insert(format!("query.{name}"), value.clone());
+            }
+        }
+        "ssm"
+            if operation != "GetParameter"
+                && operation != "GetParameters"
+                && operation != "GetParametersByPath"
+                && operation != "PutParameter" =>
+        {
+            record.params.extend(json_params(body.as_deref()));
+        }
         "ssm" => {
             let name = body
                 .as_deref()
@@ -262,6 +295,30 @@ fn describe(
         _ => {}
     }
     record
+}
+
+/// The top-level fields of a JSON request body: strings as they are, lists of strings
+/// joined with `,`, anything else as JSON text.
+fn json_params(body: Option<&str>) -> BTreeMap<String, String> {
+    let Some(serde_json::Value::Object(fields)) = body.and_then(|b| serde_json::from_str(b).ok())
+    else {
+        return BTreeMap::new();
+    };
+    fields
+        .into_iter()
+        .map(|(name, value)| {
+            let text = match value {
+                serde_json::Value::String(s) => s,
+                serde_json::Value::Array(items) if items.iter().all(|i| i.is_string()) => items
+                    .iter()
+                    .filter_map(|i| i.as_str())
+                    .collect::<Vec<_>>()
+                    .join(","),
+                other => other.to_string(),
+            };
+            (name, text)
+        })
+        .collect()
 }
 
 /// The path and the query string of an absolute request URI.

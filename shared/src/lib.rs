@@ -2,8 +2,8 @@
 //!
 //! One concept per module: [`phase`] (the phase lifecycle and the Lambda entry point),
 //! [`input`] (execution input, trigger normalisation, names, the promotion decision),
-//! [`profile`], [`receipt`] (receipts and the run summary), [`details`] (what each phase
-//! records, as types), [`run`] (what travels between phases), [`resume`] (a run across executions: their names,
+//! [`profile`], [`component`] (databases and services restored beside the data), [`receipt`] (receipts and the run summary), [`details`] (what each phase
+//! records, as types), [`run`] (what travels between phases), [`restored`] (deleting what components restored), [`resume`] (a run across executions: their names,
 //! the run record, what a phase needs done before it), [`lock`] (the run lock),
 //! [`objects`] (the S3 access layer: JSON, conditional writes, bulk deletes, uploads),
 //! [`backup`] (the backup contract), [`archive`] (reading its archives as streams),
@@ -17,6 +17,7 @@
 pub mod archive;
 pub mod backup;
 pub mod clients;
+pub mod component;
 pub mod details;
 pub mod error;
 pub mod input;
@@ -32,6 +33,7 @@ pub mod parity;
 pub mod phase;
 pub mod profile;
 pub mod receipt;
+pub mod restored;
 pub mod resume;
 pub mod run;
 pub mod s3uri;

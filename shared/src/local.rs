@@ -1,6 +1,9 @@
 //! What the local stack's users (the CLI's `local` commands and the test kit) share: where
-//! the repository and its scripts are.
+//! the repository and its scripts are, and plain requests to the emulator for what no SDK
+//! client the project links does (moto's control API, IAM roles for its Lambda).
 
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 
 /// The repository root: `DRPILOT_ROOT`, else the nearest ancestor of the current
@@ -22,4 +25,120 @@ pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+}
+
+/// Sends one HTTP/1.1 request to the emulator on `port` and returns the status code and
+/// body. `headers` are added as they are.
+pub fn http_with(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Result<(u16, String), String> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    let extra: String = headers
+        .iter()
+        .map(|(name, value)| format!("{name}: {value}\r\n"))
+        .collect();
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream
+        .write_all(request.as_bytes())
+        .map_err(|e| e.to_string())?;
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .map_err(|e| e.to_string())?;
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("bad HTTP response: {response:.200}"))?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+/// [`http_with`] a JSON body (moto's control API).
+pub fn http(port: u16, method: &str, path: &str, body: &str) -> Result<(u16, String), String> {
+    http_with(
+        port,
+        method,
+        path,
+        &[("Content-Type", "application/json")],
+        body,
+    )
+}
+
+/// Creates the IAM role `name` in the emulator (its Lambda refuses a function whose role
+/// does not exist): one IAM query request, with the unsigned authorization header the
+/// emulator routes by.
+pub fn emulator_role(port: u16, name: &str) -> Result<String, String> {
+    let trust = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"Service":"lambda.amazonaws.com"},"Action":"sts:AssumeRole"}]}"#;
+    let body = format!(
+        "Action=CreateRole&Version=2010-05-08&RoleName={name}&AssumeRolePolicyDocument={}",
+        percent_encoding::utf8_percent_encode(trust, percent_encoding::NON_ALPHANUMERIC)
+    );
+    let (status, answer) = http_with(
+        port,
+        "POST",
+        "/",
+        &[
+            ("Content-Type", "application/x-www-form-urlencoded"),
+            ("Authorization", "AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/iam/aws4_request, SignedHeaders=host, Signature=0"),
+        ],
+        &body,
+    )?;
+    if status != 200 && !answer.contains("EntityAlreadyExists") {
+        return Err(format!("CreateRole {name}: HTTP {status}: {answer:.300}"));
+    }
+    Ok(format!("arn:aws:iam::123456789012:role/{name}"))
+}
+
+/// Registers `name` as a function in the emulator's Lambda (with a role, which it checks
+/// exists), so `GetFunction` finds it; its invocations go to the real binary of that name
+/// under `cargo lambda watch`. Idempotent.
+pub async fn emulator_function(
+    lambda: &aws_sdk_lambda::Client,
+    port: u16,
+    name: &str,
+) -> Result<(), String> {
+    if lambda
+        .get_function()
+        .function_name(name)
+        .send()
+        .await
+        .is_ok()
+    {
+        return Ok(());
+    }
+    let role = emulator_role(port, &format!("drpilot-{name}"))?;
+    lambda
+        .create_function()
+        .function_name(name)
+        .runtime(aws_sdk_lambda::types::Runtime::Providedal2023)
+        .handler("bootstrap")
+        .role(role)
+        // Stored, never run: the emulator forwards invocations to `cargo lambda watch`.
+        .code(
+            aws_sdk_lambda::types::FunctionCode::builder()
+                .zip_file(aws_sdk_lambda::primitives::Blob::new(
+                    b"served by cargo lambda watch".to_vec(),
+                ))
+                .build(),
+        )
+        .send()
+        .await
+        .map_err(|e| {
+            format!(
+                "CreateFunction {name}: {}",
+                aws_smithy_types::error::display::DisplayErrorContext(&e)
+            )
+        })?;
+    Ok(())
 }

@@ -13,6 +13,8 @@ pub struct Sample {
     pub name: &'static str,
     pub value: f64,
     pub unit: StandardUnit,
+    /// A dimension besides `Profile` and `Mode` (`Component` for a component's metric).
+    pub dimension: Option<(&'static str, String)>,
 }
 
 impl Sample {
@@ -21,6 +23,7 @@ impl Sample {
             name,
             value,
             unit: StandardUnit::Seconds,
+            dimension: None,
         }
     }
     pub fn count(name: &'static str, value: f64) -> Self {
@@ -28,11 +31,19 @@ impl Sample {
             name,
             value,
             unit: StandardUnit::Count,
+            dimension: None,
         }
+    }
+
+    /// This sample with one more dimension.
+    pub fn with_dimension(mut self, name: &'static str, value: impl Into<String>) -> Self {
+        self.dimension = Some((name, value.into()));
+        self
     }
 }
 
-/// Puts `samples` at `at` with dimensions `Profile=<profile>`, `Mode=<mode>`.
+/// Puts `samples` at `at` with dimensions `Profile=<profile>`, `Mode=<mode>` (and each
+/// sample's own, if it has one).
 pub async fn publish(
     cloudwatch: &aws_sdk_cloudwatch::Client,
     profile: &str,
@@ -51,12 +62,16 @@ pub async fn publish(
     let data: Vec<MetricDatum> = samples
         .into_iter()
         .map(|s| {
+            let mut dimensions = dimensions.clone();
+            if let Some((name, value)) = s.dimension {
+                dimensions.push(Dimension::builder().name(name).value(value).build());
+            }
             MetricDatum::builder()
                 .metric_name(s.name)
                 .value(s.value)
                 .unit(s.unit)
                 .timestamp(timestamp)
-                .set_dimensions(Some(dimensions.clone()))
+                .set_dimensions(Some(dimensions))
                 .build()
         })
         .collect();

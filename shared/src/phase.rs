@@ -89,7 +89,7 @@ pub struct PhaseRun<'a> {
 }
 
 /// Runs `body` as the phase whose details it records (`D::PHASE`) in `request`'s run,
-/// with everything around it (module docs).
+/// with everything around it (module docs): [`begin`], the body, [`finish`].
 pub async fn run<D, F>(
     request: &PhaseRequest,
     s3: &aws_sdk_s3::Client,
@@ -101,12 +101,61 @@ where
     D: PhaseDetails,
     F: AsyncFnOnce(&PhaseRun<'_>) -> std::result::Result<Outcome<D>, Failed<D>>,
 {
-    let phase = D::PHASE;
+    let attempted = async {
+        let started = match begin(request, s3, profiles, D::PHASE, rerun).await? {
+            Begun::Ended(output) => return Ok(output),
+            Begun::Started(started) => started,
+        };
+        let result = body(&started.context(&request.run)).await;
+        finish(request, &started, result).await
+    };
+    // Boxed: a body's future holds the SDK's and is large.
+    Box::pin(attempted).await
+}
+
+/// How [`begin`] left a phase.
+pub enum Begun {
+    /// Nothing to do: skipped outside the window (receipt written, or an earlier
+    /// execution's kept), or an earlier success kept ([`Rerun::KeepSuccess`]).
+    Ended(PhaseOutput),
+    /// The phase's work may start; [`finish`] writes its receipt. (Boxed: a profile and
+    /// the clients are large.)
+    Started(Box<Started>),
+}
+
+/// A phase under way: its profile, receipts and clock.
+pub struct Started {
+    pub profile: Profile,
+    pub store: ReceiptStore,
+    clock: PhaseClock,
+}
+
+impl Started {
+    pub fn context<'a>(&'a self, run: &'a RunContext) -> PhaseRun<'a> {
+        PhaseRun {
+            run,
+            profile: &self.profile,
+            store: &self.store,
+        }
+    }
+}
+
+/// The lifecycle up to a phase's own work: the profile, the window (a `skipped` receipt,
+/// or an earlier execution's receipt kept), what it builds on ([`resume::blocker`]), and
+/// the earlier receipt of a re-run (per `rerun`). A phase whose work spans several steps
+/// of the state machine (components) calls this at its first step and [`finish`] at its
+/// last; [`run`] calls both around a body.
+pub async fn begin(
+    request: &PhaseRequest,
+    s3: &aws_sdk_s3::Client,
+    profiles: &ProfileSource,
+    phase: Phase,
+    rerun: Rerun,
+) -> Result<Begun> {
     let run = &request.run;
     record_run(&run.run_id, phase);
     let (attempt, max_attempts) = (request.attempt(), run.input.max_attempts);
-    // Every error, whichever step it comes from, is judged against the attempt count.
-    let attempted = async {
+    let begun = async {
         let profile = profiles.load(&run.input.profile).await?;
         let store = run.receipts(s3, &profile);
         let clock =
@@ -126,12 +175,12 @@ where
                     earlier.status.as_str(),
                     earlier.finished_at.to_rfc3339()
                 ));
-                return Ok(output);
+                return Ok(Begun::Ended(output));
             }
             info!(%reason, "skipped");
             let receipt = clock.skipped(reason);
             let uri = store.put_phase(&receipt).await?;
-            return Ok(PhaseOutput::new(&receipt, uri));
+            return Ok(Begun::Ended(PhaseOutput::new(&receipt, uri)));
         }
         // A dry run stages nothing, so there is nothing earlier for it to build on.
         if !run.input.dry_run && resume::builds_on_earlier(phase) {
@@ -152,35 +201,52 @@ where
                     if done.status == PhaseStatus::Success {
                         info!("already done: keeping the earlier success");
                         let uri = store.phase_uri(&run.run_id, phase)?;
-                        return Ok(PhaseOutput::new(&done, uri));
+                        return Ok(Begun::Ended(PhaseOutput::new(&done, uri)));
                     }
                 }
             }
         }
-        let context = PhaseRun {
-            run,
-            profile: &profile,
-            store: &store,
-        };
-        let result = body(&context).await;
+        Ok(Begun::Started(Box::new(Started {
+            profile,
+            store,
+            clock,
+        })))
+    };
+    // Every error, whichever step it comes from, is judged against the attempt count.
+    Box::pin(begun)
+        .await
+        .map_err(|err| err.at_attempt(attempt, max_attempts))
+}
+
+/// The end of a phase [`begin`] started: its receipt from `result` (success, skipped, or
+/// failed with the details gathered so far), written before a failure goes back to the
+/// state machine as the error it names.
+pub async fn finish<D: PhaseDetails>(
+    request: &PhaseRequest,
+    started: &Started,
+    result: std::result::Result<Outcome<D>, Failed<D>>,
+) -> Result<PhaseOutput> {
+    let run = &request.run;
+    let (attempt, max_attempts) = (request.attempt(), run.input.max_attempts);
+    let finished = async {
+        let clock = &started.clock;
         let (receipt, error) = match result {
             Ok(Outcome::Done(details)) => (clock.succeeded(&details)?, None),
             Ok(Outcome::Skipped(reason)) => (clock.skipped(reason), None),
             Err(Failed { error, details }) => {
                 // The receipt names the error the state machine will see.
-                let error = error.at_attempt(request.attempt(), run.input.max_attempts);
+                let error = error.at_attempt(attempt, max_attempts);
                 (clock.failed(&error, details.as_ref())?, Some(error))
             }
         };
-        let uri = store.put_phase(&receipt).await?;
+        let uri = started.store.put_phase(&receipt).await?;
         if let Some(error) = error {
             return Err(error);
         }
         info!(status = ?receipt.status, duration_ms = receipt.duration_ms, "phase finished");
         Ok(PhaseOutput::new(&receipt, uri))
     };
-    // Boxed: a body's future holds the SDK's and is large.
-    Box::pin(attempted)
+    finished
         .await
         .map_err(|err| err.at_attempt(attempt, max_attempts))
 }

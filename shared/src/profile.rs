@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use aws_sdk_ssm::operation::get_parameter::GetParameterError;
 use serde::{Deserialize, Serialize};
 
+use crate::component::{self, ComponentSpec};
 use crate::error::{decode_slice, Error, Result};
 use crate::input::NameRule;
 use crate::s3uri::{as_prefix, RelativeKey, S3Uri};
@@ -44,6 +45,17 @@ pub struct Profile {
     /// restore stored with it.
     #[serde(default)]
     pub full_validation: bool,
+    /// Databases and services restored and verified beside the S3 data, each with its
+    /// own RTO (see [`crate::component`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub components: Vec<ComponentSpec>,
+    /// How many components restore at once.
+    #[serde(default = "default_component_concurrency")]
+    pub component_concurrency: u32,
+}
+
+fn default_component_concurrency() -> u32 {
+    4
 }
 
 /// Longer than a run can take with the template's default approval timeout (24 h): a
@@ -302,6 +314,7 @@ impl Profile {
                 ));
             }
         }
+        component::validate(&self.components, self.component_concurrency)?;
         Ok(())
     }
 }

@@ -6,6 +6,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::component::{ComponentOutcome, ComponentReceipt};
 use crate::details::PhaseDetails;
 use crate::error::{Error, Result};
 use crate::input::{Mode, Phase, Trigger};
@@ -273,6 +274,9 @@ pub struct RunSummary {
     /// run record).
     #[serde(default)]
     pub executions: Vec<ExecutionEntry>,
+    /// Each component's verdict, RTO/RPO against its targets, and what it created.
+    #[serde(default)]
+    pub components: Vec<ComponentOutcome>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -396,6 +400,57 @@ impl ReceiptStore {
                 record.run_id
             ))),
         }
+    }
+
+    /// `<receipts>/runs/<run_id>/components/<name>.json`
+    pub fn component_uri(&self, run_id: &str, name: &str) -> Result<S3Uri> {
+        self.run_dir(run_id)?
+            .join(&format!("components/{name}.json"))
+            .map_err(|e| Error::input(format!("component name: {e}")))
+    }
+
+    pub async fn put_component(&self, receipt: &ComponentReceipt) -> Result<S3Uri> {
+        let uri = self.component_uri(&receipt.run_id, &receipt.name)?;
+        put_json(&self.s3, &uri, receipt).await?;
+        Ok(uri)
+    }
+
+    pub async fn get_component(
+        &self,
+        run_id: &str,
+        name: &str,
+    ) -> Result<Option<ComponentReceipt>> {
+        get_json(&self.s3, &self.component_uri(run_id, name)?).await
+    }
+
+    /// Every component receipt of the run, whichever profile version wrote it, by name.
+    pub async fn components(&self, run_id: &str) -> Result<Vec<ComponentReceipt>> {
+        let dir = self.run_dir(run_id)?.join("components")?.as_prefix();
+        let mut receipts = Vec::new();
+        let mut pages = self
+            .s3
+            .list_objects_v2()
+            .bucket(&dir.bucket)
+            .prefix(&dir.key)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| Error::from_sdk(&format!("ListObjectsV2 {dir}"), e))?;
+            for object in page.contents() {
+                let Some(key) = object.key().filter(|k| k.ends_with(".json")) else {
+                    continue;
+                };
+                let uri = S3Uri {
+                    bucket: dir.bucket.clone(),
+                    key: key.to_owned(),
+                };
+                if let Some(receipt) = get_json::<ComponentReceipt>(&self.s3, &uri).await? {
+                    receipts.push(receipt);
+                }
+            }
+        }
+        receipts.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(receipts)
     }
 
     pub async fn put_summary(&self, summary: &RunSummary) -> Result<S3Uri> {

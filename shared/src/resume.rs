@@ -186,13 +186,18 @@ pub struct Blocker {
 }
 
 /// What must happen before `phase` may run in a run whose receipts are `receipts` (any
-/// order; missing phases have none): `None` when it may run now. Bringup, restore and
-/// teardown need nothing; validate needs a successful restore whose staging teardown has
-/// not deleted since; parity-report needs that and a validate after it; promote needs
-/// that and a parity-report after the validate. A dry run's receipts prove nothing here.
+/// order; missing phases have none): `None` when it may run now. Bringup, restore,
+/// components and teardown need nothing; validate needs a successful restore whose
+/// staging teardown has not deleted since; parity-report needs that and a validate after
+/// it; promote needs that, a parity-report after the validate, and the components
+/// verified. A dry run's receipts prove nothing here.
 pub fn blocker(receipts: &[PhaseReceipt], phase: Phase) -> Option<Blocker> {
     let needed = CHAIN.iter().position(|p| *p == phase)?;
-    first_undone(receipts, needed)
+    first_undone(receipts, needed).or_else(|| {
+        (phase == Phase::Promote)
+            .then(|| components_undone(receipts))
+            .flatten()
+    })
 }
 
 /// Whether `phase` builds on an earlier phase's work (so [`blocker`] has something to
@@ -204,14 +209,33 @@ pub fn builds_on_earlier(phase: Phase) -> bool {
         .is_some_and(|i| i > 0)
 }
 
-/// Where a continued run picks up, and why: the first phase of restore, validate,
-/// parity-report, promote that is not done (see [`blocker`]), or teardown when all of
-/// them are.
+/// Where a continued run picks up, and why: the first phase of restore, components,
+/// validate, parity-report, promote that is not done (see [`blocker`]), or teardown when
+/// all of them are.
 pub fn resume_point(receipts: &[PhaseReceipt]) -> Blocker {
-    first_undone(receipts, CHAIN.len()).unwrap_or_else(|| Blocker {
-        run_first: Phase::Teardown,
-        why: "every phase before teardown is done".to_owned(),
-    })
+    let chain = first_undone(receipts, CHAIN.len());
+    let components = components_undone(receipts);
+    match (chain, components) {
+        (Some(chain), Some(components)) if components.run_first < chain.run_first => components,
+        (Some(chain), _) => chain,
+        (None, components) => components.unwrap_or_else(|| Blocker {
+            run_first: Phase::Teardown,
+            why: "every phase before teardown is done".to_owned(),
+        }),
+    }
+}
+
+/// Components run beside the S3 restore and build on nothing; promotion needs them
+/// verified (a profile without components records a success with none).
+fn components_undone(receipts: &[PhaseReceipt]) -> Option<Blocker> {
+    let receipt = receipts.iter().find(|r| r.phase == Phase::Components);
+    match receipt.filter(|r| r.status == PhaseStatus::Success && !r.dry_run) {
+        Some(_) => None,
+        None => Some(Blocker {
+            run_first: Phase::Components,
+            why: format!("components has not succeeded ({})", state_of(receipt)),
+        }),
+    }
 }
 
 /// The first of `CHAIN[..upto]` that is not done, and why.
@@ -361,6 +385,13 @@ mod tests {
         let validated = receipt(Phase::Validate, Success, 20);
         let all = [restored.clone(), validated.clone()];
         assert_eq!(blocker(&all, Phase::ParityReport), None);
+        // Components restore beside the data: not done, they come before parity-report.
+        assert_eq!(resume_point(&all).run_first, Phase::Components);
+        let all = [
+            restored.clone(),
+            receipt(Phase::Components, Success, 12),
+            validated.clone(),
+        ];
         assert_eq!(resume_point(&all).run_first, Phase::ParityReport);
     }
 
@@ -392,12 +423,27 @@ mod tests {
     #[test]
     fn everything_done_resumes_at_teardown() {
         use PhaseStatus::*;
-        let done: Vec<_> = CHAIN
+        let mut done: Vec<_> = CHAIN
             .iter()
             .enumerate()
             .map(|(i, p)| receipt(*p, Success, 10 * (i as i64 + 1)))
             .collect();
+        // Promotion needs the components verified too.
+        assert_eq!(resume_point(&done).run_first, Phase::Components);
+        let b = blocker(&done, Phase::Promote).unwrap();
+        assert_eq!(b.run_first, Phase::Components);
+        assert!(b.why.contains("never ran"), "{}", b.why);
+        done.push(receipt(Phase::Components, Success, 12));
         assert_eq!(resume_point(&done).run_first, Phase::Teardown);
-        assert_eq!(resume_point(&done[..1]).run_first, Phase::Validate);
+        assert_eq!(blocker(&done, Phase::Promote), None);
+        let restored_only = [done[0].clone(), done[4].clone()];
+        assert_eq!(resume_point(&restored_only).run_first, Phase::Validate);
+        // A failed component is where the run picks up, before validate.
+        let mut failed = receipt(Phase::Components, Failed, 12);
+        failed.details = json!({"error": "IntegrityError"});
+        assert_eq!(
+            resume_point(&[done[0].clone(), failed]).run_first,
+            Phase::Components
+        );
     }
 }

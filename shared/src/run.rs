@@ -99,9 +99,29 @@ pub struct TeardownOutput {
     /// The run in plain sentences, with where its receipts are: the notification the
     /// state machine sends at the end.
     pub notice: String,
+    /// Resources components created that are still being deleted: the state machine
+    /// waits `wait_seconds` and runs teardown again (0: teardown is done).
+    #[serde(default)]
+    pub pending_cleanup: u32,
+    #[serde(default)]
+    pub wait_seconds: u64,
 }
 
 impl TeardownOutput {
+    /// Teardown is deleting what components created and must look again after a wait.
+    pub fn cleaning(run_id: String, pending: u32, wait_seconds: u64) -> Self {
+        Self {
+            notice: format!(
+                "drpilot run {run_id}: teardown is deleting {pending} resource(s) components created, and checks again in {wait_seconds} s."
+            ),
+            status: RunStatus::Succeeded,
+            pending_cleanup: pending,
+            wait_seconds,
+            lock: "untouched (cleanup first)".into(),
+            ..Self::untouched(run_id, None)
+        }
+    }
+
     /// A later execution of an existing run that bringup refused: the run was left as
     /// it was.
     pub fn refused(run_id: String, failure: Option<Failure>) -> Self {
@@ -139,6 +159,8 @@ impl TeardownOutput {
                 ))
             ),
             failure,
+            pending_cleanup: 0,
+            wait_seconds: 0,
         }
     }
 }

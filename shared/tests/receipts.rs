@@ -118,6 +118,7 @@ async fn the_summary_has_every_design_field() {
         torn_down: true,
         failure: None,
         executions: Vec::new(),
+        components: Vec::new(),
     };
     let uri = store.put_summary(&summary).await.unwrap();
     assert_eq!(uri.key, "drpilot/receipts/runs/run-2/drill.summary.json");

@@ -4,7 +4,6 @@
 //! [`LocalAws`] guard while it runs), so a reset never pulls state from under another.
 //! The server exits by itself when the test process is gone.
 
-use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -267,31 +266,7 @@ fn start_functions(server: &Server) -> Result<(), String> {
     Ok(())
 }
 
-/// Sends one HTTP/1.1 request to the emulator and returns the status code and body.
-pub fn http(port: u16, method: &str, path: &str, body: &str) -> Result<(u16, String), String> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
-    let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    stream
-        .write_all(request.as_bytes())
-        .map_err(|e| e.to_string())?;
-    let mut response = String::new();
-    stream
-        .read_to_string(&mut response)
-        .map_err(|e| e.to_string())?;
-    let status = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| format!("bad HTTP response: {response:.200}"))?;
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    Ok((status, body))
-}
+pub use drpilot_shared::local::http;
 
 /// One test case's turn on the local AWS: freshly reset, with clients pointed at it.
 pub struct LocalAws {

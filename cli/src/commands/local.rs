@@ -25,6 +25,14 @@ pub const DATA_BUCKET: &str = "drpilot-demo-data";
 pub const BACKUP_BUCKET: &str = "drpilot-demo-backups";
 pub const TOPIC: &str = "drpilot-notifications";
 pub const QUEUE: &str = "drpilot-notifications-inbox";
+/// The demo's production database, whose snapshot the drill restores as a component.
+pub const DEMO_DB: &str = "demo-orders";
+/// The example verifier the drill's `lambda` component invokes (a binary of this
+/// repository, served by `cargo lambda watch` under its binary name).
+pub const VERIFIER: &str = "sample-verifier";
+/// The demo storefront's health page, served by `scripts/local-stack.sh` (the drill's
+/// `http` component).
+pub const SITE_PORT: u16 = 9011;
 
 fn run_script(args: &[&str]) -> Result<(), CliError> {
     let root = repo_root();
@@ -111,6 +119,7 @@ pub fn definition(root: &Path, topic_arn: &str, approval_timeout: u32) -> Result
         ("RestoreFunctionArn", function("restore")),
         ("ValidateFunctionArn", function("validate")),
         ("ParityReportFunctionArn", function("parity-report")),
+        ("ComponentsFunctionArn", function("components")),
         ("PromoteFunctionArn", function("promote")),
         ("TeardownFunctionArn", function("teardown")),
         ("TopicArn", topic_arn.to_owned()),
@@ -203,8 +212,17 @@ pub async fn provision(ctx: &Ctx) -> Result<(String, String), CliError> {
         "checks": [
             {"type": "cloudwatch_metric", "name": "no failed syncs", "namespace": "DemoApp", "metric_name": "SyncFailed", "missing_data_passes": false},
             {"type": "cloudwatch_metric", "name": "no missed syncs", "namespace": "DemoApp", "metric_name": "NoSync", "missing_data_passes": false}
+        ],
+        "components": [
+            {"name": "orders-db", "kind": "rds_snapshot", "db_instance_identifier": DEMO_DB,
+             "rto_target_seconds": 120, "rpo_target_seconds": 14400, "poll_seconds": 2},
+            {"name": "decode-sample", "kind": "lambda", "function": VERIFIER, "after_restore": true,
+             "parameters": {"sample": 50}, "rto_target_seconds": 300, "poll_seconds": 2},
+            {"name": "storefront", "kind": "http", "url": format!("http://127.0.0.1:{SITE_PORT}/health.json"),
+             "body_contains": "\"status\": \"ok\"", "rto_target_seconds": 60, "poll_seconds": 2}
         ]
     });
+    demo_components(ctx).await?;
     ProfileSource::Ssm(ctx.aws.ssm.clone())
         .save(PROFILE, &profile.to_string())
         .await?;
@@ -228,6 +246,44 @@ pub async fn provision(ctx: &Ctx) -> Result<(String, String), CliError> {
             .map_err(|e| CliError::aws("PutMetricData", e))?;
     }
     notifications(ctx).await
+}
+
+/// What the demo profile's components need in the emulator: the production database
+/// and a snapshot of it (taken two hours ago, as the S3 backup), and the verifier
+/// function (its role first: the emulator's Lambda checks it exists). Idempotent.
+async fn demo_components(ctx: &Ctx) -> Result<(), CliError> {
+    let rds = ctx.aws.rds("drpilot-cli");
+    let exists = drpilot_shared::restored::rds_instance(&rds, DEMO_DB)
+        .await?
+        .is_some();
+    if !exists {
+        rds.create_db_instance()
+            .db_instance_identifier(DEMO_DB)
+            .engine("postgres")
+            .db_instance_class("db.t4g.micro")
+            .allocated_storage(20)
+            .master_username("drpilot")
+            .master_user_password("demo-password-1")
+            .send()
+            .await
+            .map_err(|e| CliError::aws(&format!("CreateDBInstance {DEMO_DB}"), e))?;
+        rds.create_db_snapshot()
+            .db_instance_identifier(DEMO_DB)
+            .db_snapshot_identifier(format!("{DEMO_DB}-{}", Utc::now().format("%Y%m%d%H%M%S")))
+            .send()
+            .await
+            .map_err(|e| CliError::aws(&format!("CreateDBSnapshot {DEMO_DB}"), e))?;
+    }
+    let port = ENDPOINT
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(4599);
+    let lambda = aws_sdk_lambda::Client::new(&ctx.aws.config);
+    drpilot_shared::local::emulator_function(&lambda, port, VERIFIER)
+        .await
+        .map_err(CliError::Io)?;
+    Ok(())
 }
 
 /// The SNS topic and an SQS queue subscribed to it (raw delivery), so the drill can read

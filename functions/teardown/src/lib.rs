@@ -5,6 +5,7 @@
 //! the same state (metrics are published once).
 
 use chrono::{DateTime, Utc};
+use drpilot_shared::component::{overall_rto, ComponentOutcome, ComponentReceipt, ResourceState};
 use drpilot_shared::details::{ParityDetails, PromoteDetails, TeardownDetails};
 use drpilot_shared::error::readable_cause;
 use drpilot_shared::input::{normalize, NameRule, Trigger, TriggerDefaults};
@@ -16,6 +17,7 @@ use drpilot_shared::receipt::{
     seconds, Failure, Objective, PhaseClock, PhaseOutcome, PhaseReceipt, PhaseStatus, ReceiptStore,
     RunStatus, RunSummary,
 };
+use drpilot_shared::restored;
 use drpilot_shared::resume::{self, ExecutionName, ExecutionOutcome};
 use drpilot_shared::run::{ExecutionInfo, RunContext, TeardownOutput};
 use drpilot_shared::{AwsClients, Error, ErrorKind, Phase, Result, RunInput, S3Uri};
@@ -81,6 +83,8 @@ pub struct ApprovalOutcome {
 
 pub struct Teardown {
     pub clients: AwsClients,
+    /// Deletes the RDS DB instances components restored.
+    pub rds: aws_sdk_rds::Client,
     pub profiles: ProfileSource,
     pub defaults: TriggerDefaults,
 }
@@ -101,6 +105,7 @@ impl Teardown {
         let clients = clients.for_function("teardown");
         let profiles = ProfileSource::from_env(clients.ssm.clone());
         Self {
+            rds: clients.rds("teardown"),
             clients,
             profiles,
             defaults: TriggerDefaults::from_env(),
@@ -141,6 +146,32 @@ impl Teardown {
                 return Ok(TeardownOutput::refused(record.run_id.clone(), failure));
             }
         }
+        // What components created goes first, and must be gone (proven) before the run's
+        // end is written; a resource still being deleted sends the state machine round its
+        // wait loop. A held run keeps them with its staging; a dry run created none.
+        let ends_run = request.run.is_some() && known.input.teardown && !known.input.dry_run;
+        let components = store.components(&known.run_id).await?;
+        let components = if ends_run {
+            let (components, pending) = self
+                .clean_components(
+                    components,
+                    &profile,
+                    &store,
+                    request.execution.name.as_deref(),
+                )
+                .await?;
+            if let Some((count, wait_seconds)) = pending {
+                info!(
+                    pending = count,
+                    wait_seconds,
+                    "resources still being deleted: teardown looks again after a wait"
+                );
+                return Ok(TeardownOutput::cleaning(known.run_id, count, wait_seconds));
+            }
+            components
+        } else {
+            components
+        };
         let clock =
             PhaseClock::start(&known.run_id, Phase::Teardown, 1).dry_run(known.input.dry_run);
         // Whatever else an earlier attempt of this execution did, metrics it put stay
@@ -159,9 +190,45 @@ impl Teardown {
             &request,
             &profile,
             &receipts,
+            &components,
             cleaned.staging.torn_down(),
             now,
         )?;
+        // A resource teardown could not delete fails teardown, naming it: never left silently.
+        let left: Vec<String> = if ends_run {
+            components
+                .iter()
+                .flat_map(|c| c.created_resources.iter().map(move |r| (c, r)))
+                .filter(|(_, r)| r.state != ResourceState::Deleted)
+                .map(|(c, r)| {
+                    format!(
+                        "{} of component {} ({})",
+                        r.resource.describe(),
+                        c.name,
+                        r.detail.as_deref().unwrap_or("not deleted")
+                    )
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let leftovers = if left.is_empty() {
+            Ok(())
+        } else {
+            let error = Error::new(
+                ErrorKind::ServiceError,
+                format!("teardown could not delete: {}", left.join("; ")),
+            );
+            if summary.failure.is_none() {
+                summary.failure = Some(Failure {
+                    phase: Some(Phase::Teardown),
+                    error: error.kind.name().to_owned(),
+                    cause: error.message.clone(),
+                });
+            }
+            summary.status = RunStatus::Failed;
+            Err(error)
+        };
 
         // Metrics, once per execution that ends the run (a held run has not ended),
         // before the summary says how teardown ended: a failed put is recorded as
@@ -187,7 +254,8 @@ impl Teardown {
             metrics_published: ends_run && metrics.is_ok(),
             execution: request.execution.name.clone(),
         };
-        let receipt = match &metrics {
+        let ended = leftovers.and(metrics.clone());
+        let receipt = match &ended {
             Ok(()) => clock.succeeded(&details)?,
             Err(err) => clock.failed(err, Some(&details))?,
         };
@@ -207,7 +275,7 @@ impl Teardown {
         }
         store.put_summary(&summary).await?;
         store.put_phase(&receipt).await?;
-        metrics?;
+        ended?;
         info!(run_id = %summary.run_id, status = ?summary.status, rto_seconds = ?summary.rto_seconds, rpo_seconds = ?summary.rpo_seconds, "run summary written");
         let held = matches!(cleaned.staging, Staging::Held)
             .then(|| resume::resume_point(&receipts).run_first);
@@ -223,7 +291,48 @@ impl Teardown {
             torn_down: summary.torn_down,
             lock: details.lock,
             failure: summary.failure,
+            pending_cleanup: 0,
+            wait_seconds: 0,
         })
+    }
+
+    /// One cleanup pass over every resource the run's components created: `Some((count,
+    /// wait_seconds))` while some are still being deleted.
+    async fn clean_components(
+        &self,
+        mut components: Vec<ComponentReceipt>,
+        profile: &Profile,
+        store: &ReceiptStore,
+        execution: Option<&str>,
+    ) -> Result<(Vec<ComponentReceipt>, Option<(u32, u64)>)> {
+        let now = Utc::now();
+        let mut pending = 0u32;
+        let mut wait_seconds = u64::MAX;
+        for component in &mut components {
+            if component
+                .created_resources
+                .iter()
+                .all(|r| r.state == ResourceState::Deleted)
+            {
+                continue;
+            }
+            for resource in &mut component.created_resources {
+                restored::clean_up(&self.rds, &component.run_id, execution, resource, now).await?;
+                if !resource.settled() {
+                    pending += 1;
+                }
+            }
+            store.put_component(component).await?;
+            let poll = profile
+                .components
+                .iter()
+                .find(|c| c.name == component.name)
+                .map_or(30, |c| c.poll_seconds);
+            if component.created_resources.iter().any(|r| !r.settled()) {
+                wait_seconds = wait_seconds.min(poll);
+            }
+        }
+        Ok((components, (pending > 0).then_some((pending, wait_seconds))))
     }
 
     /// The run's profile, unless teardown must not touch anything: a wrong-account
@@ -364,6 +473,14 @@ impl Teardown {
         if let Some(rpo) = summary.rpo_seconds {
             samples.push(Sample::seconds("RecoveryPointAgeSeconds", rpo));
         }
+        for component in &summary.components {
+            if let Some(rto) = component.rto_seconds {
+                samples.push(
+                    Sample::seconds("ComponentRecoverySeconds", rto)
+                        .with_dimension("Component", &component.name),
+                );
+            }
+        }
         metrics::publish(
             &self.clients.cloudwatch,
             &summary.profile,
@@ -407,6 +524,7 @@ fn summarize(
     request: &TeardownRequest,
     profile: &Profile,
     receipts: &[PhaseReceipt],
+    components: &[ComponentReceipt],
     torn_down: bool,
     now: DateTime<Utc>,
 ) -> Result<RunSummary> {
@@ -427,7 +545,12 @@ fn summarize(
     let rto_end = promote
         .or_else(|| succeeded(Phase::Validate))
         .map(|r| r.finished_at);
-    let rto_seconds = rto_end.map(|end| seconds(end - known.kickoff_at));
+    let components: Vec<ComponentOutcome> = components.iter().map(ComponentOutcome::from).collect();
+    // The slowest required component counts when it is later than the S3 data's.
+    let rto_seconds = overall_rto(
+        rto_end.map(|end| seconds(end - known.kickoff_at)),
+        &components,
+    );
     let rpo_seconds = known
         .backup_created_at
         .map(|created| seconds(known.kickoff_at - created));
@@ -478,6 +601,7 @@ fn summarize(
         torn_down,
         failure,
         executions: Vec::new(),
+        components,
     })
 }
 
@@ -671,7 +795,8 @@ mod tests {
             promoted("alice"),
         ));
         let request = TeardownRequest::default();
-        let summary = summarize(&known(), &request, &profile(), &receipts, true, at(50)).unwrap();
+        let summary =
+            summarize(&known(), &request, &profile(), &receipts, &[], true, at(50)).unwrap();
         assert_eq!(summary.status, RunStatus::Succeeded);
         assert_eq!(summary.rto_seconds, Some(42.0));
         assert_eq!(summary.rpo_seconds, Some(7_200.0));
@@ -697,7 +822,16 @@ mod tests {
             }),
             ..Default::default()
         };
-        let summary = summarize(&known(), &request, &profile(), &receipts, false, at(40)).unwrap();
+        let summary = summarize(
+            &known(),
+            &request,
+            &profile(),
+            &receipts,
+            &[],
+            false,
+            at(40),
+        )
+        .unwrap();
         assert_eq!(summary.status, RunStatus::Succeeded);
         assert_eq!(summary.rto_seconds, Some(30.0));
         assert!(!summary.promoted && !summary.torn_down);
@@ -715,7 +849,8 @@ mod tests {
             promoted("alice"),
         ));
         let request = TeardownRequest::default();
-        let summary = summarize(&known(), &request, &profile(), &receipts, true, at(50)).unwrap();
+        let summary =
+            summarize(&known(), &request, &profile(), &receipts, &[], true, at(50)).unwrap();
         let dir = uri("s3://target-data/drpilot/receipts/runs/run-1/");
         assert_eq!(
             notice(&summary, None, &dir),
@@ -769,7 +904,8 @@ mod tests {
             }),
             ..Default::default()
         };
-        let summary = summarize(&known(), &request, &profile(), &receipts, true, at(9)).unwrap();
+        let summary =
+            summarize(&known(), &request, &profile(), &receipts, &[], true, at(9)).unwrap();
         assert_eq!(summary.status, RunStatus::Failed);
         assert_eq!(summary.rto_seconds, None);
         assert_eq!(summary.rto.met, None);
@@ -792,6 +928,7 @@ mod tests {
             &TeardownRequest::default(),
             &profile(),
             &receipts,
+            &[],
             true,
             at(40),
         )
@@ -816,6 +953,7 @@ mod tests {
             &TeardownRequest::default(),
             &profile(),
             &receipts,
+            &[],
             true,
             at(50),
         )

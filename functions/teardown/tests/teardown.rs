@@ -24,6 +24,7 @@ use teardown::{ApprovalOutcome, CaughtFailure, Teardown, TeardownRequest};
 
 fn teardown(aws: &LocalAws) -> Teardown {
     Teardown {
+        rds: aws.clients.rds("teardown"),
         clients: aws.clients.for_function("teardown"),
         profiles: ProfileSource::Ssm(aws.clients.ssm.clone()),
         defaults: TriggerDefaults::default(),

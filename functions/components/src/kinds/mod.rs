@@ -1,0 +1,164 @@
+//! The component kinds, each a small module behind [`Kind`]: what it checks before
+//! anything is created, what it creates, how it starts and how it is polled. The
+//! functions below pick the module for a component's kind.
+
+mod aws_backup;
+mod http;
+mod lambda;
+mod rds_snapshot;
+mod ssm_command;
+
+use chrono::{DateTime, Utc};
+use drpilot_shared::component::{ComponentKind, ComponentReceipt, ComponentSpec, RestoredResource};
+use drpilot_shared::ledger::CallLedger;
+use drpilot_shared::profile::Profile;
+use drpilot_shared::receipt::ReceiptStore;
+use drpilot_shared::run::RunContext;
+use drpilot_shared::{AwsClients, Error, Result};
+
+pub use http::HttpProbe;
+
+/// Where a component stands after a step.
+#[derive(Debug)]
+pub enum Progress {
+    /// Not there yet: why (the state machine waits and polls again).
+    Waiting(String),
+    /// Verified; `restored_point` is when the restored data was taken (its RPO's anchor).
+    Verified {
+        restored_point: Option<DateTime<Utc>>,
+    },
+    /// The component's verdict is a failure (the error names why).
+    Failed(Error),
+}
+
+/// The clients the kinds call, built once per process, each recorded in the call ledger.
+pub struct Clients {
+    pub rds: aws_sdk_rds::Client,
+    pub backup: aws_sdk_backup::Client,
+    pub lambda: aws_sdk_lambda::Client,
+    pub ssm: aws_sdk_ssm::Client,
+    pub http: HttpProbe,
+}
+
+impl Clients {
+    pub fn new(clients: &AwsClients, function: &'static str) -> Self {
+        let ledger = CallLedger::from_env(function);
+        let mut backup = aws_sdk_backup::config::Builder::from(&clients.config);
+        let mut lambda = aws_sdk_lambda::config::Builder::from(&clients.config);
+        if let Some(ledger) = ledger {
+            backup = backup.interceptor(ledger.clone());
+            lambda = lambda.interceptor(ledger);
+        }
+        Self {
+            rds: clients.rds(function),
+            backup: aws_sdk_backup::Client::from_conf(backup.build()),
+            lambda: aws_sdk_lambda::Client::from_conf(lambda.build()),
+            ssm: clients.ssm.clone(),
+            http: HttpProbe::new(),
+        }
+    }
+}
+
+/// What a kind works with for one component of one run.
+pub struct Cx<'a> {
+    pub run: &'a RunContext,
+    pub profile: &'a Profile,
+    pub spec: &'a ComponentSpec,
+    pub store: &'a ReceiptStore,
+    pub clients: &'a Clients,
+    pub s3: &'a aws_sdk_s3::Client,
+    pub now: DateTime<Utc>,
+}
+
+impl Cx<'_> {
+    pub fn name(&self) -> &str {
+        &self.spec.name
+    }
+}
+
+/// One kind of component.
+pub(crate) trait Kind {
+    /// Everything that can be checked without changing anything; `Ok` says, in one line,
+    /// what starting would do. An error here stops the run before any component starts.
+    async fn check(&self, cx: &Cx<'_>) -> Result<String>;
+    /// What starting creates (on record before it exists, so teardown can delete it).
+    fn creates(&self, _cx: &Cx<'_>) -> Vec<RestoredResource> {
+        Vec::new()
+    }
+    /// Starts the restore or check; the kind keeps what its polls need in `receipt.state`
+    /// and its facts in `receipt.details`.
+    async fn start(&self, cx: &Cx<'_>, receipt: &mut ComponentReceipt) -> Result<Progress>;
+    /// One poll of what `start` started.
+    async fn poll(&self, cx: &Cx<'_>, receipt: &mut ComponentReceipt) -> Result<Progress>;
+}
+
+pub async fn check(cx: &Cx<'_>) -> Result<String> {
+    match &cx.spec.kind {
+        ComponentKind::RdsSnapshot(k) => k.check(cx).await,
+        ComponentKind::AwsBackup(k) => k.check(cx).await,
+        ComponentKind::Lambda(k) => k.check(cx).await,
+        ComponentKind::SsmCommand(k) => k.check(cx).await,
+        ComponentKind::Http(k) => k.check(cx).await,
+    }
+}
+
+pub fn creates(cx: &Cx<'_>) -> Vec<RestoredResource> {
+    match &cx.spec.kind {
+        ComponentKind::RdsSnapshot(k) => k.creates(cx),
+        ComponentKind::AwsBackup(k) => k.creates(cx),
+        ComponentKind::Lambda(k) => k.creates(cx),
+        ComponentKind::SsmCommand(k) => k.creates(cx),
+        ComponentKind::Http(k) => k.creates(cx),
+    }
+}
+
+pub async fn start(cx: &Cx<'_>, receipt: &mut ComponentReceipt) -> Result<Progress> {
+    match &cx.spec.kind {
+        ComponentKind::RdsSnapshot(k) => k.start(cx, receipt).await,
+        ComponentKind::AwsBackup(k) => k.start(cx, receipt).await,
+        ComponentKind::Lambda(k) => k.start(cx, receipt).await,
+        ComponentKind::SsmCommand(k) => k.start(cx, receipt).await,
+        ComponentKind::Http(k) => k.start(cx, receipt).await,
+    }
+}
+
+pub async fn poll(cx: &Cx<'_>, receipt: &mut ComponentReceipt) -> Result<Progress> {
+    match &cx.spec.kind {
+        ComponentKind::RdsSnapshot(k) => k.poll(cx, receipt).await,
+        ComponentKind::AwsBackup(k) => k.poll(cx, receipt).await,
+        ComponentKind::Lambda(k) => k.poll(cx, receipt).await,
+        ComponentKind::SsmCommand(k) => k.poll(cx, receipt).await,
+        ComponentKind::Http(k) => k.poll(cx, receipt).await,
+    }
+}
+
+/// Refuses a restore target that exists and is not this run's own restore: drpilot
+/// neither adopts nor deletes an instance it did not create.
+pub async fn ensure_ours(cx: &Cx<'_>, identifier: &str) -> Result<()> {
+    let Some(instance) =
+        drpilot_shared::restored::rds_instance(&cx.clients.rds, identifier).await?
+    else {
+        return Ok(());
+    };
+    if drpilot_shared::restored::tagged_for(&instance, &cx.run.run_id) {
+        return Ok(());
+    }
+    // A restore job of this run that has not finished tagging it is found by its job id
+    // (a retried start keeps it); anything else was there before the run.
+    Err(Error::input(format!(
+        "the restore target, DB instance {identifier}, already exists and is not this run's restore (no tag {}={}): drpilot neither adopts nor deletes it",
+        drpilot_shared::restored::RUN_TAG,
+        cx.run.run_id
+    )))
+}
+
+/// The last `limit` characters of `text` (command output, a verifier's message).
+pub fn tail(text: &str, limit: usize) -> String {
+    let count = text.chars().count();
+    text.chars().skip(count.saturating_sub(limit)).collect()
+}
+
+/// An SDK timestamp as a UTC time.
+pub fn utc(t: &aws_smithy_types::DateTime) -> Option<DateTime<Utc>> {
+    DateTime::from_timestamp_millis(t.to_millis().ok()?)
+}

@@ -1,0 +1,226 @@
+//! `rds_snapshot`: the newest available snapshot of a DB instance, restored to a
+//! run-named instance (`<name>-drpilot-<run_id>`), verified when RDS reports it available.
+//! RPO: kickoff minus the snapshot's creation time.
+
+use aws_sdk_rds::error::ProvideErrorMetadata;
+use aws_sdk_rds::types::{DbSnapshot, Tag};
+use drpilot_shared::component::{
+    restored_identifier, ComponentReceipt, RdsSnapshot, RestoredResource,
+};
+use drpilot_shared::restored::rds_instance;
+use drpilot_shared::{Error, Result};
+use serde_json::json;
+
+use super::{ensure_ours, utc, Cx, Kind, Progress};
+
+/// Statuses after which an instance will not become available by itself.
+const HOPELESS: [&str; 6] = [
+    "failed",
+    "incompatible-restore",
+    "incompatible-parameters",
+    "incompatible-network",
+    "storage-full",
+    "inaccessible-encryption-credentials",
+];
+
+/// What the kind's steps share.
+trait SnapshotTarget {
+    fn target(&self, cx: &Cx<'_>) -> Result<String>;
+    async fn newest_snapshot(&self, cx: &Cx<'_>) -> Result<DbSnapshot>;
+}
+
+impl SnapshotTarget for RdsSnapshot {
+    fn target(&self, cx: &Cx<'_>) -> Result<String> {
+        let target = restored_identifier(cx.name(), &cx.run.run_id);
+        if target.eq_ignore_ascii_case(&self.db_instance_identifier) {
+            return Err(Error::input(format!(
+                "db_instance_identifier: the restore target {target:?} would reuse the source's identifier"
+            )));
+        }
+        Ok(target)
+    }
+
+    /// The newest snapshot of the source in status `available`.
+    async fn newest_snapshot(&self, cx: &Cx<'_>) -> Result<DbSnapshot> {
+        let mut newest: Option<DbSnapshot> = None;
+        let mut pages = cx
+            .clients
+            .rds
+            .describe_db_snapshots()
+            .db_instance_identifier(&self.db_instance_identifier)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| {
+                Error::from_sdk(
+                    &format!("DescribeDBSnapshots {}", self.db_instance_identifier),
+                    e,
+                )
+            })?;
+            for snapshot in page.db_snapshots() {
+                if snapshot.status() != Some("available")
+                    || snapshot.snapshot_create_time().is_none()
+                {
+                    continue;
+                }
+                if newest
+                    .as_ref()
+                    .is_none_or(|n| snapshot.snapshot_create_time() > n.snapshot_create_time())
+                {
+                    newest = Some(snapshot.clone());
+                }
+            }
+        }
+        newest.ok_or_else(|| {
+            Error::contract(format!(
+                "db_instance_identifier: no available snapshot of DB instance {:?}",
+                self.db_instance_identifier
+            ))
+        })
+    }
+}
+
+impl Kind for RdsSnapshot {
+    async fn check(&self, cx: &Cx<'_>) -> Result<String> {
+        let target = self.target(cx)?;
+        ensure_ours(cx, &target).await?;
+        let snapshot = self.newest_snapshot(cx).await?;
+        Ok(format!(
+            "would restore snapshot {} of {} to DB instance {target}",
+            snapshot.db_snapshot_identifier().unwrap_or_default(),
+            self.db_instance_identifier
+        ))
+    }
+
+    fn creates(&self, cx: &Cx<'_>) -> Vec<RestoredResource> {
+        self.target(cx)
+            .map(|identifier| vec![RestoredResource::RdsDbInstance { identifier }])
+            .unwrap_or_default()
+    }
+
+    async fn start(&self, cx: &Cx<'_>, receipt: &mut ComponentReceipt) -> Result<Progress> {
+        let target = self.target(cx)?;
+        let snapshot = self.newest_snapshot(cx).await?;
+        let snapshot_id = snapshot
+            .db_snapshot_identifier()
+            .unwrap_or_default()
+            .to_owned();
+        let taken_at = snapshot.snapshot_create_time().and_then(utc);
+        receipt.details = json!({
+            "source": self.db_instance_identifier,
+            "snapshot": snapshot_id,
+            "snapshot_created_at": taken_at,
+            "restored_instance": target,
+        });
+        receipt.state = json!({"snapshot_created_at": taken_at});
+        // An earlier attempt of this run may have started it already: same name, reused.
+        if rds_instance(&cx.clients.rds, &target).await?.is_none() {
+            let tag = |k: &str, v: &str| Tag::builder().key(k).value(v).build();
+            let restored = cx
+                .clients
+                .rds
+                .restore_db_instance_from_db_snapshot()
+                .db_instance_identifier(&target)
+                .db_snapshot_identifier(&snapshot_id)
+                .set_db_instance_class(self.db_instance_class.clone())
+                .set_db_subnet_group_name(self.db_subnet_group_name.clone())
+                .set_vpc_security_group_ids(
+                    (!self.vpc_security_group_ids.is_empty())
+                        .then(|| self.vpc_security_group_ids.clone()),
+                )
+                // A drill's copy must be deletable by teardown, whatever the source says.
+                .deletion_protection(false)
+                .tags(tag(drpilot_shared::restored::RUN_TAG, &cx.run.run_id))
+                .tags(tag("drpilot:component", cx.name()))
+                .send()
+                .await;
+            match restored {
+                Ok(_) => {}
+                Err(err) if err.code() == Some("DBInstanceAlreadyExists") => {}
+                Err(err) => {
+                    return Err(Error::from_sdk(
+                        &format!("RestoreDBInstanceFromDBSnapshot {target} from {snapshot_id}"),
+                        err,
+                    ))
+                }
+            }
+        }
+        self.poll(cx, receipt).await
+    }
+
+    async fn poll(&self, cx: &Cx<'_>, receipt: &mut ComponentReceipt) -> Result<Progress> {
+        let target = self.target(cx)?;
+        let taken_at = receipt.state["snapshot_created_at"]
+            .as_str()
+            .and_then(|t| t.parse().ok());
+        let Some(instance) = rds_instance(&cx.clients.rds, &target).await? else {
+            return Ok(Progress::Failed(Error::new(
+                drpilot_shared::ErrorKind::ServiceError,
+                format!("the restored DB instance {target} does not exist"),
+            )));
+        };
+        let status = instance
+            .db_instance_status()
+            .unwrap_or("unknown")
+            .to_owned();
+        receipt.details["status"] = json!(status);
+        if let Some(endpoint) = instance.endpoint() {
+            receipt.details["endpoint"] = json!(format!(
+                "{}:{}",
+                endpoint.address().unwrap_or_default(),
+                endpoint.port().unwrap_or_default()
+            ));
+        }
+        Ok(verdict(&target, &status, taken_at))
+    }
+}
+
+/// What an instance's status says about its restore: verified once `available`, failed in
+/// a status it will not leave by itself, still waiting in any other (`creating`,
+/// `backing-up`, `modifying`, ...).
+fn verdict(
+    target: &str,
+    status: &str,
+    taken_at: Option<chrono::DateTime<chrono::Utc>>,
+) -> Progress {
+    match status {
+        "available" => Progress::Verified {
+            restored_point: taken_at,
+        },
+        s if HOPELESS.contains(&s) => Progress::Failed(Error::new(
+            drpilot_shared::ErrorKind::ServiceError,
+            format!("the restored DB instance {target} is {s}"),
+        )),
+        s => Progress::Waiting(format!("DB instance {target} is {s}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_instance_status_is_a_verdict_or_another_poll() {
+        let at = Some(chrono::Utc::now());
+        assert!(
+            matches!(verdict("x", "available", at), Progress::Verified { restored_point } if restored_point == at)
+        );
+        for waiting in [
+            "creating",
+            "backing-up",
+            "modifying",
+            "configuring-enhanced-monitoring",
+        ] {
+            assert!(
+                matches!(verdict("x", waiting, at), Progress::Waiting(ref why) if why.contains(waiting)),
+                "{waiting}"
+            );
+        }
+        for hopeless in ["failed", "incompatible-restore", "storage-full"] {
+            assert!(
+                matches!(verdict("x", hopeless, at), Progress::Failed(ref e) if e.message.contains(hopeless)),
+                "{hopeless}"
+            );
+        }
+    }
+}
