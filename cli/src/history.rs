@@ -5,8 +5,8 @@
 use aws_sdk_sfn::types::{ExecutionStatus, HistoryEvent};
 use chrono::{DateTime, Utc};
 use drpilot_shared::input::{Phase, Stage};
-use drpilot_shared::receipt::seconds;
 use drpilot_shared::receipt::PhaseStatus;
+use drpilot_shared::receipt::{seconds, utc as time};
 use drpilot_shared::run::{PhaseOutput, RunContext, TeardownOutput};
 use serde::Serialize;
 use serde_json::Value;
@@ -143,10 +143,6 @@ impl Progress {
             }
         }
     }
-}
-
-fn time(t: &aws_sdk_sfn::primitives::DateTime) -> Option<DateTime<Utc>> {
-    DateTime::from_timestamp_millis(t.to_millis().ok()?)
 }
 
 pub async fn fetch(sfn: &aws_sdk_sfn::Client, execution_arn: &str) -> Result<Progress, CliError> {

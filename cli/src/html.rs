@@ -58,12 +58,9 @@ pub fn text_report(s: &RunSummary) -> Vec<String> {
             c.name,
             c.kind,
             c.status.as_str(),
-            against(c.rto_seconds, Some(c.rto_target_seconds), c.rto_met),
+            against(c.rto_seconds, Some(c.rto_target_seconds)),
             c.rpo_seconds
-                .map(|_| format!(
-                    "   RPO {}",
-                    against(c.rpo_seconds, c.rpo_target_seconds, c.rpo_met)
-                ))
+                .map(|_| format!("   RPO {}", against(c.rpo_seconds, c.rpo_target_seconds)))
                 .unwrap_or_default()
         ));
     }
@@ -150,11 +147,7 @@ impl ObjectiveCard {
     fn new(name: &'static str, o: &Objective) -> Self {
         Self {
             name,
-            class: match o.met {
-                Some(true) => "ok",
-                Some(false) => "bad",
-                None => "na",
-            },
+            class: objective_class(o.met),
             value: seconds(o.seconds),
             target_seconds: o.target_seconds,
             verdict: o.verdict(),
@@ -181,14 +174,11 @@ fn objective_class(met: Option<bool>) -> &'static str {
     }
 }
 
-fn against(seconds_measured: Option<f64>, target: Option<u64>, met: Option<bool>) -> String {
-    match (seconds_measured, target) {
-        (None, _) => "not measured".to_owned(),
-        (Some(v), None) => format!("{v:.1} s"),
-        (Some(v), Some(t)) => format!(
-            "{v:.1} s / {t} s {}",
-            if met == Some(false) { "MISSED" } else { "met" }
-        ),
+/// A component's measurement in words: against its target when it has one.
+fn against(measured: Option<f64>, target: Option<u64>) -> String {
+    match target {
+        Some(target) => Objective::measure(measured, target).describe(),
+        None => seconds(measured),
     }
 }
 
@@ -347,9 +337,9 @@ pub fn render(s: &RunSummary, receipts: &[PhaseReceipt]) -> Result<String, CliEr
                 kind: c.kind.clone(),
                 status: c.status.as_str(),
                 required: c.required,
-                rto: against(c.rto_seconds, Some(c.rto_target_seconds), c.rto_met),
+                rto: against(c.rto_seconds, Some(c.rto_target_seconds)),
                 rto_class: objective_class(c.rto_met),
-                rpo: against(c.rpo_seconds, c.rpo_target_seconds, c.rpo_met),
+                rpo: against(c.rpo_seconds, c.rpo_target_seconds),
                 resources: c
                     .created_resources
                     .iter()

@@ -988,70 +988,6 @@ async fn a_backup_made_by_drpilot_verifies_restores_and_validates() {
     );
 }
 
-/// The source database and a snapshot of it, in this test's emulator.
-async fn seed_database(aws: &LocalAws, identifier: &str) {
-    let rds = aws.clients.rds("test");
-    rds.create_db_instance()
-        .db_instance_identifier(identifier)
-        .engine("postgres")
-        .db_instance_class("db.t4g.micro")
-        .allocated_storage(20)
-        .master_username("test")
-        .master_user_password("test-password-1")
-        .send()
-        .await
-        .unwrap();
-    rds.create_db_snapshot()
-        .db_instance_identifier(identifier)
-        .db_snapshot_identifier(format!("{identifier}-manual-1"))
-        .send()
-        .await
-        .unwrap();
-}
-
-async fn db_instances(aws: &LocalAws) -> Vec<String> {
-    let out = aws
-        .clients
-        .rds("test")
-        .describe_db_instances()
-        .send()
-        .await
-        .unwrap();
-    let mut ids: Vec<String> = out
-        .db_instances()
-        .iter()
-        .filter_map(|i| i.db_instance_identifier().map(str::to_owned))
-        .collect();
-    ids.sort();
-    ids
-}
-
-/// A health page on loopback that answers 503 until it has been asked `ready_after` times.
-async fn health_page(ready_after: u32) -> u16 {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        let mut asked = 0u32;
-        while let Ok((mut socket, _)) = listener.accept().await {
-            asked += 1;
-            let mut buf = [0u8; 1024];
-            let _ = socket.read(&mut buf).await;
-            let (status, body) = if asked > ready_after {
-                ("200 OK", "{\"status\": \"ok\"}")
-            } else {
-                ("503 Service Unavailable", "starting")
-            };
-            let answer = format!(
-                "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = socket.write_all(answer.as_bytes()).await;
-        }
-    });
-    port
-}
-
 async fn with_components(aws: &LocalAws, components: Value) {
     let mut profile = drpilot_testkit::test_profile();
     profile["components"] = components;
@@ -1063,21 +999,21 @@ async fn components_restore_beside_the_data_and_are_measured_against_their_own_r
     let aws = LocalAws::start().await;
     let tmp = TempDir::new("e2e-components");
     let ctx = stack(&aws, &tmp, false).await;
-    seed_database(&aws, "orders-prod").await;
+    aws.seed_database("orders-prod", true).await;
     let lambda = aws_sdk_lambda::Client::new(&aws.clients.config);
     drpilot_shared::local::emulator_function(&lambda, aws.port, "sample-verifier")
         .await
         .unwrap();
-    let site = health_page(3).await;
+    let (site, _) = drpilot_testkit::health_page(3).await;
     with_components(
         &aws,
         json!([
             {"name": "orders", "kind": "rds_snapshot", "db_instance_identifier": "orders-prod",
-             "rto_target_seconds": 600, "rpo_target_seconds": 3600, "poll_seconds": 1},
+             "rto_target_seconds": 600, "rpo_target_seconds": 3600, "poll_seconds": 1, "timeout_seconds": 300},
             {"name": "decode-sample", "kind": "lambda", "function": "sample-verifier", "after_restore": true,
-             "parameters": {"sample": 10}, "rto_target_seconds": 600, "poll_seconds": 1},
+             "parameters": {"sample": 10}, "rto_target_seconds": 600, "poll_seconds": 1, "timeout_seconds": 300},
             {"name": "storefront", "kind": "http", "url": format!("http://127.0.0.1:{site}/health"),
-             "body_contains": "\"status\": \"ok\"", "rto_target_seconds": 1, "poll_seconds": 1}
+             "body_contains": "\"status\": \"ok\"", "rto_target_seconds": 1, "poll_seconds": 1, "timeout_seconds": 300}
         ]),
     )
     .await;
@@ -1129,7 +1065,7 @@ async fn components_restore_beside_the_data_and_are_measured_against_their_own_r
         orders.created_resources[0].state,
         drpilot_shared::component::ResourceState::Deleted
     );
-    assert_eq!(db_instances(&aws).await, vec!["orders-prod".to_owned()]);
+    assert_eq!(aws.db_instances().await, vec!["orders-prod".to_owned()]);
     assert!(summary
         .phases
         .iter()
@@ -1161,15 +1097,15 @@ async fn a_failing_component_fails_the_run_after_the_slow_one_finishes_and_every
     let aws = LocalAws::start().await;
     let tmp = TempDir::new("e2e-components-fail");
     let ctx = stack(&aws, &tmp, false).await;
-    seed_database(&aws, "orders-prod").await;
-    let slow = health_page(4).await;
-    let down = health_page(u32::MAX).await;
+    aws.seed_database("orders-prod", true).await;
+    let (slow, _) = drpilot_testkit::health_page(4).await;
+    let (down, _) = drpilot_testkit::health_page(u32::MAX).await;
     with_components(
         &aws,
         json!([
             {"name": "orders", "kind": "rds_snapshot", "db_instance_identifier": "orders-prod",
-             "rto_target_seconds": 600, "poll_seconds": 1},
-            {"name": "slow", "kind": "http", "url": format!("http://127.0.0.1:{slow}/"), "rto_target_seconds": 60, "poll_seconds": 1},
+             "rto_target_seconds": 600, "poll_seconds": 1, "timeout_seconds": 300},
+            {"name": "slow", "kind": "http", "url": format!("http://127.0.0.1:{slow}/"), "rto_target_seconds": 60, "poll_seconds": 1, "timeout_seconds": 300},
             {"name": "down", "kind": "http", "url": format!("http://127.0.0.1:{down}/"), "rto_target_seconds": 60,
              "poll_seconds": 1, "timeout_seconds": 2}
         ]),
@@ -1202,7 +1138,7 @@ async fn a_failing_component_fails_the_run_after_the_slow_one_finishes_and_every
         .iter()
         .any(|p| p.phase == Phase::Validate && p.status == PhaseStatus::Skipped));
     assert!(summary.torn_down);
-    assert_eq!(db_instances(&aws).await, vec!["orders-prod".to_owned()]);
+    assert_eq!(aws.db_instances().await, vec!["orders-prod".to_owned()]);
     assert!(aws.keys(TARGET_BUCKET, "_staging/comp-2/").await.is_empty());
 }
 
@@ -1211,11 +1147,11 @@ async fn a_resource_teardown_cannot_delete_fails_it_by_name_and_a_rerun_ends_cle
     let aws = LocalAws::start().await;
     let tmp = TempDir::new("e2e-components-delete");
     let ctx = stack(&aws, &tmp, false).await;
-    seed_database(&aws, "orders-prod").await;
+    aws.seed_database("orders-prod", true).await;
     with_components(
         &aws,
         json!([{"name": "orders", "kind": "rds_snapshot", "db_instance_identifier": "orders-prod",
-                "rto_target_seconds": 600, "poll_seconds": 1}]),
+                "rto_target_seconds": 600, "poll_seconds": 1, "timeout_seconds": 300}]),
     )
     .await;
     let run = start_run(
@@ -1225,10 +1161,10 @@ async fn a_resource_teardown_cannot_delete_fails_it_by_name_and_a_rerun_ends_cle
     .await;
     assert!(finish(&ctx, &run).await.succeeded());
     assert_eq!(
-        db_instances(&aws).await,
+        aws.db_instances().await,
         vec!["orders-drpilot-del-1".to_owned(), "orders-prod".to_owned()]
     );
-    let rds = aws.clients.rds("test");
+    let rds = aws.clients.rds();
     let protect = |on: bool| {
         rds.modify_db_instance()
             .db_instance_identifier("orders-drpilot-del-1")
@@ -1264,13 +1200,13 @@ async fn a_resource_teardown_cannot_delete_fails_it_by_name_and_a_rerun_ends_cle
             .contains("RDS DB instance orders-drpilot-del-1 of component orders"),
         "{failure:?}"
     );
-    assert_eq!(db_instances(&aws).await.len(), 2);
+    assert_eq!(aws.db_instances().await.len(), 2);
     // Fixed, and teardown run again: it deletes it, proves it gone, and the run ends clean.
     protect(false).await.unwrap();
     drpilot_ok(&aws, &["resume", "del-1", "--from", "teardown"]);
     let summary = aws.receipts().get_summary("del-1").await.unwrap().unwrap();
     assert_eq!(summary.status, RunStatus::Succeeded, "{summary:?}");
-    assert_eq!(db_instances(&aws).await, vec!["orders-prod".to_owned()]);
+    assert_eq!(aws.db_instances().await, vec!["orders-prod".to_owned()]);
     assert_eq!(
         summary.components[0].created_resources[0].state,
         drpilot_shared::component::ResourceState::Deleted

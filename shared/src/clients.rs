@@ -14,6 +14,8 @@ pub struct AwsClients {
     pub sts: aws_sdk_sts::Client,
     pub cloudwatch: aws_sdk_cloudwatch::Client,
     pub config: SdkConfig,
+    /// The call ledger these clients record to, when [`Self::for_function`] switched it on.
+    ledger: Option<CallLedger>,
 }
 
 impl AwsClients {
@@ -72,14 +74,29 @@ impl AwsClients {
         }
     }
 
-    /// An RDS client for `function`, recorded in the call ledger like the others. Built on
-    /// demand: only the functions that restore or delete components need one.
-    pub fn rds(&self, function: &'static str) -> aws_sdk_rds::Client {
+    /// An RDS client, recorded in the call ledger like the others. Built on demand: only
+    /// the functions that restore or delete components need one.
+    pub fn rds(&self) -> aws_sdk_rds::Client {
         let mut builder = aws_sdk_rds::config::Builder::from(&self.config);
-        if let Some(ledger) = CallLedger::from_env(function) {
-            builder = builder.interceptor(ledger);
+        if let Some(ledger) = &self.ledger {
+            builder = builder.interceptor(ledger.clone());
         }
         aws_sdk_rds::Client::from_conf(builder.build())
+    }
+
+    /// An AWS Backup client, recorded like the others (components restore with it; teardown
+    /// waits for a restore job to end with it).
+    pub fn backup(&self) -> aws_sdk_backup::Client {
+        let mut builder = aws_sdk_backup::config::Builder::from(&self.config);
+        if let Some(ledger) = &self.ledger {
+            builder = builder.interceptor(ledger.clone());
+        }
+        aws_sdk_backup::Client::from_conf(builder.build())
+    }
+
+    /// The call ledger, for a client of another service built on these clients' config.
+    pub fn ledger(&self) -> Option<&CallLedger> {
+        self.ledger.as_ref()
     }
 
     fn build(config: SdkConfig, ledger: Option<CallLedger>) -> Self {
@@ -91,7 +108,7 @@ impl AwsClients {
         let ssm = aws_sdk_ssm::config::Builder::from(&config);
         let sts = aws_sdk_sts::config::Builder::from(&config);
         let cloudwatch = aws_sdk_cloudwatch::config::Builder::from(&config);
-        let (s3, ssm, sts, cloudwatch) = match ledger {
+        let (s3, ssm, sts, cloudwatch) = match ledger.clone() {
             Some(ledger) => (
                 s3.interceptor(ledger.clone()),
                 ssm.interceptor(ledger.clone()),
@@ -106,6 +123,7 @@ impl AwsClients {
             sts: aws_sdk_sts::Client::from_conf(sts.build()),
             cloudwatch: aws_sdk_cloudwatch::Client::from_conf(cloudwatch.build()),
             config,
+            ledger,
         }
     }
 }

@@ -208,7 +208,9 @@ impl<'de> Deserialize<'de> for ComponentSpec {
             poll_seconds: common.poll_seconds.unwrap_or(DEFAULT_POLL_SECONDS),
             // Long enough to see a restore miss its target by a lot, never unbounded.
             timeout_seconds: common.timeout_seconds.unwrap_or_else(|| {
-                (common.rto_target_seconds.saturating_mul(3)).clamp(300, MAX_TIMEOUT_SECONDS)
+                (common.rto_target_seconds.saturating_mul(3))
+                    .clamp(300, MAX_TIMEOUT_SECONDS)
+                    .max(common.poll_seconds.unwrap_or(DEFAULT_POLL_SECONDS))
             }),
             name,
             kind,
@@ -222,6 +224,11 @@ pub const COMPONENT_NAME: NameRule = NameRule::new("a component name", 32, b"-")
 
 /// The most components a run restores at once.
 pub const MAX_CONCURRENCY: u32 = 40;
+
+/// The most polls a run's components may take in all (each `timeout_seconds /
+/// poll_seconds`): every poll adds about nine events to the execution's history, which
+/// Step Functions caps at 25,000.
+pub const MAX_POLLS: u64 = 2_000;
 
 /// Checks the components of a profile as a whole and one by one; the error names the
 /// component and the field.
@@ -252,6 +259,15 @@ pub fn validate(components: &[ComponentSpec], concurrency: u32) -> Result<(), St
             ));
         }
         component.validate().map_err(|why| format!("{at}.{why}"))?;
+    }
+    let polls: u64 = components
+        .iter()
+        .map(|c| c.timeout_seconds / c.poll_seconds.max(1))
+        .sum();
+    if polls > MAX_POLLS {
+        return Err(format!(
+            "components: their timeout_seconds / poll_seconds add up to {polls} polls, more than the {MAX_POLLS} one execution's history holds; poll less often"
+        ));
     }
     Ok(())
 }
@@ -307,7 +323,12 @@ impl ComponentSpec {
                     .map_err(|why| format!("resource_arn: {why}"))?;
                 let source =
                     RestoredResource::of_backup_source(&backup.resource_arn).unwrap_or_default();
-                if let Some(id) = backup.restore_metadata.get("DBInstanceIdentifier") {
+                // AWS Backup reads restore metadata keys case-insensitively.
+                let named = backup
+                    .restore_metadata
+                    .iter()
+                    .find(|(k, _)| k.eq_ignore_ascii_case("DBInstanceIdentifier"));
+                if let Some((_, id)) = named {
                     let why = if id.eq_ignore_ascii_case(source) {
                         "the restore target would reuse the source's identifier"
                     } else {
@@ -443,7 +464,7 @@ pub enum ComponentStatus {
     Running,
     Verified,
     Failed,
-    /// Not run: a dry run (checked only), or outside the execution's window.
+    /// Not started: a dry run checked it only.
     Skipped,
 }
 
@@ -512,6 +533,10 @@ pub struct CreatedResource {
     pub detail: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checked_at: Option<DateTime<Utc>>,
+    /// The AWS Backup restore job that creates it: teardown waits for the job to end before
+    /// it looks for what the job made (AWS Backup cannot stop a restore job).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore_job: Option<String>,
     /// When teardown first asked for its deletion.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delete_requested_at: Option<DateTime<Utc>>,
@@ -528,6 +553,7 @@ impl CreatedResource {
             state: ResourceState::Present,
             detail: None,
             checked_at: None,
+            restore_job: None,
             delete_requested_at: None,
             checked_by: None,
         }
@@ -575,6 +601,10 @@ pub struct ComponentReceipt {
     pub created_resources: Vec<CreatedResource>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub dry_run: bool,
+    /// The execution that wrote it: a retried step of the same execution carries on from
+    /// it, a later execution starts the component over.
+    #[serde(default)]
+    pub execution: Option<String>,
 }
 
 impl ComponentReceipt {

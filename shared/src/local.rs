@@ -142,3 +142,49 @@ pub async fn emulator_function(
         })?;
     Ok(())
 }
+
+/// A database in the emulator's RDS (created if missing) and, with `snapshot`, a new
+/// manual snapshot of it named `<identifier>-<suffix>`: what production has for an
+/// `rds_snapshot` component to restore.
+pub async fn emulator_database(
+    rds: &aws_sdk_rds::Client,
+    identifier: &str,
+    snapshot: Option<&str>,
+) -> Result<(), String> {
+    let describe = |e: &dyn std::error::Error| format!("{identifier}: {e}");
+    if crate::restored::rds_instance(rds, identifier)
+        .await
+        .map_err(|e| describe(&e))?
+        .is_none()
+    {
+        rds.create_db_instance()
+            .db_instance_identifier(identifier)
+            .engine("postgres")
+            .db_instance_class("db.t4g.micro")
+            .allocated_storage(20)
+            .master_username("drpilot")
+            .master_user_password("emulator-password-1")
+            .send()
+            .await
+            .map_err(|e| {
+                format!(
+                    "CreateDBInstance {identifier}: {}",
+                    aws_smithy_types::error::display::DisplayErrorContext(&e)
+                )
+            })?;
+    }
+    if let Some(suffix) = snapshot {
+        rds.create_db_snapshot()
+            .db_instance_identifier(identifier)
+            .db_snapshot_identifier(format!("{identifier}-{suffix}"))
+            .send()
+            .await
+            .map_err(|e| {
+                format!(
+                    "CreateDBSnapshot {identifier}: {}",
+                    aws_smithy_types::error::display::DisplayErrorContext(&e)
+                )
+            })?;
+    }
+    Ok(())
+}

@@ -197,6 +197,11 @@ pub fn seconds(duration: chrono::TimeDelta) -> f64 {
     duration.num_milliseconds() as f64 / 1000.0
 }
 
+/// An AWS SDK timestamp as a UTC time.
+pub fn utc(t: &aws_smithy_types::DateTime) -> Option<DateTime<Utc>> {
+    DateTime::from_timestamp_millis(t.to_millis().ok()?)
+}
+
 /// A measured value against its target.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Objective {

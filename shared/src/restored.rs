@@ -14,20 +14,60 @@ use crate::error::{Error, ErrorKind, Result};
 /// before it gives up on it (an RDS instance normally goes within 5-10 minutes).
 pub const DELETE_PATIENCE_SECONDS: i64 = 1800;
 
-/// The tag every restored instance carries with its run's id: teardown deletes only
-/// instances carrying it for the run it tears down.
+/// The tags every restored instance carries: its run, its profile (two stacks or profiles
+/// may use the same run id), the component, and for a snapshot restore the snapshot.
 pub const RUN_TAG: &str = "drpilot:run-id";
+pub const PROFILE_TAG: &str = "drpilot:profile";
+pub const COMPONENT_TAG: &str = "drpilot:component";
+pub const SNAPSHOT_TAG: &str = "drpilot:snapshot";
 
-/// Whether `instance` is the restore of run `run_id`.
-pub fn tagged_for(instance: &aws_sdk_rds::types::DbInstance, run_id: &str) -> bool {
-    run_tag(instance) == Some(run_id)
+/// Whose restore a run-named instance is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Owner<'a> {
+    pub run_id: &'a str,
+    pub profile: &'a str,
 }
 
-fn run_tag(instance: &aws_sdk_rds::types::DbInstance) -> Option<&str> {
+impl Owner<'_> {
+    /// The tags a restore of this owner carries.
+    pub fn tags(&self, component: &str) -> Vec<aws_sdk_rds::types::Tag> {
+        [
+            (RUN_TAG, self.run_id),
+            (PROFILE_TAG, self.profile),
+            (COMPONENT_TAG, component),
+        ]
+        .into_iter()
+        .map(|(k, v)| aws_sdk_rds::types::Tag::builder().key(k).value(v).build())
+        .collect()
+    }
+
+    /// Whether `instance` is this owner's restore (tagged for it).
+    pub fn owns(&self, instance: &aws_sdk_rds::types::DbInstance) -> bool {
+        tag(instance, RUN_TAG) == Some(self.run_id)
+            && tag(instance, PROFILE_TAG) == Some(self.profile)
+    }
+
+    /// Why `instance` is someone else's, if it says so: tagged for another run or profile.
+    fn other(&self, instance: &aws_sdk_rds::types::DbInstance) -> Option<String> {
+        let run = tag(instance, RUN_TAG).filter(|r| *r != self.run_id);
+        let profile = tag(instance, PROFILE_TAG).filter(|p| *p != self.profile);
+        match (run, profile) {
+            (None, None) => None,
+            (run, profile) => Some(format!(
+                "run {}, profile {}",
+                run.unwrap_or(self.run_id),
+                profile.unwrap_or(self.profile)
+            )),
+        }
+    }
+}
+
+/// The value of tag `key` on `instance`.
+pub fn tag<'i>(instance: &'i aws_sdk_rds::types::DbInstance, key: &str) -> Option<&'i str> {
     instance
         .tag_list()
         .iter()
-        .find(|t| t.key() == Some(RUN_TAG))
+        .find(|t| t.key() == Some(key))
         .and_then(|t| t.value())
 }
 
@@ -57,6 +97,23 @@ async fn rds_status(rds: &aws_sdk_rds::Client, identifier: &str) -> Result<Optio
         .map(|i| i.db_instance_status().unwrap_or("unknown").to_owned()))
 }
 
+/// Whether an AWS Backup restore job is still running (`None`: it has ended).
+async fn job_running(backup: &aws_sdk_backup::Client, job: &str) -> Result<Option<String>> {
+    use aws_sdk_backup::types::RestoreJobStatus;
+    let out = backup
+        .describe_restore_job()
+        .restore_job_id(job)
+        .send()
+        .await
+        .map_err(|e| Error::from_sdk(&format!("DescribeRestoreJob {job}"), e))?;
+    Ok(match out.status() {
+        Some(
+            RestoreJobStatus::Completed | RestoreJobStatus::Aborted | RestoreJobStatus::Failed,
+        ) => None,
+        other => Some(other.map_or("PENDING", |s| s.as_str()).to_owned()),
+    })
+}
+
 /// One cleanup pass over `resource`: asks for its deletion while it exists and is not
 /// being deleted, then records what is known now — [`ResourceState::Deleted`] only once
 /// the service answers that it does not exist. A deletion the service refuses for good
@@ -67,7 +124,27 @@ async fn rds_status(rds: &aws_sdk_rds::Client, identifier: &str) -> Result<Optio
 /// tried again (the operator fixed it and reran teardown).
 pub async fn clean_up(
     rds: &aws_sdk_rds::Client,
-    run_id: &str,
+    backup: &aws_sdk_backup::Client,
+    owner: Owner<'_>,
+    execution: Option<&str>,
+    resource: &mut CreatedResource,
+    now: DateTime<Utc>,
+) {
+    // An error reading or asking RDS is recorded on the resource, never the end of
+    // teardown: a transient one is tried again next pass, any other gives up on it.
+    if let Err(err) = pass(rds, backup, owner, execution, resource, now).await {
+        resource.detail = Some(err.message.clone());
+        if err.kind != ErrorKind::Retryable {
+            resource.state = ResourceState::DeleteFailed;
+        }
+        give_up_if_late(resource, now);
+    }
+}
+
+async fn pass(
+    rds: &aws_sdk_rds::Client,
+    backup: &aws_sdk_backup::Client,
+    owner: Owner<'_>,
     execution: Option<&str>,
     resource: &mut CreatedResource,
     now: DateTime<Utc>,
@@ -84,14 +161,26 @@ pub async fn clean_up(
     let RestoredResource::RdsDbInstance { identifier } = &resource.resource;
     let identifier = identifier.clone();
     resource.checked_at = Some(now);
+    // What a restore job creates appears when the job ends: wait for it (AWS Backup
+    // cannot stop one), so nothing it makes afterwards is left untracked.
+    if let Some(job) = resource.restore_job.clone() {
+        if let Some(status) = job_running(backup, &job).await? {
+            resource.delete_requested_at.get_or_insert(now);
+            resource.state = ResourceState::Present;
+            resource.detail = Some(format!("waiting for restore job {job} ({status}) to end"));
+            give_up_if_late(resource, now);
+            return Ok(());
+        }
+    }
     let instance = rds_instance(rds, &identifier).await?;
     // The run-named instance is this run's (the components phase refused to start over
-    // one that existed before), unless it says it belongs to another run. An AWS Backup
-    // restore is tagged only once its job completes, so an untagged one is this run's too.
-    if let Some(other) = instance.as_ref().and_then(run_tag).filter(|t| *t != run_id) {
+    // one that existed before), unless its tags say it is another run's or profile's. An
+    // AWS Backup restore is tagged only once its job completes, so an untagged one is this
+    // run's too.
+    if let Some(other) = instance.as_ref().and_then(|i| owner.other(i)) {
         resource.state = ResourceState::DeleteFailed;
         resource.detail = Some(format!(
-            "left alone: it is tagged {RUN_TAG}={other}, another run's"
+            "left alone: its tags say it is another's ({other})"
         ));
         return Ok(());
     }
@@ -116,16 +205,14 @@ pub async fn clean_up(
                     status.as_deref().unwrap_or("unknown"),
                     err.message().unwrap_or("InvalidDBInstanceState")
                 ));
-                return give_up_if_late(resource, now);
+                give_up_if_late(resource, now);
+                return Ok(());
             }
             Err(err) => {
-                let err = Error::from_sdk(&format!("DeleteDBInstance {identifier}"), err);
-                resource.detail = Some(err.message);
-                if err.kind != ErrorKind::Retryable {
-                    resource.state = ResourceState::DeleteFailed;
-                    return Ok(());
-                }
-                return give_up_if_late(resource, now);
+                return Err(Error::from_sdk(
+                    &format!("DeleteDBInstance {identifier}"),
+                    err,
+                ))
             }
         }
         status = rds_status(rds, &identifier).await?;
@@ -136,14 +223,17 @@ pub async fn clean_up(
             resource.detail = Some("gone: RDS answers DBInstanceNotFound".into());
         }
         Some(status) => {
+            // Deleting already (an earlier pass, or someone else): patience runs from now.
+            resource.delete_requested_at.get_or_insert(now);
             resource.state = ResourceState::Deleting;
             resource.detail = Some(format!("RDS reports it {status}"));
         }
     }
-    give_up_if_late(resource, now)
+    give_up_if_late(resource, now);
+    Ok(())
 }
 
-fn give_up_if_late(resource: &mut CreatedResource, now: DateTime<Utc>) -> Result<()> {
+fn give_up_if_late(resource: &mut CreatedResource, now: DateTime<Utc>) {
     let since = resource.delete_requested_at.unwrap_or(now);
     if !resource.settled() && (now - since).num_seconds() > DELETE_PATIENCE_SECONDS {
         resource.state = ResourceState::DeleteFailed;
@@ -153,7 +243,6 @@ fn give_up_if_late(resource: &mut CreatedResource, now: DateTime<Utc>) -> Result
             resource.detail.take().unwrap_or_default()
         ));
     }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -169,11 +258,11 @@ mod tests {
         resource.state = ResourceState::Deleting;
         resource.detail = Some("RDS reports it deleting".into());
         resource.delete_requested_at = Some(now - chrono::TimeDelta::seconds(600));
-        give_up_if_late(&mut resource, now).unwrap();
+        give_up_if_late(&mut resource, now);
         assert_eq!(resource.state, ResourceState::Deleting);
         resource.delete_requested_at =
             Some(now - chrono::TimeDelta::seconds(DELETE_PATIENCE_SECONDS + 1));
-        give_up_if_late(&mut resource, now).unwrap();
+        give_up_if_late(&mut resource, now);
         assert_eq!(resource.state, ResourceState::DeleteFailed);
         let detail = resource.detail.unwrap();
         assert!(

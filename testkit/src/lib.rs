@@ -268,6 +268,38 @@ fn start_functions(server: &Server) -> Result<(), String> {
 
 pub use drpilot_shared::local::http;
 
+/// A health page on loopback for `http` components: answers 503 until it has been asked
+/// `ready_after` times, then 200 with `{"status": "ok"}`. Returns its port and how often it
+/// was asked.
+pub async fn health_page(ready_after: u32) -> (u16, std::sync::Arc<std::sync::atomic::AtomicU32>) {
+    use std::sync::atomic::Ordering;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind a loopback port");
+    let port = listener.local_addr().expect("its address").port();
+    let asked = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let counter = asked.clone();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+            let mut request = [0u8; 1024];
+            let _ = socket.read(&mut request).await;
+            let (status, body) = if n > ready_after {
+                ("200 OK", "{\"status\": \"ok\"}")
+            } else {
+                ("503 Service Unavailable", "starting")
+            };
+            let answer = format!(
+                "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = socket.write_all(answer.as_bytes()).await;
+        }
+    });
+    (port, asked)
+}
+
 /// One test case's turn on the local AWS: freshly reset, with clients pointed at it.
 pub struct LocalAws {
     pub clients: AwsClients,
@@ -396,7 +428,36 @@ impl LocalAws {
         self.put_profile(PROFILE, &test_profile()).await;
     }
 
-    /// Every key under `prefix`, sorted.
+    /// A source database in the emulator's RDS, and (with `snapshot`) one manual snapshot of
+    /// it, as production would have them.
+    pub async fn seed_database(&self, identifier: &str, snapshot: bool) {
+        drpilot_shared::local::emulator_database(
+            &self.clients.rds(),
+            identifier,
+            snapshot.then_some("manual-1"),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("seed database: {e}"));
+    }
+
+    /// The identifiers of every DB instance in the emulator, sorted.
+    pub async fn db_instances(&self) -> Vec<String> {
+        let out = self
+            .clients
+            .rds()
+            .describe_db_instances()
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("describe DB instances: {e:?}"));
+        let mut ids: Vec<String> = out
+            .db_instances()
+            .iter()
+            .filter_map(|i| i.db_instance_identifier().map(str::to_owned))
+            .collect();
+        ids.sort();
+        ids
+    }
+
     /// Every object of `bucket` as (key, ETag, size), sorted: equal snapshots mean the
     /// bucket was left as it was.
     pub async fn snapshot(&self, bucket: &str) -> Vec<(String, String, i64)> {

@@ -30,9 +30,14 @@ pub const DEMO_DB: &str = "demo-orders";
 /// The example verifier the drill's `lambda` component invokes (a binary of this
 /// repository, served by `cargo lambda watch` under its binary name).
 pub const VERIFIER: &str = "sample-verifier";
-/// The demo storefront's health page, served by `scripts/local-stack.sh` (the drill's
-/// `http` component).
-pub const SITE_PORT: u16 = 9011;
+/// The demo storefront's health page, served by `scripts/local-stack.sh` on
+/// `DRPILOT_SITE_PORT` (the drill's `http` component).
+fn site_port() -> u16 {
+    std::env::var("DRPILOT_SITE_PORT")
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(9011)
+}
 
 fn run_script(args: &[&str]) -> Result<(), CliError> {
     let root = repo_root();
@@ -218,7 +223,7 @@ pub async fn provision(ctx: &Ctx) -> Result<(String, String), CliError> {
              "rto_target_seconds": 120, "rpo_target_seconds": 14400, "poll_seconds": 2},
             {"name": "decode-sample", "kind": "lambda", "function": VERIFIER, "after_restore": true,
              "parameters": {"sample": 50}, "rto_target_seconds": 300, "poll_seconds": 2},
-            {"name": "storefront", "kind": "http", "url": format!("http://127.0.0.1:{SITE_PORT}/health.json"),
+            {"name": "storefront", "kind": "http", "url": format!("http://127.0.0.1:{}/health.json", site_port()),
              "body_contains": "\"status\": \"ok\"", "rto_target_seconds": 60, "poll_seconds": 2}
         ]
     });
@@ -248,32 +253,15 @@ pub async fn provision(ctx: &Ctx) -> Result<(String, String), CliError> {
     notifications(ctx).await
 }
 
-/// What the demo profile's components need in the emulator: the production database
-/// and a snapshot of it (taken two hours ago, as the S3 backup), and the verifier
-/// function (its role first: the emulator's Lambda checks it exists). Idempotent.
+/// What the demo profile's components need in the emulator: the production database, a
+/// fresh snapshot of it (the newest is what a drill restores, so each drill's RPO is
+/// measured from a snapshot taken as it is provisioned), and the verifier function (its
+/// role first: the emulator's Lambda checks it exists). Idempotent.
 async fn demo_components(ctx: &Ctx) -> Result<(), CliError> {
-    let rds = ctx.aws.rds("drpilot-cli");
-    let exists = drpilot_shared::restored::rds_instance(&rds, DEMO_DB)
-        .await?
-        .is_some();
-    if !exists {
-        rds.create_db_instance()
-            .db_instance_identifier(DEMO_DB)
-            .engine("postgres")
-            .db_instance_class("db.t4g.micro")
-            .allocated_storage(20)
-            .master_username("drpilot")
-            .master_user_password("demo-password-1")
-            .send()
-            .await
-            .map_err(|e| CliError::aws(&format!("CreateDBInstance {DEMO_DB}"), e))?;
-        rds.create_db_snapshot()
-            .db_instance_identifier(DEMO_DB)
-            .db_snapshot_identifier(format!("{DEMO_DB}-{}", Utc::now().format("%Y%m%d%H%M%S")))
-            .send()
-            .await
-            .map_err(|e| CliError::aws(&format!("CreateDBSnapshot {DEMO_DB}"), e))?;
-    }
+    let suffix = Utc::now().format("%Y%m%d%H%M%S%3f").to_string();
+    drpilot_shared::local::emulator_database(&ctx.aws.rds(), DEMO_DB, Some(&suffix))
+        .await
+        .map_err(CliError::Io)?;
     let port = ENDPOINT
         .rsplit(':')
         .next()

@@ -1,6 +1,7 @@
 //! `drpilot receipts`: every phase receipt of a run, found through bringup's output
 //! (profile → receipts location).
 
+use drpilot_shared::component::ComponentReceipt;
 use drpilot_shared::input::{normalize, TriggerDefaults};
 use drpilot_shared::profile::ProfileSource;
 use drpilot_shared::receipt::{PhaseReceipt, ReceiptStore, RunSummary};
@@ -20,6 +21,8 @@ pub struct RunRecords {
     pub summary: Option<RunSummary>,
     /// The run record: what the run is and every execution that worked on it.
     pub record: Option<RunRecord>,
+    /// Each component's receipt (its restore, verdict, RTO/RPO and cleanup).
+    pub components: Vec<ComponentReceipt>,
 }
 
 pub async fn records(ctx: &Ctx, run: &str) -> Result<RunRecords, CliError> {
@@ -46,6 +49,7 @@ pub async fn records(ctx: &Ctx, run: &str) -> Result<RunRecords, CliError> {
         phases: store.phases(run_id).await?,
         summary: store.get_summary(run_id).await?,
         record: store.get_record(run_id).await?.map(|(record, _)| record),
+        components: store.components(run_id).await?,
     })
 }
 
@@ -64,6 +68,26 @@ pub async fn receipts(ctx: &Ctx, run_id: &str) -> Result<RunRecords, CliError> {
             r.duration_ms,
             r.attempt,
             r.reason.as_deref().unwrap_or("")
+        ));
+    }
+    for c in &records.components {
+        let cleanup: Vec<String> = c
+            .created_resources
+            .iter()
+            .map(|r| format!("{} {:?}", r.resource.describe(), r.state).to_lowercase())
+            .collect();
+        ctx.out.say(format!(
+            "  component {:<16} {:<13} {:<9} polls {:<4} {}{}",
+            c.name,
+            c.kind,
+            c.status.as_str(),
+            c.polls,
+            c.reason.as_deref().unwrap_or(""),
+            if cleanup.is_empty() {
+                String::new()
+            } else {
+                format!(" [{}]", cleanup.join(", "))
+            }
         ));
     }
     for e in records.record.iter().flat_map(|r| &r.executions) {

@@ -69,6 +69,24 @@ pub enum ComponentsRequest {
     },
 }
 
+impl ComponentsRequest {
+    /// This step's attempt (1-based) and the run's `max_attempts`.
+    fn attempt(&self) -> (u32, u32) {
+        let (run, retry_count) = match self {
+            Self::Plan { run, retry_count }
+            | Self::Start {
+                run, retry_count, ..
+            }
+            | Self::Poll {
+                run, retry_count, ..
+            }
+            | Self::Finish { run, retry_count } => (run, *retry_count),
+            Self::Fail { run, .. } => (run, 0),
+        };
+        (retry_count.saturating_add(1), run.input.max_attempts)
+    }
+}
+
 /// `{"Error": ..., "Cause": ...}` as a Catch hands it on.
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
 pub struct CaughtError {
@@ -78,14 +96,21 @@ pub struct CaughtError {
     pub cause: String,
 }
 
-/// `plan`'s answer: the Map's items and its concurrency, or the phase's end when there is
-/// nothing to start (outside the window, a dry run, no components).
+/// `plan`'s answer: the Map's items and its concurrency (no items: nothing to start,
+/// outside the window, a dry run, no components).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Plan {
     pub items: Vec<PlanItem>,
     pub max_concurrency: u32,
-    /// Set when the phase ended at planning (skipped outside the window).
-    pub ended: Option<PhaseOutput>,
+}
+
+impl Plan {
+    fn nothing() -> Self {
+        Self {
+            items: Vec::new(),
+            max_concurrency: 1,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -120,7 +145,7 @@ pub struct Components {
 impl Components {
     pub fn new(clients: AwsClients) -> Self {
         let clients = clients.for_function("components");
-        let kinds = Clients::new(&clients, "components");
+        let kinds = Clients::new(&clients);
         let profiles = ProfileSource::from_env(clients.ssm.clone());
         Self {
             clients,
@@ -130,6 +155,16 @@ impl Components {
     }
 
     pub async fn handle(&self, request: ComponentsRequest) -> Result<Answer> {
+        // A transient failure at the run's last allowed attempt is not retried (the
+        // phase lifecycle's rule, for the steps outside it too).
+        let (attempt, max_attempts) = request.attempt();
+        // Boxed: a step's future holds the SDK's and is large.
+        Box::pin(self.act(request))
+            .await
+            .map_err(|err| err.at_attempt(attempt, max_attempts))
+    }
+
+    async fn act(&self, request: ComponentsRequest) -> Result<Answer> {
         match request {
             ComponentsRequest::Plan { run, retry_count } => {
                 let request = PhaseRequest { run, retry_count };
@@ -169,20 +204,14 @@ impl Components {
         )
         .await?
         {
-            Begun::Ended(output) => {
-                return Ok(Plan {
-                    items: Vec::new(),
-                    max_concurrency: 1,
-                    ended: Some(output),
-                })
-            }
+            // Skipped outside the window (its receipt written): FinishComponents says so.
+            Begun::Ended(_) => return Ok(Plan::nothing()),
             Begun::Started(started) => started,
         };
         let profile = &started.profile;
-        let now = Utc::now();
         let mut checked = Vec::new();
         for spec in &profile.components {
-            let cx = self.cx(run, profile, spec, &started.store, now);
+            let cx = self.cx(run, profile, spec, &started.store);
             match kinds::check(&cx).await {
                 Ok(line) => checked.push((spec, line)),
                 Err(error) => {
@@ -195,27 +224,19 @@ impl Components {
                         Err(Failed::from(error));
                     return phase::finish(request, &started, failed)
                         .await
-                        .map(|_| Plan {
-                            items: Vec::new(),
-                            max_concurrency: 1,
-                            ended: None,
-                        });
+                        .map(|_| Plan::nothing());
                 }
             }
         }
         if run.input.dry_run {
             for (spec, line) in &checked {
-                let mut receipt = new_receipt(run, spec, now, None);
+                let mut receipt = new_receipt(run, spec, Utc::now(), None);
                 receipt.status = ComponentStatus::Skipped;
                 receipt.reason = Some(format!("dry run: {line}"));
                 receipt.dry_run = true;
                 started.store.put_component(&receipt).await?;
             }
-            return Ok(Plan {
-                items: Vec::new(),
-                max_concurrency: 1,
-                ended: None,
-            });
+            return Ok(Plan::nothing());
         }
         info!(
             components = checked.len(),
@@ -229,7 +250,6 @@ impl Components {
                 })
                 .collect(),
             max_concurrency: profile.component_concurrency,
-            ended: None,
         })
     }
 
@@ -239,7 +259,6 @@ impl Components {
         profile: &'a Profile,
         spec: &'a ComponentSpec,
         store: &'a ReceiptStore,
-        now: DateTime<Utc>,
     ) -> Cx<'a> {
         Cx {
             run,
@@ -247,8 +266,6 @@ impl Components {
             spec,
             store,
             clients: &self.kinds,
-            s3: &self.clients.s3,
-            now,
         }
     }
 
@@ -268,8 +285,9 @@ impl Components {
             })?;
         let store = run.receipts(&self.clients.s3, &profile);
         let now = Utc::now();
-        let cx = self.cx(run, &profile, spec, &store, now);
+        let cx = self.cx(run, &profile, spec, &store);
         let earlier = store.get_component(&run.run_id, name).await?;
+        let this_execution = |r: &ComponentReceipt| r.execution == run.execution_arn;
         let mut receipt = match (polling, earlier) {
             (true, Some(receipt)) => receipt,
             (true, None) => {
@@ -277,18 +295,12 @@ impl Components {
                     "component {name:?}: polled before it was started (no receipt)"
                 )))
             }
-            // A start keeps what an earlier attempt (or execution) created and did not
-            // delete, and what it started (a job id), so nothing is started twice.
-            (false, earlier) => {
-                let mut receipt = new_receipt(run, spec, now, earlier.as_ref());
-                if let Some(earlier) = earlier.filter(|e| e.status == ComponentStatus::Running) {
-                    receipt.state = earlier.state;
-                    receipt.details = earlier.details;
-                    receipt.started_at = earlier.started_at;
-                    receipt.deadline_at = earlier.deadline_at;
-                }
-                receipt
-            }
+            // A retried start of this execution carries on from what its first attempt
+            // did (a verdict stands; a job or command is not started twice) ...
+            (false, Some(earlier)) if this_execution(&earlier) => earlier,
+            // ... a later execution starts the component over, keeping what earlier ones
+            // created and teardown has not deleted.
+            (false, earlier) => new_receipt(run, spec, now, earlier.as_ref()),
         };
         if receipt.status != ComponentStatus::Running {
             // Already decided (a retried step after its receipt was written).
@@ -388,8 +400,9 @@ impl Components {
             format!("{}: {}", caught.error, readable_cause(&caught.cause)),
         );
         warn!(component = name, error = %error, "component failed");
+        // The receipt names drpilot's error (a Lambda timeout is a ServiceError); the
+        // caught name stays in the reason.
         settle(&mut receipt, run, Progress::Failed(error), now);
-        receipt.error = Some(caught.error.clone());
         store.put_component(&receipt).await?;
         Ok(Step {
             name: name.to_owned(),
@@ -542,6 +555,7 @@ fn new_receipt(
             })
             .unwrap_or_default(),
         dry_run: false,
+        execution: run.execution_arn.clone(),
     }
 }
 

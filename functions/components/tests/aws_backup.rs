@@ -89,6 +89,7 @@ fn metadata() -> Rule {
             GetRecoveryPointRestoreMetadataOutput::builder()
                 .restore_metadata("DBInstanceClass", "db.t4g.micro")
                 .restore_metadata("DBInstanceIdentifier", "orders")
+                .restore_metadata("deletionprotection", "true")
                 .build()
         })
         .repeatedly()
@@ -104,8 +105,13 @@ fn start(sent: Arc<Mutex<Vec<String>>>) -> Rule {
                 .and_then(|m| m.get("DBInstanceIdentifier"))
                 .cloned()
                 .unwrap_or_default();
+            let protection = r
+                .metadata()
+                .and_then(|m| m.get("DeletionProtection"))
+                .cloned()
+                .unwrap_or_default();
             sent.lock().unwrap().push(format!(
-                "{} {} {id}",
+                "{} {} {id} DeletionProtection={protection}",
                 r.recovery_point_arn().unwrap_or_default(),
                 r.iam_role_arn().unwrap_or_default()
             ));
@@ -167,7 +173,7 @@ async fn setup(aws: &LocalAws) {
     aws.standard_setup().await;
     let mut profile = test_profile();
     profile["components"] = json!([{"name": "orders", "kind": "aws_backup", "vault": VAULT, "resource_arn": SOURCE,
-        "iam_role_arn": ROLE, "rto_target_seconds": 900, "rpo_target_seconds": 3600, "poll_seconds": 1}]);
+        "iam_role_arn": ROLE, "rto_target_seconds": 900, "rpo_target_seconds": 3600, "poll_seconds": 1, "timeout_seconds": 600}]);
     aws.put_profile(PROFILE, &profile).await;
 }
 
@@ -195,22 +201,6 @@ fn with_backup(aws: &LocalAws, backup: Client) -> Components {
     let mut function = Components::new(aws.clients.clone());
     function.kinds.backup = backup;
     function
-}
-
-/// What AWS Backup would have restored: the run-named instance, in the emulator's RDS.
-async fn restored_instance(aws: &LocalAws, identifier: &str) {
-    aws.clients
-        .rds("test")
-        .create_db_instance()
-        .db_instance_identifier(identifier)
-        .engine("postgres")
-        .db_instance_class("db.t4g.micro")
-        .allocated_storage(20)
-        .master_username("test")
-        .master_user_password("test-password-1")
-        .send()
-        .await
-        .unwrap();
 }
 
 #[tokio::test]
@@ -253,9 +243,12 @@ async fn a_completed_restore_job_is_verified_reported_tagged_and_cleaned_up() {
     // source's name the point's own metadata carries).
     assert_eq!(
         *sent.lock().unwrap(),
-        vec![format!("{POINT} {ROLE} orders-drpilot-bk-1")]
+        vec![format!(
+            "{POINT} {ROLE} orders-drpilot-bk-1 DeletionProtection=false"
+        )]
     );
-    restored_instance(&aws, "orders-drpilot-bk-1").await;
+    // What AWS Backup restored: the run-named instance, in the emulator's RDS.
+    aws.seed_database("orders-drpilot-bk-1", false).await;
     let running = step(&function, &run, true).await;
     assert_eq!(running.status, ComponentStatus::Running);
     assert!(
@@ -289,16 +282,27 @@ async fn a_completed_restore_job_is_verified_reported_tagged_and_cleaned_up() {
     let rpo = receipt.rpo_seconds.unwrap();
     assert!((590.0..=620.0).contains(&rpo), "{rpo}");
     // Tagged for the run, so teardown deletes it; and teardown proves it gone.
-    let rds = aws.clients.rds("test");
+    let rds = aws.clients.rds();
     let instance = drpilot_shared::restored::rds_instance(&rds, "orders-drpilot-bk-1")
         .await
         .unwrap()
         .unwrap();
-    assert!(drpilot_shared::restored::tagged_for(&instance, "bk-1"));
+    let owner = drpilot_shared::restored::Owner {
+        run_id: "bk-1",
+        profile: PROFILE,
+    };
+    assert!(owner.owns(&instance));
     let mut resource = receipt.created_resources[0].clone();
-    drpilot_shared::restored::clean_up(&rds, "bk-1", Some("bk-1.1"), &mut resource, Utc::now())
-        .await
-        .unwrap();
+    assert_eq!(resource.restore_job.as_deref(), Some("restore-job-1"));
+    drpilot_shared::restored::clean_up(
+        &rds,
+        &function.kinds.backup,
+        owner,
+        Some("bk-1.1"),
+        &mut resource,
+        Utc::now(),
+    )
+    .await;
     assert_eq!(resource.state, ResourceState::Deleted, "{resource:?}");
     assert!(
         drpilot_shared::restored::rds_instance(&rds, "orders-drpilot-bk-1")
@@ -379,5 +383,32 @@ async fn a_restore_job_past_the_components_timeout_fails_it() {
     assert!(
         reason.contains("not verified within timeout_seconds") && reason.contains("RUNNING"),
         "{reason}"
+    );
+    // The job still runs (AWS Backup cannot stop it): teardown waits for it to end before
+    // it looks for what it creates, rather than calling nothing there "deleted".
+    let receipt = store
+        .get_component("bk-3", "orders")
+        .await
+        .unwrap()
+        .unwrap();
+    let mut resource = receipt.created_resources[0].clone();
+    let owner = drpilot_shared::restored::Owner {
+        run_id: "bk-3",
+        profile: PROFILE,
+    };
+    drpilot_shared::restored::clean_up(
+        &aws.clients.rds(),
+        &function.kinds.backup,
+        owner,
+        Some("bk-3.1"),
+        &mut resource,
+        Utc::now(),
+    )
+    .await;
+    assert_eq!(resource.state, ResourceState::Present, "{resource:?}");
+    let detail = resource.detail.unwrap();
+    assert!(
+        detail.contains("waiting for restore job restore-job-1 (RUNNING)"),
+        "{detail}"
     );
 }

@@ -4,8 +4,7 @@
 
 #![allow(clippy::unwrap_used)] // a test that cannot unwrap should fail loudly
 
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use chrono::Utc;
 use components::{Answer, Components, ComponentsRequest, Plan, Step};
@@ -31,44 +30,6 @@ fn profile_with(components: Value) -> Value {
 async fn with_profile(aws: &LocalAws, components: Value) {
     aws.standard_setup().await;
     aws.put_profile(PROFILE, &profile_with(components)).await;
-}
-
-/// The source database and one snapshot of it, as production would have them.
-async fn seed_database(aws: &LocalAws, identifier: &str) {
-    let rds = aws.clients.rds("test");
-    rds.create_db_instance()
-        .db_instance_identifier(identifier)
-        .engine("postgres")
-        .db_instance_class("db.t4g.micro")
-        .allocated_storage(20)
-        .master_username("test")
-        .master_user_password("test-password-1")
-        .send()
-        .await
-        .unwrap();
-    rds.create_db_snapshot()
-        .db_instance_identifier(identifier)
-        .db_snapshot_identifier(format!("{identifier}-manual-1"))
-        .send()
-        .await
-        .unwrap();
-}
-
-async fn instances(aws: &LocalAws) -> Vec<String> {
-    let out = aws
-        .clients
-        .rds("test")
-        .describe_db_instances()
-        .send()
-        .await
-        .unwrap();
-    let mut ids: Vec<String> = out
-        .db_instances()
-        .iter()
-        .filter_map(|i| i.db_instance_identifier().map(str::to_owned))
-        .collect();
-    ids.sort();
-    ids
 }
 
 fn run(id: &str) -> RunContext {
@@ -214,6 +175,13 @@ fn bad_components_are_input_errors_naming_the_component_and_field() {
             && message.contains("reuse the source"),
         "{message}"
     );
+    // Polls a single execution's history could not hold.
+    let message = profile_error(json!([{"name": "api", "kind": "http", "url": "http://x/",
+        "rto_target_seconds": 60, "poll_seconds": 1, "timeout_seconds": 86400}]));
+    assert!(
+        message.contains("86400 polls") && message.contains("poll less often"),
+        "{message}"
+    );
     let message = profile_error(
         json!([{"name": "api", "kind": "http", "url": "http://x/", "rto_target_seconds": 60, "rpo_target_seconds": 60}]),
     );
@@ -229,7 +197,7 @@ async fn a_restore_target_reusing_the_source_or_an_unreachable_verifier_stops_th
     let aws = LocalAws::start().await;
     // The run-named target of component "orders" in run "prod" is orders-drpilot-prod:
     // the source itself here.
-    seed_database(&aws, "orders-drpilot-prod").await;
+    aws.seed_database("orders-drpilot-prod", true).await;
     with_profile(
         &aws,
         json!([
@@ -239,7 +207,7 @@ async fn a_restore_target_reusing_the_source_or_an_unreachable_verifier_stops_th
     )
     .await;
     let function = Components::new(aws.clients.clone());
-    let before = instances(&aws).await;
+    let before = aws.db_instances().await;
     let err = plan(&function, &run("prod")).await.unwrap_err();
     assert_eq!(err.kind, ErrorKind::InputError, "{err}");
     assert!(
@@ -248,7 +216,7 @@ async fn a_restore_target_reusing_the_source_or_an_unreachable_verifier_stops_th
             && err.message.contains("reuse the source"),
         "{err}"
     );
-    assert_eq!(instances(&aws).await, before);
+    assert_eq!(aws.db_instances().await, before);
     assert!(aws
         .keys(
             drpilot_testkit::TARGET_BUCKET,
@@ -283,7 +251,7 @@ async fn a_restore_target_reusing_the_source_or_an_unreachable_verifier_stops_th
 #[tokio::test]
 async fn an_rds_snapshot_restores_once_to_a_run_named_instance_with_rto_and_rpo() {
     let aws = LocalAws::start().await;
-    seed_database(&aws, SOURCE_DB).await;
+    aws.seed_database(SOURCE_DB, true).await;
     with_profile(
         &aws,
         json!([{"name": "orders", "kind": "rds_snapshot", "db_instance_identifier": SOURCE_DB, "rto_target_seconds": 600, "rpo_target_seconds": 3600, "poll_seconds": 1}]),
@@ -325,18 +293,19 @@ async fn an_rds_snapshot_restores_once_to_a_run_named_instance_with_rto_and_rpo(
             state: ResourceState::Present,
             detail: None,
             checked_at: None,
+            restore_job: None,
             delete_requested_at: None,
             checked_by: None,
         }]
     );
     assert_eq!(
-        instances(&aws).await,
+        aws.db_instances().await,
         vec!["orders-drpilot-rds-1".to_owned(), SOURCE_DB.to_owned()]
     );
     // A retried start finds the verdict, and restores nothing twice.
     let again = step(&function, &run, "orders", false).await;
     assert_eq!(again.status, ComponentStatus::Verified);
-    assert_eq!(instances(&aws).await.len(), 2);
+    assert_eq!(aws.db_instances().await.len(), 2);
     let output = finish(&function, &run).await.unwrap();
     assert_eq!(output.status, PhaseStatus::Success);
     let details: ComponentsDetails = serde_json::from_value(output.details).unwrap();
@@ -346,7 +315,7 @@ async fn an_rds_snapshot_restores_once_to_a_run_named_instance_with_rto_and_rpo(
 #[tokio::test]
 async fn teardowns_cleanup_deletes_proves_gone_and_retries_what_an_earlier_execution_could_not() {
     let aws = LocalAws::start().await;
-    seed_database(&aws, SOURCE_DB).await;
+    aws.seed_database(SOURCE_DB, true).await;
     with_profile(
         &aws,
         json!([{"name": "orders", "kind": "rds_snapshot", "db_instance_identifier": SOURCE_DB, "rto_target_seconds": 600, "poll_seconds": 1}]),
@@ -359,7 +328,12 @@ async fn teardowns_cleanup_deletes_proves_gone_and_retries_what_an_earlier_execu
         drive(&function, &run, "orders", 3).await.status,
         ComponentStatus::Verified
     );
-    let rds = aws.clients.rds("test");
+    let rds = aws.clients.rds();
+    let backup = aws.clients.backup();
+    let owner = drpilot_shared::restored::Owner {
+        run_id: "clean-1",
+        profile: PROFILE,
+    };
     let target = "orders-drpilot-clean-1";
     // Someone protects the drill's copy: teardown cannot delete it, and says which and why.
     rds.modify_db_instance()
@@ -376,9 +350,15 @@ async fn teardowns_cleanup_deletes_proves_gone_and_retries_what_an_earlier_execu
         .unwrap()
         .unwrap();
     let resource = &mut receipt.created_resources[0];
-    drpilot_shared::restored::clean_up(&rds, "clean-1", Some("clean-1.1"), resource, Utc::now())
-        .await
-        .unwrap();
+    drpilot_shared::restored::clean_up(
+        &rds,
+        &backup,
+        owner,
+        Some("clean-1.1"),
+        resource,
+        Utc::now(),
+    )
+    .await;
     assert_eq!(resource.state, ResourceState::DeleteFailed, "{resource:?}");
     assert!(
         resource
@@ -389,9 +369,15 @@ async fn teardowns_cleanup_deletes_proves_gone_and_retries_what_an_earlier_execu
         "{resource:?}"
     );
     // The same execution's teardown does not try again: it is settled, and fails the run.
-    drpilot_shared::restored::clean_up(&rds, "clean-1", Some("clean-1.1"), resource, Utc::now())
-        .await
-        .unwrap();
+    drpilot_shared::restored::clean_up(
+        &rds,
+        &backup,
+        owner,
+        Some("clean-1.1"),
+        resource,
+        Utc::now(),
+    )
+    .await;
     assert_eq!(resource.state, ResourceState::DeleteFailed);
     // Fixed; the next execution's teardown deletes it and proves it gone.
     rds.modify_db_instance()
@@ -401,11 +387,17 @@ async fn teardowns_cleanup_deletes_proves_gone_and_retries_what_an_earlier_execu
         .send()
         .await
         .unwrap();
-    drpilot_shared::restored::clean_up(&rds, "clean-1", Some("clean-1.2"), resource, Utc::now())
-        .await
-        .unwrap();
+    drpilot_shared::restored::clean_up(
+        &rds,
+        &backup,
+        owner,
+        Some("clean-1.2"),
+        resource,
+        Utc::now(),
+    )
+    .await;
     assert_eq!(resource.state, ResourceState::Deleted, "{resource:?}");
-    assert_eq!(instances(&aws).await, vec![SOURCE_DB.to_owned()]);
+    assert_eq!(aws.db_instances().await, vec![SOURCE_DB.to_owned()]);
     // Another run's instance of the same name is never deleted.
     let mut foreign = CreatedResource::new(RestoredResource::RdsDbInstance {
         identifier: SOURCE_DB.into(),
@@ -423,19 +415,23 @@ async fn teardowns_cleanup_deletes_proves_gone_and_retries_what_an_earlier_execu
         .unwrap();
     drpilot_shared::restored::clean_up(
         &rds,
-        "clean-1",
+        &backup,
+        owner,
         Some("clean-1.2"),
         &mut foreign,
         Utc::now(),
     )
-    .await
-    .unwrap();
+    .await;
     assert_eq!(foreign.state, ResourceState::DeleteFailed);
     assert!(
-        foreign.detail.as_deref().unwrap().contains("another run's"),
+        foreign
+            .detail
+            .as_deref()
+            .unwrap()
+            .contains("another's (run someone-else"),
         "{foreign:?}"
     );
-    assert_eq!(instances(&aws).await, vec![SOURCE_DB.to_owned()]);
+    assert_eq!(aws.db_instances().await, vec![SOURCE_DB.to_owned()]);
 }
 
 #[tokio::test]
@@ -488,38 +484,11 @@ async fn an_ssm_command_is_sent_to_the_instances_and_each_invocation_recorded() 
     assert!(receipt.created_resources.is_empty());
 }
 
-/// A health page that answers 503 until it has been asked `ready_after` times.
-async fn health_server(ready_after: u32) -> (u16, Arc<AtomicU32>) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let asked = Arc::new(AtomicU32::new(0));
-    let counter = asked.clone();
-    tokio::spawn(async move {
-        while let Ok((mut socket, _)) = listener.accept().await {
-            let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
-            let mut buf = [0u8; 1024];
-            let _ = socket.read(&mut buf).await;
-            let (status, body) = if n > ready_after {
-                ("200 OK", "{\"status\": \"ok\"}")
-            } else {
-                ("503 Service Unavailable", "starting")
-            };
-            let answer = format!(
-                "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = socket.write_all(answer.as_bytes()).await;
-        }
-    });
-    (port, asked)
-}
-
 #[tokio::test]
 async fn an_http_check_polls_until_the_service_answers_and_fails_at_its_timeout() {
     let aws = LocalAws::start().await;
-    let (slow, asked) = health_server(2).await;
-    let (never, _) = health_server(u32::MAX).await;
+    let (slow, asked) = drpilot_testkit::health_page(2).await;
+    let (never, _) = drpilot_testkit::health_page(u32::MAX).await;
     with_profile(
         &aws,
         json!([
@@ -558,7 +527,7 @@ async fn an_http_check_polls_until_the_service_answers_and_fails_at_its_timeout(
 #[tokio::test]
 async fn a_dry_run_checks_every_component_and_starts_none() {
     let aws = LocalAws::start().await;
-    seed_database(&aws, SOURCE_DB).await;
+    aws.seed_database(SOURCE_DB, true).await;
     with_profile(
         &aws,
         json!([{"name": "orders", "kind": "rds_snapshot", "db_instance_identifier": SOURCE_DB, "rto_target_seconds": 600}]),
@@ -576,5 +545,5 @@ async fn a_dry_run_checks_every_component_and_starts_none() {
         details.checked[0].contains("would restore snapshot"),
         "{details:?}"
     );
-    assert_eq!(instances(&aws).await, vec![SOURCE_DB.to_owned()]);
+    assert_eq!(aws.db_instances().await, vec![SOURCE_DB.to_owned()]);
 }

@@ -84,6 +84,21 @@ async fn staged_and_validated(
     .handle(phase.clone())
     .await
     .unwrap();
+    // The components phase (none in this profile: a success with none), beside restore.
+    let components = components::Components::new(aws.clients.clone());
+    for action in [
+        components::ComponentsRequest::Plan {
+            run: ctx.clone(),
+            retry_count: 0,
+        },
+        components::ComponentsRequest::Finish {
+            run: ctx.clone(),
+            retry_count: 0,
+        },
+    ] {
+        // Boxed: a step's future holds the SDK's and is large.
+        Box::pin(components.handle(action)).await.unwrap();
+    }
     validate::Validate {
         clients: aws.clients.for_function("validate"),
         profiles: ProfileSource::Ssm(aws.clients.ssm.clone()),

@@ -85,6 +85,8 @@ pub struct Teardown {
     pub clients: AwsClients,
     /// Deletes the RDS DB instances components restored.
     pub rds: aws_sdk_rds::Client,
+    /// Waits for an AWS Backup restore job to end before it looks for what it created.
+    pub backup: aws_sdk_backup::Client,
     pub profiles: ProfileSource,
     pub defaults: TriggerDefaults,
 }
@@ -105,7 +107,8 @@ impl Teardown {
         let clients = clients.for_function("teardown");
         let profiles = ProfileSource::from_env(clients.ssm.clone());
         Self {
-            rds: clients.rds("teardown"),
+            rds: clients.rds(),
+            backup: clients.backup(),
             clients,
             profiles,
             defaults: TriggerDefaults::from_env(),
@@ -149,13 +152,14 @@ impl Teardown {
         // What components created goes first, and must be gone (proven) before the run's
         // end is written; a resource still being deleted sends the state machine round its
         // wait loop. A held run keeps them with its staging; a dry run created none.
-        let ends_run = request.run.is_some() && known.input.teardown && !known.input.dry_run;
+        let cleans_components =
+            request.run.is_some() && known.input.teardown && !known.input.dry_run;
         let components = store.components(&known.run_id).await?;
-        let components = if ends_run {
+        let components = if cleans_components {
             let (components, pending) = self
                 .clean_components(
                     components,
-                    &profile,
+                    (&known.input.profile, &profile),
                     &store,
                     request.execution.name.as_deref(),
                 )
@@ -195,7 +199,7 @@ impl Teardown {
             now,
         )?;
         // A resource teardown could not delete fails teardown, naming it: never left silently.
-        let left: Vec<String> = if ends_run {
+        let left: Vec<String> = if cleans_components {
             components
                 .iter()
                 .flat_map(|c| c.created_resources.iter().map(move |r| (c, r)))
@@ -301,7 +305,7 @@ impl Teardown {
     async fn clean_components(
         &self,
         mut components: Vec<ComponentReceipt>,
-        profile: &Profile,
+        (profile_name, profile): (&str, &Profile),
         store: &ReceiptStore,
         execution: Option<&str>,
     ) -> Result<(Vec<ComponentReceipt>, Option<(u32, u64)>)> {
@@ -316,8 +320,12 @@ impl Teardown {
             {
                 continue;
             }
+            let owner = restored::Owner {
+                run_id: &component.run_id,
+                profile: profile_name,
+            };
             for resource in &mut component.created_resources {
-                restored::clean_up(&self.rds, &component.run_id, execution, resource, now).await?;
+                restored::clean_up(&self.rds, &self.backup, owner, execution, resource, now).await;
                 if !resource.settled() {
                     pending += 1;
                 }

@@ -24,7 +24,8 @@ use teardown::{ApprovalOutcome, CaughtFailure, Teardown, TeardownRequest};
 
 fn teardown(aws: &LocalAws) -> Teardown {
     Teardown {
-        rds: aws.clients.rds("teardown"),
+        rds: aws.clients.for_function("teardown").rds(),
+        backup: aws.clients.for_function("teardown").backup(),
         clients: aws.clients.for_function("teardown"),
         profiles: ProfileSource::Ssm(aws.clients.ssm.clone()),
         defaults: TriggerDefaults::default(),
@@ -188,6 +189,13 @@ async fn after_a_promoted_run_it_cleans_up_and_measures() {
     let run = start_run(&aws, "run-ok", json!({})).await;
     run_restore(&aws, &run).await.unwrap();
     assert_eq!(staging_keys(&aws, "run-ok").await.len(), 3);
+    succeed(
+        &aws,
+        "run-ok",
+        Phase::Components,
+        json!({"components": [], "verified": 0, "failed": 0}),
+    )
+    .await;
     succeed(&aws, "run-ok", Phase::Validate, json!({})).await;
     succeed(&aws, "run-ok", Phase::ParityReport, parity_details(0)).await;
     succeed(
@@ -219,7 +227,7 @@ async fn after_a_promoted_run_it_cleans_up_and_measures() {
         .is_none());
 
     let summary = aws.receipts().get_summary("run-ok").await.unwrap().unwrap();
-    assert_eq!(summary.phases.len(), 6);
+    assert_eq!(summary.phases.len(), 7);
     assert!(summary
         .phases
         .iter()

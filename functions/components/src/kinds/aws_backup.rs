@@ -16,11 +16,14 @@ use aws_sdk_backup::types::{
 use drpilot_shared::component::{
     restored_identifier, AwsBackup, ComponentReceipt, RestoredResource,
 };
+use drpilot_shared::restored::rds_instance;
 use drpilot_shared::{Error, ErrorKind, Result};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-use super::{ensure_ours, utc, Cx, Kind, Progress};
+use drpilot_shared::receipt::utc;
+
+use super::{ensure_ours, Cx, Kind, Progress};
 
 /// The restore metadata key that names the restored RDS DB instance.
 const IDENTIFIER_KEY: &str = "DBInstanceIdentifier";
@@ -86,6 +89,27 @@ impl BackupTarget for AwsBackup {
     }
 }
 
+/// An instance an earlier execution of the run restored: verified once available (its
+/// RPO is not measured again: the recovery point it came from is that execution's).
+async fn reused(cx: &Cx<'_>, target: &str) -> Result<Progress> {
+    let instance = rds_instance(&cx.clients.rds, target).await?;
+    Ok(
+        match instance.as_ref().and_then(|i| i.db_instance_status()) {
+            Some("available") => Progress::Verified {
+                restored_point: None,
+            },
+            None if instance.is_none() => Progress::Failed(Error::new(
+                ErrorKind::ServiceError,
+                format!("the restored DB instance {target} does not exist any more"),
+            )),
+            status => Progress::Waiting(format!(
+                "DB instance {target} (restored by an earlier execution) is {}",
+                status.unwrap_or("unknown")
+            )),
+        },
+    )
+}
+
 impl Kind for AwsBackup {
     async fn check(&self, cx: &Cx<'_>) -> Result<String> {
         let target = self.target(cx)?;
@@ -106,6 +130,17 @@ impl Kind for AwsBackup {
 
     async fn start(&self, cx: &Cx<'_>, receipt: &mut ComponentReceipt) -> Result<Progress> {
         let target = self.target(cx)?;
+        // An earlier execution of this run restored it already (a held run): reused.
+        if rds_instance(&cx.clients.rds, &target).await?.is_some() {
+            receipt.details = json!({
+                "vault": self.vault,
+                "resource_arn": self.resource_arn,
+                "restored_instance": target,
+                "reused": true,
+            });
+            receipt.state = json!({"reused": target});
+            return reused(cx, &target).await;
+        }
         let point = self.newest_recovery_point(cx).await?;
         let point_arn = point.recovery_point_arn().unwrap_or_default().to_owned();
         let created_at = point.creation_date().and_then(utc);
@@ -120,12 +155,27 @@ impl Kind for AwsBackup {
             .map_err(|e| {
                 Error::from_sdk(&format!("GetRecoveryPointRestoreMetadata {point_arn}"), e)
             })?;
+        // AWS Backup reads the keys case-insensitively: an override replaces the point's own
+        // key whatever its case.
         let mut metadata: HashMap<String, String> =
             inferred.restore_metadata().cloned().unwrap_or_default();
-        metadata.extend(self.restore_metadata.clone());
-        metadata.insert(IDENTIFIER_KEY.to_owned(), target.clone());
-        // One job per run and component, however often the start is retried.
-        let token = hex::encode(Sha256::digest(format!("{}/{}", cx.run.run_id, cx.name())));
+        let mut set = |key: &str, value: String| {
+            metadata.retain(|k, _| !k.eq_ignore_ascii_case(key));
+            metadata.insert(key.to_owned(), value);
+        };
+        for (key, value) in &self.restore_metadata {
+            set(key, value.clone());
+        }
+        set(IDENTIFIER_KEY, target.clone());
+        // A drill's copy must be deletable by teardown, whatever the source had.
+        set("DeletionProtection", "false".to_owned());
+        // One job per execution and component, however often the start is retried.
+        let token = hex::encode(Sha256::digest(format!(
+            "{}/{}/{}",
+            cx.run.run_id,
+            cx.run.execution_arn.as_deref().unwrap_or_default(),
+            cx.name()
+        )));
         let started = cx
             .clients
             .backup
@@ -142,6 +192,10 @@ impl Kind for AwsBackup {
             .ok_or_else(|| Error::internal("StartRestoreJob answered without a restore job id"))?
             .to_owned();
         receipt.state = json!({"restore_job_id": job, "recovery_point_created_at": created_at});
+        // Teardown waits for the job before it looks for what the job creates.
+        for resource in &mut receipt.created_resources {
+            resource.restore_job = Some(job.clone());
+        }
         receipt.details = json!({
             "vault": self.vault,
             "resource_arn": self.resource_arn,
@@ -154,6 +208,9 @@ impl Kind for AwsBackup {
     }
 
     async fn poll(&self, cx: &Cx<'_>, receipt: &mut ComponentReceipt) -> Result<Progress> {
+        if let Some(target) = receipt.state["reused"].as_str() {
+            return reused(cx, target).await;
+        }
         let job = receipt.state["restore_job_id"]
             .as_str()
             .ok_or_else(|| Error::internal("aws_backup polled without a restore job id"))?
@@ -186,15 +243,11 @@ impl Kind for AwsBackup {
             Some(RestoreJobStatus::Completed) => {
                 // Tagged for the run like a snapshot restore, so teardown knows it for this run's.
                 if let Some(arn) = out.created_resource_arn() {
-                    let tag = |k: &str, v: &str| {
-                        aws_sdk_rds::types::Tag::builder().key(k).value(v).build()
-                    };
                     cx.clients
                         .rds
                         .add_tags_to_resource()
                         .resource_name(arn)
-                        .tags(tag(drpilot_shared::restored::RUN_TAG, &cx.run.run_id))
-                        .tags(tag("drpilot:component", cx.name()))
+                        .set_tags(Some(cx.owner().tags(cx.name())))
                         .send()
                         .await
                         .map_err(|e| Error::from_sdk(&format!("AddTagsToResource {arn}"), e))?;

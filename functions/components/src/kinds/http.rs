@@ -30,8 +30,8 @@ pub struct HttpProbe {
 
 impl HttpProbe {
     pub fn new() -> Self {
-        // No system roots (a minimal container): http:// still works; https:// says why not.
-        // The AWS SDK's own provider (aws-lc-rs): one crypto stack in the binary.
+        // The AWS SDK's own provider (aws-lc-rs): one crypto stack in the binary. Without any
+        // system root certificate the probe cannot be built, and every request says why.
         let client = hyper_rustls::HttpsConnectorBuilder::new()
             .with_provider_and_native_roots(rustls::crypto::aws_lc_rs::default_provider())
             .ok()

@@ -37,11 +37,17 @@ impl Kind for LambdaVerifier {
             .send()
             .await
             .map_err(|e| {
+                // Missing, or not this function's to call: the profile's to fix. A transient
+                // fault (a throttle, a 5xx) stays Retryable, and is retried.
                 let e = Error::from_sdk(&format!("GetFunction {}", self.function), e);
-                Error::input(format!(
-                    "function: the verifier {:?} cannot be reached: {}",
-                    self.function, e.message
-                ))
+                if e.kind == ErrorKind::ServiceError {
+                    Error::input(format!(
+                        "function: the verifier {:?} cannot be reached: {}",
+                        self.function, e.message
+                    ))
+                } else {
+                    e
+                }
             })?;
         let arn = found
             .configuration()

@@ -10,9 +10,9 @@ mod ssm_command;
 
 use chrono::{DateTime, Utc};
 use drpilot_shared::component::{ComponentKind, ComponentReceipt, ComponentSpec, RestoredResource};
-use drpilot_shared::ledger::CallLedger;
 use drpilot_shared::profile::Profile;
 use drpilot_shared::receipt::ReceiptStore;
+use drpilot_shared::restored::Owner;
 use drpilot_shared::run::RunContext;
 use drpilot_shared::{AwsClients, Error, Result};
 
@@ -41,17 +41,16 @@ pub struct Clients {
 }
 
 impl Clients {
-    pub fn new(clients: &AwsClients, function: &'static str) -> Self {
-        let ledger = CallLedger::from_env(function);
-        let mut backup = aws_sdk_backup::config::Builder::from(&clients.config);
+    /// From `clients` (the function's own, see [`AwsClients::for_function`]), recording to
+    /// its ledger.
+    pub fn new(clients: &AwsClients) -> Self {
         let mut lambda = aws_sdk_lambda::config::Builder::from(&clients.config);
-        if let Some(ledger) = ledger {
-            backup = backup.interceptor(ledger.clone());
-            lambda = lambda.interceptor(ledger);
+        if let Some(ledger) = clients.ledger() {
+            lambda = lambda.interceptor(ledger.clone());
         }
         Self {
-            rds: clients.rds(function),
-            backup: aws_sdk_backup::Client::from_conf(backup.build()),
+            rds: clients.rds(),
+            backup: clients.backup(),
             lambda: aws_sdk_lambda::Client::from_conf(lambda.build()),
             ssm: clients.ssm.clone(),
             http: HttpProbe::new(),
@@ -66,13 +65,19 @@ pub struct Cx<'a> {
     pub spec: &'a ComponentSpec,
     pub store: &'a ReceiptStore,
     pub clients: &'a Clients,
-    pub s3: &'a aws_sdk_s3::Client,
-    pub now: DateTime<Utc>,
 }
 
 impl Cx<'_> {
     pub fn name(&self) -> &str {
         &self.spec.name
+    }
+
+    /// The run whose restores these are, as their tags say.
+    pub fn owner(&self) -> Owner<'_> {
+        Owner {
+            run_id: &self.run.run_id,
+            profile: &self.run.input.profile,
+        }
     }
 }
 
@@ -140,15 +145,15 @@ pub async fn ensure_ours(cx: &Cx<'_>, identifier: &str) -> Result<()> {
     else {
         return Ok(());
     };
-    if drpilot_shared::restored::tagged_for(&instance, &cx.run.run_id) {
+    if cx.owner().owns(&instance) {
         return Ok(());
     }
-    // A restore job of this run that has not finished tagging it is found by its job id
-    // (a retried start keeps it); anything else was there before the run.
     Err(Error::input(format!(
-        "the restore target, DB instance {identifier}, already exists and is not this run's restore (no tag {}={}): drpilot neither adopts nor deletes it",
+        "the restore target, DB instance {identifier}, already exists and is not this run's restore (not tagged {}={} and {}={}): drpilot neither adopts nor deletes it",
         drpilot_shared::restored::RUN_TAG,
-        cx.run.run_id
+        cx.run.run_id,
+        drpilot_shared::restored::PROFILE_TAG,
+        cx.run.input.profile
     )))
 }
 
@@ -156,9 +161,4 @@ pub async fn ensure_ours(cx: &Cx<'_>, identifier: &str) -> Result<()> {
 pub fn tail(text: &str, limit: usize) -> String {
     let count = text.chars().count();
     text.chars().skip(count.saturating_sub(limit)).collect()
-}
-
-/// An SDK timestamp as a UTC time.
-pub fn utc(t: &aws_smithy_types::DateTime) -> Option<DateTime<Utc>> {
-    DateTime::from_timestamp_millis(t.to_millis().ok()?)
 }

@@ -7,11 +7,13 @@ use aws_sdk_rds::types::{DbSnapshot, Tag};
 use drpilot_shared::component::{
     restored_identifier, ComponentReceipt, RdsSnapshot, RestoredResource,
 };
-use drpilot_shared::restored::rds_instance;
+use drpilot_shared::restored::{rds_instance, tag, SNAPSHOT_TAG};
 use drpilot_shared::{Error, Result};
 use serde_json::json;
 
-use super::{ensure_ours, utc, Cx, Kind, Progress};
+use drpilot_shared::receipt::utc;
+
+use super::{ensure_ours, Cx, Kind, Progress};
 
 /// Statuses after which an instance will not become available by itself.
 const HOPELESS: [&str; 6] = [
@@ -27,6 +29,7 @@ const HOPELESS: [&str; 6] = [
 trait SnapshotTarget {
     fn target(&self, cx: &Cx<'_>) -> Result<String>;
     async fn newest_snapshot(&self, cx: &Cx<'_>) -> Result<DbSnapshot>;
+    async fn snapshot(&self, cx: &Cx<'_>, id: &str) -> Result<DbSnapshot>;
 }
 
 impl SnapshotTarget for RdsSnapshot {
@@ -38,6 +41,22 @@ impl SnapshotTarget for RdsSnapshot {
             )));
         }
         Ok(target)
+    }
+
+    /// Snapshot `id` (the one an earlier execution restored from).
+    async fn snapshot(&self, cx: &Cx<'_>, id: &str) -> Result<DbSnapshot> {
+        let out = cx
+            .clients
+            .rds
+            .describe_db_snapshots()
+            .db_snapshot_identifier(id)
+            .send()
+            .await
+            .map_err(|e| Error::from_sdk(&format!("DescribeDBSnapshots {id}"), e))?;
+        out.db_snapshots()
+            .first()
+            .cloned()
+            .ok_or_else(|| Error::contract(format!("snapshot {id} no longer exists")))
     }
 
     /// The newest snapshot of the source in status `available`.
@@ -100,7 +119,18 @@ impl Kind for RdsSnapshot {
 
     async fn start(&self, cx: &Cx<'_>, receipt: &mut ComponentReceipt) -> Result<Progress> {
         let target = self.target(cx)?;
-        let snapshot = self.newest_snapshot(cx).await?;
+        // An earlier execution of this run may have restored it already (a held run): the
+        // instance says which snapshot it came from, and is reused.
+        let existing = rds_instance(&cx.clients.rds, &target).await?;
+        let earlier = existing
+            .as_ref()
+            .filter(|i| cx.owner().owns(i))
+            .and_then(|i| tag(i, SNAPSHOT_TAG))
+            .map(str::to_owned);
+        let snapshot = match &earlier {
+            Some(id) => self.snapshot(cx, id).await?,
+            None => self.newest_snapshot(cx).await?,
+        };
         let snapshot_id = snapshot
             .db_snapshot_identifier()
             .unwrap_or_default()
@@ -111,11 +141,11 @@ impl Kind for RdsSnapshot {
             "snapshot": snapshot_id,
             "snapshot_created_at": taken_at,
             "restored_instance": target,
+            "reused": earlier.is_some(),
         });
         receipt.state = json!({"snapshot_created_at": taken_at});
-        // An earlier attempt of this run may have started it already: same name, reused.
-        if rds_instance(&cx.clients.rds, &target).await?.is_none() {
-            let tag = |k: &str, v: &str| Tag::builder().key(k).value(v).build();
+        if existing.is_none() {
+            let snapshot_tag = Tag::builder().key(SNAPSHOT_TAG).value(&snapshot_id).build();
             let restored = cx
                 .clients
                 .rds
@@ -130,8 +160,8 @@ impl Kind for RdsSnapshot {
                 )
                 // A drill's copy must be deletable by teardown, whatever the source says.
                 .deletion_protection(false)
-                .tags(tag(drpilot_shared::restored::RUN_TAG, &cx.run.run_id))
-                .tags(tag("drpilot:component", cx.name()))
+                .set_tags(Some(cx.owner().tags(cx.name())))
+                .tags(snapshot_tag)
                 .send()
                 .await;
             match restored {
