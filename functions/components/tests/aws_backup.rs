@@ -24,10 +24,12 @@ use serde_json::json;
 
 const SOURCE: &str = "arn:aws:rds:us-east-1:123456789012:db:orders";
 const POINT: &str = "arn:aws:rds:us-east-1:123456789012:snapshot:awsbackup:job-0001";
-const VAULT: &str = "orders-vault";
+const VAULT: &str = "drpilot-test-vault";
 const ROLE: &str = "arn:aws:iam::123456789012:role/drpilot-backup-restore";
 
-fn backup_client(rules: &[&Rule]) -> Client {
+/// A Backup client answering from `rules`, its calls recorded in the call ledger as
+/// `function`'s (so the permission check sees them as it sees the emulator's).
+fn backup_client(rules: &[&Rule], function: &'static str) -> Client {
     let mut interceptor = MockResponseInterceptor::new().rule_mode(RuleMode::MatchAny);
     for rule in rules {
         interceptor = interceptor.with_rule(rule);
@@ -39,9 +41,12 @@ fn backup_client(rules: &[&Rule]) -> Client {
             "test", "test", None, None, "test",
         ))
         .http_client(aws_smithy_mocks::create_mock_http_client())
-        .interceptor(interceptor)
-        .build();
-    Client::from_conf(config)
+        .interceptor(interceptor);
+    let config = match drpilot_shared::ledger::CallLedger::from_env(function) {
+        Some(ledger) => config.interceptor(ledger),
+        None => config,
+    };
+    Client::from_conf(config.build())
 }
 
 /// The newest completed recovery point (an older one and a running one beside it).
@@ -222,7 +227,10 @@ async fn a_completed_restore_job_is_verified_reported_tagged_and_cleaned_up() {
         ),
         validation(Arc::clone(&reported)),
     ];
-    let function = with_backup(&aws, backup_client(&rules.iter().collect::<Vec<_>>()));
+    let function = with_backup(
+        &aws,
+        backup_client(&rules.iter().collect::<Vec<_>>(), "components"),
+    );
     let run = run_context("bk-1", "b1");
     let plan = function
         .handle(ComponentsRequest::Plan {
@@ -294,9 +302,11 @@ async fn a_completed_restore_job_is_verified_reported_tagged_and_cleaned_up() {
     assert!(owner.owns(&instance));
     let mut resource = receipt.created_resources[0].clone();
     assert_eq!(resource.restore_job.as_deref(), Some("restore-job-1"));
+    // Teardown's cleanup, with teardown's clients.
+    let teardown = aws.clients.for_function("teardown");
     drpilot_shared::restored::clean_up(
-        &rds,
-        &function.kinds.backup,
+        &teardown.rds(),
+        &backup_client(&rules.iter().collect::<Vec<_>>(), "teardown"),
         owner,
         Some("bk-1.1"),
         &mut resource,
@@ -329,7 +339,10 @@ async fn a_failed_restore_job_fails_the_component_with_its_status_message() {
         ),
         validation(Arc::default()),
     ];
-    let function = with_backup(&aws, backup_client(&rules.iter().collect::<Vec<_>>()));
+    let function = with_backup(
+        &aws,
+        backup_client(&rules.iter().collect::<Vec<_>>(), "components"),
+    );
     let run = run_context("bk-2", "b1");
     step(&function, &run, false).await;
     let failed = step(&function, &run, true).await;
@@ -361,7 +374,10 @@ async fn a_restore_job_past_the_components_timeout_fails_it() {
         job(&[(RestoreJobStatus::Running, "restoring")], ""),
         validation(Arc::default()),
     ];
-    let function = with_backup(&aws, backup_client(&rules.iter().collect::<Vec<_>>()));
+    let function = with_backup(
+        &aws,
+        backup_client(&rules.iter().collect::<Vec<_>>(), "components"),
+    );
     let run = run_context("bk-3", "b1");
     step(&function, &run, false).await;
     assert_eq!(
@@ -397,8 +413,8 @@ async fn a_restore_job_past_the_components_timeout_fails_it() {
         profile: PROFILE,
     };
     drpilot_shared::restored::clean_up(
-        &aws.clients.rds(),
-        &function.kinds.backup,
+        &aws.clients.for_function("teardown").rds(),
+        &backup_client(&rules.iter().collect::<Vec<_>>(), "teardown"),
         owner,
         Some("bk-3.1"),
         &mut resource,
