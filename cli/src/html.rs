@@ -176,9 +176,11 @@ fn objective_class(met: Option<bool>) -> &'static str {
 
 /// A component's measurement in words: against its target when it has one.
 fn against(measured: Option<f64>, target: Option<u64>) -> String {
-    match target {
-        Some(target) => Objective::measure(measured, target).describe(),
-        None => seconds(measured),
+    match (target, measured) {
+        (Some(target), _) => Objective::measure(measured, target).describe(),
+        (None, Some(_)) => seconds(measured),
+        // Nothing to measure (a check restores no point in time).
+        (None, None) => "n/a".to_owned(),
     }
 }
 
@@ -470,5 +472,44 @@ mod tests {
         assert!(page.contains("restore..teardown"), "{page}");
         let text = text_report(&s).join("\n");
         assert!(text.contains("execution run-1.2"), "{text}");
+    }
+
+    #[test]
+    fn components_get_a_table_and_the_post_mortem_their_timeline() {
+        use drpilot_shared::component::{ComponentOutcome, ComponentStatus};
+        let mut s = summary();
+        let verified = s.kickoff_at + chrono::TimeDelta::seconds(7);
+        s.components = vec![ComponentOutcome {
+            name: "orders".into(),
+            kind: "rds_snapshot".into(),
+            status: ComponentStatus::Verified,
+            required: true,
+            rto_seconds: Some(7.0),
+            rto_target_seconds: 5,
+            rto_met: Some(false),
+            rpo_seconds: Some(60.0),
+            rpo_target_seconds: Some(300),
+            rpo_met: Some(true),
+            verified_at: Some(verified),
+            reason: None,
+            created_resources: Vec::new(),
+        }];
+        let page = render(&s, &[]).unwrap();
+        assert!(page.contains("<h2>Components</h2>"), "{page}");
+        assert!(page.contains("7.0 s (target 5 s, MISSED)"), "{page}");
+        assert!(page.contains("60.0 s (target 300 s, met)"), "{page}");
+        assert!(
+            page.contains("<h2>Post-mortem</h2>") && page.contains("Root cause"),
+            "{page}"
+        );
+        assert!(
+            page.contains("+7.0 s</td><td>component orders (rds_snapshot) verified"),
+            "{page}"
+        );
+        let text = text_report(&s).join("\n");
+        assert!(
+            text.contains("component orders") && text.contains("MISSED"),
+            "{text}"
+        );
     }
 }

@@ -131,6 +131,12 @@ pub struct Started {
 }
 
 impl Started {
+    /// The phase's work began at an earlier step, at `at`: its receipt's time runs from
+    /// there (components: from the first component's start).
+    pub fn since(&mut self, at: chrono::DateTime<chrono::Utc>) {
+        self.clock.since(at);
+    }
+
     pub fn context<'a>(&'a self, run: &'a RunContext) -> PhaseRun<'a> {
         PhaseRun {
             run,

@@ -109,6 +109,11 @@ impl PhaseClock {
         self.started_at
     }
 
+    /// Moves the start back to `at` (a phase whose work began at an earlier step).
+    pub fn since(&mut self, at: DateTime<Utc>) {
+        self.started_at = self.started_at.min(at);
+    }
+
     /// The receipt of a phase that succeeded with `details`.
     pub fn succeeded<D: PhaseDetails>(&self, details: &D) -> Result<PhaseReceipt> {
         Ok(self.finish(PhaseStatus::Success, None, encode(details)?))

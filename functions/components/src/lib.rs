@@ -412,110 +412,132 @@ impl Components {
         })
     }
 
-    /// The phase receipt from the components' receipts.
+    /// The phase receipt from the components' receipts, its time running from the first
+    /// component's start (the phase began at planning).
     async fn finish(&self, request: &PhaseRequest) -> Result<PhaseOutput> {
-        phase::run(
+        let mut started = match phase::begin(
             request,
             &self.clients.s3,
             &self.profiles,
+            Phase::Components,
             Rerun::StartOver,
-            async |phase_run| {
-                let run = phase_run.run;
-                let mut outcomes = Vec::new();
-                let mut checked = Vec::new();
-                let mut failures = Vec::new();
-                for spec in &phase_run.profile.components {
-                    let receipt = phase_run
-                        .store
-                        .get_component(&run.run_id, &spec.name)
-                        .await?;
-                    let receipt = match receipt {
-                        Some(r) if r.status == ComponentStatus::Running => {
-                            // The Map ended without a verdict (its failure step failed too).
-                            let mut r = r;
-                            settle(
-                                &mut r,
-                                run,
-                                Progress::Failed(Error::new(
-                                    ErrorKind::ServiceError,
-                                    "the run stopped polling it before a verdict",
-                                )),
-                                Utc::now(),
-                            );
-                            phase_run.store.put_component(&r).await?;
-                            r
-                        }
-                        Some(r) => r,
-                        None => {
-                            let mut r = new_receipt(run, spec, Utc::now(), None);
-                            settle(
-                                &mut r,
-                                run,
-                                Progress::Failed(Error::new(
-                                    ErrorKind::ServiceError,
-                                    "never started",
-                                )),
-                                Utc::now(),
-                            );
-                            phase_run.store.put_component(&r).await?;
-                            r
-                        }
-                    };
-                    if receipt.dry_run {
-                        checked.push(format!(
-                            "{}: {}",
-                            receipt.name,
-                            receipt.reason.clone().unwrap_or_default()
-                        ));
-                    }
-                    if receipt.status == ComponentStatus::Failed && receipt.required {
-                        failures.push(receipt.clone());
-                    }
-                    outcomes.push(ComponentOutcome::from(&receipt));
-                }
-                let details = ComponentsDetails {
-                    verified: outcomes
-                        .iter()
-                        .filter(|o| o.status == ComponentStatus::Verified)
-                        .count() as u32,
-                    failed: outcomes
-                        .iter()
-                        .filter(|o| o.status == ComponentStatus::Failed)
-                        .count() as u32,
-                    components: outcomes,
-                    checked,
-                };
-                match failures.first() {
-                    None => Ok(Outcome::Done(details)),
-                    Some(first) => {
-                        let kind = first
-                            .error
-                            .as_deref()
-                            .and_then(ErrorKind::from_name)
-                            .unwrap_or(ErrorKind::IntegrityError);
-                        let names: Vec<String> = failures
-                            .iter()
-                            .map(|f| {
-                                format!(
-                                    "{} ({}: {})",
-                                    f.name,
-                                    f.error.as_deref().unwrap_or("failed"),
-                                    f.reason.as_deref().unwrap_or("failed")
-                                )
-                            })
-                            .collect();
-                        Err(Failed::with_details(
-                            Error::new(
-                                kind,
-                                format!("required components failed: {}", names.join("; ")),
-                            ),
-                            details,
-                        ))
-                    }
-                }
-            },
         )
-        .await
+        .await?
+        {
+            Begun::Ended(output) => return Ok(output),
+            Begun::Started(started) => started,
+        };
+        let mut first_start = None;
+        let result = self
+            .judge(&started.context(&request.run), &mut first_start)
+            .await;
+        if let Some(at) = first_start {
+            started.since(at);
+        }
+        phase::finish(request, &started, result).await
+    }
+
+    /// Every component's verdict (a component left without one failed); fails when a
+    /// required one did. `first_start` is when the earliest started.
+    async fn judge(
+        &self,
+        phase_run: &phase::PhaseRun<'_>,
+        first_start: &mut Option<DateTime<Utc>>,
+    ) -> std::result::Result<Outcome<ComponentsDetails>, Failed<ComponentsDetails>> {
+        let run = phase_run.run;
+        let mut outcomes = Vec::new();
+        let mut checked = Vec::new();
+        let mut failures = Vec::new();
+        for spec in &phase_run.profile.components {
+            let receipt = phase_run
+                .store
+                .get_component(&run.run_id, &spec.name)
+                .await?;
+            let receipt = match receipt {
+                Some(r) if r.status == ComponentStatus::Running => {
+                    // The Map ended without a verdict (its failure step failed too).
+                    let mut r = r;
+                    settle(
+                        &mut r,
+                        run,
+                        Progress::Failed(Error::new(
+                            ErrorKind::ServiceError,
+                            "the run stopped polling it before a verdict",
+                        )),
+                        Utc::now(),
+                    );
+                    phase_run.store.put_component(&r).await?;
+                    r
+                }
+                Some(r) => r,
+                None => {
+                    let mut r = new_receipt(run, spec, Utc::now(), None);
+                    settle(
+                        &mut r,
+                        run,
+                        Progress::Failed(Error::new(ErrorKind::ServiceError, "never started")),
+                        Utc::now(),
+                    );
+                    phase_run.store.put_component(&r).await?;
+                    r
+                }
+            };
+            if receipt.dry_run {
+                checked.push(format!(
+                    "{}: {}",
+                    receipt.name,
+                    receipt.reason.clone().unwrap_or_default()
+                ));
+            }
+            if receipt.status == ComponentStatus::Failed && receipt.required {
+                failures.push(receipt.clone());
+            }
+            if !receipt.dry_run {
+                *first_start =
+                    Some(first_start.map_or(receipt.started_at, |t| t.min(receipt.started_at)));
+            }
+            outcomes.push(ComponentOutcome::from(&receipt));
+        }
+        let details = ComponentsDetails {
+            verified: outcomes
+                .iter()
+                .filter(|o| o.status == ComponentStatus::Verified)
+                .count() as u32,
+            failed: outcomes
+                .iter()
+                .filter(|o| o.status == ComponentStatus::Failed)
+                .count() as u32,
+            components: outcomes,
+            checked,
+        };
+        match failures.first() {
+            None => Ok(Outcome::Done(details)),
+            Some(first) => {
+                let kind = first
+                    .error
+                    .as_deref()
+                    .and_then(ErrorKind::from_name)
+                    .unwrap_or(ErrorKind::IntegrityError);
+                let names: Vec<String> = failures
+                    .iter()
+                    .map(|f| {
+                        format!(
+                            "{} ({}: {})",
+                            f.name,
+                            f.error.as_deref().unwrap_or("failed"),
+                            f.reason.as_deref().unwrap_or("failed")
+                        )
+                    })
+                    .collect();
+                Err(Failed::with_details(
+                    Error::new(
+                        kind,
+                        format!("required components failed: {}", names.join("; ")),
+                    ),
+                    details,
+                ))
+            }
+        }
     }
 }
 
