@@ -32,8 +32,12 @@ def rows() -> list[tuple[str, str, str, str]]:
     for p in summary["phases"]:
         ms = p.get("duration_ms")
         rows.append((f"Local drill, phase {p['phase']}", f"{ms / 1000:.2f} s ({p['status']})" if ms is not None else p["status"], "—", "—"))
+    for c in summary.get("components", []):
+        rto_c = c.get("rto_seconds")
+        measured = f"{rto_c:.1f} s of {c['rto_target_seconds']} s ({c['status']})" if rto_c is not None else c["status"]
+        rows.append((f"Local drill, component {c['name']} ({c['kind']}): kickoff to verified", measured, "—", "—"))
     rto = summary.get("rto_seconds")
-    rows.append(("Local drill, measured RTO (kickoff to promotion, incl. the approval)",
+    rows.append(("Local drill, measured RTO (later of the promotion, incl. the approval, and the slowest required component)",
                  f"{rto:.1f} s; run {result['status']}" if rto is not None else f"not measured; run {result['status']}",
                  "—", "—"))
     rows.append(("Local drill, whole command (stack, seeding, run)", f"{wall:.1f} s", "—", "—"))
