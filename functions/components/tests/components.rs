@@ -547,3 +547,55 @@ async fn a_dry_run_checks_every_component_and_starts_none() {
     );
     assert_eq!(aws.db_instances().await, vec![SOURCE_DB.to_owned()]);
 }
+
+#[tokio::test]
+async fn a_later_execution_of_a_held_run_reuses_its_restore_and_its_snapshot() {
+    let aws = LocalAws::start().await;
+    aws.seed_database(SOURCE_DB, true).await;
+    with_profile(
+        &aws,
+        json!([{"name": "orders", "kind": "rds_snapshot", "db_instance_identifier": SOURCE_DB,
+                "rto_target_seconds": 600, "rpo_target_seconds": 3600, "poll_seconds": 1, "timeout_seconds": 60}]),
+    )
+    .await;
+    let function = Components::new(aws.clients.clone());
+    let first = run("held-1");
+    plan(&function, &first).await.unwrap();
+    assert_eq!(
+        drive(&function, &first, "orders", 3).await.status,
+        ComponentStatus::Verified
+    );
+    let restored = aws
+        .receipts()
+        .get_component("held-1", "orders")
+        .await
+        .unwrap()
+        .unwrap();
+    // A newer snapshot appears; the run's next execution starts the component over.
+    aws.clients
+        .rds()
+        .create_db_snapshot()
+        .db_instance_identifier(SOURCE_DB)
+        .db_snapshot_identifier(format!("{SOURCE_DB}-manual-2"))
+        .send()
+        .await
+        .unwrap();
+    let mut second = first.clone();
+    second.execution_arn = first.execution_arn.as_ref().map(|arn| format!("{arn}.2"));
+    assert_eq!(
+        drive(&function, &second, "orders", 3).await.status,
+        ComponentStatus::Verified
+    );
+    let again = aws
+        .receipts()
+        .get_component("held-1", "orders")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(again.execution, second.execution_arn);
+    assert_eq!(again.details["reused"], true, "{again:?}");
+    // The snapshot of record is the one restored, not the newest.
+    assert_eq!(again.details["snapshot"], restored.details["snapshot"]);
+    assert_eq!(again.rpo_seconds, restored.rpo_seconds);
+    assert_eq!(aws.db_instances().await.len(), 2);
+}
