@@ -23,7 +23,7 @@ use sha2::{Digest, Sha256};
 
 use drpilot_shared::receipt::utc;
 
-use super::{ensure_ours, Cx, Kind, Progress};
+use super::{ensure_ours, instance_progress, Cx, Kind, Progress};
 
 /// The restore metadata key that names the restored RDS DB instance.
 const IDENTIFIER_KEY: &str = "DBInstanceIdentifier";
@@ -93,21 +93,7 @@ impl BackupTarget for AwsBackup {
 /// RPO is not measured again: the recovery point it came from is that execution's).
 async fn reused(cx: &Cx<'_>, target: &str) -> Result<Progress> {
     let instance = rds_instance(&cx.clients.rds, target).await?;
-    Ok(
-        match instance.as_ref().and_then(|i| i.db_instance_status()) {
-            Some("available") => Progress::Verified {
-                restored_point: None,
-            },
-            None if instance.is_none() => Progress::Failed(Error::new(
-                ErrorKind::ServiceError,
-                format!("the restored DB instance {target} does not exist any more"),
-            )),
-            status => Progress::Waiting(format!(
-                "DB instance {target} (restored by an earlier execution) is {}",
-                status.unwrap_or("unknown")
-            )),
-        },
-    )
+    Ok(instance_progress(target, instance.as_ref(), None))
 }
 
 impl Kind for AwsBackup {

@@ -157,8 +157,82 @@ pub async fn ensure_ours(cx: &Cx<'_>, identifier: &str) -> Result<()> {
     )))
 }
 
+/// Statuses after which an RDS instance will not become available by itself.
+const HOPELESS: [&str; 6] = [
+    "failed",
+    "incompatible-restore",
+    "incompatible-parameters",
+    "incompatible-network",
+    "storage-full",
+    "inaccessible-encryption-credentials",
+];
+
+/// What a restored instance says about its restore (`rds_snapshot`, and an `aws_backup`
+/// instance an earlier execution restored): verified once `available`, failed when gone or
+/// in a status it will not leave by itself, still waiting in any other (`creating`,
+/// `backing-up`, `modifying`, ...). `restored_point` is the RPO's anchor.
+pub fn instance_progress(
+    target: &str,
+    instance: Option<&aws_sdk_rds::types::DbInstance>,
+    restored_point: Option<DateTime<Utc>>,
+) -> Progress {
+    let Some(instance) = instance else {
+        return Progress::Failed(Error::new(
+            drpilot_shared::ErrorKind::ServiceError,
+            format!("the restored DB instance {target} does not exist"),
+        ));
+    };
+    match instance.db_instance_status().unwrap_or("unknown") {
+        "available" => Progress::Verified { restored_point },
+        s if HOPELESS.contains(&s) => Progress::Failed(Error::new(
+            drpilot_shared::ErrorKind::ServiceError,
+            format!("the restored DB instance {target} is {s}"),
+        )),
+        s => Progress::Waiting(format!("DB instance {target} is {s}")),
+    }
+}
+
 /// The last `limit` characters of `text` (command output, a verifier's message).
 pub fn tail(text: &str, limit: usize) -> String {
     let count = text.chars().count();
     text.chars().skip(count.saturating_sub(limit)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_instance_status_is_a_verdict_or_another_poll() {
+        let at = Some(Utc::now());
+        let with = |status: &str| {
+            aws_sdk_rds::types::DbInstance::builder()
+                .db_instance_status(status)
+                .build()
+        };
+        let verdict = |status: &str| instance_progress("x", Some(&with(status)), at);
+        assert!(
+            matches!(verdict("available"), Progress::Verified { restored_point } if restored_point == at)
+        );
+        for waiting in [
+            "creating",
+            "backing-up",
+            "modifying",
+            "configuring-enhanced-monitoring",
+        ] {
+            assert!(
+                matches!(verdict(waiting), Progress::Waiting(ref why) if why.contains(waiting)),
+                "{waiting}"
+            );
+        }
+        for hopeless in ["failed", "incompatible-restore", "storage-full"] {
+            assert!(
+                matches!(verdict(hopeless), Progress::Failed(ref e) if e.message.contains(hopeless)),
+                "{hopeless}"
+            );
+        }
+        assert!(
+            matches!(instance_progress("x", None, at), Progress::Failed(ref e) if e.message.contains("does not exist"))
+        );
+    }
 }

@@ -13,17 +13,7 @@ use serde_json::json;
 
 use drpilot_shared::receipt::utc;
 
-use super::{ensure_ours, Cx, Kind, Progress};
-
-/// Statuses after which an instance will not become available by itself.
-const HOPELESS: [&str; 6] = [
-    "failed",
-    "incompatible-restore",
-    "incompatible-parameters",
-    "incompatible-network",
-    "storage-full",
-    "inaccessible-encryption-credentials",
-];
+use super::{ensure_ours, instance_progress, Cx, Kind, Progress};
 
 /// What the kind's steps share.
 trait SnapshotTarget {
@@ -183,74 +173,17 @@ impl Kind for RdsSnapshot {
         let taken_at = receipt.state["snapshot_created_at"]
             .as_str()
             .and_then(|t| t.parse().ok());
-        let Some(instance) = rds_instance(&cx.clients.rds, &target).await? else {
-            return Ok(Progress::Failed(Error::new(
-                drpilot_shared::ErrorKind::ServiceError,
-                format!("the restored DB instance {target} does not exist"),
-            )));
-        };
-        let status = instance
-            .db_instance_status()
-            .unwrap_or("unknown")
-            .to_owned();
-        receipt.details["status"] = json!(status);
-        if let Some(endpoint) = instance.endpoint() {
-            receipt.details["endpoint"] = json!(format!(
-                "{}:{}",
-                endpoint.address().unwrap_or_default(),
-                endpoint.port().unwrap_or_default()
-            ));
+        let instance = rds_instance(&cx.clients.rds, &target).await?;
+        if let Some(instance) = &instance {
+            receipt.details["status"] = json!(instance.db_instance_status());
+            if let Some(endpoint) = instance.endpoint() {
+                receipt.details["endpoint"] = json!(format!(
+                    "{}:{}",
+                    endpoint.address().unwrap_or_default(),
+                    endpoint.port().unwrap_or_default()
+                ));
+            }
         }
-        Ok(verdict(&target, &status, taken_at))
-    }
-}
-
-/// What an instance's status says about its restore: verified once `available`, failed in
-/// a status it will not leave by itself, still waiting in any other (`creating`,
-/// `backing-up`, `modifying`, ...).
-fn verdict(
-    target: &str,
-    status: &str,
-    taken_at: Option<chrono::DateTime<chrono::Utc>>,
-) -> Progress {
-    match status {
-        "available" => Progress::Verified {
-            restored_point: taken_at,
-        },
-        s if HOPELESS.contains(&s) => Progress::Failed(Error::new(
-            drpilot_shared::ErrorKind::ServiceError,
-            format!("the restored DB instance {target} is {s}"),
-        )),
-        s => Progress::Waiting(format!("DB instance {target} is {s}")),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn an_instance_status_is_a_verdict_or_another_poll() {
-        let at = Some(chrono::Utc::now());
-        assert!(
-            matches!(verdict("x", "available", at), Progress::Verified { restored_point } if restored_point == at)
-        );
-        for waiting in [
-            "creating",
-            "backing-up",
-            "modifying",
-            "configuring-enhanced-monitoring",
-        ] {
-            assert!(
-                matches!(verdict("x", waiting, at), Progress::Waiting(ref why) if why.contains(waiting)),
-                "{waiting}"
-            );
-        }
-        for hopeless in ["failed", "incompatible-restore", "storage-full"] {
-            assert!(
-                matches!(verdict("x", hopeless, at), Progress::Failed(ref e) if e.message.contains(hopeless)),
-                "{hopeless}"
-            );
-        }
+        Ok(instance_progress(&target, instance.as_ref(), taken_at))
     }
 }
