@@ -192,18 +192,23 @@ impl Components {
         }
     }
 
-    /// The phase's start and every component checked before any is started.
-    async fn plan(&self, request: &PhaseRequest) -> Result<Plan> {
-        let run = &request.run;
-        let started = match phase::begin(
+    /// The phase lifecycle's start, the same at planning and at the finish (a re-run
+    /// starts over; outside the window both end as skipped).
+    async fn begin(&self, request: &PhaseRequest) -> Result<Begun> {
+        phase::begin(
             request,
             &self.clients.s3,
             &self.profiles,
             Phase::Components,
             Rerun::StartOver,
         )
-        .await?
-        {
+        .await
+    }
+
+    /// The phase's start and every component checked before any is started.
+    async fn plan(&self, request: &PhaseRequest) -> Result<Plan> {
+        let run = &request.run;
+        let started = match self.begin(request).await? {
             // Skipped outside the window (its receipt written): FinishComponents says so.
             Begun::Ended(_) => return Ok(Plan::nothing()),
             Begun::Started(started) => started,
@@ -415,15 +420,7 @@ impl Components {
     /// The phase receipt from the components' receipts, its time running from the first
     /// component's start (the phase began at planning).
     async fn finish(&self, request: &PhaseRequest) -> Result<PhaseOutput> {
-        let mut started = match phase::begin(
-            request,
-            &self.clients.s3,
-            &self.profiles,
-            Phase::Components,
-            Rerun::StartOver,
-        )
-        .await?
-        {
+        let mut started = match self.begin(request).await? {
             Begun::Ended(output) => return Ok(output),
             Begun::Started(started) => started,
         };

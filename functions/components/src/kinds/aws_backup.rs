@@ -23,7 +23,7 @@ use sha2::{Digest, Sha256};
 
 use drpilot_shared::receipt::utc;
 
-use super::{ensure_ours, instance_progress, Cx, Kind, Progress};
+use super::{ensure_ours, instance_progress, run_named_instance, Cx, Kind, Progress};
 
 /// The restore metadata key that names the restored RDS DB instance.
 const IDENTIFIER_KEY: &str = "DBInstanceIdentifier";
@@ -109,9 +109,7 @@ impl Kind for AwsBackup {
     }
 
     fn creates(&self, cx: &Cx<'_>) -> Vec<RestoredResource> {
-        self.target(cx)
-            .map(|identifier| vec![RestoredResource::RdsDbInstance { identifier }])
-            .unwrap_or_default()
+        run_named_instance(self.target(cx))
     }
 
     async fn start(&self, cx: &Cx<'_>, receipt: &mut ComponentReceipt) -> Result<Progress> {

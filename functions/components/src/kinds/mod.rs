@@ -157,6 +157,14 @@ pub async fn ensure_ours(cx: &Cx<'_>, identifier: &str) -> Result<()> {
     )))
 }
 
+/// What a kind that restores an RDS instance to its run-named `target` creates (nothing
+/// when the target cannot be named: the start then fails before creating anything).
+pub fn run_named_instance(target: Result<String>) -> Vec<RestoredResource> {
+    target
+        .map(|identifier| vec![RestoredResource::RdsDbInstance { identifier }])
+        .unwrap_or_default()
+}
+
 /// Statuses after which an RDS instance will not become available by itself.
 const HOPELESS: [&str; 6] = [
     "failed",

@@ -13,7 +13,7 @@ use serde_json::json;
 
 use drpilot_shared::receipt::utc;
 
-use super::{ensure_ours, instance_progress, Cx, Kind, Progress};
+use super::{ensure_ours, instance_progress, run_named_instance, Cx, Kind, Progress};
 
 /// What the kind's steps share.
 trait SnapshotTarget {
@@ -102,9 +102,7 @@ impl Kind for RdsSnapshot {
     }
 
     fn creates(&self, cx: &Cx<'_>) -> Vec<RestoredResource> {
-        self.target(cx)
-            .map(|identifier| vec![RestoredResource::RdsDbInstance { identifier }])
-            .unwrap_or_default()
+        run_named_instance(self.target(cx))
     }
 
     async fn start(&self, cx: &Cx<'_>, receipt: &mut ComponentReceipt) -> Result<Progress> {
