@@ -15,7 +15,6 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::backup::BackupRef;
 use crate::input::{Mode, Phase, Trigger};
 use crate::parity::ParityCounts;
 use crate::s3uri::S3Uri;
@@ -170,6 +169,9 @@ pub struct PromoteDetails {
     pub parity_after: ParityCounts,
     pub audit_record: S3Uri,
     pub pointer: S3Uri,
+    /// The publish pointer's generation this promotion wrote.
+    #[serde(default)]
+    pub generation: u64,
     pub copy_seconds: f64,
     pub time_to_promotion_seconds: f64,
 }
@@ -201,38 +203,4 @@ pub struct TeardownDetails {
 
 impl PhaseDetails for TeardownDetails {
     const PHASE: Phase = Phase::Teardown;
-}
-
-/// `audit/published.json`: which backup `root/` now holds, written by promote.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct PublishedPointer {
-    pub run_id: String,
-    pub backup_uri: S3Uri,
-    pub backup_id: String,
-    pub backup_created_at: DateTime<Utc>,
-    pub git_sha: Option<String>,
-    pub root: S3Uri,
-    pub promoted_at: DateTime<Utc>,
-    pub audit_record: S3Uri,
-}
-
-impl PublishedPointer {
-    pub fn new(
-        run_id: &str,
-        backup: &BackupRef,
-        root: S3Uri,
-        promoted_at: DateTime<Utc>,
-        audit_record: S3Uri,
-    ) -> Self {
-        Self {
-            run_id: run_id.to_owned(),
-            backup_uri: backup.uri.clone(),
-            backup_id: backup.backup_id.clone(),
-            backup_created_at: backup.created_at,
-            git_sha: backup.git_sha.clone(),
-            root,
-            promoted_at,
-            audit_record,
-        }
-    }
 }

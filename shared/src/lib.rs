@@ -9,7 +9,9 @@
 //! [`backup`] (the backup contract), [`archive`] (reading its archives as streams),
 //! [`manifest`] (the manifests and the archive's contents as sorted streams), [`maker`]
 //! (making a backup from a directory),
-//! [`listing`] and [`parity`] (sorted listings and their comparison), [`s3uri`]
+//! [`listing`] and [`parity`] (sorted listings and their comparison), [`copy`] (the
+//! server-side copy engine), [`published`] (the publish pointer and its generation),
+//! [`failback`] (returning to the primary site: its input, receipts and summary), [`s3uri`]
 //! (locations and keys that cannot escape their prefix), [`error`] (the error names Step
 //! Functions matches), [`metrics`], [`clients`], [`ledger`] (the record of every AWS call,
 //! for the permission check) and [`local`] (the repository, for the local stack's users).
@@ -18,8 +20,10 @@ pub mod archive;
 pub mod backup;
 pub mod clients;
 pub mod component;
+pub mod copy;
 pub mod details;
 pub mod error;
+pub mod failback;
 pub mod input;
 pub mod ledger;
 pub mod listing;
@@ -32,6 +36,7 @@ pub mod objects;
 pub mod parity;
 pub mod phase;
 pub mod profile;
+pub mod published;
 pub mod receipt;
 pub mod restored;
 pub mod resume;

@@ -21,6 +21,8 @@ pub struct ObjectInfo {
     /// As S3 reports it, without quotes. Equal ETags mean equal content; different
     /// ones do not mean different content (multipart uploads, SSE-KMS).
     pub etag: String,
+    /// When S3 says the object was last written (failback tells changes by it).
+    pub last_modified: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// Something with a key in a sorted stream.
@@ -80,6 +82,7 @@ pub fn list_sorted(
                         .unwrap_or_default()
                         .trim_matches('"')
                         .to_owned(),
+                    last_modified: object.last_modified().and_then(crate::receipt::utc),
                 };
                 if tx.send(Ok(info)).await.is_err() {
                     return; // the merge stopped early
@@ -192,6 +195,7 @@ mod tests {
                 key: (*k).to_owned(),
                 size: 0,
                 etag: String::new(),
+                last_modified: None,
             }))
             .expect("capacity");
         }

@@ -204,6 +204,62 @@ impl EntryVisitor for ContentCollector {
     }
 }
 
+/// The background work behind [`sorted_entries`]: the body pump and the sorter.
+pub struct ManifestTasks {
+    sorter: tokio::task::JoinHandle<Result<()>>,
+    pump: tokio::task::JoinHandle<()>,
+}
+
+impl ManifestTasks {
+    /// Stops reading (once the entries' receiver is dropped) and returns the sorter's
+    /// error, if it had one the stream did not already carry.
+    pub async fn finish(self) -> Result<()> {
+        self.pump.abort();
+        self.sorter.await.map_err(Error::from)?
+    }
+}
+
+/// The manifest entries of the backup at `backup_uri`, in key order, streamed out of its
+/// `manifests.tar.zst` (verified against `metadata.json` while it streams) and sorted on
+/// a blocking thread in bounded memory; an error ends the stream. The backup the
+/// manifests belong to comes back too.
+pub async fn sorted_entries(
+    s3: &aws_sdk_s3::Client,
+    backup_uri: &crate::s3uri::S3Uri,
+) -> Result<(
+    tokio::sync::mpsc::Receiver<Result<ManifestEntry>>,
+    ManifestTasks,
+)> {
+    use crate::backup::{self, MANIFESTS};
+    let (_, meta) = backup::inspect(s3, backup_uri).await?;
+    let manifests_uri = backup::artifact_uri(backup_uri, MANIFESTS)?;
+    let (body, _) = crate::objects::open(s3, &manifests_uri).await?;
+    let (reader, pump) = crate::objects::pump_body(body, manifests_uri.to_string());
+    let expected = meta.artifact(MANIFESTS).clone();
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<ManifestEntry>>(4096);
+    let sorter = tokio::task::spawn_blocking(move || {
+        let sent = ExternalSort::new(SORT_CHUNK).and_then(|sorter| {
+            let mut collector = ManifestCollector {
+                sorter,
+                manifests: 0,
+            };
+            crate::archive::unpack(MANIFESTS, reader, &expected, &mut collector)?;
+            for entry in collector.sorter.finish()? {
+                let failed = entry.is_err();
+                if tx.blocking_send(entry).is_err() || failed {
+                    break;
+                }
+            }
+            Ok(())
+        });
+        if let Err(err) = sent {
+            let _ = tx.blocking_send(Err(err));
+        }
+        Ok(())
+    });
+    Ok((rx, ManifestTasks { sorter, pump }))
+}
+
 /// Sorts entries by key (byte order, as S3 lists), in chunks of at most `limit` in memory.
 pub struct ExternalSort {
     limit: usize,

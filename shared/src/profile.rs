@@ -52,6 +52,30 @@ pub struct Profile {
     /// How many components restore at once.
     #[serde(default = "default_component_concurrency")]
     pub component_concurrency: u32,
+    /// The primary site a failback returns the data to (the target is the DR site).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub primary: Option<Primary>,
+}
+
+/// The primary site's data: the `root/` a failback copies the DR site's `root/` back into.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Primary {
+    pub bucket: String,
+    #[serde(default = "default_root")]
+    pub root_prefix: String,
+    /// The primary bucket's region; the profile's `region` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+}
+
+impl Primary {
+    pub fn root(&self) -> S3Uri {
+        S3Uri {
+            bucket: self.bucket.clone(),
+            key: as_prefix(&self.root_prefix),
+        }
+    }
 }
 
 fn default_component_concurrency() -> u32 {
@@ -111,6 +135,13 @@ impl Target {
     }
     pub fn audit(&self) -> S3Uri {
         self.location(&self.audit_prefix)
+    }
+    /// The publish pointer: `audit/published.json` (see [`crate::published`]).
+    pub fn published(&self) -> S3Uri {
+        S3Uri {
+            bucket: self.bucket.clone(),
+            key: format!("{}published.json", as_prefix(&self.audit_prefix)),
+        }
     }
     /// The run lock object: `locks/drill.lock`.
     pub fn lock(&self) -> S3Uri {
@@ -315,6 +346,31 @@ impl Profile {
             }
         }
         component::validate(&self.components, self.component_concurrency)?;
+        if let Some(primary) = &self.primary {
+            S3Uri::new(primary.bucket.clone(), "").map_err(|e| format!("primary.bucket: {e}"))?;
+            RelativeKey::parse(primary.root_prefix.trim_end_matches('/'))
+                .map_err(|e| format!("primary.root_prefix: {e}"))?;
+            let (primary_root, dr_root) = (primary.root(), self.target.root());
+            let overlap = primary_root.bucket == dr_root.bucket
+                && (primary_root.key.starts_with(&dr_root.key)
+                    || dr_root.key.starts_with(&primary_root.key));
+            if overlap {
+                return Err(format!(
+                    "primary: {primary_root} and the DR target's {dr_root} must not contain each other"
+                ));
+            }
+            if let Some(region) = &primary.region {
+                let ok = !region.is_empty()
+                    && region
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+                if !ok {
+                    return Err(format!(
+                        "primary.region: expected an AWS region such as eu-west-1, got {region:?}"
+                    ));
+                }
+            }
+        }
         Ok(())
     }
 }

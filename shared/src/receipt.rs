@@ -311,6 +311,10 @@ impl ReceiptStore {
         }
     }
 
+    pub(crate) fn s3(&self) -> &aws_sdk_s3::Client {
+        &self.s3
+    }
+
     /// `<receipts>/runs/<run_id>/`
     pub fn run_dir(&self, run_id: &str) -> Result<S3Uri> {
         self.base

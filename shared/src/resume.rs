@@ -69,6 +69,9 @@ pub struct RunRecord {
     /// executions the run takes.
     pub kickoff_at: DateTime<Utc>,
     pub backup: BackupRef,
+    /// The publish pointer's generation when the run's first execution took the lock.
+    #[serde(default)]
+    pub published_generation: u64,
     pub executions: Vec<ExecutionEntry>,
 }
 

@@ -34,6 +34,10 @@ pub struct RunContext {
     pub backup: BackupRef,
     /// What the approval gate does (the state machine reads `promotion`).
     pub promotion: Promotion,
+    /// The publish pointer's generation when the run started: promote refuses to
+    /// publish over a later one (see [`crate::published`]).
+    #[serde(default)]
+    pub published_generation: u64,
 }
 
 impl RunContext {

@@ -15,6 +15,7 @@ fn listed(objects: &[(&str, &str)]) -> Sorted<ObjectInfo> {
             key: (*key).to_owned(),
             size: 5,
             etag: (*etag).to_owned(),
+            last_modified: None,
         }))
         .unwrap();
     }

@@ -174,6 +174,7 @@ async fn the_run_record_is_created_once_and_replaced_only_as_it_was_read() {
         mode: Mode::Drill,
         trigger: Trigger::manual(),
         kickoff_at: now,
+        published_generation: 0,
         backup: BackupRef {
             uri: "s3://b-bucket/backups/b1/".parse().unwrap(),
             backup_id: "b1".into(),

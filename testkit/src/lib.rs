@@ -52,6 +52,7 @@ pub fn run_context(run_id: &str, backup_id: &str) -> drpilot_shared::run::RunCon
             "arn:aws:states:{REGION}:{ACCOUNT_ID}:execution:drpilot-drill:{run_id}"
         )),
         kickoff_at: chrono::Utc::now(),
+        published_generation: 0,
         backup: drpilot_shared::backup::BackupRef {
             uri: drpilot_shared::S3Uri {
                 bucket: BACKUP_BUCKET.into(),

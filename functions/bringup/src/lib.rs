@@ -8,6 +8,7 @@ use chrono::Duration;
 use drpilot_shared::backup::{self, BackupRef};
 use drpilot_shared::details::BringupDetails;
 use drpilot_shared::input::{normalize, NameRule, Normalized, TriggerDefaults};
+use drpilot_shared::published::Published;
 use drpilot_shared::lock::RunLock;
 use drpilot_shared::objects::for_each_child_prefix;
 use drpilot_shared::profile::ProfileSource;
@@ -133,6 +134,7 @@ impl Bringup {
                     trigger: this.trigger.clone(),
                     kickoff_at: this.started_at,
                     backup,
+                    published_generation: 0,
                     executions: Vec::new(),
                 };
                 (record, None)
@@ -170,6 +172,14 @@ impl Bringup {
             format!("{acquired:?}")
         };
         let mut record = record;
+        if etag.is_none() {
+            // Read once the lock is the run's, so no promotion can slip in between: the
+            // generation promote will publish over (see `published`).
+            record.published_generation =
+                Published::read(&self.clients.s3, &profile.target.published())
+                    .await?
+                    .generation();
+        }
         if !retried {
             record.executions.push(this);
             store.put_record(&record, etag.as_deref()).await?;
@@ -183,6 +193,7 @@ impl Bringup {
             execution_arn: execution.arn.clone(),
             kickoff_at: record.kickoff_at,
             backup: record.backup.clone(),
+            published_generation: record.published_generation,
         };
         if first {
             let details = BringupDetails {

@@ -66,6 +66,7 @@ fn sorted(n: u64, right: bool) -> Sorted<ObjectInfo> {
                 key: format!("data/object-{i:010}.json"),
                 size: 100 + i % 50,
                 etag: etag.to_owned(),
+                last_modified: None,
             };
             if tx.send(Ok(info)).await.is_err() {
                 return;

@@ -33,6 +33,7 @@ fn main() {
             trigger: Trigger::manual(),
             execution_arn: None,
             kickoff_at: Utc::now(),
+            published_generation: 0,
             backup: BackupRef {
                 uri,
                 backup_id: "bench".into(),

@@ -778,6 +778,7 @@ mod tests {
             parity_after: ParityCounts::default(),
             audit_record: uri("s3://target-data/audit/promotions/p.json"),
             pointer: uri("s3://target-data/audit/published.json"),
+            generation: 1,
             copy_seconds: 1.0,
             time_to_promotion_seconds: 42.0,
         })

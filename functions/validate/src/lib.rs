@@ -8,11 +8,10 @@
 
 use aws_sdk_cloudwatch::types::{Dimension, Metric, MetricDataQuery, MetricStat};
 use chrono::Utc;
-use drpilot_shared::archive::{unpack, RESERVED_PREFIX};
-use drpilot_shared::backup::{self, MANIFESTS};
+use drpilot_shared::archive::RESERVED_PREFIX;
 use drpilot_shared::details::{CheckResult, Tally, ValidateDetails};
 use drpilot_shared::listing::{list_sorted, Joined, MergeJoin, ObjectInfo};
-use drpilot_shared::objects::{open, pump_body, stored_sha256};
+use drpilot_shared::objects::{open, stored_sha256};
 use drpilot_shared::parity::DifferenceLog;
 use drpilot_shared::phase::{self, Failed, Outcome, PhaseRun, Rerun};
 use drpilot_shared::profile::{Check, Profile, ProfileSource, Statistic};
@@ -22,11 +21,10 @@ use drpilot_shared::{AwsClients, Error, Result, S3Uri};
 use serde::Serialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tracing::info;
 
-use drpilot_shared::manifest::{ExternalSort, ManifestCollector, ManifestEntry, SORT_CHUNK};
+use drpilot_shared::manifest::{self, ManifestEntry};
 
 /// Hash lookups (or full reads) in flight at once.
 const HASH_CONCURRENCY: usize = 32;
@@ -113,14 +111,7 @@ impl Validate {
     /// Merge-joins the sorted manifests with the sorted staging listing.
     async fn compare(&self, run: &RunContext, profile: &Profile) -> Result<(Tally, DifferenceLog)> {
         let s3 = &self.clients.s3;
-        let (backup, meta) = backup::inspect(s3, &run.backup.uri).await?;
-        let manifests_uri = backup
-            .uri
-            .join(MANIFESTS)
-            .map_err(|e| Error::contract(e.to_string()))?;
-        let (body, _) = open(s3, &manifests_uri).await?;
-        let (reader, pump) = pump_body(body, manifests_uri.to_string());
-        let (manifest_rx, sorter) = sort_manifests(reader, meta.artifact(MANIFESTS).clone());
+        let (manifest_rx, manifests) = manifest::sorted_entries(s3, &run.backup.uri).await?;
         let staging = profile.target.staging(&run.run_id)?;
         let (staged_rx, lister) =
             list_sorted(s3.clone(), &staging, vec![RESERVED_PREFIX.to_owned()]);
@@ -135,9 +126,8 @@ impl Validate {
         };
         let result = check.run(&mut merge).await;
         lister.abort();
-        pump.abort();
         drop(merge);
-        sorter.await.map_err(Error::from)??;
+        manifests.finish().await?;
         result?;
         Ok((check.tally, check.log))
     }
@@ -257,38 +247,6 @@ fn judge(check: &Check, value: Option<f64>) -> CheckResult {
             ),
         },
     }
-}
-
-/// Parses and sorts the manifests on a blocking thread, then streams their entries in
-/// key order (an error ends the stream).
-fn sort_manifests(
-    reader: impl std::io::Read + Send + 'static,
-    expected: backup::Artifact,
-) -> (
-    mpsc::Receiver<Result<ManifestEntry>>,
-    tokio::task::JoinHandle<Result<()>>,
-) {
-    let (tx, rx) = mpsc::channel::<Result<ManifestEntry>>(4096);
-    let sorter = tokio::task::spawn_blocking(move || {
-        let mut collector = ManifestCollector {
-            sorter: ExternalSort::new(SORT_CHUNK)?,
-            manifests: 0,
-        };
-        let sent = unpack(MANIFESTS, reader, &expected, &mut collector).and_then(|_| {
-            for entry in collector.sorter.finish()? {
-                let failed = entry.is_err();
-                if tx.blocking_send(entry).is_err() || failed {
-                    break;
-                }
-            }
-            Ok(())
-        });
-        if let Err(err) = sent {
-            let _ = tx.blocking_send(Err(err));
-        }
-        Ok(())
-    });
-    (rx, sorter)
 }
 
 /// The comparison of the staging with the manifests, one joined entry at a time: counts
