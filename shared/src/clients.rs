@@ -94,17 +94,29 @@ impl AwsClients {
         aws_sdk_backup::Client::from_conf(builder.build())
     }
 
+    /// An S3 client for a bucket in `region` (a failback's primary site), recorded like
+    /// the others; these clients' own when `region` is theirs.
+    pub fn s3_in(&self, region: &str) -> aws_sdk_s3::Client {
+        if self.config.region().map(|r| r.as_ref()) == Some(region) {
+            return self.s3.clone();
+        }
+        let mut builder = aws_sdk_s3::config::Builder::from(&self.config)
+            .region(aws_config::Region::new(region.to_owned()))
+            .force_path_style(custom_endpoint(&self.config));
+        if let Some(ledger) = &self.ledger {
+            builder = builder.interceptor(ledger.clone());
+        }
+        aws_sdk_s3::Client::from_conf(builder.build())
+    }
+
     /// The call ledger, for a client of another service built on these clients' config.
     pub fn ledger(&self) -> Option<&CallLedger> {
         self.ledger.as_ref()
     }
 
     fn build(config: SdkConfig, ledger: Option<CallLedger>) -> Self {
-        // Virtual-hosted addressing needs DNS for `<bucket>.<host>`; an emulator on
-        // 127.0.0.1 has none, so any custom endpoint gets path-style requests.
-        let custom_endpoint =
-            config.endpoint_url().is_some() || std::env::var_os("AWS_ENDPOINT_URL_S3").is_some();
-        let s3 = aws_sdk_s3::config::Builder::from(&config).force_path_style(custom_endpoint);
+        let s3 =
+            aws_sdk_s3::config::Builder::from(&config).force_path_style(custom_endpoint(&config));
         let ssm = aws_sdk_ssm::config::Builder::from(&config);
         let sts = aws_sdk_sts::config::Builder::from(&config);
         let cloudwatch = aws_sdk_cloudwatch::config::Builder::from(&config);
@@ -126,4 +138,11 @@ impl AwsClients {
             ledger,
         }
     }
+}
+
+/// Whether S3 requests go to a custom endpoint. Virtual-hosted addressing needs DNS for
+/// `<bucket>.<host>`; an emulator on 127.0.0.1 has none, so any custom endpoint gets
+/// path-style requests.
+fn custom_endpoint(config: &SdkConfig) -> bool {
+    config.endpoint_url().is_some() || std::env::var_os("AWS_ENDPOINT_URL_S3").is_some()
 }

@@ -33,10 +33,13 @@ pub enum ErrorKind {
     /// A bug: a panic, a task that died, a request that could not be built. Retrying
     /// cannot fix it, so the state machine never retries it.
     Internal,
+    /// A failback found keys changed on both sites differently since the DR run's
+    /// baseline, and the input did not accept discarding the primary's versions.
+    DivergenceError,
 }
 
 impl ErrorKind {
-    pub const ALL: [ErrorKind; 9] = [
+    pub const ALL: [ErrorKind; 10] = [
         Self::InputError,
         Self::ContractError,
         Self::IntegrityError,
@@ -46,6 +49,7 @@ impl ErrorKind {
         Self::Retryable,
         Self::ServiceError,
         Self::Internal,
+        Self::DivergenceError,
     ];
 
     /// The kind a Step Functions error name (a Catch's `Error`) stands for, if it is one
@@ -66,6 +70,7 @@ impl ErrorKind {
             Self::Retryable => "Retryable",
             Self::ServiceError => "ServiceError",
             Self::Internal => "Internal",
+            Self::DivergenceError => "DivergenceError",
         }
     }
 }

@@ -461,10 +461,9 @@ mod tests {
         assert!(message(input(json!({"confirm1": "FAILBACK"}))).contains("confirm2"));
         assert!(message(input(json!({"confirm2": "CONFIRM-dr-1"}))).contains("confirm1"));
         assert!(message(input(json!({"discard_divergent": true}))).contains("approver"));
-        assert!(message(input(
-            json!({"discard_divergent": true, "approver": "a"})
-        ))
-        .contains("ticket"));
+        assert!(
+            message(input(json!({"discard_divergent": true, "approver": "a"}))).contains("ticket")
+        );
         assert!(input(json!({"discard_divergent": true, "approver": "a", "ticket": "T"})).is_ok());
         assert!(message(input(json!({"approver": "a"}))).contains("discard_divergent"));
         assert!(message(input(json!({"dr_run_id": "a/b"}))).contains("dr_run_id"));

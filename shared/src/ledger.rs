@@ -248,7 +248,7 @@ fn describe(
                 }
             }
         }
-        "lambda" | "backup" => {
+        "lambda" | "backup" | "scheduler" => {
             record.params.insert(
                 "path".to_owned(),
                 percent_decode_str(path).decode_utf8_lossy().into_owned(),

@@ -454,6 +454,21 @@ impl Read for BodyReader {
     }
 }
 
+/// The SHA-256 (hex) of the object at `uri`, computed by reading it through.
+pub async fn sha256_by_reading(s3: &aws_sdk_s3::Client, uri: &S3Uri) -> Result<Option<String>> {
+    use sha2::{Digest, Sha256};
+    let (mut body, _) = open(s3, uri).await?;
+    let mut hasher = Sha256::new();
+    while let Some(chunk) = body
+        .try_next()
+        .await
+        .map_err(|e| Error::retryable(format!("reading {uri}: {e}")))?
+    {
+        hasher.update(&chunk);
+    }
+    Ok(Some(hex::encode(hasher.finalize())))
+}
+
 #[cfg(test)]
 mod tests {
     use super::{part_size, MAX_PARTS};

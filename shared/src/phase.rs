@@ -260,9 +260,14 @@ pub async fn finish<D: PhaseDetails>(
 /// Names the run and phase on the current invocation's span (see [`serve`]), so every
 /// line logged from here on, the failure line included, carries them.
 pub fn record_run(run_id: &str, phase: Phase) {
+    record_failback(run_id, phase.as_str());
+}
+
+/// [`record_run`] for a step that is not a drill phase (a failback's).
+pub fn record_failback(run_id: &str, step: &str) {
     let span = Span::current();
     span.record("run_id", run_id);
-    span.record("phase", phase.as_str());
+    span.record("phase", step);
 }
 
 /// The Lambda entry point every function's `main` calls: tracing set up once, then

@@ -7,15 +7,15 @@
 
 use chrono::{DateTime, Utc};
 use drpilot_shared::archive::RESERVED_PREFIX;
-use drpilot_shared::details::PromoteDetails;
-use drpilot_shared::published::{self, Published, PublishKind, PublishedPointer};
-use drpilot_shared::metrics::{self, Sample};
 use drpilot_shared::copy::{apply_changes, Change, CHANGE_BUFFER};
 pub use drpilot_shared::copy::{CopyStats, CopyTuning};
+use drpilot_shared::details::PromoteDetails;
+use drpilot_shared::metrics::{self, Sample};
 use drpilot_shared::objects::{get_json, put_json};
 use drpilot_shared::parity::{compare_prefixes, Difference, ParityCounts, Verdict};
 use drpilot_shared::phase::{self, Outcome, PhaseRun, Rerun};
 use drpilot_shared::profile::{Profile, ProfileSource};
+use drpilot_shared::published::{self, PublishKind, Published, PublishedPointer};
 use drpilot_shared::receipt::{seconds, ReceiptStore};
 use drpilot_shared::run::{PhaseOutput, PhaseRequest, RunContext};
 use drpilot_shared::{AwsClients, Error, ErrorKind, Result, S3Uri};

@@ -135,7 +135,7 @@ fn promote_details(approver: &str, ticket: &str) -> Value {
         parity_after: ParityCounts::default(),
         audit_record: uri("s3://target-data/audit/promotions/promotion.json"),
         pointer: uri("s3://target-data/audit/published.json"),
-            generation: 1,
+        generation: 1,
         copy_seconds: 0.0,
         time_to_promotion_seconds: 0.0,
     })

@@ -11,7 +11,7 @@ use chrono::Utc;
 use drpilot_shared::archive::RESERVED_PREFIX;
 use drpilot_shared::details::{CheckResult, Tally, ValidateDetails};
 use drpilot_shared::listing::{list_sorted, Joined, MergeJoin, ObjectInfo};
-use drpilot_shared::objects::{open, stored_sha256};
+use drpilot_shared::objects::{sha256_by_reading, stored_sha256};
 use drpilot_shared::parity::DifferenceLog;
 use drpilot_shared::phase::{self, Failed, Outcome, PhaseRun, Rerun};
 use drpilot_shared::profile::{Check, Profile, ProfileSource, Statistic};
@@ -20,7 +20,6 @@ use drpilot_shared::run::{PhaseOutput, PhaseRequest, RunContext};
 use drpilot_shared::{AwsClients, Error, Result, S3Uri};
 use serde::Serialize;
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 use tokio::task::JoinSet;
 use tracing::info;
 
@@ -318,7 +317,7 @@ impl StagingCheck {
             .map_err(|e| Error::contract(e.to_string()))?;
         self.hashing.spawn(async move {
             let staged = if full {
-                hash_by_reading(&s3, &uri).await?
+                sha256_by_reading(&s3, &uri).await?
             } else {
                 stored_sha256(&s3, &uri).await?
             };
@@ -379,17 +378,4 @@ fn record(
         }
     }
     Ok(())
-}
-
-async fn hash_by_reading(s3: &aws_sdk_s3::Client, uri: &S3Uri) -> Result<Option<String>> {
-    let (mut body, _) = open(s3, uri).await?;
-    let mut hasher = Sha256::new();
-    while let Some(chunk) = body
-        .try_next()
-        .await
-        .map_err(|e| Error::retryable(format!("reading {uri}: {e}")))?
-    {
-        hasher.update(&chunk);
-    }
-    Ok(Some(hex::encode(hasher.finalize())))
 }

@@ -1,0 +1,325 @@
+//! copy-back: with two confirmations, makes the primary hold the DR site's changes. One
+//! more pass of the three-way comparison feeds promote's copy engine (server-side,
+//! skipping what is already the same, so a re-run after an interruption resumes where it
+//! stopped); the primary's own changes stay; a key that became divergent since the
+//! divergence step is left alone and fails the step. A recount proves nothing of the DR
+//! site's is missing, then the audit record is written and the next generation published.
+
+use chrono::Utc;
+use drpilot_shared::copy::{apply_changes, Change, CHANGE_BUFFER};
+use drpilot_shared::failback::{
+    Confirmation, CopyBackDetails, DivergenceDetails, FailbackAudit, FailbackRun, FailbackStep,
+};
+use drpilot_shared::objects::{get_json, put_json};
+use drpilot_shared::parity::ParityCounts;
+use drpilot_shared::phase::Failed;
+use drpilot_shared::profile::Profile;
+use drpilot_shared::published::{self, PublishKind, Published, PublishedPointer};
+use drpilot_shared::receipt::{seconds, PhaseStatus, ReceiptStore};
+use drpilot_shared::{Error, ErrorKind, Result, S3Uri};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::sync::mpsc;
+use tracing::info;
+
+use crate::divergence::plan_uri;
+use crate::merge::{self, Action, Class};
+use crate::{Failback, StepClock, StepOutput};
+
+/// An approval's answer, as `drpilot approve` sends it through the task token.
+#[derive(Deserialize)]
+struct Answer {
+    approver: String,
+    ticket: String,
+    #[serde(default)]
+    approved_at: Option<chrono::DateTime<Utc>>,
+    #[serde(default)]
+    #[allow(dead_code)] // read by people in the execution history, not here
+    comment: Option<String>,
+}
+
+/// Where the run's audit record goes, decided once so a re-run writes the same one.
+#[derive(Serialize, Deserialize)]
+struct PendingAudit {
+    audit_record: S3Uri,
+}
+
+impl Failback {
+    pub(crate) async fn copy_back(
+        &self,
+        run: &FailbackRun,
+        answers: Option<&[Value]>,
+        attempt: u32,
+    ) -> Result<StepOutput<CopyBackDetails>> {
+        let profile = self.profiles.load(&run.input.profile).await?;
+        let store = ReceiptStore::new(self.clients.s3.clone(), profile.receipts.clone());
+        // A re-run after success changes nothing more.
+        if let Some(done) = store
+            .get_failback(&run.run_id, FailbackStep::CopyBack)
+            .await?
+        {
+            if done.status == PhaseStatus::Success {
+                let details = serde_json::from_value(done.details)
+                    .map_err(|e| Error::integrity(format!("the copy-back receipt: {e}")))?;
+                return Ok(StepOutput {
+                    receipt: store.failback_uri(&run.run_id, FailbackStep::CopyBack)?,
+                    details,
+                });
+            }
+        }
+        let clock = StepClock::start(
+            &run.run_id,
+            FailbackStep::CopyBack,
+            attempt,
+            run.input.dry_run,
+        );
+        let ended = self
+            .copy(run, &profile, &store, answers)
+            .await
+            .map(|d| (d.clone(), d));
+        let (details, receipt) = clock.end(&store, ended).await?;
+        Ok(StepOutput { receipt, details })
+    }
+
+    async fn copy(
+        &self,
+        run: &FailbackRun,
+        profile: &Profile,
+        store: &ReceiptStore,
+        answers: Option<&[Value]>,
+    ) -> std::result::Result<CopyBackDetails, Failed<CopyBackDetails>> {
+        if run.input.dry_run {
+            return Err(Error::input("dry_run: a dry run never copies").into());
+        }
+        let confirmations = confirmations(run, answers)?;
+        let divergence = store
+            .get_failback(&run.run_id, FailbackStep::Divergence)
+            .await?
+            .filter(|r| r.status == PhaseStatus::Success)
+            .ok_or_else(|| {
+                Error::input(format!(
+                    "copy-back: the divergence step of failback {} has not succeeded",
+                    run.run_id
+                ))
+            })?;
+        let divergence: DivergenceDetails = serde_json::from_value(divergence.details)
+            .map_err(|e| Error::integrity(format!("the divergence receipt: {e}")))?;
+        let pointer = profile.target.published();
+        self.not_stale(run, &pointer).await?;
+
+        let started = Utc::now();
+        let primary_s3 = self.clients.s3_in(&run.primary_region);
+        let sides = self.sides(run, &primary_s3);
+        let discard = run.input.discard_divergent;
+        let (tx, rx) = mpsc::channel::<Change>(CHANGE_BUFFER);
+        let (mut refused, mut overwritten) = (Vec::new(), 0_u64);
+        let plan = async {
+            let counts = merge::survey(&sides, discard, async |verdict| {
+                let at = |root: &S3Uri| {
+                    root.join(&verdict.key)
+                        .map_err(|e| Error::contract(format!("{}: {e}", verdict.key)))
+                };
+                let change = match verdict.action {
+                    Action::None => return Ok(()),
+                    Action::Refuse => {
+                        refused.push(verdict.key.clone());
+                        return Ok(());
+                    }
+                    Action::Copy => Change::Copy {
+                        from: at(&run.dr_root)?,
+                        to: at(&run.primary_root)?,
+                        size: verdict.dr_size,
+                    },
+                    Action::Delete => Change::Delete(at(&run.primary_root)?),
+                };
+                if verdict.class == Class::Divergent {
+                    overwritten += 1;
+                }
+                tx.send(change)
+                    .await
+                    .map_err(|_| Error::internal("the copy workers stopped"))
+            })
+            .await;
+            drop(tx);
+            counts
+        };
+        let (counts, stats) = tokio::join!(plan, apply_changes(&primary_s3, rx, self.tuning));
+        let stats = stats?;
+        counts?;
+        if !refused.is_empty() {
+            return Err(Error::new(
+                ErrorKind::DivergenceError,
+                format!(
+                    "{} keys became divergent after the divergence step (e.g. {}): left as the primary has them; the DR site's other changes were copied. Reconcile them and fail back again, or fail back with discard_divergent",
+                    refused.len(),
+                    refused.iter().take(10).cloned().collect::<Vec<_>>().join(", ")
+                ),
+            )
+            .into());
+        }
+
+        // The recount: nothing of the DR site's changes may be missing on the primary.
+        let mut parity_after = ParityCounts::default();
+        let remaining = merge::survey(&sides, discard, async |verdict| {
+            merge::parity_step(&mut parity_after, verdict);
+            Ok(())
+        })
+        .await?;
+        if remaining.dr_changed > 0 || remaining.divergent > 0 {
+            return Err(Error::integrity(format!(
+                "after the copy {} DR-side changes and {} divergent keys still differ on the primary ({remaining:?})",
+                remaining.dr_changed, remaining.divergent
+            ))
+            .into());
+        }
+        let failed_back_at = Utc::now();
+        let audit_record = self
+            .audit_uri(profile, store, &run.run_id, failed_back_at)
+            .await?;
+        let published = published::advance(
+            &self.clients.s3,
+            &pointer,
+            run.published_generation,
+            PublishedPointer::new(
+                &run.run_id,
+                PublishKind::Failback,
+                &run.dr.backup,
+                run.primary_root.clone(),
+                failed_back_at,
+                audit_record.clone(),
+            ),
+        )
+        .await?;
+        let audit = FailbackAudit {
+            run_id: run.run_id.clone(),
+            execution_arn: run.execution_arn.clone(),
+            profile: run.input.profile.clone(),
+            mode: run.mode,
+            dr_run_id: run.dr.run_id.clone(),
+            dr_audit_record: run.dr.audit_record.clone(),
+            from: run.dr_root.clone(),
+            to: run.primary_root.clone(),
+            confirmations: confirmations.clone(),
+            discard_divergent: discard,
+            discard_approver: run.input.approver.clone(),
+            discard_ticket: run.input.ticket.clone(),
+            divergence: divergence.counts,
+            divergence_report: plan_uri(store, &run.run_id)?,
+            objects_copied: stats.copied,
+            bytes_copied: stats.bytes,
+            objects_deleted: stats.deleted,
+            parity_after: parity_after.clone(),
+            generation: published.generation,
+            failed_back_at,
+        };
+        put_json(&self.clients.s3, &audit_record, &audit).await?;
+        info!(run_id = %run.run_id, copied = stats.copied, deleted = stats.deleted, generation = published.generation, "failed back");
+        Ok(CopyBackDetails {
+            confirmations,
+            objects_copied: stats.copied,
+            bytes_copied: stats.bytes,
+            objects_deleted: stats.deleted,
+            divergent_overwritten: overwritten,
+            remaining,
+            parity_after,
+            audit_record,
+            pointer,
+            generation: published.generation,
+            copy_seconds: seconds(failed_back_at - started),
+        })
+    }
+
+    /// Refuses, before anything is copied, when the live generation is no longer the
+    /// one preflight found (someone promoted or failed back since), unless it is this
+    /// failback's own publication (a re-run past it).
+    async fn not_stale(&self, run: &FailbackRun, pointer: &S3Uri) -> Result<()> {
+        let current = Published::read(&self.clients.s3, pointer).await?;
+        let ours = current.pointer.as_ref().is_some_and(|p| {
+            p.run_id == run.run_id && p.generation == run.published_generation + 1
+        });
+        if current.generation() == run.published_generation || ours {
+            return Ok(());
+        }
+        Err(published::stale(
+            pointer,
+            run.published_generation,
+            current.pointer.as_ref(),
+        ))
+    }
+
+    /// `audit/failbacks/failback-<UTC timestamp>.json`, chosen once per run.
+    async fn audit_uri(
+        &self,
+        profile: &Profile,
+        store: &ReceiptStore,
+        run_id: &str,
+        at: chrono::DateTime<Utc>,
+    ) -> Result<S3Uri> {
+        let pending_uri = store.run_dir(run_id)?.join("failback/audit.pending.json")?;
+        if let Some(p) = get_json::<PendingAudit>(&self.clients.s3, &pending_uri).await? {
+            return Ok(p.audit_record);
+        }
+        let key = format!(
+            "failbacks/failback-{}.json",
+            at.format("%Y%m%dT%H%M%S%.3fZ")
+        );
+        let pending = PendingAudit {
+            audit_record: profile.target.audit().join(&key)?,
+        };
+        put_json(&self.clients.s3, &pending_uri, &pending).await?;
+        Ok(pending.audit_record)
+    }
+}
+
+/// The two confirmations: a drill's literal ones (checked by preflight), or two
+/// approvals with approver and ticket by two different people.
+fn confirmations(run: &FailbackRun, answers: Option<&[Value]>) -> Result<Vec<Confirmation>> {
+    if run.literal_confirmations {
+        return Ok([&run.input.confirm1, &run.input.confirm2]
+            .into_iter()
+            .map(|literal| Confirmation {
+                approver: literal.clone().unwrap_or_default(),
+                ticket: None,
+                approved_at: None,
+                kind: "literal".into(),
+            })
+            .collect());
+    }
+    let missing = |why: String| Error::new(ErrorKind::ApprovalMissing, why);
+    let answers = answers.unwrap_or_default();
+    if answers.len() != 2 {
+        return Err(missing(format!(
+            "confirmations: a failback needs two approvals by two approvers, got {}",
+            answers.len()
+        )));
+    }
+    let mut out: Vec<Confirmation> = Vec::new();
+    for (i, answer) in answers.iter().enumerate() {
+        let answer: Answer = serde_json::from_value(answer.clone()).map_err(|e| {
+            missing(format!(
+                "confirmations[{i}]: expected {{approver, ticket}}: {e}"
+            ))
+        })?;
+        let (approver, ticket) = (answer.approver.trim(), answer.ticket.trim());
+        if approver.is_empty() || ticket.is_empty() {
+            return Err(missing(format!(
+                "confirmations[{i}]: approver and ticket must both be given"
+            )));
+        }
+        if out
+            .iter()
+            .any(|c| c.approver.eq_ignore_ascii_case(approver))
+        {
+            return Err(missing(format!(
+                "confirmations[{i}]: {approver} already confirmed; the second confirmation must come from another approver"
+            )));
+        }
+        out.push(Confirmation {
+            approver: approver.to_owned(),
+            ticket: Some(ticket.to_owned()),
+            approved_at: answer.approved_at,
+            kind: "approval".into(),
+        });
+    }
+    Ok(out)
+}

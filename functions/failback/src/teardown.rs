@@ -1,0 +1,144 @@
+//! teardown: always runs. Releases the lock (if this failback took it), records the
+//! failure a Catch passed in, and writes the summary from the steps' receipts.
+
+use chrono::Utc;
+use drpilot_shared::failback::{
+    CopyBackDetails, DivergenceDetails, FailbackFailure, FailbackInput, FailbackRun, FailbackStep,
+    FailbackSummary, SUMMARY_KIND,
+};
+use drpilot_shared::lock::{Released, RunLock};
+use drpilot_shared::receipt::{seconds, PhaseStatus, ReceiptStore, RunStatus};
+use drpilot_shared::run::ExecutionInfo;
+use drpilot_shared::{Result, S3Uri};
+use serde::Serialize;
+use serde_json::{json, Value};
+use tracing::warn;
+
+use crate::preflight::run_id;
+use crate::{Failback, StepClock};
+
+/// What the state machine's last Choice reads.
+#[derive(Clone, Debug, Serialize)]
+pub struct TeardownOutput {
+    pub run_id: Option<String>,
+    pub status: RunStatus,
+    pub summary: Option<S3Uri>,
+    pub lock: String,
+    pub failure: Option<FailbackFailure>,
+}
+
+impl Failback {
+    pub(crate) async fn teardown(
+        &self,
+        run: Option<&FailbackRun>,
+        raw: &Value,
+        execution: &ExecutionInfo,
+        failure: Option<FailbackFailure>,
+    ) -> Result<TeardownOutput> {
+        // An input preflight refused leaves nothing to clean up or to write to.
+        let untouched = |failure: Option<FailbackFailure>, run_id: Option<String>| TeardownOutput {
+            run_id,
+            status: RunStatus::Failed,
+            summary: None,
+            lock: "not touched: the input was refused".into(),
+            failure,
+        };
+        let input = match run {
+            Some(r) => r.input.clone(),
+            None => match FailbackInput::from_json(raw) {
+                Ok(input) => input,
+                Err(_) => return Ok(untouched(failure, None)),
+            },
+        };
+        let Ok(run_id) = run.map_or_else(|| run_id(&input, execution), |r| Ok(r.run_id.clone()))
+        else {
+            return Ok(untouched(failure, None));
+        };
+        let Ok(profile) = self.profiles.load(&input.profile).await else {
+            return Ok(untouched(failure, Some(run_id)));
+        };
+        let store = ReceiptStore::new(self.clients.s3.clone(), profile.receipts.clone());
+        let clock = StepClock::start(&run_id, FailbackStep::Teardown, 1, input.dry_run);
+        let lock = if input.dry_run {
+            "not taken (dry run)".to_owned()
+        } else {
+            let lock = RunLock::new(self.clients.s3.clone(), profile.target.lock());
+            match lock.release(&run_id).await? {
+                Released::Released => format!("{} released", lock.uri()),
+                Released::NotHeld | Released::KeptForRun => {
+                    format!("{} not held by this failback", lock.uri())
+                }
+                Released::OwnedByOther { owner } => {
+                    warn!(run_id, owner, "the lock belongs to another run; left alone");
+                    format!("{} held by run {owner}: left alone", lock.uri())
+                }
+            }
+        };
+        let summary_uri = store.failback_summary_uri(&run_id)?;
+        clock
+            .end(
+                &store,
+                Ok::<_, drpilot_shared::phase::Failed<Value>>((
+                    (),
+                    json!({"lock": lock, "summary": summary_uri}),
+                )),
+            )
+            .await?;
+        let steps = store.failback_steps(&run_id).await?;
+        let succeeded = |step: FailbackStep| {
+            steps
+                .iter()
+                .find(|r| r.step == step && r.status == PhaseStatus::Success)
+        };
+        let divergence: Option<DivergenceDetails> = steps
+            .iter()
+            .find(|r| r.step == FailbackStep::Divergence)
+            .and_then(|r| serde_json::from_value(r.details.clone()).ok());
+        let copied: Option<CopyBackDetails> = succeeded(FailbackStep::CopyBack)
+            .and_then(|r| serde_json::from_value(r.details.clone()).ok());
+        let kickoff_at = run
+            .map(|r| r.kickoff_at)
+            .or(execution.start_time)
+            .or_else(|| steps.first().map(|s| s.started_at))
+            .unwrap_or_else(Utc::now);
+        let finished_at = Utc::now();
+        let status = if failure.is_some() {
+            RunStatus::Failed
+        } else {
+            RunStatus::Succeeded
+        };
+        let summary = FailbackSummary {
+            run_id: run_id.clone(),
+            kind: SUMMARY_KIND.into(),
+            dr_run_id: input.dr_run_id.clone(),
+            profile: input.profile.clone(),
+            mode: run.map(|r| r.mode).or(input.mode),
+            status,
+            dry_run: input.dry_run,
+            execution_arn: execution.arn.clone(),
+            kickoff_at,
+            finished_at,
+            duration_seconds: seconds(finished_at - kickoff_at),
+            steps,
+            divergence: divergence.as_ref().map(|d| d.counts.clone()),
+            divergence_report: divergence.map(|d| d.report),
+            confirmations: copied
+                .as_ref()
+                .map(|c| c.confirmations.clone())
+                .unwrap_or_default(),
+            objects_copied: copied.as_ref().map_or(0, |c| c.objects_copied),
+            generation: copied.as_ref().map(|c| c.generation),
+            audit_record: copied.map(|c| c.audit_record),
+            lock: lock.clone(),
+            failure: failure.clone(),
+        };
+        let summary_uri = store.put_failback_summary(&summary).await?;
+        Ok(TeardownOutput {
+            run_id: Some(run_id),
+            status,
+            summary: Some(summary_uri),
+            lock,
+            failure,
+        })
+    }
+}
