@@ -213,6 +213,16 @@ fn read_events(progress: &mut Progress, events: &[HistoryEvent]) {
                     .and_then(|p| p["Message"].as_str().map(str::to_owned));
             }
         }
+        // An answered (or failed) wait for a task token: nothing to approve any more,
+        // until the next one is scheduled (a failback asks twice).
+        let answered = [
+            event.task_succeeded_event_details().map(|d| d.resource()),
+            event.task_failed_event_details().map(|d| d.resource()),
+            event.task_timed_out_event_details().map(|d| d.resource()),
+        ];
+        if answered.contains(&Some("publish.waitForTaskToken")) {
+            token = None;
+        }
         if let Some(failed) = event.task_failed_event_details() {
             if let Some(i) = current {
                 progress.steps[i].failed = Some(format!(

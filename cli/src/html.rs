@@ -1,6 +1,7 @@
 //! The run report: a few lines of text, or one self-contained HTML page (inline CSS, no
 //! external assets) with the phase timeline, RTO/RPO against targets, parity and approval.
 
+use drpilot_shared::failback::FailbackSummary;
 use drpilot_shared::receipt::{Objective, PhaseReceipt, PhaseStatus, RunStatus, RunSummary};
 
 use crate::CliError;
@@ -130,7 +131,7 @@ struct ExecutionRow {
 }
 
 struct FailureLine {
-    phase: &'static str,
+    phase: String,
     error: String,
     cause: String,
 }
@@ -296,7 +297,7 @@ pub fn render(s: &RunSummary, receipts: &[PhaseReceipt]) -> Result<String, CliEr
         kickoff: s.kickoff_at.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
         finished: s.finished_at.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
         failure: s.failure.as_ref().map(|f| FailureLine {
-            phase: f.phase.map_or("?", |p| p.as_str()),
+            phase: f.phase.map_or("?", |p| p.as_str()).to_owned(),
             error: f.error.clone(),
             cause: crate::history::readable_cause(&f.cause),
         }),
@@ -512,4 +513,163 @@ mod tests {
             "{text}"
         );
     }
+}
+
+/// A failback's summary in a few lines.
+pub fn failback_text(s: &FailbackSummary) -> Vec<String> {
+    let mut lines = vec![format!(
+        "failback {} of DR run {} (profile {}): {}{}",
+        s.run_id,
+        s.dr_run_id,
+        s.profile,
+        match s.status {
+            RunStatus::Succeeded => "succeeded",
+            RunStatus::Failed => "FAILED",
+        },
+        if s.dry_run { " (dry run)" } else { "" }
+    )];
+    if let Some(d) = &s.divergence {
+        lines.push(format!(
+            "  since the backup: {} keys changed on the DR site, {} on the primary only, {} on both differently, {} on both alike, {} unchanged, {} DR drift",
+            d.dr_changed, d.primary_changed, d.divergent, d.both_same, d.unchanged, d.dr_drift
+        ));
+    }
+    if let Some(report) = &s.divergence_report {
+        lines.push(format!("  plan {report}"));
+    }
+    if !s.confirmations.is_empty() {
+        lines.push(format!("  confirmed by {}", confirmed_by(s)));
+    }
+    if let (Some(generation), Some(audit)) = (s.generation, &s.audit_record) {
+        lines.push(format!(
+            "  copied {} objects; generation {generation}; audit record {audit}",
+            s.objects_copied
+        ));
+    }
+    for r in &s.steps {
+        lines.push(format!(
+            "  {:<14} {:<8} {:>9}  {}",
+            r.step.as_str(),
+            r.status.as_str(),
+            format!("{:.2} s", r.duration_ms as f64 / 1000.0),
+            r.reason.as_deref().unwrap_or("")
+        ));
+    }
+    if let Some(f) = &s.failure {
+        lines.push(format!(
+            "  failure in {}: {} {}",
+            f.step,
+            f.error,
+            crate::history::readable_cause(&f.cause)
+        ));
+    }
+    lines.push(format!("  lock: {}", s.lock));
+    lines
+}
+
+fn confirmed_by(s: &FailbackSummary) -> String {
+    s.confirmations
+        .iter()
+        .map(|c| match &c.ticket {
+            Some(t) => format!("{} ({t})", c.approver),
+            None => format!("{} ({})", c.approver, c.kind),
+        })
+        .collect::<Vec<_>>()
+        .join(" and ")
+}
+
+/// The failback page (`templates/failback.html`).
+#[derive(askama::Template)]
+#[template(path = "failback.html")]
+struct FailbackPage<'a> {
+    run: &'a str,
+    dr_run: &'a str,
+    status: &'static str,
+    profile: &'a str,
+    dry_run: bool,
+    kickoff: String,
+    finished: String,
+    failure: Option<FailureLine>,
+    divergent_class: &'static str,
+    divergent: String,
+    dr_changed: String,
+    primary_changed: String,
+    copied: u64,
+    confirmations: &'a [drpilot_shared::failback::Confirmation],
+    confirmed_by: String,
+    generation: String,
+    audit_record: String,
+    plan: String,
+    lock: &'a str,
+    rows: Vec<PhaseRow>,
+    execution: &'a str,
+}
+
+/// A failback's page, everything inline.
+pub fn render_failback(s: &FailbackSummary) -> Result<String, CliError> {
+    let count = |f: fn(&drpilot_shared::failback::DivergenceCounts) -> u64| {
+        s.divergence
+            .as_ref()
+            .map_or("n/a".to_owned(), |d| f(d).to_string())
+    };
+    let page = FailbackPage {
+        run: &s.run_id,
+        dr_run: &s.dr_run_id,
+        status: match s.status {
+            RunStatus::Succeeded => "succeeded",
+            RunStatus::Failed => "FAILED",
+        },
+        profile: &s.profile,
+        dry_run: s.dry_run,
+        kickoff: s.kickoff_at.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
+        finished: s.finished_at.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
+        failure: s.failure.as_ref().map(|f| FailureLine {
+            phase: f.step.clone(),
+            error: f.error.clone(),
+            cause: crate::history::readable_cause(&f.cause),
+        }),
+        divergent_class: match s.divergence.as_ref().map(|d| d.divergent) {
+            Some(0) => "ok",
+            Some(_) => "bad",
+            None => "na",
+        },
+        divergent: count(|d| d.divergent),
+        dr_changed: count(|d| d.dr_changed),
+        primary_changed: count(|d| d.primary_changed),
+        copied: s.objects_copied,
+        confirmations: &s.confirmations,
+        confirmed_by: if s.confirmations.is_empty() {
+            "none".to_owned()
+        } else {
+            confirmed_by(s)
+        },
+        generation: s
+            .generation
+            .map_or("unchanged".to_owned(), |g| g.to_string()),
+        audit_record: s
+            .audit_record
+            .as_ref()
+            .map_or("none".to_owned(), ToString::to_string),
+        plan: s
+            .divergence_report
+            .as_ref()
+            .map_or("none".to_owned(), ToString::to_string),
+        lock: &s.lock,
+        rows: s
+            .steps
+            .iter()
+            .map(|r| PhaseRow {
+                phase: r.step.as_str(),
+                status: r.status.as_str(),
+                duration: format!("{:.2} s", r.duration_ms as f64 / 1000.0),
+                attempt: r.attempt,
+                left: 0.0,
+                width: 0.0,
+                reason: r.reason.clone().unwrap_or_default(),
+            })
+            .collect(),
+        execution: s.execution_arn.as_deref().unwrap_or("unknown"),
+    };
+    askama::Template::render(&page)
+        .map_err(|e| CliError::Io(format!("rendering the failback report: {e}")))
 }

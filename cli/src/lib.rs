@@ -19,6 +19,7 @@ use drpilot_shared::AwsClients;
 use crate::history::ExecutionState;
 
 pub use commands::approve::{approve, deny};
+pub use commands::failback::{failback, FailbackArgs, FailbackProgress};
 pub use commands::local;
 pub use commands::receipts::{receipts, records, RunRecords};
 pub use commands::report::report;
@@ -32,6 +33,8 @@ pub use output::{ExitStatus, Out};
 /// The state machine the CLI drives when none is named: the name the SAM template and the
 /// local drill give it.
 pub const DEFAULT_STATE_MACHINE: &str = "drpilot-drill";
+/// The failback state machine the CLI drives when none is named (`--failback-state-machine`).
+pub const FAILBACK_STATE_MACHINE: &str = "drpilot-failback";
 /// The error `drpilot deny` fails the approval task with.
 pub const DENIED: &str = "ApprovalDenied";
 
@@ -43,6 +46,9 @@ pub struct Ctx {
     pub sns: aws_sdk_sns::Client,
     pub sqs: aws_sdk_sqs::Client,
     pub state_machine: Option<String>,
+    /// The failback state machine (a name or an ARN); [`FAILBACK_STATE_MACHINE`] when
+    /// not given.
+    pub failback_state_machine: Option<String>,
     pub out: Out,
 }
 
@@ -60,7 +66,35 @@ impl Ctx {
             sqs: aws_sdk_sqs::Client::new(&config),
             aws: AwsClients::from_config(config),
             state_machine,
+            failback_state_machine: None,
             out,
+        }
+    }
+
+    /// These clients, driving the failback state machine instead of the drill's.
+    pub fn failback(&self) -> Self {
+        Self {
+            state_machine: Some(
+                self.failback_state_machine
+                    .clone()
+                    .unwrap_or_else(|| FAILBACK_STATE_MACHINE.to_owned()),
+            ),
+            ..self.clone()
+        }
+    }
+
+    /// The execution of `run` in the drill state machine, else in the failback one (a
+    /// failback run answered with `drpilot approve`, `deny` or `status`).
+    pub async fn any_execution_arn(&self, run: &str) -> Result<(String, Self), CliError> {
+        match self.execution_arn(run).await {
+            Ok(arn) => Ok((arn, self.clone())),
+            Err(first) => {
+                let failback = self.failback();
+                match failback.execution_arn(run).await {
+                    Ok(arn) => Ok((arn, failback)),
+                    Err(_) => Err(first),
+                }
+            }
         }
     }
 

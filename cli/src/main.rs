@@ -19,6 +19,9 @@ struct Cli {
     /// The state machine to drive: a name or an ARN (default: drpilot-drill).
     #[arg(long, global = true, env = "DRPILOT_STATE_MACHINE")]
     state_machine: Option<String>,
+    /// The failback state machine: a name or an ARN (default: drpilot-failback).
+    #[arg(long, global = true, env = "DRPILOT_FAILBACK_STATE_MACHINE")]
+    failback_state_machine: Option<String>,
     /// Talk to the local stack (moto on 127.0.0.1:4599) instead of AWS.
     #[arg(long, global = true)]
     local: bool,
@@ -56,6 +59,9 @@ enum Command {
         #[command(flatten)]
         flags: ResumeFlags,
     },
+    /// Return the data from the DR site to the primary after a recovery promoted it:
+    /// preflight, divergence, two confirmations, copy back, teardown.
+    Failback(drpilot_cli::FailbackArgs),
     /// A run's phases so far (its latest execution; RUN.N names one).
     Status { run: String },
     /// Approve a waiting run's promotion.
@@ -142,7 +148,12 @@ enum LocalCommand {
 async fn run(cli: Cli) -> Result<ExitStatus, CliError> {
     let out = Out { json: cli.json };
     let endpoint = cli.local.then_some(local::ENDPOINT);
-    let ctx = || Ctx::new(endpoint, cli.state_machine.clone(), out);
+    let ctx = || async {
+        let mut ctx = Ctx::new(endpoint, cli.state_machine.clone(), out).await;
+        ctx.failback_state_machine
+            .clone_from(&cli.failback_state_machine);
+        ctx
+    };
     match &cli.command {
         Command::Start {
             profile,
@@ -175,6 +186,13 @@ async fn run(cli: Cli) -> Result<ExitStatus, CliError> {
             out.result(&progress);
             Ok(ExitStatus::success_if(
                 progress.succeeded() || (*no_wait && !progress.finished()),
+            ))
+        }
+        Command::Failback(args) => {
+            let progress = drpilot_cli::failback(&ctx().await, args).await?;
+            out.result(&progress);
+            Ok(ExitStatus::success_if(
+                progress.succeeded() || (args.no_wait && !progress.progress.finished()),
             ))
         }
         Command::Status { run } => {
@@ -212,7 +230,10 @@ async fn run(cli: Cli) -> Result<ExitStatus, CliError> {
         }
         Command::Report { run, html } => {
             let records = report(&ctx().await, run, html.as_deref()).await?;
-            out.result(&records.summary);
+            match (&records.summary, &records.failback) {
+                (None, Some(failback)) => out.result(failback),
+                (summary, _) => out.result(summary),
+            }
             Ok(ExitStatus::Success)
         }
         Command::Backup {

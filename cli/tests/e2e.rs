@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use drpilot_cli::history::fetch;
-use drpilot_cli::local::deploy_state_machine;
+use drpilot_cli::local::{deploy_state_machine, Machine};
 use drpilot_cli::{approve, deny, follow, parse_since, records, runs, start, Ctx, Out, StartFlags};
 use drpilot_shared::receipt::{PhaseStatus, RunStatus};
 use drpilot_shared::Phase;
@@ -47,7 +47,7 @@ async fn stack_with_topic(
             created.topic_arn().unwrap().to_owned()
         }
     };
-    deploy_state_machine(&ctx, MACHINE, &topic, 600)
+    deploy_state_machine(&ctx, Machine::Drill, MACHINE, &topic, 600)
         .await
         .unwrap();
     let src = tmp.path().join("src");

@@ -88,19 +88,23 @@ impl Phase {
     }
 }
 
-/// A state of the drill state machine an operator follows: a phase, or the wait for an
-/// approval between parity-report and promote.
+/// A state of a state machine an operator follows: a drill phase, the wait for an
+/// approval between parity-report and promote, a failback step, or one of a failback's
+/// two confirmations.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Stage {
     Phase(Phase),
     Approval,
+    Failback(crate::failback::FailbackStep),
+    /// Confirmation 1 or 2 of a failback.
+    Confirmation(u8),
 }
 
 impl Stage {
     /// The state that waits for `drpilot approve`/`deny`.
     pub const APPROVAL_STATE: &'static str = "RequestApproval";
 
-    /// Every stage, in the order a run goes through them.
+    /// Every stage of a drill, in the order a run goes through them.
     pub fn all() -> impl Iterator<Item = Stage> {
         Phase::ALL.into_iter().flat_map(|phase| {
             let approval = (phase == Phase::Promote).then_some(Stage::Approval);
@@ -108,15 +112,37 @@ impl Stage {
         })
     }
 
+    /// Every stage of a failback, in order (its teardown state is the drill's name).
+    pub fn failback() -> impl Iterator<Item = Stage> {
+        use crate::failback::FailbackStep;
+        [
+            Stage::Failback(FailbackStep::Preflight),
+            Stage::Failback(FailbackStep::Divergence),
+            Stage::Confirmation(1),
+            Stage::Confirmation(2),
+            Stage::Failback(FailbackStep::CopyBack),
+        ]
+        .into_iter()
+    }
+
     /// The stage a state machine state is, if it is one.
     pub fn of_state(state: &str) -> Option<Stage> {
-        Stage::all().find(|stage| stage.state_name() == state)
+        Stage::all()
+            .chain(Stage::failback())
+            .find(|stage| stage.state_name() == state)
     }
 
     pub fn state_name(self) -> &'static str {
+        use crate::failback::FailbackStep;
         match self {
             Self::Phase(phase) => phase.state_name(),
             Self::Approval => Self::APPROVAL_STATE,
+            Self::Failback(FailbackStep::Preflight) => "Preflight",
+            Self::Failback(FailbackStep::Divergence) => "Divergence",
+            Self::Failback(FailbackStep::CopyBack) => "CopyBack",
+            Self::Failback(FailbackStep::Teardown) => Phase::Teardown.state_name(),
+            Self::Confirmation(1) => "Confirm1",
+            Self::Confirmation(_) => "Confirm2",
         }
     }
 
@@ -124,6 +150,9 @@ impl Stage {
         match self {
             Self::Phase(phase) => phase.as_str(),
             Self::Approval => "approval",
+            Self::Failback(step) => step.as_str(),
+            Self::Confirmation(1) => "confirm-1",
+            Self::Confirmation(_) => "confirm-2",
         }
     }
 }
@@ -334,9 +363,15 @@ impl RunInput {
 /// A new run id for a run in `mode`: sortable by time, unique enough for one state
 /// machine, and within [`NameRule::RUN_ID`].
 pub fn new_run_id(mode: Mode) -> String {
+    new_id(mode.as_str())
+}
+
+/// `<kind>-<UTC time>-<random>`: [`new_run_id`] for a run that is not a drill or a
+/// recovery (a failback).
+pub fn new_id(kind: &str) -> String {
     let suffix = uuid::Uuid::new_v4().simple().to_string();
     format!(
-        "{mode}-{}-{}",
+        "{kind}-{}-{}",
         Utc::now().format("%Y%m%d-%H%M%S"),
         &suffix[..6]
     )

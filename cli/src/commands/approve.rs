@@ -9,7 +9,7 @@ use crate::{CliError, Ctx, DENIED};
 
 /// Finds the waiting approval's task token, or says why there is none.
 async fn waiting_token(ctx: &Ctx, run_id: &str) -> Result<String, CliError> {
-    let arn = ctx.execution_arn(run_id).await?;
+    let (arn, _) = ctx.any_execution_arn(run_id).await?;
     let progress = fetch(&ctx.sfn, &arn).await?;
     progress.waiting_token.ok_or_else(|| {
         CliError::Usage(format!(

@@ -15,7 +15,9 @@ use drpilot_shared::profile::ProfileSource;
 use drpilot_shared::S3Uri;
 
 use crate::history::ExecutionState;
-use crate::{html, records, Approver, CliError, Ctx, Out, DEFAULT_STATE_MACHINE};
+use crate::{
+    html, records, Approver, CliError, Ctx, Out, DEFAULT_STATE_MACHINE, FAILBACK_STATE_MACHINE,
+};
 
 pub const ENDPOINT: &str = "http://127.0.0.1:4599";
 pub const ACCOUNT: &str = "123456789012";
@@ -71,10 +73,13 @@ async fn prepare(out: Out) -> Result<Stack, CliError> {
     let ctx = Ctx::new(Some(ENDPOINT), Some(DEFAULT_STATE_MACHINE.to_owned()), out).await;
     out.say("== provisioning buckets, profile, notifications and the state machine");
     let (topic, queue) = provision(&ctx).await?;
-    let machine = deploy_state_machine(&ctx, DEFAULT_STATE_MACHINE, &topic, 3600).await?;
-    out.say(format!(
-        "   state machine {machine} (statemachine/drill.asl.json)"
-    ));
+    for (machine, name) in [
+        (Machine::Drill, DEFAULT_STATE_MACHINE),
+        (Machine::Failback, FAILBACK_STATE_MACHINE),
+    ] {
+        let arn = deploy_state_machine(&ctx, machine, name, &topic, 3600).await?;
+        out.say(format!("   state machine {arn} ({})", machine.file()));
+    }
     Ok(Stack { ctx, queue })
 }
 
@@ -113,9 +118,32 @@ pub fn down() -> Result<(), CliError> {
     run_script(&["down"])
 }
 
-/// The state machine definition with this stack's function ARNs and topic.
-pub fn definition(root: &Path, topic_arn: &str, approval_timeout: u32) -> Result<String, CliError> {
-    let path = root.join("statemachine/drill.asl.json");
+/// A state machine of the repository, by its ASL file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Machine {
+    /// `statemachine/drill.asl.json`: drills and recoveries.
+    Drill,
+    /// `statemachine/failback.asl.json`.
+    Failback,
+}
+
+impl Machine {
+    pub fn file(self) -> &'static str {
+        match self {
+            Self::Drill => "statemachine/drill.asl.json",
+            Self::Failback => "statemachine/failback.asl.json",
+        }
+    }
+}
+
+/// A state machine definition with this stack's function ARNs and topic.
+pub fn definition(
+    root: &Path,
+    machine: Machine,
+    topic_arn: &str,
+    approval_timeout: u32,
+) -> Result<String, CliError> {
+    let path = root.join(machine.file());
     let mut text = std::fs::read_to_string(&path)
         .map_err(|e| CliError::Io(format!("reading {}: {e}", path.display())))?;
     let function = |name: &str| format!("arn:aws:lambda:{REGION}:{ACCOUNT}:function:{name}");
@@ -127,6 +155,7 @@ pub fn definition(root: &Path, topic_arn: &str, approval_timeout: u32) -> Result
         ("ComponentsFunctionArn", function("components")),
         ("PromoteFunctionArn", function("promote")),
         ("TeardownFunctionArn", function("teardown")),
+        ("FailbackFunctionArn", function("failback")),
         ("TopicArn", topic_arn.to_owned()),
         ("ApprovalTimeoutSeconds", approval_timeout.to_string()),
         (
@@ -150,11 +179,12 @@ pub fn definition(root: &Path, topic_arn: &str, approval_timeout: u32) -> Result
 /// Creates (or updates) the state machine named `name` from the repository's ASL.
 pub async fn deploy_state_machine(
     ctx: &Ctx,
+    machine: Machine,
     name: &str,
     topic_arn: &str,
     approval_timeout: u32,
 ) -> Result<String, CliError> {
-    let definition = definition(&repo_root(), topic_arn, approval_timeout)?;
+    let definition = definition(&repo_root(), machine, topic_arn, approval_timeout)?;
     let role = format!("arn:aws:iam::{ACCOUNT}:role/drpilot-state-machine");
     let existing = ctx
         .sfn

@@ -2,6 +2,7 @@
 
 pub mod approve;
 pub mod backup;
+pub mod failback;
 pub mod local;
 pub mod receipts;
 pub mod report;

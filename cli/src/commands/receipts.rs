@@ -2,6 +2,7 @@
 //! (profile → receipts location).
 
 use drpilot_shared::component::ComponentReceipt;
+use drpilot_shared::failback::{FailbackInput, FailbackReceipt, FailbackSummary};
 use drpilot_shared::input::{normalize, TriggerDefaults};
 use drpilot_shared::profile::ProfileSource;
 use drpilot_shared::receipt::{PhaseReceipt, ReceiptStore, RunSummary};
@@ -23,16 +24,25 @@ pub struct RunRecords {
     pub record: Option<RunRecord>,
     /// Each component's receipt (its restore, verdict, RTO/RPO and cleanup).
     pub components: Vec<ComponentReceipt>,
+    /// A failback run's step receipts and summary.
+    pub failback_steps: Vec<FailbackReceipt>,
+    pub failback: Option<FailbackSummary>,
 }
 
 pub async fn records(ctx: &Ctx, run: &str) -> Result<RunRecords, CliError> {
-    let arn = ctx.execution_arn(run).await?;
+    let (arn, _) = ctx.any_execution_arn(run).await?;
     let progress = fetch(&ctx.sfn, &arn).await?;
     let run_id = &ExecutionName::parse(run).run_id;
-    // The profile, from bringup's run context, else from the execution's input.
+    // The profile, from bringup's run context, else from the execution's input (a
+    // drill's or a failback's).
     let profile_name = match (&progress.run, &progress.input) {
         (Some(context), _) => context.input.profile.clone(),
-        (None, Some(input)) => normalize(input, &TriggerDefaults::default())?.input.profile,
+        (None, Some(input)) => match normalize(input, &TriggerDefaults::default()) {
+            Ok(normalized) => normalized.input.profile,
+            Err(err) => FailbackInput::from_json(input)
+                .map_err(|_| err)?
+                .profile,
+        },
         (None, None) => {
             return Err(CliError::Usage(format!(
                 "run {run_id}: its execution has neither a run context nor a readable input, so no receipts to read"
@@ -50,6 +60,8 @@ pub async fn records(ctx: &Ctx, run: &str) -> Result<RunRecords, CliError> {
         summary: store.get_summary(run_id).await?,
         record: store.get_record(run_id).await?.map(|(record, _)| record),
         components: store.components(run_id).await?,
+        failback_steps: store.failback_steps(run_id).await?,
+        failback: store.get_failback_summary(run_id).await?,
     })
 }
 
@@ -90,6 +102,16 @@ pub async fn receipts(ctx: &Ctx, run_id: &str) -> Result<RunRecords, CliError> {
             }
         ));
     }
+    for r in &records.failback_steps {
+        ctx.out.say(format!(
+            "  {:<14} {:<8} {:>8} ms  attempt {}  {}",
+            r.step.as_str(),
+            r.status.as_str(),
+            r.duration_ms,
+            r.attempt,
+            r.reason.as_deref().unwrap_or("")
+        ));
+    }
     for e in records.record.iter().flat_map(|r| &r.executions) {
         ctx.out.say(format!(
             "  execution {:<20} {:<28} {}",
@@ -98,7 +120,7 @@ pub async fn receipts(ctx: &Ctx, run_id: &str) -> Result<RunRecords, CliError> {
             e.ended()
         ));
     }
-    if records.summary.is_none() {
+    if records.summary.is_none() && records.failback.is_none() {
         ctx.out
             .say("  (no run summary yet: teardown has not finished)");
     }

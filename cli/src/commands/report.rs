@@ -1,4 +1,4 @@
-//! `drpilot report`: a run's summary in words, and optionally one self-contained HTML
+//! `drpilot report`: a run's (or a failback's) summary in words, and optionally one self-contained HTML
 //! page.
 
 use crate::commands::receipts::{records, RunRecords};
@@ -12,6 +12,17 @@ pub async fn report(
     html_file: Option<&std::path::Path>,
 ) -> Result<RunRecords, CliError> {
     let records = records(ctx, run_id).await?;
+    if let (None, Some(failback)) = (&records.summary, &records.failback) {
+        for line in html::failback_text(failback) {
+            ctx.out.say(line);
+        }
+        if let Some(path) = html_file {
+            write(path, &html::render_failback(failback)?)?;
+            ctx.out
+                .say(format!("HTML report written to {}", path.display()));
+        }
+        return Ok(records);
+    }
     let Some(summary) = &records.summary else {
         return Err(CliError::Usage(format!(
             "run {run_id} has no summary yet (teardown writes it at the end of the run)"
@@ -21,10 +32,13 @@ pub async fn report(
         ctx.out.say(line);
     }
     if let Some(path) = html_file {
-        std::fs::write(path, html::render(summary, &records.phases)?)
-            .map_err(|e| CliError::Io(format!("writing {}: {e}", path.display())))?;
+        write(path, &html::render(summary, &records.phases)?)?;
         ctx.out
             .say(format!("HTML report written to {}", path.display()));
     }
     Ok(records)
+}
+
+fn write(path: &std::path::Path, page: &str) -> Result<(), CliError> {
+    std::fs::write(path, page).map_err(|e| CliError::Io(format!("writing {}: {e}", path.display())))
 }

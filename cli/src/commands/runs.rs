@@ -1,8 +1,10 @@
 //! `drpilot runs`: one line per run — id, mode, trigger, status, RTO and RPO against their
-//! targets, promoted — newest first, read from the run summaries teardown writes under
+//! targets, promoted; for a failback its DR run, divergence counts and confirmations —
+//! newest first, read from the run summaries teardown writes under
 //! each profile's receipts location.
 
 use chrono::{DateTime, NaiveDate, Utc};
+use drpilot_shared::failback::{DivergenceCounts, FailbackSummary};
 use drpilot_shared::input::Mode;
 use drpilot_shared::profile::ProfileSource;
 use drpilot_shared::receipt::{Objective, ReceiptStore, RunStatus};
@@ -25,6 +27,45 @@ pub struct RunLine {
     pub rto: Option<Objective>,
     pub rpo: Option<Objective>,
     pub promoted: Option<bool>,
+    /// A failback run's figures (`null` for drills and recoveries).
+    pub failback: Option<FailbackLine>,
+}
+
+/// What `drpilot runs` shows of a failback.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct FailbackLine {
+    pub dr_run_id: String,
+    pub dry_run: bool,
+    /// How the sites changed since the DR run's baseline (`null` before divergence ran).
+    pub divergence: Option<DivergenceCounts>,
+    /// Who confirmed (approvers, or the literal confirmations).
+    pub confirmations: Vec<String>,
+    pub objects_copied: u64,
+    pub generation: Option<u64>,
+}
+
+impl RunLine {
+    fn of_failback(s: FailbackSummary, profile: String) -> Self {
+        Self {
+            run_id: s.run_id,
+            profile,
+            mode: s.mode,
+            trigger: Some("manual"),
+            status: s.status.as_str(),
+            kickoff_at: Some(s.kickoff_at),
+            rto: None,
+            rpo: None,
+            promoted: None,
+            failback: Some(FailbackLine {
+                dr_run_id: s.dr_run_id,
+                dry_run: s.dry_run,
+                divergence: s.divergence,
+                confirmations: s.confirmations.into_iter().map(|c| c.approver).collect(),
+                objects_copied: s.objects_copied,
+                generation: s.generation,
+            }),
+        }
+    }
 }
 
 impl RunLine {
@@ -40,6 +81,7 @@ impl RunLine {
             rto: None,
             rpo: None,
             promoted: None,
+            failback: None,
         }
     }
 }
@@ -92,8 +134,12 @@ pub async fn runs(
                     rto: Some(s.rto),
                     rpo: Some(s.rpo),
                     promoted: Some(s.promoted),
+                    failback: None,
                 },
-                None => RunLine::unfinished(run_id, name.clone()),
+                None => match store.get_failback_summary(&run_id).await? {
+                    Some(s) => RunLine::of_failback(s, name.clone()),
+                    None => RunLine::unfinished(run_id, name.clone()),
+                },
             };
             let recent = match (since, line.kickoff_at) {
                 (Some(since), Some(at)) => at >= since,
@@ -120,6 +166,32 @@ pub async fn runs(
 /// One line for people.
 pub fn describe(line: &RunLine) -> String {
     let or_dash = |v: Option<String>| v.unwrap_or_else(|| "-".to_owned());
+    if let Some(f) = &line.failback {
+        let counts = f
+            .divergence
+            .as_ref()
+            .map_or("divergence not measured".to_owned(), |d| {
+                format!(
+                    "DR changed {}, primary changed {}, divergent {}",
+                    d.dr_changed, d.primary_changed, d.divergent
+                )
+            });
+        let confirmed = if f.confirmations.is_empty() {
+            "-".to_owned()
+        } else {
+            f.confirmations.join(", ")
+        };
+        return format!(
+            "{}  {:<11} failback{} {:<10} of {}  {counts}  confirmed by {confirmed}  copied {}  (profile {})",
+            or_dash(line.kickoff_at.map(|t| t.format("%Y-%m-%d %H:%M").to_string())),
+            line.status,
+            if f.dry_run { " (dry run)" } else { "" },
+            line.run_id,
+            f.dr_run_id,
+            f.objects_copied,
+            line.profile
+        );
+    }
     format!(
         "{}  {:<11} {:<8} {:<9} {:<10} RTO {}  RPO {}  promoted {}  (profile {})",
         or_dash(

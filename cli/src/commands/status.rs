@@ -6,7 +6,7 @@ use crate::{CliError, Ctx};
 
 /// `drpilot status`: the run's steps so far.
 pub async fn status(ctx: &Ctx, run_id: &str) -> Result<Progress, CliError> {
-    let arn = ctx.execution_arn(run_id).await?;
+    let (arn, _) = ctx.any_execution_arn(run_id).await?;
     let progress = fetch(&ctx.sfn, &arn).await?;
     ctx.out.say(format!("run {run_id}: {}", progress.status));
     for step in &progress.steps {
