@@ -57,6 +57,8 @@ up() {
       cd "$root"
       eval "$(client_env)"
       export PATH="$root/.venv/bin:$PATH"
+      # The drill schedule failback's preflight checks (the local stack creates it disabled).
+      export DRPILOT_DRILL_SCHEDULE=drpilot-monthly-drill
       exec setsid cargo lambda watch --invoke-address 127.0.0.1 --invoke-port "$lambda_port" \
         </dev/null >"$state/watch.log" 2>&1
     ) &

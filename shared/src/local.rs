@@ -188,3 +188,73 @@ pub async fn emulator_database(
     }
     Ok(())
 }
+
+/// The name the template gives the stack's drill schedule when the stack is named
+/// `drpilot` (`<stack>-monthly-drill`), which the local stack and the tests mirror.
+pub const DRILL_SCHEDULE: &str = "drpilot-monthly-drill";
+
+/// The stack's drill schedule in the emulator's EventBridge Scheduler, created if
+/// missing, in the state `enabled` says (the template creates it disabled unless
+/// `EnableTriggers=true`); failback's preflight reads it.
+pub async fn emulator_schedule(
+    scheduler: &aws_sdk_scheduler::Client,
+    state_machine_arn: &str,
+    enabled: bool,
+) -> Result<(), String> {
+    use aws_sdk_scheduler::types::{
+        FlexibleTimeWindow, FlexibleTimeWindowMode, ScheduleState, Target,
+    };
+    let fail = |what: &str, e: &dyn std::error::Error| {
+        format!(
+            "{what} {DRILL_SCHEDULE}: {}",
+            aws_smithy_types::error::display::DisplayErrorContext(e)
+        )
+    };
+    let build = |what: &str, e: aws_sdk_scheduler::error::BuildError| fail(what, &e);
+    let window = FlexibleTimeWindow::builder()
+        .mode(FlexibleTimeWindowMode::Off)
+        .build()
+        .map_err(|e| build("FlexibleTimeWindow", e))?;
+    let target = Target::builder()
+        .arn(state_machine_arn)
+        // The emulator checks no role; the template gives the schedule its own.
+        .role_arn("arn:aws:iam::123456789012:role/drpilot-scheduler")
+        .input("{\"mode\":\"drill\"}")
+        .build()
+        .map_err(|e| build("Target", e))?;
+    let state = if enabled {
+        ScheduleState::Enabled
+    } else {
+        ScheduleState::Disabled
+    };
+    let exists = scheduler
+        .get_schedule()
+        .name(DRILL_SCHEDULE)
+        .send()
+        .await
+        .is_ok();
+    if exists {
+        scheduler
+            .update_schedule()
+            .name(DRILL_SCHEDULE)
+            .schedule_expression("cron(0 9 ? * 2#1 *)")
+            .flexible_time_window(window)
+            .target(target)
+            .state(state)
+            .send()
+            .await
+            .map_err(|e| fail("UpdateSchedule", &e))?;
+    } else {
+        scheduler
+            .create_schedule()
+            .name(DRILL_SCHEDULE)
+            .schedule_expression("cron(0 9 ? * 2#1 *)")
+            .flexible_time_window(window)
+            .target(target)
+            .state(state)
+            .send()
+            .await
+            .map_err(|e| fail("CreateSchedule", &e))?;
+    }
+    Ok(())
+}

@@ -21,6 +21,8 @@ pub use drpilot_shared::local::repo_root;
 
 pub const PROFILE: &str = "test";
 pub const TARGET_BUCKET: &str = "target-data";
+/// The primary site [`test_profile`] fails back to (the target is the DR site).
+pub const PRIMARY_BUCKET: &str = "primary-data";
 pub const BACKUP_BUCKET: &str = "backup-store";
 /// Where [`test_profile`] expects backups: `s3://backup-store/prod/backups/<id>/`.
 pub const BACKUP_PREFIX: &str = "prod/backups/";
@@ -29,6 +31,7 @@ pub const BACKUP_PREFIX: &str = "prod/backups/";
 pub fn test_profile() -> serde_json::Value {
     serde_json::json!({
         "target": {"bucket": TARGET_BUCKET},
+        "primary": {"bucket": PRIMARY_BUCKET},
         "backups": format!("s3://{BACKUP_BUCKET}/{BACKUP_PREFIX}"),
         "receipts": format!("s3://{TARGET_BUCKET}/drpilot/receipts/"),
         "account_id": ACCOUNT_ID,
@@ -250,6 +253,10 @@ fn start_functions(server: &Server) -> Result<(), String> {
         .env("AWS_REGION", REGION)
         .env("AWS_DEFAULT_REGION", REGION)
         .env("DRPILOT_DEFAULT_PROFILE", PROFILE)
+        .env(
+            "DRPILOT_DRILL_SCHEDULE",
+            drpilot_shared::local::DRILL_SCHEDULE,
+        )
         .env_remove("AWS_PROFILE")
         .stdin(Stdio::null())
         .stdout(log)
@@ -268,6 +275,55 @@ fn start_functions(server: &Server) -> Result<(), String> {
 }
 
 pub use drpilot_shared::local::http;
+
+/// An interceptor that lets the first `allowed` requests of one operation through and
+/// fails every later one before it is sent: a fault injected into a real client (a copy
+/// cut off in the middle) where the emulator has no way to fail on cue.
+#[derive(Clone, Debug)]
+pub struct FailAfter {
+    operation: &'static str,
+    allowed: u32,
+    seen: std::sync::Arc<std::sync::atomic::AtomicU32>,
+}
+
+impl FailAfter {
+    pub fn new(operation: &'static str, allowed: u32) -> Self {
+        Self {
+            operation,
+            allowed,
+            seen: std::sync::Arc::default(),
+        }
+    }
+}
+
+impl aws_smithy_runtime_api::client::interceptors::Intercept for FailAfter {
+    fn name(&self) -> &'static str {
+        "drpilot_testkit::FailAfter"
+    }
+
+    fn read_before_transmit(
+        &self,
+        _context: &aws_smithy_runtime_api::client::interceptors::context::BeforeTransmitInterceptorContextRef<'_>,
+        _runtime_components: &aws_smithy_runtime_api::client::runtime_components::RuntimeComponents,
+        cfg: &mut aws_smithy_types::config_bag::ConfigBag,
+    ) -> Result<(), aws_smithy_runtime_api::box_error::BoxError> {
+        let operation = cfg
+            .load::<aws_smithy_runtime_api::client::orchestrator::Metadata>()
+            .map(|m| m.name().to_owned());
+        if operation.as_deref() != Some(self.operation) {
+            return Ok(());
+        }
+        let n = self.seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        if n > self.allowed {
+            return Err(format!(
+                "injected fault: {} number {n} refused (the first {} went through)",
+                self.operation, self.allowed
+            )
+            .into());
+        }
+        Ok(())
+    }
+}
 
 /// A health page on loopback for `http` components: answers 503 until it has been asked
 /// `ready_after` times, then 200 with `{"status": "ok"}`. Returns its port and how often it
@@ -426,6 +482,7 @@ impl LocalAws {
     pub async fn standard_setup(&self) {
         self.create_bucket(TARGET_BUCKET).await;
         self.create_bucket(BACKUP_BUCKET).await;
+        self.create_bucket(PRIMARY_BUCKET).await;
         self.put_profile(PROFILE, &test_profile()).await;
     }
 
@@ -439,6 +496,15 @@ impl LocalAws {
         )
         .await
         .unwrap_or_else(|e| panic!("seed database: {e}"));
+    }
+
+    /// The stack's drill schedule (the one failback's preflight checks), enabled or not.
+    pub async fn drill_schedule(&self, enabled: bool) {
+        let scheduler = aws_sdk_scheduler::Client::new(&self.clients.config);
+        let machine = format!("arn:aws:states:{REGION}:{ACCOUNT_ID}:stateMachine:drpilot-drill");
+        drpilot_shared::local::emulator_schedule(&scheduler, &machine, enabled)
+            .await
+            .unwrap_or_else(|e| panic!("drill schedule: {e}"));
     }
 
     /// The identifiers of every DB instance in the emulator, sorted.

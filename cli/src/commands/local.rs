@@ -24,6 +24,8 @@ pub const ACCOUNT: &str = "123456789012";
 pub const REGION: &str = "us-east-1";
 pub const PROFILE: &str = "demo";
 pub const DATA_BUCKET: &str = "drpilot-demo-data";
+/// The demo's primary site: where a failback returns the data the drill promoted.
+pub const PRIMARY_BUCKET: &str = "drpilot-demo-primary";
 pub const BACKUP_BUCKET: &str = "drpilot-demo-backups";
 pub const TOPIC: &str = "drpilot-notifications";
 pub const QUEUE: &str = "drpilot-notifications-inbox";
@@ -224,7 +226,7 @@ pub async fn deploy_state_machine(
 /// Buckets, profile, metrics the profile's checks read, and the notification topic with
 /// an SQS inbox (raw delivery) to read notifications back. Idempotent.
 pub async fn provision(ctx: &Ctx) -> Result<(String, String), CliError> {
-    for bucket in [DATA_BUCKET, BACKUP_BUCKET] {
+    for bucket in [DATA_BUCKET, BACKUP_BUCKET, PRIMARY_BUCKET] {
         let exists = ctx.aws.s3.head_bucket().bucket(bucket).send().await.is_ok();
         if !exists {
             ctx.aws
@@ -238,6 +240,7 @@ pub async fn provision(ctx: &Ctx) -> Result<(String, String), CliError> {
     }
     let profile = json!({
         "target": {"bucket": DATA_BUCKET},
+        "primary": {"bucket": PRIMARY_BUCKET},
         "backups": format!("s3://{BACKUP_BUCKET}/demo/backups/"),
         "receipts": format!("s3://{DATA_BUCKET}/drpilot/receipts/"),
         "account_id": ACCOUNT,
@@ -258,6 +261,13 @@ pub async fn provision(ctx: &Ctx) -> Result<(String, String), CliError> {
         ]
     });
     demo_components(ctx).await?;
+    // The stack's drill schedule, disabled as the template deploys it by default.
+    let scheduler = aws_sdk_scheduler::Client::new(&ctx.aws.config);
+    let drill_machine =
+        format!("arn:aws:states:{REGION}:{ACCOUNT}:stateMachine:{DEFAULT_STATE_MACHINE}");
+    drpilot_shared::local::emulator_schedule(&scheduler, &drill_machine, false)
+        .await
+        .map_err(CliError::Io)?;
     ProfileSource::Ssm(ctx.aws.ssm.clone())
         .save(PROFILE, &profile.to_string())
         .await?;
