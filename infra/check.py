@@ -1,33 +1,51 @@
 #!/usr/bin/env python3
-"""Template and state machine checks (run by `make test` with .venv-infra's Python):
+"""Template and state machine checks (run by `make test` with .venv-infra's Python).
 
-  definition-uri   the state machine's DefinitionUri is the ASL file checked here (the one
-                   the local stack deploys);
-  placeholders     every ${...} in the ASL is supplied by the template's DefinitionSubstitutions;
-  substitutions    nothing the template supplies goes unused;
-  functions        every function the state machine invokes is a function of the template,
-                   built from a binary of the Cargo workspace;
-  arm64            every function runs on arm64 (its own Architectures, else Globals', else
-                   Lambda's default x86_64);
+The state-machine checks run once for every AWS::Serverless::StateMachine of the template
+(DrillStateMachine, FailbackStateMachine), each against the ASL file its DefinitionUri
+names; their lines name the machine (`ok   [retry] ... (FailbackStateMachine)`):
+
+  definition-uri   the machine's DefinitionUri is a local file that exists, and is the ASL
+                   checked here (the one the local stack deploys; see --asl);
+  placeholders     every ${...} in the ASL is supplied by the machine's DefinitionSubstitutions;
+  substitutions    nothing the machine's substitutions supply goes unused;
+  functions        every function the machine invokes (its *FunctionArn substitutions) is a
+                   function of the template, built from a binary of the Cargo workspace;
   asl-validator    asl-validator accepts the definition (with the substitutions filled in);
   retry            every Retry retries exactly the transient Lambda errors and Retryable
                    (2 attempts, 15 s, backoff 2, full jitter), never States.ALL or Internal;
                    every Lambda task has one;
-  approval         the approval's Catch treats only ApprovalDenied and the timeouts as "not
-                   approved"; any other error is a failure recorded against promote;
+  approval         the drill (DrillStateMachine): the approval's Catch treats only
+                   ApprovalDenied and the timeouts as "not approved"; any other error is a
+                   failure recorded against promote. The failback (FailbackStateMachine):
+                   exactly two .waitForTaskToken confirmations, one after the other, right
+                   before copy-back; each one's Catch ends with States.ALL and sends every
+                   error (a denial and a timeout too: the failback stops) to teardown with a
+                   failure recorded against step 'confirm'. A machine with no
+                   .waitForTaskToken state passes; one with such states but no rules here fails;
   subjects         every SNS Subject is truncated to at most 99 characters ($substring), and
                    stays under 100 ASCII characters for 80-character run ids;
-  failed-run       a teardown that reports status 'failed' (or fails itself) ends the
-                   execution in a Fail state;
+  failed-run       a teardown (the Task invoking ${TeardownFunctionArn}, or the one whose
+                   Payload action is 'teardown') that reports status 'failed' (or fails
+                   itself) ends the execution in a Fail state.
+
+Template checks (one line each):
+
+  binaries         every function of the template builds a binary of the Cargo workspace;
+  arm64            every function runs on arm64 (its own Architectures, else Globals', else
+                   Lambda's default x86_64);
   rule-inputs      the alarm rule and the schedule pass valid execution inputs (an alarm
                    reason holding quotes, a backslash and a newline included);
   cfn-lint         cfn-lint accepts the template;
   sam-validate     `sam validate` (the SAM translator) and `sam validate --lint` accept it
                    (offline, dummy credentials).
 
-Options: --template PATH, --asl PATH (check other copies), --only ID[,ID...] (run only those
-checks). Prints one line per check and `infra: N passed, M failed`; exits non-zero on a
-failure. Nothing here runs cargo: the workspace's binaries are read from its Cargo.toml files.
+Options: --template PATH; --asl [MACHINE=]PATH (repeatable: check another copy of a
+machine's ASL, DrillStateMachine's when MACHINE= is left out; definition-uri then checks
+that the template deploys that copy); --only ID[,ID...] (run only those checks, for every
+machine). Prints one line per check (per check and machine) and `infra: N passed, M failed`;
+exits non-zero on a failure. Nothing here runs cargo: the workspace's binaries are read from
+its Cargo.toml files.
 """
 
 from __future__ import annotations
@@ -52,7 +70,8 @@ if str(INFRA) not in sys.path:
     sys.path.insert(0, str(INFRA))  # for rule_input (imported where used: it loads cfn-lint)
 
 TEMPLATE = INFRA / "template.yaml"
-ASL = ROOT / "statemachine" / "drill.asl.json"
+STATE_MACHINE = "AWS::Serverless::StateMachine"
+DEFAULT_MACHINE = "DrillStateMachine"  # the machine a bare `--asl PATH` stands for
 ALARM_FIXTURE = ROOT / "shared" / "tests" / "fixtures" / "alarm-state-change.json"
 
 # Transient Lambda service errors (Step Functions best practice "Handle Lambda service
@@ -67,27 +86,43 @@ RUN_ID_MAX = 80   # run ids and execution names: 1-80 of [A-Za-z0-9_-]
 
 
 @dataclass
-class Context:
+class Machine:
+    """One AWS::Serverless::StateMachine of the template and the ASL checked for it: the
+    file its DefinitionUri names, or the --asl copy given for it."""
+    logical: str
+    properties: dict
     template_path: Path
-    asl_path: Path
-    _tpl: dict | None = None
+    override: Path | None = None
+    _text: str | None = None
     _asl: dict | None = None
-    cache: dict = field(default_factory=dict)
 
     @property
-    def tpl(self) -> dict:
-        if self._tpl is None:
-            from cfnlint.decode import decode  # slow to import; the ASL checks do without
+    def definition_uri(self) -> object:
+        return self.properties.get("DefinitionUri")
 
-            tpl, matches = decode(str(self.template_path))
-            if matches or tpl is None:
-                raise CheckError(f"cannot parse {self.template_path}: {matches}")
-            self._tpl = tpl
-        return self._tpl
+    @property
+    def deployed_path(self) -> Path | None:
+        """The local file the template deploys (None for an S3 or non-string DefinitionUri)."""
+        uri = self.definition_uri
+        if not isinstance(uri, str) or uri.startswith("s3://"):
+            return None
+        return (self.template_path.parent / uri).resolve()
+
+    @property
+    def asl_path(self) -> Path:
+        path = self.override or self.deployed_path
+        if path is None:
+            raise CheckError(f"{self.logical}: DefinitionUri is not a local path: {self.definition_uri!r}")
+        return path
 
     @property
     def asl_text(self) -> str:
-        return self.asl_path.read_text()
+        if self._text is None:
+            try:
+                self._text = self.asl_path.read_text()
+            except OSError as e:
+                raise CheckError(f"{self.logical}: cannot read {self.asl_path}: {e.strerror or e}") from None
+        return self._text
 
     @property
     def asl(self) -> dict:
@@ -99,19 +134,51 @@ class Context:
         return self._asl
 
     @property
-    def state_machine(self) -> dict:
-        machines = [r for r in self.tpl["Resources"].values() if r["Type"] == "AWS::Serverless::StateMachine"]
-        if len(machines) != 1:
-            raise CheckError(f"expected one AWS::Serverless::StateMachine, found {len(machines)}")
-        return machines[0]["Properties"]
-
-    @property
     def placeholders(self) -> set[str]:
         return set(re.findall(r"\$\{([A-Za-z0-9]+)\}", self.asl_text))
 
     @property
+    def substitutions(self) -> dict:
+        return self.properties.get("DefinitionSubstitutions") or {}
+
+    @property
     def supplied(self) -> set[str]:
-        return set(self.state_machine.get("DefinitionSubstitutions") or {})
+        return set(self.substitutions)
+
+
+@dataclass
+class Context:
+    template_path: Path
+    asl_overrides: dict[str, Path] = field(default_factory=dict)  # machine logical id -> ASL copy
+    _tpl: dict | None = None
+    _machines: list[Machine] | None = None
+    cache: dict = field(default_factory=dict)
+
+    @property
+    def tpl(self) -> dict:
+        if self._tpl is None:
+            from cfnlint.decode import decode  # slow to import
+
+            tpl, matches = decode(str(self.template_path))
+            if matches or tpl is None:
+                raise CheckError(f"cannot parse {self.template_path}: {matches}")
+            self._tpl = tpl
+        return self._tpl
+
+    @property
+    def machines(self) -> list[Machine]:
+        """Every AWS::Serverless::StateMachine of the template, in template order."""
+        if self._machines is None:
+            found = [Machine(logical, r.get("Properties") or {}, self.template_path, self.asl_overrides.get(logical))
+                     for logical, r in self.tpl["Resources"].items() if r.get("Type") == STATE_MACHINE]
+            if not found:
+                raise CheckError(f"the template has no {STATE_MACHINE}")
+            unknown = set(self.asl_overrides) - {m.logical for m in found}
+            if unknown:
+                raise CheckError(f"--asl names {sorted(unknown)}, not a state machine of the template "
+                                 f"({[m.logical for m in found]})")
+            self._machines = found
+        return self._machines
 
     def functions(self) -> dict[str, dict]:
         return {k: r for k, r in self.tpl["Resources"].items() if r["Type"] == "AWS::Serverless::Function"}
@@ -165,12 +232,41 @@ def walk_states(states: dict, prefix: str = "") -> Iterator[tuple[str, dict]]:
             yield from walk_states(processor.get("States", {}), f"{prefix}{name}/")
 
 
+def payload_action(state: dict) -> object:
+    """The `action` of a Lambda task's Payload (the failback function's step), if any."""
+    payload = (state.get("Arguments") or state.get("Parameters") or {}).get("Payload")
+    return payload.get("action") if isinstance(payload, dict) else None
+
+
 def teardown_state(asl: dict) -> str:
+    """The teardown: the Task invoking ${TeardownFunctionArn} (the drill) or the one whose
+    Payload action is 'teardown' (the failback function's teardown step)."""
     names = [n for n, s in asl.get("States", {}).items()
-             if s.get("Type") == "Task" and "${TeardownFunctionArn}" in json.dumps(s.get("Arguments", {}))]
+             if s.get("Type") == "Task" and ("${TeardownFunctionArn}" in json.dumps(s.get("Arguments", {}))
+                                             or payload_action(s) == "teardown")]
     if len(names) != 1:
-        raise CheckError(f"expected one Task invoking ${{TeardownFunctionArn}}, found {names}")
+        raise CheckError(f"expected one teardown Task (invoking ${{TeardownFunctionArn}} or with Payload action "
+                         f"'teardown'), found {names}")
     return names[0]
+
+
+def action_state(asl: dict, action: str) -> str:
+    names = [n for n, s in asl.get("States", {}).items() if s.get("Type") == "Task" and payload_action(s) == action]
+    if len(names) != 1:
+        raise CheckError(f"expected one Task with Payload action {action!r}, found {names}")
+    return names[0]
+
+
+def transitions(state: dict) -> list[str]:
+    """Every state `state` can go to (Next, Default, a Choice rule's or a catcher's Next)."""
+    targets = [state.get("Next"), state.get("Default")]
+    targets += [rule.get("Next") for rule in state.get("Choices", [])]
+    targets += [catcher.get("Next") for catcher in state.get("Catch", [])]
+    return [t for t in targets if t]
+
+
+def wait_for_task_token(asl: dict) -> list[str]:
+    return [n for n, s in walk_states(asl.get("States", {})) if str(s.get("Resource", "")).endswith(".waitForTaskToken")]
 
 
 def fill_placeholders(text: str, names: set[str]) -> str:
@@ -192,28 +288,35 @@ def venv_tool(name: str) -> str:
 # -------------------------------------------------------------------------- checks
 
 
-def check_definition_uri(ctx: Context) -> tuple[bool, str]:
-    uri = ctx.state_machine.get("DefinitionUri")
-    if not isinstance(uri, str):
+def check_definition_uri(ctx: Context, m: Machine) -> tuple[bool, str]:
+    uri, deployed = m.definition_uri, m.deployed_path
+    if deployed is None:
         return False, f"DefinitionUri is not a local path: {uri!r}"
-    resolved = (ctx.template_path.parent / uri).resolve()
-    return resolved == ctx.asl_path.resolve(), f"{resolved} is not {ctx.asl_path.resolve()}"
+    if m.override is not None and deployed != m.override.resolve():
+        return False, f"{deployed} is not {m.override.resolve()}"
+    if not deployed.is_file():
+        return False, f"DefinitionUri {uri} names {deployed}, which does not exist"
+    return True, ""
 
 
-def check_placeholders(ctx: Context) -> tuple[bool, str]:
-    missing = ctx.placeholders - ctx.supplied
+def check_placeholders(ctx: Context, m: Machine) -> tuple[bool, str]:
+    missing = m.placeholders - m.supplied
     return not missing, f"missing: {sorted(missing)}"
 
 
-def check_substitutions(ctx: Context) -> tuple[bool, str]:
-    unused = ctx.supplied - ctx.placeholders
+def check_substitutions(ctx: Context, m: Machine) -> tuple[bool, str]:
+    unused = m.supplied - m.placeholders
     return not unused, f"unused: {sorted(unused)}"
 
 
-def check_functions(ctx: Context) -> tuple[bool, str]:
+def function_binary(resource: dict) -> object:
+    return (resource.get("Metadata") or {}).get("BuildProperties", {}).get("Binary")
+
+
+def check_functions(ctx: Context, m: Machine) -> tuple[bool, str]:
     binaries = workspace_binaries()
     problems = []
-    for key, value in (ctx.state_machine.get("DefinitionSubstitutions") or {}).items():
+    for key, value in m.substitutions.items():
         if not key.endswith("FunctionArn"):
             continue
         ref = value.get("Fn::GetAtt") if isinstance(value, dict) else None
@@ -224,10 +327,18 @@ def check_functions(ctx: Context) -> tuple[bool, str]:
         resource = ctx.tpl["Resources"].get(logical)
         if not resource or resource["Type"] != "AWS::Serverless::Function":
             problems.append(f"{key}: {logical} is not a function of the template")
-    for logical, resource in ctx.functions().items():
-        binary = (resource.get("Metadata") or {}).get("BuildProperties", {}).get("Binary")
-        if binary not in binaries:
-            problems.append(f"{logical} builds binary {binary!r}, not in the workspace {sorted(binaries)}")
+        elif function_binary(resource) not in binaries:
+            problems.append(f"{key}: {logical} builds binary {function_binary(resource)!r}, "
+                            f"not in the workspace {sorted(binaries)}")
+    return not problems, "; ".join(problems)
+
+
+def check_binaries(ctx: Context) -> tuple[bool, str]:
+    binaries = workspace_binaries()
+    problems = [f"{logical} builds binary {function_binary(resource)!r}, not in the workspace {sorted(binaries)}"
+                for logical, resource in ctx.functions().items() if function_binary(resource) not in binaries]
+    if not ctx.functions():
+        problems.append("the template has no functions")
     return not problems, "; ".join(problems)
 
 
@@ -245,12 +356,12 @@ def check_arm64(ctx: Context) -> tuple[bool, str]:
     return not problems, "; ".join(problems)
 
 
-def check_asl_validator(ctx: Context) -> tuple[bool, str]:
+def check_asl_validator(ctx: Context, m: Machine) -> tuple[bool, str]:
     validator = INFRA / "node_modules" / ".bin" / "asl-validator"
     if not validator.exists():
         return False, f"{validator} is missing: run scripts/ensure-infra-tools.sh"
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
-        f.write(fill_placeholders(ctx.asl_text, ctx.placeholders))
+        f.write(fill_placeholders(m.asl_text, m.placeholders))
     try:
         out = subprocess.run([str(validator), "--json-path", f.name], capture_output=True, text=True)
     finally:
@@ -258,9 +369,9 @@ def check_asl_validator(ctx: Context) -> tuple[bool, str]:
     return out.returncode == 0, (out.stdout + out.stderr)[-2000:]
 
 
-def check_retry(ctx: Context) -> tuple[bool, str]:
+def check_retry(ctx: Context, m: Machine) -> tuple[bool, str]:
     problems = []
-    for name, state in walk_states(ctx.asl.get("States", {})):
+    for name, state in walk_states(m.asl.get("States", {})):
         retries = state.get("Retry", [])
         if state.get("Type") == "Task" and str(state.get("Resource", "")).startswith("arn:aws:states:::lambda:invoke") and not retries:
             problems.append(f"{name} invokes Lambda without a Retry")
@@ -276,13 +387,26 @@ def check_retry(ctx: Context) -> tuple[bool, str]:
     return not problems, "; ".join(problems)
 
 
-def check_approval(ctx: Context) -> tuple[bool, str]:
-    states = ctx.asl.get("States", {})
-    approvals = [n for n, s in states.items() if str(s.get("Resource", "")).endswith(".waitForTaskToken")]
-    if len(approvals) != 1:
-        return False, f"expected one .waitForTaskToken approval state, found {approvals}"
+def check_approval(ctx: Context, m: Machine) -> tuple[bool, str]:
+    rules = APPROVAL_RULES.get(m.logical)
+    if rules is not None:
+        return rules(m.asl)
+    waits = wait_for_task_token(m.asl)
+    if waits:
+        return False, (f"{m.logical} has .waitForTaskToken states {waits} but check.py has no approval rules for it "
+                       f"(APPROVAL_RULES knows {sorted(APPROVAL_RULES)})")
+    return True, ""
+
+
+def drill_approval(asl: dict) -> tuple[bool, str]:
+    """The drill: one approval; a denial or a timeout skips promote, any other error is a
+    failure recorded against promote."""
+    states = asl.get("States", {})
+    approvals = wait_for_task_token(asl)
+    if len(approvals) != 1 or approvals[0] not in states:
+        return False, f"expected one top-level .waitForTaskToken approval state, found {approvals}"
     name = approvals[0]
-    teardown = teardown_state(ctx.asl)
+    teardown = teardown_state(asl)
     catch = states[name].get("Catch", [])
     problems = []
     denial = [c for c in catch if DENIAL_ERRORS & set(c.get("ErrorEquals", []))]
@@ -317,6 +441,53 @@ def check_approval(ctx: Context) -> tuple[bool, str]:
     return not problems, "; ".join(problems)
 
 
+def failback_confirmations(asl: dict) -> tuple[bool, str]:
+    """The failback: two confirmations, the second right after the first and right before
+    copy-back; a denial, a timeout or a failed request stops the failback, which is a
+    failure: every error goes to teardown with a failure recorded against step 'confirm'."""
+    states = asl.get("States", {})
+    confirms = wait_for_task_token(asl)
+    if len(confirms) != 2 or any(c not in states for c in confirms):
+        return False, f"expected two top-level .waitForTaskToken confirmation states, found {confirms}"
+    teardown = teardown_state(asl)
+    copy_back = action_state(asl, "copy-back")
+    problems = []
+    firsts = [c for c in confirms if states[c].get("Next") in confirms and states[c].get("Next") != c]
+    if len(firsts) != 1:
+        problems.append(f"{confirms} are not in sequence: one must go (Next) to the other")
+    else:
+        first = firsts[0]
+        second = states[first]["Next"]
+        if states[second].get("Next") != copy_back:
+            problems.append(f"{second} (the second confirmation) must go to {copy_back}, "
+                            f"not {states[second].get('Next')!r}")
+        skipping = sorted(n for n, s in states.items() if n != first and second in transitions(s))
+        if skipping:
+            problems.append(f"{skipping} reach {second} without the first confirmation {first}")
+    for name in confirms:
+        catch = states[name].get("Catch", [])
+        if not catch or catch[-1].get("ErrorEquals") != ["States.ALL"]:
+            problems.append(f"{name}: the last catcher must be States.ALL alone (a denial, a timeout and a failed "
+                            "request all stop the failback)")
+        for i, catcher in enumerate(catch):
+            if catcher.get("Next") != teardown:
+                problems.append(f"{name}.Catch[{i}] must go to {teardown}, not {catcher.get('Next')!r}")
+            failure = (catcher.get("Assign") or {}).get("failure")
+            if not isinstance(failure, dict) or failure.get("step") != "confirm":
+                problems.append(f"{name}.Catch[{i}] must record a failure against step 'confirm' (a stopped failback "
+                                f"is a failure), got {failure!r}")
+            elif "$states.errorOutput.Error" not in str(failure.get("error")):
+                problems.append(f"{name}.Catch[{i}]: the failure's error must be $states.errorOutput.Error")
+    return not problems, "; ".join(problems)
+
+
+# The approval rules of each machine (by logical id).
+APPROVAL_RULES: dict[str, Callable[[dict], tuple[bool, str]]] = {
+    "DrillStateMachine": drill_approval,
+    "FailbackStateMachine": failback_confirmations,
+}
+
+
 SUBSTRING = re.compile(r"^\{%\s*\$substring\((?P<expr>.*),\s*0\s*,\s*(?P<length>\d+)\s*\)\s*%\}$", re.S)
 
 # Worst-case bindings for the subjects: 80-character ids, the longer mode.
@@ -326,6 +497,7 @@ SUBJECT_BINDINGS = {
     "execution": {"name": _LONG_ID, "arn": "arn:aws:states:us-east-1:123456789012:execution:x:" + _LONG_ID},
     "states": {"input": {"run_id": _LONG_ID, "status": "failed"}, "context": {"Execution": {"Name": _LONG_ID}}},
     "failure": None, "approval": None, "parity": None, "input": {},
+    "divergence": None, "confirmations": None,
 }
 
 _EVALUATE_JS = r"""
@@ -355,9 +527,9 @@ def evaluate_jsonata(expressions: dict[str, str], bindings: dict) -> dict[str, d
     return json.loads(out.stdout)
 
 
-def check_subjects(ctx: Context) -> tuple[bool, str]:
+def check_subjects(ctx: Context, m: Machine) -> tuple[bool, str]:
     problems, expressions = [], {}
-    publishers = [(n, s) for n, s in walk_states(ctx.asl.get("States", {}))
+    publishers = [(n, s) for n, s in walk_states(m.asl.get("States", {}))
                   if str(s.get("Resource", "")).startswith("arn:aws:states:::sns:publish")]
     if not publishers:
         problems.append("no sns:publish task found")
@@ -390,9 +562,9 @@ def check_subjects(ctx: Context) -> tuple[bool, str]:
     return not problems, "; ".join(problems)
 
 
-def check_failed_run(ctx: Context) -> tuple[bool, str]:
-    states = ctx.asl.get("States", {})
-    teardown = teardown_state(ctx.asl)
+def check_failed_run(ctx: Context, m: Machine) -> tuple[bool, str]:
+    states = m.asl.get("States", {})
+    teardown = teardown_state(m.asl)
     problems = []
 
     def ends_failed(name: str, seen: frozenset = frozenset()) -> list[str]:
@@ -482,28 +654,46 @@ def check_sam_validate(ctx: Context) -> tuple[bool, str]:
     return not details, "\n".join(details)
 
 
-CHECKS: list[tuple[str, str, Callable[[Context], tuple[bool, str]]]] = [
-    ("definition-uri", "DefinitionUri is the ASL that runs locally", check_definition_uri),
-    ("placeholders", "every ${...} in the ASL is supplied by the template", check_placeholders),
-    ("substitutions", "every substitution the template supplies is used", check_substitutions),
-    ("functions", "every function the ASL invokes exists in the template and the workspace", check_functions),
-    ("arm64", "every function runs on arm64", check_arm64),
-    ("asl-validator", "asl-validator accepts the definition", check_asl_validator),
-    ("retry", "every Retry retries exactly the transient Lambda errors and Retryable", check_retry),
-    ("approval", "only a denial or a timeout skips promote; other approval errors fail the run", check_approval),
-    ("subjects", "every SNS Subject is truncated below 100 characters", check_subjects),
-    ("failed-run", "a failed teardown status ends the execution FAILED", check_failed_run),
-    ("rule-inputs", "the alarm rule and the schedule pass valid execution inputs", check_rule_inputs),
-    ("cfn-lint", "cfn-lint accepts the template", check_cfn_lint),
-    ("sam-validate", "sam validate and sam validate --lint accept the template", check_sam_validate),
+# (id, title, function, per machine?)
+CHECKS: list[tuple[str, str, Callable[..., tuple[bool, str]], bool]] = [
+    ("definition-uri", "DefinitionUri is the ASL that runs locally", check_definition_uri, True),
+    ("placeholders", "every ${...} in the ASL is supplied by the template", check_placeholders, True),
+    ("substitutions", "every substitution the template supplies is used", check_substitutions, True),
+    ("functions", "every function the ASL invokes exists in the template and the workspace", check_functions, True),
+    ("binaries", "every function of the template builds a binary of the workspace", check_binaries, False),
+    ("arm64", "every function runs on arm64", check_arm64, False),
+    ("asl-validator", "asl-validator accepts the definition", check_asl_validator, True),
+    ("retry", "every Retry retries exactly the transient Lambda errors and Retryable", check_retry, True),
+    ("approval", "approvals follow the machine's rules (drill: only a denial or a timeout skips promote; "
+     "failback: two confirmations, any error stops it)", check_approval, True),
+    ("subjects", "every SNS Subject is truncated below 100 characters", check_subjects, True),
+    ("failed-run", "a failed teardown status ends the execution FAILED", check_failed_run, True),
+    ("rule-inputs", "the alarm rule and the schedule pass valid execution inputs", check_rule_inputs, False),
+    ("cfn-lint", "cfn-lint accepts the template", check_cfn_lint, False),
+    ("sam-validate", "sam validate and sam validate --lint accept the template", check_sam_validate, False),
 ]
+
+
+def parse_asl_overrides(values: list[str], error: Callable[[str], None]) -> dict[str, Path]:
+    """`--asl [MACHINE=]PATH` values: the machine's logical id (DrillStateMachine when left
+    out) -> the ASL copy to check for it."""
+    overrides: dict[str, Path] = {}
+    for value in values:
+        match = re.match(r"^([A-Za-z0-9]+)=(.+)$", value)
+        machine, path = (match[1], match[2]) if match else (DEFAULT_MACHINE, value)
+        if machine in overrides:
+            error(f"--asl given twice for {machine}")
+        overrides[machine] = Path(path).resolve()
+    return overrides
 
 
 def main(argv: list[str] | None = None, out: IO[str] | None = None) -> int:
     out = out or sys.stdout
     parser = argparse.ArgumentParser(description="drpilot template and state machine checks")
     parser.add_argument("--template", type=Path, default=TEMPLATE)
-    parser.add_argument("--asl", type=Path, default=ASL)
+    parser.add_argument("--asl", action="append", default=[], metavar="[MACHINE=]PATH",
+                        help=f"check this copy of a machine's ASL ({DEFAULT_MACHINE} without MACHINE=); "
+                             "default: the file each machine's DefinitionUri names")
     parser.add_argument("--only", action="append", default=[], metavar="ID[,ID...]",
                         help=f"run only these checks: {', '.join(c[0] for c in CHECKS)}")
     args = parser.parse_args(argv)
@@ -512,19 +702,34 @@ def main(argv: list[str] | None = None, out: IO[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown check(s) {sorted(unknown)}; known: {[c[0] for c in CHECKS]}")
 
-    ctx = Context(args.template.resolve(), args.asl.resolve())
+    ctx = Context(args.template.resolve(), parse_asl_overrides(args.asl, parser.error))
     failed = ran = 0
-    for check_id, title, run in CHECKS:
-        if only and check_id not in only:
-            continue
+
+    def report(check_id: str, title: str, machine: str | None, run: Callable[[], tuple[bool, str]]) -> None:
+        nonlocal failed, ran
         ran += 1
         try:
-            ok, detail = run(ctx)
+            ok, detail = run()
         except Exception as e:  # a check that cannot look fails, and the others still run
             ok, detail = False, f"{type(e).__name__}: {e}"
-        print(f"{'ok  ' if ok else 'FAIL'} [{check_id}] {title}" + ("" if ok or not detail else f"\n     {detail}"),
+        where = f" ({machine})" if machine else ""
+        print(f"{'ok  ' if ok else 'FAIL'} [{check_id}] {title}{where}" + ("" if ok or not detail else f"\n     {detail}"),
               file=out, flush=True)
         failed += not ok
+
+    for check_id, title, check, per_machine in CHECKS:
+        if only and check_id not in only:
+            continue
+        if not per_machine:
+            report(check_id, title, None, lambda: check(ctx))
+            continue
+        try:
+            machines = ctx.machines
+        except Exception as e:  # no machine to run it for: the check fails once
+            report(check_id, title, None, lambda: (False, f"{type(e).__name__}: {e}"))
+            continue
+        for machine in machines:
+            report(check_id, title, machine.logical, lambda: check(ctx, machine))
     print(f"infra: {ran - failed} passed, {failed} failed", file=out, flush=True)
     return 1 if failed else 0
 

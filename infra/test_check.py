@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
 """Every check in infra/check.py can fail: each case runs check.py (`--only` the check under
-test) against a mutated copy of the template or the state machine, laid out like the
-repository, and expects that check to fail; the real files must pass every check (check.py
-run as a command, exit status 0). Also covers infra/rule_input.py's command line.
+test) against a mutated copy of the template or a state machine (the drill's or the
+failback's), laid out like the repository, and expects that check to fail, for the machine
+the mutation broke only (a state-machine check runs once per machine); the real files must
+pass every check (check.py run as a command, exit status 0). Also covers
+infra/rule_input.py's command line.
 
 Run with .venv-infra's Python: `python -m unittest infra/test_check.py` or
 `python infra/test_check.py`. The mutated cases call check.py's main() in this process (so
@@ -32,6 +34,7 @@ CHECK = INFRA / "check.py"
 RULE_INPUT = INFRA / "rule_input.py"
 TEMPLATE = INFRA / "template.yaml"
 ASL = ROOT / "statemachine" / "drill.asl.json"
+FAILBACK_ASL = ROOT / "statemachine" / "failback.asl.json"
 ALARM_FIXTURE = ROOT / "shared" / "tests" / "fixtures" / "alarm-state-change.json"
 PYTHON = sys.executable
 
@@ -60,12 +63,25 @@ def states(asl: dict) -> dict:
     return asl["States"]
 
 
+DRILL, FAILBACK = "DrillStateMachine", "FailbackStateMachine"
+
+
 @dataclass
 class Case:
-    """check.py --only `check` on a copy of the files, with `template`/`asl` applied."""
+    """check.py --only `check` on a copy of the files, with `template`/`asl` (the drill's
+    ASL)/`failback` (the failback's ASL) applied. A state-machine check must fail for
+    `machine` (by default the failback when `failback` is set, else the drill) and pass for
+    every other machine; `detail`, if set, must be in the output."""
     check: str
     template: Callable[[str], str] | None = None
     asl: Callable[[str], str] | None = None
+    failback: Callable[[str], str] | None = None
+    machine: str | None = None
+    detail: str | None = None
+
+    @property
+    def failing_machine(self) -> str:
+        return self.machine or (FAILBACK if self.failback else DRILL)
 
 
 def _state(asl: dict, name: str) -> dict:
@@ -136,21 +152,58 @@ def _placeholder(asl: dict) -> None:
     asl["Comment"] += " ${NotSuppliedByTheTemplate}"
 
 
+def _confirmation_catches_only_denials(asl: dict) -> None:
+    # A confirmation whose failed SNS request would escape the Catch (and end the run
+    # without teardown releasing the lock).
+    states(asl)["Confirm2"]["Catch"][0]["ErrorEquals"] = ["ApprovalDenied", "States.Timeout", "States.HeartbeatTimeout"]
+
+
+def _denial_is_not_a_failure(asl: dict) -> None:
+    # What the drill's approval does, wrongly here: a denial goes to teardown unrecorded.
+    states(asl)["Confirm1"]["Catch"].insert(0, {"ErrorEquals": ["ApprovalDenied"], "Next": "Teardown"})
+
+
+def _confirmation_catch_skips_teardown(asl: dict) -> None:
+    states(asl)["Confirm1"]["Catch"][0]["Next"] = "NotifyFailure"
+
+
+def _one_confirmation(asl: dict) -> None:
+    states(asl)["Confirm1"]["Next"] = "CopyBack"
+    del states(asl)["Confirm2"]
+
+
+def _first_confirmation_skipped(asl: dict) -> None:
+    states(asl)["Confirmed"]["Default"] = "Confirm2"
+
+
 BRINGUP_BINARY = "        Binary: bringup\n"
+VERIFIER_BINARY = "        Binary: sample-verifier\n"
 GLOBAL_ARCH = "    Architectures: [arm64]\n"
-SUBSTITUTIONS = "        TopicArn: !Ref NotificationTopic\n"
+SUBSTITUTIONS = "        TeardownFunctionArn: !GetAtt TeardownFunction.Arn\n"
+FAILBACK_SUBSTITUTIONS = "        FailbackFunctionArn: !GetAtt FailbackFunction.Arn\n"
 
 CASES: dict[str, Case] = {
     "real_files_pass": Case(check=""),  # every check, on the real files
     "definition_uri": Case("definition-uri", template=yaml_edit(
-        "DefinitionUri: ../statemachine/drill.asl.json", "DefinitionUri: ../statemachine/other.asl.json")),
+        "DefinitionUri: ../statemachine/drill.asl.json", "DefinitionUri: ../statemachine/other.asl.json"),
+        detail="other.asl.json is not"),
+    "definition_uri_missing_file": Case("definition-uri", template=yaml_edit(
+        "DefinitionUri: ../statemachine/failback.asl.json", "DefinitionUri: ../statemachine/missing.asl.json"),
+        machine=FAILBACK, detail="missing.asl.json, which does not exist"),
     "placeholder_not_supplied": Case("placeholders", asl=asl_edit(_placeholder)),
+    "failback_placeholder_not_supplied": Case("placeholders", failback=asl_edit(_placeholder)),
     "substitution_unused": Case("substitutions", template=yaml_edit(
         SUBSTITUTIONS, SUBSTITUTIONS + "        UnusedArn: arn:aws:sns:us-east-1:123456789012:unused\n")),
+    "failback_substitution_unused": Case("substitutions", machine=FAILBACK, template=yaml_edit(
+        FAILBACK_SUBSTITUTIONS, FAILBACK_SUBSTITUTIONS + "        UnusedArn: arn:aws:sns:us-east-1:123456789012:unused\n")),
     "binary_not_in_workspace": Case("functions", template=yaml_edit(
         BRINGUP_BINARY, "        Binary: no-such-binary\n")),
     "invoked_function_not_in_template": Case("functions", template=yaml_edit(
         "BringupFunctionArn: !GetAtt BringupFunction.Arn", "BringupFunctionArn: !GetAtt NotificationTopic.TopicArn")),
+    "failback_function_not_in_template": Case("functions", machine=FAILBACK, template=yaml_edit(
+        "FailbackFunctionArn: !GetAtt FailbackFunction.Arn", "FailbackFunctionArn: !GetAtt NotificationTopic.TopicArn")),
+    "uninvoked_binary_not_in_workspace": Case("binaries", template=yaml_edit(
+        VERIFIER_BINARY, "        Binary: no-such-binary\n")),
     "globals_x86": Case("arm64", template=yaml_edit(GLOBAL_ARCH, "    Architectures: [x86_64]\n")),
     "no_architecture_defaults_to_x86": Case("arm64", template=yaml_edit(GLOBAL_ARCH, "")),
     "function_overrides_to_x86": Case("arm64", template=yaml_edit(
@@ -164,17 +217,32 @@ CASES: dict[str, Case] = {
     "retry_missing_error": Case("retry", asl=asl_edit(_set_retry("Bringup", [
         "Lambda.ServiceException", "Lambda.TooManyRequestsException", "Retryable"]))),
     "lambda_task_without_retry": Case("retry", asl=asl_edit(_no_retry)),
+    "failback_retry_states_all": Case("retry", failback=asl_edit(_set_retry("CopyBack", ["States.ALL"]))),
     "approval_catches_everything": Case("approval", asl=asl_edit(_old_approval_catch)),
     "approval_failure_phase": Case("approval", asl=asl_edit(_approval_failure_phase)),
     "approval_timeout_fails": Case("approval", asl=asl_edit(_timeout_is_failure)),
+    "confirmation_catch_misses_states_all": Case("approval", failback=asl_edit(_confirmation_catches_only_denials),
+                                                 detail="Confirm2: the last catcher must be States.ALL"),
+    "confirmation_denial_not_a_failure": Case("approval", failback=asl_edit(_denial_is_not_a_failure),
+                                              detail="Confirm1.Catch[0] must record a failure"),
+    "confirmation_catch_skips_teardown": Case("approval", failback=asl_edit(_confirmation_catch_skips_teardown)),
+    "one_confirmation": Case("approval", failback=asl_edit(_one_confirmation)),
+    "first_confirmation_skipped": Case("approval", failback=asl_edit(_first_confirmation_skipped),
+                                       detail="without the first confirmation Confirm1"),
+    "approval_states_without_rules": Case("approval", machine="OtherStateMachine", template=yaml_edit(
+        "  FailbackStateMachine:\n", "  OtherStateMachine:\n"), detail="no approval rules for it"),
     "subject_untruncated": Case("subjects", asl=asl_edit(_subject(
         "NotifyStart", "{% 'drpilot ' & $run.input.mode & ' ' & $run.run_id & ' started' %}"))),
     "subject_truncated_too_long": Case("subjects", asl=asl_edit(_subject(
         "NotifySummary", "{% $substring('drpilot run succeeded: ' & $states.input.run_id, 0, 120) %}"))),
     "subject_long_after_truncation": Case("subjects", asl=asl_edit(_subject(
         "NotifyFailure", "{% $substring('FAILED: ', 0, 99) & $substring($execution.name & $execution.name, 0, 99) %}"))),
+    "failback_subject_untruncated": Case("subjects", failback=asl_edit(_subject(
+        "NotifyStart", "{% 'drpilot failback started: ' & $run.run_id %}"))),
     "failed_status_succeeds": Case("failed-run", asl=asl_edit(_failed_status_succeeds)),
     "teardown_crash_succeeds": Case("failed-run", asl=asl_edit(_teardown_crash_succeeds)),
+    "failback_failed_status_succeeds": Case("failed-run", failback=asl_edit(_failed_status_succeeds)),
+    "failback_teardown_crash_succeeds": Case("failed-run", failback=asl_edit(_teardown_crash_succeeds)),
     "alarm_reason_in_quotes": Case("rule-inputs", template=yaml_edit(
         '"alarm_reason":<alarm_reason>', '"alarm_reason":"<alarm_reason>"')),
     "schedule_without_trigger": Case("rule-inputs", template=yaml_edit(
@@ -195,16 +263,21 @@ def load_check():
 
 
 check = load_check()
+# The state machines of the real template, in template order.
+MACHINES = [m.logical for m in check.Context(TEMPLATE).machines]
 
 
 def run_case(case: Case, workdir: Path) -> subprocess.CompletedProcess:
     """check.py on copies laid out like the repository (infra/, statemachine/) in `workdir`:
-    the real files as a command; a mutated case through main(), in this process."""
+    the real files as a command; a mutated case through main(), in this process. The
+    drill's copy is passed with --asl; the failback's is the one its DefinitionUri names."""
     (workdir / "infra").mkdir(parents=True)
     (workdir / "statemachine").mkdir()
     template, asl = workdir / "infra" / "template.yaml", workdir / "statemachine" / "drill.asl.json"
+    failback = workdir / "statemachine" / "failback.asl.json"
     template.write_text((case.template or (lambda t: t))(TEMPLATE.read_text()))
     asl.write_text((case.asl or (lambda t: t))(ASL.read_text()))
+    failback.write_text((case.failback or (lambda t: t))(FAILBACK_ASL.read_text()))
     args = ["--template", str(template), "--asl", str(asl)]
     if not case.check:
         return subprocess.run([PYTHON, str(CHECK), *args], capture_output=True, text=True, cwd=ROOT)
@@ -245,7 +318,12 @@ class CheckPyCanFail(unittest.TestCase):
         out = self.outcome("real_files_pass")
         self.assertEqual(out.returncode, 0, out.stdout + out.stderr)
         self.assertNotRegex(out.stdout, r"(?m)^FAIL ")
-        self.assertRegex(out.stdout, rf"infra: {len(check.CHECKS)} passed, 0 failed")
+        lines = len(MACHINES) * sum(1 for c in check.CHECKS if c[3]) + sum(1 for c in check.CHECKS if not c[3])
+        self.assertRegex(out.stdout, rf"infra: {lines} passed, 0 failed")
+        for c in check.CHECKS:
+            for machine in MACHINES if c[3] else [None]:
+                where = f" ({machine})" if machine else ""
+                self.assertIn(f"ok   [{c[0]}] {c[1]}{where}\n", out.stdout)
 
     def test_every_check_has_a_failing_case(self) -> None:
         covered = {case.check for case in CASES.values()}
@@ -253,12 +331,26 @@ class CheckPyCanFail(unittest.TestCase):
 
 
 def _failing_case_test(name: str, case: Case) -> Callable[[CheckPyCanFail], None]:
+    per_machine = next(c[3] for c in check.CHECKS if c[0] == case.check)
+
     def test(self: CheckPyCanFail) -> None:
         out = self.outcome(name)
         detail = out.stdout + out.stderr
         self.assertNotEqual(out.returncode, 0, detail)
-        self.assertIn(f"FAIL [{case.check}]", out.stdout, detail)
-        self.assertRegex(out.stdout, r"infra: 0 passed, 1 failed", detail)
+        fails = [line for line in out.stdout.splitlines() if line.startswith("FAIL ")]
+        self.assertEqual(len(fails), 1, detail)
+        self.assertTrue(fails[0].startswith(f"FAIL [{case.check}] "), detail)
+        if per_machine:
+            # Fails for the broken machine, and only there: the others still pass.
+            self.assertTrue(fails[0].endswith(f" ({case.failing_machine})"), detail)
+            passed = [line for line in out.stdout.splitlines() if line.startswith(f"ok   [{case.check}] ")]
+            self.assertEqual(len(passed), len(MACHINES) - 1, detail)
+            self.assertFalse([line for line in passed if line.endswith(f" ({case.failing_machine})")], detail)
+            self.assertRegex(out.stdout, rf"infra: {len(MACHINES) - 1} passed, 1 failed", detail)
+        else:
+            self.assertRegex(out.stdout, r"infra: 0 passed, 1 failed", detail)
+        if case.detail:
+            self.assertIn(case.detail, out.stdout, detail)
     test.__doc__ = f"check.py [{case.check}] fails on: {name.replace('_', ' ')}"
     return test
 

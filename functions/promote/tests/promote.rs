@@ -350,3 +350,51 @@ async fn drift_is_pruned_when_the_profile_says_so() {
         .await
         .contains(&"root/legacy/drift.json".to_owned()));
 }
+
+#[tokio::test]
+async fn a_promotion_started_against_a_stale_generation_is_refused_before_any_copy() {
+    let aws = LocalAws::start().await;
+    aws.standard_setup().await;
+    let tmp = TempDir::new("promote-generation");
+    // run-1 started when nothing was published (generation 0) …
+    let ctx = staged_and_validated(&aws, &tmp, "b1", "run-1").await;
+    assert_eq!(ctx.published_generation, 0);
+    // … and someone published since (a failback, say).
+    let later = json!({
+        "run_id": "failback-x", "backup_uri": format!("s3://{BACKUP_BUCKET}/{BACKUP_PREFIX}b1/"),
+        "backup_id": "b1", "backup_created_at": Utc::now(), "git_sha": null,
+        "root": "s3://primary-data/root/", "promoted_at": Utc::now(),
+        "audit_record": format!("s3://{TARGET_BUCKET}/audit/failbacks/f.json"),
+        "generation": 3, "kind": "failback"
+    });
+    aws.put_text(TARGET_BUCKET, "audit/published.json", &later.to_string())
+        .await;
+    let err = promoter(&aws)
+        .handle(request(&ctx, approval()))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind, ErrorKind::ContractError, "{err}");
+    assert!(
+        err.to_string().contains("generation 3") && err.to_string().contains("failback-x"),
+        "{err}"
+    );
+    assert!(root_keys(&aws).await.is_empty(), "nothing copied");
+    assert!(audit_records(&aws).await.is_empty());
+
+    // Started against the live generation, it promotes and publishes the next one.
+    let mut current = ctx.clone();
+    current.published_generation = 3;
+    let out = promoter(&aws)
+        .handle(request(&current, approval()))
+        .await
+        .unwrap();
+    assert_eq!(out.details["generation"], 4);
+    let pointer: Value = serde_json::from_str(
+        &aws.get_text(TARGET_BUCKET, "audit/published.json")
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(pointer["generation"], 4);
+    assert_eq!(pointer["kind"], "promotion");
+}
