@@ -11,7 +11,8 @@ function, as CloudFormation would deploy it:
    implied ones moto does not reproduce (a 404 object read also needs s3:ListBucket without
    s3:prefix; SSE-KMS needs kms:Decrypt / kms:GenerateDataKey; an RDS restore with tags
    needs rds:AddTagsToResource; a restore job's role needs iam:PassRole); RDS, Lambda,
-   AWS Backup and Run Command resources come from the request's recorded `params`;
+   AWS Backup, Run Command and EventBridge Scheduler resources come from the request's
+   recorded `params`;
 3. evaluates all of them in one batch with @cloud-copilot/iam-simulate
    (infra/permissions/simulate.mjs), except AWS-owned SSM documents, whose account-less
    ARN the simulator cannot parse (matched by evaluate_locally);
@@ -599,7 +600,8 @@ class Call:
     status: int
     error: str | None
     checksum_mode: bool
-    # RDS, Lambda, AWS Backup, SSM Run Command: the request's own fields (ledger `params`).
+    # RDS, Lambda, AWS Backup, SSM Run Command, EventBridge Scheduler: the request's own
+    # fields (ledger `params`).
     params: dict[str, str] = field(default_factory=dict)
 
     def describe(self) -> str:
@@ -755,6 +757,8 @@ def requests_for(call: Call) -> list[Request]:
         return lambda_requests(call)
     if service == "backup":
         return backup_requests(call)
+    if service == "scheduler":
+        return scheduler_requests(call)
     if service in ("monitoring", "cloudwatch"):
         action = {"PutMetricData": "cloudwatch:PutMetricData", "GetMetricData": "cloudwatch:GetMetricData",
                   "GetMetricStatistics": "cloudwatch:GetMetricStatistics",
@@ -837,10 +841,11 @@ def requests_for(call: Call) -> list[Request]:
     return out
 
 
-# RDS, Lambda, AWS Backup and SSM Run Command: the resources come from the request's own
-# fields (`params`), the account and region from the call. Sources: "Actions, resources,
-# and condition keys for Amazon RDS / AWS Lambda / AWS Backup / AWS Systems Manager"
-# (Service Authorization Reference), and the API References' permission notes (below).
+# RDS, Lambda, AWS Backup, SSM Run Command and EventBridge Scheduler: the resources come
+# from the request's own fields (`params`), the account and region from the call. Sources:
+# "Actions, resources, and condition keys for Amazon RDS / AWS Lambda / AWS Backup / AWS
+# Systems Manager / Amazon EventBridge Scheduler" (Service Authorization Reference), and the
+# API References' permission notes (below).
 
 def rds_arn(kind: str, name: str, region: str) -> str:
     """An RDS resource ARN from an identifier (RDS identifiers are stored lower-case) or
@@ -995,6 +1000,25 @@ def backup_requests(call: Call) -> list[Request]:
         # No resource type: "*" (Service Authorization Reference, AWS Backup).
         return [Request(f"backup:{op}", "*", {}, "the call")]
     raise KeyError(op)
+
+
+# EventBridge Scheduler (REST): GetSchedule is GET /schedules/{Name}?groupName=GROUP, the
+# group `default` when the request names none. Source: "Actions, resources, and condition
+# keys for Amazon EventBridge Scheduler" (resource type `schedule`:
+# arn:${Partition}:scheduler:${Region}:${Account}:schedule/${GroupName}/${ScheduleName}).
+SCHEDULER_PATH = re.compile(r"^/schedules/(?P<name>[^/]+)$")
+
+
+def scheduler_requests(call: Call) -> list[Request]:
+    if call.operation != "GetSchedule":
+        raise KeyError(call.operation)
+    match = SCHEDULER_PATH.match(call.params.get("path", ""))
+    if not match:
+        raise CheckError(f"ledger line {call.line}: GetSchedule without a /schedules/NAME path in params "
+                         f"(got {call.params.get('path')!r})")
+    group = call.params.get("query.groupName") or "default"
+    arn = f"arn:{PARTITION}:scheduler:{call.region}:{ACCOUNT}:schedule/{group}/{match['name']}"
+    return [Request("scheduler:GetSchedule", arn, {}, "the call")]
 
 
 SSM_RUN_COMMAND = {"SendCommand", "GetCommandInvocation", "ListCommandInvocations"}

@@ -360,6 +360,36 @@ for _name, _case in CASES.items():
         setattr(CheckPyCanFail, f"test_{_name}", _failing_case_test(_name, _case))
 
 
+class AslOption(unittest.TestCase):
+    """--asl [MACHINE=]PATH: a bare path is the drill's; MACHINE= names another machine."""
+
+    def run_check(self, *args: str) -> tuple[int, str]:
+        out = io.StringIO()
+        code = check.main(["--template", str(TEMPLATE), *args], out=out)
+        return code, out.getvalue()
+
+    def test_the_machines_own_files_pass(self) -> None:
+        code, out = self.run_check("--asl", str(ASL), "--asl", f"{FAILBACK}={FAILBACK_ASL}", "--only", "definition-uri")
+        self.assertEqual(code, 0, out)
+        self.assertIn(f"infra: {len(MACHINES)} passed, 0 failed", out)
+
+    def test_another_file_for_a_machine_is_checked_and_fails_definition_uri(self) -> None:
+        code, out = self.run_check("--asl", f"{FAILBACK}={ASL}", "--only", "definition-uri,approval")
+        self.assertEqual(code, 1, out)
+        fails = [line for line in out.splitlines() if line.startswith("FAIL ")]
+        self.assertEqual([line.split("] ")[0] + "] " + line.rsplit(" ", 1)[-1] for line in fails],
+                         [f"FAIL [definition-uri] ({FAILBACK})", f"FAIL [approval] ({FAILBACK})"], out)
+        self.assertIn("expected two top-level .waitForTaskToken confirmation states, found ['RequestApproval']", out,
+                      "the failback's checks read the drill's ASL given for it")
+        self.assertIn("infra: 2 passed, 2 failed", out)
+
+    def test_an_unknown_machine_fails_every_machine_check(self) -> None:
+        code, out = self.run_check("--asl", f"NoSuchMachine={ASL}", "--only", "retry,arm64")
+        self.assertEqual(code, 1, out)
+        self.assertIn("--asl names ['NoSuchMachine'], not a state machine of the template", out)
+        self.assertIn("infra: 1 passed, 1 failed", out)
+
+
 class RuleInputCommandLine(unittest.TestCase):
     """infra/rule_input.py prints the execution input the deployed triggers pass."""
 

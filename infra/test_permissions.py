@@ -45,9 +45,30 @@ def check(template: Path, ledger: Path, parameters: Path = PARAMETERS) -> subpro
 
 
 def DRILL_AND_COMPONENTS() -> str:
-    """A whole drill of the phases before components (ledger-drill.jsonl) and the calls the
-    components, their teardown and the sample verifier make (ledger-components.jsonl)."""
-    return (FIXTURES / "ledger-drill.jsonl").read_text() + (FIXTURES / "ledger-components.jsonl").read_text()
+    """A whole drill of the phases before components (ledger-drill.jsonl), the calls the
+    components, their teardown and the sample verifier make (ledger-components.jsonl) and a
+    failback of that drill's run, one call of each kind (ledger-failback.jsonl)."""
+    return "".join((FIXTURES / name).read_text()
+                   for name in ("ledger-drill.jsonl", "ledger-components.jsonl", "ledger-failback.jsonl"))
+
+
+def check_broken_template(test: unittest.TestCase, replacements: list[tuple[str, str]]) -> subprocess.CompletedProcess:
+    """The permission check of DRILL_AND_COMPONENTS() against the current template with
+    each (old, new) applied (each `old` must occur exactly once)."""
+    broken = TEMPLATE.read_text()
+    for old, new in replacements:
+        test.assertEqual(broken.count(old), 1, old)
+        broken = broken.replace(old, new)
+    with tempfile.TemporaryDirectory() as tmp:
+        ledger = Path(tmp) / "ledger.jsonl"
+        ledger.write_text(DRILL_AND_COMPONENTS())
+        # next to the template: DefinitionUri and CodeUri are relative to it
+        with tempfile.NamedTemporaryFile("w", suffix=".yaml", dir=INFRA, delete=False) as f:
+            f.write(broken)
+        try:
+            return check(Path(f.name), ledger, CURRENT_PARAMETERS)
+        finally:
+            Path(f.name).unlink()
 
 
 def record(**fields) -> dict:
@@ -152,7 +173,7 @@ class EndToEnd(unittest.TestCase):
         text = out.stdout + out.stderr
         self.assertEqual(out.returncode, 0, text)
         self.assertNotIn("DENY", text)
-        self.assertRegex(out.stdout, r"\npermissions: 152 calls checked, 0 denied, \d+ grants unexercised\n$")
+        self.assertRegex(out.stdout, r"\npermissions: 190 calls checked, 0 denied, \d+ grants unexercised\n$")
         self.assertIn("unexercised: components rds:DescribeDBSnapshots on "
                       "arn:aws:rds:us-east-1:123456789012:snapshot:* (the code always filters", text)
 
@@ -185,7 +206,33 @@ class EndToEnd(unittest.TestCase):
                       "-> needs iam:PassRole on arn:aws:iam::123456789012:role/drpilot-backup-restore with "
                       "iam:PassedToService=backup.amazonaws.com", out.stdout)
         self.assertIn("which does not match", out.stdout)
-        self.assertRegex(out.stdout, r"\npermissions: 152 calls checked, 4 denied")
+        self.assertRegex(out.stdout, r"\npermissions: 190 calls checked, 4 denied")
+
+    def test_the_failback_grants_are_each_needed(self):
+        schedule = ('              Resource: !Sub "arn:${AWS::Partition}:scheduler:${AWS::Region}:${AWS::AccountId}'
+                    ':schedule/default/${AWS::StackName}-monthly-drill"\n')
+        primary = ("                Action: [s3:GetObject, s3:GetObjectTagging, s3:PutObject, s3:PutObjectTagging, "
+                   "s3:DeleteObject, s3:AbortMultipartUpload]\n")
+        out = check_broken_template(self, [
+            (schedule, schedule.replace("schedule/default/", "schedule/other-group/")),
+            (primary, primary.replace("s3:DeleteObject, ", ""))])
+        self.assertEqual(out.returncode, 1, out.stdout)
+        self.assertIn("DENY failback: GetSchedule /schedules/drpilot-monthly-drill -> needs scheduler:GetSchedule on "
+                      "arn:aws:scheduler:us-east-1:123456789012:schedule/default/drpilot-monthly-drill", out.stdout)
+        self.assertIn("DENY failback: DeleteObject s3://primary-data/root/old.txt -> needs s3:DeleteObject on "
+                      "arn:aws:s3:::primary-data/root/old.txt", out.stdout)
+        self.assertRegex(out.stdout, r"\npermissions: 190 calls checked, 2 denied")
+
+    def test_the_failback_state_machine_is_checked_too(self):
+        invoke = "        - LambdaInvokePolicy:\n            FunctionName: !Ref FailbackFunction\n"
+        out = check_broken_template(self, [(invoke, "")])
+        self.assertEqual(out.returncode, 1, out.stdout)
+        for state in ("Preflight", "Divergence", "CopyBack", "Teardown"):
+            self.assertIn(f"DENY FailbackStateMachineRole: FailbackStateMachine state {state} -> needs "
+                          "lambda:InvokeFunction on arn:aws:lambda:us-east-1:123456789012:function:drpilot-failback",
+                          out.stdout)
+        self.assertNotIn("DENY DrillStateMachineRole", out.stdout)
+        self.assertRegex(out.stdout, r"\npermissions: 190 calls checked, 0 denied")
 
 
 class Mapping(unittest.TestCase):
@@ -401,6 +448,37 @@ class Mapping(unittest.TestCase):
             P.requests_for(call(operation="PutBucketPolicy", resource=T))
         with self.assertRaises(KeyError):
             P.requests_for(call(service="backup", operation="DeleteRecoveryPoint", params={"path": "/x"}))
+
+    def test_eventbridge_scheduler(self):
+        schedule = "arn:aws:scheduler:us-east-1:123456789012:schedule"
+        got = P.requests_for(call(function="failback", service="scheduler", operation="GetSchedule",
+                                  params={"path": "/schedules/drpilot-monthly-drill", "query.groupName": "default"}))
+        self.assertEqual(summary(got), [("scheduler:GetSchedule", f"{schedule}/default/drpilot-monthly-drill", {})])
+        grouped = P.requests_for(call(service="scheduler", operation="GetSchedule", region="eu-west-1",
+                                      params={"path": "/schedules/drill", "query.groupName": "dr-schedules"}))
+        self.assertEqual(summary(grouped), [("scheduler:GetSchedule",
+                                             "arn:aws:scheduler:eu-west-1:123456789012:schedule/dr-schedules/drill", {})])
+        ungrouped = P.requests_for(call(service="scheduler", operation="GetSchedule",
+                                        params={"path": "/schedules/drill"}))
+        self.assertEqual(ungrouped[0].resource, f"{schedule}/default/drill", "no groupName: the default group")
+        self.assertEqual(call(service="scheduler", operation="GetSchedule",
+                              params={"path": "/schedules/drill"}).describe(), "GetSchedule /schedules/drill")
+        for path in ("", "/schedules", "/schedules/", "/schedules/a/b", "/schedule-groups/default"):
+            with self.assertRaises(P.CheckError, msg=path):
+                P.requests_for(call(service="scheduler", operation="GetSchedule", params={"path": path}))
+        for op in ("UpdateSchedule", "CreateSchedule", "DeleteSchedule", "ListSchedules"):
+            with self.assertRaises(KeyError, msg=op):
+                P.requests_for(call(service="scheduler", operation=op, params={"path": "/schedules/drill"}))
+
+    def test_an_unmapped_scheduler_operation_fails_naming_it(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            ledger = Path(tmp) / "ledger.jsonl"
+            ledger.write_text(DRILL_AND_COMPONENTS() + json.dumps(record(
+                function="failback", service="scheduler", operation="UpdateSchedule", resource="*",
+                params={"path": "/schedules/drpilot-monthly-drill"})) + "\n")
+            out = check(TEMPLATE, ledger, CURRENT_PARAMETERS)
+        self.assertEqual(out.returncode, 1, out.stdout)
+        self.assertIn("FAIL unmapped operation scheduler:UpdateSchedule (1 calls)", out.stdout)
 
 
 if __name__ == "__main__":

@@ -509,3 +509,95 @@ pub fn parity_step(counts: &mut ParityCounts, verdict: &Verdict) {
     counts.delta =
         counts.only_left + counts.only_right + counts.size_differs + counts.checksum_differs;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn object(key: &str, size: u64, etag: &str, at: Option<DateTime<Utc>>) -> ObjectInfo {
+        ObjectInfo {
+            key: key.into(),
+            size,
+            etag: etag.into(),
+            last_modified: at,
+        }
+    }
+
+    fn verdict(class: Class, dr: Option<&ObjectInfo>, primary: Option<&ObjectInfo>) -> Verdict {
+        Verdict {
+            key: "k".into(),
+            class,
+            action: Action::None,
+            dr_size: dr.map(|d| d.size),
+            baseline: None,
+            primary: primary.map(Seen::from),
+            dr: dr.map(Seen::from),
+        }
+    }
+
+    #[test]
+    fn a_write_in_the_same_second_is_not_before() {
+        let at = Utc.with_ymd_and_hms(2026, 12, 1, 10, 0, 0).unwrap()
+            + chrono::Duration::milliseconds(700);
+        let earlier = Utc.with_ymd_and_hms(2026, 12, 1, 9, 59, 59).unwrap();
+        let same_second = Utc.with_ymd_and_hms(2026, 12, 1, 10, 0, 0).unwrap();
+        assert!(written_before(&object("a", 1, "e", Some(earlier)), at));
+        assert!(!written_before(&object("a", 1, "e", Some(same_second)), at));
+        assert!(
+            !written_before(&object("a", 1, "e", None), at),
+            "no time: not known to be older"
+        );
+    }
+
+    #[test]
+    fn parity_after_counts_what_the_classes_say_is_the_same() {
+        let a = object("k", 5, "x", None);
+        let b = object("k", 5, "y", None);
+        let c = object("k", 6, "z", None);
+        let mut p = ParityCounts::default();
+        parity_step(&mut p, &verdict(Class::Unchanged, Some(&a), Some(&b)));
+        parity_step(&mut p, &verdict(Class::BothSame, Some(&a), Some(&a)));
+        parity_step(&mut p, &verdict(Class::PrimaryChanged, Some(&a), Some(&b)));
+        parity_step(&mut p, &verdict(Class::PrimaryChanged, Some(&a), Some(&c)));
+        parity_step(&mut p, &verdict(Class::DrDrift, Some(&a), None));
+        parity_step(&mut p, &verdict(Class::PrimaryChanged, None, Some(&a)));
+        parity_step(&mut p, &verdict(Class::BothSame, None, None));
+        assert_eq!(
+            (
+                p.identical,
+                p.checksum_differs,
+                p.size_differs,
+                p.only_left,
+                p.only_right,
+                p.delta
+            ),
+            (2, 1, 1, 1, 1, 4)
+        );
+        assert_eq!((p.left_objects, p.right_objects), (5, 5));
+    }
+
+    #[test]
+    fn counts_tally_each_class_once() {
+        let mut counts = DivergenceCounts::default();
+        for class in [
+            Class::Unchanged,
+            Class::DrChanged,
+            Class::DrChanged,
+            Class::Divergent,
+            Class::DrDrift,
+        ] {
+            tally(&mut counts, &verdict(class, None, None));
+        }
+        assert_eq!(
+            (
+                counts.unchanged,
+                counts.dr_changed,
+                counts.divergent,
+                counts.dr_drift,
+                counts.primary_changed
+            ),
+            (1, 2, 1, 1, 0)
+        );
+    }
+}

@@ -200,7 +200,9 @@ async fn it_copies_and_audits_on_approval_and_a_second_run_copies_nothing() {
     assert_eq!(audit_records(&aws).await.len(), 1);
 
     // A later run of the same backup finds root identical and copies nothing.
-    let second = staged_and_validated(&aws, &tmp, "b1", "run-2").await;
+    // (Started after run-1 published: bringup would have recorded generation 1.)
+    let mut second = staged_and_validated(&aws, &tmp, "b1", "run-2").await;
+    second.published_generation = 1;
     let out = promoter(&aws)
         .handle(request(&second, approval()))
         .await
