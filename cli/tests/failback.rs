@@ -287,6 +287,10 @@ async fn a_clean_failback_brings_the_dr_writes_home_and_advances_the_generation(
         "{}",
         refusal(&again)
     );
+
+    // A drill after it starts against generation 2 (bringup records it) and publishes 3.
+    promoted(&ctx, "dr-1b", "drill").await;
+    assert_eq!(generation(&aws).await, 3);
 }
 
 #[tokio::test]
