@@ -196,6 +196,14 @@ async fn a_clean_failback_brings_the_dr_writes_home_and_advances_the_generation(
     promoted(&ctx, "dr-1", "drill").await;
     assert_eq!(generation(&aws).await, 1);
     dr_writes(&aws).await;
+    // The primary lost an object in the disaster: failing back restores it.
+    aws.s3()
+        .delete_object()
+        .bucket(PRIMARY_BUCKET)
+        .key("root/x/y/9.json")
+        .send()
+        .await
+        .unwrap();
     let primary_before = root(&aws, PRIMARY_BUCKET).await;
     assert_ne!(primary_before, root(&aws, TARGET_BUCKET).await);
 
@@ -210,12 +218,18 @@ async fn a_clean_failback_brings_the_dr_writes_home_and_advances_the_generation(
     assert_eq!(s.status, RunStatus::Succeeded);
     let d = s.divergence.as_ref().unwrap();
     assert_eq!(
-        (d.dr_changed, d.primary_changed, d.divergent, d.unchanged),
-        (3, 0, 0, 28),
+        (
+            d.dr_changed,
+            d.primary_changed,
+            d.primary_missing,
+            d.divergent,
+            d.unchanged
+        ),
+        (3, 0, 1, 0, 27),
         "{d:?}"
     );
     assert_eq!(d.baseline_objects, 30);
-    assert_eq!(s.objects_copied, 2);
+    assert_eq!(s.objects_copied, 3);
     assert_eq!(s.confirmations.len(), 2);
     assert!(s.confirmations.iter().all(|c| c.kind == "literal"));
 
@@ -249,7 +263,7 @@ async fn a_clean_failback_brings_the_dr_writes_home_and_advances_the_generation(
     let audit: Value =
         serde_json::from_str(&aws.get_text(TARGET_BUCKET, &audits[0]).await.unwrap()).unwrap();
     assert_eq!(audit["dr_run_id"], "dr-1");
-    assert_eq!(audit["objects_copied"], 2);
+    assert_eq!(audit["objects_copied"], 3);
     assert_eq!(audit["objects_deleted"], 1);
     assert_eq!(audit["generation"], 2);
     assert_eq!(audit["parity_after"]["delta"], 0);
@@ -526,6 +540,21 @@ async fn each_unmet_precondition_is_refused_before_any_copy_naming_its_cause() {
     .await
     .unwrap();
     assert!(refusal(&wrong).contains("confirm2"), "{}", refusal(&wrong));
+    // A failback is what its DR run was: a drill's is not a recovery.
+    let mode = failback(
+        &ctx,
+        &FailbackArgs {
+            mode: Some("recovery".into()),
+            ..literal("dr-3")
+        },
+    )
+    .await
+    .unwrap();
+    assert!(
+        refusal(&mode).contains("mode: the DR run dr-3 was a drill"),
+        "{}",
+        refusal(&mode)
+    );
     // Only one of them: refused before anything starts.
     let one = failback(
         &ctx,

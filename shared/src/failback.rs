@@ -37,8 +37,8 @@ pub struct FailbackInput {
     pub profile: String,
     /// The run whose promotion made the DR site live.
     pub dr_run_id: String,
-    /// `drill` or `recovery`; the DR run's mode when absent. Only a drill may confirm
-    /// with the literal confirmations.
+    /// `drill` or `recovery`: must be the DR run's mode when given (a failback is what
+    /// its DR run was). Only a drill's failback may confirm with the literals.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<Mode>,
     /// Drills only: `FAILBACK` and `CONFIRM-<dr_run_id>` instead of two approvals.
@@ -204,7 +204,7 @@ pub struct DrPromotion {
 pub struct FailbackRun {
     pub run_id: String,
     pub input: FailbackInput,
-    /// The input's mode, or the DR run's.
+    /// The DR run's mode.
     pub mode: Mode,
     pub execution_arn: Option<String>,
     pub kickoff_at: DateTime<Utc>,
@@ -243,8 +243,12 @@ pub struct DivergenceCounts {
     pub unchanged: u64,
     /// Changed (written, deleted or added) on the DR site only: copied back.
     pub dr_changed: u64,
-    /// Changed on the primary only: left as the primary has them.
+    /// Changed on the primary only (written or added): left as the primary has them.
     pub primary_changed: u64,
+    /// Gone from the primary while the DR site still holds the baseline's version (a
+    /// site that lost data): restored from the DR site.
+    #[serde(default)]
+    pub primary_missing: u64,
     /// Changed on both sites to the same content: nothing to do.
     pub both_same: u64,
     /// Changed on both sites differently: refused unless `discard_divergent`.

@@ -47,6 +47,9 @@ pub enum Class {
     Unchanged,
     DrChanged,
     PrimaryChanged,
+    /// The primary lost an object the DR site still holds as the baseline's (a site
+    /// that burned): restored, never kept missing.
+    PrimaryMissing,
     BothSame,
     Divergent,
     DrDrift,
@@ -240,6 +243,8 @@ enum Side {
     Changed,
     /// DR only: in `root/` from before the promotion, in no manifest.
     Drift,
+    /// Primary only: the baseline's object is gone.
+    Missing,
 }
 
 async fn judge(sides: &Sides<'_>, t: Triple, discard: bool) -> Result<Verdict> {
@@ -258,7 +263,7 @@ async fn judge(sides: &Sides<'_>, t: Triple, discard: bool) -> Result<Verdict> {
     )
     .await?;
     let action = match class {
-        Class::DrChanged => dr_version(&dr),
+        Class::DrChanged | Class::PrimaryMissing => dr_version(&dr),
         Class::Divergent if discard => dr_version(&dr),
         Class::Divergent => Action::Refuse,
         _ => Action::None,
@@ -306,12 +311,13 @@ async fn classify(
             .await?;
             return Ok(match dr_side {
                 Side::Unchanged => Class::Unchanged,
-                Side::Drift | Side::Changed => Class::BothSame,
+                Side::Drift | Side::Changed | Side::Missing => Class::BothSame,
             });
         }
     }
     let primary_side = match primary {
-        None if baseline.is_some() => Side::Changed,
+        // Gone from the primary: a loss to repair, not a write to keep.
+        None if baseline.is_some() => Side::Missing,
         None => Side::Unchanged, // only the DR site has the key
         Some(p) => {
             side(
@@ -341,10 +347,15 @@ async fn classify(
         }
     };
     Ok(match (primary_side, dr_side) {
+        (Side::Missing, Side::Unchanged) => Class::PrimaryMissing,
+        // Deleted on both sites, or gone from the primary and rewritten on the DR site.
+        (Side::Missing, _) if dr.is_none() => Class::BothSame,
+        (Side::Missing, _) => Class::DrChanged,
         (Side::Unchanged, Side::Unchanged) => Class::Unchanged,
         (Side::Unchanged, Side::Drift) => Class::DrDrift,
         (Side::Unchanged, Side::Changed) => Class::DrChanged,
         (Side::Changed, Side::Unchanged | Side::Drift) => Class::PrimaryChanged,
+        (_, Side::Missing) => unreachable_side(key, "the DR side was judged missing")?,
         (Side::Changed, Side::Changed) => {
             if same_content(sides, key, primary, dr).await? {
                 Class::BothSame
@@ -352,13 +363,13 @@ async fn classify(
                 Class::Divergent
             }
         }
-        (Side::Drift, _) => unreachable_side(key)?,
+        (Side::Drift, _) => unreachable_side(key, "the primary side was judged drift")?,
     })
 }
 
-fn unreachable_side(key: &str) -> Result<Class> {
+fn unreachable_side(key: &str, what: &str) -> Result<Class> {
     Err(Error::internal(format!(
-        "{key}: the primary side was judged drift, which only the DR side can be"
+        "{key}: {what}, which cannot happen"
     )))
 }
 
@@ -473,6 +484,7 @@ fn tally(counts: &mut DivergenceCounts, verdict: &Verdict) {
         Class::Unchanged => &mut counts.unchanged,
         Class::DrChanged => &mut counts.dr_changed,
         Class::PrimaryChanged => &mut counts.primary_changed,
+        Class::PrimaryMissing => &mut counts.primary_missing,
         Class::BothSame => &mut counts.both_same,
         Class::Divergent => &mut counts.divergent,
         Class::DrDrift => &mut counts.dr_drift,

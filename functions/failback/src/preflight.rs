@@ -139,10 +139,20 @@ impl Failback {
             "primary_reachable",
             self.primary_reachable(primary, &primary_region).await,
         );
-        let mode = input
-            .mode
-            .or_else(|| dr.as_ref().ok().map(|d| d.mode))
-            .unwrap_or(Mode::Recovery);
+        // A failback is what its DR run was: a drill's may confirm with the literals, a
+        // recovery's needs two approvers, whatever the input says.
+        let mode = dr.as_ref().ok().map_or(Mode::Recovery, |d| d.mode);
+        if let (Some(asked), Ok(d)) = (input.mode, &dr) {
+            if asked != d.mode {
+                record(
+                    "mode",
+                    Err(Error::input(format!(
+                        "mode: the DR run {} was a {}, so its failback is one too, not a {asked}",
+                        d.run_id, d.mode
+                    ))),
+                );
+            }
+        }
         if input.has_literals() {
             record(
                 "confirmations",
