@@ -4,11 +4,13 @@
 
 #![allow(clippy::unwrap_used)] // a test that cannot unwrap should fail loudly
 
+mod common;
+
 use std::time::Duration;
 
 use drpilot_cli::history::fetch;
 use drpilot_cli::local::{deploy_state_machine, Machine};
-use drpilot_cli::{approve, deny, follow, parse_since, records, runs, start, Ctx, Out, StartFlags};
+use drpilot_cli::{approve, deny, follow, parse_since, records, runs, Ctx, Out};
 use drpilot_shared::receipt::{PhaseStatus, RunStatus};
 use drpilot_shared::Phase;
 use drpilot_testkit::{
@@ -16,6 +18,8 @@ use drpilot_testkit::{
     PROFILE, TARGET_BUCKET,
 };
 use serde_json::{json, Value};
+
+use common::start_run;
 
 const MACHINE: &str = "drpilot-drill";
 
@@ -103,24 +107,6 @@ async fn until_waiting(ctx: &Ctx, run_id: &str) {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     panic!("run {run_id} never reached the approval");
-}
-
-async fn start_run(ctx: &Ctx, input: Value) -> String {
-    let tmp = TempDir::new("input");
-    let path = tmp.path().join("input.json");
-    std::fs::write(&path, input.to_string()).unwrap();
-    let p = start(
-        ctx,
-        PROFILE,
-        Some(&path),
-        None,
-        false,
-        None,
-        &StartFlags::full_drill(),
-    )
-    .await
-    .unwrap();
-    p.run_id()
 }
 
 async fn finish(ctx: &Ctx, run_id: &str) -> drpilot_cli::history::Progress {

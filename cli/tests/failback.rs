@@ -4,14 +4,15 @@
 
 #![allow(clippy::unwrap_used)] // a test that cannot unwrap should fail loudly
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use drpilot_cli::history::fetch;
 use drpilot_cli::local::{deploy_state_machine, Machine};
 use drpilot_cli::{
-    approve, failback, follow, records, runs, start, Ctx, FailbackArgs, FailbackProgress, Out,
-    StartFlags,
+    approve, failback, follow, records, runs, Ctx, FailbackArgs, FailbackProgress, Out,
 };
 use drpilot_shared::failback::FailbackSummary;
 use drpilot_shared::receipt::RunStatus;
@@ -20,6 +21,8 @@ use drpilot_testkit::{
     TARGET_BUCKET,
 };
 use serde_json::{json, Value};
+
+use common::start_run;
 
 const MACHINE: &str = "drpilot-drill";
 const FAILBACK: &str = "drpilot-failback";
@@ -56,24 +59,6 @@ async fn stack(aws: &LocalAws, tmp: &TempDir) -> Ctx {
     aws.upload_dir(BACKUP_BUCKET, &format!("{BACKUP_PREFIX}b1"), &out)
         .await;
     ctx
-}
-
-async fn start_run(ctx: &Ctx, input: Value) -> String {
-    let tmp = TempDir::new("input");
-    let path = tmp.path().join("input.json");
-    std::fs::write(&path, input.to_string()).unwrap();
-    let p = start(
-        ctx,
-        PROFILE,
-        Some(&path),
-        None,
-        false,
-        None,
-        &StartFlags::full_drill(),
-    )
-    .await
-    .unwrap();
-    p.run_id()
 }
 
 /// A DR run that promoted the backup into the DR site's `root/`: a drill promoting
@@ -704,9 +689,9 @@ async fn a_failback_interrupted_mid_copy_and_run_again_ends_as_an_uninterrupted_
     .await;
 
     // The failback function in this process, its copies failing after the fifth.
-    let mut clients = aws.clients.for_function("failback");
-    clients.s3 = failing_copies(&clients, 5);
-    let mut function = failback::Failback::new(clients);
+    // (Replaced after `new`, which rebuilds its clients when the call ledger is on.)
+    let mut function = failback::Failback::new(aws.clients.clone());
+    function.clients.s3 = failing_copies(&function.clients, 5);
     function.tuning.concurrency = 1;
     let input = json!({"profile": PROFILE, "dr_run_id": "dr-5", "run_id": "fb-cut",
                        "confirm1": "FAILBACK", "confirm2": "CONFIRM-dr-5"});

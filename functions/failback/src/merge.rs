@@ -13,7 +13,7 @@
 
 use chrono::{DateTime, Utc};
 use drpilot_shared::failback::DivergenceCounts;
-use drpilot_shared::listing::{list_sorted, Joined, Keyed, MergeJoin, ObjectInfo};
+use drpilot_shared::listing::{list_sorted, Joined, Keyed, MergeJoin, ObjectInfo, Sorted};
 use drpilot_shared::manifest::{self, ManifestEntry};
 use drpilot_shared::objects::{sha256_by_reading, stored_sha256};
 use drpilot_shared::parity::ParityCounts;
@@ -24,6 +24,8 @@ use tokio::sync::mpsc;
 
 /// Content lookups in flight at once.
 const LOOKUP_CONCURRENCY: usize = 32;
+/// Joined steps that may wait between one merge and the next.
+const JOIN_BUFFER: usize = 4096;
 
 /// Where the three sides are.
 pub struct Sides<'a> {
@@ -160,70 +162,42 @@ pub async fn compare<'s>(
     let (primary, primary_lister) =
         list_sorted(sides.primary_s3.clone(), sides.primary_root, vec![]);
     let (dr, dr_lister) = list_sorted(sides.dr_s3.clone(), sides.dr_root, vec![]);
-    let (bp_tx, bp_rx) = mpsc::channel::<Result<BaselineAndPrimary>>(4096);
-    let joiner = tokio::spawn(async move {
-        let mut merge = MergeJoin::new(baseline, primary);
-        loop {
-            let next = match merge.next().await {
-                Ok(Some(Joined::OnlyLeft(b))) => BaselineAndPrimary {
-                    key: b.key.clone(),
-                    baseline: Some(b),
-                    primary: None,
-                },
-                Ok(Some(Joined::OnlyRight(p))) => BaselineAndPrimary {
-                    key: p.key.clone(),
-                    baseline: None,
-                    primary: Some(p),
-                },
-                Ok(Some(Joined::Both(b, p))) => BaselineAndPrimary {
-                    key: b.key.clone(),
-                    baseline: Some(b),
-                    primary: Some(p),
-                },
-                Ok(None) => return,
-                Err(e) => {
-                    let _ = bp_tx.send(Err(e)).await;
-                    return;
-                }
-            };
-            if bp_tx.send(Ok(next)).await.is_err() {
-                return;
-            }
-        }
+    let (baseline_and_primary, joiner) = spawn_join(baseline, primary, |joined| match joined {
+        Joined::OnlyLeft(b) => BaselineAndPrimary {
+            key: b.key.clone(),
+            baseline: Some(b),
+            primary: None,
+        },
+        Joined::OnlyRight(p) => BaselineAndPrimary {
+            key: p.key.clone(),
+            baseline: None,
+            primary: Some(p),
+        },
+        Joined::Both(b, p) => BaselineAndPrimary {
+            key: b.key.clone(),
+            baseline: Some(b),
+            primary: Some(p),
+        },
     });
-    let (triple_tx, mut triple_rx) = mpsc::channel::<Result<Triple>>(4096);
-    let merger = tokio::spawn(async move {
-        let mut merge = MergeJoin::new(bp_rx, dr);
-        loop {
-            let next = match merge.next().await {
-                Ok(Some(Joined::OnlyLeft(bp))) => Triple {
-                    key: bp.key,
-                    baseline: bp.baseline,
-                    primary: bp.primary,
-                    dr: None,
-                },
-                Ok(Some(Joined::OnlyRight(d))) => Triple {
-                    key: d.key.clone(),
-                    baseline: None,
-                    primary: None,
-                    dr: Some(d),
-                },
-                Ok(Some(Joined::Both(bp, d))) => Triple {
-                    key: bp.key,
-                    baseline: bp.baseline,
-                    primary: bp.primary,
-                    dr: Some(d),
-                },
-                Ok(None) => return,
-                Err(e) => {
-                    let _ = triple_tx.send(Err(e)).await;
-                    return;
-                }
-            };
-            if triple_tx.send(Ok(next)).await.is_err() {
-                return;
-            }
-        }
+    let (mut triple_rx, merger) = spawn_join(baseline_and_primary, dr, |joined| match joined {
+        Joined::OnlyLeft(bp) => Triple {
+            key: bp.key,
+            baseline: bp.baseline,
+            primary: bp.primary,
+            dr: None,
+        },
+        Joined::OnlyRight(d) => Triple {
+            key: d.key.clone(),
+            baseline: None,
+            primary: None,
+            dr: Some(d),
+        },
+        Joined::Both(bp, d) => Triple {
+            key: bp.key,
+            baseline: bp.baseline,
+            primary: bp.primary,
+            dr: Some(d),
+        },
     });
     let triples = futures::stream::poll_fn(move |cx| triple_rx.poll_recv(cx));
     let verdicts = triples
@@ -234,6 +208,36 @@ pub async fn compare<'s>(
         manifests: Some(manifests),
     };
     Ok((verdicts, comparison))
+}
+
+/// Merge-joins two sorted streams in a task of its own into a sorted stream of `joined`
+/// steps (an error ends it), so a third stream can be joined with the result.
+fn spawn_join<L, R, T>(
+    left: Sorted<L>,
+    right: Sorted<R>,
+    joined: impl Fn(Joined<L, R>) -> T + Send + 'static,
+) -> (Sorted<T>, tokio::task::JoinHandle<()>)
+where
+    L: Keyed + Send + 'static,
+    R: Keyed + Send + 'static,
+    T: Send + 'static,
+{
+    let (tx, rx) = mpsc::channel(JOIN_BUFFER);
+    let task = tokio::spawn(async move {
+        let mut merge = MergeJoin::new(left, right);
+        loop {
+            let next = match merge.next().await {
+                Ok(Some(step)) => Ok(joined(step)),
+                Ok(None) => return,
+                Err(e) => Err(e),
+            };
+            let failed = next.is_err();
+            if tx.send(next).await.is_err() || failed {
+                return;
+            }
+        }
+    });
+    (rx, task)
 }
 
 /// How one site's object stands against the baseline.
