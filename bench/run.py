@@ -3,6 +3,7 @@
 same data, as one markdown table (what, drpilot, peer, ratio). Medians of BENCH_REPS runs.
 
 Sizes: BENCH_PARITY_OBJECTS (default 100000), BENCH_PROMOTE_OBJECTS (10000),
+BENCH_FAILBACK_OBJECTS (10000),
 BENCH_RESTORE_FILES (2000), BENCH_PIPELINE_MB ("100 1100"), BENCH_MAKE_MB ("100 1000").
 """
 
@@ -15,6 +16,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import backup_make  # noqa: E402
 import drill  # noqa: E402
+import failback  # noqa: E402
 import footprint  # noqa: E402
 import parity  # noqa: E402
 import promote  # noqa: E402
@@ -29,6 +31,7 @@ def main() -> int:
     rows += restore_s3.rows(int(os.environ.get("BENCH_RESTORE_FILES", "2000")))
     rows += parity.rows(int(os.environ.get("BENCH_PARITY_OBJECTS", "100000")))
     rows += promote.rows(int(os.environ.get("BENCH_PROMOTE_OBJECTS", "10000")))
+    rows += failback.rows(int(os.environ.get("BENCH_FAILBACK_OBJECTS", "10000")))
     rows += backup_make.rows([int(x) for x in os.environ.get("BENCH_MAKE_MB", "100 1000").split()])
     rows += footprint.rows()
     rows += drill.rows()

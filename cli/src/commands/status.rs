@@ -6,7 +6,8 @@ use crate::{CliError, Ctx};
 
 /// `drpilot status`: the run's steps so far.
 pub async fn status(ctx: &Ctx, run_id: &str) -> Result<Progress, CliError> {
-    let (arn, _) = ctx.any_execution_arn(run_id).await?;
+    let (arn, found_in) = ctx.any_execution_arn(run_id).await?;
+    let is_failback = found_in.state_machine != ctx.state_machine;
     let progress = fetch(&ctx.sfn, &arn).await?;
     ctx.out.say(format!("run {run_id}: {}", progress.status));
     for step in &progress.steps {
@@ -17,11 +18,21 @@ pub async fn status(ctx: &Ctx, run_id: &str) -> Result<Progress, CliError> {
         }
     }
     if progress.waiting_for_approval {
+        let what = if is_failback {
+            "a confirmation (two different approvers)"
+        } else {
+            "approval"
+        };
         ctx.out.say(format!(
-            "  waiting for approval: drpilot approve {run_id} --approver NAME --ticket ID"
+            "  waiting for {what}: drpilot approve {run_id} --approver NAME --ticket ID"
         ));
     }
-    if progress.finished() {
+    if progress.finished() && is_failback {
+        ctx.out.say(format!(
+            "failback {run_id} {} (drpilot report {run_id} for its summary)",
+            progress.status
+        ));
+    } else if progress.finished() {
         print_outcome(ctx, run_id, &progress);
     }
     Ok(progress)

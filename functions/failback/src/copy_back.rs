@@ -6,9 +6,10 @@
 //! site's is missing, then the audit record is written and the next generation published.
 
 use chrono::Utc;
-use drpilot_shared::copy::{apply_changes, Change, CHANGE_BUFFER};
+use drpilot_shared::copy::{apply_changes, Change, CopyStats, CopyTuning, CHANGE_BUFFER};
 use drpilot_shared::failback::{
-    Confirmation, CopyBackDetails, DivergenceDetails, FailbackAudit, FailbackRun, FailbackStep,
+    Confirmation, CopyBackDetails, DivergenceCounts, DivergenceDetails, FailbackAudit, FailbackRun,
+    FailbackStep,
 };
 use drpilot_shared::objects::{get_json, put_json};
 use drpilot_shared::parity::ParityCounts;
@@ -23,7 +24,7 @@ use tokio::sync::mpsc;
 use tracing::info;
 
 use crate::divergence::plan_uri;
-use crate::merge::{self, Action, Class};
+use crate::merge::{self, Action, Class, Sides};
 use crate::{Failback, StepClock, StepOutput};
 
 /// An approval's answer, as `drpilot approve` sends it through the task token.
@@ -111,41 +112,12 @@ impl Failback {
         let primary_s3 = self.clients.s3_in(&run.primary_region);
         let sides = self.sides(run, &primary_s3);
         let discard = run.input.discard_divergent;
-        let (tx, rx) = mpsc::channel::<Change>(CHANGE_BUFFER);
-        let (mut refused, mut overwritten) = (Vec::new(), 0_u64);
-        let plan = async {
-            let counts = merge::survey(&sides, discard, async |verdict| {
-                let at = |root: &S3Uri| {
-                    root.join(&verdict.key)
-                        .map_err(|e| Error::contract(format!("{}: {e}", verdict.key)))
-                };
-                let change = match verdict.action {
-                    Action::None => return Ok(()),
-                    Action::Refuse => {
-                        refused.push(verdict.key.clone());
-                        return Ok(());
-                    }
-                    Action::Copy => Change::Copy {
-                        from: at(&run.dr_root)?,
-                        to: at(&run.primary_root)?,
-                        size: verdict.dr_size,
-                    },
-                    Action::Delete => Change::Delete(at(&run.primary_root)?),
-                };
-                if verdict.class == Class::Divergent {
-                    overwritten += 1;
-                }
-                tx.send(change)
-                    .await
-                    .map_err(|_| Error::internal("the copy workers stopped"))
-            })
-            .await;
-            drop(tx);
-            counts
-        };
-        let (counts, stats) = tokio::join!(plan, apply_changes(&primary_s3, rx, self.tuning));
-        let stats = stats?;
-        counts?;
+        let Copied {
+            stats,
+            refused,
+            overwritten,
+            ..
+        } = copy_changes(&sides, discard, &primary_s3, self.tuning).await?;
         if !refused.is_empty() {
             return Err(Error::new(
                 ErrorKind::DivergenceError,
@@ -165,10 +137,10 @@ impl Failback {
             Ok(())
         })
         .await?;
-        if remaining.dr_changed > 0 || remaining.divergent > 0 {
+        let missing = remaining.dr_changed + remaining.divergent + remaining.primary_missing;
+        if missing > 0 {
             return Err(Error::integrity(format!(
-                "after the copy {} DR-side changes and {} divergent keys still differ on the primary ({remaining:?})",
-                remaining.dr_changed, remaining.divergent
+                "after the copy {missing} of the DR site's objects are still not on the primary ({remaining:?})"
             ))
             .into());
         }
@@ -176,20 +148,8 @@ impl Failback {
         let audit_record = self
             .audit_uri(profile, store, &run.run_id, failed_back_at)
             .await?;
-        let published = published::advance(
-            &self.clients.s3,
-            &pointer,
-            run.published_generation,
-            PublishedPointer::new(
-                &run.run_id,
-                PublishKind::Failback,
-                &run.dr.backup,
-                run.primary_root.clone(),
-                failed_back_at,
-                audit_record.clone(),
-            ),
-        )
-        .await?;
+        // The audit record first: it records a copy that happened, whatever becomes of
+        // the publication after it (as promote's does).
         let audit = FailbackAudit {
             run_id: run.run_id.clone(),
             execution_arn: run.execution_arn.clone(),
@@ -209,10 +169,24 @@ impl Failback {
             bytes_copied: stats.bytes,
             objects_deleted: stats.deleted,
             parity_after: parity_after.clone(),
-            generation: published.generation,
+            generation: run.published_generation + 1,
             failed_back_at,
         };
         put_json(&self.clients.s3, &audit_record, &audit).await?;
+        let published = published::advance(
+            &self.clients.s3,
+            &pointer,
+            run.published_generation,
+            PublishedPointer::new(
+                &run.run_id,
+                PublishKind::Failback,
+                &run.dr.backup,
+                run.primary_root.clone(),
+                failed_back_at,
+                audit_record.clone(),
+            ),
+        )
+        .await?;
         info!(run_id = %run.run_id, copied = stats.copied, deleted = stats.deleted, generation = published.generation, "failed back");
         Ok(CopyBackDetails {
             confirmations,
@@ -269,6 +243,69 @@ impl Failback {
         put_json(&self.clients.s3, &pending_uri, &pending).await?;
         Ok(pending.audit_record)
     }
+}
+
+/// What [`copy_changes`] did.
+#[derive(Clone, Debug, Default)]
+pub struct Copied {
+    /// The comparison's counts as it found the sites (before its copies).
+    pub counts: DivergenceCounts,
+    pub stats: CopyStats,
+    /// Divergent keys left alone (without `discard`).
+    pub refused: Vec<String>,
+    /// Divergent keys where the DR site's version replaced the primary's.
+    pub overwritten: u64,
+}
+
+/// One pass of the three-way comparison feeding the copy engine: every key the DR site
+/// changed (and, with `discard`, every divergent one) is made on the primary as the DR
+/// site has it, `tuning.concurrency` copies at once while the comparison goes on.
+pub async fn copy_changes(
+    sides: &Sides<'_>,
+    discard: bool,
+    primary_s3: &aws_sdk_s3::Client,
+    tuning: CopyTuning,
+) -> Result<Copied> {
+    let (tx, rx) = mpsc::channel::<Change>(CHANGE_BUFFER);
+    let (mut refused, mut overwritten) = (Vec::new(), 0_u64);
+    let plan = async {
+        let counts = merge::survey(sides, discard, async |verdict| {
+            let at = |root: &S3Uri| {
+                root.join(&verdict.key)
+                    .map_err(|e| Error::contract(format!("{}: {e}", verdict.key)))
+            };
+            let change = match verdict.action {
+                Action::None => return Ok(()),
+                Action::Refuse => {
+                    refused.push(verdict.key.clone());
+                    return Ok(());
+                }
+                Action::Copy => Change::Copy {
+                    from: at(sides.dr_root)?,
+                    to: at(sides.primary_root)?,
+                    size: verdict.dr_size,
+                },
+                Action::Delete => Change::Delete(at(sides.primary_root)?),
+            };
+            if verdict.class == Class::Divergent {
+                overwritten += 1;
+            }
+            tx.send(change)
+                .await
+                .map_err(|_| Error::internal("the copy workers stopped"))
+        })
+        .await;
+        drop(tx);
+        counts
+    };
+    let (counts, stats) = tokio::join!(plan, apply_changes(primary_s3, rx, tuning));
+    let stats = stats?;
+    Ok(Copied {
+        counts: counts?,
+        stats,
+        refused,
+        overwritten,
+    })
 }
 
 /// The two confirmations: a drill's literal ones (checked by preflight), or two
