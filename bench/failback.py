@@ -33,7 +33,7 @@ def body(i: int) -> bytes:
 
 
 def rows(n: int = 10_000) -> list[tuple[str, str, str, str]]:
-    binary = bench_binary("failback", "failback")
+    binary = bench_binary("failback", "copy_back")
     changed = max(1, n // 10)
     keys = [f"d{i % 50:02d}/o-{i:07d}.json" for i in range(n)]
     with LocalS3() as s3, tempfile.TemporaryDirectory(prefix="drpilot-bench-failback-") as tmp:

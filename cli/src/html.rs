@@ -530,8 +530,8 @@ pub fn failback_text(s: &FailbackSummary) -> Vec<String> {
     )];
     if let Some(d) = &s.divergence {
         lines.push(format!(
-            "  since the backup: {} keys changed on the DR site, {} on the primary only, {} on both differently, {} on both alike, {} unchanged, {} DR drift",
-            d.dr_changed, d.primary_changed, d.divergent, d.both_same, d.unchanged, d.dr_drift
+            "  since the backup: {} keys changed on the DR site, {} on the primary only, {} lost by the primary, {} on both differently, {} on both alike, {} unchanged, {} DR drift",
+            d.dr_changed, d.primary_changed, d.primary_missing, d.divergent, d.both_same, d.unchanged, d.dr_drift
         ));
     }
     if let Some(report) = &s.divergence_report {
@@ -594,6 +594,7 @@ struct FailbackPage<'a> {
     divergent: String,
     dr_changed: String,
     primary_changed: String,
+    primary_missing: String,
     copied: u64,
     confirmations: &'a [drpilot_shared::failback::Confirmation],
     confirmed_by: String,
@@ -636,6 +637,7 @@ pub fn render_failback(s: &FailbackSummary) -> Result<String, CliError> {
         divergent: count(|d| d.divergent),
         dr_changed: count(|d| d.dr_changed),
         primary_changed: count(|d| d.primary_changed),
+        primary_missing: count(|d| d.primary_missing),
         copied: s.objects_copied,
         confirmations: &s.confirmations,
         confirmed_by: if s.confirmations.is_empty() {

@@ -172,8 +172,8 @@ pub fn describe(line: &RunLine) -> String {
             .as_ref()
             .map_or("divergence not measured".to_owned(), |d| {
                 format!(
-                    "DR changed {}, primary changed {}, divergent {}",
-                    d.dr_changed, d.primary_changed, d.divergent
+                    "DR changed {}, primary changed {}, primary lost {}, divergent {}",
+                    d.dr_changed, d.primary_changed, d.primary_missing, d.divergent
                 )
             });
         let confirmed = if f.confirmations.is_empty() {

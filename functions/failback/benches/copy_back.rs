@@ -2,7 +2,7 @@
 //! the divergence pass (the three-way comparison, writing nothing), the copy-back pass
 //! (the comparison feeding the copy engine) and the recount, timed apart.
 //!
-//! usage: failback BACKUP_URI DR_ROOT PRIMARY_ROOT PROMOTED_AT   (AWS_ENDPOINT_URL etc. from env)
+//! usage: copy_back BACKUP_URI DR_ROOT PRIMARY_ROOT PROMOTED_AT   (AWS_ENDPOINT_URL etc. from env)
 
 use std::time::Instant;
 
@@ -18,7 +18,7 @@ fn main() {
         .filter(|a| a != "--bench")
         .collect();
     let [backup, dr_root, primary_root, promoted_at] = args.as_slice() else {
-        eprintln!("usage: failback BACKUP_URI DR_ROOT PRIMARY_ROOT PROMOTED_AT");
+        eprintln!("usage: copy_back BACKUP_URI DR_ROOT PRIMARY_ROOT PROMOTED_AT");
         std::process::exit(2);
     };
     let parse = |s: &str| s.parse::<S3Uri>().expect("an s3:// URI");
