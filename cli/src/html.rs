@@ -17,10 +17,7 @@ pub fn text_report(s: &RunSummary) -> Vec<String> {
             s.run_id,
             s.mode,
             s.profile,
-            match s.status {
-                RunStatus::Succeeded => "succeeded",
-                RunStatus::Failed => "FAILED",
-            }
+            status_word(s.status)
         ),
         format!("  RTO {}   RPO {}", s.rto.describe(), s.rpo.describe()),
         format!(
@@ -285,10 +282,7 @@ pub fn render(s: &RunSummary, receipts: &[PhaseReceipt]) -> Result<String, CliEr
     let page = ReportPage {
         run: &s.run_id,
         mode: s.mode.to_string(),
-        status: match s.status {
-            RunStatus::Succeeded => "succeeded",
-            RunStatus::Failed => "FAILED",
-        },
+        status: status_word(s.status),
         profile: &s.profile,
         backup: s
             .backup_uri
@@ -522,10 +516,7 @@ pub fn failback_text(s: &FailbackSummary) -> Vec<String> {
         s.run_id,
         s.dr_run_id,
         s.profile,
-        match s.status {
-            RunStatus::Succeeded => "succeeded",
-            RunStatus::Failed => "FAILED",
-        },
+        status_word(s.status),
         if s.dry_run { " (dry run)" } else { "" }
     )];
     if let Some(d) = &s.divergence {
@@ -616,10 +607,7 @@ pub fn render_failback(s: &FailbackSummary) -> Result<String, CliError> {
     let page = FailbackPage {
         run: &s.run_id,
         dr_run: &s.dr_run_id,
-        status: match s.status {
-            RunStatus::Succeeded => "succeeded",
-            RunStatus::Failed => "FAILED",
-        },
+        status: status_word(s.status),
         profile: &s.profile,
         dry_run: s.dry_run,
         kickoff: s.kickoff_at.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
@@ -674,4 +662,12 @@ pub fn render_failback(s: &FailbackSummary) -> Result<String, CliError> {
     };
     askama::Template::render(&page)
         .map_err(|e| CliError::Io(format!("rendering the failback report: {e}")))
+}
+
+/// A run's or a failback's status, as the reports say it.
+fn status_word(status: RunStatus) -> &'static str {
+    match status {
+        RunStatus::Succeeded => "succeeded",
+        RunStatus::Failed => "FAILED",
+    }
 }

@@ -750,3 +750,75 @@ async fn a_failback_interrupted_mid_copy_and_run_again_ends_as_an_uninterrupted_
     assert_eq!(s.objects_copied as usize, 40 - copied_before);
     assert_eq!(generation(&aws).await, 2);
 }
+
+#[tokio::test]
+async fn discarding_covers_only_the_divergence_people_were_shown() {
+    let aws = LocalAws::start().await;
+    let tmp = TempDir::new("failback-discard-window");
+    let ctx = stack(&aws, &tmp).await;
+    promoted(&ctx, "rec-2", "recovery").await;
+    dr_writes(&aws).await;
+    aws.put_text(
+        PRIMARY_BUCKET,
+        "root/x/y/1.json",
+        "{\"record\": 1, \"on\": \"primary\"}",
+    )
+    .await;
+    // (Whole seconds: that write is wholly before the divergence step.)
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let started = failback(
+        &ctx,
+        &FailbackArgs {
+            discard_divergent: true,
+            approver: Some("dana".into()),
+            ticket: Some("CHG-9".into()),
+            no_wait: true,
+            ..args("rec-2")
+        },
+    )
+    .await
+    .unwrap();
+    let fb = ctx.failback();
+    let arn = fb.execution_arn(&started.run_id).await.unwrap();
+    let first = waiting(&ctx, &arn, None).await.unwrap();
+    // While the confirmations wait, the primary writes the divergent key again: not what
+    // dana accepted to discard.
+    aws.put_text(
+        PRIMARY_BUCKET,
+        "root/x/y/1.json",
+        "{\"record\": 1, \"on\": \"primary\", \"again\": true}",
+    )
+    .await;
+    approve(&ctx, &started.run_id, "bob", "CHG-1", None)
+        .await
+        .unwrap();
+    waiting(&ctx, &arn, Some(&first)).await.unwrap();
+    approve(&ctx, &started.run_id, "carol", "CHG-1", None)
+        .await
+        .unwrap();
+    let ended = follow(&fb, &arn, &started.run_id, None).await.unwrap();
+    assert_eq!(ended.status, "FAILED");
+    assert_eq!(ended.error.as_deref(), Some("DivergenceError"));
+    let cause = ended.cause.unwrap_or_default();
+    assert!(
+        cause.contains("after the divergence step") && cause.contains("x/y/1.json"),
+        "{cause}"
+    );
+    assert_eq!(
+        aws.get_text(PRIMARY_BUCKET, "root/x/y/1.json")
+            .await
+            .as_deref(),
+        Some("{\"record\": 1, \"on\": \"primary\", \"again\": true}"),
+        "the later write stays"
+    );
+    // The DR site's one-sided changes were copied; nothing was published.
+    assert!(aws
+        .get_text(PRIMARY_BUCKET, "root/x/y/new.json")
+        .await
+        .is_some());
+    assert_eq!(generation(&aws).await, 1);
+    assert!(aws
+        .get_text(TARGET_BUCKET, "locks/drill.lock")
+        .await
+        .is_none());
+}

@@ -98,6 +98,26 @@ impl Published {
     }
 }
 
+/// Refuses (before anything is copied) a run started against generation `expected` when
+/// the live pointer is another's: someone promoted or failed back since. The pointer
+/// being `run_id`'s own publication of `expected + 1` (a re-run past it) is live too.
+pub async fn ensure_live(
+    s3: &aws_sdk_s3::Client,
+    uri: &S3Uri,
+    expected: u64,
+    run_id: &str,
+) -> Result<()> {
+    let current = Published::read(s3, uri).await?;
+    let ours = current
+        .pointer
+        .as_ref()
+        .is_some_and(|p| p.run_id == run_id && p.generation == expected + 1);
+    if current.generation() == expected || ours {
+        return Ok(());
+    }
+    Err(stale(uri, expected, current.pointer.as_ref()))
+}
+
 /// Publishes `next` at `uri` as generation `expected + 1`, if the pointer is still at
 /// `expected` (or already is `next`'s run at `expected + 1`: a re-run after a crash
 /// between the write and the receipt). Any other generation is stale: `ContractError`

@@ -311,6 +311,41 @@ impl ReceiptStore {
         }
     }
 
+    /// Where run `run_id`'s audit record goes: `<audit>/<kind>s/<kind>-<UTC timestamp of
+    /// at>.json`, chosen by the first attempt and remembered in the run's `marker`
+    /// (relative to its directory), so every re-run writes the same key.
+    pub async fn audit_record_uri(
+        &self,
+        run_id: &str,
+        marker: &str,
+        audit: &S3Uri,
+        kind: &str,
+        at: DateTime<Utc>,
+    ) -> Result<S3Uri> {
+        #[derive(Serialize, Deserialize)]
+        struct PendingAudit {
+            audit_record: S3Uri,
+        }
+        let marker = self.run_dir(run_id)?.join(marker)?;
+        if let Some(p) = get_json::<PendingAudit>(&self.s3, &marker).await? {
+            return Ok(p.audit_record);
+        }
+        let key = format!("{kind}s/{kind}-{}.json", at.format("%Y%m%dT%H%M%S%.3fZ"));
+        let pending = PendingAudit {
+            audit_record: audit.join(&key)?,
+        };
+        put_json(&self.s3, &marker, &pending).await?;
+        Ok(pending.audit_record)
+    }
+
+    /// Writes an audit record unless one is there: a re-run after it was written keeps
+    /// the first, whose counts are the copy's (a re-run finds nothing left to copy).
+    pub async fn put_audit_record<T: Serialize>(&self, uri: &S3Uri, record: &T) -> Result<()> {
+        put_json_if(&self.s3, uri, record, Some(Precondition::Absent))
+            .await
+            .map(drop)
+    }
+
     pub(crate) fn s3(&self) -> &aws_sdk_s3::Client {
         &self.s3
     }

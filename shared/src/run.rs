@@ -168,3 +168,16 @@ impl TeardownOutput {
         }
     }
 }
+
+/// An operator's approval, as `drpilot approve` sends it through the task token: what
+/// promote receives, and each of a failback's two confirmations.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Approval {
+    pub approver: String,
+    pub ticket: String,
+    #[serde(default)]
+    pub approved_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub comment: Option<String>,
+}

@@ -48,7 +48,7 @@ fn main() {
             .expect("divergence");
         let divergence = started.elapsed().as_secs_f64();
         let copying = Instant::now();
-        let copied = copy_changes(&sides, false, &clients.s3, CopyTuning::default())
+        let copied = copy_changes(&sides, None, &clients.s3, CopyTuning::default())
             .await
             .expect("copy-back");
         let copy = copying.elapsed().as_secs_f64();

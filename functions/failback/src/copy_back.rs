@@ -5,20 +5,20 @@
 //! divergence step is left alone and fails the step. A recount proves nothing of the DR
 //! site's is missing, then the audit record is written and the next generation published.
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use drpilot_shared::copy::{apply_changes, Change, CopyStats, CopyTuning, CHANGE_BUFFER};
 use drpilot_shared::failback::{
     Confirmation, CopyBackDetails, DivergenceCounts, DivergenceDetails, FailbackAudit, FailbackRun,
     FailbackStep,
 };
-use drpilot_shared::objects::{get_json, put_json};
+use drpilot_shared::lock::RunLock;
 use drpilot_shared::parity::ParityCounts;
 use drpilot_shared::phase::Failed;
 use drpilot_shared::profile::Profile;
-use drpilot_shared::published::{self, PublishKind, Published, PublishedPointer};
+use drpilot_shared::published::{self, PublishKind, PublishedPointer};
 use drpilot_shared::receipt::{seconds, PhaseStatus, ReceiptStore};
+use drpilot_shared::run::Approval;
 use drpilot_shared::{Error, ErrorKind, Result, S3Uri};
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::mpsc;
 use tracing::info;
@@ -26,24 +26,6 @@ use tracing::info;
 use crate::divergence::plan_uri;
 use crate::merge::{self, Action, Class, Sides};
 use crate::{Failback, StepClock, StepOutput};
-
-/// An approval's answer, as `drpilot approve` sends it through the task token.
-#[derive(Deserialize)]
-struct Answer {
-    approver: String,
-    ticket: String,
-    #[serde(default)]
-    approved_at: Option<chrono::DateTime<Utc>>,
-    #[serde(default)]
-    #[allow(dead_code)] // read by people in the execution history, not here
-    comment: Option<String>,
-}
-
-/// Where the run's audit record goes, decided once so a re-run writes the same one.
-#[derive(Serialize, Deserialize)]
-struct PendingAudit {
-    audit_record: S3Uri,
-}
 
 impl Failback {
     pub(crate) async fn copy_back(
@@ -60,8 +42,12 @@ impl Failback {
             .await?
         {
             if done.status == PhaseStatus::Success {
-                let details = serde_json::from_value(done.details)
-                    .map_err(|e| Error::integrity(format!("the copy-back receipt: {e}")))?;
+                let details = serde_json::from_value(done.details).map_err(|e| {
+                    Error::integrity(format!(
+                        "the copy-back receipt of failback {}: {e}",
+                        run.run_id
+                    ))
+                })?;
                 return Ok(StepOutput {
                     receipt: store.failback_uri(&run.run_id, FailbackStep::CopyBack)?,
                     details,
@@ -103,28 +89,49 @@ impl Failback {
                     run.run_id
                 ))
             })?;
-        let divergence: DivergenceDetails = serde_json::from_value(divergence.details)
-            .map_err(|e| Error::integrity(format!("the divergence receipt: {e}")))?;
+        let divergence_started = divergence.started_at;
+        let divergence: DivergenceDetails =
+            serde_json::from_value(divergence.details).map_err(|e| {
+                Error::integrity(format!(
+                    "the divergence receipt of failback {}: {e}",
+                    run.run_id
+                ))
+            })?;
+        // The lock is still this failback's (renewed for the copy): the approvals may
+        // have waited long enough for it to expire and another run to take it.
+        let ttl = chrono::Duration::seconds(
+            i64::try_from(profile.lock_ttl_seconds).unwrap_or(i64::MAX / 2),
+        );
+        RunLock::new(self.clients.s3.clone(), profile.target.lock())
+            .acquire(&run.run_id, run.execution_arn.as_deref(), ttl)
+            .await?;
         let pointer = profile.target.published();
-        self.not_stale(run, &pointer).await?;
+        published::ensure_live(
+            &self.clients.s3,
+            &pointer,
+            run.published_generation,
+            &run.run_id,
+        )
+        .await?;
 
         let started = Utc::now();
         let primary_s3 = self.clients.s3_in(&run.primary_region);
         let sides = self.sides(run, &primary_s3);
         let discard = run.input.discard_divergent;
+        let discard_before = discard.then_some(divergence_started);
         let Copied {
             stats,
             refused,
+            refused_keys,
             overwritten,
             ..
-        } = copy_changes(&sides, discard, &primary_s3, self.tuning).await?;
-        if !refused.is_empty() {
+        } = copy_changes(&sides, discard_before, &primary_s3, self.tuning).await?;
+        if refused > 0 {
             return Err(Error::new(
                 ErrorKind::DivergenceError,
                 format!(
-                    "{} keys became divergent after the divergence step (e.g. {}): left as the primary has them; the DR site's other changes were copied. Reconcile them and fail back again, or fail back with discard_divergent",
-                    refused.len(),
-                    refused.iter().take(10).cloned().collect::<Vec<_>>().join(", ")
+                    "{refused} keys became divergent on the primary after the divergence step (e.g. {}): left as the primary has them; the DR site's other changes were copied. Reconcile them and fail back again (a new divergence step shows them)",
+                    refused_keys.join(", ")
                 ),
             )
             .into());
@@ -132,21 +139,37 @@ impl Failback {
 
         // The recount: nothing of the DR site's changes may be missing on the primary.
         let mut parity_after = ParityCounts::default();
-        let remaining = merge::survey(&sides, discard, async |verdict| {
+        let mut missing_keys = Vec::new();
+        let remaining = merge::survey(&sides, false, async |verdict| {
             merge::parity_step(&mut parity_after, verdict);
+            let left_out = matches!(
+                verdict.class,
+                Class::DrChanged | Class::Divergent | Class::PrimaryMissing
+            );
+            if left_out && missing_keys.len() < NAMED_KEYS {
+                missing_keys.push(verdict.key.clone());
+            }
             Ok(())
         })
         .await?;
         let missing = remaining.dr_changed + remaining.divergent + remaining.primary_missing;
         if missing > 0 {
             return Err(Error::integrity(format!(
-                "after the copy {missing} of the DR site's objects are still not on the primary ({remaining:?})"
+                "after the copy {missing} of the DR site's objects are still not on the primary (e.g. {}; counts {remaining:?}); the plan is {}",
+                missing_keys.join(", "),
+                plan_uri(store, &run.run_id)?
             ))
             .into());
         }
         let failed_back_at = Utc::now();
-        let audit_record = self
-            .audit_uri(profile, store, &run.run_id, failed_back_at)
+        let audit_record = store
+            .audit_record_uri(
+                &run.run_id,
+                "failback/audit.pending.json",
+                &profile.target.audit(),
+                "failback",
+                failed_back_at,
+            )
             .await?;
         // The audit record first: it records a copy that happened, whatever becomes of
         // the publication after it (as promote's does).
@@ -172,7 +195,7 @@ impl Failback {
             generation: run.published_generation + 1,
             failed_back_at,
         };
-        put_json(&self.clients.s3, &audit_record, &audit).await?;
+        store.put_audit_record(&audit_record, &audit).await?;
         let published = published::advance(
             &self.clients.s3,
             &pointer,
@@ -202,47 +225,6 @@ impl Failback {
             copy_seconds: seconds(failed_back_at - started),
         })
     }
-
-    /// Refuses, before anything is copied, when the live generation is no longer the
-    /// one preflight found (someone promoted or failed back since), unless it is this
-    /// failback's own publication (a re-run past it).
-    async fn not_stale(&self, run: &FailbackRun, pointer: &S3Uri) -> Result<()> {
-        let current = Published::read(&self.clients.s3, pointer).await?;
-        let ours = current.pointer.as_ref().is_some_and(|p| {
-            p.run_id == run.run_id && p.generation == run.published_generation + 1
-        });
-        if current.generation() == run.published_generation || ours {
-            return Ok(());
-        }
-        Err(published::stale(
-            pointer,
-            run.published_generation,
-            current.pointer.as_ref(),
-        ))
-    }
-
-    /// `audit/failbacks/failback-<UTC timestamp>.json`, chosen once per run.
-    async fn audit_uri(
-        &self,
-        profile: &Profile,
-        store: &ReceiptStore,
-        run_id: &str,
-        at: chrono::DateTime<Utc>,
-    ) -> Result<S3Uri> {
-        let pending_uri = store.run_dir(run_id)?.join("failback/audit.pending.json")?;
-        if let Some(p) = get_json::<PendingAudit>(&self.clients.s3, &pending_uri).await? {
-            return Ok(p.audit_record);
-        }
-        let key = format!(
-            "failbacks/failback-{}.json",
-            at.format("%Y%m%dT%H%M%S%.3fZ")
-        );
-        let pending = PendingAudit {
-            audit_record: profile.target.audit().join(&key)?,
-        };
-        put_json(&self.clients.s3, &pending_uri, &pending).await?;
-        Ok(pending.audit_record)
-    }
 }
 
 /// What [`copy_changes`] did.
@@ -251,33 +233,54 @@ pub struct Copied {
     /// The comparison's counts as it found the sites (before its copies).
     pub counts: DivergenceCounts,
     pub stats: CopyStats,
-    /// Divergent keys left alone (without `discard`).
-    pub refused: Vec<String>,
+    /// How many divergent keys were left alone, and the first few of them.
+    pub refused: u64,
+    pub refused_keys: Vec<String>,
     /// Divergent keys where the DR site's version replaced the primary's.
     pub overwritten: u64,
 }
 
+/// How many refused keys an error names.
+const NAMED_KEYS: usize = 10;
+
 /// One pass of the three-way comparison feeding the copy engine: every key the DR site
-/// changed (and, with `discard`, every divergent one) is made on the primary as the DR
-/// site has it, `tuning.concurrency` copies at once while the comparison goes on.
+/// changed is made on the primary as the DR site has it, `tuning.concurrency` copies at
+/// once while the comparison goes on. A divergent key too when `discard_before` is set
+/// and the primary's version was written before it (the divergence step's start: what
+/// the people who accepted discarding were shown); a primary write after it is left
+/// alone and counted as refused.
 pub async fn copy_changes(
     sides: &Sides<'_>,
-    discard: bool,
+    discard_before: Option<DateTime<Utc>>,
     primary_s3: &aws_sdk_s3::Client,
     tuning: CopyTuning,
 ) -> Result<Copied> {
     let (tx, rx) = mpsc::channel::<Change>(CHANGE_BUFFER);
-    let (mut refused, mut overwritten) = (Vec::new(), 0_u64);
+    let (mut refused, mut refused_keys, mut overwritten) = (0_u64, Vec::new(), 0_u64);
     let plan = async {
-        let counts = merge::survey(sides, discard, async |verdict| {
+        let counts = merge::survey(sides, false, async |verdict| {
             let at = |root: &S3Uri| {
                 root.join(&verdict.key)
                     .map_err(|e| Error::contract(format!("{}: {e}", verdict.key)))
             };
-            let change = match verdict.action {
+            let discarded = discard_before.is_some_and(|t| {
+                verdict
+                    .primary
+                    .as_ref()
+                    .and_then(|p| p.last_modified)
+                    .is_some_and(|m| m.timestamp() < t.timestamp())
+            });
+            let action = match verdict.action {
+                Action::Refuse if discarded => merge::dr_version(verdict.dr.is_some()),
+                action => action,
+            };
+            let change = match action {
                 Action::None => return Ok(()),
                 Action::Refuse => {
-                    refused.push(verdict.key.clone());
+                    refused += 1;
+                    if refused_keys.len() < NAMED_KEYS {
+                        refused_keys.push(verdict.key.clone());
+                    }
                     return Ok(());
                 }
                 Action::Copy => Change::Copy {
@@ -304,6 +307,7 @@ pub async fn copy_changes(
         counts: counts?,
         stats,
         refused,
+        refused_keys,
         overwritten,
     })
 }
@@ -332,7 +336,7 @@ fn confirmations(run: &FailbackRun, answers: Option<&[Value]>) -> Result<Vec<Con
     }
     let mut out: Vec<Confirmation> = Vec::new();
     for (i, answer) in answers.iter().enumerate() {
-        let answer: Answer = serde_json::from_value(answer.clone()).map_err(|e| {
+        let answer: Approval = serde_json::from_value(answer.clone()).map_err(|e| {
             missing(format!(
                 "confirmations[{i}]: expected {{approver, ticket}}: {e}"
             ))

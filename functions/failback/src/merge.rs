@@ -267,8 +267,8 @@ async fn judge(sides: &Sides<'_>, t: Triple, discard: bool) -> Result<Verdict> {
     )
     .await?;
     let action = match class {
-        Class::DrChanged | Class::PrimaryMissing => dr_version(&dr),
-        Class::Divergent if discard => dr_version(&dr),
+        Class::DrChanged | Class::PrimaryMissing => dr_version(dr.is_some()),
+        Class::Divergent if discard => dr_version(dr.is_some()),
         Class::Divergent => Action::Refuse,
         _ => Action::None,
     };
@@ -285,8 +285,8 @@ async fn judge(sides: &Sides<'_>, t: Triple, discard: bool) -> Result<Verdict> {
 
 /// Making the primary hold the DR site's version: a copy, or a delete when the DR site
 /// has none.
-fn dr_version(dr: &Option<ObjectInfo>) -> Action {
-    if dr.is_some() {
+pub(crate) fn dr_version(dr_has_it: bool) -> Action {
+    if dr_has_it {
         Action::Copy
     } else {
         Action::Delete

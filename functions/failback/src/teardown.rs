@@ -9,7 +9,7 @@ use drpilot_shared::failback::{
 use drpilot_shared::lock::{Released, RunLock};
 use drpilot_shared::receipt::{seconds, PhaseStatus, ReceiptStore, RunStatus};
 use drpilot_shared::run::ExecutionInfo;
-use drpilot_shared::{Result, S3Uri};
+use drpilot_shared::{ErrorKind, Result, S3Uri};
 use serde::Serialize;
 use serde_json::{json, Value};
 use tracing::warn;
@@ -54,8 +54,15 @@ impl Failback {
         else {
             return Ok(untouched(failure, None));
         };
-        let Ok(profile) = self.profiles.load(&input.profile).await else {
-            return Ok(untouched(failure, Some(run_id)));
+        // A profile that is not there (or not valid) leaves nothing this failback could
+        // have taken; any other failure to read it (throttling) is retried, since the
+        // lock may be this failback's.
+        let profile = match self.profiles.load(&input.profile).await {
+            Ok(profile) => profile,
+            Err(err) if err.kind == ErrorKind::InputError => {
+                return Ok(untouched(failure, Some(run_id)))
+            }
+            Err(err) => return Err(err),
         };
         let store = ReceiptStore::new(self.clients.s3.clone(), profile.receipts.clone());
         let clock = StepClock::start(&run_id, FailbackStep::Teardown, 1, input.dry_run);

@@ -11,11 +11,10 @@ use drpilot_shared::copy::{apply_changes, Change, CHANGE_BUFFER};
 pub use drpilot_shared::copy::{CopyStats, CopyTuning};
 use drpilot_shared::details::PromoteDetails;
 use drpilot_shared::metrics::{self, Sample};
-use drpilot_shared::objects::{get_json, put_json};
 use drpilot_shared::parity::{compare_prefixes, Difference, ParityCounts, Verdict};
 use drpilot_shared::phase::{self, Outcome, PhaseRun, Rerun};
 use drpilot_shared::profile::{Profile, ProfileSource};
-use drpilot_shared::published::{self, PublishKind, Published, PublishedPointer};
+use drpilot_shared::published::{self, PublishKind, PublishedPointer};
 use drpilot_shared::receipt::{seconds, ReceiptStore};
 use drpilot_shared::run::{PhaseOutput, PhaseRequest, RunContext};
 use drpilot_shared::{AwsClients, Error, ErrorKind, Result, S3Uri};
@@ -23,17 +22,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tracing::info;
 
-/// An operator's approval, as `drpilot approve` sends it through the task token.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Approval {
-    pub approver: String,
-    pub ticket: String,
-    #[serde(default)]
-    pub approved_at: Option<DateTime<Utc>>,
-    #[serde(default)]
-    pub comment: Option<String>,
-}
+pub use drpilot_shared::run::Approval;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -69,12 +58,6 @@ pub struct AuditRecord {
     pub parity_after: ParityCounts,
 }
 
-/// Where a run's audit record goes, decided once so a re-run writes the same one.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-struct PendingAudit {
-    audit_record: S3Uri,
-}
-
 pub struct Promote {
     pub clients: AwsClients,
     pub profiles: ProfileSource,
@@ -105,7 +88,13 @@ impl Promote {
             Rerun::KeepSuccess,
             async |ctx: &PhaseRun<'_>| {
                 let approval = gate(ctx.run, approval.as_ref())?;
-                self.not_stale(ctx.run, ctx.profile).await?;
+                published::ensure_live(
+                    &self.clients.s3,
+                    &ctx.profile.target.published(),
+                    ctx.run.published_generation,
+                    &ctx.run.run_id,
+                )
+                .await?;
                 let synced = self.sync(ctx.run, ctx.profile).await?;
                 let details = self
                     .audit(ctx.run, ctx.profile, ctx.store, approval, &synced)
@@ -114,26 +103,6 @@ impl Promote {
             },
         )
         .await
-    }
-
-    /// Refuses, before anything is copied, a run started against an older publication
-    /// than the live one (someone promoted or failed back since), unless the live one is
-    /// this run's own (a re-run after it published).
-    async fn not_stale(&self, run: &RunContext, profile: &Profile) -> Result<()> {
-        let uri = profile.target.published();
-        let current = Published::read(&self.clients.s3, &uri).await?;
-        let ours = current
-            .pointer
-            .as_ref()
-            .is_some_and(|p| p.run_id == run.run_id);
-        if current.generation() == run.published_generation || ours {
-            return Ok(());
-        }
-        Err(published::stale(
-            &uri,
-            run.published_generation,
-            current.pointer.as_ref(),
-        ))
     }
 
     /// Copies the staging into `root/` and checks nothing staged was left out.
@@ -186,23 +155,17 @@ impl Promote {
     ) -> Result<PromoteDetails> {
         let s3 = &self.clients.s3;
         // One audit record per run: its key is chosen once and remembered.
-        let pending_uri = store.run_dir(&run.run_id)?.join("promote.pending.json")?;
-        let pending = match get_json::<PendingAudit>(s3, &pending_uri).await? {
-            Some(p) => p,
-            None => {
-                let key = format!(
-                    "promotions/promotion-{}.json",
-                    synced.promoted_at.format("%Y%m%dT%H%M%S%.3fZ")
-                );
-                let p = PendingAudit {
-                    audit_record: profile.target.audit().join(&key)?,
-                };
-                put_json(s3, &pending_uri, &p).await?;
-                p
-            }
-        };
+        let audit_record = store
+            .audit_record_uri(
+                &run.run_id,
+                "promote.pending.json",
+                &profile.target.audit(),
+                "promotion",
+                synced.promoted_at,
+            )
+            .await?;
         let record = AuditRecord::new(run, profile, approval, synced);
-        put_json(s3, &pending.audit_record, &record).await?;
+        store.put_audit_record(&audit_record, &record).await?;
         let pointer = profile.target.published();
         let published = published::advance(
             s3,
@@ -214,7 +177,7 @@ impl Promote {
                 &run.backup,
                 synced.root.clone(),
                 synced.promoted_at,
-                pending.audit_record.clone(),
+                audit_record.clone(),
             ),
         )
         .await?;
@@ -241,7 +204,7 @@ impl Promote {
             drift_deleted: stats.deleted,
             parity_before: before.clone(),
             parity_after: synced.parity_after.clone(),
-            audit_record: pending.audit_record,
+            audit_record,
             pointer,
             generation: published.generation,
             copy_seconds: seconds(synced.promoted_at - synced.started),
