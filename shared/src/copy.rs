@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::error::{Error, Result};
-use crate::objects::{abort_multipart, object_size, part_size};
+use crate::objects::{abort_multipart, delete, object_size, part_size};
 use crate::s3uri::S3Uri;
 
 /// Copy sizing: CopyObject up to `multipart_threshold` (S3's limit is 5 GiB), a
@@ -149,16 +149,6 @@ fn copy_source(uri: &S3Uri) -> String {
         }
     }
     out
-}
-
-async fn delete(s3: &aws_sdk_s3::Client, uri: &S3Uri) -> Result<()> {
-    s3.delete_object()
-        .bucket(&uri.bucket)
-        .key(&uri.key)
-        .send()
-        .await
-        .map_err(|e| Error::from_sdk(&format!("DeleteObject {uri}"), e))?;
-    Ok(())
 }
 
 /// UploadPartCopy requests in flight for one large object.

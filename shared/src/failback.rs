@@ -339,7 +339,7 @@ pub struct FailbackReceipt {
     pub reason: Option<String>,
     pub started_at: DateTime<Utc>,
     pub finished_at: DateTime<Utc>,
-    pub duration_ms: i64,
+    pub duration_ms: u64,
     pub attempt: u32,
     #[serde(default)]
     pub dry_run: bool,

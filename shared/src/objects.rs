@@ -80,6 +80,17 @@ pub async fn put_json_if<T: Serialize>(
     }
 }
 
+/// Deletes `uri` (S3 answers success for a key that is not there).
+pub async fn delete(s3: &aws_sdk_s3::Client, uri: &S3Uri) -> Result<()> {
+    s3.delete_object()
+        .bucket(&uri.bucket)
+        .key(&uri.key)
+        .send()
+        .await
+        .map_err(|e| Error::from_sdk(&format!("DeleteObject {uri}"), e))?;
+    Ok(())
+}
+
 /// Deletes `uri` if its ETag is still `etag`.
 pub async fn delete_if_match(
     s3: &aws_sdk_s3::Client,

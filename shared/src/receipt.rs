@@ -383,15 +383,7 @@ impl ReceiptStore {
     /// Removes a phase's receipt: a phase that starts over must not leave an earlier
     /// success standing while it runs.
     pub async fn delete_phase(&self, run_id: &str, phase: Phase) -> Result<()> {
-        let uri = self.phase_uri(run_id, phase)?;
-        self.s3
-            .delete_object()
-            .bucket(&uri.bucket)
-            .key(&uri.key)
-            .send()
-            .await
-            .map_err(|e| Error::from_sdk(&format!("DeleteObject {uri}"), e))?;
-        Ok(())
+        crate::objects::delete(&self.s3, &self.phase_uri(run_id, phase)?).await
     }
 
     /// Every phase receipt the run has, in phase order.

@@ -5,7 +5,7 @@ use drpilot_shared::component::ComponentReceipt;
 use drpilot_shared::failback::{FailbackInput, FailbackReceipt, FailbackSummary};
 use drpilot_shared::input::{normalize, TriggerDefaults};
 use drpilot_shared::profile::ProfileSource;
-use drpilot_shared::receipt::{PhaseReceipt, ReceiptStore, RunSummary};
+use drpilot_shared::receipt::{PhaseReceipt, PhaseStatus, ReceiptStore, RunSummary};
 use drpilot_shared::resume::{ExecutionName, RunRecord};
 use drpilot_shared::S3Uri;
 use serde::Serialize;
@@ -73,13 +73,12 @@ pub async fn receipts(ctx: &Ctx, run_id: &str) -> Result<RunRecords, CliError> {
         records.receipts_location
     ));
     for r in &records.phases {
-        ctx.out.say(format!(
-            "  {:<14} {:<8} {:>8} ms  attempt {}  {}",
+        ctx.out.say(receipt_line(
             r.phase.as_str(),
-            r.status.as_str(),
+            r.status,
             r.duration_ms,
             r.attempt,
-            r.reason.as_deref().unwrap_or("")
+            r.reason.as_deref(),
         ));
     }
     for c in &records.components {
@@ -103,13 +102,12 @@ pub async fn receipts(ctx: &Ctx, run_id: &str) -> Result<RunRecords, CliError> {
         ));
     }
     for r in &records.failback_steps {
-        ctx.out.say(format!(
-            "  {:<14} {:<8} {:>8} ms  attempt {}  {}",
+        ctx.out.say(receipt_line(
             r.step.as_str(),
-            r.status.as_str(),
+            r.status,
             r.duration_ms,
             r.attempt,
-            r.reason.as_deref().unwrap_or("")
+            r.reason.as_deref(),
         ));
     }
     for e in records.record.iter().flat_map(|r| &r.executions) {
@@ -125,4 +123,19 @@ pub async fn receipts(ctx: &Ctx, run_id: &str) -> Result<RunRecords, CliError> {
             .say("  (no run summary yet: teardown has not finished)");
     }
     Ok(records)
+}
+
+/// One receipt, a drill phase's or a failback step's, as `drpilot receipts` lists it.
+fn receipt_line(
+    name: &str,
+    status: PhaseStatus,
+    duration_ms: u64,
+    attempt: u32,
+    reason: Option<&str>,
+) -> String {
+    format!(
+        "  {name:<14} {:<8} {duration_ms:>8} ms  attempt {attempt}  {}",
+        status.as_str(),
+        reason.unwrap_or("")
+    )
 }

@@ -198,7 +198,8 @@ impl StepClock {
             reason,
             started_at: self.started_at,
             finished_at,
-            duration_ms: (finished_at - self.started_at).num_milliseconds(),
+            duration_ms: u64::try_from((finished_at - self.started_at).num_milliseconds())
+                .unwrap_or(0),
             attempt: self.attempt,
             dry_run: self.dry_run,
             details,
