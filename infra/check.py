@@ -36,6 +36,23 @@ Template checks (one line each):
                    Lambda's default x86_64);
   rule-inputs      the alarm rule and the schedule pass valid execution inputs (an alarm
                    reason holding quotes, a backslash and a newline included);
+  evidence-lock    the evidence bucket (EvidenceBucket) is write-once: Object Lock enabled,
+                   default retention in COMPLIANCE mode for EvidenceRetentionDays days
+                   (a Number parameter, at least 1), versioning on, DeletionPolicy and
+                   UpdateReplacePolicy Retain;
+  approve-url      every function URL (FunctionUrlConfig, AWS::Lambda::Url) has AuthType
+                   AWS_IAM, never NONE, and no permission opens a URL to the public; the
+                   approve function has one;
+  receipts-grants  every grant naming ${ReceiptsPrefix} names it in the evidence bucket
+                   (none is left on the target bucket), and every function that reads there
+                   holds s3:ListBucket on the evidence bucket with no condition (404, not 403);
+  triggers         every schedule and rule (function and state machine events, Scheduler
+                   schedules, EventBridge rules) is DISABLED unless TriggersEnabled
+                   (EnableTriggers=true); the readiness function has its two schedules
+                   (actions readiness and rto-watch);
+  dashboard        every dashboard body renders (its !Sub filled with parameter defaults) to
+                   valid JSON, its widgets fit the 24-column grid without overlapping, and
+                   every alarm of the template is on an alarm widget;
   cfn-lint         cfn-lint accepts the template;
   sam-validate     `sam validate` (the SAM translator) and `sam validate --lint` accept it
                    (offline, dummy credentials).
@@ -627,6 +644,242 @@ def check_rule_inputs(ctx: Context) -> tuple[bool, str]:
     return not problems, "; ".join(problems)
 
 
+# ------------------------------------------------------------- evidence, approvals, triggers
+
+EVIDENCE_BUCKET = "EvidenceBucket"
+RETENTION_PARAMETER = "EvidenceRetentionDays"
+TRIGGERS_CONDITION = "TriggersEnabled"
+TRIGGER_STATE = {"Fn::If": [TRIGGERS_CONDITION, "ENABLED", "DISABLED"]}
+TRIGGER_EVENTS = {"Schedule", "ScheduleV2", "EventBridgeRule", "CloudWatchEvent"}
+READINESS_ACTIONS = {"readiness", "rto-watch"}
+
+
+def sub_text(value: object) -> str:
+    """A Resource (or any string-valued property) as the text it is built from: a string, an
+    Fn::Sub's template, a Ref or GetAtt as ${Name} / ${Name.Attribute}."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict) and len(value) == 1:
+        (key, arg), = value.items()
+        if key == "Fn::Sub":
+            return str(arg[0] if isinstance(arg, list) else arg)
+        if key == "Ref":
+            return "${" + str(arg) + "}"
+        if key == "Fn::GetAtt":
+            return "${" + (".".join(arg) if isinstance(arg, list) else str(arg)) + "}"
+    return json.dumps(value, default=str)
+
+
+def statements_of(resource: dict) -> Iterator[dict]:
+    """Every inline policy statement of a SAM function (both branches of an Fn::If)."""
+    def unfold(stmt: object) -> Iterator[dict]:
+        if isinstance(stmt, dict) and list(stmt) == ["Fn::If"]:
+            for branch in stmt["Fn::If"][1:]:
+                yield from unfold(branch)
+        elif isinstance(stmt, dict) and "Effect" in stmt:
+            yield stmt
+    for policy in (resource.get("Properties") or {}).get("Policies") or []:
+        if isinstance(policy, dict) and "Statement" in policy:
+            for stmt in policy["Statement"] or []:
+                yield from unfold(stmt)
+
+
+def as_list(value: object) -> list:
+    return value if isinstance(value, list) else [] if value is None else [value]
+
+
+def check_evidence_lock(ctx: Context) -> tuple[bool, str]:
+    resource = ctx.tpl["Resources"].get(EVIDENCE_BUCKET)
+    if not resource or resource.get("Type") != "AWS::S3::Bucket":
+        return False, f"the template has no AWS::S3::Bucket {EVIDENCE_BUCKET}"
+    props = resource.get("Properties") or {}
+    problems = []
+    if props.get("ObjectLockEnabled") not in (True, "true"):
+        problems.append("ObjectLockEnabled must be true")
+    lock = props.get("ObjectLockConfiguration") or {}
+    if lock.get("ObjectLockEnabled") != "Enabled":
+        problems.append("ObjectLockConfiguration.ObjectLockEnabled must be Enabled")
+    retention = (lock.get("Rule") or {}).get("DefaultRetention") or {}
+    if retention.get("Mode") != "COMPLIANCE":
+        problems.append(f"the default retention mode must be COMPLIANCE (GOVERNANCE can be bypassed), "
+                        f"got {retention.get('Mode')!r}")
+    if retention.get("Days") != {"Ref": RETENTION_PARAMETER} or "Years" in retention:
+        problems.append(f"the default retention must be Days: !Ref {RETENTION_PARAMETER} (and no Years), "
+                        f"got {dict(retention)}")
+    parameter = ctx.tpl.get("Parameters", {}).get(RETENTION_PARAMETER)
+    if not parameter:
+        problems.append(f"no parameter {RETENTION_PARAMETER}")
+    elif parameter.get("Type") != "Number" or float(parameter.get("MinValue", 0)) < 1:
+        problems.append(f"{RETENTION_PARAMETER} must be a Number with MinValue of at least 1")
+    if (props.get("VersioningConfiguration") or {}).get("Status") != "Enabled":
+        problems.append("versioning must be Enabled (Object Lock works on versions)")
+    for policy in ("DeletionPolicy", "UpdateReplacePolicy"):
+        if resource.get(policy) != "Retain":
+            problems.append(f"{policy} must be Retain (evidence outlives the stack), got {resource.get(policy)!r}")
+    return not problems, "; ".join(problems)
+
+
+def check_approve_url(ctx: Context) -> tuple[bool, str]:
+    problems = []
+    approve = [logical for logical, r in ctx.functions().items() if function_binary(r) == "approve"]
+    if len(approve) != 1:
+        problems.append(f"expected one function building binary 'approve', found {approve}")
+    for logical, resource in ctx.tpl["Resources"].items():
+        props = resource.get("Properties") or {}
+        kind = resource.get("Type")
+        if kind == "AWS::Serverless::Function" and "FunctionUrlConfig" in props:
+            auth = (props.get("FunctionUrlConfig") or {}).get("AuthType")
+            if auth != "AWS_IAM":
+                problems.append(f"{logical}: FunctionUrlConfig.AuthType is {auth!r}, must be AWS_IAM")
+        elif kind == "AWS::Lambda::Url" and props.get("AuthType") != "AWS_IAM":
+            problems.append(f"{logical}: AuthType is {props.get('AuthType')!r}, must be AWS_IAM")
+        elif kind == "AWS::Lambda::Permission" and (props.get("FunctionUrlAuthType") == "NONE" or (
+                props.get("Principal") == "*" and "InvokeFunctionUrl" in str(props.get("Action")))):
+            problems.append(f"{logical}: opens a function URL to the public")
+    for logical in approve:
+        if "FunctionUrlConfig" not in (ctx.tpl["Resources"][logical].get("Properties") or {}):
+            problems.append(f"{logical} (approve) has no FunctionUrlConfig")
+    return not problems, "; ".join(problems)
+
+
+def check_receipts_grants(ctx: Context) -> tuple[bool, str]:
+    evidence_objects = "arn:${AWS::Partition}:s3:::${" + EVIDENCE_BUCKET + "}/${ReceiptsPrefix}"
+    evidence_bucket = "arn:${AWS::Partition}:s3:::${" + EVIDENCE_BUCKET + "}"
+    problems, receipts_grants = [], 0
+    for logical, resource in ctx.functions().items():
+        reads_evidence, lists_evidence = False, False
+        for stmt in statements_of(resource):
+            actions = [str(a) for a in as_list(stmt.get("Action"))]
+            for value in as_list(stmt.get("Resource")):
+                text = sub_text(value)
+                if "${ReceiptsPrefix}" in text:
+                    receipts_grants += 1
+                    if not text.startswith(evidence_objects):
+                        problems.append(f"{logical}: {', '.join(actions)} on {text}: receipts live in the evidence "
+                                        f"bucket ({evidence_objects}...)")
+                if text.startswith(evidence_bucket + "/") and "s3:GetObject" in actions:
+                    reads_evidence = True
+                if text == evidence_bucket and "s3:ListBucket" in actions and not stmt.get("Condition"):
+                    lists_evidence = True
+        if reads_evidence and not lists_evidence:
+            problems.append(f"{logical} reads in the evidence bucket without s3:ListBucket on {evidence_bucket} "
+                            "(unconditioned): a missing receipt would answer 403, not 404")
+    if not receipts_grants:
+        problems.append("no function holds a grant on ${ReceiptsPrefix}")
+    return not problems, "; ".join(problems)
+
+
+def check_triggers(ctx: Context) -> tuple[bool, str]:
+    problems, found = [], 0
+    if ctx.tpl.get("Conditions", {}).get(TRIGGERS_CONDITION) != {"Fn::Equals": [{"Ref": "EnableTriggers"}, "true"]}:
+        problems.append(f"condition {TRIGGERS_CONDITION} must be !Equals [!Ref EnableTriggers, \"true\"]")
+    for logical, resource in ctx.tpl["Resources"].items():
+        kind = resource.get("Type")
+        props = resource.get("Properties") or {}
+        triggers = []
+        if kind in ("AWS::Serverless::Function", "AWS::Serverless::StateMachine"):
+            triggers = [(f"{logical}.Events.{name}", event.get("Properties") or {})
+                        for name, event in (props.get("Events") or {}).items() if event.get("Type") in TRIGGER_EVENTS]
+        elif kind in ("AWS::Scheduler::Schedule", "AWS::Events::Rule"):
+            triggers = [(logical, props)]
+        for where, trigger in triggers:
+            found += 1
+            if trigger.get("State") != TRIGGER_STATE:
+                problems.append(f"{where}: State must be !If [{TRIGGERS_CONDITION}, ENABLED, DISABLED], "
+                                f"got {trigger.get('State')!r}" + (" (Enabled is not State)" if "Enabled" in trigger else ""))
+    readiness = [(logical, r) for logical, r in ctx.functions().items() if function_binary(r) == "readiness"]
+    if len(readiness) != 1:
+        problems.append(f"expected one function building binary 'readiness', found {[l for l, _ in readiness]}")
+    for logical, resource in readiness:
+        actions = []
+        for name, event in ((resource.get("Properties") or {}).get("Events") or {}).items():
+            if event.get("Type") != "ScheduleV2":
+                continue
+            try:
+                actions.append(json.loads(str((event.get("Properties") or {}).get("Input"))).get("action"))
+            except (json.JSONDecodeError, AttributeError):
+                problems.append(f"{logical}.Events.{name}: Input is not a JSON object")
+        if sorted(a for a in actions if a) != sorted(READINESS_ACTIONS):
+            problems.append(f"{logical}: its ScheduleV2 events' actions are {actions}, expected one each of "
+                            f"{sorted(READINESS_ACTIONS)}")
+    if not found:
+        problems.append("the template has no schedule or rule")
+    return not problems, "; ".join(problems)
+
+
+def render_dashboard(ctx: Context, body: object) -> str:
+    """The dashboard body with its !Sub filled in: pseudo parameters, parameter defaults, and
+    ${Logical.Arn} as a stand-in alarm ARN ending in the logical id."""
+    text, variables = (body, {}) if isinstance(body, str) else (None, {})
+    if isinstance(body, dict) and list(body) == ["Fn::Sub"]:
+        arg = body["Fn::Sub"]
+        text, variables = (arg[0], arg[1]) if isinstance(arg, list) else (arg, {})
+    if not isinstance(text, str):
+        raise CheckError(f"DashboardBody is neither a string nor an !Sub: {type(body).__name__}")
+    pseudo = {"AWS::Region": "us-east-1", "AWS::AccountId": "123456789012", "AWS::Partition": "aws",
+              "AWS::StackName": "drpilot", "AWS::URLSuffix": "amazonaws.com"}
+    parameters = ctx.tpl.get("Parameters", {})
+
+    def fill(match: re.Match) -> str:
+        name = match.group(1)
+        if name.startswith("!"):
+            return "${" + name[1:] + "}"
+        if name in variables:
+            return str(variables[name])
+        if name in pseudo:
+            return pseudo[name]
+        if name in parameters:
+            if "Default" not in parameters[name]:
+                raise CheckError(f"the dashboard uses parameter {name}, which has no Default")
+            default = parameters[name]["Default"]
+            return ",".join(map(str, default)) if isinstance(default, list) else str(default)
+        logical = name.split(".", 1)[0]
+        if logical in ctx.tpl["Resources"]:
+            return f"arn:aws:cloudwatch:us-east-1:123456789012:alarm:{logical}" if name.endswith(".Arn") else logical
+        raise CheckError(f"the dashboard's !Sub names ${{{name}}}, which is no parameter or resource of the template")
+
+    return re.sub(r"\$\{([^}]+)\}", fill, text)
+
+
+def check_dashboard(ctx: Context) -> tuple[bool, str]:
+    problems = []
+    dashboards = [(l, r) for l, r in ctx.tpl["Resources"].items() if r.get("Type") == "AWS::CloudWatch::Dashboard"]
+    alarms = {l for l, r in ctx.tpl["Resources"].items() if r.get("Type") == "AWS::CloudWatch::Alarm"}
+    on_tiles: set[str] = set()
+    if not dashboards:
+        problems.append("the template has no dashboard")
+    for logical, resource in dashboards:
+        text = render_dashboard(ctx, (resource.get("Properties") or {}).get("DashboardBody"))
+        try:
+            body = json.loads(text)
+        except json.JSONDecodeError as e:
+            problems.append(f"{logical}: the body is not JSON ({e}): {text[max(0, e.pos - 80):e.pos + 40]!r}")
+            continue
+        cells: dict[tuple[int, int], int] = {}
+        for i, widget in enumerate(body.get("widgets") or []):
+            try:
+                x, y, w, h = (int(widget[k]) for k in ("x", "y", "width", "height"))
+            except (KeyError, TypeError, ValueError):
+                problems.append(f"{logical}: widget {i} has no x, y, width and height")
+                continue
+            if x < 0 or y < 0 or w < 1 or h < 1 or x + w > 24:
+                problems.append(f"{logical}: widget {i} ({widget.get('properties', {}).get('title')!r}) "
+                                f"leaves the 24-column grid")
+            for cell in ((cx, cy) for cx in range(x, x + w) for cy in range(y, y + h)):
+                if cell in cells:
+                    problems.append(f"{logical}: widgets {cells[cell]} and {i} overlap at {cell}")
+                    break
+                cells[cell] = i
+            if widget.get("type") == "alarm":
+                # ${Alarm.Arn} renders as ...:alarm:<logical id>
+                for arn in widget.get("properties", {}).get("alarms") or []:
+                    on_tiles.add(str(arn).rsplit(":", 1)[-1])
+    missing = sorted(alarms - on_tiles)
+    if missing:
+        problems.append(f"alarms not on any alarm widget: {missing}")
+    return not problems, "; ".join(problems)
+
+
 def check_cfn_lint(ctx: Context) -> tuple[bool, str]:
     out = subprocess.run([venv_tool("cfn-lint"), str(ctx.template_path)], capture_output=True, text=True)
     return out.returncode == 0, (out.stdout + out.stderr)[-3000:]
@@ -669,6 +922,14 @@ CHECKS: list[tuple[str, str, Callable[..., tuple[bool, str]], bool]] = [
     ("subjects", "every SNS Subject is truncated below 100 characters", check_subjects, True),
     ("failed-run", "a failed teardown status ends the execution FAILED", check_failed_run, True),
     ("rule-inputs", "the alarm rule and the schedule pass valid execution inputs", check_rule_inputs, False),
+    ("evidence-lock", "the evidence bucket is write-once (Object Lock COMPLIANCE, EvidenceRetentionDays, versioned, "
+     "retained)", check_evidence_lock, False),
+    ("approve-url", "every function URL uses AuthType AWS_IAM, never NONE", check_approve_url, False),
+    ("receipts-grants", "every receipts grant names the evidence bucket, and its readers may list it",
+     check_receipts_grants, False),
+    ("triggers", "every schedule and rule is disabled unless EnableTriggers; readiness has its two schedules",
+     check_triggers, False),
+    ("dashboard", "the dashboard body is valid JSON on the grid and shows every alarm", check_dashboard, False),
     ("cfn-lint", "cfn-lint accepts the template", check_cfn_lint, False),
     ("sam-validate", "sam validate and sam validate --lint accept the template", check_sam_validate, False),
 ]

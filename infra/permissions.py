@@ -11,13 +11,15 @@ function, as CloudFormation would deploy it:
    implied ones moto does not reproduce (a 404 object read also needs s3:ListBucket without
    s3:prefix; SSE-KMS needs kms:Decrypt / kms:GenerateDataKey; an RDS restore with tags
    needs rds:AddTagsToResource; a restore job's role needs iam:PassRole); RDS, Lambda,
-   AWS Backup, Run Command and EventBridge Scheduler resources come from the request's
-   recorded `params`;
+   AWS Backup, Run Command, EventBridge Scheduler, KMS, Step Functions and SNS resources
+   come from the request's recorded `params` (a KMS alias resolves, through the template's
+   AWS::KMS::Alias resources, to the key IAM authorizes the call against);
 3. evaluates all of them in one batch with @cloud-copilot/iam-simulate
    (infra/permissions/simulate.mjs), except AWS-owned SSM documents, whose account-less
    ARN the simulator cannot parse (matched by evaluate_locally);
 4. checks statically that the state machine's role may invoke every function and publish
-   to every topic its definition names (Step Functions makes those calls, not the Lambdas);
+   to every topic its definition names (Step Functions makes those calls, not the Lambdas),
+   and that each schedule or rule may start (or invoke) its target;
 5. lints every generated policy with parliament;
 6. lists the granted (function, action, resource) elements no request exercised.
 
@@ -76,6 +78,8 @@ LINT_ALLOW = [
      "parliament wants a document with an account: an AWS-owned document's ARN has none (arn:aws:ssm:REGION::document/AWS-RunShellScript), and the statement granting the instances names no document (IAM authorizes the document and each instance separately)"),
     ("RESOURCE_STAR", r"logs:(CreateLogDelivery|GetLogDelivery|UpdateLogDelivery|DeleteLogDelivery|ListLogDeliveries|PutResourcePolicy|DescribeResourcePolicies|DescribeLogGroups)",
      "Step Functions log delivery requires these on \"*\" (vended logs)"),
+    ("RESOURCE_MISMATCH", r"'action': 'states:(DescribeExecution|ListExecutions)'",
+     "parliament wants every resource type the Service Authorization Reference lists for the action (DescribeExecution: execution and express; ListExecutions: statemachine and mapRun); IAM authorizes the one the request names: a STANDARD machine's executions are execution: ARNs, and readiness lists executions of the state machine, not of a Map Run"),
 ]
 
 # Why a grant may go unexercised by the tests (shown next to it, informational).
@@ -102,11 +106,13 @@ UNEXERCISED_NOTES = [
     ("components", "kms:CreateGrant", "only to restore a snapshot encrypted under a customer managed key; the ledger cannot see the snapshot's key"),
     ("components", "kms:DescribeKey", "only to restore a snapshot encrypted under a customer managed key; the ledger cannot see the snapshot's key"),
     ("components", "s3:DeleteObject", "only when a re-run replaces a stale phase receipt"),
+    ("approve", "s3:ListBucket", "a run record not written yet: a 404 instead of a 403"),
 ]
 
-# KMS authorises a key's use only if its key policy lets IAM policies decide. The keys are
-# not in the template; the checker assumes each has the default key policy, whose first
-# statement does exactly that (AWS KMS Developer Guide, "Default key policy").
+# KMS authorises a key's use only if its key policy lets IAM policies decide. A key of the
+# template is evaluated with its own (resolved) KeyPolicy; for any other key the checker
+# assumes the default key policy, whose first statement does exactly that (AWS KMS
+# Developer Guide, "Default key policy").
 DEFAULT_KEY_POLICY = {
     "Version": "2012-10-17",
     "Statement": [{
@@ -245,7 +251,8 @@ class Resolver:
             "AWS::StepFunctions::StateMachine": "StateMachineName", "AWS::S3::Bucket": "BucketName",
             "AWS::SQS::Queue": "QueueName", "AWS::Events::Rule": "Name",
             "AWS::Scheduler::Schedule": "Name", "AWS::IAM::ManagedPolicy": "ManagedPolicyName",
-            "AWS::DynamoDB::Table": "TableName",
+            "AWS::DynamoDB::Table": "TableName", "AWS::KMS::Alias": "AliasName",
+            "AWS::CloudWatch::Alarm": "AlarmName",
         }.get(resource["Type"])
         name = None
         if name_property and props.get(name_property) is not None:
@@ -298,6 +305,7 @@ class Resolver:
             "AWS::Scheduler::Schedule": f"arn:{PARTITION}:scheduler:{REGION}:{ACCOUNT}:schedule/default/{name}",
             "AWS::KMS::Key": f"arn:{PARTITION}:kms:{REGION}:{ACCOUNT}:key/{logical_uuid(logical)}",
             "AWS::DynamoDB::Table": f"arn:{PARTITION}:dynamodb:{REGION}:{ACCOUNT}:table/{name}",
+            "AWS::CloudWatch::Alarm": f"arn:{PARTITION}:cloudwatch:{REGION}:{ACCOUNT}:alarm:{name}",
         }
         if attribute == "Arn" and kind in arns:
             return arns[kind]
@@ -480,6 +488,10 @@ class Model:
     resolver: Resolver
     sam: dict
     template_dir: Path
+    # KMS: alias name (alias/...) -> the ARN of the template key it points to; key ARN ->
+    # that key's resolved KeyPolicy.
+    kms_aliases: dict[str, str] = field(default_factory=dict)
+    key_policies: dict[str, dict] = field(default_factory=dict)
 
 
 def as_list(value: Any) -> list:
@@ -575,8 +587,31 @@ def build_model(sam: dict, cfn: dict, params: dict[str, Any], template_dir: Path
     for logical, res in resources.items():
         if res["Type"] == "AWS::IAM::Role" and resolver.enabled(logical):
             role(logical)
+    aliases, key_policies = template_keys(resolver)
     return Model(functions=functions, roles=roles, state_machines=machines,
-                 resolver=resolver, sam=sam, template_dir=template_dir)
+                 resolver=resolver, sam=sam, template_dir=template_dir,
+                 kms_aliases=aliases, key_policies=key_policies)
+
+
+def template_keys(resolver: Resolver) -> tuple[dict[str, str], dict[str, dict]]:
+    """The template's KMS keys: (alias name -> key ARN, key ARN -> resolved KeyPolicy).
+    An alias's TargetKeyId is a key id or key ARN (Ref or GetAtt of an AWS::KMS::Key of the
+    template, or a literal); it resolves to the key ARN IAM authorizes a call by alias
+    against (AWS KMS Developer Guide, "Using aliases to control access to KMS keys")."""
+    aliases: dict[str, str] = {}
+    policies: dict[str, dict] = {}
+    for logical, res in resolver.resources.items():
+        if not resolver.enabled(logical):
+            continue
+        props = res.get("Properties") or {}
+        if res["Type"] == "AWS::KMS::Key" and isinstance(props.get("KeyPolicy"), dict):
+            policies[resolver.get_att(logical, "Arn")] = resolver.resolve(props["KeyPolicy"])
+        elif res["Type"] == "AWS::KMS::Alias":
+            name, target = resolver.resolve(props.get("AliasName")), resolver.resolve(props.get("TargetKeyId"))
+            if not isinstance(name, str) or not isinstance(target, str):
+                raise CheckError(f"{logical}: AliasName/TargetKeyId do not resolve to strings ({name!r}, {target!r})")
+            aliases[name] = kms_key_arn(target, REGION)
+    return aliases, policies
 
 
 # --------------------------------------------------------------------------------------
@@ -600,8 +635,8 @@ class Call:
     status: int
     error: str | None
     checksum_mode: bool
-    # RDS, Lambda, AWS Backup, SSM Run Command, EventBridge Scheduler: the request's own
-    # fields (ledger `params`).
+    # RDS, Lambda, AWS Backup, SSM Run Command, EventBridge Scheduler, KMS, Step Functions,
+    # SNS: the request's own fields (ledger `params`).
     params: dict[str, str] = field(default_factory=dict)
 
     def describe(self) -> str:
@@ -631,7 +666,8 @@ class Request:
 
 REQUIRED_FIELDS = ("function", "service", "operation")
 # What names a params call in a denial line, first found first.
-DESCRIBE_PARAMS = ("DBInstanceIdentifier", "DocumentName", "CommandId", "RecoveryPointArn", "path")
+DESCRIBE_PARAMS = ("DBInstanceIdentifier", "DocumentName", "CommandId", "RecoveryPointArn", "path",
+                   "KeyId", "executionArn", "stateMachineArn", "TopicArn", "TargetArn")
 
 
 def read_ledger(path: Path) -> list[Call]:
@@ -728,14 +764,43 @@ S3_SIMPLE = {
     "HeadBucket": ("s3:ListBucket", "bucket", False),
     "ListMultipartUploads": ("s3:ListBucketMultipartUploads", "bucket", False),
     "GetBucketLocation": ("s3:GetBucketLocation", "bucket", False),
+    # Object Lock: the API names differ from the IAM actions (Service Authorization
+    # Reference; Amazon S3 API Reference, GetObjectLockConfiguration: "s3:GetBucketObjectLockConfiguration").
+    "GetObjectLockConfiguration": ("s3:GetBucketObjectLockConfiguration", "bucket", False),
+    "GetBucketVersioning": ("s3:GetBucketVersioning", "bucket", False),
+    "ListObjectVersions": ("s3:ListBucketVersions", "bucket", False),
+    "GetObjectRetention": ("s3:GetObjectRetention", "object", True),
+    "GetObjectLegalHold": ("s3:GetObjectLegalHold", "object", True),
+    "PutObjectRetention": ("s3:PutObjectRetention", "object", False),
+    "PutObjectLegalHold": ("s3:PutObjectLegalHold", "object", False),
 }
+# A request naming a version (the versionId query parameter; ledger context `s3:versionid`)
+# is authorized against the version action (Amazon S3 API Reference, GetObject, HeadObject,
+# DeleteObject and the tagging operations: "s3:GetObjectVersion" ...). Object Lock's own
+# operations take the version without changing the action. A PutObject answers with a
+# version id but names none: it stays s3:PutObject.
+S3_VERSIONED = {
+    "s3:GetObject": "s3:GetObjectVersion",
+    "s3:GetObjectTagging": "s3:GetObjectVersionTagging",
+    "s3:PutObjectTagging": "s3:PutObjectVersionTagging",
+    "s3:DeleteObjectTagging": "s3:DeleteObjectVersionTagging",
+    "s3:DeleteObject": "s3:DeleteObjectVersion",
+}
+# Object Lock headers on a write: x-amz-object-lock-mode / -retain-until-date need
+# s3:PutObjectRetention, x-amz-object-lock-legal-hold needs s3:PutObjectLegalHold (Amazon
+# S3 API Reference, PutObject and CreateMultipartUpload, Permissions). The ledger records
+# them as the condition keys of the same names.
+S3_LOCK_HEADERS = (("s3:object-lock-mode", "s3:PutObjectRetention"),
+                   ("s3:object-lock-retain-until-date", "s3:PutObjectRetention"),
+                   ("s3:object-lock-legal-hold", "s3:PutObjectLegalHold"))
 KMS_WRITES = {"PutObject", "CreateMultipartUpload"}
 KMS_MULTIPART_DECRYPT = {"UploadPart", "CompleteMultipartUpload", "ListParts"}
 
 
-def requests_for(call: Call) -> list[Request]:
+def requests_for(call: Call, aliases: dict[str, str] | None = None) -> list[Request]:
     """The IAM requests AWS authorises for one recorded call (raises KeyError when the
-    operation is not mapped)."""
+    operation is not mapped). `aliases` maps the template's KMS alias names to the ARNs of
+    the keys they point to (Model.kms_aliases)."""
     service, op = call.service, call.operation
     if service == "sts" and op == "GetCallerIdentity":
         return [Request("sts:GetCallerIdentity", "*", {}, "",
@@ -759,6 +824,12 @@ def requests_for(call: Call) -> list[Request]:
         return backup_requests(call)
     if service == "scheduler":
         return scheduler_requests(call)
+    if service == "kms":
+        return kms_requests(call, aliases or {})
+    if service in ("sfn", "states"):
+        return states_requests(call)
+    if service == "sns":
+        return sns_requests(call)
     if service in ("monitoring", "cloudwatch"):
         action = {"PutMetricData": "cloudwatch:PutMetricData", "GetMetricData": "cloudwatch:GetMetricData",
                   "GetMetricStatistics": "cloudwatch:GetMetricStatistics",
@@ -820,9 +891,19 @@ def requests_for(call: Call) -> list[Request]:
         resource = bucket_arn(resource)
     elif not is_object(resource):
         raise CheckError(f"ledger line {call.line}: {op} on {resource}, expected an object ARN")
-    out.append(Request(action, resource, call.context, "the call"))
+    version = call.context.get("s3:versionid") or call.params.get("query.versionId")
+    context = dict(call.context)
+    if version:
+        context["s3:versionid"] = version
+        action = S3_VERSIONED.get(action, action)
+    out.append(Request(action, resource, context, "the call" if not version else f"version {version}"))
     if op in ("PutObject", "CreateMultipartUpload") and call.tagging:
         out.append(Request("s3:PutObjectTagging", resource, {}, "the x-amz-tagging header", kind="tagging"))
+    if op in ("PutObject", "CreateMultipartUpload"):
+        for header, lock_action in S3_LOCK_HEADERS:
+            if header in call.context and not any(r.action == lock_action for r in out):
+                out.append(Request(lock_action, resource, {k: v for k, v in call.context.items() if k.startswith("s3:object-lock-")},
+                                   f"the x-amz-{header[3:]} header"))
     if call.kms_key:
         key = kms_key_arn(call.kms_key, call.region)
         if op == "GetObject":
@@ -1021,6 +1102,94 @@ def scheduler_requests(call: Call) -> list[Request]:
     return [Request("scheduler:GetSchedule", arn, {}, "the call")]
 
 
+# KMS (JSON protocol): every operation names its key in KeyId: a key id, key ARN, alias
+# name (alias/NAME) or alias ARN. IAM authorizes a call by alias against the key the alias
+# points to, with kms:RequestAlias set (AWS KMS Developer Guide, "Using aliases to control
+# access to KMS keys"), so an alias resolves through the template's AWS::KMS::Alias
+# resources; one the template does not define cannot be checked and fails. Source for the
+# actions and their resource type `key`: "Actions, resources, and condition keys for AWS Key
+# Management Service" (Service Authorization Reference).
+KMS_ACTIONS = {"GenerateMac": "kms:GenerateMac", "VerifyMac": "kms:VerifyMac",
+               "DescribeKey": "kms:DescribeKey", "GetKeyRotationStatus": "kms:GetKeyRotationStatus"}
+# KeyId takes no alias here (AWS KMS API Reference, GetKeyRotationStatus: "Specify the key
+# ID or key ARN of the KMS key"): KMS rejects one, moto may not.
+KMS_NO_ALIAS = {"GetKeyRotationStatus"}
+
+
+def is_kms_alias(key: str) -> bool:
+    return key.startswith("alias/") or (key.startswith("arn:") and ":alias/" in key)
+
+
+def kms_requests(call: Call, aliases: dict[str, str]) -> list[Request]:
+    action = KMS_ACTIONS.get(call.operation)
+    if action is None:
+        raise KeyError(call.operation)
+    key = call.params.get("KeyId")
+    if not key:
+        raise CheckError(f"ledger line {call.line}: {call.operation} without KeyId in params")
+    context: dict[str, str] = {}
+    if is_kms_alias(key):
+        if call.operation in KMS_NO_ALIAS:
+            raise CheckError(f"ledger line {call.line}: {call.operation} names alias {key}, but KMS takes only a "
+                             "key id or key ARN there (AWS KMS API Reference)")
+        name = "alias/" + key.split(":alias/", 1)[1] if key.startswith("arn:") else key
+        if name not in aliases:
+            raise CheckError(f"ledger line {call.line}: {call.operation} names KMS alias {name}, which no "
+                             f"AWS::KMS::Alias of the template defines (known: {', '.join(sorted(aliases)) or 'none'})")
+        context["kms:RequestAlias"] = name
+        resource = aliases[name]
+    else:
+        resource = kms_key_arn(key, call.region)
+    if call.params.get("MacAlgorithm"):
+        context["kms:MacAlgorithm"] = call.params["MacAlgorithm"]
+    why = "the call" if "kms:RequestAlias" not in context else \
+        f"alias {context['kms:RequestAlias']}, authorized against its key"
+    return [Request(action, resource, context, why)]
+
+
+# Step Functions (JSON protocol, SDK service name `sfn`): the execution or state machine
+# comes from the request's executionArn / stateMachineArn. SendTaskSuccess, SendTaskFailure
+# and SendTaskHeartbeat support no resource type: "*". Source: "Actions, resources, and
+# condition keys for AWS Step Functions" (Service Authorization Reference; resource types
+# `execution`: arn:${Partition}:states:${Region}:${Account}:execution:${StateMachineName}:${ExecutionId},
+# `statemachine`: ...:stateMachine:${StateMachineName}).
+STATES_BY_EXECUTION = {"DescribeExecution", "GetExecutionHistory", "StopExecution"}
+STATES_BY_MACHINE = {"ListExecutions", "StartExecution", "DescribeStateMachine"}
+STATES_TASK = {"SendTaskSuccess", "SendTaskFailure", "SendTaskHeartbeat"}
+
+
+def states_requests(call: Call) -> list[Request]:
+    op, params = call.operation, call.params
+    if op in STATES_TASK:
+        if not params.get("taskToken"):
+            raise CheckError(f"ledger line {call.line}: {op} without taskToken in params")
+        return [Request(f"states:{op}", "*", {}, "the call")]
+    if op in STATES_BY_EXECUTION:
+        field_name = "executionArn"
+    elif op in STATES_BY_MACHINE:
+        field_name = "stateMachineArn"
+    else:
+        raise KeyError(op)
+    arn = params.get(field_name)
+    if not arn and op == "ListExecutions" and params.get("mapRunArn"):
+        arn = params["mapRunArn"]
+    if not arn:
+        raise CheckError(f"ledger line {call.line}: {op} without {field_name} in params")
+    return [Request(f"states:{op}", arn, {}, "the call")]
+
+
+# SNS (query protocol: the ledger records the form fields as params): Publish names its
+# topic in TopicArn (or a target in TargetArn). Source: "Actions, resources, and condition
+# keys for Amazon SNS" (resource type `topic`).
+def sns_requests(call: Call) -> list[Request]:
+    if call.operation != "Publish":
+        raise KeyError(call.operation)
+    target = call.params.get("TopicArn") or call.params.get("TargetArn")
+    if not target:
+        raise CheckError(f"ledger line {call.line}: Publish without TopicArn or TargetArn in params")
+    return [Request("sns:Publish", target, {}, "the call")]
+
+
 SSM_RUN_COMMAND = {"SendCommand", "GetCommandInvocation", "ListCommandInvocations"}
 # SSM reserves these prefixes for AWS-owned documents (no one else may create one); their
 # ARN has no account.
@@ -1162,8 +1331,9 @@ def state_machine_requests(model: Model) -> tuple[list[tuple[Role, Request, str]
             for action in LOG_DELIVERY_ACTIONS:
                 out.append((role, Request(action, "*", {}, "execution logging to CloudWatch Logs"),
                             f"{logical} logging"))
-    # Schedules and rules that start an execution with their own role.
+    # Schedules and rules that start an execution, or invoke a function, with their own role.
     machine_arns = {model.resolver.ref(lid): lid for lid, _, _ in model.state_machines}
+    function_arns = {fn.arn for fn in model.functions.values()}
     for logical, res in model.resolver.resources.items():
         if not model.resolver.enabled(logical):
             continue
@@ -1175,16 +1345,20 @@ def state_machine_requests(model: Model) -> tuple[list[tuple[Role, Request, str]
             targets = as_list(props.get("Targets"))
         for target in targets:
             arn = model.resolver.resolve(target.get("Arn"))
-            if arn not in machine_arns or not target.get("RoleArn"):
+            if (arn not in machine_arns and arn not in function_arns) or not target.get("RoleArn"):
                 continue
             try:
                 role_logical = role_ref_of(target["RoleArn"], model)
             except CheckError as e:
                 problems.append(str(e))
                 continue
-            out.append((model.roles[role_logical],
-                        Request("states:StartExecution", arn, {}, f"{logical} starts an execution"),
-                        f"{logical} target"))
+            if arn in machine_arns:
+                request = Request("states:StartExecution", arn, {}, f"{logical} starts an execution")
+            else:
+                # EventBridge Scheduler invokes a Lambda target with the schedule's role
+                # (EventBridge Scheduler User Guide, "Set up the execution role").
+                request = Request("lambda:InvokeFunction", arn, {}, f"{logical} invokes it")
+            out.append((model.roles[role_logical], request, f"{logical} target"))
     return out, problems
 
 
@@ -1419,7 +1593,7 @@ def run(template: Path, ledger: Path, parameters: Path) -> int:
             unknown_functions[call.function] += 1
             continue
         try:
-            reqs = requests_for(call)
+            reqs = requests_for(call, model.kms_aliases)
         except KeyError:
             unmapped[(call.service, call.operation)] += 1
             continue
@@ -1473,7 +1647,7 @@ def run(template: Path, ledger: Path, parameters: Path) -> int:
                           "resource": req.resource, "context": context, "account": ACCOUNT,
                           "principal": f"arn:{PARTITION}:sts::{ACCOUNT}:assumed-role/{role.name}/{session}"})
             if req.action.startswith("kms:"):
-                batch[-1]["resourcePolicy"] = DEFAULT_KEY_POLICY
+                batch[-1]["resourcePolicy"] = model.key_policies.get(req.resource, DEFAULT_KEY_POLICY)
             if req.kind == "aws-owned":
                 batch[-1]["local"] = True
         return index[key]

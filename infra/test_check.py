@@ -247,9 +247,51 @@ CASES: dict[str, Case] = {
         '"alarm_reason":<alarm_reason>', '"alarm_reason":"<alarm_reason>"')),
     "schedule_without_trigger": Case("rule-inputs", template=yaml_edit(
         ',"trigger":{"kind":"schedule","source":"<aws.scheduler.schedule-arn>","fired_at":"<aws.scheduler.scheduled-time>"}}', '}')),
+    "evidence_governance_mode": Case("evidence-lock", template=yaml_edit(
+        "            Mode: COMPLIANCE\n", "            Mode: GOVERNANCE\n"), detail="must be COMPLIANCE"),
+    "evidence_retention_not_the_parameter": Case("evidence-lock", template=yaml_edit(
+        "            Days: !Ref EvidenceRetentionDays\n", "            Days: 30\n"), detail="Days: !Ref EvidenceRetentionDays"),
+    "evidence_without_object_lock": Case("evidence-lock", template=yaml_edit(
+        "      ObjectLockEnabled: true\n", "      ObjectLockEnabled: false\n"), detail="ObjectLockEnabled must be true"),
+    "evidence_unversioned": Case("evidence-lock", template=yaml_edit(
+        "      VersioningConfiguration:\n        Status: Enabled\n", "      VersioningConfiguration:\n        Status: Suspended\n"),
+        detail="versioning must be Enabled"),
+    "evidence_deleted_with_the_stack": Case("evidence-lock", template=yaml_edit(
+        "    Type: AWS::S3::Bucket\n    DeletionPolicy: Retain\n", "    Type: AWS::S3::Bucket\n    DeletionPolicy: Delete\n"),
+        detail="DeletionPolicy must be Retain"),
+    "approve_url_public": Case("approve-url", template=yaml_edit(
+        "        AuthType: AWS_IAM\n", "        AuthType: NONE\n"), detail="is 'NONE', must be AWS_IAM"),
+    "approve_without_url": Case("approve-url", template=yaml_edit(
+        "      FunctionUrlConfig:\n        AuthType: AWS_IAM\n", ""), detail="has no FunctionUrlConfig"),
+    "receipts_left_on_the_target_bucket": Case("receipts-grants", template=yaml_edit(
+        '            # (what its start needs).\n            - Effect: Allow\n              Action: [s3:GetObject, s3:PutObject]\n'
+        '              Resource: !Sub "arn:${AWS::Partition}:s3:::${EvidenceBucket}/${ReceiptsPrefix}*"\n',
+        '            # (what its start needs).\n            - Effect: Allow\n              Action: [s3:GetObject, s3:PutObject]\n'
+        '              Resource: !Sub "arn:${AWS::Partition}:s3:::${TargetBucketName}/${ReceiptsPrefix}*"\n'),
+        detail="BringupFunction: s3:GetObject, s3:PutObject on arn:${AWS::Partition}:s3:::${TargetBucketName}/${ReceiptsPrefix}*"),
+    "receipts_reader_cannot_list": Case("receipts-grants", template=yaml_edit(
+        '            # all it reads, so it lists the evidence bucket only.\n            - Effect: Allow\n              Action: s3:ListBucket\n'
+        '              Resource: !Sub "arn:${AWS::Partition}:s3:::${EvidenceBucket}"\n',
+        '            # all it reads, so it lists the evidence bucket only.\n            - Effect: Allow\n              Action: s3:ListBucket\n'
+        '              Resource: !Sub "arn:${AWS::Partition}:s3:::${TargetBucketName}"\n'),
+        detail="ComponentsFunction reads in the evidence bucket without s3:ListBucket"),
+    "rto_watch_always_on": Case("triggers", template=yaml_edit(
+        "            ScheduleExpression: rate(1 minute)\n            State: !If [TriggersEnabled, ENABLED, DISABLED]\n",
+        "            ScheduleExpression: rate(1 minute)\n            State: ENABLED\n"),
+        detail="ReadinessFunction.Events.RtoWatchSchedule: State must be"),
+    "readiness_schedule_wrong_action": Case("triggers", template=yaml_edit(
+        """            Input: '{"action": "readiness"}'\n""", """            Input: '{"action": "rto-watch"}'\n"""),
+        detail="expected one each of ['readiness', 'rto-watch']"),
+    "dashboard_not_json": Case("dashboard", template=yaml_edit(
+        '"title": "Readiness: failed checks", "stat"', '"title": "Readiness: failed checks" "stat"'),
+        detail="the body is not JSON"),
+    "dashboard_forgets_an_alarm": Case("dashboard", template=yaml_edit(
+        ', "${ReadinessFailuresAlarm.Arn}"', ''), detail="alarms not on any alarm widget: ['ReadinessFailuresAlarm']"),
+    "dashboard_widgets_overlap": Case("dashboard", template=yaml_edit(
+        '{"type": "alarm", "x": 16, "y": 24,', '{"type": "alarm", "x": 12, "y": 24,'), detail="overlap"),
     "cfn_lint_rejects": Case("cfn-lint", template=yaml_edit("      Timeout: 120\n", "      Timeout: 9000\n")),
     "sam_validate_rejects": Case("sam-validate", template=yaml_edit(
-        "          Type: ScheduleV2\n", "          Type: NotAnEventSourceType\n")),
+        "        MonthlyDrill:\n          Type: ScheduleV2\n", "        MonthlyDrill:\n          Type: NotAnEventSourceType\n")),
 }
 
 

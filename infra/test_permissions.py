@@ -46,10 +46,17 @@ def check(template: Path, ledger: Path, parameters: Path = PARAMETERS) -> subpro
 
 def DRILL_AND_COMPONENTS() -> str:
     """A whole drill of the phases before components (ledger-drill.jsonl), the calls the
-    components, their teardown and the sample verifier make (ledger-components.jsonl) and a
-    failback of that drill's run, one call of each kind (ledger-failback.jsonl)."""
+    components, their teardown and the sample verifier make (ledger-components.jsonl), a
+    failback of that drill's run, one call of each kind (ledger-failback.jsonl), and the
+    evidence calls: approvals, the seals verified, audit copies and reports in the evidence
+    bucket, readiness and the RTO watch (ledger-evidence.jsonl). Receipts are in the
+    evidence bucket (E)."""
     return "".join((FIXTURES / name).read_text()
-                   for name in ("ledger-drill.jsonl", "ledger-components.jsonl", "ledger-failback.jsonl"))
+                   for name in ("ledger-drill.jsonl", "ledger-components.jsonl", "ledger-failback.jsonl",
+                                "ledger-evidence.jsonl"))
+
+
+CALLS = 224  # records in DRILL_AND_COMPONENTS()
 
 
 def check_broken_template(test: unittest.TestCase, replacements: list[tuple[str, str]]) -> subprocess.CompletedProcess:
@@ -69,6 +76,41 @@ def check_broken_template(test: unittest.TestCase, replacements: list[tuple[str,
             return check(Path(f.name), ledger, CURRENT_PARAMETERS)
         finally:
             Path(f.name).unlink()
+
+
+def check_current(extra: list[dict] | None = None, replacements: list[tuple[str, str]] | None = None,
+                  parameters: dict | None = None) -> subprocess.CompletedProcess:
+    """The permission check of DRILL_AND_COMPONENTS() plus `extra` records against the current
+    template with each (old, new) of `replacements` applied (each `old` exactly once) and the
+    current parameters updated with `parameters`."""
+    template = TEMPLATE.read_text()
+    for old, new in replacements or []:
+        if template.count(old) != 1:
+            raise AssertionError(f"occurs {template.count(old)} times, expected once: {old!r}")
+        template = template.replace(old, new)
+    with tempfile.TemporaryDirectory() as tmp:
+        ledger = Path(tmp) / "ledger.jsonl"
+        ledger.write_text(DRILL_AND_COMPONENTS() + "".join(json.dumps(r) + "\n" for r in extra or []))
+        params = Path(tmp) / "parameters.json"
+        params.write_text(json.dumps({**json.loads(CURRENT_PARAMETERS.read_text()), **(parameters or {})}))
+        with tempfile.NamedTemporaryFile("w", suffix=".yaml", dir=INFRA, delete=False) as f:
+            f.write(template)
+        try:
+            return check(Path(f.name), ledger, params)
+        finally:
+            Path(f.name).unlink()
+
+
+_MODEL = None
+
+
+def current_model():
+    """The current template's model, as the checker builds it with the current parameters."""
+    global _MODEL
+    if _MODEL is None:
+        sam, cfn, params = P.translate(TEMPLATE, P.load_parameters(CURRENT_PARAMETERS))
+        _MODEL = P.build_model(sam, cfn, params, INFRA)
+    return _MODEL
 
 
 def record(**fields) -> dict:
@@ -92,6 +134,9 @@ def summary(requests) -> list[tuple[str, str, dict]]:
 
 
 T = "arn:aws:s3:::target-data"
+E = "arn:aws:s3:::drpilot-evidence-123456789012-us-east-1"   # the evidence bucket of stack drpilot
+KMS = "arn:aws:kms:us-east-1:123456789012"
+STATES = "arn:aws:states:us-east-1:123456789012"
 
 
 class EndToEnd(unittest.TestCase):
@@ -173,7 +218,7 @@ class EndToEnd(unittest.TestCase):
         text = out.stdout + out.stderr
         self.assertEqual(out.returncode, 0, text)
         self.assertNotIn("DENY", text)
-        self.assertRegex(out.stdout, r"\npermissions: 190 calls checked, 0 denied, \d+ grants unexercised\n$")
+        self.assertRegex(out.stdout, rf"\npermissions: {CALLS} calls checked, 0 denied, \d+ grants unexercised\n$")
         self.assertIn("unexercised: components rds:DescribeDBSnapshots on "
                       "arn:aws:rds:us-east-1:123456789012:snapshot:* (the code always filters", text)
 
@@ -194,7 +239,7 @@ class EndToEnd(unittest.TestCase):
                       "-> needs iam:PassRole on arn:aws:iam::123456789012:role/drpilot-backup-restore with "
                       "iam:PassedToService=backup.amazonaws.com", out.stdout)
         self.assertIn("which does not match", out.stdout)
-        self.assertRegex(out.stdout, r"\npermissions: 190 calls checked, 4 denied")
+        self.assertRegex(out.stdout, rf"\npermissions: {CALLS} calls checked, 4 denied")
 
     def test_the_failback_grants_are_each_needed(self):
         schedule = ('              Resource: !Sub "arn:${AWS::Partition}:scheduler:${AWS::Region}:${AWS::AccountId}'
@@ -209,7 +254,7 @@ class EndToEnd(unittest.TestCase):
                       "arn:aws:scheduler:us-east-1:123456789012:schedule/default/drpilot-monthly-drill", out.stdout)
         self.assertIn("DENY failback: DeleteObject s3://primary-data/root/old.txt -> needs s3:DeleteObject on "
                       "arn:aws:s3:::primary-data/root/old.txt", out.stdout)
-        self.assertRegex(out.stdout, r"\npermissions: 190 calls checked, 2 denied")
+        self.assertRegex(out.stdout, rf"\npermissions: {CALLS} calls checked, 2 denied")
 
     def test_the_failback_state_machine_is_checked_too(self):
         invoke = "        - LambdaInvokePolicy:\n            FunctionName: !Ref FailbackFunction\n"
@@ -220,7 +265,101 @@ class EndToEnd(unittest.TestCase):
                           "lambda:InvokeFunction on arn:aws:lambda:us-east-1:123456789012:function:drpilot-failback",
                           out.stdout)
         self.assertNotIn("DENY DrillStateMachineRole", out.stdout)
-        self.assertRegex(out.stdout, r"\npermissions: 190 calls checked, 0 denied")
+        self.assertRegex(out.stdout, rf"\npermissions: {CALLS} calls checked, 0 denied")
+
+    def test_the_evidence_grants_are_each_needed(self):
+        teardown_receipts = ('            # run summary and the report (runs/<run>/report.html, report.json).\n'
+                             '            - Effect: Allow\n'
+                             '              Action: [s3:GetObject, s3:PutObject]\n'
+                             '              Resource: !Sub "arn:${AWS::Partition}:s3:::${EvidenceBucket}/${ReceiptsPrefix}*"\n')
+        out = check_current(replacements=[
+            ("              Action: kms:GenerateMac\n", "              Action: kms:VerifyMac\n"),
+            ("              Action: sns:Publish\n", "              Action: sns:GetTopicAttributes\n"),
+            ("              Action: states:ListExecutions\n              Resource: !Ref DrillStateMachine\n",
+             "              Action: states:ListExecutions\n              Resource: !Ref FailbackStateMachine\n"),
+            # the receipts grant left on the target bucket (before issue 14)
+            (teardown_receipts, teardown_receipts.replace("${EvidenceBucket}", "${TargetBucketName}"))])
+        self.assertEqual(out.returncode, 1, out.stdout)
+        key = current_model().kms_aliases["alias/drpilot-approval"]
+        self.assertIn(f"DENY approve: GenerateMac alias/drpilot-approval -> needs kms:GenerateMac on {key} with "
+                      "kms:MacAlgorithm=HMAC_SHA_256, kms:RequestAlias=alias/drpilot-approval (for alias "
+                      "alias/drpilot-approval, authorized against its key)  (x2)", out.stdout)
+        self.assertIn(f"DENY readiness: ListExecutions {STATES}:stateMachine:drpilot-drill -> needs states:ListExecutions "
+                      f"on {STATES}:stateMachine:drpilot-drill", out.stdout)
+        self.assertIn("DENY readiness: Publish arn:aws:sns:us-east-1:123456789012:drpilot-notifications -> needs "
+                      "sns:Publish on arn:aws:sns:us-east-1:123456789012:drpilot-notifications", out.stdout)
+        # Denials are grouped by resource pattern: the summary stands for the report too.
+        self.assertIn(f"DENY teardown: PutObject {P.pretty(E)}/drpilot/receipts/runs/r1/drill.summary.json -> needs "
+                      f"s3:PutObject on {E}/drpilot/receipts/runs/r1/drill.summary.json  (x11)", out.stdout)
+        self.assertIn(f"DENY teardown: GetObject {P.pretty(E)}/drpilot/receipts/runs/r1/phases/teardown.json answered "
+                      "404 -> needs s3:GetObject", out.stdout)
+        self.assertNotIn("DENY promote", out.stdout, "promote's VerifyMac is untouched")
+        self.assertRegex(out.stdout, rf"\npermissions: {CALLS} calls checked, \d+ denied")
+
+    def test_receipts_in_the_target_bucket_are_denied(self):
+        # What a function writing receipts where they were before issue 14 would be told.
+        out = check_current(extra=[record(function="promote", operation="PutObject",
+                                          resource=f"{T}/drpilot/receipts/runs/r1/phases/promote.json")])
+        self.assertEqual(out.returncode, 1, out.stdout)
+        self.assertIn("DENY promote: PutObject s3://target-data/drpilot/receipts/runs/r1/phases/promote.json -> needs "
+                      "s3:PutObject on arn:aws:s3:::target-data/drpilot/receipts/runs/r1/phases/promote.json", out.stdout)
+        self.assertRegex(out.stdout, rf"\npermissions: {CALLS + 1} calls checked, 1 denied")
+
+    def test_a_kms_alias_the_template_does_not_define_fails_naming_it(self):
+        out = check_current(extra=[record(function="approve", service="kms", operation="GenerateMac", resource="*",
+                                          params={"KeyId": "alias/someone-elses-key", "MacAlgorithm": "HMAC_SHA_256"})])
+        self.assertEqual(out.returncode, 1, out.stdout)
+        self.assertIn(f"FAIL ledger line {CALLS + 1}: GenerateMac names KMS alias alias/someone-elses-key, which no "
+                      "AWS::KMS::Alias of the template defines (known: alias/drpilot-approval)", out.stdout)
+
+    def test_the_approval_key_policy_decides_too(self):
+        # A key policy that does not let the account's IAM policies decide: the roles' grants
+        # no longer count (the template's own KeyPolicy is evaluated, not the default one).
+        root = '              AWS: !Sub "arn:${AWS::Partition}:iam::${AWS::AccountId}:root"\n'
+        out = check_current(replacements=[(root, root.replace(":root", ":role/key-admin"))])
+        self.assertEqual(out.returncode, 1, out.stdout)
+        self.assertIn("DENY approve: GenerateMac alias/drpilot-approval -> needs kms:GenerateMac", out.stdout)
+        self.assertIn("DENY promote: VerifyMac alias/drpilot-approval -> needs kms:VerifyMac", out.stdout)
+        self.assertIn("DENY failback: VerifyMac alias/drpilot-approval -> needs kms:VerifyMac", out.stdout)
+
+    def test_readiness_reads_the_backup_keys(self):
+        key = f"{KMS}:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+        extra = [
+            record(function="readiness", service="kms", operation="GetKeyRotationStatus", resource="*",
+                   params={"KeyId": key}),
+            record(function="readiness", service="kms", operation="DescribeKey", resource="*", params={"KeyId": key}),
+            # an SSE-KMS metadata.json: GetObject decrypts (HeadObject would not)
+            record(function="readiness", operation="GetObject",
+                   resource="arn:aws:s3:::backup-store/prod/backups/b2/metadata.json", kms_key=key),
+        ]
+        out = check_current(extra=extra, parameters={"DataKmsKeyArns": key})
+        self.assertEqual(out.returncode, 0, out.stdout)
+        self.assertRegex(out.stdout, rf"\npermissions: {CALLS + 3} calls checked, 0 denied")
+        for action in ("kms:GetKeyRotationStatus", "kms:DescribeKey"):
+            self.assertNotIn(f"unexercised: readiness {action}", out.stdout)
+        self.assertNotRegex(out.stdout, r"unexercised: readiness kms:Decrypt on .*ViaService=s3")
+        # Without DataKmsKeyArns the statements are left out: the same calls are denied.
+        denied = check_current(extra=extra)
+        self.assertEqual(denied.returncode, 1, denied.stdout)
+        self.assertIn(f"DENY readiness: GetKeyRotationStatus {key} -> needs kms:GetKeyRotationStatus on {key}",
+                      denied.stdout)
+        self.assertIn(f"DENY readiness: GetObject s3://backup-store/prod/backups/b2/metadata.json -> needs kms:Decrypt "
+                      f"on {key} with kms:ViaService=s3.us-east-1.amazonaws.com (for an SSE-KMS object read)",
+                      denied.stdout)
+
+    def test_the_readiness_schedules_are_checked_statically(self):
+        out = check_current()
+        self.assertEqual(out.returncode, 0, out.stdout)
+        self.assertNotIn("ReadinessFunctionReadinessScheduleRole lambda:InvokeFunction", out.stdout)
+        self.assertNotIn("unexercised: ReadinessFunctionRtoWatchScheduleRole", out.stdout)
+        model = current_model()
+        static, problems = P.state_machine_requests(model)
+        self.assertEqual(problems, [])
+        invokes = sorted((role.logical, req.action, req.resource) for role, req, _ in static
+                         if role.logical.startswith("ReadinessFunction"))
+        readiness = "arn:aws:lambda:us-east-1:123456789012:function:drpilot-readiness"
+        self.assertEqual(invokes, [("ReadinessFunctionReadinessScheduleRole", "lambda:InvokeFunction", readiness),
+                                   ("ReadinessFunctionRtoWatchScheduleRole", "lambda:InvokeFunction", readiness)])
 
 
 class Mapping(unittest.TestCase):
@@ -457,6 +596,116 @@ class Mapping(unittest.TestCase):
         for op in ("UpdateSchedule", "CreateSchedule", "DeleteSchedule", "ListSchedules"):
             with self.assertRaises(KeyError, msg=op):
                 P.requests_for(call(service="scheduler", operation=op, params={"path": "/schedules/drill"}))
+
+    def test_kms_aliases_resolve_to_the_template_key(self):
+        model = current_model()
+        key = model.resolver.get_att("ApprovalKey", "Arn")
+        self.assertEqual(model.kms_aliases, {"alias/drpilot-approval": key})
+        self.assertEqual(model.key_policies[key]["Statement"][0]["Principal"],
+                         {"AWS": "arn:aws:iam::123456789012:root"})
+        aliases = model.kms_aliases
+        for key_id in ("alias/drpilot-approval", f"{KMS}:alias/drpilot-approval"):
+            for op in ("GenerateMac", "VerifyMac"):
+                reqs = P.requests_for(call(function="approve", service="kms", operation=op, resource="*",
+                                           params={"KeyId": key_id, "MacAlgorithm": "HMAC_SHA_256"}), aliases)
+                self.assertEqual(summary(reqs), [(f"kms:{op}", key, {"kms:RequestAlias": "alias/drpilot-approval",
+                                                                      "kms:MacAlgorithm": "HMAC_SHA_256"})], key_id)
+        described = P.requests_for(call(service="kms", operation="DescribeKey", resource="*",
+                                        params={"KeyId": "alias/drpilot-approval"}), aliases)
+        self.assertEqual(summary(described), [("kms:DescribeKey", key, {"kms:RequestAlias": "alias/drpilot-approval"})])
+        # a key id or key ARN is the key itself, no alias involved
+        bare = P.requests_for(call(service="kms", operation="GetKeyRotationStatus", resource="*",
+                                   params={"KeyId": "1234abcd-12ab-34cd-56ef-1234567890ab"}), aliases)
+        self.assertEqual(summary(bare), [("kms:GetKeyRotationStatus", f"{KMS}:key/1234abcd-12ab-34cd-56ef-1234567890ab", {})])
+
+    def test_kms_calls_that_cannot_be_checked_fail(self):
+        aliases = {"alias/drpilot-approval": f"{KMS}:key/k"}
+        with self.assertRaisesRegex(P.CheckError, "alias/unknown, which no AWS::KMS::Alias of the template defines"):
+            P.requests_for(call(service="kms", operation="GenerateMac", params={"KeyId": "alias/unknown"}), aliases)
+        with self.assertRaisesRegex(P.CheckError, "KMS alias alias/drpilot-approval, which no"):
+            P.requests_for(call(service="kms", operation="VerifyMac", params={"KeyId": "alias/drpilot-approval"}))
+        with self.assertRaisesRegex(P.CheckError, "GetKeyRotationStatus names alias alias/drpilot-approval, but KMS "
+                                                  "takes only a key id or key ARN"):
+            P.requests_for(call(service="kms", operation="GetKeyRotationStatus",
+                                params={"KeyId": "alias/drpilot-approval"}), aliases)
+        with self.assertRaisesRegex(P.CheckError, "without KeyId"):
+            P.requests_for(call(service="kms", operation="GenerateMac", params={}), aliases)
+        for op in ("Encrypt", "Sign", "ScheduleKeyDeletion"):
+            with self.assertRaises(KeyError, msg=op):
+                P.requests_for(call(service="kms", operation=op, params={"KeyId": "alias/drpilot-approval"}), aliases)
+
+    def test_step_functions(self):
+        execution = f"{STATES}:execution:drpilot-drill:r1"
+        machine = f"{STATES}:stateMachine:drpilot-drill"
+        for op in ("DescribeExecution", "GetExecutionHistory"):
+            reqs = P.requests_for(call(function="approve", service="sfn", operation=op, params={"executionArn": execution}))
+            self.assertEqual(summary(reqs), [(f"states:{op}", execution, {})])
+        listed = P.requests_for(call(function="readiness", service="sfn", operation="ListExecutions",
+                                     params={"stateMachineArn": machine, "statusFilter": "RUNNING"}))
+        self.assertEqual(summary(listed), [("states:ListExecutions", machine, {})])
+        for op in ("SendTaskSuccess", "SendTaskFailure"):
+            reqs = P.requests_for(call(function="approve", service="sfn", operation=op, params={"taskToken": "AQC..."}))
+            self.assertEqual(summary(reqs), [(f"states:{op}", "*", {})], "no resource type: *")
+        self.assertEqual(call(service="sfn", operation="DescribeExecution", params={"executionArn": execution}).describe(),
+                         f"DescribeExecution {execution}")
+        with self.assertRaisesRegex(P.CheckError, "without executionArn"):
+            P.requests_for(call(service="sfn", operation="DescribeExecution", params={}))
+        with self.assertRaisesRegex(P.CheckError, "without taskToken"):
+            P.requests_for(call(service="sfn", operation="SendTaskSuccess", params={}))
+        with self.assertRaises(KeyError):
+            P.requests_for(call(service="sfn", operation="UpdateStateMachine", params={"stateMachineArn": machine}))
+
+    def test_sns_publish(self):
+        topic = "arn:aws:sns:us-east-1:123456789012:drpilot-notifications"
+        reqs = P.requests_for(call(function="readiness", service="sns", operation="Publish",
+                                   params={"TopicArn": topic, "Message": "m"}))
+        self.assertEqual(summary(reqs), [("sns:Publish", topic, {})])
+        with self.assertRaisesRegex(P.CheckError, "without TopicArn or TargetArn"):
+            P.requests_for(call(service="sns", operation="Publish", params={"PhoneNumber": "+100"}))
+        with self.assertRaises(KeyError):
+            P.requests_for(call(service="sns", operation="Subscribe", params={"TopicArn": topic}))
+
+    def test_cloudwatch_by_either_service_name(self):
+        for service in ("cloudwatch", "monitoring"):
+            reqs = P.requests_for(call(function="readiness", service=service, operation="PutMetricData", resource="*",
+                                       context={"cloudwatch:namespace": "DRPilot"}))
+            self.assertEqual(summary(reqs), [("cloudwatch:PutMetricData", "*", {"cloudwatch:namespace": "DRPilot"})])
+
+    def test_object_lock_and_versions(self):
+        key = f"{E}/drpilot/receipts/runs/r1/run.json"
+        lock = P.requests_for(call(operation="GetObjectLockConfiguration", resource=E + "/"))
+        self.assertEqual(summary(lock), [("s3:GetBucketObjectLockConfiguration", E, {})])
+        self.assertEqual([r.action for r in P.requests_for(call(operation="GetObjectRetention", resource=key))],
+                         ["s3:GetObjectRetention"])
+        # A PutObject to a versioned bucket answers with a version id but names none.
+        self.assertEqual(summary(P.requests_for(call(operation="PutObject", resource=key))), [("s3:PutObject", key, {})])
+        version = {"s3:versionid": "3HL4kqtJlcpXroDTDmJ"}
+        got = P.requests_for(call(operation="GetObject", resource=key, context=version))
+        self.assertEqual(summary(got), [("s3:GetObjectVersion", key, version)])
+        head = P.requests_for(call(operation="HeadObject", resource=key, params={"query.versionId": "v1"},
+                                   status=404, error="404"))
+        self.assertEqual(summary(head), [("s3:GetObjectVersion", key, {"s3:versionid": "v1"}), ("s3:ListBucket", E, {})])
+        deleted = P.requests_for(call(operation="DeleteObject", resource=key, context=version))
+        self.assertEqual([r.action for r in deleted], ["s3:DeleteObjectVersion"])
+        tags = P.requests_for(call(operation="GetObjectTagging", resource=key, context=version))
+        self.assertEqual([r.action for r in tags], ["s3:GetObjectVersionTagging"])
+        # Explicit retention or a legal hold on a write needs its own permission.
+        locked = P.requests_for(call(operation="PutObject", resource=key,
+                                     context={"s3:object-lock-mode": "COMPLIANCE",
+                                              "s3:object-lock-retain-until-date": "2029-01-01T00:00:00Z"}))
+        self.assertEqual([r.action for r in locked], ["s3:PutObject", "s3:PutObjectRetention"])
+        held = P.requests_for(call(operation="CreateMultipartUpload", resource=key,
+                                   context={"s3:object-lock-legal-hold": "ON"}))
+        self.assertEqual([r.action for r in held], ["s3:PutObject", "s3:PutObjectLegalHold"])
+
+    def test_the_evidence_bucket_name_derives_from_the_stack(self):
+        model = current_model()
+        self.assertEqual(model.resolver.ref("EvidenceBucket"), "drpilot-evidence-123456789012-us-east-1")
+        self.assertEqual(f"arn:aws:s3:::{model.resolver.ref('EvidenceBucket')}", E)
+        for binary in ("approve", "readiness"):
+            fn = model.functions[binary]
+            self.assertEqual((fn.name, fn.role.logical),
+                             (f"drpilot-{binary}", f"{binary.capitalize()}FunctionRole"))
 
     def test_an_unmapped_scheduler_operation_fails_naming_it(self):
         with tempfile.TemporaryDirectory() as tmp:

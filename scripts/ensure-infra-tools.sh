@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs the template checkers: cfn-lint, the SAM CLI and parliament into .venv-infra
-# (pinned in infra/requirements-infra.txt); asl-validator and @cloud-copilot/iam-simulate
-# into infra/node_modules (pinned in infra/package.json, locked by infra/package-lock.json).
+# (pinned in infra/requirements-infra.txt); asl-validator, @cloud-copilot/iam-simulate and
+# playwright-core into infra/node_modules (pinned in infra/package.json, locked by
+# infra/package-lock.json); and, through scripts/ensure-browser.sh, Debian's chromium,
+# which infra/browser-check.mjs drives with playwright-core.
 # Each side re-installs when its pin file changes (a stamp holds the hash it was installed
 # from); otherwise re-runs are cheap.
 set -euo pipefail
@@ -25,10 +27,13 @@ stamp="$modules/.drpilot-stamp"
 want="$(cat "$infra/package.json" "$infra/package-lock.json" | sha256sum | cut -d' ' -f1)"
 if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$want" \
       || ! -x "$modules/.bin/asl-validator" \
-      || ! -f "$modules/@cloud-copilot/iam-simulate/package.json" ]]; then
-  echo "installing asl-validator and @cloud-copilot/iam-simulate into infra/node_modules" >&2
+      || ! -f "$modules/@cloud-copilot/iam-simulate/package.json" \
+      || ! -f "$modules/playwright-core/package.json" ]]; then
+  echo "installing asl-validator, @cloud-copilot/iam-simulate and playwright-core into infra/node_modules" >&2
   # npm ci installs exactly what the lock file says (and fails if package.json and the
   # lock disagree), after removing whatever node_modules held.
   (cd "$infra" && npm ci --silent --no-audit --no-fund)
   echo "$want" > "$stamp"
 fi
+
+"$root/scripts/ensure-browser.sh"

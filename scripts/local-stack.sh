@@ -59,6 +59,10 @@ up() {
       export PATH="$root/.venv/bin:$PATH"
       # The drill schedule failback's preflight checks (the local stack creates it disabled).
       export DRPILOT_DRILL_SCHEDULE=drpilot-monthly-drill
+      # The approval key (created by provisioning under this alias) and the state machines
+      # whose approvals the approve function answers.
+      export DRPILOT_APPROVAL_KEY=alias/drpilot-approval
+      export DRPILOT_STATE_MACHINES=arn:aws:states:us-east-1:123456789012:stateMachine:drpilot-drill,arn:aws:states:us-east-1:123456789012:stateMachine:drpilot-failback
       exec setsid cargo lambda watch --invoke-address 127.0.0.1 --invoke-port "$lambda_port" \
         </dev/null >"$state/watch.log" 2>&1
     ) &

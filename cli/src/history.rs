@@ -4,6 +4,7 @@
 
 use aws_sdk_sfn::types::{ExecutionStatus, HistoryEvent};
 use chrono::{DateTime, Utc};
+use drpilot_shared::approval::{WaitingApproval, WAIT_FOR_TOKEN};
 use drpilot_shared::input::{Phase, Stage};
 use drpilot_shared::receipt::PhaseStatus;
 use drpilot_shared::receipt::{seconds, utc as time};
@@ -206,8 +207,8 @@ fn read_events(progress: &mut Progress, events: &[HistoryEvent]) {
             if let Some(i) = current {
                 progress.steps[i].attempts += 1;
             }
-            if scheduled.resource() == "publish.waitForTaskToken" {
-                token = task_token(scheduled.parameters());
+            if scheduled.resource() == WAIT_FOR_TOKEN {
+                token = WaitingApproval::from_parameters(scheduled.parameters()).map(|w| w.token);
                 progress.approval_message = serde_json::from_str::<Value>(scheduled.parameters())
                     .ok()
                     .and_then(|p| p["Message"].as_str().map(str::to_owned));
@@ -220,7 +221,7 @@ fn read_events(progress: &mut Progress, events: &[HistoryEvent]) {
             event.task_failed_event_details().map(|d| d.resource()),
             event.task_timed_out_event_details().map(|d| d.resource()),
         ];
-        if answered.contains(&Some("publish.waitForTaskToken")) {
+        if answered.contains(&Some(WAIT_FOR_TOKEN)) {
             token = None;
         }
         if let Some(failed) = event.task_failed_event_details() {
@@ -289,30 +290,3 @@ fn payload<T: serde::de::DeserializeOwned>(output: &str) -> Option<T> {
     serde_json::from_value(payload).ok()
 }
 
-/// The token from the approval task's parameters: its `task_token` message attribute, or
-/// the `Task token:` line of its message.
-fn task_token(parameters: &str) -> Option<String> {
-    let p: Value = serde_json::from_str(parameters).ok()?;
-    if let Some(t) = p["MessageAttributes"]["task_token"]["StringValue"].as_str() {
-        return Some(t.to_owned());
-    }
-    p["Message"]
-        .as_str()?
-        .lines()
-        .find_map(|l| l.strip_prefix("Task token: "))
-        .map(str::to_owned)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn finds_the_token_in_either_place() {
-        let attrs = r#"{"MessageAttributes": {"task_token": {"DataType": "String", "StringValue": "tok-1"}}, "Message": "x"}"#;
-        assert_eq!(task_token(attrs).as_deref(), Some("tok-1"));
-        let message = r#"{"Message": "approve it\n\nTask token: tok-2"}"#;
-        assert_eq!(task_token(message).as_deref(), Some("tok-2"));
-        assert_eq!(task_token("{}"), None);
-    }
-}

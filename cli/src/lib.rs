@@ -36,7 +36,7 @@ pub const DEFAULT_STATE_MACHINE: &str = "drpilot-drill";
 /// The failback state machine the CLI drives when none is named (`--failback-state-machine`).
 pub const FAILBACK_STATE_MACHINE: &str = "drpilot-failback";
 /// The error `drpilot deny` fails the approval task with.
-pub const DENIED: &str = "ApprovalDenied";
+pub const DENIED: &str = drpilot_shared::approval::DENIED_ERROR;
 
 /// The AWS clients and the state machine the CLI works with.
 #[derive(Clone, Debug)]
@@ -49,6 +49,11 @@ pub struct Ctx {
     /// The failback state machine (a name or an ARN); [`FAILBACK_STATE_MACHINE`] when
     /// not given.
     pub failback_state_machine: Option<String>,
+    /// The approve function (a name, an ARN or its URL); the default stack's, or on the
+    /// local stack the served binary, when not given.
+    pub approve_function: Option<String>,
+    /// These clients talk to the local emulator (no Function URLs, no IAM).
+    pub emulator: bool,
     pub out: Out,
 }
 
@@ -67,6 +72,8 @@ impl Ctx {
             aws: AwsClients::from_config(config),
             state_machine,
             failback_state_machine: None,
+            approve_function: None,
+            emulator: endpoint.is_some(),
             out,
         }
     }

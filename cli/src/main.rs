@@ -22,6 +22,10 @@ struct Cli {
     /// The failback state machine: a name or an ARN (default: drpilot-failback).
     #[arg(long, global = true, env = "DRPILOT_FAILBACK_STATE_MACHINE")]
     failback_state_machine: Option<String>,
+    /// The approve function `approve`/`deny` call: a name, an ARN or its Function URL
+    /// (default: drpilot-approve; on the local stack the served `approve`).
+    #[arg(long, global = true, env = "DRPILOT_APPROVE_FUNCTION")]
+    approve_function: Option<String>,
     /// Talk to the local stack (moto on 127.0.0.1:4599) instead of AWS.
     #[arg(long, global = true)]
     local: bool,
@@ -152,6 +156,7 @@ async fn run(cli: Cli) -> Result<ExitStatus, CliError> {
         let mut ctx = Ctx::new(endpoint, cli.state_machine.clone(), out).await;
         ctx.failback_state_machine
             .clone_from(&cli.failback_state_machine);
+        ctx.approve_function.clone_from(&cli.approve_function);
         ctx
     };
     match &cli.command {

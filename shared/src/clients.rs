@@ -6,6 +6,21 @@ use aws_sdk_s3::config::SharedCredentialsProvider;
 
 use crate::ledger::CallLedger;
 
+/// A method building a client of another service on these clients' config, recorded in
+/// the call ledger like the others.
+macro_rules! recorded_client {
+    ($(#[$doc:meta])* $name:ident, $sdk:ident) => {
+        $(#[$doc])*
+        pub fn $name(&self) -> $sdk::Client {
+            let mut builder = $sdk::config::Builder::from(&self.config);
+            if let Some(ledger) = &self.ledger {
+                builder = builder.interceptor(ledger.clone());
+            }
+            $sdk::Client::from_conf(builder.build())
+        }
+    };
+}
+
 /// The clients the phases use. Cheap to clone: each is an `Arc` inside.
 #[derive(Clone, Debug)]
 pub struct AwsClients {
@@ -74,25 +89,39 @@ impl AwsClients {
         }
     }
 
-    /// An RDS client, recorded in the call ledger like the others. Built on demand: only
-    /// the functions that restore or delete components need one.
-    pub fn rds(&self) -> aws_sdk_rds::Client {
-        let mut builder = aws_sdk_rds::config::Builder::from(&self.config);
-        if let Some(ledger) = &self.ledger {
-            builder = builder.interceptor(ledger.clone());
-        }
-        aws_sdk_rds::Client::from_conf(builder.build())
-    }
-
-    /// An AWS Backup client, recorded like the others (components restore with it; teardown
-    /// waits for a restore job to end with it).
-    pub fn backup(&self) -> aws_sdk_backup::Client {
-        let mut builder = aws_sdk_backup::config::Builder::from(&self.config);
-        if let Some(ledger) = &self.ledger {
-            builder = builder.interceptor(ledger.clone());
-        }
-        aws_sdk_backup::Client::from_conf(builder.build())
-    }
+    recorded_client!(
+        /// An RDS client, recorded in the call ledger like the others. Built on demand:
+        /// only the functions that restore or delete components need one.
+        rds, aws_sdk_rds
+    );
+    recorded_client!(
+        /// An AWS Backup client (components restore with it; teardown waits for a restore
+        /// job to end with it).
+        backup, aws_sdk_backup
+    );
+    recorded_client!(
+        /// A KMS client: the approve function seals decisions with it, promote and failback
+        /// verify them, readiness reads key rotation.
+        kms, aws_sdk_kms
+    );
+    recorded_client!(
+        /// A Step Functions client: the approve function answers task tokens with it,
+        /// readiness watches running executions.
+        sfn, aws_sdk_sfn
+    );
+    recorded_client!(
+        /// A Lambda client: lambda components invoke verifiers with it; the CLI invokes
+        /// the approve function on the local stack.
+        lambda, aws_sdk_lambda
+    );
+    recorded_client!(
+        /// An EventBridge Scheduler client: failback checks the drill schedule with it.
+        scheduler, aws_sdk_scheduler
+    );
+    recorded_client!(
+        /// An SNS client: readiness's RTO watch notifies with it.
+        sns, aws_sdk_sns
+    );
 
     /// An S3 client for a bucket in `region` (a failback's primary site), recorded like
     /// the others; these clients' own when `region` is theirs.

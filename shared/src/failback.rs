@@ -283,6 +283,12 @@ pub struct Confirmation {
     pub approved_at: Option<DateTime<Utc>>,
     /// `approval` (a task token answered) or `literal`.
     pub kind: String,
+    /// The IAM principal that confirmed through the approve function (`null` locally).
+    #[serde(default)]
+    pub principal: Option<String>,
+    /// The principal is AWS's word.
+    #[serde(default)]
+    pub verified: bool,
 }
 
 /// copy-back's receipt details.

@@ -234,11 +234,28 @@ fn describe(
                     .get("x-amz-server-side-encryption-aws-kms-key-id")
                     .map(str::to_owned);
             }
+            if let Some((_, version)) = query.iter().find(|(n, _)| n == "versionId") {
+                record
+                    .context
+                    .insert("s3:versionid".to_owned(), version.clone());
+            }
+            for header in [
+                "x-amz-object-lock-mode",
+                "x-amz-object-lock-retain-until-date",
+                "x-amz-object-lock-legal-hold",
+            ] {
+                if let Some(value) = headers.get(header) {
+                    record.context.insert(
+                        format!("s3:{}", header.trim_start_matches("x-amz-")),
+                        value.to_owned(),
+                    );
+                }
+            }
             if operation == "DeleteObjects" {
                 record.keys = body.as_deref().map(xml_keys).unwrap_or_default();
             }
         }
-        "rds" => {
+        "rds" | "sns" => {
             // awsQuery: every form field but the action and version.
             if let Some(b) = body.as_deref() {
                 for (name, value) in form_urlencoded::parse(b.as_bytes()) {
@@ -247,6 +264,10 @@ fn describe(
                     }
                 }
             }
+        }
+        "kms" | "sfn" => {
+            // awsJson: the request body names the key, execution or state machine.
+            record.params.extend(json_params(body.as_deref()));
         }
         "lambda" | "backup" | "scheduler" => {
             record.params.insert(

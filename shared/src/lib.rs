@@ -16,6 +16,7 @@
 //! Functions matches), [`metrics`], [`clients`], [`ledger`] (the record of every AWS call,
 //! for the permission check) and [`local`] (the repository, for the local stack's users).
 
+pub mod approval;
 pub mod archive;
 pub mod backup;
 pub mod clients;

@@ -258,3 +258,108 @@ pub async fn emulator_schedule(
     }
     Ok(())
 }
+
+/// The approval key's alias on the local stack and in the tests: the template's
+/// `alias/<stack>-approval` for the stack `drpilot`.
+pub const APPROVAL_KEY_ALIAS: &str = "alias/drpilot-approval";
+
+/// The emulator's HMAC key the approve function seals with and promote verifies with
+/// (KMS `HMAC_256`, `GENERATE_VERIFY_MAC`), under [`APPROVAL_KEY_ALIAS`]; created when
+/// the alias is missing. Returns the key's ARN.
+pub async fn emulator_approval_key(kms: &aws_sdk_kms::Client) -> Result<String, String> {
+    if let Ok(found) = kms.describe_key().key_id(APPROVAL_KEY_ALIAS).send().await {
+        if let Some(arn) = found.key_metadata().and_then(|m| m.arn()) {
+            return Ok(arn.to_owned());
+        }
+    }
+    let created = kms
+        .create_key()
+        .key_spec(aws_sdk_kms::types::KeySpec::Hmac256)
+        .key_usage(aws_sdk_kms::types::KeyUsageType::GenerateVerifyMac)
+        .description("drpilot approval seals (local stack)")
+        .send()
+        .await
+        .map_err(|e| {
+            format!(
+                "CreateKey: {}",
+                aws_smithy_types::error::display::DisplayErrorContext(&e)
+            )
+        })?;
+    let metadata = created
+        .key_metadata()
+        .ok_or("CreateKey answered without key metadata")?;
+    kms.create_alias()
+        .alias_name(APPROVAL_KEY_ALIAS)
+        .target_key_id(metadata.key_id())
+        .send()
+        .await
+        .map_err(|e| {
+            format!(
+                "CreateAlias: {}",
+                aws_smithy_types::error::display::DisplayErrorContext(&e)
+            )
+        })?;
+    Ok(metadata.arn().unwrap_or_default().to_owned())
+}
+
+/// The state machines the approve function answers on the local stack and in the tests:
+/// the drill's and the failback's, as the local stack deploys them.
+pub const STATE_MACHINES: [&str; 2] = [
+    "arn:aws:states:us-east-1:123456789012:stateMachine:drpilot-drill",
+    "arn:aws:states:us-east-1:123456789012:stateMachine:drpilot-failback",
+];
+
+/// An evidence bucket in the emulator as the template creates it: versioned, with S3
+/// Object Lock in compliance mode retaining every new object version `days` days by
+/// default. Idempotent.
+pub async fn emulator_evidence_bucket(
+    s3: &aws_sdk_s3::Client,
+    bucket: &str,
+    days: i32,
+) -> Result<(), String> {
+    use aws_sdk_s3::types::{
+        DefaultRetention, ObjectLockConfiguration, ObjectLockEnabled, ObjectLockRetentionMode,
+        ObjectLockRule,
+    };
+    let fail = |what: &str, e: &dyn std::fmt::Display| format!("{what} {bucket}: {e}");
+    if s3.head_bucket().bucket(bucket).send().await.is_err() {
+        s3.create_bucket()
+            .bucket(bucket)
+            // Object Lock can only be switched on when the bucket is created; it turns
+            // versioning on with it.
+            .object_lock_enabled_for_bucket(true)
+            .send()
+            .await
+            .map_err(|e| {
+                fail(
+                    "CreateBucket",
+                    &aws_smithy_types::error::display::DisplayErrorContext(&e),
+                )
+            })?;
+    }
+    let rule = ObjectLockRule::builder()
+        .default_retention(
+            DefaultRetention::builder()
+                .mode(ObjectLockRetentionMode::Compliance)
+                .days(days)
+                .build(),
+        )
+        .build();
+    s3.put_object_lock_configuration()
+        .bucket(bucket)
+        .object_lock_configuration(
+            ObjectLockConfiguration::builder()
+                .object_lock_enabled(ObjectLockEnabled::Enabled)
+                .rule(rule)
+                .build(),
+        )
+        .send()
+        .await
+        .map_err(|e| {
+            fail(
+                "PutObjectLockConfiguration",
+                &aws_smithy_types::error::display::DisplayErrorContext(&e),
+            )
+        })?;
+    Ok(())
+}

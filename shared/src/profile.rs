@@ -55,6 +55,18 @@ pub struct Profile {
     /// The primary site a failback returns the data to (the target is the DR site).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub primary: Option<Primary>,
+    /// The approver of a promotion (or failback confirmation) must not be the principal
+    /// that started the run; the approve function enforces it.
+    #[serde(default)]
+    pub two_person_rule: bool,
+    /// How long evidence is kept: the receipts location's Object Lock retention, which
+    /// reports state and readiness checks (`EvidenceRetentionDays` in the template).
+    #[serde(default = "default_evidence_retention_days")]
+    pub evidence_retention_days: u32,
+    /// A successful drill is due at least this often (readiness's `DaysSinceLastDrill`
+    /// and the evidence's on-schedule share).
+    #[serde(default = "default_drill_interval_days")]
+    pub drill_interval_days: u32,
 }
 
 /// The primary site's data: the `root/` a failback copies the DR site's `root/` back into.
@@ -80,6 +92,16 @@ impl Primary {
 
 fn default_component_concurrency() -> u32 {
     4
+}
+
+/// Three years: what SOC 2 and ISO 27001 auditors ask DR test results be kept.
+fn default_evidence_retention_days() -> u32 {
+    1095
+}
+
+/// The template's drill schedule runs monthly; a few days' slack.
+fn default_drill_interval_days() -> u32 {
+    35
 }
 
 /// Longer than a run can take with the template's default approval timeout (24 h): a
@@ -326,6 +348,18 @@ impl Profile {
                 "rto_target_seconds/rpo_target_seconds: expected a positive number of seconds"
                     .into(),
             );
+        }
+        if !(1..=36500).contains(&self.evidence_retention_days) {
+            return Err(format!(
+                "evidence_retention_days: expected 1 to 36500 days, got {}",
+                self.evidence_retention_days
+            ));
+        }
+        if !(1..=3650).contains(&self.drill_interval_days) {
+            return Err(format!(
+                "drill_interval_days: expected 1 to 3650 days, got {}",
+                self.drill_interval_days
+            ));
         }
         if self.lock_ttl_seconds == 0 {
             return Err("lock_ttl_seconds: expected a positive number of seconds".into());

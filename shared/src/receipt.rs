@@ -339,11 +339,33 @@ impl ReceiptStore {
     }
 
     /// Writes an audit record unless one is there: a re-run after it was written keeps
-    /// the first, whose counts are the copy's (a re-run finds nothing left to copy).
-    pub async fn put_audit_record<T: Serialize>(&self, uri: &S3Uri, record: &T) -> Result<()> {
-        put_json_if(&self.s3, uri, record, Some(Precondition::Absent))
-            .await
-            .map(drop)
+    /// the first, whose counts are the copy's (a re-run finds nothing left to copy). A
+    /// copy goes with the run's evidence, `<receipts>/runs/<run_id>/audit/<name>`, under
+    /// the evidence bucket's retention; the record at `uri` (the target's audit prefix)
+    /// is the operational one.
+    pub async fn put_audit_record<T: Serialize>(
+        &self,
+        run_id: &str,
+        uri: &S3Uri,
+        record: &T,
+    ) -> Result<()> {
+        put_json_if(&self.s3, uri, record, Some(Precondition::Absent)).await?;
+        put_json_if(
+            &self.s3,
+            &self.evidence_audit_uri(run_id, uri)?,
+            record,
+            Some(Precondition::Absent),
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Where the evidence copy of the audit record at `uri` goes.
+    pub fn evidence_audit_uri(&self, run_id: &str, uri: &S3Uri) -> Result<S3Uri> {
+        let name = uri.key.rsplit('/').next().unwrap_or(&uri.key);
+        self.run_dir(run_id)?
+            .join(&format!("audit/{name}"))
+            .map_err(|e| Error::internal(format!("audit record name: {e}")))
     }
 
     pub(crate) fn s3(&self) -> &aws_sdk_s3::Client {

@@ -180,4 +180,15 @@ pub struct Approval {
     pub approved_at: Option<DateTime<Utc>>,
     #[serde(default)]
     pub comment: Option<String>,
+    /// The IAM principal that called the approve function (its Function URL's request
+    /// context); `null` where no IAM context exists (the local stack).
+    #[serde(default)]
+    pub principal: Option<String>,
+    /// The principal is AWS's word, not the caller's: false on the local stack.
+    #[serde(default)]
+    pub verified: bool,
+    /// The approve function's KMS HMAC over the decision ([`crate::approval`]); promote
+    /// refuses an approval without a valid one.
+    #[serde(default)]
+    pub seal: Option<crate::approval::Seal>,
 }

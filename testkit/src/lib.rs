@@ -24,6 +24,11 @@ pub const TARGET_BUCKET: &str = "target-data";
 /// The primary site [`test_profile`] fails back to (the target is the DR site).
 pub const PRIMARY_BUCKET: &str = "primary-data";
 pub const BACKUP_BUCKET: &str = "backup-store";
+/// Where [`test_profile`]'s receipts go: the evidence bucket the template creates for the
+/// stack `drpilot` (Object Lock, compliance mode).
+pub const EVIDENCE_BUCKET: &str = "drpilot-evidence-123456789012-us-east-1";
+/// The evidence bucket's default retention in the tests, as the template's default.
+pub const EVIDENCE_RETENTION_DAYS: i32 = 1095;
 /// Where [`test_profile`] expects backups: `s3://backup-store/prod/backups/<id>/`.
 pub const BACKUP_PREFIX: &str = "prod/backups/";
 
@@ -33,7 +38,7 @@ pub fn test_profile() -> serde_json::Value {
         "target": {"bucket": TARGET_BUCKET},
         "primary": {"bucket": PRIMARY_BUCKET},
         "backups": format!("s3://{BACKUP_BUCKET}/{BACKUP_PREFIX}"),
-        "receipts": format!("s3://{TARGET_BUCKET}/drpilot/receipts/"),
+        "receipts": format!("s3://{EVIDENCE_BUCKET}/drpilot/receipts/"),
         "account_id": ACCOUNT_ID,
         "region": REGION,
         "rto_target_seconds": 3600,
@@ -257,6 +262,14 @@ fn start_functions(server: &Server) -> Result<(), String> {
             "DRPILOT_DRILL_SCHEDULE",
             drpilot_shared::local::DRILL_SCHEDULE,
         )
+        .env(
+            drpilot_shared::approval::APPROVAL_KEY_ENV,
+            drpilot_shared::local::APPROVAL_KEY_ALIAS,
+        )
+        .env(
+            "DRPILOT_STATE_MACHINES",
+            drpilot_shared::local::STATE_MACHINES.join(","),
+        )
         .env_remove("AWS_PROFILE")
         .stdin(Stdio::null())
         .stdout(log)
@@ -375,8 +388,12 @@ impl LocalAws {
         assert_eq!(status, 200, "moto reset failed: {body}");
         let endpoint = format!("http://127.0.0.1:{port}");
         let config = AwsClients::emulator_config(&endpoint, REGION).await;
+        let clients = AwsClients::from_config(config);
+        drpilot_shared::local::emulator_approval_key(&clients.kms())
+            .await
+            .unwrap_or_else(|e| panic!("the approval key: {e}"));
         Self {
-            clients: AwsClients::from_config(config),
+            clients,
             endpoint,
             port,
             _turn: turn,
@@ -391,12 +408,47 @@ impl LocalAws {
         }
     }
 
+    /// Seals and verifies approvals with the emulator's approval key, as the approve
+    /// function and promote do.
+    pub fn sealer(&self) -> drpilot_shared::approval::Sealer {
+        drpilot_shared::approval::Sealer::new(
+            self.clients.kms(),
+            drpilot_shared::local::APPROVAL_KEY_ALIAS,
+        )
+    }
+
+    /// An approval of run `run_id` by `approver`, sealed as the approve function seals
+    /// it (no IAM principal, as on the local stack).
+    pub async fn sealed_approval(
+        &self,
+        run_id: &str,
+        approver: &str,
+        ticket: &str,
+    ) -> drpilot_shared::run::Approval {
+        let mut approval = drpilot_shared::run::Approval {
+            approver: approver.into(),
+            ticket: ticket.into(),
+            approved_at: Some(chrono::Utc::now()),
+            comment: None,
+            principal: None,
+            verified: false,
+            seal: None,
+        };
+        approval.seal = Some(
+            self.sealer()
+                .seal(run_id, drpilot_shared::approval::Decision::Approve, &approval)
+                .await
+                .expect("sealing an approval"),
+        );
+        approval
+    }
+
     /// The receipts of runs of [`test_profile`].
     pub fn receipts(&self) -> drpilot_shared::receipt::ReceiptStore {
         drpilot_shared::receipt::ReceiptStore::new(
             self.s3().clone(),
             drpilot_shared::S3Uri {
-                bucket: TARGET_BUCKET.into(),
+                bucket: EVIDENCE_BUCKET.into(),
                 key: "drpilot/receipts/".into(),
             },
         )
@@ -483,6 +535,13 @@ impl LocalAws {
         self.create_bucket(TARGET_BUCKET).await;
         self.create_bucket(BACKUP_BUCKET).await;
         self.create_bucket(PRIMARY_BUCKET).await;
+        drpilot_shared::local::emulator_evidence_bucket(
+            self.s3(),
+            EVIDENCE_BUCKET,
+            EVIDENCE_RETENTION_DAYS,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("the evidence bucket: {e}"));
         self.put_profile(PROFILE, &test_profile()).await;
     }
 

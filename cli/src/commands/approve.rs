@@ -1,26 +1,36 @@
-//! `drpilot approve` and `drpilot deny`: answer a waiting run's approval through its task
-//! token.
+//! `drpilot approve` and `drpilot deny`: answer a waiting run's approval through the
+//! approve function, which records who called (the IAM principal of the signed request),
+//! enforces the profile's two-person rule and seals the decision for promote to verify.
+//!
+//! On AWS the request goes to the function's URL (`AWS_IAM` auth), signed with SigV4 by
+//! the credentials the SDK resolved; on the local stack, which has no Function URLs, the
+//! same request event is handed to the function through Lambda Invoke, without an IAM
+//! context (the decision then records `verified: false`).
 
-use chrono::Utc;
+use std::time::{Duration, SystemTime};
+
+use aws_credential_types::provider::ProvideCredentials;
+use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettings};
+use aws_sigv4::sign::v4;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
 use serde_json::{json, Value};
 
-use crate::history::fetch;
-use crate::{CliError, Ctx, DENIED};
+use crate::{CliError, Ctx};
 
-/// Finds the waiting approval's task token, or says why there is none.
-async fn waiting_token(ctx: &Ctx, run_id: &str) -> Result<String, CliError> {
-    let (arn, _) = ctx.any_execution_arn(run_id).await?;
-    let progress = fetch(&ctx.sfn, &arn).await?;
-    progress.waiting_token.ok_or_else(|| {
-        CliError::Usage(format!(
-            "run {run_id} is not waiting for an approval (status {})",
-            progress.status
-        ))
-    })
-}
+/// The approve function the CLI calls when none is named: the template's name for the
+/// default stack. `--approve-function` takes a name, an ARN or the URL itself.
+pub const DEFAULT_APPROVE_FUNCTION: &str = "drpilot-approve";
+/// The approve function's name on the local stack (the binary `cargo lambda watch` serves).
+pub const LOCAL_APPROVE_FUNCTION: &str = "approve";
 
-/// `drpilot approve`: answers the approval with approver, ticket and time; promote
-/// writes them into the audit record.
+/// How long the approve function may take to answer.
+const TIMEOUT: Duration = Duration::from_secs(60);
+
+/// `drpilot approve`: the approve function answers the approval with approver, ticket,
+/// the caller's principal and its seal; promote verifies the seal and writes them into
+/// the audit record. Returns the decision record.
 pub async fn approve(
     ctx: &Ctx,
     run_id: &str,
@@ -33,37 +43,199 @@ pub async fn approve(
             "--approver and --ticket must not be empty".into(),
         ));
     }
-    let token = waiting_token(ctx, run_id).await?;
-    let approval = json!({
-        "approver": approver.trim(),
-        "ticket": ticket.trim(),
-        "approved_at": Utc::now(),
-        "comment": comment,
-    });
-    ctx.sfn
-        .send_task_success()
-        .task_token(token)
-        .output(approval.to_string())
-        .send()
-        .await
-        .map_err(|e| CliError::aws("SendTaskSuccess", e))?;
+    let (arn, _) = ctx.any_execution_arn(run_id).await?;
+    let record = decide(
+        ctx,
+        &json!({
+            "execution_arn": arn,
+            "decision": "approve",
+            "approver": approver.trim(),
+            "ticket": ticket.trim(),
+            "comment": comment,
+        }),
+    )
+    .await?;
     ctx.out.say(format!(
-        "approved run {run_id} as {approver} (ticket {ticket})"
+        "approved run {run_id} as {approver} (ticket {ticket}; {})",
+        principal_words(&record)
     ));
-    Ok(approval)
+    Ok(record["approval"].clone())
 }
 
-/// `drpilot deny`: fails the approval task; the run skips promote and tears down.
+/// `drpilot deny`: the approve function fails the approval task; the run skips promote
+/// and tears down.
 pub async fn deny(ctx: &Ctx, run_id: &str, reason: &str) -> Result<(), CliError> {
-    let token = waiting_token(ctx, run_id).await?;
-    ctx.sfn
-        .send_task_failure()
-        .task_token(token)
-        .error(DENIED)
-        .cause(reason)
+    if reason.trim().is_empty() {
+        return Err(CliError::Usage("--reason must not be empty".into()));
+    }
+    let (arn, _) = ctx.any_execution_arn(run_id).await?;
+    let record = decide(
+        ctx,
+        &json!({"execution_arn": arn, "decision": "deny", "reason": reason.trim()}),
+    )
+    .await?;
+    ctx.out.say(format!(
+        "denied run {run_id}: {reason} ({})",
+        principal_words(&record)
+    ));
+    Ok(())
+}
+
+fn principal_words(record: &Value) -> String {
+    match record["principal"].as_str() {
+        Some(principal) => format!("principal {principal}, sealed"),
+        None => "no IAM principal on the local stack: recorded as unverified, sealed".into(),
+    }
+}
+
+/// Sends `request` to the approve function and returns its decision record, or its
+/// refusal as an error naming why.
+async fn decide(ctx: &Ctx, request: &Value) -> Result<Value, CliError> {
+    let body = request.to_string();
+    let (status, answer) = if ctx.emulator {
+        invoke(ctx, &body).await?
+    } else {
+        post_signed(ctx, &body).await?
+    };
+    let answer: Value = serde_json::from_str(&answer).map_err(|e| {
+        CliError::Io(format!(
+            "the approve function answered HTTP {status} with a body that is not JSON ({e}): {answer:.300}"
+        ))
+    })?;
+    if status == 200 {
+        return Ok(answer);
+    }
+    let message = answer["message"].as_str().unwrap_or("no message");
+    let error = answer["error"].as_str().unwrap_or("an error");
+    Err(match status {
+        400 | 403 | 409 => CliError::Usage(format!("the approve function refused ({error}): {message}")),
+        _ => CliError::Io(format!(
+            "the approve function failed with HTTP {status} ({error}): {message}"
+        )),
+    })
+}
+
+/// The local stack: the Function URL's request event through Lambda Invoke.
+async fn invoke(ctx: &Ctx, body: &str) -> Result<(u16, String), CliError> {
+    let function = ctx
+        .approve_function
+        .clone()
+        .unwrap_or_else(|| LOCAL_APPROVE_FUNCTION.to_owned());
+    let event = json!({
+        "version": "2.0",
+        "rawPath": "/",
+        "rawQueryString": "",
+        "headers": {"content-type": "application/json"},
+        "requestContext": {"http": {"method": "POST", "path": "/"}, "timeEpoch": 0},
+        "body": body,
+        "isBase64Encoded": false,
+    });
+    let out = ctx
+        .aws
+        .lambda()
+        .invoke()
+        .function_name(&function)
+        .payload(aws_sdk_lambda::primitives::Blob::new(event.to_string()))
         .send()
         .await
-        .map_err(|e| CliError::aws("SendTaskFailure", e))?;
-    ctx.out.say(format!("denied run {run_id}: {reason}"));
-    Ok(())
+        .map_err(|e| CliError::aws(&format!("Invoke {function}"), e))?;
+    let payload = out.payload().map(|p| p.as_ref().to_vec()).unwrap_or_default();
+    let payload: Value = serde_json::from_slice(&payload).unwrap_or(Value::Null);
+    if let Some(error) = out.function_error() {
+        return Err(CliError::Io(format!(
+            "the approve function failed ({error}): {}",
+            payload["errorMessage"].as_str().unwrap_or("no message")
+        )));
+    }
+    let status = payload["statusCode"].as_u64().unwrap_or(0) as u16;
+    Ok((status, payload["body"].as_str().unwrap_or("{}").to_owned()))
+}
+
+/// AWS: a SigV4-signed POST to the function's URL (service `lambda`).
+async fn post_signed(ctx: &Ctx, body: &str) -> Result<(u16, String), CliError> {
+    let url = function_url(ctx).await?;
+    let config = &ctx.aws.config;
+    let region = config
+        .region()
+        .ok_or_else(|| CliError::Usage("no AWS region: set AWS_REGION or a profile's region".into()))?;
+    let credentials = config
+        .credentials_provider()
+        .ok_or_else(|| CliError::Usage("no AWS credentials provider".into()))?
+        .provide_credentials()
+        .await
+        .map_err(|e| CliError::Usage(format!("no AWS credentials: {e}")))?;
+    let identity = credentials.into();
+    let params = v4::SigningParams::builder()
+        .identity(&identity)
+        .region(region.as_ref())
+        .name("lambda")
+        .time(SystemTime::now())
+        .settings(SigningSettings::default())
+        .build()
+        .map_err(|e| CliError::Io(format!("signing the approval request: {e}")))?
+        .into();
+    let content_type = ("content-type", "application/json");
+    let signable = SignableRequest::new(
+        "POST",
+        &url,
+        [content_type].into_iter(),
+        SignableBody::Bytes(body.as_bytes()),
+    )
+    .map_err(|e| CliError::Io(format!("signing the approval request: {e}")))?;
+    let (instructions, _) = sign(signable, &params)
+        .map_err(|e| CliError::Io(format!("signing the approval request: {e}")))?
+        .into_parts();
+    let mut request = http::Request::builder()
+        .method("POST")
+        .uri(&url)
+        .header(content_type.0, content_type.1)
+        .body(Full::new(bytes::Bytes::from(body.to_owned())))
+        .map_err(|e| CliError::Io(format!("the approval request: {e}")))?;
+    instructions.apply_to_request_http1x(&mut request);
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_provider_and_native_roots(rustls::crypto::aws_lc_rs::default_provider())
+        .map_err(|e| CliError::Io(format!("no TLS root certificates: {e}")))?
+        .https_only()
+        .enable_http1()
+        .build();
+    let client = Client::builder(TokioExecutor::new()).build(https);
+    let response = tokio::time::timeout(TIMEOUT, client.request(request))
+        .await
+        .map_err(|_| CliError::Io(format!("{url} did not answer within {} s", TIMEOUT.as_secs())))?
+        .map_err(|e| CliError::Io(format!("POST {url}: {e}")))?;
+    let status = response.status().as_u16();
+    let bytes = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| CliError::Io(format!("reading the answer of {url}: {e}")))?
+        .to_bytes();
+    if status == 403 && !bytes.starts_with(b"{\"error\"") {
+        // Lambda's own refusal, before the function ran: the caller may not invoke it.
+        return Err(CliError::Usage(format!(
+            "{url} refused the signed request (HTTP 403): the caller needs lambda:InvokeFunctionUrl on the approve function: {}",
+            String::from_utf8_lossy(&bytes)
+        )));
+    }
+    Ok((status, String::from_utf8_lossy(&bytes).into_owned()))
+}
+
+/// The approve function's URL: as given, or from its Function URL configuration.
+async fn function_url(ctx: &Ctx) -> Result<String, CliError> {
+    let function = ctx
+        .approve_function
+        .clone()
+        .unwrap_or_else(|| DEFAULT_APPROVE_FUNCTION.to_owned());
+    if function.starts_with("https://") {
+        return Ok(function);
+    }
+    let config = ctx
+        .aws
+        .lambda()
+        .get_function_url_config()
+        .function_name(&function)
+        .send()
+        .await
+        .map_err(|e| CliError::aws(&format!("GetFunctionUrlConfig {function}"), e))?;
+    Ok(config.function_url().to_owned())
 }

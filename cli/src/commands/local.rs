@@ -27,6 +27,11 @@ pub const DATA_BUCKET: &str = "drpilot-demo-data";
 /// The demo's primary site: where a failback returns the data the drill promoted.
 pub const PRIMARY_BUCKET: &str = "drpilot-demo-primary";
 pub const BACKUP_BUCKET: &str = "drpilot-demo-backups";
+/// Where the demo's receipts, summaries, audit copies and reports go: a bucket with S3
+/// Object Lock (compliance mode), as the template's evidence bucket.
+pub const EVIDENCE_BUCKET: &str = "drpilot-demo-evidence";
+/// The demo evidence's retention (the template's default).
+pub const EVIDENCE_RETENTION_DAYS: i32 = 1095;
 pub const TOPIC: &str = "drpilot-notifications";
 pub const QUEUE: &str = "drpilot-notifications-inbox";
 /// The demo's production database, whose snapshot the drill restores as a component.
@@ -242,7 +247,7 @@ pub async fn provision(ctx: &Ctx) -> Result<(String, String), CliError> {
         "target": {"bucket": DATA_BUCKET},
         "primary": {"bucket": PRIMARY_BUCKET},
         "backups": format!("s3://{BACKUP_BUCKET}/demo/backups/"),
-        "receipts": format!("s3://{DATA_BUCKET}/drpilot/receipts/"),
+        "receipts": format!("s3://{EVIDENCE_BUCKET}/drpilot/receipts/"),
         "account_id": ACCOUNT,
         "region": REGION,
         "rto_target_seconds": 900,
@@ -260,6 +265,16 @@ pub async fn provision(ctx: &Ctx) -> Result<(String, String), CliError> {
              "body_contains": "\"status\": \"ok\"", "rto_target_seconds": 60, "poll_seconds": 2}
         ]
     });
+    drpilot_shared::local::emulator_evidence_bucket(
+        &ctx.aws.s3,
+        EVIDENCE_BUCKET,
+        EVIDENCE_RETENTION_DAYS,
+    )
+    .await
+    .map_err(CliError::Io)?;
+    drpilot_shared::local::emulator_approval_key(&ctx.aws.kms())
+        .await
+        .map_err(CliError::Io)?;
     demo_components(ctx).await?;
     // The stack's drill schedule, disabled as the template deploys it by default.
     let scheduler = aws_sdk_scheduler::Client::new(&ctx.aws.config);
@@ -307,8 +322,8 @@ async fn demo_components(ctx: &Ctx) -> Result<(), CliError> {
         .next()
         .and_then(|p| p.parse().ok())
         .unwrap_or(4599);
-    let lambda = aws_sdk_lambda::Client::new(&ctx.aws.config);
-    drpilot_shared::local::emulator_function(&lambda, port, VERIFIER)
+    // The approve function needs no registration: the emulator forwards Invoke by name.
+    drpilot_shared::local::emulator_function(&ctx.aws.lambda(), port, VERIFIER)
         .await
         .map_err(CliError::Io)?;
     Ok(())

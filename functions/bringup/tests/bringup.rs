@@ -112,7 +112,7 @@ async fn picks_the_newest_valid_backup_and_takes_the_lock() {
     assert!(lock["execution_arn"].as_str().unwrap().ends_with(":exec-1"));
     let receipt: Value = serde_json::from_str(
         &aws.get_text(
-            TARGET_BUCKET,
+            drpilot_testkit::EVIDENCE_BUCKET,
             "drpilot/receipts/runs/exec-1/phases/bringup.json",
         )
         .await

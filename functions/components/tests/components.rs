@@ -219,7 +219,7 @@ async fn a_restore_target_reusing_the_source_or_an_unreachable_verifier_stops_th
     assert_eq!(aws.db_instances().await, before);
     assert!(aws
         .keys(
-            drpilot_testkit::TARGET_BUCKET,
+            drpilot_testkit::EVIDENCE_BUCKET,
             "drpilot/receipts/runs/prod/components/"
         )
         .await

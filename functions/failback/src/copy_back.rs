@@ -15,6 +15,7 @@ use drpilot_shared::lock::RunLock;
 use drpilot_shared::parity::ParityCounts;
 use drpilot_shared::phase::Failed;
 use drpilot_shared::profile::Profile;
+use drpilot_shared::approval::Sealer;
 use drpilot_shared::published::{self, PublishKind, PublishedPointer};
 use drpilot_shared::receipt::{seconds, PhaseStatus, ReceiptStore};
 use drpilot_shared::run::Approval;
@@ -78,7 +79,7 @@ impl Failback {
         if run.input.dry_run {
             return Err(Error::input("dry_run: a dry run never copies").into());
         }
-        let confirmations = confirmations(run, answers)?;
+        let confirmations = confirmations(run, answers, self.sealer.as_ref()).await?;
         let divergence = store
             .get_failback(&run.run_id, FailbackStep::Divergence)
             .await?
@@ -195,7 +196,9 @@ impl Failback {
             generation: run.published_generation + 1,
             failed_back_at,
         };
-        store.put_audit_record(&audit_record, &audit).await?;
+        store
+            .put_audit_record(&run.run_id, &audit_record, &audit)
+            .await?;
         let published = published::advance(
             &self.clients.s3,
             &pointer,
@@ -314,7 +317,13 @@ pub async fn copy_changes(
 
 /// The two confirmations: a drill's literal ones (checked by preflight), or two
 /// approvals with approver and ticket by two different people.
-fn confirmations(run: &FailbackRun, answers: Option<&[Value]>) -> Result<Vec<Confirmation>> {
+/// The two confirmations: the drill's literals, or two sealed approvals by two approvers
+/// (and, where the principals are known, two principals).
+async fn confirmations(
+    run: &FailbackRun,
+    answers: Option<&[Value]>,
+    sealer: Option<&Sealer>,
+) -> Result<Vec<Confirmation>> {
     if run.literal_confirmations {
         return Ok([&run.input.confirm1, &run.input.confirm2]
             .into_iter()
@@ -323,6 +332,8 @@ fn confirmations(run: &FailbackRun, answers: Option<&[Value]>) -> Result<Vec<Con
                 ticket: None,
                 approved_at: None,
                 kind: "literal".into(),
+                principal: None,
+                verified: false,
             })
             .collect());
     }
@@ -355,11 +366,24 @@ fn confirmations(run: &FailbackRun, answers: Option<&[Value]>) -> Result<Vec<Con
                 "confirmations[{i}]: {approver} already confirmed; the second confirmation must come from another approver"
             )));
         }
+        Sealer::required(sealer)?
+            .verify(&run.run_id, &answer)
+            .await
+            .map_err(|e| missing(format!("confirmations[{i}]: {}", e.message)))?;
+        if let Some(principal) = answer.principal.as_deref() {
+            if out.iter().any(|c| c.principal.as_deref() == Some(principal)) {
+                return Err(missing(format!(
+                    "confirmations[{i}]: {principal} already confirmed; the second confirmation must come from another principal"
+                )));
+            }
+        }
         out.push(Confirmation {
             approver: approver.to_owned(),
             ticket: Some(ticket.to_owned()),
             approved_at: answer.approved_at,
             kind: "approval".into(),
+            principal: answer.principal.clone(),
+            verified: answer.verified,
         });
     }
     Ok(out)

@@ -111,18 +111,17 @@ pub struct Failback {
     pub tuning: CopyTuning,
     pub schedule: Option<ScheduleRef>,
     pub scheduler: aws_sdk_scheduler::Client,
+    /// Verifies the approve function's seals on the confirmations.
+    pub sealer: Option<drpilot_shared::approval::Sealer>,
 }
 
 impl Failback {
     pub fn new(clients: AwsClients) -> Self {
         let clients = clients.for_function("failback");
         let profiles = ProfileSource::from_env(clients.ssm.clone());
-        let mut scheduler = aws_sdk_scheduler::config::Builder::from(&clients.config);
-        if let Some(ledger) = clients.ledger() {
-            scheduler = scheduler.interceptor(ledger.clone());
-        }
         Self {
-            scheduler: aws_sdk_scheduler::Client::from_conf(scheduler.build()),
+            scheduler: clients.scheduler(),
+            sealer: drpilot_shared::approval::Sealer::from_env(clients.kms()),
             clients,
             profiles,
             tuning: CopyTuning::default(),

@@ -6,6 +6,7 @@
 //! parity, and writes one audit record and the publish pointer.
 
 use chrono::{DateTime, Utc};
+use drpilot_shared::approval::{Seal, Sealer};
 use drpilot_shared::archive::RESERVED_PREFIX;
 use drpilot_shared::copy::{apply_changes, Change, CHANGE_BUFFER};
 pub use drpilot_shared::copy::{CopyStats, CopyTuning};
@@ -44,6 +45,16 @@ pub struct AuditRecord {
     pub approver: Option<String>,
     pub ticket: Option<String>,
     pub approved_at: Option<DateTime<Utc>>,
+    /// The IAM principal that approved (through the approve function); `null` on the
+    /// local stack or under the bypass.
+    #[serde(default)]
+    pub principal: Option<String>,
+    /// The principal is AWS's word (the Function URL's IAM context).
+    #[serde(default)]
+    pub principal_verified: bool,
+    /// The approval's seal, which promote verified before copying; `null` under the bypass.
+    #[serde(default)]
+    pub seal: Option<Seal>,
     pub bypass: bool,
     pub backup_uri: S3Uri,
     pub backup_id: String,
@@ -62,6 +73,8 @@ pub struct Promote {
     pub clients: AwsClients,
     pub profiles: ProfileSource,
     pub tuning: CopyTuning,
+    /// Verifies the approve function's seal on an approval (`DRPILOT_APPROVAL_KEY`).
+    pub sealer: Option<Sealer>,
 }
 
 impl Promote {
@@ -69,6 +82,7 @@ impl Promote {
         let clients = clients.for_function("promote");
         let profiles = ProfileSource::from_env(clients.ssm.clone());
         Self {
+            sealer: Sealer::from_env(clients.kms()),
             clients,
             profiles,
             tuning: CopyTuning::default(),
@@ -88,6 +102,11 @@ impl Promote {
             Rerun::KeepSuccess,
             async |ctx: &PhaseRun<'_>| {
                 let approval = gate(ctx.run, approval.as_ref())?;
+                if let Some(approval) = approval {
+                    Sealer::required(self.sealer.as_ref())?
+                        .verify(&ctx.run.run_id, approval)
+                        .await?;
+                }
                 published::ensure_live(
                     &self.clients.s3,
                     &ctx.profile.target.published(),
@@ -165,7 +184,9 @@ impl Promote {
             )
             .await?;
         let record = AuditRecord::new(run, profile, approval, synced);
-        store.put_audit_record(&audit_record, &record).await?;
+        store
+            .put_audit_record(&run.run_id, &audit_record, &record)
+            .await?;
         let pointer = profile.target.published();
         let published = published::advance(
             s3,
@@ -238,6 +259,9 @@ impl AuditRecord {
             approver: approval.map(|a| a.approver.clone()),
             ticket: approval.map(|a| a.ticket.clone()),
             approved_at: approval.and_then(|a| a.approved_at),
+            principal: approval.and_then(|a| a.principal.clone()),
+            principal_verified: approval.is_some_and(|a| a.verified),
+            seal: approval.and_then(|a| a.seal.clone()),
             bypass: approval.is_none(),
             backup_uri: run.backup.uri.clone(),
             backup_id: run.backup.backup_id.clone(),

@@ -17,13 +17,9 @@ use drpilot_testkit::{
 use promote::{Approval, CopyTuning, Promote, PromoteRequest};
 use serde_json::{json, Value};
 
-fn approval() -> Option<Approval> {
-    Some(Approval {
-        approver: "alice".into(),
-        ticket: "CHG-1234".into(),
-        approved_at: Some(Utc::now()),
-        comment: None,
-    })
+/// The approve function's sealed approval of `run`.
+async fn approval(aws: &LocalAws, run: &RunContext) -> Option<Approval> {
+    Some(aws.sealed_approval(&run.run_id, "alice", "CHG-1234").await)
 }
 
 fn promoter(aws: &LocalAws) -> Promote {
@@ -35,6 +31,7 @@ fn promoter(aws: &LocalAws) -> Promote {
             part_size: 5 << 20,
             concurrency: 8,
         },
+        sealer: Some(aws.sealer()),
     }
 }
 
@@ -135,7 +132,7 @@ async fn it_copies_and_audits_on_approval_and_a_second_run_copies_nothing() {
     let first = staged_and_validated(&aws, &tmp, "b1", "run-1").await;
 
     let out = promoter(&aws)
-        .handle(request(&first, approval()))
+        .handle(request(&first, approval(&aws, &first).await))
         .await
         .unwrap();
     assert_eq!(out.status, PhaseStatus::Success);
@@ -194,7 +191,7 @@ async fn it_copies_and_audits_on_approval_and_a_second_run_copies_nothing() {
 
     // Invoked again for the same run: already promoted, nothing new.
     promoter(&aws)
-        .handle(request(&first, approval()))
+        .handle(request(&first, approval(&aws, &first).await))
         .await
         .unwrap();
     assert_eq!(audit_records(&aws).await.len(), 1);
@@ -204,7 +201,7 @@ async fn it_copies_and_audits_on_approval_and_a_second_run_copies_nothing() {
     let mut second = staged_and_validated(&aws, &tmp, "b1", "run-2").await;
     second.published_generation = 1;
     let out = promoter(&aws)
-        .handle(request(&second, approval()))
+        .handle(request(&second, approval(&aws, &second).await))
         .await
         .unwrap();
     assert_eq!(out.details["objects_copied"], 0);
@@ -227,6 +224,9 @@ async fn it_refuses_without_an_approval() {
         ticket: " ".into(),
         approved_at: None,
         comment: None,
+        principal: None,
+        verified: false,
+        seal: None,
     };
     let err = promoter(&aws)
         .handle(request(&ctx, Some(blank)))
@@ -242,6 +242,64 @@ async fn it_refuses_without_an_approval() {
     bypass.input.allow_promote_bypass = true;
     let out = promoter(&aws).handle(request(&bypass, None)).await.unwrap();
     assert_eq!(out.details["bypass"], true);
+}
+
+/// Only the approve function's seal lets an approval through: an unsealed one (what a raw
+/// SendTaskSuccess sends), one altered after sealing, and one sealed for another run are
+/// all `ApprovalMissing`, and nothing is copied or audited.
+#[tokio::test]
+async fn it_refuses_an_unsealed_altered_or_foreign_approval() {
+    let aws = LocalAws::start().await;
+    aws.standard_setup().await;
+    let tmp = TempDir::new("promote-seal");
+    let ctx = staged_and_validated(&aws, &tmp, "b1", "run-1").await;
+    let refused = |approval: Approval| {
+        let (aws, ctx) = (&aws, &ctx);
+        async move {
+            let err = promoter(aws)
+                .handle(request(ctx, Some(approval)))
+                .await
+                .unwrap_err();
+            assert_eq!(err.kind, ErrorKind::ApprovalMissing, "{err}");
+            err.message
+        }
+    };
+    let mut raw = aws.sealed_approval("run-1", "alice", "CHG-1").await;
+    raw.seal = None;
+    assert!(refused(raw).await.contains("not sealed"));
+    let mut altered = aws.sealed_approval("run-1", "alice", "CHG-1").await;
+    altered.ticket = "CHG-2".into();
+    assert!(refused(altered).await.contains("does not match"));
+    let mut principal = aws.sealed_approval("run-1", "alice", "CHG-1").await;
+    principal.principal = Some("arn:aws:iam::123456789012:user/mallory".into());
+    assert!(refused(principal).await.contains("does not match"));
+    let foreign = aws.sealed_approval("run-2", "alice", "CHG-1").await;
+    assert!(refused(foreign).await.contains("does not match"));
+    assert!(root_keys(&aws).await.is_empty());
+    assert!(audit_records(&aws).await.is_empty());
+
+    // The sealed original promotes, and the audit record (and its evidence copy) keep
+    // the seal and the (absent, local) principal.
+    let out = promoter(&aws)
+        .handle(request(&ctx, approval(&aws, &ctx).await))
+        .await
+        .unwrap();
+    assert_eq!(out.status, PhaseStatus::Success);
+    let key = &audit_records(&aws).await[0];
+    let record: Value =
+        serde_json::from_str(&aws.get_text(TARGET_BUCKET, key).await.unwrap()).unwrap();
+    assert_eq!(record["seal"]["algorithm"], "HMAC_SHA_256");
+    assert_eq!(record["principal"], Value::Null);
+    assert_eq!(record["principal_verified"], false);
+    let name = key.rsplit('/').next().unwrap();
+    let copy = aws
+        .get_text(
+            drpilot_testkit::EVIDENCE_BUCKET,
+            &format!("drpilot/receipts/runs/run-1/audit/{name}"),
+        )
+        .await
+        .expect("the audit record's evidence copy");
+    assert_eq!(serde_json::from_str::<Value>(&copy).unwrap(), record);
 }
 
 #[tokio::test]
@@ -281,7 +339,7 @@ async fn it_refuses_after_a_failed_validate() {
     .await
     .unwrap_err();
     let err = promoter(&aws)
-        .handle(request(&ctx, approval()))
+        .handle(request(&ctx, approval(&aws, &ctx).await))
         .await
         .unwrap_err();
     assert_eq!(err.kind, ErrorKind::InputError);
@@ -313,14 +371,14 @@ async fn a_rerun_after_an_interruption_resumes_with_one_audit_record() {
     }
     let pending = json!({"audit_record": format!("s3://{TARGET_BUCKET}/audit/promotions/promotion-20261122T000000.000Z.json")});
     aws.put_text(
-        TARGET_BUCKET,
+        drpilot_testkit::EVIDENCE_BUCKET,
         "drpilot/receipts/runs/run-1/promote.pending.json",
         &pending.to_string(),
     )
     .await;
 
     let out = promoter(&aws)
-        .handle(request(&ctx, approval()))
+        .handle(request(&ctx, approval(&aws, &ctx).await))
         .await
         .unwrap();
     assert_eq!(out.details["objects_copied"], 14);
@@ -343,7 +401,7 @@ async fn drift_is_pruned_when_the_profile_says_so() {
     let tmp = TempDir::new("promote-prune");
     let ctx = staged_and_validated(&aws, &tmp, "b1", "run-1").await;
     let out = promoter(&aws)
-        .handle(request(&ctx, approval()))
+        .handle(request(&ctx, approval(&aws, &ctx).await))
         .await
         .unwrap();
     assert_eq!(out.details["drift_deleted"], 1);
@@ -372,7 +430,7 @@ async fn a_promotion_started_against_a_stale_generation_is_refused_before_any_co
     aws.put_text(TARGET_BUCKET, "audit/published.json", &later.to_string())
         .await;
     let err = promoter(&aws)
-        .handle(request(&ctx, approval()))
+        .handle(request(&ctx, approval(&aws, &ctx).await))
         .await
         .unwrap_err();
     assert_eq!(err.kind, ErrorKind::ContractError, "{err}");
@@ -387,7 +445,7 @@ async fn a_promotion_started_against_a_stale_generation_is_refused_before_any_co
     let mut current = ctx.clone();
     current.published_generation = 3;
     let out = promoter(&aws)
-        .handle(request(&current, approval()))
+        .handle(request(&current, approval(&aws, &current).await))
         .await
         .unwrap();
     assert_eq!(out.details["generation"], 4);

@@ -130,7 +130,7 @@ async fn each_kind_of_damage_is_caught() {
     );
     let lines = aws
         .get_text(
-            TARGET_BUCKET,
+            drpilot_testkit::EVIDENCE_BUCKET,
             "drpilot/receipts/runs/run-bad/validate/differences.jsonl",
         )
         .await

@@ -44,14 +44,10 @@ impl Clients {
     /// From `clients` (the function's own, see [`AwsClients::for_function`]), recording to
     /// its ledger.
     pub fn new(clients: &AwsClients) -> Self {
-        let mut lambda = aws_sdk_lambda::config::Builder::from(&clients.config);
-        if let Some(ledger) = clients.ledger() {
-            lambda = lambda.interceptor(ledger.clone());
-        }
         Self {
             rds: clients.rds(),
             backup: clients.backup(),
-            lambda: aws_sdk_lambda::Client::from_conf(lambda.build()),
+            lambda: clients.lambda(),
             ssm: clients.ssm.clone(),
             http: HttpProbe::new(),
         }
