@@ -289,4 +289,3 @@ fn payload<T: serde::de::DeserializeOwned>(output: &str) -> Option<T> {
     let payload = value.get("Payload").cloned().unwrap_or(value);
     serde_json::from_value(payload).ok()
 }
-

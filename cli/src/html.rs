@@ -387,6 +387,8 @@ mod tests {
             manual_interventions: 0,
             approver: None,
             ticket: None,
+            approver_principal: None,
+            approval_sealed: false,
             promoted: false,
             torn_down: true,
             executions: Vec::new(),

@@ -72,12 +72,7 @@ struct SealedFields<'a> {
 }
 
 impl<'a> SealedFields<'a> {
-    fn of(
-        run_id: &'a str,
-        decision: Decision,
-        approval: &'a Approval,
-        at: DateTime<Utc>,
-    ) -> Self {
+    fn of(run_id: &'a str, decision: Decision, approval: &'a Approval, at: DateTime<Utc>) -> Self {
         Self {
             run_id,
             decision,
@@ -127,7 +122,12 @@ impl Sealer {
     }
 
     /// Seals `decision` on run `run_id`, as of the approval's `approved_at`.
-    pub async fn seal(&self, run_id: &str, decision: Decision, approval: &Approval) -> Result<Seal> {
+    pub async fn seal(
+        &self,
+        run_id: &str,
+        decision: Decision,
+        approval: &Approval,
+    ) -> Result<Seal> {
         let at = approval
             .approved_at
             .ok_or_else(|| Error::internal("a decision to seal has no time"))?;
@@ -141,9 +141,12 @@ impl Sealer {
             .send()
             .await
             .map_err(|e| Error::from_sdk(&format!("KMS GenerateMac with {}", self.key), e))?;
-        let mac = out
-            .mac()
-            .ok_or_else(|| Error::new(ErrorKind::ServiceError, "KMS GenerateMac answered without a MAC"))?;
+        let mac = out.mac().ok_or_else(|| {
+            Error::new(
+                ErrorKind::ServiceError,
+                "KMS GenerateMac answered without a MAC",
+            )
+        })?;
         Ok(Seal {
             key_id: out.key_id().unwrap_or(&self.key).to_owned(),
             algorithm: ALGORITHM.as_str().to_owned(),
@@ -162,21 +165,26 @@ impl Sealer {
             )));
         };
         let Some(at) = approval.approved_at else {
-            return Err(Error::new(ErrorKind::ApprovalMissing, format!(
-                "{who} has no approved_at: its seal cannot be checked"
-            )));
+            return Err(Error::new(
+                ErrorKind::ApprovalMissing,
+                format!("{who} has no approved_at: its seal cannot be checked"),
+            ));
         };
         if seal.algorithm != ALGORITHM.as_str() {
-            return Err(Error::new(ErrorKind::ApprovalMissing, format!(
-                "{who} is sealed with {:?}, expected {}",
-                seal.algorithm,
-                ALGORITHM.as_str()
-            )));
+            return Err(Error::new(
+                ErrorKind::ApprovalMissing,
+                format!(
+                    "{who} is sealed with {:?}, expected {}",
+                    seal.algorithm,
+                    ALGORITHM.as_str()
+                ),
+            ));
         }
         let Ok(mac) = base64::engine::general_purpose::STANDARD.decode(&seal.mac) else {
-            return Err(Error::new(ErrorKind::ApprovalMissing, format!(
-                "{who}: its seal's mac is not base64"
-            )));
+            return Err(Error::new(
+                ErrorKind::ApprovalMissing,
+                format!("{who}: its seal's mac is not base64"),
+            ));
         };
         let message = SealedFields::of(run_id, Decision::Approve, approval, at).bytes()?;
         // Always this function's key, never the one the seal names: a seal made with
@@ -288,7 +296,10 @@ mod tests {
         assert_eq!(w.profile.as_deref(), Some("p"));
         assert_eq!(w.started_by, None);
         let message = r#"{"Message": "approve it\n\nTask token: tok-2"}"#;
-        assert_eq!(WaitingApproval::from_parameters(message).unwrap().token, "tok-2");
+        assert_eq!(
+            WaitingApproval::from_parameters(message).unwrap().token,
+            "tok-2"
+        );
         assert_eq!(WaitingApproval::from_parameters("{}"), None);
     }
 

@@ -159,6 +159,14 @@ pub struct PromoteDetails {
     pub promoted: bool,
     pub approver: Option<String>,
     pub ticket: Option<String>,
+    /// The approving IAM principal (the approve function's word); `null` locally.
+    #[serde(default)]
+    pub principal: Option<String>,
+    #[serde(default)]
+    pub principal_verified: bool,
+    /// The approval's seal was verified before the copy (false only under the bypass).
+    #[serde(default)]
+    pub sealed: bool,
     pub bypass: bool,
     pub objects_copied: u64,
     pub bytes_copied: u64,

@@ -276,6 +276,13 @@ pub struct RunSummary {
     pub manual_interventions: u32,
     pub approver: Option<String>,
     pub ticket: Option<String>,
+    /// The IAM principal that approved, through the approve function (`null` on the
+    /// local stack, without an approval, or under the bypass).
+    #[serde(default)]
+    pub approver_principal: Option<String>,
+    /// The approval's seal was verified by promote.
+    #[serde(default)]
+    pub approval_sealed: bool,
     pub promoted: bool,
     pub torn_down: bool,
     /// The failed phase and its error, when the run failed.

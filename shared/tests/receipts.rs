@@ -114,6 +114,8 @@ async fn the_summary_has_every_design_field() {
         manual_interventions: 1,
         approver: Some("alice".into()),
         ticket: Some("CHG-1".into()),
+        approver_principal: None,
+        approval_sealed: false,
         promoted: true,
         torn_down: true,
         failure: None,

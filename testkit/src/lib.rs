@@ -436,7 +436,11 @@ impl LocalAws {
         };
         approval.seal = Some(
             self.sealer()
-                .seal(run_id, drpilot_shared::approval::Decision::Approve, &approval)
+                .seal(
+                    run_id,
+                    drpilot_shared::approval::Decision::Approve,
+                    &approval,
+                )
                 .await
                 .expect("sealing an approval"),
         );

@@ -108,7 +108,9 @@ async fn decide(ctx: &Ctx, request: &Value) -> Result<Value, CliError> {
     let message = answer["message"].as_str().unwrap_or("no message");
     let error = answer["error"].as_str().unwrap_or("an error");
     Err(match status {
-        400 | 403 | 409 => CliError::Usage(format!("the approve function refused ({error}): {message}")),
+        400 | 403 | 409 => {
+            CliError::Usage(format!("the approve function refused ({error}): {message}"))
+        }
         _ => CliError::Io(format!(
             "the approve function failed with HTTP {status} ({error}): {message}"
         )),
@@ -139,7 +141,10 @@ async fn invoke(ctx: &Ctx, body: &str) -> Result<(u16, String), CliError> {
         .send()
         .await
         .map_err(|e| CliError::aws(&format!("Invoke {function}"), e))?;
-    let payload = out.payload().map(|p| p.as_ref().to_vec()).unwrap_or_default();
+    let payload = out
+        .payload()
+        .map(|p| p.as_ref().to_vec())
+        .unwrap_or_default();
     let payload: Value = serde_json::from_slice(&payload).unwrap_or(Value::Null);
     if let Some(error) = out.function_error() {
         return Err(CliError::Io(format!(
@@ -155,9 +160,9 @@ async fn invoke(ctx: &Ctx, body: &str) -> Result<(u16, String), CliError> {
 async fn post_signed(ctx: &Ctx, body: &str) -> Result<(u16, String), CliError> {
     let url = function_url(ctx).await?;
     let config = &ctx.aws.config;
-    let region = config
-        .region()
-        .ok_or_else(|| CliError::Usage("no AWS region: set AWS_REGION or a profile's region".into()))?;
+    let region = config.region().ok_or_else(|| {
+        CliError::Usage("no AWS region: set AWS_REGION or a profile's region".into())
+    })?;
     let credentials = config
         .credentials_provider()
         .ok_or_else(|| CliError::Usage("no AWS credentials provider".into()))?
@@ -201,7 +206,12 @@ async fn post_signed(ctx: &Ctx, body: &str) -> Result<(u16, String), CliError> {
     let client = Client::builder(TokioExecutor::new()).build(https);
     let response = tokio::time::timeout(TIMEOUT, client.request(request))
         .await
-        .map_err(|_| CliError::Io(format!("{url} did not answer within {} s", TIMEOUT.as_secs())))?
+        .map_err(|_| {
+            CliError::Io(format!(
+                "{url} did not answer within {} s",
+                TIMEOUT.as_secs()
+            ))
+        })?
         .map_err(|e| CliError::Io(format!("POST {url}: {e}")))?;
     let status = response.status().as_u16();
     let bytes = response

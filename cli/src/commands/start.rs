@@ -185,6 +185,22 @@ pub async fn start(
         object.insert("backup_uri".into(), json!(uri));
     }
     flags.apply(object)?;
+    // A manual start records who started it (the two-person rule compares the approver
+    // with it); an input that names its own trigger keeps it.
+    if !object.contains_key("trigger") {
+        let caller = ctx
+            .aws
+            .sts
+            .get_caller_identity()
+            .send()
+            .await
+            .map_err(|e| CliError::aws("GetCallerIdentity", e))?;
+        let mut trigger = json!({"kind": "manual"});
+        if let Some(arn) = caller.arn() {
+            trigger["source"] = json!(arn);
+        }
+        object.insert("trigger".into(), trigger);
+    }
     // The same normalisation bringup makes: the run's settings, and `trigger` beside them.
     let checked = normalize(&input, &TriggerDefaults::default())?.input;
     flags.check(&checked)?;

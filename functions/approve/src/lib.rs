@@ -252,9 +252,9 @@ impl Approve {
             .send();
         while let Some(page) = pages.next().await {
             let page = page.map_err(|e| match e.as_service_error() {
-                Some(s) if s.is_execution_does_not_exist() => Error::input(format!(
-                    "execution_arn: no execution {execution_arn}"
-                )),
+                Some(s) if s.is_execution_does_not_exist() => {
+                    Error::input(format!("execution_arn: no execution {execution_arn}"))
+                }
                 _ => Error::from_sdk(&format!("GetExecutionHistory {execution_arn}"), e),
             })?;
             events.extend(page.events().iter().cloned());
@@ -284,7 +284,11 @@ impl Approve {
                     .send()
                     .await
                     .map_err(|e| match e.as_service_error() {
-                        Some(s) if s.is_task_does_not_exist() || s.is_task_timed_out() || s.is_invalid_token() => {
+                        Some(s)
+                            if s.is_task_does_not_exist()
+                                || s.is_task_timed_out()
+                                || s.is_invalid_token() =>
+                        {
                             answered(s)
                         }
                         _ => Error::from_sdk("SendTaskSuccess", e),
@@ -307,7 +311,11 @@ impl Approve {
                     .send()
                     .await
                     .map_err(|e| match e.as_service_error() {
-                        Some(s) if s.is_task_does_not_exist() || s.is_task_timed_out() || s.is_invalid_token() => {
+                        Some(s)
+                            if s.is_task_does_not_exist()
+                                || s.is_task_timed_out()
+                                || s.is_invalid_token() =>
+                        {
                             answered(s)
                         }
                         _ => Error::from_sdk("SendTaskFailure", e),
@@ -352,12 +360,12 @@ impl Answer {
             reason: text("reason", &asked.reason, MAX_TEXT)?,
         };
         match asked.decision {
-            Decision::Approve if answer.approver.is_none() => {
-                Err(Error::input("approver: an approval needs the approver's name"))
-            }
-            Decision::Approve if answer.ticket.is_none() => {
-                Err(Error::input("ticket: an approval needs a change or incident ticket"))
-            }
+            Decision::Approve if answer.approver.is_none() => Err(Error::input(
+                "approver: an approval needs the approver's name",
+            )),
+            Decision::Approve if answer.ticket.is_none() => Err(Error::input(
+                "ticket: an approval needs a change or incident ticket",
+            )),
             Decision::Approve if answer.reason.is_some() => {
                 Err(Error::input("reason: only a denial gives a reason"))
             }
@@ -431,13 +439,19 @@ mod tests {
                 .as_deref(),
             Some("arn:aws:states:us-east-1:123456789012:stateMachine:drpilot-drill")
         );
-        assert_eq!(state_machine_of("arn:aws:states:us-east-1:1:stateMachine:m"), None);
+        assert_eq!(
+            state_machine_of("arn:aws:states:us-east-1:1:stateMachine:m"),
+            None
+        );
         assert_eq!(state_machine_of("r1"), None);
     }
 
     #[test]
     fn answers_are_checked_for_their_decision() {
-        let asked = |decision, approver: Option<&str>, ticket: Option<&str>, reason: Option<&str>| DecisionRequest {
+        let asked = |decision,
+                     approver: Option<&str>,
+                     ticket: Option<&str>,
+                     reason: Option<&str>| DecisionRequest {
             execution_arn: "arn".into(),
             decision,
             approver: approver.map(Into::into),
@@ -447,13 +461,29 @@ mod tests {
         };
         let err = |a: DecisionRequest| Answer::validate(&a).err().map(|e| e.message);
         assert!(err(asked(Decision::Approve, Some("a"), Some("T"), None)).is_none());
-        assert!(err(asked(Decision::Approve, Some(" "), Some("T"), None)).unwrap().starts_with("approver:"));
-        assert!(err(asked(Decision::Approve, Some("a"), None, None)).unwrap().starts_with("ticket:"));
-        assert!(err(asked(Decision::Approve, Some("a"), Some("T"), Some("r"))).unwrap().starts_with("reason:"));
-        assert!(err(asked(Decision::Deny, None, None, None)).unwrap().starts_with("reason:"));
+        assert!(err(asked(Decision::Approve, Some(" "), Some("T"), None))
+            .unwrap()
+            .starts_with("approver:"));
+        assert!(err(asked(Decision::Approve, Some("a"), None, None))
+            .unwrap()
+            .starts_with("ticket:"));
+        assert!(
+            err(asked(Decision::Approve, Some("a"), Some("T"), Some("r")))
+                .unwrap()
+                .starts_with("reason:")
+        );
+        assert!(err(asked(Decision::Deny, None, None, None))
+            .unwrap()
+            .starts_with("reason:"));
         assert!(err(asked(Decision::Deny, None, None, Some("no"))).is_none());
         let long = "x".repeat(MAX_NAME + 1);
-        assert!(err(asked(Decision::Approve, Some(&long), Some("T"), None)).unwrap().starts_with("approver: at most"));
-        assert!(err(asked(Decision::Approve, Some("a\u{7}"), Some("T"), None)).unwrap().contains("control"));
+        assert!(err(asked(Decision::Approve, Some(&long), Some("T"), None))
+            .unwrap()
+            .starts_with("approver: at most"));
+        assert!(
+            err(asked(Decision::Approve, Some("a\u{7}"), Some("T"), None))
+                .unwrap()
+                .contains("control")
+        );
     }
 }

@@ -6,6 +6,7 @@
 //! site's is missing, then the audit record is written and the next generation published.
 
 use chrono::{DateTime, Utc};
+use drpilot_shared::approval::Sealer;
 use drpilot_shared::copy::{apply_changes, Change, CopyStats, CopyTuning, CHANGE_BUFFER};
 use drpilot_shared::failback::{
     Confirmation, CopyBackDetails, DivergenceCounts, DivergenceDetails, FailbackAudit, FailbackRun,
@@ -15,7 +16,6 @@ use drpilot_shared::lock::RunLock;
 use drpilot_shared::parity::ParityCounts;
 use drpilot_shared::phase::Failed;
 use drpilot_shared::profile::Profile;
-use drpilot_shared::approval::Sealer;
 use drpilot_shared::published::{self, PublishKind, PublishedPointer};
 use drpilot_shared::receipt::{seconds, PhaseStatus, ReceiptStore};
 use drpilot_shared::run::Approval;
@@ -371,7 +371,10 @@ async fn confirmations(
             .await
             .map_err(|e| missing(format!("confirmations[{i}]: {}", e.message)))?;
         if let Some(principal) = answer.principal.as_deref() {
-            if out.iter().any(|c| c.principal.as_deref() == Some(principal)) {
+            if out
+                .iter()
+                .any(|c| c.principal.as_deref() == Some(principal))
+            {
                 return Err(missing(format!(
                     "confirmations[{i}]: {principal} already confirmed; the second confirmation must come from another principal"
                 )));
