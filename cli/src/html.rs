@@ -393,6 +393,7 @@ mod tests {
             torn_down: true,
             executions: Vec::new(),
             components: Vec::new(),
+            rto_watch: None,
             failure: Some(Failure {
                 phase: Some(Phase::Restore),
                 error: "ContractError".into(),

@@ -21,6 +21,7 @@ use crate::history::ExecutionState;
 pub use commands::approve::{approve, deny};
 pub use commands::failback::{failback, FailbackArgs, FailbackProgress};
 pub use commands::local;
+pub use commands::readiness::readiness;
 pub use commands::receipts::{receipts, records, RunRecords};
 pub use commands::report::report;
 pub use commands::resume::{resume, ResumeFlags};

@@ -95,6 +95,20 @@ enum Command {
         #[arg(long)]
         since: Option<String>,
     },
+    /// Readiness between drills: what the hourly check last found for a profile (backup
+    /// age, contract, encryption, lock, last drill, predicted recovery); exit 1 when not
+    /// ready.
+    Readiness {
+        #[arg(long)]
+        profile: String,
+        /// Check now (invoke the readiness function) instead of reading the last report.
+        #[arg(long)]
+        check: bool,
+        /// The readiness function --check invokes (default: drpilot-readiness; on the
+        /// local stack the served `readiness`).
+        #[arg(long, env = "DRPILOT_READINESS_FUNCTION")]
+        readiness_function: Option<String>,
+    },
     /// A run's summary, optionally as one self-contained HTML page.
     Report {
         run: String,
@@ -232,6 +246,21 @@ async fn run(cli: Cli) -> Result<ExitStatus, CliError> {
             let lines = runs(&ctx().await, profile.as_deref(), since).await?;
             out.result(&lines);
             Ok(ExitStatus::Success)
+        }
+        Command::Readiness {
+            profile,
+            check,
+            readiness_function,
+        } => {
+            let report = drpilot_cli::readiness(
+                &ctx().await,
+                profile,
+                *check,
+                readiness_function.as_deref(),
+            )
+            .await?;
+            out.result(&report);
+            Ok(ExitStatus::success_if(report.ready))
         }
         Command::Report { run, html } => {
             let records = report(&ctx().await, run, html.as_deref()).await?;

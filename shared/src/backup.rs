@@ -11,11 +11,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::archive::{unpack, ArchiveReport, Discard, EntryVisitor};
-use crate::error::{decode_slice, Error, Result};
+use crate::error::{decode_slice, Error, ErrorKind, Result};
 use crate::manifest::{
     ContentCollector, ExternalSort, ManifestCollector, ManifestEntry, SORT_CHUNK,
 };
-use crate::objects::{object_size, open, pump_body};
+use crate::objects::{for_each_child_prefix, object_size, open, pump_body};
 use crate::s3uri::S3Uri;
 
 pub const FORMAT_V1: &str = "drpilot.backup/v1";
@@ -446,6 +446,39 @@ pub fn artifact_uri(backup: &S3Uri, name: &str) -> Result<S3Uri> {
         .map_err(|e| Error::contract(e.to_string()))
 }
 
+/// The newest valid backup (by `metadata.json` `created_at`) under `prefix`. Invalid
+/// backups are skipped with a warning; only the best candidate is kept in memory.
+pub async fn newest(s3: &aws_sdk_s3::Client, prefix: &S3Uri) -> Result<BackupRef> {
+    let mut best: Option<BackupRef> = None;
+    let mut skipped = 0usize;
+    for_each_child_prefix(s3, prefix, async |candidate| {
+        match inspect(s3, &candidate).await {
+            Ok((found, _)) => {
+                if best
+                    .as_ref()
+                    .is_none_or(|b| found.created_at > b.created_at)
+                {
+                    best = Some(found);
+                }
+                Ok(())
+            }
+            Err(err) if err.kind == ErrorKind::ContractError => {
+                skipped += 1;
+                tracing::warn!(backup = %candidate, error = %err, "skipping invalid backup");
+                Ok(())
+            }
+            Err(err) => Err(err),
+        }
+    })
+    .await?;
+    best.ok_or_else(|| {
+        Error::contract(format!(
+            "no valid backup under {} ({skipped} invalid skipped)",
+            prefix.as_prefix()
+        ))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -494,6 +527,6 @@ mod tests {
             Err(Error::contract("duplicate entry a")),
         ];
         let err = Coverage::measure(failing.into_iter(), std::iter::empty()).unwrap_err();
-        assert_eq!(err.kind, crate::ErrorKind::ContractError);
+        assert_eq!(err.kind, ErrorKind::ContractError);
     }
 }

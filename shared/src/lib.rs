@@ -38,6 +38,7 @@ pub mod parity;
 pub mod phase;
 pub mod profile;
 pub mod published;
+pub mod readiness;
 pub mod receipt;
 pub mod restored;
 pub mod resume;

@@ -51,13 +51,34 @@ pub async fn publish(
     at: DateTime<Utc>,
     samples: Vec<Sample>,
 ) -> Result<()> {
-    if samples.is_empty() {
-        return Ok(());
-    }
     let dimensions = vec![
         Dimension::builder().name("Profile").value(profile).build(),
         Dimension::builder().name("Mode").value(mode).build(),
     ];
+    put(cloudwatch, dimensions, at, samples).await
+}
+
+/// Puts readiness `samples` at `at` with the one dimension `Profile=<profile>`: readiness
+/// belongs to the profile, not to a run's mode.
+pub async fn publish_readiness(
+    cloudwatch: &aws_sdk_cloudwatch::Client,
+    profile: &str,
+    at: DateTime<Utc>,
+    samples: Vec<Sample>,
+) -> Result<()> {
+    let dimensions = vec![Dimension::builder().name("Profile").value(profile).build()];
+    put(cloudwatch, dimensions, at, samples).await
+}
+
+async fn put(
+    cloudwatch: &aws_sdk_cloudwatch::Client,
+    dimensions: Vec<Dimension>,
+    at: DateTime<Utc>,
+    samples: Vec<Sample>,
+) -> Result<()> {
+    if samples.is_empty() {
+        return Ok(());
+    }
     let timestamp = aws_sdk_cloudwatch::primitives::DateTime::from_millis(at.timestamp_millis());
     let data: Vec<MetricDatum> = samples
         .into_iter()

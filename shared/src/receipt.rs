@@ -294,6 +294,10 @@ pub struct RunSummary {
     /// Each component's verdict, RTO/RPO against its targets, and what it created.
     #[serde(default)]
     pub components: Vec<ComponentOutcome>,
+    /// The notice sent when the running recovery passed its RTO target (readiness's
+    /// RTO watch), if one was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rto_watch: Option<crate::readiness::RtoWatchMarker>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -377,6 +381,11 @@ impl ReceiptStore {
 
     pub(crate) fn s3(&self) -> &aws_sdk_s3::Client {
         &self.s3
+    }
+
+    /// The receipts location (a prefix).
+    pub fn base(&self) -> &S3Uri {
+        &self.base
     }
 
     /// `<receipts>/runs/<run_id>/`

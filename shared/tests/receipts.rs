@@ -121,6 +121,7 @@ async fn the_summary_has_every_design_field() {
         failure: None,
         executions: Vec::new(),
         components: Vec::new(),
+        rto_watch: None,
     };
     let uri = store.put_summary(&summary).await.unwrap();
     assert_eq!(uri.key, "drpilot/receipts/runs/run-2/drill.summary.json");

@@ -4,6 +4,7 @@ pub mod approve;
 pub mod backup;
 pub mod failback;
 pub mod local;
+pub mod readiness;
 pub mod receipts;
 pub mod report;
 pub mod resume;

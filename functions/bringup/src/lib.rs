@@ -5,20 +5,19 @@
 //! starts at must have what they build on. Nothing is written before every check passed.
 
 use chrono::Duration;
-use drpilot_shared::backup::{self, BackupRef};
+use drpilot_shared::backup;
 use drpilot_shared::details::BringupDetails;
 use drpilot_shared::input::{normalize, NameRule, Normalized, TriggerDefaults};
 use drpilot_shared::lock::RunLock;
-use drpilot_shared::objects::for_each_child_prefix;
 use drpilot_shared::profile::ProfileSource;
 use drpilot_shared::published::Published;
 use drpilot_shared::receipt::{seconds, PhaseClock, ReceiptStore};
 use drpilot_shared::resume::{self, ExecutionEntry, ExecutionName, RunRecord};
 use drpilot_shared::run::{ExecutionInfo, RunContext};
-use drpilot_shared::{AwsClients, Error, ErrorKind, Phase, Profile, Result, RunInput, S3Uri};
+use drpilot_shared::{AwsClients, Error, ErrorKind, Phase, Profile, Result, RunInput};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use tracing::{info, warn};
+use tracing::info;
 
 /// What the state machine passes: the raw execution input and the execution's identity.
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -124,7 +123,7 @@ impl Bringup {
                 }
                 let backup = match &input.backup_uri {
                     Some(uri) => backup::inspect(&self.clients.s3, uri).await?.0,
-                    None => newest_backup(&self.clients.s3, &profile.backups).await?,
+                    None => backup::newest(&self.clients.s3, &profile.backups).await?,
                 };
                 info!(run_id = %run_id, backup = %backup.uri, created_at = %backup.created_at, "backup found");
                 let record = RunRecord {
@@ -310,37 +309,4 @@ fn continues(record: &RunRecord, input: &RunInput) -> Result<()> {
         )));
     }
     Ok(())
-}
-
-/// The newest valid backup (by `metadata.json` `created_at`) under `prefix`. Invalid
-/// backups are skipped with a warning; only the best candidate is kept in memory.
-pub async fn newest_backup(s3: &aws_sdk_s3::Client, prefix: &S3Uri) -> Result<BackupRef> {
-    let mut best: Option<BackupRef> = None;
-    let mut skipped = 0usize;
-    for_each_child_prefix(s3, prefix, async |candidate| {
-        match backup::inspect(s3, &candidate).await {
-            Ok((found, _)) => {
-                if best
-                    .as_ref()
-                    .is_none_or(|b| found.created_at > b.created_at)
-                {
-                    best = Some(found);
-                }
-                Ok(())
-            }
-            Err(err) if err.kind == ErrorKind::ContractError => {
-                skipped += 1;
-                warn!(backup = %candidate, error = %err, "skipping invalid backup");
-                Ok(())
-            }
-            Err(err) => Err(err),
-        }
-    })
-    .await?;
-    best.ok_or_else(|| {
-        Error::contract(format!(
-            "no valid backup under {} ({skipped} invalid skipped)",
-            prefix.as_prefix()
-        ))
-    })
 }

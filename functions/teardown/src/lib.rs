@@ -198,6 +198,7 @@ impl Teardown {
             cleaned.staging.torn_down(),
             now,
         )?;
+        summary.rto_watch = store.get_rto_watch(&known.run_id).await?;
         // A resource teardown could not delete fails teardown, naming it: never left silently.
         let left: Vec<String> = if cleans_components {
             components
@@ -612,6 +613,7 @@ fn summarize(
         failure,
         executions: Vec::new(),
         components,
+        rto_watch: None,
     })
 }
 
