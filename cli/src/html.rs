@@ -4,6 +4,7 @@
 use drpilot_shared::failback::FailbackSummary;
 use drpilot_shared::receipt::{Objective, PhaseReceipt, PhaseStatus, RunStatus, RunSummary};
 
+use crate::audit::AuditReport;
 use crate::CliError;
 
 fn seconds(v: Option<f64>) -> String {
@@ -100,6 +101,41 @@ struct ReportPage<'a> {
     components: Vec<ComponentRow>,
     /// The post-mortem page's measured timeline, in order.
     timeline: Vec<TimelineRow>,
+    /// The auditor's section, when the report was gathered with the run's evidence.
+    audit: Option<AuditView>,
+}
+
+/// The auditor's facts, as the page shows them.
+struct AuditView {
+    trigger: String,
+    started_by: String,
+    backup_id: String,
+    backup_created: String,
+    state_sha256: String,
+    manifests_sha256: String,
+    restored: String,
+    verified: String,
+    approval: String,
+    principal: String,
+    seal: String,
+    audit_record: String,
+    evidence: String,
+    retained_until: String,
+    targets: Vec<TargetRow>,
+    differences: Vec<String>,
+    all_differences: String,
+    more_differences: bool,
+    /// The two trend charts, inline SVG built from numbers and escaped run ids.
+    trend_svg: String,
+    trend_runs: usize,
+}
+
+struct TargetRow {
+    name: String,
+    measured: String,
+    target: u64,
+    class: &'static str,
+    verdict: &'static str,
 }
 
 struct ComponentRow {
@@ -248,8 +284,149 @@ fn timeline(s: &RunSummary) -> Vec<TimelineRow> {
         .collect()
 }
 
+/// The auditor's report in a few lines of text (after [`text_report`]).
+pub fn audit_text(a: &AuditReport) -> Vec<String> {
+    let mut lines = vec![format!(
+        "  trigger {} {}   backup {} created {}",
+        a.trigger.kind,
+        a.trigger.source.as_deref().unwrap_or(""),
+        a.backup.backup_id.as_deref().unwrap_or("?"),
+        a.backup
+            .created_at
+            .map_or("?".to_owned(), |t| t.to_rfc3339())
+    )];
+    if a.approval.approver.is_some() {
+        lines.push(format!(
+            "  approval: principal {} ({}), seal {}",
+            a.approval.principal.as_deref().unwrap_or("none"),
+            if a.approval.principal_verified {
+                "verified by IAM"
+            } else {
+                "unverified"
+            },
+            if a.approval.sealed {
+                "verified"
+            } else {
+                "none"
+            }
+        ));
+    }
+    lines.push(format!(
+        "  evidence {} retained until {}",
+        a.evidence.location,
+        a.evidence
+            .retained_until
+            .map_or("(no Object Lock)".to_owned(), |t| t
+                .format("%Y-%m-%d")
+                .to_string())
+    ));
+    lines
+}
+
+/// The auditor's page: the run's page with its evidence, targets and trend.
+pub fn render_audit(a: &AuditReport, receipts: &[PhaseReceipt]) -> Result<String, CliError> {
+    let when = |t: Option<chrono::DateTime<chrono::Utc>>| {
+        t.map_or("unknown".to_owned(), |t| {
+            t.format("%Y-%m-%d %H:%M:%S UTC").to_string()
+        })
+    };
+    let or_none = |v: Option<&str>| v.unwrap_or("none").to_owned();
+    let view = AuditView {
+        trigger: match &a.trigger.alarm_name {
+            Some(alarm) => format!("{} (alarm {alarm})", a.trigger.kind),
+            None => a.trigger.kind.clone(),
+        },
+        started_by: a
+            .trigger
+            .source
+            .clone()
+            .unwrap_or_else(|| "not recorded".to_owned()),
+        backup_id: or_none(a.backup.backup_id.as_deref()),
+        backup_created: when(a.backup.created_at),
+        state_sha256: or_none(a.backup.state_sha256.as_deref()),
+        manifests_sha256: or_none(a.backup.manifests_sha256.as_deref()),
+        restored: a.restored.as_ref().map_or("not restored".to_owned(), |r| {
+            format!("{} objects, {} bytes in {:.1} s", r.objects, r.bytes, r.seconds)
+        }),
+        verified: a.verified.as_ref().map_or("not validated".to_owned(), |v| {
+            format!(
+                "{} of {} objects as the manifests list them, {} differences{}; checks {}/{} passed",
+                v.objects,
+                v.expected,
+                v.differences,
+                if v.rehashed { ", every object re-hashed" } else { "" },
+                v.checks_passed,
+                v.checks
+            )
+        }),
+        approval: match (&a.approval.approver, &a.approval.ticket) {
+            (Some(approver), Some(ticket)) => format!("{approver}, ticket {ticket}"),
+            _ if a.approval.bypass => "drill-only bypass (no approver)".to_owned(),
+            _ => "not approved".to_owned(),
+        },
+        principal: match &a.approval.principal {
+            Some(p) if a.approval.principal_verified => format!("{p} (from the IAM request context)"),
+            Some(p) => p.clone(),
+            None => "none: not verified (no IAM context, e.g. the local stack)".to_owned(),
+        },
+        seal: if a.approval.sealed {
+            "KMS HMAC seal verified by promote".to_owned()
+        } else {
+            "no seal".to_owned()
+        },
+        audit_record: a
+            .audit_record
+            .as_ref()
+            .map_or("none (not promoted)".to_owned(), ToString::to_string),
+        evidence: a.evidence.location.to_string(),
+        retained_until: match (&a.evidence.retained_until, &a.evidence.lock_mode) {
+            (Some(t), mode) => format!(
+                "{} ({} mode)",
+                t.format("%Y-%m-%d"),
+                mode.as_deref().unwrap_or("unknown")
+            ),
+            (None, _) => "not under Object Lock".to_owned(),
+        },
+        targets: a
+            .targets
+            .iter()
+            .map(|t| TargetRow {
+                name: t.name.clone(),
+                measured: seconds(t.measured_seconds),
+                target: t.target_seconds,
+                class: objective_class(t.met),
+                verdict: Objective::measure(t.measured_seconds, t.target_seconds).verdict(),
+            })
+            .collect(),
+        differences: a
+            .parity
+            .as_ref()
+            .map(|p| p.first_differences.iter().map(ToString::to_string).collect())
+            .unwrap_or_default(),
+        all_differences: a
+            .parity
+            .as_ref()
+            .map_or(String::new(), |p| p.all_differences.to_string()),
+        more_differences: a
+            .parity
+            .as_ref()
+            .is_some_and(|p| p.delta as usize > p.first_differences.len()),
+        trend_svg: crate::audit::trend_svg(&a.trend, &a.run_id),
+        trend_runs: a.trend.len(),
+    };
+    page(&a.summary, receipts, Some(view))
+}
+
 /// One HTML page, everything inline.
 pub fn render(s: &RunSummary, receipts: &[PhaseReceipt]) -> Result<String, CliError> {
+    page(s, receipts, None)
+}
+
+fn page(
+    s: &RunSummary,
+    receipts: &[PhaseReceipt],
+    audit: Option<AuditView>,
+) -> Result<String, CliError> {
     let start = s.kickoff_at;
     let total_ms = (s.finished_at - start).num_milliseconds().max(1) as f64;
     let rows = s
@@ -347,6 +524,7 @@ pub fn render(s: &RunSummary, receipts: &[PhaseReceipt]) -> Result<String, CliEr
             })
             .collect(),
         timeline: timeline(s),
+        audit,
     };
     askama::Template::render(&page).map_err(|e| CliError::Io(format!("rendering the report: {e}")))
 }

@@ -6,6 +6,7 @@
 //! [`html`] renders the report, [`output`] holds the output policy and exit status, and
 //! [`error`] turns failures (AWS errors included) into one readable line.
 
+pub mod audit;
 pub mod commands;
 pub mod error;
 pub mod history;
@@ -23,7 +24,7 @@ pub use commands::failback::{failback, FailbackArgs, FailbackProgress};
 pub use commands::local;
 pub use commands::readiness::readiness;
 pub use commands::receipts::{receipts, records, RunRecords};
-pub use commands::report::report;
+pub use commands::report::{report, Report};
 pub use commands::resume::{resume, ResumeFlags};
 pub use commands::runs::{parse_since, runs, RunLine};
 pub use commands::start::{follow, start, Approver, AttemptFlags, StartFlags};

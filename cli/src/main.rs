@@ -263,10 +263,9 @@ async fn run(cli: Cli) -> Result<ExitStatus, CliError> {
             Ok(ExitStatus::success_if(report.ready))
         }
         Command::Report { run, html } => {
-            let records = report(&ctx().await, run, html.as_deref()).await?;
-            match (&records.summary, &records.failback) {
-                (None, Some(failback)) => out.result(failback),
-                (summary, _) => out.result(summary),
+            match report(&ctx().await, run, html.as_deref()).await? {
+                drpilot_cli::Report::Run(audit) => out.result(&audit),
+                drpilot_cli::Report::Failback(records) => out.result(&records.failback),
             }
             Ok(ExitStatus::Success)
         }

@@ -322,7 +322,11 @@ pub async fn emulator_evidence_bucket(
         ObjectLockRule,
     };
     let fail = |what: &str, e: &dyn std::fmt::Display| format!("{what} {bucket}: {e}");
-    if s3.head_bucket().bucket(bucket).send().await.is_err() {
+    if s3.head_bucket().bucket(bucket).send().await.is_ok() {
+        // Made before (and perhaps written to since): its lock configuration stands.
+        return Ok(());
+    }
+    {
         s3.create_bucket()
             .bucket(bucket)
             // Object Lock can only be switched on when the bucket is created; it turns

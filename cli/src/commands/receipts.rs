@@ -17,6 +17,8 @@ use crate::{CliError, Ctx};
 #[derive(Clone, Debug, Serialize)]
 pub struct RunRecords {
     pub run_id: String,
+    /// The profile's receipts location (every run's).
+    pub receipts: S3Uri,
     pub receipts_location: S3Uri,
     pub phases: Vec<PhaseReceipt>,
     pub summary: Option<RunSummary>,
@@ -55,6 +57,7 @@ pub async fn records(ctx: &Ctx, run: &str) -> Result<RunRecords, CliError> {
     let store = ReceiptStore::new(ctx.aws.s3.clone(), profile.receipts.clone());
     Ok(RunRecords {
         run_id: run_id.to_owned(),
+        receipts: profile.receipts.clone(),
         receipts_location: store.run_dir(run_id)?,
         phases: store.phases(run_id).await?,
         summary: store.get_summary(run_id).await?,

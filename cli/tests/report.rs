@@ -1,0 +1,167 @@
+//! The auditor's report of a real drill on the local stack, JSON and HTML, the page
+//! checked in a real headless Chromium (infra/browser-check.mjs): a screenshot is taken,
+//! the page logs no console error, makes no network request, and shows the key figures.
+
+#![allow(clippy::unwrap_used)] // a test that cannot unwrap should fail loudly
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use drpilot_cli::history::fetch;
+use drpilot_cli::local::{deploy_state_machine, Machine};
+use drpilot_cli::{approve, follow, report, Ctx, Out, Report};
+use drpilot_testkit::{
+    make_backup, repo_root, sh, LocalAws, TempDir, BACKUP_BUCKET, BACKUP_PREFIX,
+    EVIDENCE_RETENTION_DAYS,
+};
+use serde_json::{json, Value};
+
+use common::start_run;
+
+const MACHINE: &str = "drpilot-drill";
+
+async fn stack(aws: &LocalAws, tmp: &TempDir) -> Ctx {
+    aws.with_functions();
+    aws.standard_setup().await;
+    let ctx = Ctx::new(
+        Some(&aws.endpoint),
+        Some(MACHINE.into()),
+        Out { json: true },
+    )
+    .await;
+    let topic = ctx.sns.create_topic().name("drpilot").send().await.unwrap();
+    deploy_state_machine(
+        &ctx,
+        Machine::Drill,
+        MACHINE,
+        topic.topic_arn().unwrap(),
+        600,
+    )
+    .await
+    .unwrap();
+    let src = tmp.path().join("src");
+    sh(&format!(
+        "mkdir -p '{0}/x' && for i in $(seq 1 10); do echo \"{{\\\"n\\\": $i}}\" > '{0}/x/'$i.json; done",
+        src.display()
+    ));
+    let out = tmp.path().join("b1");
+    make_backup(&src, &out, &[]);
+    aws.upload_dir(BACKUP_BUCKET, &format!("{BACKUP_PREFIX}b1"), &out)
+        .await;
+    ctx
+}
+
+/// A drill approved by `approver`, to its end.
+async fn drill(ctx: &Ctx, run_id: &str, approver: &str) {
+    let run = start_run(ctx, json!({"mode": "drill", "run_id": run_id})).await;
+    let arn = ctx.execution_arn(&run).await.unwrap();
+    for _ in 0..600 {
+        if fetch(&ctx.sfn, &arn).await.unwrap().waiting_for_approval {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    approve(ctx, &run, approver, "CHG-42", None).await.unwrap();
+    assert_eq!(
+        follow(ctx, &arn, &run, None).await.unwrap().status,
+        "SUCCEEDED"
+    );
+}
+
+#[tokio::test]
+async fn the_auditor_report_has_every_fact_and_renders_cleanly_in_a_browser() {
+    let aws = LocalAws::start().await;
+    let tmp = TempDir::new("report");
+    let ctx = stack(&aws, &tmp).await;
+    drill(&ctx, "audit-1", "alice").await;
+    drill(&ctx, "audit-2", "bob").await;
+
+    let html = tmp.path().join("audit-2.html");
+    let Report::Run(audit) = report(&ctx, "audit-2", Some(&html)).await.unwrap() else {
+        panic!("a drill's report is a run report");
+    };
+    assert_eq!(audit.trigger.kind, "manual");
+    assert_eq!(
+        audit.trigger.source.as_deref(),
+        Some("arn:aws:sts::123456789012:user/moto"),
+        "drpilot start records its caller"
+    );
+    assert_eq!(audit.backup.backup_id.as_deref(), Some("b1"));
+    let sha = audit.backup.state_sha256.as_deref().unwrap();
+    assert!(sha.len() == 64 && sha.bytes().all(|b| b.is_ascii_hexdigit()));
+    assert_eq!(audit.restored.as_ref().unwrap().objects, 10);
+    assert_eq!(audit.verified.as_ref().unwrap().objects, 10);
+    // The first drill promoted the same backup: nothing differs for the second.
+    assert_eq!(audit.parity.as_ref().unwrap().delta, 0);
+    let Report::Run(first) = report(&ctx, "audit-1", None).await.unwrap() else {
+        panic!("a drill's report is a run report");
+    };
+    let parity = first.parity.as_ref().unwrap();
+    assert_eq!((parity.delta, parity.first_differences.len()), (10, 10));
+    assert_eq!(parity.first_differences[0]["key"], "x/1.json", "{parity:?}");
+    assert_eq!(first.trend.len(), 1, "the trend stops at the run reported");
+    assert_eq!(audit.approval.approver.as_deref(), Some("bob"));
+    assert!(audit.approval.sealed);
+    assert!(!audit.approval.principal_verified);
+    assert!(audit.audit_record.is_some());
+    assert!(
+        audit.targets.iter().all(|t| t.met == Some(true)),
+        "{:?}",
+        audit.targets
+    );
+    let retained = audit.evidence.retained_until.unwrap();
+    let expected =
+        audit.summary.finished_at + chrono::Duration::days(EVIDENCE_RETENTION_DAYS.into());
+    assert!(
+        (retained - expected).num_hours().abs() < 1,
+        "{retained} vs {expected}"
+    );
+    assert_eq!(audit.evidence.lock_mode.as_deref(), Some("COMPLIANCE"));
+    let trend: Vec<&str> = audit.trend.iter().map(|p| p.run_id.as_str()).collect();
+    assert_eq!(trend, ["audit-1", "audit-2"]);
+
+    // The page in a real browser.
+    let shot = tmp.path().join("audit-2.png");
+    let retained_text = retained.format("%Y-%m-%d").to_string();
+    let out = Command::new("node")
+        .arg(repo_root().join("infra/browser-check.mjs"))
+        .arg("--html")
+        .arg(&html)
+        .arg("--screenshot")
+        .arg(&shot)
+        .args(["--expect", "audit-2"])
+        .args(["--expect", "Evidence"])
+        .args(["--expect", "KMS HMAC seal verified by promote"])
+        .args(["--expect", &retained_text])
+        .args(["--expect", sha])
+        .args(["--expect", "10 of 10 objects as the manifests list them"])
+        .args(["--expect-selector", "svg#rto-trend rect.run"])
+        .args(["--expect-selector", "svg#rpo-trend line.target"])
+        .args(["--expect-selector", "#targets td.obj.ok"])
+        .args(["--expect", "none: staging and root/ matched before promotion"])
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("node infra/browser-check.mjs: {e} (scripts/ensure-infra-tools.sh installs node tools and Chromium)")
+        });
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "browser check failed ({}): {stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let checked: Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(checked["ok"], true, "{checked}");
+    assert_eq!(checked["svg_count"], 2, "{checked}");
+    let png = std::fs::read(&shot).unwrap();
+    assert!(
+        png.starts_with(b"\x89PNG") && png.len() > 10_000,
+        "{} bytes",
+        png.len()
+    );
+    // Kept for a person to look at.
+    let kept = repo_root().join("target/report-check.png");
+    let _ = std::fs::copy(&shot, kept);
+}
