@@ -20,6 +20,7 @@ use drpilot_shared::AwsClients;
 use crate::history::ExecutionState;
 
 pub use commands::approve::{approve, deny};
+pub use commands::evidence::{evidence, Controls, EvidencePack};
 pub use commands::failback::{failback, FailbackArgs, FailbackProgress};
 pub use commands::local;
 pub use commands::readiness::readiness;

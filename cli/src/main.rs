@@ -95,6 +95,21 @@ enum Command {
         #[arg(long)]
         since: Option<String>,
     },
+    /// Everything an auditor takes away for a period, as one zip: each run's receipts,
+    /// summary, approvals, audit-record copies and report, an index.csv (the shape of an
+    /// AWS Backup restore job report) and controls.json.
+    Evidence {
+        #[arg(long)]
+        profile: String,
+        /// Runs started at or after this date (2026-01-01) or time (RFC 3339).
+        #[arg(long)]
+        since: String,
+        /// Runs started before this date or time (default: now).
+        #[arg(long)]
+        until: Option<String>,
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Readiness between drills: what the hourly check last found for a profile (backup
     /// age, contract, encryption, lock, last drill, predicted recovery); exit 1 when not
     /// ready.
@@ -245,6 +260,24 @@ async fn run(cli: Cli) -> Result<ExitStatus, CliError> {
             let since = since.as_deref().map(parse_since).transpose()?;
             let lines = runs(&ctx().await, profile.as_deref(), since).await?;
             out.result(&lines);
+            Ok(ExitStatus::Success)
+        }
+        Command::Evidence {
+            profile,
+            since,
+            until,
+            out: path,
+        } => {
+            let since = parse_since(since)?;
+            let until = until
+                .as_deref()
+                .map(|u| {
+                    parse_since(u)
+                        .map_err(|e| CliError::Usage(e.to_string().replace("--since", "--until")))
+                })
+                .transpose()?;
+            let pack = drpilot_cli::evidence(&ctx().await, profile, since, until, path).await?;
+            out.result(&pack);
             Ok(ExitStatus::Success)
         }
         Command::Readiness {

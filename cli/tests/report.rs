@@ -11,10 +11,10 @@ use std::time::Duration;
 
 use drpilot_cli::history::fetch;
 use drpilot_cli::local::{deploy_state_machine, Machine};
-use drpilot_cli::{approve, follow, report, Ctx, Out, Report};
+use drpilot_cli::{approve, evidence, follow, report, Ctx, Out, Report};
 use drpilot_testkit::{
     make_backup, repo_root, sh, LocalAws, TempDir, BACKUP_BUCKET, BACKUP_PREFIX,
-    EVIDENCE_RETENTION_DAYS,
+    EVIDENCE_RETENTION_DAYS, PROFILE,
 };
 use serde_json::{json, Value};
 
@@ -164,4 +164,89 @@ async fn the_auditor_report_has_every_fact_and_renders_cleanly_in_a_browser() {
     // Kept for a person to look at.
     let kept = repo_root().join("target/report-check.png");
     let _ = std::fs::copy(&shot, kept);
+
+    // The period's evidence in one zip.
+    let zip_path = tmp.path().join("evidence.zip");
+    let since = audit.summary.kickoff_at - chrono::Duration::days(1);
+    let pack = evidence(&ctx, PROFILE, since, None, &zip_path)
+        .await
+        .unwrap();
+    assert_eq!(pack.runs, ["audit-1", "audit-2"]);
+    let controls = &pack.controls;
+    assert_eq!(
+        (controls.runs, controls.drills, controls.recoveries),
+        (2, 2, 0)
+    );
+    assert_eq!(controls.rto_met_percent, Some(100.0));
+    assert_eq!(controls.rpo_met_percent, Some(100.0));
+    assert_eq!(controls.backup_verification_success_rate, Some(1.0));
+    assert_eq!(
+        (controls.drill_windows, controls.drill_windows_on_time),
+        (1, 1)
+    );
+    assert!(controls.days_since_last_successful_drill.unwrap() < 0.01);
+    let mut archive = zip::ZipArchive::new(std::fs::File::open(&zip_path).unwrap()).unwrap();
+    let names: Vec<String> = archive
+        .file_names()
+        .map(|n| n.unwrap().into_owned())
+        .collect();
+    for run in ["audit-1", "audit-2"] {
+        for file in [
+            "drill.summary.json",
+            "phases/restore.json",
+            "phases/promote.json",
+            "run.json",
+            "report.html",
+            "report.json",
+        ] {
+            let name = format!("runs/{run}/{file}");
+            assert!(names.contains(&name), "{name} missing from {names:?}");
+        }
+        assert!(
+            names
+                .iter()
+                .any(|n| n.starts_with(&format!("runs/{run}/approvals/approve-"))),
+            "{names:?}"
+        );
+        assert!(
+            names
+                .iter()
+                .any(|n| n.starts_with(&format!("runs/{run}/audit/promotion-"))),
+            "{names:?}"
+        );
+    }
+    let read = |archive: &mut zip::ZipArchive<std::fs::File>, name: &str| {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut archive.by_name(name).unwrap(), &mut text).unwrap();
+        text
+    };
+    let index = read(&mut archive, "index.csv");
+    let mut rows = csv::Reader::from_reader(index.as_bytes());
+    assert_eq!(
+        rows.headers().unwrap().iter().collect::<Vec<_>>(),
+        drpilot_cli::commands::evidence::INDEX_COLUMNS
+    );
+    let rows: Vec<csv::StringRecord> = rows.records().map(Result::unwrap).collect();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(&rows[0][4], "audit-1");
+    assert_eq!(&rows[0][5], "COMPLETED");
+    assert_eq!(&rows[1][18], "SUCCESSFUL");
+    let stored: drpilot_cli::Controls =
+        serde_json::from_str(&read(&mut archive, "controls.json")).unwrap();
+    assert_eq!(&stored, controls);
+    let summary: Value =
+        serde_json::from_str(&read(&mut archive, "runs/audit-2/drill.summary.json")).unwrap();
+    assert_eq!(summary["approver"], "bob");
+
+    // Bad input names the flag and writes nothing.
+    let bad = tmp.path().join("evidence.tar");
+    let err = evidence(&ctx, PROFILE, since, None, &bad)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().starts_with("--out:"), "{err}");
+    let err = evidence(&ctx, PROFILE, since, Some(since), &zip_path)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().starts_with("--until:"), "{err}");
+    assert!(!bad.exists());
 }

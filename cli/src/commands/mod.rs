@@ -2,6 +2,7 @@
 
 pub mod approve;
 pub mod backup;
+pub mod evidence;
 pub mod failback;
 pub mod local;
 pub mod readiness;

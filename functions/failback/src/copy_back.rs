@@ -369,7 +369,12 @@ async fn confirmations(
         Sealer::required(sealer)?
             .verify(&run.run_id, &answer)
             .await
-            .map_err(|e| missing(format!("confirmations[{i}]: {}", e.message)))?;
+            .map_err(|e| match e.kind {
+                // Only a refused seal is a missing confirmation; a KMS fault stays what it
+                // is (Retryable is retried).
+                ErrorKind::ApprovalMissing => missing(format!("confirmations[{i}]: {}", e.message)),
+                _ => e,
+            })?;
         if let Some(principal) = answer.principal.as_deref() {
             if out
                 .iter()

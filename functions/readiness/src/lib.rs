@@ -436,7 +436,7 @@ impl Readiness {
                     rto_target_seconds: profile.rto_target_seconds,
                     message_id: None,
                 };
-                if self.notify_once(profile, &marker).await? {
+                if self.notify_once(&name, profile, &marker).await? {
                     outcome.notified.push(run_id);
                 }
             }
@@ -446,7 +446,12 @@ impl Readiness {
 
     /// Claims the run's marker and notifies; `false` when an earlier pass did. A failed
     /// publish gives the claim back, so the next pass tries again.
-    async fn notify_once(&self, profile: &Profile, marker: &RtoWatchMarker) -> Result<bool> {
+    async fn notify_once(
+        &self,
+        profile_name: &str,
+        profile: &Profile,
+        marker: &RtoWatchMarker,
+    ) -> Result<bool> {
         let topic = self
             .topic
             .as_deref()
@@ -465,7 +470,7 @@ impl Readiness {
         let message = format!(
             "drpilot recovery {} (profile {}) has been running {:.0} s, past its RTO target of {} s.\nExecution: {}\nFollow it: drpilot status {}\nThis notice is sent once per run.",
             marker.run_id,
-            marker.execution_arn.rsplit(':').nth(1).unwrap_or_default(),
+            profile_name,
             marker.elapsed_seconds,
             marker.rto_target_seconds,
             marker.execution_arn,
