@@ -63,6 +63,9 @@ up() {
       # whose approvals the approve function answers.
       export DRPILOT_APPROVAL_KEY=alias/drpilot-approval
       export DRPILOT_STATE_MACHINES=arn:aws:states:us-east-1:123456789012:stateMachine:drpilot-drill,arn:aws:states:us-east-1:123456789012:stateMachine:drpilot-failback
+      # What the readiness function's RTO watch looks at and notifies.
+      export DRPILOT_STATE_MACHINE=arn:aws:states:us-east-1:123456789012:stateMachine:drpilot-drill
+      export DRPILOT_TOPIC_ARN=arn:aws:sns:us-east-1:123456789012:drpilot-notifications
       exec setsid cargo lambda watch --invoke-address 127.0.0.1 --invoke-port "$lambda_port" \
         </dev/null >"$state/watch.log" 2>&1
     ) &

@@ -363,7 +363,7 @@ pub fn trend_svg(trend: &[TrendPoint], current: &str) -> String {
         let y = |v: f64| top + (h - top - bottom) * (1.0 - (1.0 + v).ln() / (1.0 + max).ln());
         let slot = (w - left - 8.0) / trend.len().max(1) as f64;
         let mut svg = format!(
-            r#"<svg class="trend" id="{id}" xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {w} {h}" width="{w}" height="{h}" role="img" aria-label="{label} of the last {} runs against the target"><title>{label} of the last {} runs against the target</title>"#,
+            r#"<svg class="trend" id="{id}" viewBox="0 0 {w} {h}" width="{w}" height="{h}" role="img" aria-label="{label} of the last {} runs against the target"><title>{label} of the last {} runs against the target</title>"#,
             trend.len(),
             trend.len()
         );

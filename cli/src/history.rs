@@ -185,6 +185,7 @@ pub async fn fetch(sfn: &aws_sdk_sfn::Client, execution_arn: &str) -> Result<Pro
 fn read_events(progress: &mut Progress, events: &[HistoryEvent]) {
     let mut current: Option<usize> = None;
     let mut token: Option<String> = None;
+    let mut scheduled_token: Option<String> = None;
     for event in events {
         let at = time(event.timestamp());
         if let Some(entered) = event.state_entered_event_details() {
@@ -208,11 +209,20 @@ fn read_events(progress: &mut Progress, events: &[HistoryEvent]) {
                 progress.steps[i].attempts += 1;
             }
             if scheduled.resource() == WAIT_FOR_TOKEN {
-                token = WaitingApproval::from_parameters(scheduled.parameters()).map(|w| w.token);
+                scheduled_token =
+                    WaitingApproval::from_parameters(scheduled.parameters()).map(|w| w.token);
                 progress.approval_message = serde_json::from_str::<Value>(scheduled.parameters())
                     .ok()
                     .and_then(|p| p["Message"].as_str().map(str::to_owned));
             }
+        }
+        // The request went out: the token can be answered now (an answer before that can
+        // be lost on the emulator).
+        if event
+            .task_submitted_event_details()
+            .is_some_and(|d| d.resource() == WAIT_FOR_TOKEN)
+        {
+            token = scheduled_token.take();
         }
         // An answered (or failed) wait for a task token: nothing to approve any more,
         // until the next one is scheduled (a failback asks twice).

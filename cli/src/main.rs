@@ -124,7 +124,8 @@ enum Command {
         #[arg(long, env = "DRPILOT_READINESS_FUNCTION")]
         readiness_function: Option<String>,
     },
-    /// A run's summary, optionally as one self-contained HTML page.
+    /// A run's auditor report (summary, evidence, approval, targets, trend), optionally as
+    /// one self-contained HTML page.
     Report {
         run: String,
         #[arg(long)]

@@ -262,14 +262,22 @@ impl WaitingApproval {
 }
 
 /// The approval `events` (an execution's history, oldest first) leave waiting: the last
-/// token-waiting task scheduled and not yet answered, failed or timed out.
+/// token-waiting task submitted (its request sent: an answer before that can be lost on
+/// the emulator) and not yet answered, failed or timed out.
 pub fn waiting(events: &[HistoryEvent]) -> Option<WaitingApproval> {
+    let mut scheduled_approval = None;
     let mut waiting = None;
     for event in events {
         if let Some(scheduled) = event.task_scheduled_event_details() {
             if scheduled.resource() == WAIT_FOR_TOKEN {
-                waiting = WaitingApproval::from_parameters(scheduled.parameters());
+                scheduled_approval = WaitingApproval::from_parameters(scheduled.parameters());
             }
+        }
+        if event
+            .task_submitted_event_details()
+            .is_some_and(|d| d.resource() == WAIT_FOR_TOKEN)
+        {
+            waiting = scheduled_approval.take();
         }
         let answered = [
             event.task_succeeded_event_details().map(|d| d.resource()),

@@ -148,7 +148,7 @@ pub async fn evidence(
         )
         .await?;
         let phases = store.phases(&summary.run_id).await?;
-        let report = audit::gather(&ctx.aws.s3, &store, summary, &phases).await?;
+        let report = Box::pin(audit::gather(&ctx.aws.s3, &store, summary, &phases)).await?;
         let page = html::render_audit(&report, &phases)?;
         add(
             &mut zip,

@@ -533,7 +533,18 @@ async fn report_run(
                 if let Some(parent) = path.parent() {
                     let _ = std::fs::create_dir_all(parent);
                 }
-                std::fs::write(&path, html::render(summary, &found.phases)?)
+                let store = drpilot_shared::receipt::ReceiptStore::new(
+                    ctx.aws.s3.clone(),
+                    found.receipts.clone(),
+                );
+                let audit = Box::pin(crate::audit::gather(
+                    &ctx.aws.s3,
+                    &store,
+                    summary,
+                    &found.phases,
+                ))
+                .await?;
+                std::fs::write(&path, html::render_audit(&audit, &found.phases)?)
                     .map_err(|e| CliError::Io(format!("writing {}: {e}", path.display())))?;
                 out.say(format!("   receipts     {}", found.receipts_location));
                 out.say(format!("   HTML report  {}", path.display()));

@@ -35,7 +35,7 @@ pub async fn report(
         ctx.out.say(line);
     }
     let store = ReceiptStore::new(ctx.aws.s3.clone(), records.receipts.clone());
-    let audit = audit::gather(&ctx.aws.s3, &store, summary, &records.phases).await?;
+    let audit = Box::pin(audit::gather(&ctx.aws.s3, &store, summary, &records.phases)).await?;
     for line in html::audit_text(&audit) {
         ctx.out.say(line);
     }
