@@ -277,7 +277,8 @@ async fn run(cli: Cli) -> Result<ExitStatus, CliError> {
                         .map_err(|e| CliError::Usage(e.to_string().replace("--since", "--until")))
                 })
                 .transpose()?;
-            let pack = drpilot_cli::evidence(&ctx().await, profile, since, until, path).await?;
+            let ctx = ctx().await;
+            let pack = Box::pin(drpilot_cli::evidence(&ctx, profile, since, until, path)).await?;
             out.result(&pack);
             Ok(ExitStatus::Success)
         }
@@ -337,7 +338,7 @@ async fn run(cli: Cli) -> Result<ExitStatus, CliError> {
                     objects: *objects,
                     report: report.clone(),
                 };
-                local::drill(&options, out)
+                Box::pin(local::drill(&options, out))
                     .await
                     .map(ExitStatus::success_if)
             }

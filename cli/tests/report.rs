@@ -168,7 +168,7 @@ async fn the_auditor_report_has_every_fact_and_renders_cleanly_in_a_browser() {
     // The period's evidence in one zip.
     let zip_path = tmp.path().join("evidence.zip");
     let since = audit.summary.kickoff_at - chrono::Duration::days(1);
-    let pack = evidence(&ctx, PROFILE, since, None, &zip_path)
+    let pack = Box::pin(evidence(&ctx, PROFILE, since, None, &zip_path))
         .await
         .unwrap();
     assert_eq!(pack.runs, ["audit-1", "audit-2"]);
@@ -240,11 +240,11 @@ async fn the_auditor_report_has_every_fact_and_renders_cleanly_in_a_browser() {
 
     // Bad input names the flag and writes nothing.
     let bad = tmp.path().join("evidence.tar");
-    let err = evidence(&ctx, PROFILE, since, None, &bad)
+    let err = Box::pin(evidence(&ctx, PROFILE, since, None, &bad))
         .await
         .unwrap_err();
     assert!(err.to_string().starts_with("--out:"), "{err}");
-    let err = evidence(&ctx, PROFILE, since, Some(since), &zip_path)
+    let err = Box::pin(evidence(&ctx, PROFILE, since, Some(since), &zip_path))
         .await
         .unwrap_err();
     assert!(err.to_string().starts_with("--until:"), "{err}");

@@ -557,7 +557,7 @@ mod tests {
             other_seconds: 60.0,
         };
         let seen = |objects, bytes| BackupSeen {
-            uri: drpilot_shared::S3Uri::new("b", "k/").unwrap(),
+            uri: drpilot_shared::S3Uri::new("bucket-a", "k/").unwrap(),
             backup_id: "b".into(),
             created_at: Utc::now(),
             state_bytes: 0,
