@@ -268,7 +268,7 @@ class EndToEnd(unittest.TestCase):
         self.assertRegex(out.stdout, rf"\npermissions: {CALLS} calls checked, 0 denied")
 
     def test_the_evidence_grants_are_each_needed(self):
-        teardown_receipts = ('            # run summary and the report (runs/<run>/report.html, report.json).\n'
+        teardown_receipts = ('            # run summary.\n'
                              '            - Effect: Allow\n'
                              '              Action: [s3:GetObject, s3:PutObject]\n'
                              '              Resource: !Sub "arn:${AWS::Partition}:s3:::${EvidenceBucket}/${ReceiptsPrefix}*"\n')

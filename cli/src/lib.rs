@@ -12,6 +12,7 @@ pub mod error;
 pub mod history;
 pub mod html;
 pub mod output;
+pub mod zipfile;
 
 use aws_config::BehaviorVersion;
 use drpilot_shared::resume::ExecutionName;

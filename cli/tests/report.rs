@@ -185,11 +185,30 @@ async fn the_auditor_report_has_every_fact_and_renders_cleanly_in_a_browser() {
         (1, 1)
     );
     assert!(controls.days_since_last_successful_drill.unwrap() < 0.01);
-    let mut archive = zip::ZipArchive::new(std::fs::File::open(&zip_path).unwrap()).unwrap();
-    let names: Vec<String> = archive
-        .file_names()
-        .map(|n| n.unwrap().into_owned())
-        .collect();
+    // Read back with another implementation: Python's zipfile tests every CRC and hands
+    // the members out as JSON.
+    let read_back = Command::new("python3")
+        .args([
+            "-c",
+            "import json,sys,zipfile; z=zipfile.ZipFile(sys.argv[1]); bad=z.testzip(); \
+             print(json.dumps({'bad': bad, 'files': {n: z.read(n).decode() for n in z.namelist()}}))",
+        ])
+        .arg(&zip_path)
+        .output()
+        .unwrap();
+    assert!(
+        read_back.status.success(),
+        "{}",
+        String::from_utf8_lossy(&read_back.stderr)
+    );
+    let read_back: Value = serde_json::from_slice(&read_back.stdout).unwrap();
+    assert_eq!(
+        read_back["bad"],
+        Value::Null,
+        "a member's CRC does not match"
+    );
+    let files = read_back["files"].as_object().unwrap();
+    assert_eq!(files.len(), pack.files);
     for run in ["audit-1", "audit-2"] {
         for file in [
             "drill.summary.json",
@@ -200,42 +219,30 @@ async fn the_auditor_report_has_every_fact_and_renders_cleanly_in_a_browser() {
             "report.json",
         ] {
             let name = format!("runs/{run}/{file}");
-            assert!(names.contains(&name), "{name} missing from {names:?}");
+            assert!(
+                files.contains_key(&name),
+                "{name} missing from {:?}",
+                files.keys()
+            );
         }
-        assert!(
-            names
-                .iter()
-                .any(|n| n.starts_with(&format!("runs/{run}/approvals/approve-"))),
-            "{names:?}"
-        );
-        assert!(
-            names
-                .iter()
-                .any(|n| n.starts_with(&format!("runs/{run}/audit/promotion-"))),
-            "{names:?}"
-        );
+        assert!(files
+            .keys()
+            .any(|n| n.starts_with(&format!("runs/{run}/approvals/approve-"))));
+        assert!(files
+            .keys()
+            .any(|n| n.starts_with(&format!("runs/{run}/audit/promotion-"))));
     }
-    let read = |archive: &mut zip::ZipArchive<std::fs::File>, name: &str| {
-        let mut text = String::new();
-        std::io::Read::read_to_string(&mut archive.by_name(name).unwrap(), &mut text).unwrap();
-        text
-    };
-    let index = read(&mut archive, "index.csv");
-    let mut rows = csv::Reader::from_reader(index.as_bytes());
-    assert_eq!(
-        rows.headers().unwrap().iter().collect::<Vec<_>>(),
-        drpilot_cli::commands::evidence::INDEX_COLUMNS
-    );
-    let rows: Vec<csv::StringRecord> = rows.records().map(Result::unwrap).collect();
-    assert_eq!(rows.len(), 2);
-    assert_eq!(&rows[0][4], "audit-1");
-    assert_eq!(&rows[0][5], "COMPLETED");
-    assert_eq!(&rows[1][18], "SUCCESSFUL");
+    let index = files["index.csv"].as_str().unwrap();
+    let rows: Vec<Vec<&str>> = index.lines().map(|l| l.split(',').collect()).collect();
+    assert_eq!(rows.len(), 3, "{index}");
+    assert_eq!(rows[0], drpilot_cli::commands::evidence::INDEX_COLUMNS);
+    assert_eq!((rows[1][4], rows[1][5]), ("audit-1", "COMPLETED"));
+    assert_eq!(rows[2][18], "SUCCESSFUL");
     let stored: drpilot_cli::Controls =
-        serde_json::from_str(&read(&mut archive, "controls.json")).unwrap();
+        serde_json::from_str(files["controls.json"].as_str().unwrap()).unwrap();
     assert_eq!(&stored, controls);
     let summary: Value =
-        serde_json::from_str(&read(&mut archive, "runs/audit-2/drill.summary.json")).unwrap();
+        serde_json::from_str(files["runs/audit-2/drill.summary.json"].as_str().unwrap()).unwrap();
     assert_eq!(summary["approver"], "bob");
 
     // Bad input names the flag and writes nothing.

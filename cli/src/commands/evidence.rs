@@ -7,7 +7,6 @@
 //! Objects are streamed into the archive as they are read: memory holds one part of one
 //! object at a time, however large a run's difference lists are.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Duration, Utc};
@@ -16,8 +15,8 @@ use drpilot_shared::profile::{Profile, ProfileSource};
 use drpilot_shared::receipt::{PhaseStatus, ReceiptStore, RunStatus, RunSummary};
 use drpilot_shared::{Phase, S3Uri};
 use serde::Serialize;
-use zip::write::SimpleFileOptions;
-use zip::ZipWriter;
+
+use crate::zipfile::{csv_line, ZipWriter};
 
 use crate::audit::{self, AuditReport};
 use crate::html;
@@ -129,30 +128,19 @@ pub async fn evidence(
     let partial = out.with_extension("zip.partial");
     let file = std::fs::File::create(&partial)
         .map_err(|e| CliError::Io(format!("creating {}: {e}", partial.display())))?;
-    let mut zip = ZipWriter::new(std::io::BufWriter::new(file));
-    let options = SimpleFileOptions::default()
-        .compression_method(zip::CompressionMethod::Deflated)
-        .large_file(true);
+    let mut zip = ZipWriter::new(std::io::BufWriter::new(file), Utc::now());
     let mut files = 0usize;
-    let mut index = csv::Writer::from_writer(Vec::new());
-    index.write_record(INDEX_COLUMNS).map_err(csv_error)?;
+    let mut index = csv_line(&INDEX_COLUMNS.map(str::to_owned));
     let mut runs = Vec::new();
     for summary in &in_period {
         let run_dir = store.run_dir(&summary.run_id)?;
-        files += copy_prefix(
-            &ctx.aws.s3,
-            &run_dir,
-            &format!("runs/{}/", summary.run_id),
-            &mut zip,
-            options,
-        )
-        .await?;
+        let into = format!("runs/{}/", summary.run_id);
+        files += Box::pin(copy_prefix(&ctx.aws.s3, &run_dir, &into, &mut zip)).await?;
         let phases = store.phases(&summary.run_id).await?;
         let report = Box::pin(audit::gather(&ctx.aws.s3, &store, summary, &phases)).await?;
         let page = html::render_audit(&report, &phases)?;
         add(
             &mut zip,
-            options,
             &format!("runs/{}/report.html", summary.run_id),
             page.as_bytes(),
         )?;
@@ -160,32 +148,27 @@ pub async fn evidence(
             .map_err(|e| CliError::Io(format!("encoding the report: {e}")))?;
         add(
             &mut zip,
-            options,
             &format!("runs/{}/report.json", summary.run_id),
             &json,
         )?;
         files += 2;
-        index
-            .write_record(index_row(&profile, since, until, summary, &report))
-            .map_err(csv_error)?;
+        index.push_str(&csv_line(&index_row(
+            &profile, since, until, summary, &report,
+        )));
         runs.push(summary.run_id.clone());
     }
     let controls = controls(&profile, profile_name, &all, &in_period, since, until);
-    let index = index
-        .into_inner()
-        .map_err(|e| CliError::Io(format!("index.csv: {e}")))?;
-    add(&mut zip, options, "index.csv", &index)?;
+    add(&mut zip, "index.csv", index.as_bytes())?;
     let controls_json = serde_json::to_vec_pretty(&controls)
         .map_err(|e| CliError::Io(format!("encoding controls.json: {e}")))?;
-    add(&mut zip, options, "controls.json", &controls_json)?;
+    add(&mut zip, "controls.json", &controls_json)?;
     files += 2;
-    let mut writer = zip
+    let writer = zip
         .finish()
         .map_err(|e| CliError::Io(format!("finishing {}: {e}", partial.display())))?;
     writer
-        .flush()
+        .into_inner()
         .map_err(|e| CliError::Io(format!("writing {}: {e}", partial.display())))?;
-    drop(writer);
     std::fs::rename(&partial, out).map_err(|e| {
         CliError::Io(format!(
             "moving {} to {}: {e}",
@@ -210,17 +193,12 @@ pub async fn evidence(
     })
 }
 
-fn csv_error(e: csv::Error) -> CliError {
-    CliError::Io(format!("writing index.csv: {e}"))
-}
-
 fn add(
     zip: &mut ZipWriter<std::io::BufWriter<std::fs::File>>,
-    options: SimpleFileOptions,
     name: &str,
     bytes: &[u8],
 ) -> Result<(), CliError> {
-    zip.start_file(name, options)
+    zip.start_file(name)
         .map_err(|e| CliError::Io(format!("adding {name}: {e}")))?;
     zip.write_all(bytes)
         .map_err(|e| CliError::Io(format!("adding {name}: {e}")))
@@ -232,7 +210,6 @@ async fn copy_prefix(
     prefix: &S3Uri,
     into: &str,
     zip: &mut ZipWriter<std::io::BufWriter<std::fs::File>>,
-    options: SimpleFileOptions,
 ) -> Result<usize, CliError> {
     let mut count = 0;
     let mut pages = s3
@@ -254,7 +231,7 @@ async fn copy_prefix(
                 .await
                 .map_err(|e| CliError::aws(&format!("GetObject s3://{}/{key}", prefix.bucket), e))?
                 .body;
-            zip.start_file(&name, options)
+            zip.start_file(&name)
                 .map_err(|e| CliError::Io(format!("adding {name}: {e}")))?;
             while let Some(chunk) = body
                 .try_next()
