@@ -37,7 +37,15 @@ async fn stack(aws: &LocalAws, tmp: &TempDir, profile: Value) -> (Ctx, String, S
         Out { json: true },
     )
     .await;
-    let topic = ctx.sns.create_topic().name("drpilot").send().await.unwrap();
+    // The template's topic name for the stack `drpilot`: the readiness role may publish
+    // to that topic only.
+    let topic = ctx
+        .sns
+        .create_topic()
+        .name("drpilot-notifications")
+        .send()
+        .await
+        .unwrap();
     let topic = topic.topic_arn().unwrap().to_owned();
     let queue = ctx
         .sqs
