@@ -134,12 +134,15 @@ pub struct TrendPoint {
     pub rpo_target_seconds: u64,
 }
 
-/// Gathers the report of the run `summary` sums up, from its receipts in `store`.
+/// Gathers the report of the run `summary` sums up, from its receipts in `store`; the
+/// trend comes from `history` (the location's summaries, [`ReceiptStore::summaries`], read
+/// once by a caller that reports many runs).
 pub async fn gather(
     s3: &aws_sdk_s3::Client,
     store: &ReceiptStore,
     summary: &RunSummary,
     phases: &[PhaseReceipt],
+    history: &[RunSummary],
 ) -> Result<AuditReport, CliError> {
     let details = |phase: Phase| {
         phases
@@ -177,15 +180,13 @@ pub async fn gather(
             });
         }
     }
-    let trend = store
-        .summaries()
-        .await?
-        .into_iter()
+    let trend = history
+        .iter()
         .filter(|s| {
             s.profile == summary.profile && !s.dry_run && s.kickoff_at <= summary.kickoff_at
         })
         .map(|s| TrendPoint {
-            run_id: s.run_id,
+            run_id: s.run_id.clone(),
             kickoff_at: s.kickoff_at,
             mode: s.mode,
             status: s.status,

@@ -137,7 +137,7 @@ pub async fn evidence(
         let into = format!("runs/{}/", summary.run_id);
         files += Box::pin(copy_prefix(&ctx.aws.s3, &run_dir, &into, &mut zip)).await?;
         let phases = store.phases(&summary.run_id).await?;
-        let report = Box::pin(audit::gather(&ctx.aws.s3, &store, summary, &phases)).await?;
+        let report = Box::pin(audit::gather(&ctx.aws.s3, &store, summary, &phases, &all)).await?;
         let page = html::render_audit(&report, &phases)?;
         add(
             &mut zip,

@@ -537,11 +537,13 @@ async fn report_run(
                     ctx.aws.s3.clone(),
                     found.receipts.clone(),
                 );
+                let history = store.summaries().await?;
                 let audit = Box::pin(crate::audit::gather(
                     &ctx.aws.s3,
                     &store,
                     summary,
                     &found.phases,
+                    &history,
                 ))
                 .await?;
                 std::fs::write(&path, html::render_audit(&audit, &found.phases)?)

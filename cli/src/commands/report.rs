@@ -35,7 +35,15 @@ pub async fn report(
         ctx.out.say(line);
     }
     let store = ReceiptStore::new(ctx.aws.s3.clone(), records.receipts.clone());
-    let audit = Box::pin(audit::gather(&ctx.aws.s3, &store, summary, &records.phases)).await?;
+    let history = store.summaries().await?;
+    let audit = Box::pin(audit::gather(
+        &ctx.aws.s3,
+        &store,
+        summary,
+        &records.phases,
+        &history,
+    ))
+    .await?;
     for line in html::audit_text(&audit) {
         ctx.out.say(line);
     }
