@@ -28,7 +28,7 @@ test: ## run every test (unit, integration, end to end) and the template and per
 	# recorded in the call ledger for the permission check below.
 	rm -f $(LEDGER)
 	DRPILOT_CALL_LEDGER=$(LEDGER) cargo test --workspace --lib --bins --tests
-	.venv-infra/bin/python -m unittest infra/test_check.py infra/test_permissions.py
+	.venv-infra/bin/python -m unittest infra/test_check.py infra/test_permissions.py infra/test_make_backup.py
 	.venv-infra/bin/python infra/check.py
 	.venv-infra/bin/python infra/permissions.py --ledger $(LEDGER)
 

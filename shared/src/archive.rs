@@ -64,7 +64,7 @@ pub fn stream_error(name: &str, e: io::Error) -> Error {
 }
 
 /// What an unpacked archive held.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ArchiveReport {
     pub files: u64,
     pub directories: u64,

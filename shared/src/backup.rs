@@ -1,5 +1,7 @@
-//! The backup contract v1 (docs/contracts.md): `metadata.json`, `state.tar.zst` and
-//! `manifests.tar.zst` under one `backup_uri`.
+//! The backup contract (docs/contracts.md): `metadata.json` and `manifests.tar.zst` under
+//! one `backup_uri`, with the state in `state.tar.zst` (v1) or in shards covering
+//! disjoint, ordered key ranges (v2). Everything past parsing sees a list of
+//! [`Shard`]s: a v1 backup is one shard with no key bounds.
 
 use std::collections::BTreeMap;
 
@@ -16,14 +18,13 @@ use crate::manifest::{
     ContentCollector, ExternalSort, ManifestCollector, ManifestEntry, SORT_CHUNK,
 };
 use crate::objects::{for_each_child_prefix, object_size, open, pump_body};
-use crate::s3uri::S3Uri;
+use crate::s3uri::{RelativeKey, S3Uri};
 
 pub const FORMAT_V1: &str = "drpilot.backup/v1";
+pub const FORMAT_V2: &str = "drpilot.backup/v2";
 pub const METADATA: &str = "metadata.json";
 pub const STATE: &str = "state.tar.zst";
 pub const MANIFESTS: &str = "manifests.tar.zst";
-/// The three objects every backup has.
-pub const CONTRACT_OBJECTS: [&str; 3] = [METADATA, STATE, MANIFESTS];
 /// `metadata.json` is small by nature; a larger one is not a drpilot backup.
 pub const METADATA_MAX_BYTES: usize = 1 << 20;
 
@@ -42,6 +43,56 @@ pub struct BackupMetadata {
     pub created_at: DateTime<Utc>,
     pub source: serde_json::Map<String, serde_json::Value>,
     pub artifacts: BTreeMap<String, Artifact>,
+    /// v2 only: the state's shards, in key order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shards: Vec<ShardEntry>,
+}
+
+/// One shard as v2's `metadata.json` lists it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShardEntry {
+    pub name: String,
+    pub sha256: String,
+    pub size: u64,
+    pub first_key: String,
+    pub last_key: String,
+    pub objects: u64,
+}
+
+/// One archive of the state, whichever format: v1's `state.tar.zst` (no key bounds), or
+/// a v2 shard with its inclusive key range and file count.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Shard {
+    pub name: String,
+    pub sha256: String,
+    pub size: u64,
+    #[serde(default)]
+    pub first_key: Option<String>,
+    #[serde(default)]
+    pub last_key: Option<String>,
+    #[serde(default)]
+    pub objects: Option<u64>,
+}
+
+impl Shard {
+    pub fn artifact(&self) -> Artifact {
+        Artifact {
+            sha256: self.sha256.clone(),
+            size: self.size,
+        }
+    }
+
+    /// Whether `key` (relative) lies in the shard's declared range.
+    pub fn holds(&self, key: &str) -> bool {
+        self.first_key
+            .as_deref()
+            .is_none_or(|first| key.as_bytes() >= first.as_bytes())
+            && self
+                .last_key
+                .as_deref()
+                .is_none_or(|last| key.as_bytes() <= last.as_bytes())
+    }
 }
 
 impl BackupMetadata {
@@ -51,9 +102,9 @@ impl BackupMetadata {
         let contract = |msg: String| Error::contract(format!("{uri}: {msg}"));
         let meta: BackupMetadata = decode_slice(&uri.to_string(), bytes)
             .map_err(|e| Error::contract(e.to_string()).with_source(e))?;
-        if meta.format != FORMAT_V1 {
+        if meta.format != FORMAT_V1 && meta.format != FORMAT_V2 {
             return Err(contract(format!(
-                "format: expected {FORMAT_V1:?}, got {:?} (unknown format version)",
+                "format: expected {FORMAT_V1:?} or {FORMAT_V2:?}, got {:?} (unknown format version)",
                 meta.format
             )));
         }
@@ -63,10 +114,12 @@ impl BackupMetadata {
         if !meta.source.get("git_sha").is_some_and(|v| v.is_string()) {
             return Err(contract("source.git_sha: expected a string".into()));
         }
-        for name in [STATE, MANIFESTS] {
+        let v2 = meta.format == FORMAT_V2;
+        let artifacts: &[&str] = if v2 { &[MANIFESTS] } else { &[STATE, MANIFESTS] };
+        for name in artifacts {
             let artifact = meta
                 .artifacts
-                .get(name)
+                .get(*name)
                 .ok_or_else(|| contract(format!("artifacts: no entry for {name}")))?;
             if !is_sha256_hex(&artifact.sha256) {
                 return Err(contract(format!(
@@ -75,22 +128,112 @@ impl BackupMetadata {
                 )));
             }
         }
-        if let Some(extra) = meta
-            .artifacts
-            .keys()
-            .find(|k| *k != STATE && *k != MANIFESTS)
-        {
+        if let Some(extra) = meta.artifacts.keys().find(|k| !artifacts.contains(&k.as_str())) {
             return Err(contract(format!(
-                "artifacts: unexpected artifact {extra:?} (v1 has {STATE} and {MANIFESTS})"
+                "artifacts: unexpected artifact {extra:?} ({} has {})",
+                meta.format,
+                artifacts.join(" and ")
+            )));
+        }
+        if v2 {
+            check_shards(&meta.shards).map_err(contract)?;
+        } else if !meta.shards.is_empty() {
+            return Err(contract(format!(
+                "shards: {FORMAT_V1} has no shards (its state is {STATE}); shards are {FORMAT_V2}'s"
             )));
         }
         Ok(meta)
+    }
+
+    /// The state's archives in key order: v1's one `state.tar.zst`, or v2's shards.
+    pub fn shards(&self) -> Vec<Shard> {
+        if self.shards.is_empty() {
+            let state = self.artifact(STATE);
+            return vec![Shard {
+                name: STATE.to_owned(),
+                sha256: state.sha256.clone(),
+                size: state.size,
+                first_key: None,
+                last_key: None,
+                objects: None,
+            }];
+        }
+        self.shards
+            .iter()
+            .map(|s| Shard {
+                name: s.name.clone(),
+                sha256: s.sha256.clone(),
+                size: s.size,
+                first_key: Some(s.first_key.clone()),
+                last_key: Some(s.last_key.clone()),
+                objects: Some(s.objects),
+            })
+            .collect()
+    }
+
+    /// Every object of the backup besides `metadata.json`: the manifests and the state's
+    /// archives.
+    pub fn object_names(&self) -> Vec<String> {
+        let mut names = vec![MANIFESTS.to_owned()];
+        names.extend(self.shards().into_iter().map(|s| s.name));
+        names
     }
 
     pub fn artifact(&self, name: &str) -> &Artifact {
         // `parse` guarantees both artifacts exist; this is only called with those names.
         &self.artifacts[name]
     }
+}
+
+/// v2's shard list: at least one; plain, unique `*.tar.zst` names; hashes; each range
+/// `first_key <= last_key`, and every range after the one before it (byte order, as S3
+/// lists), so the ranges are disjoint and ordered. Errors name the shard and field.
+fn check_shards(shards: &[ShardEntry]) -> std::result::Result<(), String> {
+    if shards.is_empty() {
+        return Err(format!("shards: expected at least one shard in {FORMAT_V2}"));
+    }
+    let mut names = std::collections::HashSet::new();
+    for (i, shard) in shards.iter().enumerate() {
+        let at = format!("shards[{i}] ({:?})", shard.name);
+        let plain = !shard.name.is_empty()
+            && !shard.name.contains('/')
+            && shard.name.ends_with(".tar.zst")
+            && ![METADATA, MANIFESTS].contains(&shard.name.as_str());
+        if !plain {
+            return Err(format!(
+                "{at}: name: expected a plain file name ending in .tar.zst, other than {METADATA} and {MANIFESTS}"
+            ));
+        }
+        if !names.insert(shard.name.as_str()) {
+            return Err(format!("{at}: name: listed twice"));
+        }
+        if !is_sha256_hex(&shard.sha256) {
+            return Err(format!(
+                "{at}: sha256: expected 64 lowercase hex digits, got {:?}",
+                shard.sha256
+            ));
+        }
+        if shard.objects == 0 {
+            return Err(format!("{at}: objects: expected at least one file per shard"));
+        }
+        if shard.first_key.is_empty() || shard.first_key.as_bytes() > shard.last_key.as_bytes() {
+            return Err(format!(
+                "{at}: first_key {:?} must be non-empty and not after last_key {:?}",
+                shard.first_key, shard.last_key
+            ));
+        }
+        if let Some(before) = i.checked_sub(1).map(|j| &shards[j]) {
+            if shard.first_key.as_bytes() <= before.last_key.as_bytes() {
+                return Err(format!(
+                    "{at}: first_key {:?} is not after shards[{}]'s last_key {:?}: shard ranges must be disjoint and in key order",
+                    shard.first_key,
+                    i - 1,
+                    before.last_key
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 pub fn is_sha256_hex(s: &str) -> bool {
@@ -108,37 +251,20 @@ pub struct BackupRef {
     pub git_sha: Option<String>,
 }
 
-/// Reads a backup's `metadata.json` and checks all three contract objects exist.
+/// Reads a backup's `metadata.json` and checks every object it names exists (the
+/// manifests and the state's archives).
 pub async fn inspect(
     s3: &aws_sdk_s3::Client,
     backup_uri: &S3Uri,
 ) -> Result<(BackupRef, BackupMetadata)> {
     let base = backup_uri.as_prefix();
-    for name in CONTRACT_OBJECTS {
-        let object = base
-            .join(name)
-            .map_err(|e| Error::contract(e.to_string()))?;
-        let head = s3
-            .head_object()
-            .bucket(&object.bucket)
-            .key(&object.key)
-            .send()
-            .await;
-        match head {
-            Ok(_) => {}
-            Err(err) if matches!(err.as_service_error(), Some(HeadObjectError::NotFound(_))) => {
-                return Err(Error::contract(format!(
-                    "backup {base}: missing artifact {name} ({object} does not exist)"
-                )))
-            }
-            Err(err) => return Err(Error::from_sdk(&format!("HeadObject {object}"), err)),
-        }
-    }
-    let metadata_uri = base
-        .join(METADATA)
-        .map_err(|e| Error::contract(e.to_string()))?;
+    require_object(s3, &base, METADATA).await?;
+    let metadata_uri = artifact_uri(&base, METADATA)?;
     let bytes = read_small(s3, &metadata_uri, METADATA_MAX_BYTES).await?;
     let meta = BackupMetadata::parse(&metadata_uri, &bytes)?;
+    for name in meta.object_names() {
+        require_object(s3, &base, &name).await?;
+    }
     let backup = BackupRef {
         uri: base,
         backup_id: meta.backup_id.clone(),
@@ -150,6 +276,26 @@ pub async fn inspect(
             .map(str::to_owned),
     };
     Ok((backup, meta))
+}
+
+/// `ContractError` naming the object when `<base>/<name>` does not exist.
+async fn require_object(s3: &aws_sdk_s3::Client, base: &S3Uri, name: &str) -> Result<()> {
+    let object = artifact_uri(base, name)?;
+    let head = s3
+        .head_object()
+        .bucket(&object.bucket)
+        .key(&object.key)
+        .send()
+        .await;
+    match head {
+        Ok(_) => Ok(()),
+        Err(err) if matches!(err.as_service_error(), Some(HeadObjectError::NotFound(_))) => {
+            Err(Error::contract(format!(
+                "backup {base}: missing artifact {name} ({object} does not exist)"
+            )))
+        }
+        Err(err) => Err(Error::from_sdk(&format!("HeadObject {object}"), err)),
+    }
 }
 
 /// Reads an object that must be small, refusing one larger than `limit` before reading it.
@@ -193,7 +339,7 @@ pub async fn verify(
     let (backup, meta) = inspect(s3, backup_uri).await?;
     check_sizes(s3, &backup.uri, &meta).await?;
     if let Some(progress) = &progress {
-        let total = meta.artifact(STATE).size + meta.artifact(MANIFESTS).size;
+        let total = meta.shards().iter().map(|s| s.size).sum::<u64>() + meta.artifact(MANIFESTS).size;
         progress.total.store(total, Ordering::Relaxed);
     }
     let (manifests, state, coverage) = verify_archives(s3, &backup.uri, &meta, progress).await?;
@@ -332,12 +478,34 @@ pub async fn verify_archives(
         sorter: ExternalSort::new(SORT_CHUNK)?,
         manifests: 0,
     };
-    let (manifests, listed) =
-        unpack_object(s3, backup, MANIFESTS, meta, listed, progress.clone()).await?;
-    let archived = ContentCollector {
+    let (manifests, listed) = unpack_object(
+        s3,
+        backup,
+        MANIFESTS,
+        meta.artifact(MANIFESTS).clone(),
+        listed,
+        progress.clone(),
+    )
+    .await?;
+    let mut archived = ContentCollector {
         sorter: ExternalSort::new(SORT_CHUNK)?.refusing_duplicates(),
     };
-    let (state, archived) = unpack_object(s3, backup, STATE, meta, archived, progress).await?;
+    let mut reports = Vec::new();
+    for shard in meta.shards() {
+        let in_range = InRange::new(&shard, archived);
+        let (report, in_range) = unpack_object(
+            s3,
+            backup,
+            &shard.name,
+            shard.artifact(),
+            in_range,
+            progress.clone(),
+        )
+        .await?;
+        archived = in_range.finish(&report)?;
+        reports.push(report);
+    }
+    let state = combine(reports);
     let coverage = tokio::task::spawn_blocking(move || {
         Coverage::measure(listed.sorter.finish()?, archived.sorter.finish()?)
     })
@@ -364,25 +532,25 @@ pub async fn verify_manifests(
     meta: &BackupMetadata,
 ) -> Result<ArchiveReport> {
     let discard = Discard::detecting_duplicates();
-    Ok(unpack_object(s3, backup, MANIFESTS, meta, discard, None)
+    let expected = meta.artifact(MANIFESTS).clone();
+    Ok(unpack_object(s3, backup, MANIFESTS, expected, discard, None)
         .await?
         .0)
 }
 
-/// Streams artifact `name` from S3 through the unpacker into `visitor`, counting the
-/// bytes read into `progress`.
+/// Streams artifact `name` (declared as `expected`) from S3 through the unpacker into
+/// `visitor`, counting the bytes read into `progress`.
 async fn unpack_object<V: EntryVisitor + Send + 'static>(
     s3: &aws_sdk_s3::Client,
     backup: &S3Uri,
     name: &str,
-    meta: &BackupMetadata,
+    expected: Artifact,
     visitor: V,
     progress: Option<Arc<ReadProgress>>,
 ) -> Result<(ArchiveReport, V)> {
     let uri = artifact_uri(backup, name)?;
     let (reader, pump) = pump_body(open(s3, &uri).await?.0, uri.to_string());
     let name = name.to_owned();
-    let expected = meta.artifact(&name).clone();
     let unpacked = tokio::task::spawn_blocking(move || {
         let mut visitor = visitor;
         let reader = Counted { reader, progress };
@@ -410,17 +578,82 @@ impl<R: std::io::Read> std::io::Read for Counted<R> {
     }
 }
 
-/// Both archives' sizes in S3 against the sizes `metadata.json` declares, before reading a
-/// byte of either.
+/// Every archive's size in S3 (the manifests and each of the state's) against the size
+/// `metadata.json` declares, before reading a byte of any.
 pub async fn check_sizes(
     s3: &aws_sdk_s3::Client,
     backup: &S3Uri,
     meta: &BackupMetadata,
 ) -> Result<()> {
-    for name in [STATE, MANIFESTS] {
-        check_size(s3, backup, name, meta.artifact(name)).await?;
+    check_size(s3, backup, MANIFESTS, meta.artifact(MANIFESTS)).await?;
+    for shard in meta.shards() {
+        check_size(s3, backup, &shard.name, &shard.artifact()).await?;
     }
     Ok(())
+}
+
+/// Passes a shard's files on to `inner`, refusing one outside the shard's declared key
+/// range (`ContractError` naming the shard, the key and the range); [`InRange::finish`]
+/// checks the shard held as many files as it declares.
+pub struct InRange<V> {
+    shard: Shard,
+    inner: V,
+}
+
+impl<V: EntryVisitor> InRange<V> {
+    pub fn new(shard: &Shard, inner: V) -> Self {
+        Self {
+            shard: shard.clone(),
+            inner,
+        }
+    }
+
+    /// The visitor back, once the shard's report shows its declared file count.
+    pub fn finish(self, report: &ArchiveReport) -> Result<V> {
+        if let Some(objects) = self.shard.objects {
+            if report.files != objects {
+                return Err(Error::integrity(format!(
+                    "{}: holds {} files, metadata.json says {objects}",
+                    self.shard.name, report.files
+                )));
+            }
+        }
+        Ok(self.inner)
+    }
+}
+
+impl<V: EntryVisitor> EntryVisitor for InRange<V> {
+    fn file(&mut self, key: RelativeKey, size: u64, data: &mut dyn std::io::Read) -> Result<()> {
+        if !self.shard.holds(key.as_str()) {
+            return Err(Error::contract(format!(
+                "{}: entry {key} is outside the shard's range [{:?}, {:?}] in metadata.json",
+                self.shard.name,
+                self.shard.first_key.as_deref().unwrap_or(""),
+                self.shard.last_key.as_deref().unwrap_or("")
+            )));
+        }
+        self.inner.file(key, size, data)
+    }
+}
+
+/// The state's archives as one report: counts summed; the SHA-256 is the one archive's
+/// (v1), or for shards the SHA-256 of their SHA-256s, one hex digest a line in order
+/// (each shard's own is in `metadata.json` and the restore receipt).
+pub fn combine(reports: Vec<ArchiveReport>) -> ArchiveReport {
+    if reports.len() == 1 {
+        return reports.into_iter().next().unwrap_or_default();
+    }
+    let mut combined = ArchiveReport::default();
+    let mut hasher = <sha2::Sha256 as sha2::Digest>::new();
+    for report in &reports {
+        combined.files += report.files;
+        combined.directories += report.directories;
+        combined.bytes += report.bytes;
+        combined.archive_bytes += report.archive_bytes;
+        sha2::Digest::update(&mut hasher, format!("{}\n", report.archive_sha256));
+    }
+    combined.archive_sha256 = hex::encode(sha2::Digest::finalize(hasher));
+    combined
 }
 
 async fn check_size(

@@ -36,7 +36,7 @@ impl Default for CopyTuning {
 }
 
 /// What [`apply_changes`] did.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct CopyStats {
     pub copied: u64,
     pub bytes: u64,

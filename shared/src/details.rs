@@ -65,6 +65,23 @@ pub struct RestoreDetails {
     pub control_plane: Option<ControlPlaneStaged>,
     pub seconds: f64,
     pub megabytes_per_second: f64,
+    /// Each shard of a sharded (v2) backup, as its range's child staged it (empty for
+    /// v1; `archive_sha256` is then the one archive's).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shards: Vec<ShardStaged>,
+}
+
+/// One state archive as restore staged it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ShardStaged {
+    pub name: String,
+    pub index: u32,
+    pub objects: u64,
+    pub directories: u64,
+    pub bytes: u64,
+    pub archive_bytes: u64,
+    pub archive_sha256: String,
+    pub seconds: f64,
 }
 
 impl PhaseDetails for RestoreDetails {
@@ -110,6 +127,28 @@ pub struct Tally {
     pub extra: u64,
     pub size_mismatches: u64,
     pub sha256_mismatches: u64,
+}
+
+impl Tally {
+    /// Adds another range's tallies.
+    pub fn add(&mut self, other: &Self) {
+        self.expected_objects += other.expected_objects;
+        self.staged_objects += other.staged_objects;
+        self.verified += other.verified;
+        self.missing += other.missing;
+        self.extra += other.extra;
+        self.size_mismatches += other.size_mismatches;
+        self.sha256_mismatches += other.sha256_mismatches;
+    }
+}
+
+/// What a range's child of validate or parity-report found: its counts, and its
+/// differences in a JSON-lines object the reducer appends to the phase's one file.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RangeFindings<C> {
+    pub counts: C,
+    pub differences: u64,
+    pub differences_uri: S3Uri,
 }
 
 /// One configured check's outcome.

@@ -5,6 +5,7 @@
 //! [`profile`], [`component`] (databases and services restored beside the data), [`receipt`] (receipts and the run summary), [`details`] (what each phase
 //! records, as types), [`run`] (what travels between phases), [`restored`] (deleting what components restored), [`resume`] (a run across executions: their names,
 //! the run record, what a phase needs done before it), [`lock`] (the run lock),
+//! [`plan`] (the key ranges the heavy phases fan out over, and their partial results),
 //! [`objects`] (the S3 access layer: JSON, conditional writes, bulk deletes, uploads),
 //! [`backup`] (the backup contract), [`archive`] (reading its archives as streams),
 //! [`manifest`] (the manifests and the archive's contents as sorted streams), [`maker`]
@@ -36,6 +37,7 @@ pub mod metrics;
 pub mod objects;
 pub mod parity;
 pub mod phase;
+pub mod plan;
 pub mod profile;
 pub mod published;
 pub mod readiness;

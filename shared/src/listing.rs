@@ -8,6 +8,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::error::{Error, Result};
+use crate::plan::KeyRange;
 use crate::s3uri::S3Uri;
 
 /// How many listed objects may wait between the lister and the merge.
@@ -47,13 +48,26 @@ pub fn list_sorted(
     prefix: &S3Uri,
     exclude: Vec<String>,
 ) -> (Sorted<ObjectInfo>, JoinHandle<()>) {
+    list_sorted_in(s3, prefix, exclude, KeyRange::all())
+}
+
+/// [`list_sorted`] of the relative keys in `range` only: the listing starts after the
+/// range's lower bound (S3's `StartAfter`) and stops past its upper bound.
+pub fn list_sorted_in(
+    s3: aws_sdk_s3::Client,
+    prefix: &S3Uri,
+    exclude: Vec<String>,
+    range: KeyRange,
+) -> (Sorted<ObjectInfo>, JoinHandle<()>) {
     let prefix = prefix.as_prefix();
     let (tx, rx) = mpsc::channel(LIST_BUFFER);
     let task = tokio::spawn(async move {
+        let start_after = range.after.as_ref().map(|after| format!("{}{after}", prefix.key));
         let mut pages = s3
             .list_objects_v2()
             .bucket(&prefix.bucket)
             .prefix(&prefix.key)
+            .set_start_after(start_after)
             .max_keys(1000)
             .into_paginator()
             .send();
@@ -71,7 +85,13 @@ pub fn list_sorted(
                 let Some(relative) = object.key().and_then(|k| prefix.strip(k)) else {
                     continue;
                 };
-                if relative.is_empty() || exclude.iter().any(|e| relative.starts_with(e.as_str())) {
+                if range.past(relative) {
+                    return; // the rest of the listing is past the range
+                }
+                if relative.is_empty()
+                    || range.before(relative)
+                    || exclude.iter().any(|e| relative.starts_with(e.as_str()))
+                {
                     continue;
                 }
                 let info = ObjectInfo {
@@ -87,6 +107,28 @@ pub fn list_sorted(
                 if tx.send(Ok(info)).await.is_err() {
                     return; // the merge stopped early
                 }
+            }
+        }
+    });
+    (rx, task)
+}
+
+/// The items of a sorted stream whose keys are in `range`, as a sorted stream: those
+/// before it are dropped, and the stream ends at the first past it.
+pub fn within<T: Keyed + Send + 'static>(
+    mut sorted: Sorted<T>,
+    range: KeyRange,
+) -> (Sorted<T>, JoinHandle<()>) {
+    let (tx, rx) = mpsc::channel(LIST_BUFFER);
+    let task = tokio::spawn(async move {
+        while let Some(item) = sorted.recv().await {
+            let keep = match &item {
+                Ok(item) if range.past(item.key()) => return,
+                Ok(item) => range.contains(item.key()),
+                Err(_) => true,
+            };
+            if keep && tx.send(item).await.is_err() {
+                return;
             }
         }
     });

@@ -7,7 +7,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
-use crate::listing::{list_sorted, Joined, MergeJoin, ObjectInfo, Sorted};
+use crate::listing::{list_sorted_in, Joined, MergeJoin, ObjectInfo, Sorted};
+use crate::plan::KeyRange;
 use crate::objects::stored_sha256;
 use crate::s3uri::S3Uri;
 
@@ -24,6 +25,22 @@ pub struct ParityCounts {
     pub checksum_differs: u64,
     /// `only_left + only_right + size_differs + checksum_differs`.
     pub delta: u64,
+}
+
+impl ParityCounts {
+    /// Adds another range's counts (the ranges are disjoint, so every count adds up).
+    pub fn add(&mut self, other: &Self) {
+        self.left_objects += other.left_objects;
+        self.right_objects += other.right_objects;
+        self.left_bytes += other.left_bytes;
+        self.right_bytes += other.right_bytes;
+        self.identical += other.identical;
+        self.only_left += other.only_left;
+        self.only_right += other.only_right;
+        self.size_differs += other.size_differs;
+        self.checksum_differs += other.checksum_differs;
+        self.delta += other.delta;
+    }
 }
 
 /// One way the two sides differ, as written to the JSON-lines report.
@@ -84,8 +101,20 @@ pub async fn compare_prefixes(
     exclude_left: Vec<String>,
     on_step: impl AsyncFnMut(Verdict) -> Result<()>,
 ) -> Result<ParityCounts> {
-    let (left_rx, left_task) = list_sorted(s3.clone(), left, exclude_left);
-    let (right_rx, right_task) = list_sorted(s3.clone(), right, Vec::new());
+    compare_ranges(s3, left, right, exclude_left, &KeyRange::all(), on_step).await
+}
+
+/// [`compare_prefixes`] of the relative keys in `range` only (a plan's range child).
+pub async fn compare_ranges(
+    s3: &aws_sdk_s3::Client,
+    left: &S3Uri,
+    right: &S3Uri,
+    exclude_left: Vec<String>,
+    range: &KeyRange,
+    on_step: impl AsyncFnMut(Verdict) -> Result<()>,
+) -> Result<ParityCounts> {
+    let (left_rx, left_task) = list_sorted_in(s3.clone(), left, exclude_left, range.clone());
+    let (right_rx, right_task) = list_sorted_in(s3.clone(), right, Vec::new(), range.clone());
     let lookup = ChecksumLookup { s3, left, right };
     let result = compare_streams(left_rx, right_rx, Some(&lookup), on_step).await;
     left_task.abort();
@@ -231,6 +260,27 @@ impl DifferenceLog {
 
     pub fn count(&self) -> u64 {
         self.count
+    }
+
+    /// Appends every line of the JSON-lines object at `uri` (a range's differences),
+    /// streamed: the reducer's one log of all the ranges'.
+    pub async fn append_from(&mut self, s3: &aws_sdk_s3::Client, uri: &S3Uri) -> Result<()> {
+        use tokio::io::AsyncBufReadExt;
+        let (body, _) = crate::objects::open(s3, uri).await?;
+        let mut lines = body.into_async_read().lines();
+        while let Some(line) = lines
+            .next_line()
+            .await
+            .map_err(|e| crate::Error::retryable(format!("reading {uri}: {e}")))?
+        {
+            if line.trim().is_empty() {
+                continue;
+            }
+            let value: serde_json::Value = serde_json::from_str(&line)
+                .map_err(|e| crate::Error::internal(format!("{uri}: not JSON lines: {e}")))?;
+            self.push(&value)?;
+        }
+        Ok(())
     }
 
     pub fn first(&self) -> &[serde_json::Value] {

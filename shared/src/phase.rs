@@ -27,6 +27,7 @@ use crate::input::Phase;
 use crate::profile::{Profile, ProfileSource};
 use crate::receipt::{PhaseClock, PhaseStatus, ReceiptStore};
 use crate::resume;
+use crate::plan::{PlanItem, RangeResult, RangeStatus, Reduce};
 use crate::run::{PhaseOutput, PhaseRequest, RunContext};
 
 /// How a phase ended when it did not fail.
@@ -135,6 +136,10 @@ impl Started {
     /// there (components: from the first component's start).
     pub fn since(&mut self, at: chrono::DateTime<chrono::Utc>) {
         self.clock.since(at);
+    }
+
+    pub fn started_at(&self) -> chrono::DateTime<chrono::Utc> {
+        self.clock.started_at()
     }
 
     pub fn context<'a>(&'a self, run: &'a RunContext) -> PhaseRun<'a> {
@@ -257,6 +262,179 @@ pub async fn finish<D: PhaseDetails>(
         .map_err(|err| err.at_attempt(attempt, max_attempts))
 }
 
+/// The first step of a phase whose plan fans out ([`crate::plan`]): the lifecycle's
+/// [`begin`], then `body`, what must happen once before any range's child starts
+/// (restore empties the staging; promote checks the approval and the pointer). Its
+/// success writes no receipt (the reducer writes it) and answers `running` with the
+/// fan-out; its failure writes the failed receipt, as [`run`] would.
+pub async fn prepare<D, F>(
+    request: &PhaseRequest,
+    s3: &aws_sdk_s3::Client,
+    profiles: &ProfileSource,
+    rerun: Rerun,
+    body: F,
+) -> Result<PhaseOutput>
+where
+    D: PhaseDetails,
+    F: AsyncFnOnce(&PhaseRun<'_>) -> std::result::Result<(), Failed<D>>,
+{
+    let attempted = async {
+        let started = match begin(request, s3, profiles, D::PHASE, rerun).await? {
+            Begun::Ended(output) => return Ok(output),
+            Begun::Started(started) => started,
+        };
+        let ranges = request.run.plan.as_ref().map_or(1, |p| p.ranges);
+        if let Err(failed) = body(&started.context(&request.run)).await {
+            return finish::<D>(request, &started, Err(failed)).await;
+        }
+        info!(ranges, "fanning out");
+        Ok(PhaseOutput {
+            run_id: request.run.run_id.clone(),
+            phase: D::PHASE,
+            status: PhaseStatus::Running,
+            reason: Some(format!("the work goes to {ranges} ranges")),
+            receipt: started.store.phase_uri(&request.run.run_id, D::PHASE)?,
+            details: serde_json::json!({ "ranges": ranges }),
+            fan_out: Some(crate::run::FanOut {
+                ranges,
+                started_at: started.started_at(),
+            }),
+        })
+    };
+    Box::pin(attempted).await
+}
+
+/// What a range's child answers the Map (its result is in S3).
+#[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize)]
+pub struct RangeOutput {
+    pub run_id: String,
+    pub phase: Phase,
+    pub index: u32,
+    pub status: RangeStatus,
+    pub result: crate::s3uri::S3Uri,
+}
+
+/// One range's child of `phase`: the profile, `body` on the range, and the partial
+/// result written on every path (success with the body's details, or failed with the
+/// error, which then goes back to the Map, whose Retry may run the child again).
+pub async fn run_range<D, F>(
+    request: &PhaseRequest,
+    s3: &aws_sdk_s3::Client,
+    profiles: &ProfileSource,
+    phase: Phase,
+    item: &PlanItem,
+    body: F,
+) -> Result<RangeOutput>
+where
+    D: Serialize,
+    F: AsyncFnOnce(&PhaseRun<'_>, &PlanItem) -> Result<D>,
+{
+    let run = &request.run;
+    record_run(&run.run_id, phase);
+    Span::current().record("range", item.index);
+    let (attempt, max_attempts) = (request.attempt(), run.input.max_attempts);
+    let attempted = async {
+        let profile = profiles.load(&run.input.profile).await?;
+        let store = run.receipts(s3, &profile);
+        let started_at = chrono::Utc::now();
+        let ctx = PhaseRun {
+            run,
+            profile: &profile,
+            store: &store,
+        };
+        let done = body(&ctx, item).await;
+        let (status, details, error) = match done {
+            Ok(details) => (
+                RangeStatus::Success,
+                serde_json::to_value(&details).map_err(|e| Error::internal(e.to_string()))?,
+                None,
+            ),
+            Err(error) => (
+                RangeStatus::Failed,
+                serde_json::Value::Object(Default::default()),
+                Some(error.at_attempt(attempt, max_attempts)),
+            ),
+        };
+        let result = RangeResult {
+            run_id: run.run_id.clone(),
+            phase,
+            index: item.index,
+            range: item.range.clone(),
+            execution_arn: run.execution_arn.clone(),
+            status,
+            error: error.as_ref().map(|e| e.kind.name().to_owned()),
+            message: error.as_ref().map(|e| e.message.clone()),
+            attempt,
+            started_at,
+            finished_at: chrono::Utc::now(),
+            details,
+        };
+        crate::plan::put_result(&store, &result).await?;
+        if let Some(error) = error {
+            return Err(error);
+        }
+        info!(index = item.index, range = %item.range, "range done");
+        Ok(RangeOutput {
+            run_id: run.run_id.clone(),
+            phase,
+            index: item.index,
+            status,
+            result: crate::plan::range_uri(&store, &run.run_id, phase, item.index)?,
+        })
+    };
+    Box::pin(attempted)
+        .await
+        .map_err(|err| err.at_attempt(attempt, max_attempts))
+}
+
+/// The last step of a phase that fanned out: the lifecycle's [`begin`] again (it answers
+/// as it did for the preparation), the receipt's clock from the preparation's start,
+/// every range's result of this execution, then `body` on them, and the receipt, as
+/// [`run`] writes it. A range that failed or left no result fails the phase, named.
+pub async fn reduce<D, F>(
+    request: &PhaseRequest,
+    s3: &aws_sdk_s3::Client,
+    profiles: &ProfileSource,
+    rerun: Rerun,
+    reduce: &Reduce,
+    body: F,
+) -> Result<PhaseOutput>
+where
+    D: PhaseDetails,
+    F: AsyncFnOnce(&PhaseRun<'_>, Vec<RangeResult>) -> std::result::Result<Outcome<D>, Failed<D>>,
+{
+    let attempted = async {
+        let mut started = match begin(request, s3, profiles, D::PHASE, rerun).await? {
+            Begun::Ended(output) => return Ok(output),
+            Begun::Started(started) => started,
+        };
+        started.since(reduce.started_at);
+        let run = &request.run;
+        let gathered = async {
+            let plan = run
+                .plan
+                .as_ref()
+                .ok_or_else(|| Error::input("reduce: the run has no plan"))?;
+            let results = crate::plan::results(
+                &started.store,
+                &run.run_id,
+                D::PHASE,
+                plan.ranges,
+                run.execution_arn.as_deref(),
+            )
+            .await?;
+            let ranges = crate::plan::ranges(s3, plan).await?;
+            crate::plan::all_succeeded(D::PHASE, results, &ranges, reduce.map_error.as_ref())
+        };
+        let result = match gathered.await {
+            Ok(results) => body(&started.context(run), results).await,
+            Err(error) => Err(Failed::from(error)),
+        };
+        finish(request, &started, result).await
+    };
+    Box::pin(attempted).await
+}
+
 /// Names the run and phase on the current invocation's span (see [`serve`]), so every
 /// line logged from here on, the failure line included, carries them.
 pub fn record_run(run_id: &str, phase: Phase) {
@@ -297,6 +475,7 @@ where
                 request_id = %event.context.request_id,
                 run_id = tracing::field::Empty,
                 phase = tracing::field::Empty,
+                range = tracing::field::Empty,
             );
             async move {
                 catch_panic(handler(event)).await.map_err(|err| {

@@ -22,6 +22,9 @@ pub enum PhaseStatus {
     Success,
     Failed,
     Skipped,
+    /// Only in a step's answer, never in a receipt: the phase fanned out over its plan's
+    /// ranges, and its reducer will write the receipt.
+    Running,
 }
 
 impl PhaseStatus {
@@ -31,6 +34,7 @@ impl PhaseStatus {
             Self::Success => "success",
             Self::Failed => "failed",
             Self::Skipped => "skipped",
+            Self::Running => "running",
         }
     }
 }

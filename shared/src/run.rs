@@ -38,6 +38,10 @@ pub struct RunContext {
     /// publish over a later one (see [`crate::published`]).
     #[serde(default)]
     pub published_generation: u64,
+    /// The plan of the heavy phases (written by bringup; absent in a run context from
+    /// before plans, which runs every phase inline).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<crate::plan::PlanRef>,
 }
 
 impl RunContext {
@@ -47,16 +51,41 @@ impl RunContext {
 }
 
 /// The request every phase after bringup receives.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PhaseRequest {
     pub run: RunContext,
     /// Step Functions' retry count for this state (0 on the first try).
     #[serde(default)]
     pub retry_count: u32,
+    /// A child of the phase's fan-out: the range it works on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub range: Option<crate::plan::PlanItem>,
+    /// The phase's reducer, after its fan-out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reduce: Option<crate::plan::Reduce>,
 }
 
 impl PhaseRequest {
+    /// A request for the whole phase (or its preparation, when the plan fans out).
+    pub fn new(run: RunContext, retry_count: u32) -> Self {
+        Self {
+            run,
+            retry_count,
+            range: None,
+            reduce: None,
+        }
+    }
+
+    /// Which step of the phase this request asks for ([`crate::plan::step`]).
+    pub fn step(&self) -> crate::error::Result<crate::plan::Step> {
+        crate::plan::step(
+            self.run.plan.as_ref(),
+            self.range.as_ref(),
+            self.reduce.as_ref(),
+        )
+    }
+
     /// 1-based attempt number, as receipts record it.
     pub fn attempt(&self) -> u32 {
         self.retry_count.saturating_add(1)
@@ -73,6 +102,25 @@ pub struct PhaseOutput {
     pub reason: Option<String>,
     pub receipt: S3Uri,
     pub details: serde_json::Value,
+    /// The phase's work went to the plan's ranges: the state machine runs them and then
+    /// the reducer, which writes the receipt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fan_out: Option<FanOut>,
+}
+
+/// What a heavy phase's function answers: a phase step's output, or a range child's.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum StepOutput {
+    Phase(PhaseOutput),
+    Range(crate::phase::RangeOutput),
+}
+
+/// A phase prepared for its fan-out.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FanOut {
+    pub ranges: u32,
+    pub started_at: DateTime<Utc>,
 }
 
 impl PhaseOutput {
@@ -84,6 +132,7 @@ impl PhaseOutput {
             reason: receipt.reason.clone(),
             receipt: uri,
             details: receipt.details.clone(),
+            fan_out: None,
         }
     }
 }

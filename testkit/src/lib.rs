@@ -61,6 +61,7 @@ pub fn run_context(run_id: &str, backup_id: &str) -> drpilot_shared::run::RunCon
         )),
         kickoff_at: chrono::Utc::now(),
         published_generation: 0,
+        plan: None,
         backup: drpilot_shared::backup::BackupRef {
             uri: drpilot_shared::S3Uri {
                 bucket: BACKUP_BUCKET.into(),
@@ -78,6 +79,8 @@ pub fn phase_request(run_id: &str, backup_id: &str) -> drpilot_shared::run::Phas
     drpilot_shared::run::PhaseRequest {
         run: run_context(run_id, backup_id),
         retry_count: 0,
+        range: None,
+        reduce: None,
     }
 }
 

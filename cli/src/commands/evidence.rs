@@ -266,7 +266,7 @@ fn index_row(
                 .unwrap_or_default(),
         ),
         Some(PhaseStatus::Skipped) => ("SKIPPED", String::new()),
-        None => ("", String::new()),
+        Some(PhaseStatus::Running) | None => ("", String::new()),
     };
     let done = s
         .phases

@@ -5,6 +5,7 @@
 //! starts at must have what they build on. Nothing is written before every check passed.
 
 use chrono::Duration;
+use drpilot_shared::plan;
 use drpilot_shared::backup;
 use drpilot_shared::details::BringupDetails;
 use drpilot_shared::input::{normalize, NameRule, Normalized, TriggerDefaults};
@@ -184,8 +185,17 @@ impl Bringup {
             store.put_record(&record, etag.as_deref()).await?;
         }
 
+        // The plan of the heavy phases, from the backup's shards (the same for every
+        // execution of the run). A dry run checks every shard inline, so it has none.
+        let plan = if input.dry_run {
+            None
+        } else {
+            let (_, meta) = backup::inspect(&self.clients.s3, &record.backup.uri).await?;
+            Some(plan::write(&store, &run_id, &meta).await?)
+        };
         let run = RunContext {
             run_id: run_id.clone(),
+            plan,
             promotion: input.promotion(),
             input,
             trigger: record.trigger.clone(),

@@ -167,7 +167,7 @@ impl Components {
     async fn act(&self, request: ComponentsRequest) -> Result<Answer> {
         match request {
             ComponentsRequest::Plan { run, retry_count } => {
-                let request = PhaseRequest { run, retry_count };
+                let request = PhaseRequest::new(run, retry_count);
                 Box::pin(self.plan(&request)).await.map(Answer::Plan)
             }
             ComponentsRequest::Start { run, component, .. } => {
@@ -186,7 +186,7 @@ impl Components {
                 error,
             } => self.fail(&run, &component, &error).await.map(Answer::Step),
             ComponentsRequest::Finish { run, retry_count } => {
-                let request = PhaseRequest { run, retry_count };
+                let request = PhaseRequest::new(run, retry_count);
                 Box::pin(self.finish(&request)).await.map(Answer::Finished)
             }
         }

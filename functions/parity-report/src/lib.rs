@@ -11,7 +11,13 @@ use drpilot_shared::details::ParityDetails;
 use drpilot_shared::error::{decode_value, DecodeError};
 use drpilot_shared::metrics::{self, Sample};
 use drpilot_shared::objects::put_json;
-use drpilot_shared::parity::{compare_prefixes, DifferenceLog, ParityCounts, Verdict};
+use drpilot_shared::details::RangeFindings;
+use drpilot_shared::input::Phase;
+use drpilot_shared::parity::{
+    compare_prefixes, compare_ranges, DifferenceLog, ParityCounts, Verdict,
+};
+use drpilot_shared::plan::{self, PlanItem, RangeResult, Step};
+use drpilot_shared::run::StepOutput;
 use drpilot_shared::phase::{self, Outcome, PhaseRun, Rerun};
 use drpilot_shared::profile::ProfileSource;
 use drpilot_shared::run::{PhaseOutput, PhaseRequest};
@@ -108,9 +114,130 @@ impl ParityReporter {
         }
     }
 
-    async fn for_run(&self, request: PhaseRequest) -> Result<PhaseOutput> {
+    async fn for_run(&self, request: PhaseRequest) -> Result<StepOutput> {
+        let (s3, profiles) = (&self.clients.s3, &self.profiles);
+        let output = match request.step()? {
+            Step::Whole => self.whole(&request).await?,
+            Step::Prepare => {
+                // Nothing to do once before the ranges: the lifecycle checks validate is done.
+                phase::prepare::<ParityDetails, _>(
+                    &request,
+                    s3,
+                    profiles,
+                    Rerun::StartOver,
+                    async |_: &PhaseRun<'_>| Ok(()),
+                )
+                .await?
+            }
+            Step::Range(item) => {
+                return Ok(StepOutput::Range(
+                    phase::run_range(
+                        &request,
+                        s3,
+                        profiles,
+                        Phase::ParityReport,
+                        &item,
+                        async |ctx: &PhaseRun<'_>, item: &PlanItem| {
+                            self.compare_range(ctx, item).await
+                        },
+                    )
+                    .await?,
+                ))
+            }
+            Step::Reduce(reduce) => {
+                phase::reduce(
+                    &request,
+                    s3,
+                    profiles,
+                    Rerun::StartOver,
+                    &reduce,
+                    async |ctx: &PhaseRun<'_>, results: Vec<RangeResult>| {
+                        let (run, profile) = (ctx.run, ctx.profile);
+                        let mut counts = ParityCounts::default();
+                        let mut log = DifferenceLog::new()?;
+                        for result in &results {
+                            let found: RangeFindings<ParityCounts> = result.details()?;
+                            counts.add(&found.counts);
+                            log.append_from(s3, &found.differences_uri).await?;
+                        }
+                        let dir = ctx.store.run_dir(&run.run_id)?.join("parity")?;
+                        let staging = profile.target.staging(&run.run_id)?;
+                        let report = self
+                            .write_report(&staging, &profile.target.root(), counts, log, &dir)
+                            .await?;
+                        Ok(Outcome::Done(self.finish_run(run, report, &dir).await?))
+                    },
+                )
+                .await?
+            }
+        };
+        Ok(StepOutput::Phase(output))
+    }
+
+    /// One range's child: the range of the staging against the same range of `root/`.
+    async fn compare_range(
+        &self,
+        ctx: &PhaseRun<'_>,
+        item: &PlanItem,
+    ) -> Result<RangeFindings<ParityCounts>> {
+        let (run, profile) = (ctx.run, ctx.profile);
+        let staging = profile.target.staging(&run.run_id)?;
+        let root = profile.target.root();
+        let mut log = DifferenceLog::new()?;
+        let counts = compare_ranges(
+            &self.clients.s3,
+            &staging,
+            &root,
+            vec![RESERVED_PREFIX.to_owned()],
+            &item.range,
+            async |step| match step {
+                Verdict::Identical(_) => Ok(()),
+                Verdict::Differs(difference) => log.push(&difference),
+            },
+        )
+        .await?;
+        let differences_uri = plan::range_file_uri(
+            ctx.store,
+            &run.run_id,
+            Phase::ParityReport,
+            item.index,
+            "differences.jsonl",
+        )?;
+        let differences = log.count();
+        log.upload(&self.clients.s3, &differences_uri).await?;
+        Ok(RangeFindings {
+            counts,
+            differences,
+            differences_uri,
+        })
+    }
+
+    /// The metric and the receipt's details of a run's report.
+    async fn finish_run(
+        &self,
+        run: &drpilot_shared::run::RunContext,
+        report: ParityReport,
+        dir: &S3Uri,
+    ) -> Result<ParityDetails> {
+        metrics::publish(
+            &self.clients.cloudwatch,
+            &run.input.profile,
+            run.input.mode.as_str(),
+            report.generated_at,
+            vec![Sample::count("ParityDelta", report.counts.delta as f64)],
+        )
+        .await?;
+        Ok(ParityDetails {
+            delta: report.counts.delta,
+            counts: report.counts,
+            report: dir.join("report.json")?,
+            differences: report.differences,
+        })
+    }
+
+    async fn whole(&self, request: &PhaseRequest) -> Result<PhaseOutput> {
         phase::run(
-            &request,
+            request,
             &self.clients.s3,
             &self.profiles,
             Rerun::StartOver,
@@ -131,20 +258,7 @@ impl ParityReporter {
                         &dir,
                     )
                     .await?;
-                metrics::publish(
-                    &self.clients.cloudwatch,
-                    &run.input.profile,
-                    run.input.mode.as_str(),
-                    report.generated_at,
-                    vec![Sample::count("ParityDelta", report.counts.delta as f64)],
-                )
-                .await?;
-                Ok(Outcome::Done(ParityDetails {
-                    delta: report.counts.delta,
-                    counts: report.counts,
-                    report: dir.join("report.json")?,
-                    differences: report.differences,
-                }))
+                Ok(Outcome::Done(self.finish_run(run, report, &dir).await?))
             },
         )
         .await
@@ -172,6 +286,18 @@ impl ParityReporter {
                 },
             )
             .await?;
+        self.write_report(left, right, counts, log, dir).await
+    }
+
+    /// Writes `report.json` and `differences.jsonl` under `dir`.
+    async fn write_report(
+        &self,
+        left: &S3Uri,
+        right: &S3Uri,
+        counts: ParityCounts,
+        log: DifferenceLog,
+        dir: &S3Uri,
+    ) -> Result<ParityReport> {
         let differences_uri = dir.join("differences.jsonl")?;
         let first_differences = log.first().to_vec();
         log.upload(&self.clients.s3, &differences_uri).await?;

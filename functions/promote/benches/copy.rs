@@ -6,6 +6,7 @@
 use std::time::Instant;
 
 use drpilot_shared::{AwsClients, S3Uri};
+use drpilot_shared::plan::KeyRange;
 use promote::{sync_prefixes, CopyTuning};
 
 fn main() {
@@ -26,7 +27,7 @@ fn main() {
     let (seconds, stats) = runtime.block_on(async {
         let clients = AwsClients::from_env().await;
         let started = Instant::now();
-        let (_, stats) = sync_prefixes(&clients.s3, &from, &to, false, CopyTuning::default())
+        let (_, stats) = sync_prefixes(&clients.s3, &from, &to, &KeyRange::all(), false, CopyTuning::default())
             .await
             .expect("copy");
         (started.elapsed().as_secs_f64(), stats)

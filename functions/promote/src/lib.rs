@@ -12,7 +12,10 @@ use drpilot_shared::copy::{apply_changes, Change, CHANGE_BUFFER};
 pub use drpilot_shared::copy::{CopyStats, CopyTuning};
 use drpilot_shared::details::PromoteDetails;
 use drpilot_shared::metrics::{self, Sample};
-use drpilot_shared::parity::{compare_prefixes, Difference, ParityCounts, Verdict};
+use drpilot_shared::input::Phase;
+use drpilot_shared::parity::{compare_ranges, Difference, ParityCounts, Verdict};
+use drpilot_shared::plan::{KeyRange, PlanItem, RangeResult, Reduce, Step};
+use drpilot_shared::run::StepOutput;
 use drpilot_shared::phase::{self, Outcome, PhaseRun, Rerun};
 use drpilot_shared::profile::{Profile, ProfileSource};
 use drpilot_shared::published::{self, PublishKind, PublishedPointer};
@@ -33,6 +36,20 @@ pub struct PromoteRequest {
     pub retry_count: u32,
     #[serde(default)]
     pub approval: Option<Approval>,
+    /// A child of the fan-out: the range it copies.
+    #[serde(default)]
+    pub range: Option<PlanItem>,
+    /// The reducer, after the fan-out.
+    #[serde(default)]
+    pub reduce: Option<Reduce>,
+}
+
+/// What a range's child of promote did: the range's parity before and after its copy.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RangePromoted {
+    pub parity_before: ParityCounts,
+    pub parity_after: ParityCounts,
+    pub stats: CopyStats,
 }
 
 /// `audit/promotions/promotion-<UTC timestamp>.json`.
@@ -89,43 +106,150 @@ impl Promote {
         }
     }
 
-    pub async fn handle(&self, request: PromoteRequest) -> Result<PhaseOutput> {
+    /// The Lambda's entry: the whole phase, its preparation, one range's child or the
+    /// reducer, as the request says ([`PhaseRequest::step`]).
+    pub async fn serve_step(&self, request: PromoteRequest) -> Result<StepOutput> {
+        let approval = request.approval.clone();
         let phase_request = PhaseRequest {
             run: request.run,
             retry_count: request.retry_count,
+            range: request.range,
+            reduce: request.reduce,
         };
-        let approval = request.approval;
-        phase::run(
-            &phase_request,
-            &self.clients.s3,
-            &self.profiles,
-            Rerun::KeepSuccess,
-            async |ctx: &PhaseRun<'_>| {
-                let approval = gate(ctx.run, approval.as_ref())?;
-                if let Some(approval) = approval {
-                    Sealer::required(self.sealer.as_ref())?
-                        .verify(&ctx.run.run_id, approval)
-                        .await?;
-                }
-                published::ensure_live(
-                    &self.clients.s3,
-                    &ctx.profile.target.published(),
-                    ctx.run.published_generation,
-                    &ctx.run.run_id,
+        let (s3, profiles) = (&self.clients.s3, &self.profiles);
+        let output = match phase_request.step()? {
+            Step::Whole => {
+                phase::run(
+                    &phase_request,
+                    s3,
+                    profiles,
+                    Rerun::KeepSuccess,
+                    async |ctx: &PhaseRun<'_>| {
+                        let approval = self.check(ctx, approval.as_ref()).await?;
+                        let synced = self.sync(ctx.run, ctx.profile, &KeyRange::all()).await?;
+                        let synced = synced.checked(Utc::now())?;
+                        let details = self
+                            .audit(ctx.run, ctx.profile, ctx.store, approval, &synced)
+                            .await?;
+                        Ok(Outcome::Done(details))
+                    },
                 )
-                .await?;
-                let synced = self.sync(ctx.run, ctx.profile).await?;
-                let details = self
-                    .audit(ctx.run, ctx.profile, ctx.store, approval, &synced)
-                    .await?;
-                Ok(Outcome::Done(details))
-            },
-        )
-        .await
+                .await?
+            }
+            Step::Prepare => {
+                phase::prepare::<PromoteDetails, _>(
+                    &phase_request,
+                    s3,
+                    profiles,
+                    Rerun::KeepSuccess,
+                    async |ctx: &PhaseRun<'_>| {
+                        self.check(ctx, approval.as_ref()).await?;
+                        Ok(())
+                    },
+                )
+                .await?
+            }
+            Step::Range(item) => {
+                return Ok(StepOutput::Range(
+                    phase::run_range(
+                        &phase_request,
+                        s3,
+                        profiles,
+                        Phase::Promote,
+                        &item,
+                        async |ctx: &PhaseRun<'_>, item: &PlanItem| {
+                            // Each child checks the approval itself: a child invoked on
+                            // its own must not copy what no one approved.
+                            gate(ctx.run, approval.as_ref())?;
+                            if let Some(approval) = approval.as_ref() {
+                                Sealer::required(self.sealer.as_ref())?
+                                    .verify(&ctx.run.run_id, approval)
+                                    .await?;
+                            }
+                            let synced = self.sync(ctx.run, ctx.profile, &item.range).await?;
+                            Ok(RangePromoted {
+                                parity_before: synced.parity_before,
+                                parity_after: synced.parity_after,
+                                stats: synced.stats,
+                            })
+                        },
+                    )
+                    .await?,
+                ))
+            }
+            Step::Reduce(reduce) => {
+                phase::reduce(
+                    &phase_request,
+                    s3,
+                    profiles,
+                    Rerun::KeepSuccess,
+                    &reduce,
+                    async |ctx: &PhaseRun<'_>, results: Vec<RangeResult>| {
+                        let approval = self.check(ctx, approval.as_ref()).await?;
+                        let mut synced = Synced {
+                            root: ctx.profile.target.root(),
+                            started: reduce.started_at,
+                            promoted_at: Utc::now(),
+                            parity_before: ParityCounts::default(),
+                            parity_after: ParityCounts::default(),
+                            stats: CopyStats::default(),
+                        };
+                        for result in &results {
+                            let range: RangePromoted = result.details()?;
+                            synced.parity_before.add(&range.parity_before);
+                            synced.parity_after.add(&range.parity_after);
+                            synced.stats.copied += range.stats.copied;
+                            synced.stats.bytes += range.stats.bytes;
+                            synced.stats.deleted += range.stats.deleted;
+                        }
+                        let synced = synced.checked(Utc::now())?;
+                        let details = self
+                            .audit(ctx.run, ctx.profile, ctx.store, approval, &synced)
+                            .await?;
+                        Ok(Outcome::Done(details))
+                    },
+                )
+                .await?
+            }
+        };
+        Ok(StepOutput::Phase(output))
     }
 
-    /// Copies the staging into `root/` and checks nothing staged was left out.
-    async fn sync(&self, run: &RunContext, profile: &Profile) -> Result<Synced> {
+    /// The whole phase (or its preparation or reducer); see [`Promote::serve_step`].
+    pub async fn handle(&self, request: PromoteRequest) -> Result<PhaseOutput> {
+        match self.serve_step(request).await? {
+            StepOutput::Phase(output) => Ok(output),
+            StepOutput::Range(_) => Err(Error::input(
+                "range: a range's child answers with its partial result (serve_step)",
+            )),
+        }
+    }
+
+    /// Before anything is copied: an approval (or the bypass), its seal verified, and no
+    /// promotion or failback published since the run started. Returns the approval.
+    async fn check<'a>(
+        &self,
+        ctx: &PhaseRun<'_>,
+        approval: Option<&'a Approval>,
+    ) -> Result<Option<&'a Approval>> {
+        let approval = gate(ctx.run, approval)?;
+        if let Some(approval) = approval {
+            Sealer::required(self.sealer.as_ref())?
+                .verify(&ctx.run.run_id, approval)
+                .await?;
+        }
+        published::ensure_live(
+            &self.clients.s3,
+            &ctx.profile.target.published(),
+            ctx.run.published_generation,
+            &ctx.run.run_id,
+        )
+        .await?;
+        Ok(approval)
+    }
+
+    /// Copies the staging's keys in `range` into `root/`, and compares them again.
+    async fn sync(&self, run: &RunContext, profile: &Profile, range: &KeyRange) -> Result<Synced> {
         let staging = profile.target.staging(&run.run_id)?;
         let root = profile.target.root();
         let started = Utc::now();
@@ -133,25 +257,20 @@ impl Promote {
             &self.clients.s3,
             &staging,
             &root,
+            range,
             profile.prune_drift,
             self.tuning,
         )
         .await?;
-        let parity_after = compare_prefixes(
+        let parity_after = compare_ranges(
             &self.clients.s3,
             &staging,
             &root,
             vec![RESERVED_PREFIX.to_owned()],
+            range,
             async |_| Ok(()),
         )
         .await?;
-        let unpromoted =
-            parity_after.only_left + parity_after.size_differs + parity_after.checksum_differs;
-        if unpromoted > 0 {
-            return Err(Error::integrity(format!(
-                "after promotion {unpromoted} staged objects still differ from {root} ({parity_after:?})"
-            )));
-        }
         Ok(Synced {
             root,
             started,
@@ -247,6 +366,23 @@ struct Synced {
     stats: CopyStats,
 }
 
+impl Synced {
+    /// Refuses a promotion that left a staged object out (`IntegrityError`); the
+    /// promotion's time is `at`.
+    fn checked(mut self, at: DateTime<Utc>) -> Result<Self> {
+        let after = &self.parity_after;
+        let unpromoted = after.only_left + after.size_differs + after.checksum_differs;
+        if unpromoted > 0 {
+            return Err(Error::integrity(format!(
+                "after promotion {unpromoted} staged objects still differ from {} ({after:?})",
+                self.root
+            )));
+        }
+        self.promoted_at = at;
+        Ok(self)
+    }
+}
+
 impl AuditRecord {
     fn new(
         run: &RunContext,
@@ -319,6 +455,7 @@ pub async fn sync_prefixes(
     s3: &aws_sdk_s3::Client,
     staging: &S3Uri,
     root: &S3Uri,
+    range: &KeyRange,
     prune: bool,
     tuning: CopyTuning,
 ) -> Result<(ParityCounts, CopyStats)> {
@@ -326,11 +463,12 @@ pub async fn sync_prefixes(
     let under =
         |prefix: &S3Uri, key: &str| prefix.join(key).map_err(|e| Error::contract(e.to_string()));
     let compare = async {
-        let counts = compare_prefixes(
+        let counts = compare_ranges(
             s3,
             staging,
             root,
             vec![RESERVED_PREFIX.to_owned()],
+            range,
             async |step| {
                 let copy = |key: &str, size: Option<u64>| -> Result<Change> {
                     Ok(Change::Copy {

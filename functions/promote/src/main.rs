@@ -7,7 +7,7 @@ use promote::{Promote, PromoteRequest};
 async fn main() -> Result<(), lambda_runtime::Error> {
     let function = Promote::new(AwsClients::from_lambda_env());
     serve("promote", |event: LambdaEvent<PromoteRequest>| {
-        function.handle(event.payload)
+        function.serve_step(event.payload)
     })
     .await
 }

@@ -40,6 +40,8 @@ fn request(run: &RunContext, approval: Option<Approval>) -> PromoteRequest {
         run: run.clone(),
         retry_count: 0,
         approval,
+        range: None,
+        reduce: None,
     }
 }
 
@@ -69,10 +71,7 @@ async fn staged_and_validated(
             .await;
     }
     let ctx = run_context(run_id, backup_id);
-    let phase = PhaseRequest {
-        run: ctx.clone(),
-        retry_count: 0,
-    };
+    let phase = PhaseRequest::new(ctx.clone(), 0);
     restore::Restore {
         clients: aws.clients.for_function("restore"),
         profiles: ProfileSource::Ssm(aws.clients.ssm.clone()),
@@ -332,10 +331,7 @@ async fn it_refuses_after_a_failed_validate() {
         clients: aws.clients.for_function("validate"),
         profiles: ProfileSource::Ssm(aws.clients.ssm.clone()),
     }
-    .handle(PhaseRequest {
-        run: ctx.clone(),
-        retry_count: 0,
-    })
+    .handle(PhaseRequest::new(ctx.clone(), 0))
     .await
     .unwrap_err();
     let err = promoter(&aws)

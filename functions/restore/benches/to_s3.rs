@@ -34,6 +34,7 @@ fn main() {
             execution_arn: None,
             kickoff_at: Utc::now(),
             published_generation: 0,
+            plan: None,
             backup: BackupRef {
                 uri,
                 backup_id: "bench".into(),
@@ -42,6 +43,8 @@ fn main() {
             },
         },
         retry_count: 0,
+        range: None,
+        reduce: None,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -10,8 +10,12 @@ pub mod staging;
 
 use aws_sdk_s3::primitives::ByteStream;
 use chrono::{DateTime, Utc};
-use drpilot_shared::backup::{self, artifact_uri, BackupMetadata, STATE};
-use drpilot_shared::details::{ControlPlaneStaged, RestoreDetails};
+use drpilot_shared::backup::{self, artifact_uri, InRange, Shard};
+use drpilot_shared::details::{ControlPlaneStaged, RestoreDetails, ShardStaged};
+use drpilot_shared::input::Phase;
+use drpilot_shared::objects::get_json;
+use drpilot_shared::plan::{self, PlanItem, RangeResult, Reduce, Step};
+use drpilot_shared::run::StepOutput;
 use drpilot_shared::error::decode_slice;
 use drpilot_shared::objects::put_json;
 use drpilot_shared::objects::{delete_prefix, open};
@@ -28,6 +32,37 @@ use tracing::info;
 
 use crate::staging::{pump_body, ChannelSink, EntryMessage, Tuning, Uploader};
 use drpilot_shared::archive::{unpack, ArchiveReport, RESERVED_PREFIX};
+
+/// What restore's preparation found, for the reducer (`ranges/restore/prepared.json`):
+/// the receipt's details before any archive was staged.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Prepared {
+    details: RestoreDetails,
+}
+
+impl Prepared {
+    /// The receipt's details once the state is staged.
+    fn finish(
+        self,
+        state: ArchiveReport,
+        shards: Vec<ShardStaged>,
+        started: DateTime<Utc>,
+    ) -> RestoreDetails {
+        // At least a millisecond: the throughput divides by it.
+        let seconds = receipt::seconds(Utc::now() - started).max(0.001);
+        RestoreDetails {
+            objects: state.files,
+            directories: state.directories,
+            bytes: state.bytes,
+            archive_bytes: state.archive_bytes,
+            archive_sha256: state.archive_sha256,
+            seconds,
+            megabytes_per_second: state.bytes as f64 / 1_048_576.0 / seconds,
+            shards,
+            ..self.details
+        }
+    }
+}
 
 pub struct Restore {
     pub clients: AwsClients,
@@ -46,24 +81,102 @@ impl Restore {
         }
     }
 
+    /// The Lambda's entry: the whole phase, its preparation, one shard's child or the
+    /// reducer, as the request says ([`PhaseRequest::step`]).
+    pub async fn serve_step(&self, request: PhaseRequest) -> Result<StepOutput> {
+        match request.step()? {
+            Step::Range(item) => Ok(StepOutput::Range(
+                phase::run_range(
+                    &request,
+                    &self.clients.s3,
+                    &self.profiles,
+                    Phase::Restore,
+                    &item,
+                    async |ctx: &PhaseRun<'_>, item: &PlanItem| self.stage_shard(ctx, item).await,
+                )
+                .await?,
+            )),
+            _ => Ok(StepOutput::Phase(self.handle(request).await?)),
+        }
+    }
+
+    /// The whole phase, its preparation for the fan-out, or its reducer.
     pub async fn handle(&self, request: PhaseRequest) -> Result<PhaseOutput> {
-        phase::run(
-            &request,
-            &self.clients.s3,
-            &self.profiles,
-            Rerun::StartOver,
-            async |ctx: &PhaseRun<'_>| {
-                let details = self.restore(ctx.run, ctx.profile).await?;
-                info!(objects = details.objects, bytes = details.bytes, "restored");
-                Ok(Outcome::Done(details))
-            },
-        )
-        .await
+        let (s3, profiles) = (&self.clients.s3, &self.profiles);
+        match request.step()? {
+            Step::Whole => {
+                phase::run(&request, s3, profiles, Rerun::StartOver, async |ctx: &PhaseRun<'_>| {
+                    let details = self.restore(ctx.run, ctx.profile).await?;
+                    info!(objects = details.objects, bytes = details.bytes, "restored");
+                    Ok(Outcome::Done(details))
+                })
+                .await
+            }
+            Step::Prepare => {
+                phase::prepare::<RestoreDetails, _>(
+                    &request,
+                    s3,
+                    profiles,
+                    Rerun::StartOver,
+                    async |ctx: &PhaseRun<'_>| {
+                        let prepared = self.prepare(ctx.run, ctx.profile).await?;
+                        let uri = plan::prepared_uri(ctx.store, &ctx.run.run_id, Phase::Restore)?;
+                        put_json(s3, &uri, &prepared).await?;
+                        Ok(())
+                    },
+                )
+                .await
+            }
+            Step::Reduce(reduce) => {
+                phase::reduce(
+                    &request,
+                    s3,
+                    profiles,
+                    Rerun::StartOver,
+                    &reduce,
+                    async |ctx: &PhaseRun<'_>, results: Vec<RangeResult>| {
+                        let details = self.reduce(ctx, &reduce, results).await?;
+                        info!(objects = details.objects, bytes = details.bytes, shards = details.shards.len(), "restored");
+                        Ok(Outcome::Done(details))
+                    },
+                )
+                .await
+            }
+            Step::Range(_) => Err(Error::input(
+                "range: a range's child answers with its partial result (serve_step)",
+            )),
+        }
     }
 
     async fn restore(&self, run: &RunContext, profile: &Profile) -> Result<RestoreDetails> {
         let s3 = &self.clients.s3;
         let started = Utc::now();
+        let dry_run = run.input.dry_run;
+        let prepared = self.prepare(run, profile).await?;
+        // A dry run also checks what validate would: the archive's files against the
+        // manifests.
+        let state = if dry_run {
+            let (backup, meta) = backup::inspect(s3, &run.backup.uri).await?;
+            backup::verify_archives(s3, &backup.uri, &meta, None).await?.1
+        } else {
+            let (_, meta) = backup::inspect(s3, &run.backup.uri).await?;
+            let mut reports = Vec::new();
+            for shard in meta.shards() {
+                reports.push(
+                    self.stage_state(&prepared.details.backup_uri, &shard, &prepared.details.staging)
+                        .await?,
+                );
+            }
+            backup::combine(reports)
+        };
+        Ok(prepared.finish(state, Vec::new(), started))
+    }
+
+    /// Everything restore does once, before any state archive: the contract and every
+    /// archive's size checked, the run's staging emptied, the manifests verified, the
+    /// control-plane bundle staged.
+    async fn prepare(&self, run: &RunContext, profile: &Profile) -> Result<Prepared> {
+        let s3 = &self.clients.s3;
         let (backup, meta) = backup::inspect(s3, &run.backup.uri).await?;
         backup::check_sizes(s3, &backup.uri, &meta).await?;
         let staging = profile.target.staging(&run.run_id)?;
@@ -73,20 +186,7 @@ impl Restore {
         } else {
             delete_prefix(s3, &staging).await?
         };
-
-        // A dry run also checks what validate would: the archive's files against the
-        // manifests.
-        let (manifests, state) = if dry_run {
-            let (manifests, state, _) =
-                backup::verify_archives(s3, &backup.uri, &meta, None).await?;
-            (manifests, state)
-        } else {
-            let manifests = backup::verify_manifests(s3, &backup.uri, &meta).await?;
-            (
-                manifests,
-                self.stage_state(&backup.uri, &meta, &staging).await?,
-            )
-        };
+        let manifests = backup::verify_manifests(s3, &backup.uri, &meta).await?;
         let control_plane = match &profile.control_plane {
             Some(cp) => Some(
                 self.stage_control_plane(&cp.pointer, &staging, dry_run)
@@ -94,45 +194,98 @@ impl Restore {
             ),
             None => None,
         };
-        // At least a millisecond: the throughput divides by it.
-        let seconds = receipt::seconds(Utc::now() - started).max(0.001);
-        Ok(RestoreDetails {
-            backup_uri: backup.uri,
-            backup_id: meta.backup_id,
-            backup_created_at: meta.created_at,
-            git_sha: backup.git_sha,
-            staging,
-            dry_run,
-            objects: state.files,
-            directories: state.directories,
-            bytes: state.bytes,
-            archive_bytes: state.archive_bytes,
-            archive_sha256: state.archive_sha256,
-            manifests_sha256: manifests.archive_sha256,
-            manifest_files: manifests.files,
-            previously_staged_objects_removed: cleared,
-            control_plane,
-            seconds,
-            megabytes_per_second: state.bytes as f64 / 1_048_576.0 / seconds,
+        Ok(Prepared {
+            details: RestoreDetails {
+                backup_uri: backup.uri,
+                backup_id: meta.backup_id,
+                backup_created_at: meta.created_at,
+                git_sha: backup.git_sha,
+                staging,
+                dry_run,
+                objects: 0,
+                directories: 0,
+                bytes: 0,
+                archive_bytes: 0,
+                archive_sha256: String::new(),
+                manifests_sha256: manifests.archive_sha256,
+                manifest_files: manifests.files,
+                previously_staged_objects_removed: cleared,
+                control_plane,
+                seconds: 0.0,
+                megabytes_per_second: 0.0,
+                shards: Vec::new(),
+            },
         })
+    }
+
+    /// One range's child: stages its shard, refusing a file outside the shard's range.
+    async fn stage_shard(&self, ctx: &PhaseRun<'_>, item: &PlanItem) -> Result<ShardStaged> {
+        let started = Utc::now();
+        let staging = ctx.profile.target.staging(&ctx.run.run_id)?;
+        let report = self
+            .stage_state(&ctx.run.backup.uri.as_prefix(), &item.shard, &staging)
+            .await?;
+        Ok(ShardStaged {
+            name: item.shard.name.clone(),
+            index: item.index,
+            objects: report.files,
+            directories: report.directories,
+            bytes: report.bytes,
+            archive_bytes: report.archive_bytes,
+            archive_sha256: report.archive_sha256,
+            seconds: receipt::seconds(Utc::now() - started),
+        })
+    }
+
+    /// The receipt's details from the preparation and every shard's result.
+    async fn reduce(
+        &self,
+        ctx: &PhaseRun<'_>,
+        reduce: &Reduce,
+        results: Vec<RangeResult>,
+    ) -> Result<RestoreDetails> {
+        let uri = plan::prepared_uri(ctx.store, &ctx.run.run_id, Phase::Restore)?;
+        let prepared: Prepared = get_json(&self.clients.s3, &uri)
+            .await?
+            .ok_or_else(|| Error::internal(format!("restore's preparation left nothing at {uri}")))?;
+        let mut shards = Vec::new();
+        for result in &results {
+            shards.push(result.details::<ShardStaged>()?);
+        }
+        let reports = shards
+            .iter()
+            .map(|s| ArchiveReport {
+                files: s.objects,
+                directories: s.directories,
+                bytes: s.bytes,
+                archive_bytes: s.archive_bytes,
+                archive_sha256: s.archive_sha256.clone(),
+            })
+            .collect();
+        Ok(prepared.finish(backup::combine(reports), shards, reduce.started_at))
     }
 
     async fn open(&self, uri: &S3Uri) -> Result<ByteStream> {
         Ok(open(&self.clients.s3, uri).await?.0)
     }
 
+    /// Streams one state archive into the staging, every file checked against the
+    /// shard's declared range and count.
     async fn stage_state(
         &self,
         backup: &S3Uri,
-        meta: &BackupMetadata,
+        shard: &Shard,
         staging: &S3Uri,
     ) -> Result<ArchiveReport> {
-        let uri = artifact_uri(backup, STATE)?;
+        let uri = artifact_uri(backup, &shard.name)?;
         let (reader, pump) = pump_body(self.open(&uri).await?, uri.to_string());
         let (tx, rx) = mpsc::channel(16);
-        let expected = meta.artifact(STATE).clone();
+        let shard = shard.clone();
         let unpacker = tokio::task::spawn_blocking(move || {
-            unpack(STATE, reader, &expected, &mut ChannelSink { tx })
+            let mut sink = InRange::new(&shard, ChannelSink { tx });
+            let report = unpack(&shard.name, reader, &shard.artifact(), &mut sink)?;
+            sink.finish(&report)?;
+            Ok(report)
         });
         let mut uploader = Uploader::new(self.clients.s3.clone(), staging.clone(), self.tuning);
         let uploaded = uploader.run(rx).await;

@@ -8,7 +8,7 @@ async fn main() -> Result<(), lambda_runtime::Error> {
     let function = Restore::new(AwsClients::from_lambda_env());
     serve(
         "restore",
-        |event: LambdaEvent<drpilot_shared::run::PhaseRequest>| function.handle(event.payload),
+        |event: LambdaEvent<drpilot_shared::run::PhaseRequest>| function.serve_step(event.payload),
     )
     .await
 }

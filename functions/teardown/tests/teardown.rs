@@ -86,10 +86,7 @@ async fn run_restore(aws: &LocalAws, run: &RunContext) -> drpilot_shared::Result
         profiles: ProfileSource::Ssm(aws.clients.ssm.clone()),
         tuning: Default::default(),
     }
-    .handle(PhaseRequest {
-        run: run.clone(),
-        retry_count: 0,
-    })
+    .handle(PhaseRequest::new(run.clone(), 0))
     .await
     .map(drop)
 }

@@ -10,7 +10,11 @@ use aws_sdk_cloudwatch::types::{Dimension, Metric, MetricDataQuery, MetricStat};
 use chrono::Utc;
 use drpilot_shared::archive::RESERVED_PREFIX;
 use drpilot_shared::details::{CheckResult, Tally, ValidateDetails};
-use drpilot_shared::listing::{list_sorted, Joined, MergeJoin, ObjectInfo};
+use drpilot_shared::details::RangeFindings;
+use drpilot_shared::input::Phase;
+use drpilot_shared::listing::{list_sorted_in, within, Joined, MergeJoin, ObjectInfo};
+use drpilot_shared::plan::{self, KeyRange, PlanItem, RangeResult, Step};
+use drpilot_shared::run::StepOutput;
 use drpilot_shared::objects::{sha256_by_reading, stored_sha256};
 use drpilot_shared::parity::DifferenceLog;
 use drpilot_shared::phase::{self, Failed, Outcome, PhaseRun, Rerun};
@@ -60,15 +64,93 @@ impl Validate {
         Self { clients, profiles }
     }
 
+    /// The Lambda's entry: the whole phase, its preparation, one range's child or the
+    /// reducer, as the request says ([`PhaseRequest::step`]).
+    pub async fn serve_step(&self, request: PhaseRequest) -> Result<StepOutput> {
+        match request.step()? {
+            Step::Range(item) => Ok(StepOutput::Range(
+                phase::run_range(
+                    &request,
+                    &self.clients.s3,
+                    &self.profiles,
+                    Phase::Validate,
+                    &item,
+                    async |ctx: &PhaseRun<'_>, item: &PlanItem| self.validate_range(ctx, item).await,
+                )
+                .await?,
+            )),
+            _ => Ok(StepOutput::Phase(self.handle(request).await?)),
+        }
+    }
+
+    /// The whole phase, its preparation for the fan-out, or its reducer.
     pub async fn handle(&self, request: PhaseRequest) -> Result<PhaseOutput> {
-        phase::run(
-            &request,
-            &self.clients.s3,
-            &self.profiles,
-            Rerun::StartOver,
-            async |ctx: &PhaseRun<'_>| self.validate(ctx.run, ctx.profile, ctx.store).await,
-        )
-        .await
+        let (s3, profiles) = (&self.clients.s3, &self.profiles);
+        match request.step()? {
+            Step::Whole => {
+                phase::run(&request, s3, profiles, Rerun::StartOver, async |ctx: &PhaseRun<'_>| {
+                    self.validate(ctx.run, ctx.profile, ctx.store).await
+                })
+                .await
+            }
+            // Nothing to do once before the ranges: the lifecycle checks restore is done.
+            Step::Prepare => {
+                phase::prepare::<ValidateDetails, _>(
+                    &request,
+                    s3,
+                    profiles,
+                    Rerun::StartOver,
+                    async |_: &PhaseRun<'_>| Ok(()),
+                )
+                .await
+            }
+            Step::Reduce(reduce) => {
+                phase::reduce(
+                    &request,
+                    s3,
+                    profiles,
+                    Rerun::StartOver,
+                    &reduce,
+                    async |ctx: &PhaseRun<'_>, results: Vec<RangeResult>| {
+                        let mut tally = Tally::default();
+                        let mut log = DifferenceLog::new()?;
+                        for result in &results {
+                            let found: RangeFindings<Tally> = result.details()?;
+                            tally.add(&found.counts);
+                            log.append_from(s3, &found.differences_uri).await?;
+                        }
+                        self.judge(ctx.run, ctx.profile, ctx.store, tally, log).await
+                    },
+                )
+                .await
+            }
+            Step::Range(_) => Err(Error::input(
+                "range: a range's child answers with its partial result (serve_step)",
+            )),
+        }
+    }
+
+    /// One range's child: the range's manifest entries against the range's staging.
+    async fn validate_range(
+        &self,
+        ctx: &PhaseRun<'_>,
+        item: &PlanItem,
+    ) -> Result<RangeFindings<Tally>> {
+        let (tally, log) = self.compare(ctx.run, ctx.profile, &item.range).await?;
+        let differences_uri = plan::range_file_uri(
+            ctx.store,
+            &ctx.run.run_id,
+            Phase::Validate,
+            item.index,
+            "differences.jsonl",
+        )?;
+        let differences = log.count();
+        log.upload(&self.clients.s3, &differences_uri).await?;
+        Ok(RangeFindings {
+            counts: tally,
+            differences,
+            differences_uri,
+        })
     }
 
     async fn validate(
@@ -82,10 +164,22 @@ impl Validate {
             return Ok(Outcome::Skipped("dry_run: nothing was staged".to_owned()));
         }
 
+        let (tally, log) = self.compare(run, profile, &KeyRange::all()).await?;
+        self.judge(run, profile, store, tally, log).await
+    }
+
+    /// The verdict on the comparison's tallies and differences, with the profile's checks.
+    async fn judge(
+        &self,
+        run: &RunContext,
+        profile: &Profile,
+        store: &ReceiptStore,
+        tally: Tally,
+        log: DifferenceLog,
+    ) -> std::result::Result<Outcome<ValidateDetails>, Failed<ValidateDetails>> {
         let differences_uri = store
             .run_dir(&run.run_id)?
             .join("validate/differences.jsonl")?;
-        let (tally, log) = self.compare(run, profile).await?;
         let checks = self.run_checks(profile).await?;
         let first_differences = log.first().to_vec();
         let differences = log.count();
@@ -107,13 +201,24 @@ impl Validate {
         }
     }
 
-    /// Merge-joins the sorted manifests with the sorted staging listing.
-    async fn compare(&self, run: &RunContext, profile: &Profile) -> Result<(Tally, DifferenceLog)> {
+    /// Merge-joins the sorted manifests with the sorted staging listing, of the keys in
+    /// `range`.
+    async fn compare(
+        &self,
+        run: &RunContext,
+        profile: &Profile,
+        range: &KeyRange,
+    ) -> Result<(Tally, DifferenceLog)> {
         let s3 = &self.clients.s3;
         let (manifest_rx, manifests) = manifest::sorted_entries(s3, &run.backup.uri).await?;
+        let (manifest_rx, filter) = within(manifest_rx, range.clone());
         let staging = profile.target.staging(&run.run_id)?;
-        let (staged_rx, lister) =
-            list_sorted(s3.clone(), &staging, vec![RESERVED_PREFIX.to_owned()]);
+        let (staged_rx, lister) = list_sorted_in(
+            s3.clone(),
+            &staging,
+            vec![RESERVED_PREFIX.to_owned()],
+            range.clone(),
+        );
         let mut merge = MergeJoin::new(manifest_rx, staged_rx);
         let mut check = StagingCheck {
             s3: s3.clone(),
@@ -126,6 +231,9 @@ impl Validate {
         let result = check.run(&mut merge).await;
         lister.abort();
         drop(merge);
+        filter.abort();
+        // The filter stops reading at the range's end: the sorter then finds nobody
+        // listening, which is not an error.
         manifests.finish().await?;
         result?;
         Ok((check.tally, check.log))
