@@ -28,6 +28,19 @@ names; their lines name the machine (`ok   [retry] ... (FailbackStateMachine)`):
   failed-run       a teardown (the Task invoking ${TeardownFunctionArn}, or the one whose
                    Payload action is 'teardown') that reports status 'failed' (or fails
                    itself) ends the execution in a Fail state.
+  distributed-map  every Distributed Map (a Map with an ItemReader, or in DISTRIBUTED mode)
+                   runs STANDARD children, reads its items with arn:aws:states:::s3:getObject
+                   as JSON (the run's plan), tolerates no failure (ToleratedFailurePercentage
+                   and ToleratedFailureCount 0 or absent), ends its Catch with States.ALL;
+                   each child Lambda Task retries the Lambda service errors and Retryable and
+                   has no Catch (the Map catches). The machine's role (its Policies) grants
+                   states:StartExecution on the machine (by its Name), DescribeExecution and
+                   StopExecution on its executions, s3:GetObject on
+                   ${EvidenceBucket}/${ReceiptsPrefix}runs/*/plan.json, and no other states:
+                   or s3: grant; every function a child invokes may s3:GetObject and
+                   s3:PutObject its ranges' objects under ${ReceiptsPrefix}runs/ in the
+                   evidence bucket (and s3:GetObject the plan). A machine without a
+                   Distributed Map passes when its role holds no states: or s3: grant.
 
 Template checks (one line each):
 
@@ -769,6 +782,155 @@ def check_receipts_grants(ctx: Context) -> tuple[bool, str]:
     return not problems, "; ".join(problems)
 
 
+# --------------------------------------------------------------------- distributed maps
+
+ITEM_READER = "arn:aws:states:::s3:getObject"
+LAMBDA_INVOKE = "arn:aws:states:::lambda:invoke"
+# The run's plan, the Distributed Maps' items: bringup writes it to
+# <receipts>runs/<run_id>/plan.json (shared/src/plan.rs, plan_uri).
+PLAN_KEY = "${ReceiptsPrefix}runs/*/plan.json"
+# What a range's child and its phase's reducer read and write under the receipts
+# (shared/src/plan.rs: range_uri, range_file_uri, prepared_uri, and the plan), as sample
+# keys the functions' grants must cover.
+RANGE_OBJECTS = {
+    "s3:GetObject": ["runs/RUN/plan.json", "runs/RUN/ranges/PHASE/00000.json",
+                     "runs/RUN/ranges/PHASE/00000.differences.jsonl", "runs/RUN/ranges/PHASE/prepared.json"],
+    "s3:PutObject": ["runs/RUN/ranges/PHASE/00000.json", "runs/RUN/ranges/PHASE/00000.differences.jsonl",
+                     "runs/RUN/ranges/PHASE/prepared.json"],
+}
+
+
+def is_distributed_map(state: dict) -> bool:
+    processor = state.get("ItemProcessor") or {}
+    return state.get("Type") == "Map" and (
+        "ItemReader" in state or (processor.get("ProcessorConfig") or {}).get("Mode") == "DISTRIBUTED")
+
+
+def iam_matches(pattern: str, text: str) -> bool:
+    """IAM's wildcard match of a Resource (`*` any run of characters, `?` one), on the
+    texts the ARNs are built from (${...} references compare as written)."""
+    regex = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
+    return re.fullmatch(regex, text, re.S) is not None
+
+
+def allowed_pairs(resource: dict) -> Iterator[tuple[str, str]]:
+    """(action, resource text) of every Allow statement of a resource's inline Policies."""
+    for stmt in statements_of(resource):
+        if stmt.get("Effect") != "Allow":
+            continue
+        for action in as_list(stmt.get("Action")):
+            for value in as_list(stmt.get("Resource")):
+                yield str(action), sub_text(value)
+
+
+def invoked_function(m: Machine, state: dict) -> str | None:
+    """The template function a lambda:invoke Task names through ${XFunctionArn}."""
+    name = str(((state.get("Arguments") or state.get("Parameters") or {}).get("FunctionName")) or "")
+    match = re.fullmatch(r"\$\{([A-Za-z0-9]+)\}", name)
+    value = m.substitutions.get(match[1]) if match else None
+    ref = value.get("Fn::GetAtt") if isinstance(value, dict) else None
+    if not ref:
+        return None
+    return ref[0] if isinstance(ref, list) else str(ref).split(".")[0]
+
+
+def check_distributed_map(ctx: Context, m: Machine) -> tuple[bool, str]:
+    """Every Distributed Map (a Map with an ItemReader, or in DISTRIBUTED mode): STANDARD
+    children, the plan read as JSON with s3:getObject, no failure tolerated, a States.ALL
+    catcher; each child Lambda Task retried on the Lambda service errors and Retryable and
+    catching nothing (the Map catches: a child that caught its error would count as a
+    success); the state machine's role grants exactly what the Map Runs need, and the
+    functions the children invoke may read and write the ranges' objects."""
+    problems: list[str] = []
+    maps = [(n, s) for n, s in walk_states(m.asl.get("States", {})) if is_distributed_map(s)]
+    readers = False
+    children: dict[str, list[str]] = {}  # function logical id -> the child states invoking it
+    for name, state in maps:
+        processor = state.get("ItemProcessor") or {}
+        config = processor.get("ProcessorConfig") or {}
+        if config.get("Mode") != "DISTRIBUTED":
+            problems.append(f"{name}: reads an ItemReader but its ProcessorConfig.Mode is {config.get('Mode')!r}, "
+                            "not DISTRIBUTED")
+        if config.get("ExecutionType") != "STANDARD":
+            problems.append(f"{name}: ProcessorConfig.ExecutionType is {config.get('ExecutionType')!r}, not STANDARD "
+                            "(an EXPRESS child ends after 5 minutes, before a phase Lambda's 900 s, and runs at least once)")
+        reader = state.get("ItemReader")
+        if reader is not None:
+            readers = True
+            if reader.get("Resource") != ITEM_READER:
+                problems.append(f"{name}: ItemReader.Resource is {reader.get('Resource')!r}, not {ITEM_READER}")
+            input_type = (reader.get("ReaderConfig") or {}).get("InputType")
+            if input_type != "JSON":
+                problems.append(f"{name}: ItemReader.ReaderConfig.InputType is {input_type!r}, not JSON (the plan is a "
+                                "JSON array)")
+            arguments = reader.get("Arguments") or reader.get("Parameters") or {}
+            missing = [k for k in ("Bucket", "Key") if k not in arguments and f"{k}.$" not in arguments]
+            if missing:
+                problems.append(f"{name}: ItemReader names no {' or '.join(missing)}")
+        for key in ("ToleratedFailurePercentage", "ToleratedFailureCount"):
+            if state.get(key, 0) != 0:
+                problems.append(f"{name}: {key} is {state.get(key)!r}: a failed range must fail the Map (0, or absent)")
+        for key in ("ToleratedFailurePercentagePath", "ToleratedFailureCountPath"):
+            if key in state:
+                problems.append(f"{name}: {key} is set: a failed range must fail the Map (no failure tolerated)")
+        catch = state.get("Catch") or []
+        if not catch or catch[-1].get("ErrorEquals") != ["States.ALL"]:
+            problems.append(f"{name}: the last catcher must be States.ALL (the Map's failure goes to its reducer)")
+        tasks = [(n, s) for n, s in walk_states(processor.get("States") or {}) if s.get("Type") == "Task"]
+        if not tasks:
+            problems.append(f"{name}: its ItemProcessor has no Task")
+        for child, task in tasks:
+            where = f"{name}/{child}"
+            if not str(task.get("Resource", "")).startswith(LAMBDA_INVOKE):
+                continue
+            if not any(set(RETRY_ERRORS) <= set(r.get("ErrorEquals") or []) for r in task.get("Retry") or []):
+                problems.append(f"{where}: no Retry on {RETRY_ERRORS}")
+            if task.get("Catch"):
+                problems.append(f"{where} has a Catch: a child that catches its error succeeds and the Map never "
+                                "fails (the Map catches)")
+            logical = invoked_function(m, task)
+            if logical:
+                children.setdefault(logical, []).append(where)
+
+    # The state machine's role: exactly what the Map Runs need, on this machine only.
+    resource = ctx.tpl["Resources"].get(m.logical) or {}
+    if maps and "Role" in m.properties:
+        problems.append(f"{m.logical} names its Role: check.py reads the grants of its Policies")
+    needed: set[tuple[str, str]] = set()
+    if maps:
+        name = m.properties.get("Name")
+        if name is None:
+            problems.append(f"{m.logical} has no Name: its role names its ARN from the Name (a Ref to the machine "
+                            "from its own role is a circular dependency)")
+        else:
+            name_text = sub_text(name)
+            states_arn = "arn:${AWS::Partition}:states:${AWS::Region}:${AWS::AccountId}"
+            needed |= {("states:StartExecution", f"{states_arn}:stateMachine:{name_text}"),
+                       ("states:DescribeExecution", f"{states_arn}:execution:{name_text}:*"),
+                       ("states:StopExecution", f"{states_arn}:execution:{name_text}:*")}
+        if readers:
+            needed.add(("s3:GetObject", "arn:${AWS::Partition}:s3:::${" + EVIDENCE_BUCKET + "}/" + PLAN_KEY))
+    granted = set(allowed_pairs(resource))
+    for action, target in sorted(needed - granted):
+        problems.append(f"{m.logical}'s role lacks {action} on {target}")
+    for action, target in sorted(granted - needed):
+        if action.split(":", 1)[0] in ("states", "s3", "*"):
+            problems.append(f"{m.logical}'s role grants {action} on {target}, which no Distributed Map of it needs")
+
+    # The functions the children invoke (and their reducers, the same functions): the
+    # ranges' objects and the plan, under the receipts in the evidence bucket.
+    evidence = "arn:${AWS::Partition}:s3:::${" + EVIDENCE_BUCKET + "}/${ReceiptsPrefix}"
+    for logical, where in sorted(children.items()):
+        function = ctx.tpl["Resources"].get(logical) or {}
+        pairs = list(allowed_pairs(function))
+        for action, keys in RANGE_OBJECTS.items():
+            for key in keys:
+                target = evidence + key
+                if not any(iam_matches(a, action) and iam_matches(r, target) for a, r in pairs):
+                    problems.append(f"{logical} (invoked by {', '.join(where)}) may not {action} {target}")
+    return not problems, "; ".join(problems)
+
+
 def check_triggers(ctx: Context) -> tuple[bool, str]:
     problems, found = [], 0
     if ctx.tpl.get("Conditions", {}).get(TRIGGERS_CONDITION) != {"Fn::Equals": [{"Ref": "EnableTriggers"}, "true"]}:
@@ -921,6 +1083,8 @@ CHECKS: list[tuple[str, str, Callable[..., tuple[bool, str]], bool]] = [
      "failback: two confirmations, any error stops it)", check_approval, True),
     ("subjects", "every SNS Subject is truncated below 100 characters", check_subjects, True),
     ("failed-run", "a failed teardown status ends the execution FAILED", check_failed_run, True),
+    ("distributed-map", "every Distributed Map runs STANDARD children over the plan, tolerates no failure and is "
+     "granted what its Map Run needs", check_distributed_map, True),
     ("rule-inputs", "the alarm rule and the schedule pass valid execution inputs", check_rule_inputs, False),
     ("evidence-lock", "the evidence bucket is write-once (Object Lock COMPLIANCE, EvidenceRetentionDays, versioned, "
      "retained)", check_evidence_lock, False),

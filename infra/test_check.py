@@ -176,6 +176,32 @@ def _first_confirmation_skipped(asl: dict) -> None:
     states(asl)["Confirmed"]["Default"] = "Confirm2"
 
 
+def _processor(name: str, key: str, value: object) -> Callable[[dict], None]:
+    def change(asl: dict) -> None:
+        _state(asl, name)["ItemProcessor"]["ProcessorConfig"][key] = value
+    return change
+
+
+def _map_field(name: str, key: str, value: object) -> Callable[[dict], None]:
+    def change(asl: dict) -> None:
+        _state(asl, name)[key] = value
+    return change
+
+
+def _plan_as_csv(asl: dict) -> None:
+    _state(asl, "ParityRanges")["ItemReader"]["ReaderConfig"]["InputType"] = "CSV"
+
+
+def _map_without_catch(asl: dict) -> None:
+    del _state(asl, "PromoteRanges")["Catch"]
+
+
+def _child_catches(asl: dict) -> None:
+    # The child would end successful on any error: the Map (tolerating nothing) never fails.
+    _state(asl, "ValidateRange")["Catch"] = [{"ErrorEquals": ["States.ALL"], "Next": "ValidateRangeFailed"}]
+    _state(asl, "ValidateRanges")["ItemProcessor"]["States"]["ValidateRangeFailed"] = {"Type": "Succeed"}
+
+
 BRINGUP_BINARY = "        Binary: bringup\n"
 VERIFIER_BINARY = "        Binary: sample-verifier\n"
 GLOBAL_ARCH = "    Architectures: [arm64]\n"
@@ -243,6 +269,51 @@ CASES: dict[str, Case] = {
     "teardown_crash_succeeds": Case("failed-run", asl=asl_edit(_teardown_crash_succeeds)),
     "failback_failed_status_succeeds": Case("failed-run", failback=asl_edit(_failed_status_succeeds)),
     "failback_teardown_crash_succeeds": Case("failed-run", failback=asl_edit(_teardown_crash_succeeds)),
+    "distributed_map_express_children": Case("distributed-map", asl=asl_edit(
+        _processor("RestoreRanges", "ExecutionType", "EXPRESS")),
+        detail="Recover/RestoreRanges: ProcessorConfig.ExecutionType is 'EXPRESS', not STANDARD"),
+    "distributed_map_inline": Case("distributed-map", asl=asl_edit(_processor("ValidateRanges", "Mode", "INLINE")),
+                                   detail="ValidateRanges: reads an ItemReader but its ProcessorConfig.Mode is 'INLINE'"),
+    "distributed_map_plan_as_csv": Case("distributed-map", asl=asl_edit(_plan_as_csv),
+                                        detail="ParityRanges: ItemReader.ReaderConfig.InputType is 'CSV', not JSON"),
+    "distributed_map_tolerates_failures": Case("distributed-map", asl=asl_edit(
+        _map_field("ParityRanges", "ToleratedFailurePercentage", 5)),
+        detail="ParityRanges: ToleratedFailurePercentage is 5"),
+    "distributed_map_tolerates_a_failed_range": Case("distributed-map", asl=asl_edit(
+        _map_field("PromoteRanges", "ToleratedFailureCount", 1)), detail="PromoteRanges: ToleratedFailureCount is 1"),
+    "distributed_map_without_catch": Case("distributed-map", asl=asl_edit(_map_without_catch),
+                                          detail="PromoteRanges: the last catcher must be States.ALL"),
+    "distributed_map_child_catches": Case("distributed-map", asl=asl_edit(_child_catches),
+                                          detail="ValidateRanges/ValidateRange has a Catch"),
+    "distributed_map_child_retries_no_retryable": Case("distributed-map", asl=asl_edit(_set_retry("RestoreRange", [
+        "Lambda.ServiceException", "Lambda.AWSLambdaException", "Lambda.SdkClientException",
+        "Lambda.TooManyRequestsException"])), detail="Recover/RestoreRanges/RestoreRange: no Retry on"),
+    "distributed_map_role_starts_another_machine": Case("distributed-map", template=yaml_edit(
+        ":stateMachine:${AWS::StackName}-drill\"", ":stateMachine:${AWS::StackName}-failback\""),
+        detail="DrillStateMachine's role lacks states:StartExecution on "
+               "arn:${AWS::Partition}:states:${AWS::Region}:${AWS::AccountId}:stateMachine:${AWS::StackName}-drill"),
+    "distributed_map_role_cannot_stop_children": Case("distributed-map", template=yaml_edit(
+        "              Action: [states:DescribeExecution, states:StopExecution]\n",
+        "              Action: states:DescribeExecution\n"),
+        detail="DrillStateMachine's role lacks states:StopExecution"),
+    "distributed_map_plan_grant_too_wide": Case("distributed-map", template=yaml_edit(
+        '"arn:${AWS::Partition}:s3:::${EvidenceBucket}/${ReceiptsPrefix}runs/*/plan.json"',
+        '"arn:${AWS::Partition}:s3:::${EvidenceBucket}/*"'),
+        detail="DrillStateMachine's role grants s3:GetObject on arn:${AWS::Partition}:s3:::${EvidenceBucket}/*, "
+               "which no Distributed Map of it needs"),
+    "distributed_map_child_cannot_write_its_range": Case("distributed-map", template=yaml_edit(
+        "            # its own (a stale one is deleted first).\n            - Effect: Allow\n"
+        "              Action: [s3:GetObject, s3:PutObject, s3:DeleteObject]\n",
+        "            # its own (a stale one is deleted first).\n            - Effect: Allow\n"
+        "              Action: [s3:GetObject, s3:DeleteObject]\n"),
+        detail="ValidateFunction (invoked by ValidateRanges/ValidateRange) may not s3:PutObject "
+               "arn:${AWS::Partition}:s3:::${EvidenceBucket}/${ReceiptsPrefix}runs/RUN/ranges/PHASE/00000.json"),
+    "failback_role_starts_executions_without_a_map": Case("distributed-map", machine=FAILBACK, template=yaml_edit(
+        "        - LambdaInvokePolicy:\n            FunctionName: !Ref FailbackFunction\n",
+        "        - LambdaInvokePolicy:\n            FunctionName: !Ref FailbackFunction\n"
+        "        - Statement:\n            - Effect: Allow\n              Action: states:StartExecution\n"
+        "              Resource: \"*\"\n"),
+        detail="FailbackStateMachine's role grants states:StartExecution on *, which no Distributed Map of it needs"),
     "alarm_reason_in_quotes": Case("rule-inputs", template=yaml_edit(
         '"alarm_reason":<alarm_reason>', '"alarm_reason":"<alarm_reason>"')),
     "schedule_without_trigger": Case("rule-inputs", template=yaml_edit(

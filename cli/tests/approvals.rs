@@ -21,9 +21,8 @@ use drpilot_testkit::{
 };
 use serde_json::{json, Value};
 
-use common::start_run;
+use common::{start_run, MACHINE};
 
-const MACHINE: &str = "drpilot-drill";
 const ALICE: &str = "arn:aws:sts::123456789012:assumed-role/Operators/alice";
 const BOB: &str = "arn:aws:sts::123456789012:assumed-role/Operators/bob";
 

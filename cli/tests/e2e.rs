@@ -6,11 +6,8 @@
 
 mod common;
 
-use std::time::Duration;
-
-use drpilot_cli::history::fetch;
 use drpilot_cli::local::{deploy_state_machine, Machine};
-use drpilot_cli::{approve, deny, follow, parse_since, records, runs, Ctx, Out};
+use drpilot_cli::{approve, deny, parse_since, records, runs, Ctx, Out};
 use drpilot_shared::receipt::{PhaseStatus, RunStatus};
 use drpilot_shared::Phase;
 use drpilot_testkit::{
@@ -19,9 +16,7 @@ use drpilot_testkit::{
 };
 use serde_json::{json, Value};
 
-use common::start_run;
-
-const MACHINE: &str = "drpilot-drill";
+use common::{finish, start_run, until_waiting, MACHINE};
 
 /// The stack for one case: functions up, buckets and profile, topic, state machine, and
 /// one published backup.
@@ -94,24 +89,6 @@ fn drpilot_ok(aws: &LocalAws, args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     stdout
-}
-
-/// Waits until the run asks for approval (or ends).
-async fn until_waiting(ctx: &Ctx, run_id: &str) {
-    let arn = ctx.execution_arn(run_id).await.unwrap();
-    for _ in 0..600 {
-        let p = fetch(&ctx.sfn, &arn).await.unwrap();
-        if p.waiting_for_approval || p.finished() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    panic!("run {run_id} never reached the approval");
-}
-
-async fn finish(ctx: &Ctx, run_id: &str) -> drpilot_cli::history::Progress {
-    let arn = ctx.execution_arn(run_id).await.unwrap();
-    follow(ctx, &arn, run_id, None).await.unwrap()
 }
 
 #[tokio::test]

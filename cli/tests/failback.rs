@@ -22,9 +22,8 @@ use drpilot_testkit::{
 };
 use serde_json::{json, Value};
 
-use common::start_run;
+use common::{start_run, MACHINE};
 
-const MACHINE: &str = "drpilot-drill";
 const FAILBACK: &str = "drpilot-failback";
 
 /// Both state machines, a backup of 30 objects the primary's `root/` also holds (what it

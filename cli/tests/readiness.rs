@@ -8,7 +8,6 @@ mod common;
 
 use std::time::Duration;
 
-use drpilot_cli::history::fetch;
 use drpilot_cli::local::{deploy_state_machine, Machine};
 use drpilot_cli::{approve, deny, follow, readiness as show_readiness, Ctx, Out};
 use drpilot_shared::local::STATE_MACHINES;
@@ -21,9 +20,7 @@ use drpilot_testkit::{
 use readiness::Readiness;
 use serde_json::{json, Value};
 
-use common::start_run;
-
-const MACHINE: &str = "drpilot-drill";
+use common::{start_run, until_waiting, MACHINE};
 
 /// Functions, buckets, `profile`, the drill machine notifying a topic an SQS queue reads
 /// (raw delivery), and one backup. Returns the context, the topic and the queue.
@@ -85,19 +82,6 @@ fn function(aws: &LocalAws, topic: &str) -> Readiness {
     function.state_machine = Some(STATE_MACHINES[0].to_owned());
     function.topic = Some(topic.to_owned());
     function
-}
-
-async fn until_waiting(ctx: &Ctx, run_id: &str) {
-    let arn = ctx.execution_arn(run_id).await.unwrap();
-    for _ in 0..600 {
-        let p = fetch(&ctx.sfn, &arn).await.unwrap();
-        if p.waiting_for_approval {
-            return;
-        }
-        assert!(!p.finished(), "run {run_id} ended before its approval");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    panic!("run {run_id} never reached the approval");
 }
 
 fn check<'a>(

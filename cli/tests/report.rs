@@ -18,9 +18,7 @@ use drpilot_testkit::{
 };
 use serde_json::{json, Value};
 
-use common::start_run;
-
-const MACHINE: &str = "drpilot-drill";
+use common::{start_run, MACHINE};
 
 async fn stack(aws: &LocalAws, tmp: &TempDir) -> Ctx {
     aws.with_functions();

@@ -8,6 +8,12 @@ What this adds to a plain `moto_server` (see docs/local-stack.md):
     state machine's Task states run the real drpilot handlers. HTTP 500 from the watch
     server (a handler error) becomes `X-Amz-Function-Error: Unhandled`, which is how
     Step Functions learns the error name to match in Retry/Catch;
+  * S3 can be told to answer the next N requests of one method whose path contains a
+    given string with an S3 error (`POST /_drpilot/faults` with {"method", "path_contains",
+    "times", "status", "code"}; `GET /_drpilot/faults` says how many were answered so;
+    `/moto-api/reset` clears them): the throttling (503 SlowDown) and 500s S3 really
+    answers, which moto never does, so tests can show a retried step succeed and a step
+    failing for good be named;
   * it binds to loopback only and exits when the process that started it goes away
     (`--parent-pid`), so a crashed test run leaves no stray server behind.
 
@@ -35,6 +41,7 @@ default_user_config["lambda"] = {"use_docker": False}
 import jsonata  # noqa: E402  (jsonata-python)
 from moto.awslambda_simple.models import LambdaSimpleBackend  # noqa: E402
 from moto.moto_server.threaded_moto_server import ThreadedMotoServer  # noqa: E402
+from moto.moto_server.werkzeug_app import DomainDispatcherApplication  # noqa: E402
 from moto.stepfunctions.parser.asl.jsonata import jsonata as moto_jsonata  # noqa: E402
 
 
@@ -98,6 +105,81 @@ def _forward_invoke(
 
 
 LambdaSimpleBackend.invoke = _forward_invoke
+
+
+FAULTS_PATH = "/_drpilot/faults"
+_faults_lock = threading.Lock()
+_faults: list[dict[str, Any]] = []
+_faults_answered: list[dict[str, Any]] = []
+
+
+def _take_fault(method: str, path: str) -> dict[str, Any] | None:
+    """The armed fault this request meets (used up by one), if any."""
+    with _faults_lock:
+        for fault in _faults:
+            if fault["times"] > 0 and fault["method"] == method and fault["path_contains"] in path:
+                fault["times"] -= 1
+                _faults_answered.append({"method": method, "path": path, "code": fault["code"]})
+                return fault
+    return None
+
+
+def _arm_fault(body: bytes) -> tuple[str, dict[str, Any]]:
+    try:
+        fault = json.loads(body or b"{}")
+        armed = {
+            "method": str(fault["method"]).upper(),
+            "path_contains": str(fault["path_contains"]),
+            "times": int(fault.get("times", 1)),
+            "status": int(fault.get("status", 503)),
+            "code": str(fault.get("code", "SlowDown")),
+        }
+    except (ValueError, KeyError, TypeError) as error:
+        return "400 Bad Request", {"error": f"a fault needs method and path_contains: {error}"}
+    with _faults_lock:
+        _faults.append(armed)
+    return "200 OK", armed
+
+
+_dispatch = DomainDispatcherApplication.__call__
+
+
+def _with_faults(self: DomainDispatcherApplication, environ: Any, start_response: Any) -> Any:
+    path = environ.get("PATH_INFO", "")
+    method = environ.get("REQUEST_METHOD", "GET")
+    if path == FAULTS_PATH:
+        if method == "POST":
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+            status, answer = _arm_fault(environ["wsgi.input"].read(length))
+        else:
+            with _faults_lock:
+                status, answer = "200 OK", {"answered": list(_faults_answered)}
+        body = json.dumps(answer).encode()
+        start_response(
+            status, [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
+        )
+        return [body]
+    if path.startswith("/moto-api/reset"):
+        with _faults_lock:
+            _faults.clear()
+            _faults_answered.clear()
+    fault = _take_fault(method, path)
+    if fault is not None:
+        body = (
+            '<?xml version="1.0" encoding="UTF-8"?>'
+            f"<Error><Code>{fault['code']}</Code><Message>injected by the local stack</Message>"
+            f"<Resource>{path}</Resource><RequestId>drpilot-fault</RequestId></Error>"
+        ).encode()
+        reason = {500: "Internal Server Error", 503: "Slow Down"}.get(fault["status"], "Error")
+        start_response(
+            f"{fault['status']} {reason}",
+            [("Content-Type", "application/xml"), ("Content-Length", str(len(body)))],
+        )
+        return [body]
+    return _dispatch(self, environ, start_response)
+
+
+DomainDispatcherApplication.__call__ = _with_faults
 
 
 def _parent_alive(pid: int) -> bool:

@@ -115,7 +115,16 @@ impl BackupMetadata {
             return Err(contract("source.git_sha: expected a string".into()));
         }
         let v2 = meta.format == FORMAT_V2;
-        let artifacts: &[&str] = if v2 { &[MANIFESTS] } else { &[STATE, MANIFESTS] };
+        if !v2 && !meta.shards.is_empty() {
+            return Err(contract(format!(
+                "shards: {FORMAT_V1} has no shards (its state is {STATE}); shards are {FORMAT_V2}'s"
+            )));
+        }
+        let artifacts: &[&str] = if v2 {
+            &[MANIFESTS]
+        } else {
+            &[STATE, MANIFESTS]
+        };
         for name in artifacts {
             let artifact = meta
                 .artifacts
@@ -128,7 +137,11 @@ impl BackupMetadata {
                 )));
             }
         }
-        if let Some(extra) = meta.artifacts.keys().find(|k| !artifacts.contains(&k.as_str())) {
+        if let Some(extra) = meta
+            .artifacts
+            .keys()
+            .find(|k| !artifacts.contains(&k.as_str()))
+        {
             return Err(contract(format!(
                 "artifacts: unexpected artifact {extra:?} ({} has {})",
                 meta.format,
@@ -137,10 +150,6 @@ impl BackupMetadata {
         }
         if v2 {
             check_shards(&meta.shards).map_err(contract)?;
-        } else if !meta.shards.is_empty() {
-            return Err(contract(format!(
-                "shards: {FORMAT_V1} has no shards (its state is {STATE}); shards are {FORMAT_V2}'s"
-            )));
         }
         Ok(meta)
     }
@@ -190,7 +199,9 @@ impl BackupMetadata {
 /// lists), so the ranges are disjoint and ordered. Errors name the shard and field.
 fn check_shards(shards: &[ShardEntry]) -> std::result::Result<(), String> {
     if shards.is_empty() {
-        return Err(format!("shards: expected at least one shard in {FORMAT_V2}"));
+        return Err(format!(
+            "shards: expected at least one shard in {FORMAT_V2}"
+        ));
     }
     let mut names = std::collections::HashSet::new();
     for (i, shard) in shards.iter().enumerate() {
@@ -214,7 +225,9 @@ fn check_shards(shards: &[ShardEntry]) -> std::result::Result<(), String> {
             ));
         }
         if shard.objects == 0 {
-            return Err(format!("{at}: objects: expected at least one file per shard"));
+            return Err(format!(
+                "{at}: objects: expected at least one file per shard"
+            ));
         }
         if shard.first_key.is_empty() || shard.first_key.as_bytes() > shard.last_key.as_bytes() {
             return Err(format!(
@@ -339,7 +352,8 @@ pub async fn verify(
     let (backup, meta) = inspect(s3, backup_uri).await?;
     check_sizes(s3, &backup.uri, &meta).await?;
     if let Some(progress) = &progress {
-        let total = meta.shards().iter().map(|s| s.size).sum::<u64>() + meta.artifact(MANIFESTS).size;
+        let total =
+            meta.shards().iter().map(|s| s.size).sum::<u64>() + meta.artifact(MANIFESTS).size;
         progress.total.store(total, Ordering::Relaxed);
     }
     let (manifests, state, coverage) = verify_archives(s3, &backup.uri, &meta, progress).await?;
@@ -533,9 +547,11 @@ pub async fn verify_manifests(
 ) -> Result<ArchiveReport> {
     let discard = Discard::detecting_duplicates();
     let expected = meta.artifact(MANIFESTS).clone();
-    Ok(unpack_object(s3, backup, MANIFESTS, expected, discard, None)
-        .await?
-        .0)
+    Ok(
+        unpack_object(s3, backup, MANIFESTS, expected, discard, None)
+            .await?
+            .0,
+    )
 }
 
 /// Streams artifact `name` (declared as `expected`) from S3 through the unpacker into

@@ -12,6 +12,7 @@ use serde::Serialize;
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 
+use crate::budget::PutBudget;
 use crate::error::{Error, Result};
 use crate::objects::{abort_multipart, delete, object_size, part_size};
 use crate::s3uri::S3Uri;
@@ -29,7 +30,7 @@ impl Default for CopyTuning {
     fn default() -> Self {
         Self {
             multipart_threshold: 5 << 30,
-            part_size: 512 << 20,
+            part_size: 8 << 20,
             concurrency: 16,
         }
     }
@@ -65,6 +66,7 @@ pub async fn apply_changes(
     s3: &aws_sdk_s3::Client,
     mut changes: mpsc::Receiver<Change>,
     tuning: CopyTuning,
+    budget: &PutBudget,
 ) -> Result<CopyStats> {
     let permits = Arc::new(Semaphore::new(tuning.concurrency.max(1)));
     let mut tasks: JoinSet<Result<CopyStats>> = JoinSet::new();
@@ -77,9 +79,10 @@ pub async fn apply_changes(
             .await
             .map_err(|_| Error::internal("copy semaphore closed"))?;
         let s3 = s3.clone();
+        let budget = budget.clone();
         tasks.spawn(async move {
             let _permit = permit;
-            apply(&s3, change, tuning).await
+            apply(&s3, change, tuning, &budget).await
         });
         while let Some(done) = tasks.try_join_next() {
             absorb(done, &mut stats, &mut first_error);
@@ -91,9 +94,15 @@ pub async fn apply_changes(
     first_error.map_or(Ok(stats), Err)
 }
 
-async fn apply(s3: &aws_sdk_s3::Client, change: Change, tuning: CopyTuning) -> Result<CopyStats> {
+async fn apply(
+    s3: &aws_sdk_s3::Client,
+    change: Change,
+    tuning: CopyTuning,
+    budget: &PutBudget,
+) -> Result<CopyStats> {
     match change {
         Change::Delete(at) => {
+            budget.acquire().await;
             delete(s3, &at).await?;
             Ok(CopyStats {
                 deleted: 1,
@@ -107,7 +116,7 @@ async fn apply(s3: &aws_sdk_s3::Client, change: Change, tuning: CopyTuning) -> R
                 Some(size) if size > 0 => size,
                 _ => object_size(s3, &from).await?,
             };
-            copy(s3, &from, &to, size, tuning).await?;
+            copy(s3, &from, &to, size, tuning, budget).await?;
             Ok(CopyStats {
                 copied: 1,
                 bytes: size,
@@ -162,20 +171,32 @@ pub async fn copy(
     to: &S3Uri,
     size: u64,
     tuning: CopyTuning,
+    budget: &PutBudget,
 ) -> Result<()> {
     let source = copy_source(from);
     if size <= tuning.multipart_threshold {
-        s3.copy_object()
-            .bucket(&to.bucket)
-            .key(&to.key)
-            .copy_source(&source)
-            .tagging_directive(TaggingDirective::Copy)
-            .send()
+        budget
+            .send(|| {
+                s3.copy_object()
+                    .bucket(&to.bucket)
+                    .key(&to.key)
+                    .copy_source(&source)
+                    .tagging_directive(TaggingDirective::Copy)
+                    .send()
+            })
             .await
             .map_err(|e| Error::from_sdk(&format!("CopyObject {from} -> {to}"), e))?;
         return Ok(());
     }
-    copy_in_parts(s3, from, to, size, part_size(size, tuning.part_size)).await
+    copy_in_parts(
+        s3,
+        from,
+        to,
+        size,
+        part_size(size, tuning.part_size),
+        budget,
+    )
+    .await
 }
 
 /// A multipart copy: UploadPartCopy ranges of `part_size`, in parallel, completed in
@@ -186,6 +207,7 @@ async fn copy_in_parts(
     to: &S3Uri,
     size: u64,
     part_size: u64,
+    budget: &PutBudget,
 ) -> Result<()> {
     // UploadPartCopy carries no tags: read the source's and set them on the new object.
     let tags = s3
@@ -221,7 +243,7 @@ async fn copy_in_parts(
         })
         .collect();
     let result: Result<()> = async {
-        let parts = copy_parts(s3, from, to, &upload_id, ranges).await?;
+        let parts = copy_parts(s3, from, to, &upload_id, ranges, budget).await?;
         s3.complete_multipart_upload()
             .bucket(&to.bucket)
             .key(&to.key)
@@ -251,21 +273,24 @@ async fn copy_parts(
     to: &S3Uri,
     upload_id: &str,
     ranges: Vec<(i32, u64, u64)>,
+    budget: &PutBudget,
 ) -> Result<Vec<CompletedPart>> {
     let source = copy_source(from);
     futures::stream::iter(ranges)
         .map(|(number, start, end)| {
             let source = &source;
             async move {
-                let out = s3
-                    .upload_part_copy()
-                    .bucket(&to.bucket)
-                    .key(&to.key)
-                    .upload_id(upload_id)
-                    .part_number(number)
-                    .copy_source(source)
-                    .copy_source_range(format!("bytes={start}-{end}"))
-                    .send()
+                let out = budget
+                    .send(|| {
+                        s3.upload_part_copy()
+                            .bucket(&to.bucket)
+                            .key(&to.key)
+                            .upload_id(upload_id)
+                            .part_number(number)
+                            .copy_source(source)
+                            .copy_source_range(format!("bytes={start}-{end}"))
+                            .send()
+                    })
                     .await
                     .map_err(|e| {
                         Error::from_sdk(&format!("UploadPartCopy {number} {from} -> {to}"), e)

@@ -11,7 +11,7 @@
 //! [`manifest`] (the manifests and the archive's contents as sorted streams), [`maker`]
 //! (making a backup from a directory),
 //! [`listing`] and [`parity`] (sorted listings and their comparison), [`copy`] (the
-//! server-side copy engine), [`published`] (the publish pointer and its generation),
+//! server-side copy engine), [`budget`] (the write-request pace S3's per-prefix limit allows), [`published`] (the publish pointer and its generation),
 //! [`failback`] (returning to the primary site: its input, receipts and summary), [`s3uri`]
 //! (locations and keys that cannot escape their prefix), [`error`] (the error names Step
 //! Functions matches), [`metrics`], [`clients`], [`ledger`] (the record of every AWS call,
@@ -20,6 +20,7 @@
 pub mod approval;
 pub mod archive;
 pub mod backup;
+pub mod budget;
 pub mod clients;
 pub mod component;
 pub mod copy;

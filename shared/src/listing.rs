@@ -62,7 +62,10 @@ pub fn list_sorted_in(
     let prefix = prefix.as_prefix();
     let (tx, rx) = mpsc::channel(LIST_BUFFER);
     let task = tokio::spawn(async move {
-        let start_after = range.after.as_ref().map(|after| format!("{}{after}", prefix.key));
+        let start_after = range
+            .after
+            .as_ref()
+            .map(|after| format!("{}{after}", prefix.key));
         let mut pages = s3
             .list_objects_v2()
             .bucket(&prefix.bucket)

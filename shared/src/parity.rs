@@ -8,8 +8,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
 use crate::listing::{list_sorted_in, Joined, MergeJoin, ObjectInfo, Sorted};
-use crate::plan::KeyRange;
 use crate::objects::stored_sha256;
+use crate::plan::KeyRange;
 use crate::s3uri::S3Uri;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -24,10 +24,10 @@ use tracing::{error, info, Instrument, Span};
 use crate::details::PhaseDetails;
 use crate::error::{catch_panic, Error, Result};
 use crate::input::Phase;
+use crate::plan::{PlanItem, RangeResult, RangeStatus, Reduce};
 use crate::profile::{Profile, ProfileSource};
 use crate::receipt::{PhaseClock, PhaseStatus, ReceiptStore};
 use crate::resume;
-use crate::plan::{PlanItem, RangeResult, RangeStatus, Reduce};
 use crate::run::{PhaseOutput, PhaseRequest, RunContext};
 
 /// How a phase ended when it did not fail.

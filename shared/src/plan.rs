@@ -313,7 +313,9 @@ pub fn all_succeeded(
     let map_said = map_error.map(|e| {
         format!(
             "the Map failed with {}",
-            e.get("Error").and_then(|v| v.as_str()).unwrap_or("an error")
+            e.get("Error")
+                .and_then(|v| v.as_str())
+                .unwrap_or("an error")
         )
     });
     let kind = kind

@@ -552,6 +552,32 @@ impl LocalAws {
         self.put_profile(PROFILE, &test_profile()).await;
     }
 
+    /// Makes the emulator's S3 answer the next `times` requests of `method` whose path
+    /// contains `path_contains` with `503 SlowDown`, as S3 does under load (the local
+    /// stack's fault hook, infra/local/motoserver.py). Every client sees it, the functions'
+    /// included; the SDK's own retries count among the `times`.
+    pub fn throttle_s3(&self, method: &str, path_contains: &str, times: u32) {
+        let rule = serde_json::json!({
+            "method": method,
+            "path_contains": path_contains,
+            "times": times,
+            "status": 503,
+            "code": "SlowDown",
+        });
+        let (status, body) = http(self.port, "POST", "/_drpilot/faults", &rule.to_string())
+            .expect("arm an S3 fault");
+        assert_eq!(status, 200, "arming an S3 fault: {body}");
+    }
+
+    /// How many requests the armed S3 faults have answered.
+    pub fn s3_faults_answered(&self) -> usize {
+        let (status, body) =
+            http(self.port, "GET", "/_drpilot/faults", "").expect("read the S3 faults");
+        assert_eq!(status, 200, "reading the S3 faults: {body}");
+        let answered: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+        answered["answered"].as_array().map_or(0, Vec::len)
+    }
+
     /// A source database in the emulator's RDS, and (with `snapshot`) one manual snapshot of
     /// it, as production would have them.
     pub async fn seed_database(&self, identifier: &str, snapshot: bool) {

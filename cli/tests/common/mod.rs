@@ -1,10 +1,56 @@
 //! What the end-to-end test files share.
 
+#![allow(dead_code)] // each test file uses its own share of these
 #![allow(clippy::unwrap_used)] // a test that cannot unwrap should fail loudly
 
-use drpilot_cli::{start, Ctx, StartFlags};
-use drpilot_testkit::{TempDir, PROFILE};
+use std::time::Duration;
+
+use drpilot_cli::history::{fetch, Progress};
+use drpilot_cli::local::{deploy_state_machine, Machine};
+use drpilot_cli::{follow, start, Ctx, Out, StartFlags};
+use drpilot_testkit::{LocalAws, TempDir, PROFILE};
 use serde_json::Value;
+
+/// The drill state machine's name in the end-to-end tests.
+pub const MACHINE: &str = "drpilot-drill";
+
+/// The stack a drill runs on: the functions up, buckets, the test profile, a topic,
+/// and the drill state machine from the ASL that deploys. No backup yet.
+pub async fn drill_stack(aws: &LocalAws) -> Ctx {
+    aws.with_functions();
+    aws.standard_setup().await;
+    let ctx = Ctx::new(
+        Some(&aws.endpoint),
+        Some(MACHINE.into()),
+        Out { json: true },
+    )
+    .await;
+    let created = ctx.sns.create_topic().name("drpilot").send().await.unwrap();
+    let topic = created.topic_arn().unwrap().to_owned();
+    deploy_state_machine(&ctx, Machine::Drill, MACHINE, &topic, 600)
+        .await
+        .unwrap();
+    ctx
+}
+
+/// Waits until the run asks for approval (or ends).
+pub async fn until_waiting(ctx: &Ctx, run_id: &str) {
+    let arn = ctx.execution_arn(run_id).await.unwrap();
+    for _ in 0..1200 {
+        let p = fetch(&ctx.sfn, &arn).await.unwrap();
+        if p.waiting_for_approval || p.finished() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    panic!("run {run_id} never reached the approval");
+}
+
+/// Follows the run to its end.
+pub async fn finish(ctx: &Ctx, run_id: &str) -> Progress {
+    let arn = ctx.execution_arn(run_id).await.unwrap();
+    follow(ctx, &arn, run_id, None).await.unwrap()
+}
 
 /// Starts a run of the test profile with `input` (a full drill may promote) without
 /// following it; returns its run id.

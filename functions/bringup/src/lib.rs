@@ -5,11 +5,11 @@
 //! starts at must have what they build on. Nothing is written before every check passed.
 
 use chrono::Duration;
-use drpilot_shared::plan;
 use drpilot_shared::backup;
 use drpilot_shared::details::BringupDetails;
 use drpilot_shared::input::{normalize, NameRule, Normalized, TriggerDefaults};
 use drpilot_shared::lock::RunLock;
+use drpilot_shared::plan;
 use drpilot_shared::profile::ProfileSource;
 use drpilot_shared::published::Published;
 use drpilot_shared::receipt::{seconds, PhaseClock, ReceiptStore};

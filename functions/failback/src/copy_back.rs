@@ -7,6 +7,7 @@
 
 use chrono::{DateTime, Utc};
 use drpilot_shared::approval::Sealer;
+use drpilot_shared::budget::{PutBudget, PREFIX_PUT_RATE};
 use drpilot_shared::copy::{apply_changes, Change, CopyStats, CopyTuning, CHANGE_BUFFER};
 use drpilot_shared::failback::{
     Confirmation, CopyBackDetails, DivergenceCounts, DivergenceDetails, FailbackAudit, FailbackRun,
@@ -304,7 +305,8 @@ pub async fn copy_changes(
         drop(tx);
         counts
     };
-    let (counts, stats) = tokio::join!(plan, apply_changes(primary_s3, rx, tuning));
+    let budget = PutBudget::new(PREFIX_PUT_RATE);
+    let (counts, stats) = tokio::join!(plan, apply_changes(primary_s3, rx, tuning, &budget));
     let stats = stats?;
     Ok(Copied {
         counts: counts?,

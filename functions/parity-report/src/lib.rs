@@ -8,18 +8,18 @@
 use chrono::{DateTime, Utc};
 use drpilot_shared::archive::RESERVED_PREFIX;
 use drpilot_shared::details::ParityDetails;
+use drpilot_shared::details::RangeFindings;
 use drpilot_shared::error::{decode_value, DecodeError};
+use drpilot_shared::input::Phase;
 use drpilot_shared::metrics::{self, Sample};
 use drpilot_shared::objects::put_json;
-use drpilot_shared::details::RangeFindings;
-use drpilot_shared::input::Phase;
 use drpilot_shared::parity::{
     compare_prefixes, compare_ranges, DifferenceLog, ParityCounts, Verdict,
 };
-use drpilot_shared::plan::{self, PlanItem, RangeResult, Step};
-use drpilot_shared::run::StepOutput;
 use drpilot_shared::phase::{self, Outcome, PhaseRun, Rerun};
+use drpilot_shared::plan::{self, PlanItem, RangeResult, Step};
 use drpilot_shared::profile::ProfileSource;
+use drpilot_shared::run::StepOutput;
 use drpilot_shared::run::{PhaseOutput, PhaseRequest};
 use drpilot_shared::{AwsClients, Error, Result, S3Uri};
 use serde::{Deserialize, Serialize};

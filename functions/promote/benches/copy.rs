@@ -5,8 +5,9 @@
 
 use std::time::Instant;
 
-use drpilot_shared::{AwsClients, S3Uri};
+use drpilot_shared::budget::{PutBudget, PREFIX_PUT_RATE};
 use drpilot_shared::plan::KeyRange;
+use drpilot_shared::{AwsClients, S3Uri};
 use promote::{sync_prefixes, CopyTuning};
 
 fn main() {
@@ -27,9 +28,17 @@ fn main() {
     let (seconds, stats) = runtime.block_on(async {
         let clients = AwsClients::from_env().await;
         let started = Instant::now();
-        let (_, stats) = sync_prefixes(&clients.s3, &from, &to, &KeyRange::all(), false, CopyTuning::default())
-            .await
-            .expect("copy");
+        let (_, stats) = sync_prefixes(
+            &clients.s3,
+            &from,
+            &to,
+            &KeyRange::all(),
+            false,
+            CopyTuning::default(),
+            &PutBudget::new(PREFIX_PUT_RATE),
+        )
+        .await
+        .expect("copy");
         (started.elapsed().as_secs_f64(), stats)
     });
     let line =

@@ -8,18 +8,19 @@
 use chrono::{DateTime, Utc};
 use drpilot_shared::approval::{Seal, Sealer};
 use drpilot_shared::archive::RESERVED_PREFIX;
+use drpilot_shared::budget::PutBudget;
 use drpilot_shared::copy::{apply_changes, Change, CHANGE_BUFFER};
 pub use drpilot_shared::copy::{CopyStats, CopyTuning};
 use drpilot_shared::details::PromoteDetails;
-use drpilot_shared::metrics::{self, Sample};
 use drpilot_shared::input::Phase;
+use drpilot_shared::metrics::{self, Sample};
 use drpilot_shared::parity::{compare_ranges, Difference, ParityCounts, Verdict};
-use drpilot_shared::plan::{KeyRange, PlanItem, RangeResult, Reduce, Step};
-use drpilot_shared::run::StepOutput;
 use drpilot_shared::phase::{self, Outcome, PhaseRun, Rerun};
+use drpilot_shared::plan::{KeyRange, PlanItem, RangeResult, Reduce, Step};
 use drpilot_shared::profile::{Profile, ProfileSource};
 use drpilot_shared::published::{self, PublishKind, PublishedPointer};
 use drpilot_shared::receipt::{seconds, ReceiptStore};
+use drpilot_shared::run::StepOutput;
 use drpilot_shared::run::{PhaseOutput, PhaseRequest, RunContext};
 use drpilot_shared::{AwsClients, Error, ErrorKind, Result, S3Uri};
 use serde::{Deserialize, Serialize};
@@ -175,7 +176,7 @@ impl Promote {
                         },
                     )
                     .await?,
-                ))
+                ));
             }
             Step::Reduce(reduce) => {
                 phase::reduce(
@@ -253,6 +254,8 @@ impl Promote {
         let staging = profile.target.staging(&run.run_id)?;
         let root = profile.target.root();
         let started = Utc::now();
+        // One range of several shares the prefix's write rate with its siblings.
+        let budget = PutBudget::for_run(run.plan.as_ref(), !range.is_all());
         let (parity_before, stats) = sync_prefixes(
             &self.clients.s3,
             &staging,
@@ -260,6 +263,7 @@ impl Promote {
             range,
             profile.prune_drift,
             self.tuning,
+            &budget,
         )
         .await?;
         let parity_after = compare_ranges(
@@ -458,6 +462,7 @@ pub async fn sync_prefixes(
     range: &KeyRange,
     prune: bool,
     tuning: CopyTuning,
+    budget: &PutBudget,
 ) -> Result<(ParityCounts, CopyStats)> {
     let (tx, rx) = mpsc::channel::<Change>(CHANGE_BUFFER);
     let under =
@@ -503,7 +508,7 @@ pub async fn sync_prefixes(
         drop(tx);
         counts
     };
-    let (counts, stats) = tokio::join!(compare, apply_changes(s3, rx, tuning));
+    let (counts, stats) = tokio::join!(compare, apply_changes(s3, rx, tuning, budget));
     let stats = stats?;
     Ok((counts?, stats))
 }

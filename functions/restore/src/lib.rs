@@ -11,17 +11,18 @@ pub mod staging;
 use aws_sdk_s3::primitives::ByteStream;
 use chrono::{DateTime, Utc};
 use drpilot_shared::backup::{self, artifact_uri, InRange, Shard};
+use drpilot_shared::budget::PutBudget;
 use drpilot_shared::details::{ControlPlaneStaged, RestoreDetails, ShardStaged};
+use drpilot_shared::error::decode_slice;
 use drpilot_shared::input::Phase;
 use drpilot_shared::objects::get_json;
-use drpilot_shared::plan::{self, PlanItem, RangeResult, Reduce, Step};
-use drpilot_shared::run::StepOutput;
-use drpilot_shared::error::decode_slice;
 use drpilot_shared::objects::put_json;
 use drpilot_shared::objects::{delete_prefix, open};
 use drpilot_shared::phase::{self, Outcome, PhaseRun, Rerun};
+use drpilot_shared::plan::{self, PlanItem, RangeResult, Reduce, Step};
 use drpilot_shared::profile::{Profile, ProfileSource};
 use drpilot_shared::receipt;
+use drpilot_shared::run::StepOutput;
 use drpilot_shared::run::{PhaseOutput, PhaseRequest, RunContext};
 use drpilot_shared::s3uri::RelativeKey;
 use drpilot_shared::{AwsClients, Error, Result, S3Uri};
@@ -105,11 +106,17 @@ impl Restore {
         let (s3, profiles) = (&self.clients.s3, &self.profiles);
         match request.step()? {
             Step::Whole => {
-                phase::run(&request, s3, profiles, Rerun::StartOver, async |ctx: &PhaseRun<'_>| {
-                    let details = self.restore(ctx.run, ctx.profile).await?;
-                    info!(objects = details.objects, bytes = details.bytes, "restored");
-                    Ok(Outcome::Done(details))
-                })
+                phase::run(
+                    &request,
+                    s3,
+                    profiles,
+                    Rerun::StartOver,
+                    async |ctx: &PhaseRun<'_>| {
+                        let details = self.restore(ctx.run, ctx.profile).await?;
+                        info!(objects = details.objects, bytes = details.bytes, "restored");
+                        Ok(Outcome::Done(details))
+                    },
+                )
                 .await
             }
             Step::Prepare => {
@@ -136,7 +143,12 @@ impl Restore {
                     &reduce,
                     async |ctx: &PhaseRun<'_>, results: Vec<RangeResult>| {
                         let details = self.reduce(ctx, &reduce, results).await?;
-                        info!(objects = details.objects, bytes = details.bytes, shards = details.shards.len(), "restored");
+                        info!(
+                            objects = details.objects,
+                            bytes = details.bytes,
+                            shards = details.shards.len(),
+                            "restored"
+                        );
                         Ok(Outcome::Done(details))
                     },
                 )
@@ -157,14 +169,22 @@ impl Restore {
         // manifests.
         let state = if dry_run {
             let (backup, meta) = backup::inspect(s3, &run.backup.uri).await?;
-            backup::verify_archives(s3, &backup.uri, &meta, None).await?.1
+            backup::verify_archives(s3, &backup.uri, &meta, None)
+                .await?
+                .1
         } else {
             let (_, meta) = backup::inspect(s3, &run.backup.uri).await?;
             let mut reports = Vec::new();
             for shard in meta.shards() {
+                let budget = PutBudget::for_run(run.plan.as_ref(), false);
                 reports.push(
-                    self.stage_state(&prepared.details.backup_uri, &shard, &prepared.details.staging)
-                        .await?,
+                    self.stage_state(
+                        &prepared.details.backup_uri,
+                        &shard,
+                        &prepared.details.staging,
+                        budget,
+                    )
+                    .await?,
                 );
             }
             backup::combine(reports)
@@ -222,8 +242,14 @@ impl Restore {
     async fn stage_shard(&self, ctx: &PhaseRun<'_>, item: &PlanItem) -> Result<ShardStaged> {
         let started = Utc::now();
         let staging = ctx.profile.target.staging(&ctx.run.run_id)?;
+        let budget = PutBudget::for_run(ctx.run.plan.as_ref(), true);
         let report = self
-            .stage_state(&ctx.run.backup.uri.as_prefix(), &item.shard, &staging)
+            .stage_state(
+                &ctx.run.backup.uri.as_prefix(),
+                &item.shard,
+                &staging,
+                budget,
+            )
             .await?;
         Ok(ShardStaged {
             name: item.shard.name.clone(),
@@ -245,9 +271,9 @@ impl Restore {
         results: Vec<RangeResult>,
     ) -> Result<RestoreDetails> {
         let uri = plan::prepared_uri(ctx.store, &ctx.run.run_id, Phase::Restore)?;
-        let prepared: Prepared = get_json(&self.clients.s3, &uri)
-            .await?
-            .ok_or_else(|| Error::internal(format!("restore's preparation left nothing at {uri}")))?;
+        let prepared: Prepared = get_json(&self.clients.s3, &uri).await?.ok_or_else(|| {
+            Error::internal(format!("restore's preparation left nothing at {uri}"))
+        })?;
         let mut shards = Vec::new();
         for result in &results {
             shards.push(result.details::<ShardStaged>()?);
@@ -276,6 +302,7 @@ impl Restore {
         backup: &S3Uri,
         shard: &Shard,
         staging: &S3Uri,
+        budget: PutBudget,
     ) -> Result<ArchiveReport> {
         let uri = artifact_uri(backup, &shard.name)?;
         let (reader, pump) = pump_body(self.open(&uri).await?, uri.to_string());
@@ -287,7 +314,8 @@ impl Restore {
             sink.finish(&report)?;
             Ok(report)
         });
-        let mut uploader = Uploader::new(self.clients.s3.clone(), staging.clone(), self.tuning);
+        let mut uploader = Uploader::new(self.clients.s3.clone(), staging.clone(), self.tuning)
+            .with_budget(budget);
         let uploaded = uploader.run(rx).await;
         let unpacked = unpacker.await.map_err(Error::from)?;
         pump.abort();

@@ -21,6 +21,7 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
 use drpilot_shared::archive::{stream_error, EntryVisitor, CHUNK};
+use drpilot_shared::budget::{PutBudget, PREFIX_PUT_RATE};
 use drpilot_shared::objects::{abort_multipart, part_size, precondition_failed};
 
 pub use drpilot_shared::objects::SHA256_TAG;
@@ -138,6 +139,8 @@ pub struct Uploader {
     tuning: Tuning,
     permits: Arc<Semaphore>,
     tasks: JoinSet<Result<()>>,
+    /// Paces the PutObject and UploadPart requests (see [`PutBudget`]).
+    budget: PutBudget,
     pub objects: u64,
     pub bytes: u64,
 }
@@ -159,6 +162,12 @@ enum Current {
 }
 
 impl Uploader {
+    /// Paces the uploads with `budget` (a range's child shares the prefix's rate).
+    pub fn with_budget(mut self, budget: PutBudget) -> Self {
+        self.budget = budget;
+        self
+    }
+
     pub fn new(s3: aws_sdk_s3::Client, prefix: S3Uri, tuning: Tuning) -> Self {
         Self {
             s3,
@@ -166,6 +175,7 @@ impl Uploader {
             permits: Arc::new(Semaphore::new(tuning.concurrency.max(1))),
             tuning,
             tasks: JoinSet::new(),
+            budget: PutBudget::new(PREFIX_PUT_RATE),
             objects: 0,
             bytes: 0,
         }
@@ -234,9 +244,10 @@ impl Uploader {
                         let permit = self.permit().await;
                         let s3 = self.s3.clone();
                         let bucket = self.prefix.bucket.clone();
+                        let budget = self.budget.clone();
                         self.tasks.spawn(async move {
                             let _permit = permit;
-                            put_small(&s3, &bucket, &key, buf.freeze(), &sha256).await
+                            put_small(&s3, &bucket, &key, buf.freeze(), &sha256, &budget).await
                         });
                         self.objects += 1;
                     }
@@ -332,19 +343,22 @@ impl Uploader {
         let bucket = self.prefix.bucket.clone();
         let key = key.to_owned();
         let upload_id = upload_id.to_owned();
+        let budget = self.budget.clone();
         tokio::spawn(async move {
             let _permit = permit;
             let checksum = base64_sha256(&Sha256::digest(&data));
-            let out = s3
-                .upload_part()
-                .bucket(&bucket)
-                .key(&key)
-                .upload_id(&upload_id)
-                .part_number(number)
-                .checksum_algorithm(ChecksumAlgorithm::Sha256)
-                .checksum_sha256(&checksum)
-                .body(ByteStream::from(data))
-                .send()
+            let out = budget
+                .send(|| {
+                    s3.upload_part()
+                        .bucket(&bucket)
+                        .key(&key)
+                        .upload_id(&upload_id)
+                        .part_number(number)
+                        .checksum_algorithm(ChecksumAlgorithm::Sha256)
+                        .checksum_sha256(&checksum)
+                        .body(ByteStream::from(data.clone()))
+                        .send()
+                })
                 .await
                 .map_err(|e| {
                     Error::from_sdk(&format!("UploadPart {number} s3://{bucket}/{key}"), e)
@@ -374,16 +388,20 @@ async fn put_small(
     key: &str,
     data: Bytes,
     sha256: &[u8; 32],
+    budget: &PutBudget,
 ) -> Result<()> {
-    s3.put_object()
-        .bucket(bucket)
-        .key(key)
-        .if_none_match("*")
-        .checksum_algorithm(ChecksumAlgorithm::Sha256)
-        .checksum_sha256(base64_sha256(sha256))
-        .tagging(format!("{SHA256_TAG}={}", hex::encode(sha256)))
-        .body(ByteStream::from(data))
-        .send()
+    budget
+        .send(|| {
+            s3.put_object()
+                .bucket(bucket)
+                .key(key)
+                .if_none_match("*")
+                .checksum_algorithm(ChecksumAlgorithm::Sha256)
+                .checksum_sha256(base64_sha256(sha256))
+                .tagging(format!("{SHA256_TAG}={}", hex::encode(sha256)))
+                .body(ByteStream::from(data.clone()))
+                .send()
+        })
         .await
         .map_err(|e| {
             if precondition_failed(&e) {

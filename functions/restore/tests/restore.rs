@@ -400,6 +400,190 @@ async fn adversarial_backups_fail_with_the_right_error_and_no_success_receipt() 
     }
 }
 
+/// A v2 backup of the source tree in three shards or more (`--shard-size` 64 bytes),
+/// with `edit` applied to its parsed `metadata.json`.
+fn sharded(src: &Path, out: &Path, edit: impl FnOnce(&mut serde_json::Value, &Path)) {
+    make_backup(src, out, &["--shard-size", "64"]);
+    let path = out.join("metadata.json");
+    let mut meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    assert!(meta["shards"].as_array().unwrap().len() >= 3);
+    edit(&mut meta, out);
+    std::fs::write(&path, serde_json::to_vec_pretty(&meta).unwrap()).unwrap();
+}
+
+const BAD_V2: &[Bad] = &[
+    Bad {
+        name: "a file outside its shard's range",
+        kind: ErrorKind::ContractError,
+        says: "outside the shard's range",
+        // The first shard says it ends before its last file (still before the next shard).
+        make: |src, out| {
+            sharded(src, out, |meta, _| {
+                let first = meta["shards"][0]["first_key"].clone();
+                meta["shards"][0]["last_key"] = first;
+            })
+        },
+    },
+    Bad {
+        name: "overlapping ranges",
+        kind: ErrorKind::ContractError,
+        says: "disjoint",
+        make: |src, out| {
+            sharded(src, out, |meta, _| {
+                let last = meta["shards"][0]["last_key"].clone();
+                meta["shards"][1]["first_key"] = last;
+            })
+        },
+    },
+    Bad {
+        name: "a missing shard",
+        kind: ErrorKind::ContractError,
+        says: "missing artifact state-0001.tar.zst",
+        make: |src, out| {
+            sharded(src, out, |_, out| {
+                std::fs::remove_file(out.join("state-0001.tar.zst")).unwrap()
+            })
+        },
+    },
+    Bad {
+        name: "a shard whose hash is wrong",
+        kind: ErrorKind::IntegrityError,
+        says: "sha256",
+        make: |src, out| {
+            sharded(src, out, |meta, _| {
+                meta["shards"][1]["sha256"] = "0".repeat(64).into();
+            })
+        },
+    },
+    Bad {
+        name: "a shard whose size is wrong",
+        kind: ErrorKind::IntegrityError,
+        says: "state-0002.tar.zst: size is",
+        make: |src, out| {
+            sharded(src, out, |meta, _| {
+                let size = meta["shards"][2]["size"].as_u64().unwrap();
+                meta["shards"][2]["size"] = (size + 1).into();
+            })
+        },
+    },
+    Bad {
+        name: "a shard holding another number of files than it says",
+        kind: ErrorKind::IntegrityError,
+        says: "holds",
+        make: |src, out| {
+            sharded(src, out, |meta, _| {
+                let objects = meta["shards"][1]["objects"].as_u64().unwrap();
+                meta["shards"][1]["objects"] = (objects + 1).into();
+            })
+        },
+    },
+    Bad {
+        name: "shards in a v1 backup",
+        kind: ErrorKind::ContractError,
+        says: "no shards",
+        make: |src, out| {
+            sharded(src, out, |meta, _| {
+                meta["format"] = "drpilot.backup/v1".into();
+            })
+        },
+    },
+];
+
+/// Every v1 refusal has its v2 counterpart: restore (and `backup verify`) refuse each
+/// broken sharded backup with the right error, leaving a failed receipt and, besides
+/// what a started restore stages and a re-run empties, nothing in the target.
+#[tokio::test]
+async fn broken_sharded_backups_fail_with_the_right_error() {
+    let aws = LocalAws::start().await;
+    aws.standard_setup().await;
+    for (i, bad) in BAD_V2.iter().enumerate() {
+        let tmp = TempDir::new("restore-bad-v2");
+        let src = tmp.path().join("src");
+        source_tree(&src, false);
+        let out = tmp.path().join("backup");
+        (bad.make)(&src, &out);
+        let backup_id = format!("badv2-{i}");
+        publish(&aws, &out, &backup_id).await;
+        let uri: S3Uri = format!("s3://{BACKUP_BUCKET}/{BACKUP_PREFIX}{backup_id}/")
+            .parse()
+            .unwrap();
+        let verified = drpilot_shared::backup::verify(aws.s3(), &uri, None)
+            .await
+            .expect_err(bad.name);
+        assert_eq!(verified.kind, bad.kind, "{}: verify: {verified}", bad.name);
+        assert!(
+            verified.message.contains(bad.says),
+            "{}: verify: {verified} lacks {:?}",
+            bad.name,
+            bad.says
+        );
+        let run_id = format!("run-badv2-{i}");
+        let err = restorer(&aws)
+            .handle(phase_request(&run_id, &backup_id))
+            .await
+            .expect_err(bad.name);
+        assert_eq!(err.kind, bad.kind, "{}: {err}", bad.name);
+        assert!(
+            err.message.contains(bad.says),
+            "{}: {err} lacks {:?}",
+            bad.name,
+            bad.says
+        );
+        let receipt = aws
+            .receipts()
+            .get_phase(&run_id, Phase::Restore)
+            .await
+            .unwrap();
+        assert_eq!(
+            receipt.map(|r| r.status),
+            Some(PhaseStatus::Failed),
+            "{}",
+            bad.name
+        );
+        assert!(
+            aws.keys(TARGET_BUCKET, "root/").await.is_empty(),
+            "{}",
+            bad.name
+        );
+    }
+}
+
+/// A sound sharded backup restores inline (a run context without a plan) exactly as
+/// its v1 twin does: the same staged keys and hashes, and counts that add up.
+#[tokio::test]
+async fn a_sharded_backup_restores_inline_like_its_v1_twin() {
+    let aws = LocalAws::start().await;
+    aws.standard_setup().await;
+    let tmp = TempDir::new("restore-v2");
+    let src = tmp.path().join("src");
+    source_tree(&src, false);
+    let v1 = tmp.path().join("v1");
+    make_backup(&src, &v1, &[]);
+    let v2 = tmp.path().join("v2");
+    sharded(&src, &v2, |_, _| {});
+    publish(&aws, &v1, "twin-v1").await;
+    publish(&aws, &v2, "twin-v2").await;
+    let one = restorer(&aws)
+        .handle(phase_request("run-v1", "twin-v1"))
+        .await
+        .unwrap();
+    let two = restorer(&aws)
+        .handle(phase_request("run-v2", "twin-v2"))
+        .await
+        .unwrap();
+    assert_eq!(one.details["objects"], two.details["objects"]);
+    assert_eq!(one.details["bytes"], two.details["bytes"]);
+    assert_eq!(staged(&aws, "run-v1").await, staged(&aws, "run-v2").await);
+    for key in staged(&aws, "run-v1").await {
+        assert_eq!(
+            stored_sha256(&aws, &format!("_staging/run-v1/{key}")).await,
+            stored_sha256(&aws, &format!("_staging/run-v2/{key}")).await,
+            "{key}"
+        );
+    }
+}
+
 /// A sound archive whose files are not what the manifests list: restore stages it (it
 /// is validate's to find), but `backup verify` and a dry-run restore, which check what
 /// validate would, refuse it with `IntegrityError` naming the differences.

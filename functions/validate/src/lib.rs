@@ -9,17 +9,17 @@
 use aws_sdk_cloudwatch::types::{Dimension, Metric, MetricDataQuery, MetricStat};
 use chrono::Utc;
 use drpilot_shared::archive::RESERVED_PREFIX;
-use drpilot_shared::details::{CheckResult, Tally, ValidateDetails};
 use drpilot_shared::details::RangeFindings;
+use drpilot_shared::details::{CheckResult, Tally, ValidateDetails};
 use drpilot_shared::input::Phase;
 use drpilot_shared::listing::{list_sorted_in, within, Joined, MergeJoin, ObjectInfo};
-use drpilot_shared::plan::{self, KeyRange, PlanItem, RangeResult, Step};
-use drpilot_shared::run::StepOutput;
 use drpilot_shared::objects::{sha256_by_reading, stored_sha256};
 use drpilot_shared::parity::DifferenceLog;
 use drpilot_shared::phase::{self, Failed, Outcome, PhaseRun, Rerun};
+use drpilot_shared::plan::{self, KeyRange, PlanItem, RangeResult, Step};
 use drpilot_shared::profile::{Check, Profile, ProfileSource, Statistic};
 use drpilot_shared::receipt::ReceiptStore;
+use drpilot_shared::run::StepOutput;
 use drpilot_shared::run::{PhaseOutput, PhaseRequest, RunContext};
 use drpilot_shared::{AwsClients, Error, Result, S3Uri};
 use serde::Serialize;
@@ -75,7 +75,9 @@ impl Validate {
                     &self.profiles,
                     Phase::Validate,
                     &item,
-                    async |ctx: &PhaseRun<'_>, item: &PlanItem| self.validate_range(ctx, item).await,
+                    async |ctx: &PhaseRun<'_>, item: &PlanItem| {
+                        self.validate_range(ctx, item).await
+                    },
                 )
                 .await?,
             )),
@@ -88,9 +90,13 @@ impl Validate {
         let (s3, profiles) = (&self.clients.s3, &self.profiles);
         match request.step()? {
             Step::Whole => {
-                phase::run(&request, s3, profiles, Rerun::StartOver, async |ctx: &PhaseRun<'_>| {
-                    self.validate(ctx.run, ctx.profile, ctx.store).await
-                })
+                phase::run(
+                    &request,
+                    s3,
+                    profiles,
+                    Rerun::StartOver,
+                    async |ctx: &PhaseRun<'_>| self.validate(ctx.run, ctx.profile, ctx.store).await,
+                )
                 .await
             }
             // Nothing to do once before the ranges: the lifecycle checks restore is done.
@@ -119,7 +125,8 @@ impl Validate {
                             tally.add(&found.counts);
                             log.append_from(s3, &found.differences_uri).await?;
                         }
-                        self.judge(ctx.run, ctx.profile, ctx.store, tally, log).await
+                        self.judge(ctx.run, ctx.profile, ctx.store, tally, log)
+                            .await
                     },
                 )
                 .await

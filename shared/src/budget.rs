@@ -1,0 +1,205 @@
+//! The PUT budget: S3 serves about 3,500 PUT/COPY/POST/DELETE requests a second per
+//! partitioned prefix and answers `503 SlowDown` past it. A run's staging and `root/` are
+//! one prefix each until S3 splits them, and a fanned-out phase has many children
+//! writing to them at once, so each function paces its write requests with a token
+//! bucket whose rate is its share of [`PREFIX_PUT_RATE`] ([`PutBudget::for_run`]), and
+//! halves that rate whenever S3 still says `SlowDown` after the SDK's own retries, then
+//! grows it back a little with every success (additive increase, multiplicative
+//! decrease). A request S3 throttled is retried here, after the new pace, a bounded
+//! number of times.
+
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use aws_sdk_s3::error::ProvideErrorMetadata;
+use tokio::time::Instant;
+
+use crate::plan::PlanRef;
+
+/// The aggregate write rate a run keeps under, per prefix (S3's 3,500 less a margin).
+pub const PREFIX_PUT_RATE: f64 = 3_000.0;
+
+/// Children of a Distributed Map that may run at once (the ASL's `MaxConcurrency`).
+pub const MAX_CHILDREN: u32 = 64;
+
+/// The slowest a budget goes after repeated `SlowDown`s, in requests a second.
+const MIN_RATE: f64 = 5.0;
+
+/// How often a request S3 keeps throttling is tried again here.
+const SLOW_DOWN_RETRIES: u32 = 5;
+
+/// A token bucket of write requests, shared by every task of one function.
+#[derive(Clone, Debug)]
+pub struct PutBudget {
+    state: Arc<Mutex<Bucket>>,
+}
+
+#[derive(Debug)]
+struct Bucket {
+    rate: f64,
+    max_rate: f64,
+    tokens: f64,
+    last: Instant,
+    slow_downs: u64,
+}
+
+impl PutBudget {
+    /// `rate` requests a second, with a burst of one second's worth.
+    pub fn new(rate: f64) -> Self {
+        let rate = rate.max(MIN_RATE);
+        Self {
+            state: Arc::new(Mutex::new(Bucket {
+                rate,
+                max_rate: rate,
+                tokens: rate,
+                last: Instant::now(),
+                slow_downs: 0,
+            })),
+        }
+    }
+
+    /// This function's share of [`PREFIX_PUT_RATE`]: all of it for a phase running
+    /// inline, `1 / min(ranges, MAX_CHILDREN)` of it for one range's child.
+    pub fn for_run(plan: Option<&PlanRef>, child: bool) -> Self {
+        let sharing = match plan {
+            Some(plan) if child => plan.ranges.clamp(1, MAX_CHILDREN),
+            _ => 1,
+        };
+        Self::new(PREFIX_PUT_RATE / f64::from(sharing))
+    }
+
+    /// Requests a second it allows now.
+    pub fn rate(&self) -> f64 {
+        self.lock().rate
+    }
+
+    /// `SlowDown`s it has seen.
+    pub fn slow_downs(&self) -> u64 {
+        self.lock().slow_downs
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Bucket> {
+        // A panic while holding the lock leaves the numbers usable.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Waits for one request's token.
+    pub async fn acquire(&self) {
+        loop {
+            let wait = {
+                let mut bucket = self.lock();
+                let now = Instant::now();
+                let elapsed = now.duration_since(bucket.last).as_secs_f64();
+                bucket.tokens = (bucket.tokens + elapsed * bucket.rate).min(bucket.rate);
+                bucket.last = now;
+                if bucket.tokens >= 1.0 {
+                    bucket.tokens -= 1.0;
+                    return;
+                }
+                Duration::from_secs_f64((1.0 - bucket.tokens) / bucket.rate)
+            };
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// S3 said `SlowDown`: half the pace.
+    pub fn slow_down(&self) {
+        let mut bucket = self.lock();
+        bucket.rate = (bucket.rate / 2.0).max(MIN_RATE);
+        bucket.tokens = bucket.tokens.min(0.0);
+        bucket.slow_downs += 1;
+        tracing::warn!(rate = bucket.rate, "S3 said SlowDown: slower writes");
+    }
+
+    /// A request went through: a little faster, up to the share it started with.
+    pub fn succeeded(&self) {
+        let mut bucket = self.lock();
+        bucket.rate = (bucket.rate + 1.0).min(bucket.max_rate);
+    }
+
+    /// Sends one write request within the budget: waits for its token, and when S3 still
+    /// throttles it after the SDK's retries, slows the budget and tries again (at most
+    /// [`SLOW_DOWN_RETRIES`] times); any other outcome is the request's.
+    pub async fn send<T, E, F, Fut>(&self, mut request: F) -> Result<T, E>
+    where
+        E: ProvideErrorMetadata,
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        let mut tries = 0;
+        loop {
+            self.acquire().await;
+            match request().await {
+                Ok(out) => {
+                    self.succeeded();
+                    return Ok(out);
+                }
+                Err(err) if is_slow_down(&err) && tries < SLOW_DOWN_RETRIES => {
+                    tries += 1;
+                    self.slow_down();
+                }
+                Err(err) => return Err(err),
+            }
+        }
+    }
+}
+
+/// S3's throttling answer (`503 SlowDown`).
+pub fn is_slow_down<E: ProvideErrorMetadata>(err: &E) -> bool {
+    err.code() == Some("SlowDown")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_bucket_makes_requests_past_its_burst_wait() {
+        let budget = PutBudget::new(20.0);
+        let started = Instant::now();
+        for _ in 0..30 {
+            budget.acquire().await;
+        }
+        // 20 at once (a second's burst), then 10 at 20 a second: at least half a second
+        // of waiting (a lower bound only: a busy machine may take longer).
+        let elapsed = started.elapsed().as_secs_f64();
+        assert!(elapsed >= 0.45, "{elapsed}");
+    }
+
+    #[test]
+    fn slow_downs_halve_and_successes_regrow_up_to_the_share() {
+        let budget = PutBudget::new(100.0);
+        budget.slow_down();
+        budget.slow_down();
+        assert_eq!(budget.rate(), 25.0);
+        for _ in 0..200 {
+            budget.succeeded();
+        }
+        assert_eq!(budget.rate(), 100.0);
+        for _ in 0..20 {
+            budget.slow_down();
+        }
+        assert_eq!(budget.rate(), MIN_RATE);
+        assert_eq!(budget.slow_downs(), 22);
+    }
+
+    #[test]
+    fn a_child_gets_its_share_of_the_prefix_rate() {
+        let plan = |ranges| PlanRef {
+            bucket: "b".into(),
+            key: "k".into(),
+            ranges,
+        };
+        assert_eq!(PutBudget::for_run(None, false).rate(), PREFIX_PUT_RATE);
+        assert_eq!(PutBudget::for_run(Some(&plan(4)), true).rate(), 750.0);
+        assert_eq!(
+            PutBudget::for_run(Some(&plan(4)), false).rate(),
+            PREFIX_PUT_RATE
+        );
+        assert_eq!(
+            PutBudget::for_run(Some(&plan(1000)), true).rate(),
+            PREFIX_PUT_RATE / f64::from(MAX_CHILDREN)
+        );
+    }
+}
