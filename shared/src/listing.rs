@@ -51,26 +51,161 @@ pub fn list_sorted(
     list_sorted_in(s3, prefix, exclude, KeyRange::all())
 }
 
-/// [`list_sorted`] of the relative keys in `range` only: the listing starts after the
-/// range's lower bound (S3's `StartAfter`) and stops past its upper bound.
+/// [`list_sorted`] of the relative keys in `range` only, listed in parallel: the prefix
+/// is split by its first level of "directories" (ListObjectsV2 with a `/` delimiter,
+/// descending while there is just one), each partition is listed by its own task (at most
+/// [`PARTITIONS_IN_FLIGHT`] at once, each a bounded channel ahead), and the partitions
+/// are handed on in key order, so the stream is exactly the flat listing's and memory
+/// stays bounded by the partitions in flight, not the objects. The listing starts after
+/// the range's lower bound (S3's `StartAfter`) and stops past its upper bound.
 pub fn list_sorted_in(
     s3: aws_sdk_s3::Client,
     prefix: &S3Uri,
     exclude: Vec<String>,
     range: KeyRange,
 ) -> (Sorted<ObjectInfo>, JoinHandle<()>) {
-    let prefix = prefix.as_prefix();
+    let base = prefix.as_prefix();
     let (tx, rx) = mpsc::channel(LIST_BUFFER);
     let task = tokio::spawn(async move {
-        let start_after = range
-            .after
-            .as_ref()
-            .map(|after| format!("{}{after}", prefix.key));
-        let mut pages = s3
+        let listing = Listing {
+            s3,
+            base,
+            exclude,
+            range,
+        };
+        if let Err(err) = listing.partitioned(&tx).await {
+            let _ = tx.send(Err(err)).await;
+        }
+    });
+    (rx, task)
+}
+
+/// Partitions listed at once by [`list_sorted_in`].
+pub const PARTITIONS_IN_FLIGHT: usize = 8;
+
+/// How deep [`list_sorted_in`] descends through single directories looking for
+/// partitions.
+const PARTITION_DEPTH: usize = 4;
+
+/// One listing: the prefix keys are relative to, what to leave out, and the key range.
+#[derive(Clone)]
+struct Listing {
+    s3: aws_sdk_s3::Client,
+    base: S3Uri,
+    exclude: Vec<String>,
+    range: KeyRange,
+}
+
+/// A piece of the listing, in key order: an object beside the partitions, or a
+/// partition's own sorted stream.
+enum Piece {
+    Object(ObjectInfo),
+    Partition(Sorted<ObjectInfo>, JoinHandle<()>),
+}
+
+impl Listing {
+    /// Finds the partitions and streams them in order into `tx`.
+    async fn partitioned(&self, tx: &mpsc::Sender<Result<ObjectInfo>>) -> Result<()> {
+        // The level to split: the first below `base` with more than one entry.
+        let mut level = self.base.key.clone();
+        for _ in 0..PARTITION_DEPTH {
+            match self.single_directory(&level).await? {
+                Some(only) => level = only,
+                None => break,
+            }
+        }
+        let (pieces_tx, mut pieces_rx) = mpsc::channel::<Result<Piece>>(PARTITIONS_IN_FLIGHT);
+        let splitter = {
+            let listing = self.clone();
+            tokio::spawn(async move { listing.split(level, pieces_tx).await })
+        };
+        while let Some(piece) = pieces_rx.recv().await {
+            match piece? {
+                Piece::Object(info) => {
+                    if tx.send(Ok(info)).await.is_err() {
+                        break;
+                    }
+                }
+                Piece::Partition(mut objects, task) => {
+                    while let Some(item) = objects.recv().await {
+                        if tx.send(item).await.is_err() {
+                            task.abort();
+                            splitter.abort();
+                            return Ok(());
+                        }
+                    }
+                }
+            }
+        }
+        splitter.await.map_err(Error::from)?;
+        Ok(())
+    }
+
+    /// The one "directory" `level` holds when it holds nothing else (no object, no
+    /// second directory); `None` otherwise. (The whole level, not the range: a
+    /// delimited listing's `StartAfter` also skips the directory the bound lies in.)
+    async fn single_directory(&self, level: &str) -> Result<Option<String>> {
+        let out = self
+            .s3
             .list_objects_v2()
-            .bucket(&prefix.bucket)
-            .prefix(&prefix.key)
-            .set_start_after(start_after)
+            .bucket(&self.base.bucket)
+            .prefix(level)
+            .delimiter("/")
+            .max_keys(2)
+            .send()
+            .await
+            .map_err(|e| {
+                Error::from_sdk(
+                    &format!("ListObjectsV2 s3://{}/{level}", self.base.bucket),
+                    e,
+                )
+            })?;
+        let dirs = out.common_prefixes();
+        if out.contents().is_empty() && dirs.len() == 1 && !out.is_truncated().unwrap_or(false) {
+            return Ok(dirs[0].prefix().map(str::to_owned));
+        }
+        Ok(None)
+    }
+
+    /// The directory of `level` the range's lower bound lies in, if it lies deeper.
+    fn bound_directory(&self, level: &str) -> Option<String> {
+        let after = format!("{}{}", self.base.key, self.range.after.as_deref()?);
+        let below = after.strip_prefix(level)?;
+        let (first, _) = below.split_once('/')?;
+        Some(format!("{level}{first}/"))
+    }
+
+    /// `StartAfter` for a listing of `level`: the range's lower bound when it lies
+    /// within `level`.
+    fn start_after(&self, level: &str) -> Option<String> {
+        let after = format!("{}{}", self.base.key, self.range.after.as_deref()?);
+        (after.as_str() > level).then_some(after)
+    }
+
+    /// Walks `level` with a `/` delimiter and sends its pieces in key order: each object
+    /// at the level as it is, each directory as a partition whose listing starts now.
+    async fn split(&self, level: String, pieces: mpsc::Sender<Result<Piece>>) {
+        // A lower bound inside a directory of this level: a delimited listing starting
+        // after it leaves that directory out (its name sorts before the bound), so its
+        // rest is the first partition, and the directory is not listed twice.
+        let bound_directory = self.bound_directory(&level);
+        if let Some(directory) = &bound_directory {
+            let (objects, task) = self.list_flat(directory.clone());
+            if pieces
+                .send(Ok(Piece::Partition(objects, task)))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+        let mut pages = self
+            .s3
+            .list_objects_v2()
+            .bucket(&self.base.bucket)
+            .prefix(&level)
+            .delimiter("/")
+            .set_start_after(self.start_after(&level))
             .max_keys(1000)
             .into_paginator()
             .send();
@@ -78,42 +213,117 @@ pub fn list_sorted_in(
             let page = match page {
                 Ok(page) => page,
                 Err(e) => {
-                    let _ = tx
-                        .send(Err(Error::from_sdk(&format!("ListObjectsV2 {prefix}"), e)))
-                        .await;
+                    let what = format!("ListObjectsV2 s3://{}/{level}", self.base.bucket);
+                    let _ = pieces.send(Err(Error::from_sdk(&what, e))).await;
                     return;
                 }
             };
-            for object in page.contents() {
-                let Some(relative) = object.key().and_then(|k| prefix.strip(k)) else {
+            // A page's objects and directories, merged in key order.
+            let mut entries: Vec<(String, Option<&aws_sdk_s3::types::Object>)> = page
+                .contents()
+                .iter()
+                .filter_map(|o| Some((o.key()?.to_owned(), Some(o))))
+                .chain(
+                    page.common_prefixes()
+                        .iter()
+                        .filter_map(|p| Some((p.prefix()?.to_owned(), None))),
+                )
+                .collect();
+            entries.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+            for (key, object) in entries {
+                if object.is_none() && bound_directory.as_deref() == Some(key.as_str()) {
+                    continue;
+                }
+                let Some(relative) = self.base.strip(&key) else {
                     continue;
                 };
-                if range.past(relative) {
-                    return; // the rest of the listing is past the range
+                if self.range.past(relative) {
+                    return; // everything after is past the range
                 }
-                if relative.is_empty()
-                    || range.before(relative)
-                    || exclude.iter().any(|e| relative.starts_with(e.as_str()))
-                {
-                    continue;
-                }
-                let info = ObjectInfo {
-                    key: relative.to_owned(),
-                    size: u64::try_from(object.size().unwrap_or(0)).unwrap_or(0),
-                    etag: object
-                        .e_tag()
-                        .unwrap_or_default()
-                        .trim_matches('"')
-                        .to_owned(),
-                    last_modified: object.last_modified().and_then(crate::receipt::utc),
+                let piece = match object {
+                    Some(object) => match self.info(object) {
+                        Some(info) => Piece::Object(info),
+                        None => continue,
+                    },
+                    None => {
+                        let (objects, task) = self.list_flat(key);
+                        Piece::Partition(objects, task)
+                    }
                 };
-                if tx.send(Ok(info)).await.is_err() {
-                    return; // the merge stopped early
+                if pieces.send(Ok(piece)).await.is_err() {
+                    return;
                 }
             }
         }
-    });
-    (rx, task)
+    }
+
+    /// The listed object as the stream carries it, unless the range or `exclude` leave
+    /// it out.
+    fn info(&self, object: &aws_sdk_s3::types::Object) -> Option<ObjectInfo> {
+        let relative = object.key().and_then(|k| self.base.strip(k))?;
+        if relative.is_empty()
+            || !self.range.contains(relative)
+            || self
+                .exclude
+                .iter()
+                .any(|e| relative.starts_with(e.as_str()))
+        {
+            return None;
+        }
+        Some(ObjectInfo {
+            key: relative.to_owned(),
+            size: u64::try_from(object.size().unwrap_or(0)).unwrap_or(0),
+            etag: object
+                .e_tag()
+                .unwrap_or_default()
+                .trim_matches('"')
+                .to_owned(),
+            last_modified: object.last_modified().and_then(crate::receipt::utc),
+        })
+    }
+
+    /// Every object under `partition` (a key prefix below `base`), flat, in its own task.
+    fn list_flat(&self, partition: String) -> (Sorted<ObjectInfo>, JoinHandle<()>) {
+        let (tx, rx) = mpsc::channel(LIST_BUFFER);
+        let listing = self.clone();
+        let task = tokio::spawn(async move {
+            let mut pages = listing
+                .s3
+                .list_objects_v2()
+                .bucket(&listing.base.bucket)
+                .prefix(&partition)
+                .set_start_after(listing.start_after(&partition))
+                .max_keys(1000)
+                .into_paginator()
+                .send();
+            while let Some(page) = pages.next().await {
+                let page = match page {
+                    Ok(page) => page,
+                    Err(e) => {
+                        let what =
+                            format!("ListObjectsV2 s3://{}/{partition}", listing.base.bucket);
+                        let _ = tx.send(Err(Error::from_sdk(&what, e))).await;
+                        return;
+                    }
+                };
+                for object in page.contents() {
+                    let past = object
+                        .key()
+                        .and_then(|k| listing.base.strip(k))
+                        .is_some_and(|r| listing.range.past(r));
+                    if past {
+                        return;
+                    }
+                    if let Some(info) = listing.info(object) {
+                        if tx.send(Ok(info)).await.is_err() {
+                            return; // the merge stopped early
+                        }
+                    }
+                }
+            }
+        });
+        (rx, task)
+    }
 }
 
 /// The items of a sorted stream whose keys are in `range`, as a sorted stream: those

@@ -81,3 +81,76 @@ async fn different_etags_without_a_dash_do_not_prove_a_difference() {
     assert_eq!(counts.checksum_differs, 2);
     assert_eq!(counts.delta, 2);
 }
+
+/// Every key of a listing stream, in the order it came.
+async fn drain(mut rx: Sorted<ObjectInfo>) -> Vec<String> {
+    let mut keys = Vec::new();
+    while let Some(item) = rx.recv().await {
+        keys.push(item.unwrap().key);
+    }
+    keys
+}
+
+/// The partitioned, parallel listing yields exactly what one flat listing would, in the
+/// same order, for any layout and key range: objects beside directories (`a.txt` sorts
+/// before `a/`), a lone directory it descends through, deep and empty-named parts, and
+/// ranges whose bounds fall inside a partition.
+#[tokio::test]
+async fn the_parallel_listing_is_the_flat_listing_in_order() {
+    use drpilot_shared::listing::list_sorted_in;
+    use drpilot_shared::plan::KeyRange;
+    let aws = LocalAws::start().await;
+    aws.standard_setup().await;
+    let mut keys: Vec<String> = Vec::new();
+    for dir in ["a", "a-b", "b/c", "only/one/level", "z"] {
+        for i in 0..12 {
+            keys.push(format!("{dir}/{i:02}.json"));
+        }
+    }
+    keys.extend(["a.txt", "top", "b/c.txt", "é/x", "_control-plane/skip"].map(str::to_owned));
+    aws.put_many(
+        TARGET_BUCKET,
+        keys.iter()
+            .map(|k| (format!("list/{k}"), "x".to_owned()))
+            .collect(),
+    )
+    .await;
+    // Something beside the prefix that must never appear.
+    aws.put_text(TARGET_BUCKET, "listing/elsewhere", "x").await;
+    let mut sorted: Vec<String> = keys
+        .iter()
+        .filter(|k| !k.starts_with("_control-plane/"))
+        .cloned()
+        .collect();
+    sorted.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+    let prefix = S3Uri::new(TARGET_BUCKET, "list").unwrap();
+    let range = |after: Option<&str>, through: Option<&str>| KeyRange {
+        after: after.map(str::to_owned),
+        through: through.map(str::to_owned),
+    };
+    for range in [
+        KeyRange::all(),
+        range(Some("a-b/05.json"), Some("b/c/03.json")),
+        range(None, Some("a.txt")),
+        range(Some("only/one/level/11.json"), None),
+        range(Some("zz"), None),
+    ] {
+        let (rx, _task) = list_sorted_in(
+            aws.s3().clone(),
+            &prefix,
+            vec!["_control-plane/".to_owned()],
+            range.clone(),
+        );
+        let expected: Vec<String> = sorted
+            .iter()
+            .filter(|k| range.contains(k))
+            .cloned()
+            .collect();
+        assert_eq!(drain(rx).await, expected, "{range}");
+    }
+    // A prefix that is one directory deep all the way down.
+    let deep = S3Uri::new(TARGET_BUCKET, "list/only").unwrap();
+    let (rx, _task) = list_sorted_in(aws.s3().clone(), &deep, Vec::new(), KeyRange::all());
+    let expected: Vec<String> = (0..12).map(|i| format!("one/level/{i:02}.json")).collect();
+    assert_eq!(drain(rx).await, expected);
+}
