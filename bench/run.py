@@ -4,7 +4,7 @@ same data, as one markdown table (what, drpilot, peer, ratio). Medians of BENCH_
 
 Sizes: BENCH_PARITY_OBJECTS (default 100000), BENCH_PROMOTE_OBJECTS (10000),
 BENCH_FAILBACK_OBJECTS (10000),
-BENCH_RESTORE_FILES (2000), BENCH_PIPELINE_MB ("100 1100"), BENCH_MAKE_MB ("100 1000").
+BENCH_RESTORE_FILES (2000), BENCH_SHARDED_MB (1024), BENCH_PIPELINE_MB ("100 1100"), BENCH_MAKE_MB ("100 1000").
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import parity  # noqa: E402
 import promote  # noqa: E402
 import restore_pipeline  # noqa: E402
 import restore_s3  # noqa: E402
+import restore_shards  # noqa: E402
 from common import table  # noqa: E402
 
 
@@ -29,6 +30,7 @@ def main() -> int:
     rows = []
     rows += restore_pipeline.rows([int(x) for x in os.environ.get("BENCH_PIPELINE_MB", "100 1100").split()])
     rows += restore_s3.rows(int(os.environ.get("BENCH_RESTORE_FILES", "2000")))
+    rows += restore_shards.rows(int(os.environ.get("BENCH_SHARDED_MB", "1024")))
     rows += parity.rows(int(os.environ.get("BENCH_PARITY_OBJECTS", "100000")))
     rows += promote.rows(int(os.environ.get("BENCH_PROMOTE_OBJECTS", "10000")))
     rows += failback.rows(int(os.environ.get("BENCH_FAILBACK_OBJECTS", "10000")))

@@ -141,7 +141,8 @@ fn say_verified(ctx: &Ctx, check: &BackupCheck) {
         "  backup {} (created {}): contract, sizes and both archives verified",
         v.backup_id, v.backup.created_at
     ));
-    for (name, report) in [(backup::MANIFESTS, &v.manifests), (backup::STATE, &v.state)] {
+    // The state is one archive in v1 and its shards together in v2.
+    for (name, report) in [(backup::MANIFESTS, &v.manifests), ("state", &v.state)] {
         ctx.out.say(format!(
             "  {name:<18} {} files, {} bytes ({} compressed), sha256 {}",
             report.files, report.bytes, report.archive_bytes, report.archive_sha256

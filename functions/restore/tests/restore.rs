@@ -320,7 +320,7 @@ const BAD: &[Bad] = &[
         name: "unknown format version",
         kind: ErrorKind::ContractError,
         says: "format",
-        make: |src, out| make_backup(src, out, &["--format", "drpilot.backup/v2"]),
+        make: |src, out| make_backup(src, out, &["--format", "drpilot.backup/v3"]),
     },
     Bad {
         name: "garbage metadata",
