@@ -1,5 +1,6 @@
-//! Making a contract backup (format v1, docs/contracts.md) from a directory: what
-//! `scripts/make-backup.sh` does with tar, zstd and sha256sum, in one streaming pass —
+//! Making a contract backup (format v1, or v2 in shards, docs/contracts.md) from a
+//! directory: what `scripts/make-backup.sh` does with tar, zstd and sha256sum, in one
+//! streaming pass —
 //! each file is read once, hashed for its manifest entry while it is written into the
 //! archive, and the archive is hashed while it is written to disk. Memory holds one
 //! directory's listing and one buffer, whatever the size of the tree; the manifest is
@@ -14,7 +15,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::archive::HashingReader;
-use crate::backup::{Artifact, FORMAT_V1, MANIFESTS, METADATA, STATE};
+use crate::backup::{Artifact, ShardEntry, FORMAT_V1, FORMAT_V2, MANIFESTS, METADATA, STATE};
 use crate::error::{Error, Result};
 use crate::input::NameRule;
 use crate::s3uri::RelativeKey;
@@ -28,6 +29,9 @@ pub struct MakeOptions {
     pub git_sha: String,
     /// zstd level (1-19); 3 is zstd's own default.
     pub level: i32,
+    /// Make v2: shards of consecutive files in key order, each closed once its files
+    /// reach this many bytes. `None` makes v1 (one `state.tar.zst`).
+    pub shard_size: Option<u64>,
 }
 
 /// What `make` wrote.
@@ -39,8 +43,12 @@ pub struct Made {
     pub directories: u64,
     /// Bytes of file data backed up.
     pub bytes: u64,
+    /// The state archive (v1); for v2 its size is the shards' sum and its SHA-256 that
+    /// of the shards' SHA-256s, one hex digest a line (as restore's receipt has it).
     pub state: Artifact,
     pub manifests: Artifact,
+    /// v2's shards, in key order (empty for v1).
+    pub shards: Vec<ShardEntry>,
 }
 
 /// Backs up the tree under `src` into `out` (created; it must not hold a backup already):
@@ -58,6 +66,11 @@ pub fn make(src: &Path, out: &Path, options: &MakeOptions) -> Result<Made> {
             "level: expected a zstd level of 1 to 19, got {}",
             options.level
         )));
+    }
+    if options.shard_size == Some(0) {
+        return Err(Error::input(
+            "shard size: expected a positive number of bytes",
+        ));
     }
     if !src.is_dir() {
         return Err(Error::input(format!(
@@ -79,26 +92,33 @@ pub fn make(src: &Path, out: &Path, options: &MakeOptions) -> Result<Made> {
     std::fs::create_dir_all(out).map_err(|e| io_error(&out.display().to_string(), e))?;
 
     let mut manifest = tempfile::tempfile().map_err(|e| io_error("a temporary manifest", e))?;
-    let (state, tally) = {
+    let (state, (tally, shards)) = {
         let mut manifest = BufWriter::new(&mut manifest);
         manifest
             .write_all(b"{\"objects\": [")
             .map_err(|e| io_error("the manifest", e))?;
-        let written = write_archive(&out.join(STATE), options.level, |tar| {
+        let mut shards = options
+            .shard_size
+            .map(|size| Shards::new(out, options.level, size));
+        let mut fill = |tar: Option<&mut Builder>| -> Result<Tally> {
+            let mut tar = tar;
             let mut tally = Tally::default();
             walk(src, Path::new(""), &mut |relative, kind| {
                 let name = key_of(relative)?;
                 let path = src.join(relative);
                 match kind {
                     Kind::Directory => {
-                        append(
-                            tar,
-                            tar::EntryType::Directory,
-                            &format!("{name}/"),
-                            0,
-                            io::empty(),
-                        )
-                        .map_err(|e| io_error(&path.display().to_string(), e))?;
+                        // Shards hold files only: a restore stages objects, not folders.
+                        if let Some(tar) = tar.as_deref_mut() {
+                            append(
+                                tar,
+                                tar::EntryType::Directory,
+                                &format!("{name}/"),
+                                0,
+                                io::empty(),
+                            )
+                            .map_err(|e| io_error(&path.display().to_string(), e))?;
+                        }
                         tally.directories += 1;
                     }
                     Kind::File => {
@@ -109,8 +129,13 @@ pub fn make(src: &Path, out: &Path, options: &MakeOptions) -> Result<Made> {
                             .map_err(|e| io_error(&path.display().to_string(), e))?
                             .len();
                         let mut hashing = HashingReader::new(file);
+                        let target = match (tar.as_deref_mut(), shards.as_mut()) {
+                            (Some(tar), _) => tar,
+                            (None, Some(shards)) => shards.before(&name)?,
+                            (None, None) => return Err(Error::internal("no archive to write")),
+                        };
                         append(
-                            tar,
+                            target,
                             tar::EntryType::Regular,
                             &name,
                             size,
@@ -123,6 +148,9 @@ pub fn make(src: &Path, out: &Path, options: &MakeOptions) -> Result<Made> {
                                 path.display(),
                                 hashing.bytes
                             )));
+                        }
+                        if let (None, Some(shards)) = (tar.as_deref_mut(), shards.as_mut()) {
+                            shards.after(&name, size)?;
                         }
                         let entry = serde_json::json!({
                             "key": name,
@@ -144,7 +172,26 @@ pub fn make(src: &Path, out: &Path, options: &MakeOptions) -> Result<Made> {
                 Ok(())
             })?;
             Ok(tally)
-        })?;
+        };
+        let written = if options.shard_size.is_some() {
+            let tally = fill(None)?;
+            let shards = shards
+                .take()
+                .ok_or_else(|| Error::internal("no shards"))?
+                .finish()?;
+            if shards.is_empty() {
+                return Err(Error::input(format!(
+                    "{}: no files to back up (a sharded backup needs at least one)",
+                    src.display()
+                )));
+            }
+            let state = combined(&shards);
+            (state, (tally, shards))
+        } else {
+            let (state, tally) =
+                write_archive(&out.join(STATE), options.level, |tar| fill(Some(tar)))?;
+            (state, (tally, Vec::new()))
+        };
         manifest
             .write_all(b"\n]}\n")
             .and_then(|()| manifest.flush())
@@ -167,8 +214,8 @@ pub fn make(src: &Path, out: &Path, options: &MakeOptions) -> Result<Made> {
         .map_err(|e| io_error("the manifest", e))
     })?;
 
-    let metadata = serde_json::json!({
-        "format": FORMAT_V1,
+    let mut metadata = serde_json::json!({
+        "format": if shards.is_empty() { FORMAT_V1 } else { FORMAT_V2 },
         "backup_id": options.backup_id,
         "created_at": options.created_at.to_rfc3339_opts(SecondsFormat::Secs, true),
         "source": {
@@ -177,6 +224,11 @@ pub fn make(src: &Path, out: &Path, options: &MakeOptions) -> Result<Made> {
         },
         "artifacts": {STATE: &state, MANIFESTS: &manifests},
     });
+    if !shards.is_empty() {
+        metadata["artifacts"] = serde_json::json!({ MANIFESTS: &manifests });
+        metadata["shards"] = serde_json::to_value(&shards)
+            .map_err(|e| Error::internal(format!("encoding the shards: {e}")))?;
+    }
     let text = serde_json::to_vec_pretty(&metadata)
         .map_err(|e| Error::internal(format!("encoding {METADATA}: {e}")))?;
     std::fs::write(out.join(METADATA), text).map_err(|e| io_error(METADATA, e))?;
@@ -188,7 +240,111 @@ pub fn make(src: &Path, out: &Path, options: &MakeOptions) -> Result<Made> {
         bytes: tally.bytes,
         state,
         manifests,
+        shards,
     })
+}
+
+type Builder = tar::Builder<zstd::Encoder<'static, HashingWriter<File>>>;
+
+/// v2's shards as they are written: one archive open at a time, closed once its files
+/// reach the shard size.
+struct Shards {
+    out: PathBuf,
+    level: i32,
+    size: u64,
+    open: Option<OpenShard>,
+    done: Vec<ShardEntry>,
+}
+
+struct OpenShard {
+    name: String,
+    tar: Builder,
+    first_key: String,
+    last_key: String,
+    objects: u64,
+    bytes: u64,
+}
+
+impl Shards {
+    fn new(out: &Path, level: i32, size: u64) -> Self {
+        Self {
+            out: out.to_path_buf(),
+            level,
+            size,
+            open: None,
+            done: Vec::new(),
+        }
+    }
+
+    /// The archive the file `key` goes into (a new shard when none is open).
+    fn before(&mut self, key: &str) -> Result<&mut Builder> {
+        if self.open.is_none() {
+            let name = format!("state-{:04}.tar.zst", self.done.len());
+            let tar = open_archive(&self.out.join(&name), self.level)?;
+            self.open = Some(OpenShard {
+                name,
+                tar,
+                first_key: key.to_owned(),
+                last_key: key.to_owned(),
+                objects: 0,
+                bytes: 0,
+            });
+        }
+        match self.open.as_mut() {
+            Some(open) => Ok(&mut open.tar),
+            None => Err(Error::internal("no shard open")),
+        }
+    }
+
+    /// The file `key` of `size` bytes went in: the shard closes once it is full.
+    fn after(&mut self, key: &str, size: u64) -> Result<()> {
+        let full = match self.open.as_mut() {
+            Some(open) => {
+                open.last_key = key.to_owned();
+                open.objects += 1;
+                open.bytes += size;
+                open.bytes >= self.size
+            }
+            None => return Err(Error::internal("no shard open")),
+        };
+        if full {
+            self.close()?;
+        }
+        Ok(())
+    }
+
+    fn close(&mut self) -> Result<()> {
+        if let Some(open) = self.open.take() {
+            let artifact = close_archive(&self.out.join(&open.name), open.tar)?;
+            self.done.push(ShardEntry {
+                name: open.name,
+                sha256: artifact.sha256,
+                size: artifact.size,
+                first_key: open.first_key,
+                last_key: open.last_key,
+                objects: open.objects,
+            });
+        }
+        Ok(())
+    }
+
+    fn finish(mut self) -> Result<Vec<ShardEntry>> {
+        self.close()?;
+        Ok(self.done)
+    }
+}
+
+/// The shards as one artifact: their sizes summed, and the SHA-256 of their SHA-256s,
+/// one hex digest a line (what restore's receipt records for them).
+fn combined(shards: &[ShardEntry]) -> Artifact {
+    let mut hasher = Sha256::new();
+    for shard in shards {
+        hasher.update(format!("{}\n", shard.sha256));
+    }
+    Artifact {
+        sha256: hex::encode(hasher.finalize()),
+        size: shards.iter().map(|s| s.size).sum(),
+    }
 }
 
 #[derive(Debug, Default)]
@@ -205,20 +361,28 @@ enum Kind {
 }
 
 /// Calls `visit` with every directory and regular file under `dir` (paths relative to the
-/// tree's root, `at` being `dir`'s), depth first, each directory's entries in byte order
-/// of their names; anything else is an `InputError` naming it. Hand-written rather than
+/// tree's root, `at` being `dir`'s), depth first, in byte order of the keys (a directory
+/// sorts as its name and a `/`, so `a-b` and `a.txt` come before `a/x`, as S3 lists them
+/// and as shards' key ranges need); anything else is an `InputError` naming it. Hand-written rather than
 /// a directory-walking crate: it is this short, and the order and refusals are the
 /// contract's.
 fn walk(root: &Path, at: &Path, visit: &mut dyn FnMut(&Path, Kind) -> Result<()>) -> Result<()> {
     let dir = root.join(at);
     let read = |e: io::Error| Error::input(format!("{}: {e}", dir.display()));
-    let mut names: Vec<_> = std::fs::read_dir(&dir)
+    let mut names: Vec<(Vec<u8>, std::ffi::OsString)> = std::fs::read_dir(&dir)
         .map_err(read)?
-        .map(|entry| entry.map(|e| e.file_name()))
+        .map(|entry| {
+            let entry = entry?;
+            let mut sort_key = entry.file_name().as_encoded_bytes().to_vec();
+            if entry.file_type()?.is_dir() {
+                sort_key.push(b'/');
+            }
+            Ok((sort_key, entry.file_name()))
+        })
         .collect::<io::Result<_>>()
         .map_err(read)?;
-    names.sort_by(|a, b| a.as_encoded_bytes().cmp(b.as_encoded_bytes()));
-    for name in names {
+    names.sort();
+    for (_, name) in names {
         let relative = at.join(&name);
         let path = root.join(&relative);
         let kind = std::fs::symlink_metadata(&path)
@@ -283,24 +447,33 @@ fn append<W: Write>(
 fn write_archive<T>(
     path: &Path,
     level: i32,
-    fill: impl FnOnce(&mut tar::Builder<zstd::Encoder<'static, HashingWriter<File>>>) -> Result<T>,
+    fill: impl FnOnce(&mut Builder) -> Result<T>,
 ) -> Result<(Artifact, T)> {
+    let mut tar = open_archive(path, level)?;
+    let filled = fill(&mut tar)?;
+    Ok((close_archive(path, tar)?, filled))
+}
+
+/// A zstd-compressed tar being written to `path`, hashed as it lands on disk.
+fn open_archive(path: &Path, level: i32) -> Result<Builder> {
     let io_error = |e: io::Error| Error::input(format!("{}: {e}", path.display()));
     let file = File::create(path).map_err(io_error)?;
     let encoder = zstd::Encoder::new(HashingWriter::new(file), level).map_err(io_error)?;
     let mut tar = tar::Builder::new(encoder);
     tar.mode(tar::HeaderMode::Deterministic);
-    let filled = fill(&mut tar)?;
+    Ok(tar)
+}
+
+/// Ends the archive at `path` and returns its size and SHA-256.
+fn close_archive(path: &Path, tar: Builder) -> Result<Artifact> {
+    let io_error = |e: io::Error| Error::input(format!("{}: {e}", path.display()));
     let encoder = tar.into_inner().map_err(io_error)?;
     let mut hashing = encoder.finish().map_err(io_error)?;
     hashing.inner.flush().map_err(io_error)?;
-    Ok((
-        Artifact {
-            sha256: hex::encode(hashing.hasher.finalize()),
-            size: hashing.bytes,
-        },
-        filled,
-    ))
+    Ok(Artifact {
+        sha256: hex::encode(hashing.hasher.finalize()),
+        size: hashing.bytes,
+    })
 }
 
 struct HashingWriter<W> {

@@ -20,6 +20,7 @@ fn options(id: &str) -> MakeOptions {
         created_at: Utc::now(),
         git_sha: "abc".into(),
         level: 3,
+        shard_size: None,
     }
 }
 
@@ -123,4 +124,91 @@ fn what_a_restore_would_refuse_is_refused_before_anything_is_written() {
     make(&src, &out, &options("ok")).unwrap();
     let err = make(&src, &out, &options("ok")).unwrap_err();
     assert!(err.message.contains("already holds a backup"), "{err}");
+}
+
+/// With a shard size, the same tree becomes a v2 backup whose shards every reader check
+/// accepts (ranges disjoint and in key order, each file inside its shard's range, the
+/// counts as declared), holding what the v1 backup and the shell tools' v2 hold.
+#[test]
+fn a_sharded_backup_reads_back_like_its_v1_twin_and_the_scripts() {
+    use drpilot_shared::backup::InRange;
+    let tmp = TempDir::new("maker-v2");
+    let src = tmp.path().join("src");
+    tree(&src);
+    // Names whose byte order differs from a per-directory walk's.
+    sh(&format!(
+        "mkdir -p '{0}/b/x' && echo 1 > '{0}/b-c' && echo 2 > '{0}/b.txt' && echo 3 > '{0}/b/x/y'",
+        src.display()
+    ));
+    let out = tmp.path().join("made");
+    let made = make(
+        &src,
+        &out,
+        &MakeOptions {
+            shard_size: Some(2),
+            ..options("made-v2")
+        },
+    )
+    .unwrap();
+    assert!(made.shards.len() >= 3, "{:?}", made.shards);
+    let uri: S3Uri = "s3://local/backup/".parse().unwrap();
+    let meta =
+        BackupMetadata::parse(&uri, &std::fs::read(out.join("metadata.json")).unwrap()).unwrap();
+    assert_eq!(meta.format, "drpilot.backup/v2");
+    let mut archived = ContentCollector {
+        sorter: ExternalSort::new(2).unwrap().refusing_duplicates(),
+    };
+    for shard in meta.shards() {
+        let file = std::fs::File::open(out.join(&shard.name)).unwrap();
+        let mut in_range = InRange::new(&shard, archived);
+        let report = unpack(&shard.name, file, &shard.artifact(), &mut in_range).unwrap();
+        archived = in_range.finish(&report).unwrap();
+    }
+    let archived: Vec<ManifestEntry> = archived
+        .sorter
+        .finish()
+        .unwrap()
+        .collect::<Result<_>>()
+        .unwrap();
+    let v1 = tmp.path().join("v1");
+    make(&src, &v1, &options("made-v1")).unwrap();
+    let (_, listed, _) = read_back(&v1);
+    assert_eq!(archived, listed, "the shards hold what v1's archive holds");
+
+    let scripted = tmp.path().join("scripted");
+    make_backup(&src, &scripted, &["--shard-size", "2"]);
+    let by_script: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(scripted.join("metadata.json")).unwrap()).unwrap();
+    let ranges = |shards: &serde_json::Value| -> Vec<(String, String, u64)> {
+        shards
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                (
+                    s["first_key"].as_str().unwrap().to_owned(),
+                    s["last_key"].as_str().unwrap().to_owned(),
+                    s["objects"].as_u64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    let made_meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("metadata.json")).unwrap()).unwrap();
+    assert_eq!(
+        ranges(&made_meta["shards"]),
+        ranges(&by_script["shards"]),
+        "the same cut as scripts/make-backup.sh"
+    );
+
+    let err = make(
+        &src,
+        &tmp.path().join("zero"),
+        &MakeOptions {
+            shard_size: Some(0),
+            ..options("zero")
+        },
+    )
+    .unwrap_err();
+    assert!(err.message.contains("shard size"), "{err}");
 }

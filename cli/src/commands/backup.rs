@@ -179,6 +179,10 @@ pub struct MakeArgs {
     /// zstd level, 1-19.
     #[arg(long, default_value_t = 3)]
     pub level: i32,
+    /// Make a sharded (v2) backup: consecutive files in key order, a shard closed once
+    /// its files reach this many bytes (default: v1, one state.tar.zst).
+    #[arg(long, value_name = "BYTES")]
+    pub shard_size: Option<u64>,
     /// Publish it under this backups prefix, as <PREFIX><id>/ (metadata.json last, so a
     /// partial upload is never a backup).
     #[arg(long, value_name = "S3_PREFIX")]
@@ -237,25 +241,35 @@ pub async fn make(ctx: &Ctx, args: &MakeArgs) -> Result<MadeBackup, CliError> {
         created_at,
         git_sha: args.git_sha.clone().unwrap_or_else(|| git_head(&args.src)),
         level: args.level,
+        shard_size: args.shard_size,
     };
     let (src, out) = (args.src.clone(), args.out.clone());
     let made = tokio::task::spawn_blocking(move || maker::make(&src, &out, &options))
         .await
         .map_err(drpilot_shared::Error::from)??;
+    let state = if made.shards.is_empty() {
+        format!("{} {} bytes", backup::STATE, made.state.size)
+    } else {
+        format!("{} shards, {} bytes", made.shards.len(), made.state.size)
+    };
     ctx.out.say(format!(
-        "backup {} in {}: {} files, {} directories, {} bytes; {} {} bytes, {} {} bytes",
+        "backup {} in {}: {} files, {} directories, {} bytes; {state}, {} {} bytes",
         made.backup_id,
         made.dir.display(),
         made.files,
         made.directories,
         made.bytes,
-        backup::STATE,
-        made.state.size,
         backup::MANIFESTS,
         made.manifests.size
     ));
     if let Some(uri) = &destination {
-        publish(ctx, &made.dir, uri).await?;
+        let mut names: Vec<String> = if made.shards.is_empty() {
+            vec![backup::STATE.to_owned()]
+        } else {
+            made.shards.iter().map(|s| s.name.clone()).collect()
+        };
+        names.push(backup::MANIFESTS.to_owned());
+        publish(ctx, &made.dir, uri, &names).await?;
         ctx.out.say(format!(
             "  published as {uri} (check it with: drpilot backup verify {uri})"
         ));
@@ -281,12 +295,17 @@ fn git_head(dir: &std::path::Path) -> String {
         .unwrap_or_else(|| "unknown".to_owned())
 }
 
-/// Uploads the two archives, then `metadata.json`: until the last PUT the prefix is not a
-/// backup (bringup and verify need all three). One PUT per object, so at most S3's 5 GiB
-/// each.
-async fn publish(ctx: &Ctx, dir: &std::path::Path, uri: &S3Uri) -> Result<(), CliError> {
+/// Uploads the archives (`names`), then `metadata.json`: until the last PUT the prefix is
+/// not a backup (bringup and verify need every object it names). One PUT per object, so
+/// at most S3's 5 GiB each.
+async fn publish(
+    ctx: &Ctx,
+    dir: &std::path::Path,
+    uri: &S3Uri,
+    names: &[String],
+) -> Result<(), CliError> {
     const SINGLE_PUT_MAX: u64 = 5 * 1024 * 1024 * 1024;
-    for name in [backup::STATE, backup::MANIFESTS, backup::METADATA] {
+    for name in names.iter().map(String::as_str).chain([backup::METADATA]) {
         let path = dir.join(name);
         let size = std::fs::metadata(&path)
             .map_err(|e| CliError::Io(format!("{}: {e}", path.display())))?
