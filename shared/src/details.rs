@@ -129,9 +129,8 @@ pub struct Tally {
     pub sha256_mismatches: u64,
 }
 
-impl Tally {
-    /// Adds another range's tallies.
-    pub fn add(&mut self, other: &Self) {
+impl Counts for Tally {
+    fn add(&mut self, other: &Self) {
         self.expected_objects += other.expected_objects;
         self.staged_objects += other.staged_objects;
         self.verified += other.verified;
@@ -142,6 +141,11 @@ impl Tally {
     }
 }
 
+/// Counts of disjoint ranges, which add up to the whole's.
+pub trait Counts: Default + Serialize + DeserializeOwned {
+    fn add(&mut self, other: &Self);
+}
+
 /// What a range's child of validate or parity-report found: its counts, and its
 /// differences in a JSON-lines object the reducer appends to the phase's one file.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -149,6 +153,43 @@ pub struct RangeFindings<C> {
     pub counts: C,
     pub differences: u64,
     pub differences_uri: S3Uri,
+}
+
+impl<C: Counts> RangeFindings<C> {
+    /// A child's findings: its differences uploaded beside its result.
+    pub async fn upload(
+        s3: &aws_sdk_s3::Client,
+        store: &crate::receipt::ReceiptStore,
+        (run_id, phase, index): (&str, Phase, u32),
+        counts: C,
+        log: crate::parity::DifferenceLog,
+    ) -> crate::Result<Self> {
+        let differences_uri =
+            crate::plan::range_file_uri(store, run_id, phase, index, "differences.jsonl")?;
+        let differences = log.count();
+        log.upload(s3, &differences_uri).await?;
+        Ok(Self {
+            counts,
+            differences,
+            differences_uri,
+        })
+    }
+
+    /// The reducer's view of the children: their counts added up, and every range's
+    /// differences in one log, in range order (streamed, not held).
+    pub async fn gather(
+        s3: &aws_sdk_s3::Client,
+        results: &[crate::plan::RangeResult],
+    ) -> crate::Result<(C, crate::parity::DifferenceLog)> {
+        let mut counts = C::default();
+        let mut log = crate::parity::DifferenceLog::new()?;
+        for result in results {
+            let found: Self = result.details()?;
+            counts.add(&found.counts);
+            log.append_from(s3, &found.differences_uri).await?;
+        }
+        Ok((counts, log))
+    }
 }
 
 /// One configured check's outcome.

@@ -27,9 +27,8 @@ pub struct ParityCounts {
     pub delta: u64,
 }
 
-impl ParityCounts {
-    /// Adds another range's counts (the ranges are disjoint, so every count adds up).
-    pub fn add(&mut self, other: &Self) {
+impl crate::details::Counts for ParityCounts {
+    fn add(&mut self, other: &Self) {
         self.left_objects += other.left_objects;
         self.right_objects += other.right_objects;
         self.left_bytes += other.left_bytes;

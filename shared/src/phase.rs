@@ -304,6 +304,30 @@ where
     Box::pin(attempted).await
 }
 
+/// A heavy phase's Lambda entry: a range's child runs `range` under [`run_range`];
+/// every other step (the whole phase, its preparation, its reducer) goes to `phase`.
+pub async fn serve_step<D, R, P>(
+    request: PhaseRequest,
+    s3: &aws_sdk_s3::Client,
+    profiles: &ProfileSource,
+    phase: Phase,
+    range: R,
+    other: P,
+) -> Result<crate::run::StepOutput>
+where
+    D: Serialize,
+    R: AsyncFnOnce(&PhaseRun<'_>, &PlanItem) -> Result<D>,
+    P: AsyncFnOnce(PhaseRequest) -> Result<PhaseOutput>,
+{
+    use crate::run::StepOutput;
+    match request.step()? {
+        crate::plan::Step::Range(item) => Ok(StepOutput::Range(
+            run_range(&request, s3, profiles, phase, &item, range).await?,
+        )),
+        _ => Ok(StepOutput::Phase(other(request).await?)),
+    }
+}
+
 /// What a range's child answers the Map (its result is in S3).
 #[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize)]
 pub struct RangeOutput {

@@ -115,11 +115,24 @@ impl ParityReporter {
     }
 
     async fn for_run(&self, request: PhaseRequest) -> Result<StepOutput> {
+        phase::serve_step(
+            request,
+            &self.clients.s3,
+            &self.profiles,
+            Phase::ParityReport,
+            async |ctx: &PhaseRun<'_>, item: &PlanItem| self.compare_range(ctx, item).await,
+            async |request| self.steps(request).await,
+        )
+        .await
+    }
+
+    /// The whole phase, its preparation for the fan-out, or its reducer.
+    async fn steps(&self, request: PhaseRequest) -> Result<PhaseOutput> {
         let (s3, profiles) = (&self.clients.s3, &self.profiles);
-        let output = match request.step()? {
-            Step::Whole => self.whole(&request).await?,
+        match request.step()? {
+            Step::Whole => self.whole(&request).await,
+            // Nothing to do once before the ranges: the lifecycle checks validate is done.
             Step::Prepare => {
-                // Nothing to do once before the ranges: the lifecycle checks validate is done.
                 phase::prepare::<ParityDetails, _>(
                     &request,
                     s3,
@@ -127,23 +140,9 @@ impl ParityReporter {
                     Rerun::StartOver,
                     async |_: &PhaseRun<'_>| Ok(()),
                 )
-                .await?
+                .await
             }
-            Step::Range(item) => {
-                return Ok(StepOutput::Range(
-                    phase::run_range(
-                        &request,
-                        s3,
-                        profiles,
-                        Phase::ParityReport,
-                        &item,
-                        async |ctx: &PhaseRun<'_>, item: &PlanItem| {
-                            self.compare_range(ctx, item).await
-                        },
-                    )
-                    .await?,
-                ))
-            }
+            Step::Range(_) => Err(plan::range_elsewhere()),
             Step::Reduce(reduce) => {
                 phase::reduce(
                     &request,
@@ -153,13 +152,8 @@ impl ParityReporter {
                     &reduce,
                     async |ctx: &PhaseRun<'_>, results: Vec<RangeResult>| {
                         let (run, profile) = (ctx.run, ctx.profile);
-                        let mut counts = ParityCounts::default();
-                        let mut log = DifferenceLog::new()?;
-                        for result in &results {
-                            let found: RangeFindings<ParityCounts> = result.details()?;
-                            counts.add(&found.counts);
-                            log.append_from(s3, &found.differences_uri).await?;
-                        }
+                        let (counts, log) =
+                            RangeFindings::<ParityCounts>::gather(s3, &results).await?;
                         let dir = ctx.store.run_dir(&run.run_id)?.join("parity")?;
                         let staging = profile.target.staging(&run.run_id)?;
                         let report = self
@@ -168,10 +162,9 @@ impl ParityReporter {
                         Ok(Outcome::Done(self.finish_run(run, report, &dir).await?))
                     },
                 )
-                .await?
+                .await
             }
-        };
-        Ok(StepOutput::Phase(output))
+        }
     }
 
     /// One range's child: the range of the staging against the same range of `root/`.
@@ -196,20 +189,8 @@ impl ParityReporter {
             },
         )
         .await?;
-        let differences_uri = plan::range_file_uri(
-            ctx.store,
-            &run.run_id,
-            Phase::ParityReport,
-            item.index,
-            "differences.jsonl",
-        )?;
-        let differences = log.count();
-        log.upload(&self.clients.s3, &differences_uri).await?;
-        Ok(RangeFindings {
-            counts,
-            differences,
-            differences_uri,
-        })
+        let at = (run.run_id.as_str(), Phase::ParityReport, item.index);
+        RangeFindings::upload(&self.clients.s3, ctx.store, at, counts, log).await
     }
 
     /// The metric and the receipt's details of a run's report.

@@ -11,7 +11,7 @@ use drpilot_shared::archive::RESERVED_PREFIX;
 use drpilot_shared::budget::PutBudget;
 use drpilot_shared::copy::{apply_changes, Change, CHANGE_BUFFER};
 pub use drpilot_shared::copy::{CopyStats, CopyTuning};
-use drpilot_shared::details::PromoteDetails;
+use drpilot_shared::details::{Counts, PromoteDetails};
 use drpilot_shared::input::Phase;
 use drpilot_shared::metrics::{self, Sample};
 use drpilot_shared::parity::{compare_ranges, Difference, ParityCounts, Verdict};
@@ -220,9 +220,7 @@ impl Promote {
     pub async fn handle(&self, request: PromoteRequest) -> Result<PhaseOutput> {
         match self.serve_step(request).await? {
             StepOutput::Phase(output) => Ok(output),
-            StepOutput::Range(_) => Err(Error::input(
-                "range: a range's child answers with its partial result (serve_step)",
-            )),
+            StepOutput::Range(_) => Err(drpilot_shared::plan::range_elsewhere()),
         }
     }
 

@@ -85,20 +85,15 @@ impl Restore {
     /// The Lambda's entry: the whole phase, its preparation, one shard's child or the
     /// reducer, as the request says ([`PhaseRequest::step`]).
     pub async fn serve_step(&self, request: PhaseRequest) -> Result<StepOutput> {
-        match request.step()? {
-            Step::Range(item) => Ok(StepOutput::Range(
-                phase::run_range(
-                    &request,
-                    &self.clients.s3,
-                    &self.profiles,
-                    Phase::Restore,
-                    &item,
-                    async |ctx: &PhaseRun<'_>, item: &PlanItem| self.stage_shard(ctx, item).await,
-                )
-                .await?,
-            )),
-            _ => Ok(StepOutput::Phase(self.handle(request).await?)),
-        }
+        phase::serve_step(
+            request,
+            &self.clients.s3,
+            &self.profiles,
+            Phase::Restore,
+            async |ctx: &PhaseRun<'_>, item: &PlanItem| self.stage_shard(ctx, item).await,
+            async |request| self.handle(request).await,
+        )
+        .await
     }
 
     /// The whole phase, its preparation for the fan-out, or its reducer.
@@ -154,9 +149,7 @@ impl Restore {
                 )
                 .await
             }
-            Step::Range(_) => Err(Error::input(
-                "range: a range's child answers with its partial result (serve_step)",
-            )),
+            Step::Range(_) => Err(plan::range_elsewhere()),
         }
     }
 

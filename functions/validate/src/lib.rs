@@ -67,22 +67,15 @@ impl Validate {
     /// The Lambda's entry: the whole phase, its preparation, one range's child or the
     /// reducer, as the request says ([`PhaseRequest::step`]).
     pub async fn serve_step(&self, request: PhaseRequest) -> Result<StepOutput> {
-        match request.step()? {
-            Step::Range(item) => Ok(StepOutput::Range(
-                phase::run_range(
-                    &request,
-                    &self.clients.s3,
-                    &self.profiles,
-                    Phase::Validate,
-                    &item,
-                    async |ctx: &PhaseRun<'_>, item: &PlanItem| {
-                        self.validate_range(ctx, item).await
-                    },
-                )
-                .await?,
-            )),
-            _ => Ok(StepOutput::Phase(self.handle(request).await?)),
-        }
+        phase::serve_step(
+            request,
+            &self.clients.s3,
+            &self.profiles,
+            Phase::Validate,
+            async |ctx: &PhaseRun<'_>, item: &PlanItem| self.validate_range(ctx, item).await,
+            async |request| self.handle(request).await,
+        )
+        .await
     }
 
     /// The whole phase, its preparation for the fan-out, or its reducer.
@@ -118,22 +111,14 @@ impl Validate {
                     Rerun::StartOver,
                     &reduce,
                     async |ctx: &PhaseRun<'_>, results: Vec<RangeResult>| {
-                        let mut tally = Tally::default();
-                        let mut log = DifferenceLog::new()?;
-                        for result in &results {
-                            let found: RangeFindings<Tally> = result.details()?;
-                            tally.add(&found.counts);
-                            log.append_from(s3, &found.differences_uri).await?;
-                        }
+                        let (tally, log) = RangeFindings::<Tally>::gather(s3, &results).await?;
                         self.judge(ctx.run, ctx.profile, ctx.store, tally, log)
                             .await
                     },
                 )
                 .await
             }
-            Step::Range(_) => Err(Error::input(
-                "range: a range's child answers with its partial result (serve_step)",
-            )),
+            Step::Range(_) => Err(plan::range_elsewhere()),
         }
     }
 
@@ -144,20 +129,8 @@ impl Validate {
         item: &PlanItem,
     ) -> Result<RangeFindings<Tally>> {
         let (tally, log) = self.compare(ctx.run, ctx.profile, &item.range).await?;
-        let differences_uri = plan::range_file_uri(
-            ctx.store,
-            &ctx.run.run_id,
-            Phase::Validate,
-            item.index,
-            "differences.jsonl",
-        )?;
-        let differences = log.count();
-        log.upload(&self.clients.s3, &differences_uri).await?;
-        Ok(RangeFindings {
-            counts: tally,
-            differences,
-            differences_uri,
-        })
+        let at = (ctx.run.run_id.as_str(), Phase::Validate, item.index);
+        RangeFindings::upload(&self.clients.s3, ctx.store, at, tally, log).await
     }
 
     async fn validate(
