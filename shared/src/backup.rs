@@ -491,6 +491,7 @@ pub async fn verify_archives(
     let listed = ManifestCollector {
         sorter: ExternalSort::new(SORT_CHUNK)?,
         manifests: 0,
+        range: crate::plan::KeyRange::all(),
     };
     let (manifests, listed) = unpack_object(
         s3,

@@ -326,28 +326,6 @@ impl Listing {
     }
 }
 
-/// The items of a sorted stream whose keys are in `range`, as a sorted stream: those
-/// before it are dropped, and the stream ends at the first past it.
-pub fn within<T: Keyed + Send + 'static>(
-    mut sorted: Sorted<T>,
-    range: KeyRange,
-) -> (Sorted<T>, JoinHandle<()>) {
-    let (tx, rx) = mpsc::channel(LIST_BUFFER);
-    let task = tokio::spawn(async move {
-        while let Some(item) = sorted.recv().await {
-            let keep = match &item {
-                Ok(item) if range.past(item.key()) => return,
-                Ok(item) => range.contains(item.key()),
-                Err(_) => true,
-            };
-            if keep && tx.send(item).await.is_err() {
-                return;
-            }
-        }
-    });
-    (rx, task)
-}
-
 /// One step of a merge-join.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Joined<L, R> {

@@ -39,10 +39,12 @@ impl Keyed for ManifestEntry {
     }
 }
 
-/// Reads every `*.json` manifest in the archive into a sorter.
+/// Reads every `*.json` manifest in the archive into a sorter: every entry is checked,
+/// and those in `range` are kept (a range's child sorts only its own).
 pub struct ManifestCollector {
     pub sorter: ExternalSort,
     pub manifests: u64,
+    pub range: crate::plan::KeyRange,
 }
 
 impl EntryVisitor for ManifestCollector {
@@ -56,10 +58,13 @@ impl EntryVisitor for ManifestCollector {
         let mut failure: Option<Error> = None;
         let mut reader = BufReader::with_capacity(1 << 16, data);
         let mut de = serde_json::Deserializer::from_reader(&mut reader);
-        let sorter = &mut self.sorter;
+        let (sorter, range) = (&mut self.sorter, &self.range);
         let seed = ManifestSeed {
             on_entry: &mut |entry: RawEntry| -> Result<()> {
                 let checked = entry.check(&name)?;
+                if !range.contains(&checked.key) {
+                    return Ok(());
+                }
                 sorter.push(checked)
             },
             failure: &mut failure,
@@ -230,6 +235,20 @@ pub async fn sorted_entries(
     tokio::sync::mpsc::Receiver<Result<ManifestEntry>>,
     ManifestTasks,
 )> {
+    sorted_entries_in(s3, backup_uri, crate::plan::KeyRange::all()).await
+}
+
+/// [`sorted_entries`] of the keys in `range` only: every entry is still read and
+/// checked, but only the range's are sorted (a range's child's memory and `/tmp` grow
+/// with its range, not the backup).
+pub async fn sorted_entries_in(
+    s3: &aws_sdk_s3::Client,
+    backup_uri: &crate::s3uri::S3Uri,
+    range: crate::plan::KeyRange,
+) -> Result<(
+    tokio::sync::mpsc::Receiver<Result<ManifestEntry>>,
+    ManifestTasks,
+)> {
     use crate::backup::{self, MANIFESTS};
     let (_, meta) = backup::inspect(s3, backup_uri).await?;
     let manifests_uri = backup::artifact_uri(backup_uri, MANIFESTS)?;
@@ -242,6 +261,7 @@ pub async fn sorted_entries(
             let mut collector = ManifestCollector {
                 sorter,
                 manifests: 0,
+                range,
             };
             crate::archive::unpack(MANIFESTS, reader, &expected, &mut collector)?;
             for entry in collector.sorter.finish()? {
@@ -556,6 +576,7 @@ mod tests {
         let mut collector = ManifestCollector {
             sorter: ExternalSort::new(10).unwrap(),
             manifests: 0,
+            range: crate::plan::KeyRange::all(),
         };
         collector
             .file(
@@ -589,6 +610,7 @@ mod tests {
             let mut collector = ManifestCollector {
                 sorter: ExternalSort::new(10).unwrap(),
                 manifests: 0,
+                range: crate::plan::KeyRange::all(),
             };
             let err = collector
                 .file(

@@ -12,7 +12,7 @@ use drpilot_shared::archive::RESERVED_PREFIX;
 use drpilot_shared::details::RangeFindings;
 use drpilot_shared::details::{CheckResult, Tally, ValidateDetails};
 use drpilot_shared::input::Phase;
-use drpilot_shared::listing::{list_sorted_in, within, Joined, MergeJoin, ObjectInfo};
+use drpilot_shared::listing::{list_sorted_in, Joined, MergeJoin, ObjectInfo};
 use drpilot_shared::objects::{sha256_by_reading, stored_sha256};
 use drpilot_shared::parity::DifferenceLog;
 use drpilot_shared::phase::{self, Failed, Outcome, PhaseRun, Rerun};
@@ -190,8 +190,8 @@ impl Validate {
         range: &KeyRange,
     ) -> Result<(Tally, DifferenceLog)> {
         let s3 = &self.clients.s3;
-        let (manifest_rx, manifests) = manifest::sorted_entries(s3, &run.backup.uri).await?;
-        let (manifest_rx, filter) = within(manifest_rx, range.clone());
+        let (manifest_rx, manifests) =
+            manifest::sorted_entries_in(s3, &run.backup.uri, range.clone()).await?;
         let staging = profile.target.staging(&run.run_id)?;
         let (staged_rx, lister) = list_sorted_in(
             s3.clone(),
@@ -211,9 +211,6 @@ impl Validate {
         let result = check.run(&mut merge).await;
         lister.abort();
         drop(merge);
-        filter.abort();
-        // The filter stops reading at the range's end: the sorter then finds nobody
-        // listening, which is not an error.
         manifests.finish().await?;
         result?;
         Ok((check.tally, check.log))
