@@ -907,7 +907,10 @@ def check_distributed_map(ctx: Context, m: Machine) -> tuple[bool, str]:
             states_arn = "arn:${AWS::Partition}:states:${AWS::Region}:${AWS::AccountId}"
             needed |= {("states:StartExecution", f"{states_arn}:stateMachine:{name_text}"),
                        ("states:DescribeExecution", f"{states_arn}:execution:{name_text}:*"),
-                       ("states:StopExecution", f"{states_arn}:execution:{name_text}:*")}
+                       ("states:StopExecution", f"{states_arn}:execution:{name_text}:*"),
+                       # A Map Run's children: <machine>/<map run label>:<id>.
+                       ("states:DescribeExecution", f"{states_arn}:execution:{name_text}/*"),
+                       ("states:StopExecution", f"{states_arn}:execution:{name_text}/*")}
         if readers:
             needed.add(("s3:GetObject", "arn:${AWS::Partition}:s3:::${" + EVIDENCE_BUCKET + "}/" + PLAN_KEY))
     granted = set(allowed_pairs(resource))
