@@ -49,12 +49,14 @@ def e2e_rows(n: int) -> list[str]:
                           RCLONE_CONFIG_L_ENDPOINT=s3.endpoint, RCLONE_CONFIG_L_ACCESS_KEY_ID="testing",
                           RCLONE_CONFIG_L_SECRET_ACCESS_KEY="testing", RCLONE_CONFIG_L_REGION="us-east-1",
                           RCLONE_CONFIG_L_FORCE_PATH_STYLE="true")
-        ours, rclone, awsls = [], [], []
+        ours, rclone, awsls, rss = [], [], [], []
         delta = None
         for rep in range(REPS):
             log(f"{n:,} objects: run {rep + 1}/{REPS}")
             t, out = timed([compare, "s3://bench/left/", "s3://bench/right/", f"s3://bench/reports/{rep}/"], env=env)
-            delta = json.loads(out)["counts"]["delta"]
+            result = json.loads(out)
+            delta = result["counts"]["delta"]
+            rss.append(result["peak_rss_kib"] / 1024)
             ours.append(t)
             with tempfile.TemporaryDirectory() as d:
                 t, _ = timed(["rclone", "check", "-q", "--combined", f"{d}/c", "l:bench/left", "l:bench/right"], env=rclone_env)
@@ -70,13 +72,14 @@ def e2e_rows(n: int) -> list[str]:
         return [
             f"| parity end to end, {n:,} objects per side (moto) | {o:.2f} s | rclone check {r:.2f} s | {r / o:.2f}x | delta {delta} |",
             f"| parity end to end, {n:,} objects per side (moto) | {o:.2f} s | aws s3 ls + sort + diff {a:.2f} s | {a / o:.2f}x | sizes only |",
+            f"| peak RSS, parity end to end, {n:,} objects per side (moto) | | | | {max(rss):.1f} MiB |",
         ]
 
 
 def rows(n: int = 100_000) -> list[tuple[str, str, str, str]]:
     """The rows `bench/run.py` prints (its own table format: what, drpilot, peer, ratio)."""
     out = []
-    for line in engine_rows() + e2e_rows(n):
+    for line in engine_rows() + e2e_rows(10_000) + e2e_rows(n):
         cells = [c.strip() for c in line.strip("|").split("|")]
         what, ours, peer, ratio, note = cells
         if not peer:

@@ -38,7 +38,11 @@ fn main() {
         (started.elapsed().as_secs_f64(), report)
     });
     let (seconds, report) = result;
-    let line = serde_json::json!({"seconds": seconds, "counts": report.counts});
+    let line = serde_json::json!({
+        "seconds": seconds,
+        "counts": report.counts,
+        "peak_rss_kib": drpilot_testkit::peak_rss_kib(),
+    });
     #[allow(clippy::print_stdout)] // the benchmark's output is its result
     {
         println!("{line}");
