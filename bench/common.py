@@ -81,6 +81,21 @@ class LocalS3:
                             aws_access_key_id="testing", aws_secret_access_key="testing",
                             config=Config(max_pool_connections=32, s3={"addressing_style": "path"}))
 
+    def restore_setup(self):
+        """The buckets and the `bench` profile restore's bench binary runs with; returns an
+        S3 client."""
+        client = self.client()
+        for bucket in ("bench-data", "bench-backups"):
+            client.create_bucket(Bucket=bucket)
+        profile = {"target": {"bucket": "bench-data"}, "backups": "s3://bench-backups/backups/",
+                   "receipts": "s3://bench-data/receipts/", "account_id": "123456789012",
+                   "region": "us-east-1", "rto_target_seconds": 3600, "rpo_target_seconds": 86400}
+        import boto3
+        boto3.client("ssm", endpoint_url=self.endpoint, region_name="us-east-1", aws_access_key_id="testing",
+                     aws_secret_access_key="testing").put_parameter(
+            Name="/drpilot/profiles/bench", Value=json.dumps(profile), Type="String", Overwrite=True)
+        return client
+
     def fill(self, bucket: str, objects: list[tuple[str, bytes]]) -> None:
         s3 = self.client()
         with ThreadPoolExecutor(16) as pool:

@@ -35,16 +35,7 @@ def rows(files: int = 2000) -> list[tuple[str, str, str, str]]:
         subprocess.run([str(ROOT / "scripts" / "make-backup.sh"), "--src", str(src), "--out", str(work / "b1")],
                        check=True)
         with LocalS3() as s3:
-            client = s3.client()
-            for bucket in ("bench-data", "bench-backups"):
-                client.create_bucket(Bucket=bucket)
-            profile = {"target": {"bucket": "bench-data"}, "backups": "s3://bench-backups/backups/",
-                       "receipts": "s3://bench-data/receipts/", "account_id": "123456789012",
-                       "region": "us-east-1", "rto_target_seconds": 3600, "rpo_target_seconds": 86400}
-            import boto3
-            boto3.client("ssm", endpoint_url=s3.endpoint, region_name="us-east-1", aws_access_key_id="testing",
-                         aws_secret_access_key="testing").put_parameter(
-                Name="/drpilot/profiles/bench", Value=json.dumps(profile), Type="String", Overwrite=True)
+            client = s3.restore_setup()
             for name in ("metadata.json", "state.tar.zst", "manifests.tar.zst"):
                 client.upload_file(str(work / "b1" / name), "bench-backups", f"backups/b1/{name}")
             aws_path = aws_cli_path()

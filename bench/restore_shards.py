@@ -54,16 +54,7 @@ def rows(mb: int = 1024) -> list[tuple[str, str, str, str]]:
         meta = json.loads((work / "v2" / "metadata.json").read_text())
         log(f"{len(meta['shards'])} shards of {total / 1e6:.0f} MB")
         with LocalS3() as s3:
-            client = s3.client()
-            for bucket in ("bench-data", "bench-backups"):
-                client.create_bucket(Bucket=bucket)
-            profile = {"target": {"bucket": "bench-data"}, "backups": "s3://bench-backups/backups/",
-                       "receipts": "s3://bench-data/receipts/", "account_id": "123456789012",
-                       "region": "us-east-1", "rto_target_seconds": 3600, "rpo_target_seconds": 86400}
-            import boto3
-            boto3.client("ssm", endpoint_url=s3.endpoint, region_name="us-east-1", aws_access_key_id="testing",
-                         aws_secret_access_key="testing").put_parameter(
-                Name="/drpilot/profiles/bench", Value=json.dumps(profile), Type="String", Overwrite=True)
+            client = s3.restore_setup()
             for name in ("v1", "v2"):
                 for f in sorted((work / name).iterdir()):
                     client.upload_file(str(f), "bench-backups", f"backups/{name}/{f.name}")
