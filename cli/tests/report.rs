@@ -10,35 +10,17 @@ use std::process::Command;
 use std::time::Duration;
 
 use drpilot_cli::history::fetch;
-use drpilot_cli::local::{deploy_state_machine, Machine};
-use drpilot_cli::{approve, evidence, follow, report, Ctx, Out, Report};
+use drpilot_cli::{approve, evidence, follow, report, Ctx, Report};
 use drpilot_testkit::{
     make_backup, repo_root, sh, LocalAws, TempDir, BACKUP_BUCKET, BACKUP_PREFIX,
     EVIDENCE_RETENTION_DAYS, PROFILE,
 };
 use serde_json::{json, Value};
 
-use common::{start_run, MACHINE};
+use common::{drill_stack, start_run};
 
 async fn stack(aws: &LocalAws, tmp: &TempDir) -> Ctx {
-    aws.with_functions();
-    aws.standard_setup().await;
-    let ctx = Ctx::new(
-        Some(&aws.endpoint),
-        Some(MACHINE.into()),
-        Out { json: true },
-    )
-    .await;
-    let topic = ctx.sns.create_topic().name("drpilot").send().await.unwrap();
-    deploy_state_machine(
-        &ctx,
-        Machine::Drill,
-        MACHINE,
-        topic.topic_arn().unwrap(),
-        600,
-    )
-    .await
-    .unwrap();
+    let ctx = drill_stack(aws).await;
     let src = tmp.path().join("src");
     sh(&format!(
         "mkdir -p '{0}/x' && for i in $(seq 1 10); do echo \"{{\\\"n\\\": $i}}\" > '{0}/x/'$i.json; done",
