@@ -44,35 +44,16 @@ def free_port() -> int:
 class LocalS3:
     """moto (infra/local/motoserver.py) on a free loopback port, for the duration of a bench."""
 
+    name = "moto"
+
     def __enter__(self) -> "LocalS3":
-        subprocess.run([str(ROOT / "scripts" / "ensure-venv.sh")], check=True)
-        self.port = free_port()
-        self.log = open(tempfile.mktemp(prefix="drpilot-bench-moto-", suffix=".log"), "w")
-        self.proc = subprocess.Popen(
-            [str(VENV_PY), str(ROOT / "infra" / "local" / "motoserver.py"), "--port", str(self.port),
-             "--parent-pid", str(os.getpid())],
-            stdout=self.log, stderr=self.log,
-        )
-        deadline = time.time() + 60
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                break
-            except OSError:
-                if time.time() > deadline:
-                    raise SystemExit("moto did not start")
-                time.sleep(0.2)
-        self.endpoint = f"http://127.0.0.1:{self.port}"
-        self.env = dict(os.environ, AWS_ENDPOINT_URL=self.endpoint, AWS_ACCESS_KEY_ID="testing",
-                        AWS_SECRET_ACCESS_KEY="testing", AWS_REGION="us-east-1",
-                        AWS_DEFAULT_REGION="us-east-1")
-        self.env.pop("AWS_CA_BUNDLE", None)
+        self.moto_port, self.proc, self.log = start_moto()
+        self.endpoint = f"http://127.0.0.1:{self.moto_port}"
+        self.env = emulator_env(self.endpoint)
         return self
 
     def __exit__(self, *exc) -> None:
-        self.proc.terminate()
-        self.proc.wait(timeout=30)
-        self.log.close()
+        stop(self.proc, self.log)
 
     def client(self):
         import boto3  # from .venv (moto depends on it)
@@ -91,7 +72,7 @@ class LocalS3:
                    "receipts": "s3://bench-data/receipts/", "account_id": "123456789012",
                    "region": "us-east-1", "rto_target_seconds": 3600, "rpo_target_seconds": 86400}
         import boto3
-        boto3.client("ssm", endpoint_url=self.endpoint, region_name="us-east-1", aws_access_key_id="testing",
+        boto3.client("ssm", endpoint_url=f"http://127.0.0.1:{self.moto_port}", region_name="us-east-1", aws_access_key_id="testing",
                      aws_secret_access_key="testing").put_parameter(
             Name="/drpilot/profiles/bench", Value=json.dumps(profile), Type="String", Overwrite=True)
         return client
@@ -100,6 +81,79 @@ class LocalS3:
         s3 = self.client()
         with ThreadPoolExecutor(16) as pool:
             list(pool.map(lambda kv: s3.put_object(Bucket=bucket, Key=kv[0], Body=kv[1]), objects))
+
+
+def start_moto():
+    subprocess.run([str(ROOT / "scripts" / "ensure-venv.sh")], check=True)
+    port = free_port()
+    log_file = open(tempfile.mktemp(prefix="drpilot-bench-moto-", suffix=".log"), "w")
+    proc = subprocess.Popen(
+        [str(VENV_PY), str(ROOT / "infra" / "local" / "motoserver.py"), "--port", str(port),
+         "--parent-pid", str(os.getpid())],
+        stdout=log_file, stderr=log_file,
+    )
+    wait_for_port(port, "moto")
+    return port, proc, log_file
+
+
+def wait_for_port(port: int, what: str) -> None:
+    deadline = time.time() + 60
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            if time.time() > deadline:
+                raise SystemExit(f"{what} did not start")
+            time.sleep(0.2)
+
+
+def stop(proc, log_file) -> None:
+    proc.terminate()
+    proc.wait(timeout=30)
+    log_file.close()
+
+
+def emulator_env(endpoint: str) -> dict:
+    env = dict(os.environ, AWS_ENDPOINT_URL=endpoint, AWS_ACCESS_KEY_ID="testing",
+               AWS_SECRET_ACCESS_KEY="testing", AWS_REGION="us-east-1", AWS_DEFAULT_REGION="us-east-1")
+    env.pop("AWS_CA_BUNDLE", None)
+    env.pop("AWS_ENDPOINT_URL_S3", None)
+    return env
+
+
+def s3mem_binary() -> str:
+    """bench/s3mem, built (release) into the shared target directory on first use."""
+    subprocess.run(["cargo", "build", "--release", "--quiet", "--manifest-path",
+                    str(ROOT / "bench" / "s3mem" / "Cargo.toml"), "--target-dir", str(ROOT / "target")],
+                   check=True)
+    return str(ROOT / "target" / "release" / "s3mem")
+
+
+class FastS3(LocalS3):
+    """The in-memory S3 server bench/s3mem for S3, and moto beside it for every other
+    service (SSM's profiles): the SDK's AWS_ENDPOINT_URL_S3 sends S3 calls to s3mem."""
+
+    name = "s3mem"
+
+    def __enter__(self) -> "FastS3":
+        super().__enter__()
+        self.fast_log = open(tempfile.mktemp(prefix="drpilot-bench-s3mem-", suffix=".log"), "w")
+        port = free_port()
+        self.fast = subprocess.Popen([s3mem_binary(), "--port", str(port)], stdout=self.fast_log,
+                                     stderr=self.fast_log)
+        wait_for_port(port, "s3mem")
+        self.endpoint = f"http://127.0.0.1:{port}"
+        self.env["AWS_ENDPOINT_URL_S3"] = self.endpoint
+        return self
+
+    def __exit__(self, *exc) -> None:
+        stop(self.fast, self.fast_log)
+        super().__exit__(*exc)
+
+
+SERVERS = (LocalS3, FastS3)
+
 
 
 def timed(cmd: list[str] | str, env: dict | None = None, shell: bool = False) -> tuple[float, str]:
