@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, LocalS3, aws_cli_path, bench_binary, log, median, table, timed  # noqa: E402
+from common import ROOT, SERVERS, aws_cli_path, bench_binary, log, median, table, timed  # noqa: E402
 
 REPS = int(os.environ.get("BENCH_REPS", "3"))
 
@@ -33,10 +33,14 @@ def body(i: int) -> bytes:
 
 
 def rows(n: int = 10_000) -> list[tuple[str, str, str, str]]:
+    return [row for server in SERVERS for row in server_rows(n, server)]
+
+
+def server_rows(n: int, server) -> list[tuple[str, str, str, str]]:
     binary = bench_binary("failback", "copy_back")
     changed = max(1, n // 10)
     keys = [f"d{i % 50:02d}/o-{i:07d}.json" for i in range(n)]
-    with LocalS3() as s3, tempfile.TemporaryDirectory(prefix="drpilot-bench-failback-") as tmp:
+    with server() as s3, tempfile.TemporaryDirectory(prefix="drpilot-bench-failback-") as tmp:
         s3.client().create_bucket(Bucket="bench")
         log(f"filling the primary copies and the peer's with {n:,} objects ...")
         for rep in range(REPS):
@@ -74,7 +78,7 @@ def rows(n: int = 10_000) -> list[tuple[str, str, str, str]]:
             peer.append(t)
         o, p = median(ours), median(peer)
         split = min(parts, key=lambda r: abs(r["seconds"] - median([x["seconds"] for x in parts])))
-        return [(f"Failback, {n:,} objects, {changed:,} changed on the DR site (moto)",
+        return [(f"Failback, {n:,} objects, {changed:,} changed on the DR site ({s3.name})",
                  f"{o:.2f} s: divergence {split['divergence_seconds']:.2f} s, copy-back "
                  f"{split['copy_seconds']:.2f} s ({changed:,} copied), recount {split['recount_seconds']:.2f} s; "
                  f"peak RSS {median(rss) / 1024:.1f} MiB",

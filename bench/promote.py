@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Promote on the local server: drpilot's server-side copy (one merge of both listings,
+"""Promote on each local S3 server (moto, bench/s3mem): drpilot's server-side copy (one merge of both listings,
 CopyObject for what differs, 16 in flight) vs `aws s3 sync` between the same prefixes.
 
 usage: .venv/bin/python bench/promote.py [OBJECTS]   (default 10000)
@@ -13,14 +13,18 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import LocalS3, aws_cli_path, bench_binary, log, median, table, timed  # noqa: E402
+from common import SERVERS, aws_cli_path, bench_binary, log, median, table, timed  # noqa: E402
 
 REPS = int(os.environ.get("BENCH_REPS", "3"))
 
 
 def rows(n: int = 10_000) -> list[tuple[str, str, str, str]]:
+    return [row for server in SERVERS for row in server_rows(n, server)]
+
+
+def server_rows(n: int, server) -> list[tuple[str, str, str, str]]:
     binary = bench_binary("promote", "copy")
-    with LocalS3() as s3:
+    with server() as s3:
         s3.client().create_bucket(Bucket="bench")
         log(f"filling stage/ with {n:,} objects ...")
         s3.fill("bench", [(f"stage/d{i % 50:02d}/o-{i:07d}.json", f"payload {i}".encode() * 20) for i in range(n)])
@@ -35,7 +39,7 @@ def rows(n: int = 10_000) -> list[tuple[str, str, str, str]]:
                          env=s3.env)
             peer.append(t)
         o, p = median(ours), median(peer)
-        return [(f"Promote, {n:,} objects (moto, server-side copy)", f"{o:.2f} s ({n / o:,.0f} obj/s)",
+        return [(f"Promote, {n:,} objects ({s3.name}, server-side copy)", f"{o:.2f} s ({n / o:,.0f} obj/s)",
                  f"aws s3 sync: {p:.2f} s ({n / p:,.0f} obj/s)", f"{p / o:.2f}x")]
 
 

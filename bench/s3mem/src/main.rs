@@ -132,7 +132,10 @@ fn source_range(range: Option<&str>, len: usize) -> S3Result<std::ops::Range<usi
         .and_then(|(a, b)| Some((a.parse::<usize>().ok()?, b.parse::<usize>().ok()?)));
     match parsed {
         Some((first, last)) if first <= last && last < len => Ok(first..last + 1),
-        _ => Err(s3_error!(InvalidArgument, "bad copy source range {range:?}")),
+        _ => Err(s3_error!(
+            InvalidArgument,
+            "bad copy source range {range:?}"
+        )),
     }
 }
 
@@ -188,9 +191,12 @@ fn list_page(
 ) -> Page {
     let mut from = prefix.to_owned();
     let mut exclusive = false;
-    for bound in [start_after.map(str::to_owned), resume.map(Resume::lower_bound)]
-        .into_iter()
-        .flatten()
+    for bound in [
+        start_after.map(str::to_owned),
+        resume.map(Resume::lower_bound),
+    ]
+    .into_iter()
+    .flatten()
     {
         if bound >= from {
             from = bound;
@@ -208,7 +214,9 @@ fn list_page(
         Bound::Included(from)
     };
     'scan: loop {
-        let mut range = bucket.objects.range::<String, _>((lower.clone(), Bound::Unbounded));
+        let mut range = bucket
+            .objects
+            .range::<String, _>((lower.clone(), Bound::Unbounded));
         while let Some((key, stored)) = range.next() {
             if !key.starts_with(prefix) {
                 break 'scan;
@@ -259,13 +267,24 @@ impl Store {
         f(buckets.get(bucket).ok_or_else(|| s3_error!(NoSuchBucket))?)
     }
 
-    fn write<T>(&self, bucket: &str, f: impl FnOnce(&mut StoredBucket) -> S3Result<T>) -> S3Result<T> {
+    fn write<T>(
+        &self,
+        bucket: &str,
+        f: impl FnOnce(&mut StoredBucket) -> S3Result<T>,
+    ) -> S3Result<T> {
         let mut buckets = self.buckets.write().expect("store lock");
-        f(buckets.get_mut(bucket).ok_or_else(|| s3_error!(NoSuchBucket))?)
+        f(buckets
+            .get_mut(bucket)
+            .ok_or_else(|| s3_error!(NoSuchBucket))?)
     }
 
     fn object(&self, bucket: &str, key: &str) -> S3Result<Arc<Stored>> {
-        self.read(bucket, |b| b.objects.get(key).cloned().ok_or_else(|| s3_error!(NoSuchKey)))
+        self.read(bucket, |b| {
+            b.objects
+                .get(key)
+                .cloned()
+                .ok_or_else(|| s3_error!(NoSuchKey))
+        })
     }
 
     fn put(&self, bucket: &str, key: String, stored: Stored) -> S3Result<()> {
@@ -278,7 +297,10 @@ impl Store {
 
 #[async_trait::async_trait]
 impl S3 for Store {
-    async fn create_bucket(&self, req: S3Request<CreateBucketInput>) -> S3Result<S3Response<CreateBucketOutput>> {
+    async fn create_bucket(
+        &self,
+        req: S3Request<CreateBucketInput>,
+    ) -> S3Result<S3Response<CreateBucketOutput>> {
         let mut buckets = self.buckets.write().expect("store lock");
         if buckets.contains_key(&req.input.bucket) {
             return Err(s3_error!(BucketAlreadyOwnedByYou));
@@ -287,12 +309,18 @@ impl S3 for Store {
         Ok(S3Response::new(CreateBucketOutput::default()))
     }
 
-    async fn head_bucket(&self, req: S3Request<HeadBucketInput>) -> S3Result<S3Response<HeadBucketOutput>> {
+    async fn head_bucket(
+        &self,
+        req: S3Request<HeadBucketInput>,
+    ) -> S3Result<S3Response<HeadBucketOutput>> {
         self.read(&req.input.bucket, |_| Ok(()))?;
         Ok(S3Response::new(HeadBucketOutput::default()))
     }
 
-    async fn list_buckets(&self, _: S3Request<ListBucketsInput>) -> S3Result<S3Response<ListBucketsOutput>> {
+    async fn list_buckets(
+        &self,
+        _: S3Request<ListBucketsInput>,
+    ) -> S3Result<S3Response<ListBucketsOutput>> {
         let buckets = self.buckets.read().expect("store lock");
         let list = buckets
             .keys()
@@ -315,7 +343,10 @@ impl S3 for Store {
         Ok(S3Response::new(GetBucketLocationOutput::default()))
     }
 
-    async fn put_object(&self, req: S3Request<PutObjectInput>) -> S3Result<S3Response<PutObjectOutput>> {
+    async fn put_object(
+        &self,
+        req: S3Request<PutObjectInput>,
+    ) -> S3Result<S3Response<PutObjectOutput>> {
         let input = req.input;
         self.read(&input.bucket, |_| Ok(()))?;
         let data = collect(input.body).await?;
@@ -341,7 +372,10 @@ impl S3 for Store {
         }))
     }
 
-    async fn get_object(&self, req: S3Request<GetObjectInput>) -> S3Result<S3Response<GetObjectOutput>> {
+    async fn get_object(
+        &self,
+        req: S3Request<GetObjectInput>,
+    ) -> S3Result<S3Response<GetObjectOutput>> {
         let input = req.input;
         let stored = self.object(&input.bucket, &input.key)?;
         let len = stored.data.len() as u64;
@@ -371,7 +405,10 @@ impl S3 for Store {
         }))
     }
 
-    async fn head_object(&self, req: S3Request<HeadObjectInput>) -> S3Result<S3Response<HeadObjectOutput>> {
+    async fn head_object(
+        &self,
+        req: S3Request<HeadObjectInput>,
+    ) -> S3Result<S3Response<HeadObjectOutput>> {
         let stored = self.object(&req.input.bucket, &req.input.key)?;
         Ok(S3Response::new(HeadObjectOutput {
             content_length: Some(stored.data.len() as i64),
@@ -385,13 +422,22 @@ impl S3 for Store {
         }))
     }
 
-    async fn copy_object(&self, req: S3Request<CopyObjectInput>) -> S3Result<S3Response<CopyObjectOutput>> {
+    async fn copy_object(
+        &self,
+        req: S3Request<CopyObjectInput>,
+    ) -> S3Result<S3Response<CopyObjectOutput>> {
         let input = req.input;
         let (src_bucket, src_key) = copy_source(&input.copy_source)?;
         let source = self.object(src_bucket, src_key)?;
         let replace = |d: &Option<String>| d.as_deref() == Some("REPLACE");
-        let metadata_directive = input.metadata_directive.as_ref().map(|d| d.as_str().to_owned());
-        let tagging_directive = input.tagging_directive.as_ref().map(|d| d.as_str().to_owned());
+        let metadata_directive = input
+            .metadata_directive
+            .as_ref()
+            .map(|d| d.as_str().to_owned());
+        let tagging_directive = input
+            .tagging_directive
+            .as_ref()
+            .map(|d| d.as_str().to_owned());
         let (content_type, content_encoding, metadata) = if replace(&metadata_directive) {
             (input.content_type, input.content_encoding, input.metadata)
         } else {
@@ -432,7 +478,10 @@ impl S3 for Store {
         }))
     }
 
-    async fn delete_object(&self, req: S3Request<DeleteObjectInput>) -> S3Result<S3Response<DeleteObjectOutput>> {
+    async fn delete_object(
+        &self,
+        req: S3Request<DeleteObjectInput>,
+    ) -> S3Result<S3Response<DeleteObjectOutput>> {
         self.write(&req.input.bucket, |b| {
             b.objects.remove(&req.input.key);
             Ok(())
@@ -440,7 +489,10 @@ impl S3 for Store {
         Ok(S3Response::new(DeleteObjectOutput::default()))
     }
 
-    async fn delete_objects(&self, req: S3Request<DeleteObjectsInput>) -> S3Result<S3Response<DeleteObjectsOutput>> {
+    async fn delete_objects(
+        &self,
+        req: S3Request<DeleteObjectsInput>,
+    ) -> S3Result<S3Response<DeleteObjectsOutput>> {
         let input = req.input;
         let quiet = input.delete.quiet.unwrap_or(false);
         let deleted = self.write(&input.bucket, |b| {
@@ -463,9 +515,16 @@ impl S3 for Store {
         }))
     }
 
-    async fn list_objects_v2(&self, req: S3Request<ListObjectsV2Input>) -> S3Result<S3Response<ListObjectsV2Output>> {
+    async fn list_objects_v2(
+        &self,
+        req: S3Request<ListObjectsV2Input>,
+    ) -> S3Result<S3Response<ListObjectsV2Output>> {
         let input = req.input;
-        let resume = input.continuation_token.as_deref().map(Resume::parse).transpose()?;
+        let resume = input
+            .continuation_token
+            .as_deref()
+            .map(Resume::parse)
+            .transpose()?;
         let max_keys = input.max_keys.unwrap_or(1000).clamp(0, 1000);
         let page = self.read(&input.bucket, |b| {
             Ok(list_page(
@@ -500,14 +559,20 @@ impl S3 for Store {
         }))
     }
 
-    async fn list_objects(&self, req: S3Request<ListObjectsInput>) -> S3Result<S3Response<ListObjectsOutput>> {
+    async fn list_objects(
+        &self,
+        req: S3Request<ListObjectsInput>,
+    ) -> S3Result<S3Response<ListObjectsOutput>> {
         let input = req.input;
         let max_keys = input.max_keys.unwrap_or(1000).clamp(0, 1000);
         // v1's marker is a key or a common prefix the previous page ended on.
-        let resume = input.marker.as_ref().map(|m| match input.delimiter.as_deref() {
-            Some(d) if m.ends_with(d) => Resume::AfterPrefix(m.clone()),
-            _ => Resume::AfterKey(m.clone()),
-        });
+        let resume = input
+            .marker
+            .as_ref()
+            .map(|m| match input.delimiter.as_deref() {
+                Some(d) if m.ends_with(d) => Resume::AfterPrefix(m.clone()),
+                _ => Resume::AfterKey(m.clone()),
+            });
         let page = self.read(&input.bucket, |b| {
             Ok(list_page(
                 b,
@@ -553,7 +618,10 @@ impl S3 for Store {
             .map(|t| (t.key.unwrap_or_default(), t.value.unwrap_or_default()))
             .collect();
         self.write(&input.bucket, |b| {
-            let stored = b.objects.get_mut(&input.key).ok_or_else(|| s3_error!(NoSuchKey))?;
+            let stored = b
+                .objects
+                .get_mut(&input.key)
+                .ok_or_else(|| s3_error!(NoSuchKey))?;
             Arc::make_mut(stored).tags = tags;
             Ok(())
         })?;
@@ -576,7 +644,10 @@ impl S3 for Store {
         req: S3Request<CreateMultipartUploadInput>,
     ) -> S3Result<S3Response<CreateMultipartUploadOutput>> {
         let input = req.input;
-        let id = format!("upload-{}", self.next_upload.fetch_add(1, Ordering::Relaxed));
+        let id = format!(
+            "upload-{}",
+            self.next_upload.fetch_add(1, Ordering::Relaxed)
+        );
         self.write(&input.bucket, |b| {
             b.uploads.insert(
                 id.clone(),
@@ -599,12 +670,18 @@ impl S3 for Store {
         }))
     }
 
-    async fn upload_part(&self, req: S3Request<UploadPartInput>) -> S3Result<S3Response<UploadPartOutput>> {
+    async fn upload_part(
+        &self,
+        req: S3Request<UploadPartInput>,
+    ) -> S3Result<S3Response<UploadPartOutput>> {
         let input = req.input;
         let data = collect(input.body).await?;
         let etag = md5_hex(&[&data]);
         self.write(&input.bucket, |b| {
-            let upload = b.uploads.get_mut(&input.upload_id).ok_or_else(|| s3_error!(NoSuchUpload))?;
+            let upload = b
+                .uploads
+                .get_mut(&input.upload_id)
+                .ok_or_else(|| s3_error!(NoSuchUpload))?;
             upload.parts.insert(input.part_number, (data, etag.clone()));
             Ok(())
         })?;
@@ -626,7 +703,10 @@ impl S3 for Store {
         let etag = md5_hex(&[&data]);
         let modified = SystemTime::now();
         self.write(&input.bucket, |b| {
-            let upload = b.uploads.get_mut(&input.upload_id).ok_or_else(|| s3_error!(NoSuchUpload))?;
+            let upload = b
+                .uploads
+                .get_mut(&input.upload_id)
+                .ok_or_else(|| s3_error!(NoSuchUpload))?;
             upload.parts.insert(input.part_number, (data, etag.clone()));
             Ok(())
         })?;
@@ -650,7 +730,10 @@ impl S3 for Store {
             .and_then(|m| m.parts)
             .ok_or_else(|| s3_error!(MalformedXML, "no parts"))?;
         let etag = self.write(&input.bucket, |b| {
-            let upload = b.uploads.get(&input.upload_id).ok_or_else(|| s3_error!(NoSuchUpload))?;
+            let upload = b
+                .uploads
+                .get(&input.upload_id)
+                .ok_or_else(|| s3_error!(NoSuchUpload))?;
             if upload.key != input.key {
                 return Err(s3_error!(NoSuchUpload));
             }
@@ -663,12 +746,18 @@ impl S3 for Store {
                     return Err(s3_error!(InvalidPartOrder));
                 }
                 previous = number;
-                let (bytes, etag) = upload.parts.get(&number).ok_or_else(|| s3_error!(InvalidPart))?;
+                let (bytes, etag) = upload
+                    .parts
+                    .get(&number)
+                    .ok_or_else(|| s3_error!(InvalidPart))?;
                 if part.e_tag.as_ref().is_some_and(|e| e.value() != etag) {
                     return Err(s3_error!(InvalidPart, "part {number}'s ETag differs"));
                 }
                 data.extend_from_slice(bytes);
-                digests.extend((0..etag.len() / 2).map(|i| u8::from_str_radix(&etag[2 * i..2 * i + 2], 16).unwrap_or(0)));
+                digests.extend(
+                    (0..etag.len() / 2)
+                        .map(|i| u8::from_str_radix(&etag[2 * i..2 * i + 2], 16).unwrap_or(0)),
+                );
             }
             let upload = b.uploads.remove(&input.upload_id).expect("checked above");
             let etag = format!("{}-{}", md5_hex(&[&digests]), listed.len());
@@ -754,7 +843,9 @@ fn args() -> Args {
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
-        let value = it.next().unwrap_or_else(|| usage(&format!("{flag} needs a value")));
+        let value = it
+            .next()
+            .unwrap_or_else(|| usage(&format!("{flag} needs a value")));
         match flag.as_str() {
             "--host" => out.host = value,
             "--port" => out.port = value.parse().unwrap_or_else(|_| usage("--port: a number")),
@@ -767,7 +858,9 @@ fn args() -> Args {
 }
 
 fn usage(problem: &str) -> ! {
-    eprintln!("s3mem: {problem}\nusage: s3mem [--host H] [--port P] [--access-key K --secret-key S]");
+    eprintln!(
+        "s3mem: {problem}\nusage: s3mem [--host H] [--port P] [--access-key K --secret-key S]"
+    );
     std::process::exit(2)
 }
 
@@ -790,7 +883,9 @@ async fn main() -> std::io::Result<()> {
             },
             _ = tokio::signal::ctrl_c() => return Ok(()),
         };
-        let conn = http.serve_connection(TokioIo::new(socket), service.clone()).into_owned();
+        let conn = http
+            .serve_connection(TokioIo::new(socket), service.clone())
+            .into_owned();
         tokio::spawn(async move {
             let _ = conn.await;
         });
