@@ -11,8 +11,14 @@ use crate::error::{Error, Result};
 use crate::plan::KeyRange;
 use crate::s3uri::S3Uri;
 
-/// How many listed objects may wait between the lister and the merge.
-const LIST_BUFFER: usize = 4096;
+/// How many listed objects may wait between a listing and the merge reading it: one
+/// ListObjectsV2 page.
+const LIST_BUFFER: usize = 256;
+
+/// How many of a partition's listed objects may wait in its channel, beside the page
+/// its lister holds (at most 1,000 entries, handed on as the reader takes them): the
+/// partitions in flight are what a listing's memory is, so each holds about one page.
+const PARTITION_BUFFER: usize = 256;
 
 /// One listed object; `key` is relative to the listed prefix.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -81,7 +87,7 @@ pub fn list_sorted_in(
 }
 
 /// Partitions listed at once by [`list_sorted_in`].
-pub const PARTITIONS_IN_FLIGHT: usize = 8;
+pub const PARTITIONS_IN_FLIGHT: usize = 4;
 
 /// How deep [`list_sorted_in`] descends through single directories looking for
 /// partitions.
@@ -284,7 +290,7 @@ impl Listing {
 
     /// Every object under `partition` (a key prefix below `base`), flat, in its own task.
     fn list_flat(&self, partition: String) -> (Sorted<ObjectInfo>, JoinHandle<()>) {
-        let (tx, rx) = mpsc::channel(LIST_BUFFER);
+        let (tx, rx) = mpsc::channel(PARTITION_BUFFER);
         let listing = self.clone();
         let task = tokio::spawn(async move {
             let mut pages = listing
@@ -306,19 +312,27 @@ impl Listing {
                         return;
                     }
                 };
-                for object in page.contents() {
-                    let past = object
+                // The page becomes its (smaller) entries before any waits on the
+                // reader: a lister holds one page's entries, not the SDK's page too.
+                let contents = page.contents();
+                let past_at = contents.iter().position(|object| {
+                    object
                         .key()
                         .and_then(|k| listing.base.strip(k))
-                        .is_some_and(|r| listing.range.past(r));
-                    if past {
-                        return;
+                        .is_some_and(|r| listing.range.past(r))
+                });
+                let infos: Vec<ObjectInfo> = contents[..past_at.unwrap_or(contents.len())]
+                    .iter()
+                    .filter_map(|object| listing.info(object))
+                    .collect();
+                drop(page);
+                for info in infos {
+                    if tx.send(Ok(info)).await.is_err() {
+                        return; // the merge stopped early
                     }
-                    if let Some(info) = listing.info(object) {
-                        if tx.send(Ok(info)).await.is_err() {
-                            return; // the merge stopped early
-                        }
-                    }
+                }
+                if past_at.is_some() {
+                    return;
                 }
             }
         });
