@@ -202,6 +202,8 @@ async fn a_sharded_backup_fans_out_through_distributed_map_and_ends_like_v1() {
         .iter()
         .all(|s| s["objects"] == 20));
     let after_sharded = root(&aws).await;
+    // A run that succeeded raises no fence.
+    assert!(fence(&aws, &sharded).await.is_none());
     // Nothing of the run's staging is left.
     assert!(aws
         .keys(TARGET_BUCKET, &format!("_staging/{sharded}/"))
@@ -341,4 +343,17 @@ async fn a_child_failing_for_good_fails_its_phase_by_range_and_teardown_cleans_u
     let summary = records.summary.unwrap();
     assert!(summary.torn_down && !summary.promoted);
     assert_eq!(summary.failure.and_then(|f| f.phase), Some(Phase::Restore));
+    // On AWS the failed Map's other children could still be running: teardown raised
+    // the run's fence against this execution before it deleted the staging.
+    let fence = fence(&aws, &run).await.expect("teardown's fence");
+    assert!(fence.reason.starts_with("restore failed with"), "{fence:?}");
+    assert!(fence.execution_arn.is_some(), "{fence:?}");
+}
+
+/// The fence teardown raised for `run`, if any.
+async fn fence(aws: &LocalAws, run: &str) -> Option<drpilot_shared::fence::Raised> {
+    let uri = drpilot_shared::fence::fence_uri(&aws.receipts(), run).unwrap();
+    drpilot_shared::objects::get_json(aws.s3(), &uri)
+        .await
+        .unwrap()
 }

@@ -6,7 +6,8 @@
 //! halves that rate whenever S3 still says `SlowDown` after the SDK's own retries, then
 //! grows it back a little with every success (additive increase, multiplicative
 //! decrease). A request S3 throttled is retried here, after the new pace, a bounded
-//! number of times.
+//! number of times. A range's child's budget also carries its run's [`Fence`]: the
+//! writers ask [`PutBudget::check_fence`] before each object they start.
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -15,7 +16,11 @@ use std::time::Duration;
 use aws_sdk_s3::error::ProvideErrorMetadata;
 use tokio::time::Instant;
 
+use crate::error::Result;
+use crate::fence::{fence_uri, Fence};
 use crate::plan::PlanRef;
+use crate::receipt::ReceiptStore;
+use crate::run::RunContext;
 
 /// The aggregate write rate a run keeps under, per prefix (S3's 3,500 less a margin).
 pub const PREFIX_PUT_RATE: f64 = 3_000.0;
@@ -33,6 +38,7 @@ const SLOW_DOWN_RETRIES: u32 = 5;
 #[derive(Clone, Debug)]
 pub struct PutBudget {
     state: Arc<Mutex<Bucket>>,
+    fence: Option<Fence>,
 }
 
 #[derive(Debug)]
@@ -56,6 +62,23 @@ impl PutBudget {
                 last: Instant::now(),
                 slow_downs: 0,
             })),
+            fence: None,
+        }
+    }
+
+    /// The same budget, whose writers stop once `fence` is up (a range's child).
+    pub fn with_fence(mut self, fence: Fence) -> Self {
+        self.fence = Some(fence);
+        self
+    }
+
+    /// Before a writer starts an object: `Ok` unless this budget's fence is up.
+    pub async fn check_fence(&self) -> Result<()> {
+        match &self.fence {
+            // Boxed: the writers' loops await this for every object and should not carry
+            // an S3 request's future in their own state.
+            Some(fence) => Box::pin(fence.check()).await,
+            None => Ok(()),
         }
     }
 
@@ -67,6 +90,20 @@ impl PutBudget {
             _ => 1,
         };
         Self::new(PREFIX_PUT_RATE / f64::from(sharing))
+    }
+
+    /// A range's child's budget: its share of the rate, stopped by its run's fence.
+    pub fn for_child(
+        s3: &aws_sdk_s3::Client,
+        store: &ReceiptStore,
+        run: &RunContext,
+    ) -> Result<Self> {
+        let fence = Fence::new(
+            s3.clone(),
+            fence_uri(store, &run.run_id)?,
+            run.execution_arn.clone(),
+        );
+        Ok(Self::for_run(run.plan.as_ref(), true).with_fence(fence))
     }
 
     /// Requests a second it allows now.

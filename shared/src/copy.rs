@@ -73,6 +73,11 @@ pub async fn apply_changes(
     let mut stats = CopyStats::default();
     let mut first_error = None;
     while let Some(change) = changes.recv().await {
+        if let Err(fenced) = budget.check_fence().await {
+            // The producer sees the channel close and stops; what is in flight ends.
+            first_error.get_or_insert(fenced);
+            break;
+        }
         let permit = permits
             .clone()
             .acquire_owned()
@@ -88,6 +93,7 @@ pub async fn apply_changes(
             absorb(done, &mut stats, &mut first_error);
         }
     }
+    drop(changes);
     while let Some(done) = tasks.join_next().await {
         absorb(done, &mut stats, &mut first_error);
     }

@@ -26,7 +26,8 @@ pub enum ErrorKind {
     ApprovalMissing,
     /// A transient fault (throttling, 5xx, timeout): the state machine retries it.
     Retryable,
-    /// An AWS call failed in a way retrying will not fix (access denied, missing bucket).
+    /// An AWS call failed in a way retrying will not fix (access denied, missing bucket),
+    /// or a range's child found its run ended under it (teardown's fence, `fence`).
     /// Kept apart from `Retryable` so the state machine never retries it; its catch-all
     /// routes it to teardown like any other failure.
     ServiceError,

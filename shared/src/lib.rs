@@ -6,6 +6,7 @@
 //! records, as types), [`run`] (what travels between phases), [`restored`] (deleting what components restored), [`resume`] (a run across executions: their names,
 //! the run record, what a phase needs done before it), [`lock`] (the run lock),
 //! [`plan`] (the key ranges the heavy phases fan out over, and their partial results),
+//! [`fence`] (what stops a fanned-out run's children once teardown ends it),
 //! [`objects`] (the S3 access layer: JSON, conditional writes, bulk deletes, uploads),
 //! [`backup`] (the backup contract), [`archive`] (reading its archives as streams),
 //! [`manifest`] (the manifests and the archive's contents as sorted streams), [`maker`]
@@ -27,6 +28,7 @@ pub mod copy;
 pub mod details;
 pub mod error;
 pub mod failback;
+pub mod fence;
 pub mod input;
 pub mod ledger;
 pub mod listing;

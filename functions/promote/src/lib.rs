@@ -127,7 +127,10 @@ impl Promote {
                     Rerun::KeepSuccess,
                     async |ctx: &PhaseRun<'_>| {
                         let approval = self.check(ctx, approval.as_ref()).await?;
-                        let synced = self.sync(ctx.run, ctx.profile, &KeyRange::all()).await?;
+                        let budget = PutBudget::for_run(None, false);
+                        let synced = self
+                            .sync(ctx.run, ctx.profile, &KeyRange::all(), &budget)
+                            .await?;
                         let synced = synced.checked(Utc::now())?;
                         let details = self
                             .audit(ctx.run, ctx.profile, ctx.store, approval, &synced)
@@ -167,7 +170,10 @@ impl Promote {
                                     .verify(&ctx.run.run_id, approval)
                                     .await?;
                             }
-                            let synced = self.sync(ctx.run, ctx.profile, &item.range).await?;
+                            let budget = PutBudget::for_child(s3, ctx.store, ctx.run)?;
+                            let synced = self
+                                .sync(ctx.run, ctx.profile, &item.range, &budget)
+                                .await?;
                             Ok(RangePromoted {
                                 parity_before: synced.parity_before,
                                 parity_after: synced.parity_after,
@@ -247,13 +253,18 @@ impl Promote {
         Ok(approval)
     }
 
-    /// Copies the staging's keys in `range` into `root/`, and compares them again.
-    async fn sync(&self, run: &RunContext, profile: &Profile, range: &KeyRange) -> Result<Synced> {
+    /// Copies the staging's keys in `range` into `root/` within `budget`, and compares
+    /// them again.
+    async fn sync(
+        &self,
+        run: &RunContext,
+        profile: &Profile,
+        range: &KeyRange,
+        budget: &PutBudget,
+    ) -> Result<Synced> {
         let staging = profile.target.staging(&run.run_id)?;
         let root = profile.target.root();
         let started = Utc::now();
-        // One range of several shares the prefix's write rate with its siblings.
-        let budget = PutBudget::for_run(run.plan.as_ref(), !range.is_all());
         let (parity_before, stats) = sync_prefixes(
             &self.clients.s3,
             &staging,
@@ -261,7 +272,7 @@ impl Promote {
             range,
             profile.prune_drift,
             self.tuning,
-            &budget,
+            budget,
         )
         .await?;
         let parity_after = compare_ranges(

@@ -235,7 +235,7 @@ impl Restore {
     async fn stage_shard(&self, ctx: &PhaseRun<'_>, item: &PlanItem) -> Result<ShardStaged> {
         let started = Utc::now();
         let staging = ctx.profile.target.staging(&ctx.run.run_id)?;
-        let budget = PutBudget::for_run(ctx.run.plan.as_ref(), true);
+        let budget = PutBudget::for_child(&self.clients.s3, ctx.store, ctx.run)?;
         let report = self
             .stage_state(
                 &ctx.run.backup.uri.as_prefix(),

@@ -199,6 +199,7 @@ impl Uploader {
             }
             match message {
                 EntryMessage::Begin { key, size } => {
+                    self.budget.check_fence().await?;
                     let key = self.object_key(&key)?;
                     current = Some(if size as usize > self.tuning.part_size {
                         let upload_id = self.create_multipart(&key).await?;

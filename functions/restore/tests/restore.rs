@@ -780,3 +780,76 @@ async fn the_control_plane_bundle_is_verified_and_staged() {
         bundle.as_slice()
     );
 }
+
+/// A range's child behind its execution's fence (teardown raised it: the Map failed,
+/// this invocation ran on) stages nothing and fails naming the fence; a fence raised
+/// against another execution of the run does not stop it.
+#[tokio::test]
+async fn a_child_behind_its_executions_fence_stages_nothing() {
+    use drpilot_shared::backup::BackupMetadata;
+    use drpilot_shared::fence::{fence_uri, raise};
+    use drpilot_shared::plan::{self, PlanRef};
+    use drpilot_shared::receipt::ReceiptStore;
+    use drpilot_testkit::EVIDENCE_BUCKET;
+
+    let aws = LocalAws::start().await;
+    aws.standard_setup().await;
+    let tmp = TempDir::new("restore-fence");
+    let src = tmp.path().join("src");
+    source_tree(&src, false);
+    let out = tmp.path().join("v2");
+    sharded(&src, &out, |_, _| {});
+    publish(&aws, &out, "fenced-v2").await;
+    let meta: BackupMetadata =
+        serde_json::from_slice(&std::fs::read(out.join("metadata.json")).unwrap()).unwrap();
+    let items = plan::items(&meta);
+    let child = |run_id: &str| {
+        let mut request = phase_request(run_id, "fenced-v2");
+        request.run.plan = Some(PlanRef {
+            bucket: EVIDENCE_BUCKET.into(),
+            key: format!("drpilot/receipts/runs/{run_id}/plan.json"),
+            ranges: items.len() as u32,
+        });
+        request.range = Some(items[1].clone());
+        request
+    };
+    let receipts: S3Uri = format!("s3://{EVIDENCE_BUCKET}/drpilot/receipts/")
+        .parse()
+        .unwrap();
+    let store = ReceiptStore::new(aws.s3().clone(), receipts);
+
+    let fenced = child("run-fenced");
+    let uri = fence_uri(&store, "run-fenced").unwrap();
+    raise(
+        aws.s3(),
+        &uri,
+        fenced.run.execution_arn.as_deref(),
+        "restore failed with Retryable",
+    )
+    .await
+    .unwrap();
+    let err = restorer(&aws).serve_step(fenced).await.unwrap_err();
+    assert_eq!(err.kind, ErrorKind::ServiceError, "{err}");
+    assert!(err.message.contains("fence"), "{err}");
+    assert!(
+        err.message.contains("restore failed with Retryable"),
+        "{err}"
+    );
+    assert!(staged(&aws, "run-fenced").await.is_empty());
+
+    let other = child("run-resumed");
+    let uri = fence_uri(&store, "run-resumed").unwrap();
+    raise(
+        aws.s3(),
+        &uri,
+        Some("arn:aws:states:us-east-1:123456789012:execution:drpilot-drill:an-earlier-one"),
+        "an earlier execution failed",
+    )
+    .await
+    .unwrap();
+    restorer(&aws).serve_step(other).await.unwrap();
+    assert_eq!(
+        Some(staged(&aws, "run-resumed").await.len() as u64),
+        items[1].shard.objects
+    );
+}

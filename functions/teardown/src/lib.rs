@@ -8,6 +8,7 @@ use chrono::{DateTime, Utc};
 use drpilot_shared::component::{overall_rto, ComponentOutcome, ComponentReceipt, ResourceState};
 use drpilot_shared::details::{ParityDetails, PromoteDetails, TeardownDetails};
 use drpilot_shared::error::readable_cause;
+use drpilot_shared::fence::{self, fence_uri};
 use drpilot_shared::input::{normalize, NameRule, Trigger, TriggerDefaults};
 use drpilot_shared::lock::{Released, RunLock};
 use drpilot_shared::metrics::{self, Sample};
@@ -186,7 +187,7 @@ impl Teardown {
             .and_then(|r| r.details::<TeardownDetails>().ok())
             .is_some_and(|d| d.metrics_published && d.execution == request.execution.name);
 
-        let cleaned = self.clean_up(&known, &request, &profile).await?;
+        let cleaned = self.clean_up(&known, &request, &profile, &store).await?;
         let receipts = self.gather(&known, &request, &store).await?;
         let now = Utc::now();
         let mut summary = summarize(
@@ -372,9 +373,11 @@ impl Teardown {
         known: &Known,
         request: &TeardownRequest,
         profile: &Profile,
+        store: &ReceiptStore,
     ) -> Result<Cleaned> {
         let staging_uri = profile.target.staging(&known.run_id)?;
         let lock = RunLock::new(self.clients.s3.clone(), profile.target.lock());
+        let fenced = self.fence(known, request, store).await?;
         let (staging, released) = if known.input.dry_run {
             (Staging::Untouched, None)
         } else if request.run.is_none() {
@@ -384,7 +387,7 @@ impl Teardown {
             };
             (Staging::Untouched, released)
         } else if known.input.teardown {
-            let deleted = delete_prefix(&self.clients.s3, &staging_uri).await?;
+            let deleted = self.empty_staging(&staging_uri, fenced).await?;
             (
                 Staging::Deleted(deleted),
                 Some(lock.release(&known.run_id).await?),
@@ -408,6 +411,62 @@ impl Teardown {
             staging,
             lock,
         })
+    }
+
+    /// Raises the run's fence (`fence`) when a failure ended a run that fanned out: a
+    /// failed Map's children may still be running, and must write nothing more. Whether
+    /// it did.
+    async fn fence(
+        &self,
+        known: &Known,
+        request: &TeardownRequest,
+        store: &ReceiptStore,
+    ) -> Result<bool> {
+        let fanned_out = request
+            .run
+            .as_ref()
+            .and_then(|run| run.plan.as_ref())
+            .is_some_and(|plan| plan.fans_out());
+        if !fanned_out || request.failure.is_none() || known.input.dry_run {
+            return Ok(false);
+        }
+        let uri = fence_uri(store, &known.run_id)?;
+        let reason = match &request.failure {
+            Some(failure) => format!("{} failed with {}", failure.phase, failure.error),
+            None => "the run failed".to_owned(),
+        };
+        fence::raise(
+            &self.clients.s3,
+            &uri,
+            request.execution.arn.as_deref(),
+            &reason,
+        )
+        .await?;
+        info!(run_id = %known.run_id, fence = %uri, "fence raised: the run's remaining children stop before their next write");
+        Ok(true)
+    }
+
+    /// Deletes the staging. Behind a raised fence it first waits out the writes a child
+    /// had begun, then deletes until a listing finds nothing more (a write that landed
+    /// after a pass is deleted by the next).
+    async fn empty_staging(&self, staging: &S3Uri, fenced: bool) -> Result<u64> {
+        if !fenced {
+            return delete_prefix(&self.clients.s3, staging).await;
+        }
+        tokio::time::sleep(fence::GRACE).await;
+        let mut deleted = 0;
+        for _ in 0..FENCED_DELETE_PASSES {
+            let this_pass = delete_prefix(&self.clients.s3, staging).await?;
+            deleted += this_pass;
+            if this_pass == 0 {
+                return Ok(deleted);
+            }
+            tokio::time::sleep(fence::CHECK_EVERY).await;
+        }
+        Err(Error::retryable(format!(
+            "{staging} still gets writes {FENCED_DELETE_PASSES} deletes after the fence \
+             went up; teardown's retry deletes again"
+        )))
     }
 
     /// Every phase's receipt before teardown: the failed one from the Catch if its own
@@ -500,6 +559,9 @@ impl Teardown {
         .await
     }
 }
+
+/// Deletes of a fenced run's staging before teardown gives up for this attempt.
+const FENCED_DELETE_PASSES: u32 = 5;
 
 /// What [`Teardown::clean_up`] did.
 struct Cleaned {
