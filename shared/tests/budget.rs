@@ -1,6 +1,7 @@
 //! The PUT budget against S3's throttling, which the local emulator never answers: an S3
 //! client whose responses come from aws-smithy-mocks says `503 SlowDown` (S3's own XML
 //! error) to the copy engine's requests, and the budget slows down and gets them through.
+//! A fenced budget (a range's child after teardown ended its run) copies nothing.
 
 #![allow(clippy::unwrap_used)] // a test that cannot unwrap should fail loudly
 
@@ -93,4 +94,41 @@ async fn a_prefix_s3_keeps_throttling_fails_retryable_after_bounded_tries() {
     assert!(err.message.contains("SlowDown"), "{err}");
     assert_eq!(throttled.num_calls(), 6, "the first try and five more");
     assert_eq!(budget.slow_downs(), 5);
+}
+
+/// A range's child whose run teardown fenced (the Map failed, this invocation ran on):
+/// the copy engine asks the fence before its first copy, finds it up, and copies
+/// nothing, failing with the fence's `ServiceError`.
+#[tokio::test]
+async fn a_fenced_copy_engine_copies_nothing() {
+    use aws_sdk_s3::operation::get_object::GetObjectOutput;
+    use aws_sdk_s3::primitives::ByteStream;
+    use drpilot_shared::fence::Fence;
+
+    let fence_up = mock!(Client::get_object)
+        .then_output(|| {
+            GetObjectOutput::builder()
+                .body(ByteStream::from_static(
+                    br#"{"raised_at":"2026-12-01T00:00:00Z","execution_arn":null,"reason":"promote failed with Retryable"}"#,
+                ))
+                .build()
+        });
+    let copy = mock!(Client::copy_object).then_output(|| CopyObjectOutput::builder().build());
+    let client = s3(&[&fence_up, &copy]);
+    let fence = Fence::new(
+        client.clone(),
+        S3Uri::new("evidence", "receipts/runs/run/ranges/fence.json").unwrap(),
+        None,
+    );
+    let budget = PutBudget::new(1000.0).with_fence(fence);
+    let err = apply_changes(&client, copies(3), CopyTuning::default(), &budget)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind, ErrorKind::ServiceError, "{err}");
+    assert!(
+        err.message.contains("promote failed with Retryable"),
+        "{err}"
+    );
+    assert_eq!(fence_up.num_calls(), 1);
+    assert_eq!(copy.num_calls(), 0);
 }
