@@ -36,9 +36,13 @@ lint: ## formatting, clippy (warnings are errors), and one feature set for every
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets -- -D warnings
 	scripts/check-one-build.sh
+	# The benchmarks' S3 server is a workspace of its own (bench/s3mem).
+	cargo fmt --manifest-path bench/s3mem/Cargo.toml --check
+	cargo clippy --manifest-path bench/s3mem/Cargo.toml --target-dir target -- -D warnings
 
 fmt: ## format the code
 	cargo fmt --all
+	cargo fmt --manifest-path bench/s3mem/Cargo.toml
 
 drill: ## the main job: a full DR drill on the local stack (prompts for approval on a terminal)
 	scripts/ensure-venv.sh --build

@@ -214,10 +214,10 @@ fn list_page(
         Bound::Included(from)
     };
     'scan: loop {
-        let mut range = bucket
+        let range = bucket
             .objects
             .range::<String, _>((lower.clone(), Bound::Unbounded));
-        while let Some((key, stored)) = range.next() {
+        for (key, stored) in range {
             if !key.starts_with(prefix) {
                 break 'scan;
             }
