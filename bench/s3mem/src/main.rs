@@ -147,6 +147,22 @@ struct Page {
     next: Option<Resume>,
 }
 
+impl Page {
+    /// The page's objects and common prefixes as a listing's XML has them (absent when
+    /// empty).
+    fn into_lists(self) -> (Option<Vec<Object>>, Option<Vec<CommonPrefix>>) {
+        let prefixes: Vec<CommonPrefix> = self
+            .prefixes
+            .into_iter()
+            .map(|p| CommonPrefix { prefix: Some(p) })
+            .collect();
+        (
+            (!self.objects.is_empty()).then_some(self.objects),
+            (!prefixes.is_empty()).then_some(prefixes),
+        )
+    }
+}
+
 /// A listing's resume point: after an object key, or after everything under a common
 /// prefix. Carried in the continuation token as `k<key>` / `p<prefix>`.
 #[derive(Clone)]
@@ -537,6 +553,8 @@ impl S3 for Store {
             ))
         })?;
         let count = (page.objects.len() + page.prefixes.len()) as i32;
+        let next_continuation_token = page.next.as_ref().map(Resume::token);
+        let (contents, common_prefixes) = page.into_lists();
         Ok(S3Response::new(ListObjectsV2Output {
             name: Some(input.bucket),
             prefix: input.prefix,
@@ -545,15 +563,10 @@ impl S3 for Store {
             key_count: Some(count),
             start_after: input.start_after,
             continuation_token: input.continuation_token,
-            is_truncated: Some(page.next.is_some()),
-            next_continuation_token: page.next.as_ref().map(Resume::token),
-            contents: (!page.objects.is_empty()).then_some(page.objects),
-            common_prefixes: (!page.prefixes.is_empty()).then(|| {
-                page.prefixes
-                    .into_iter()
-                    .map(|p| CommonPrefix { prefix: Some(p) })
-                    .collect()
-            }),
+            is_truncated: Some(next_continuation_token.is_some()),
+            next_continuation_token,
+            contents,
+            common_prefixes,
             encoding_type: input.encoding_type,
             ..Default::default()
         }))
@@ -586,21 +599,17 @@ impl S3 for Store {
         let next_marker = page.next.as_ref().map(|r| match r {
             Resume::AfterKey(k) | Resume::AfterPrefix(k) => k.clone(),
         });
+        let (contents, common_prefixes) = page.into_lists();
         Ok(S3Response::new(ListObjectsOutput {
             name: Some(input.bucket),
             prefix: input.prefix,
             delimiter: input.delimiter.clone(),
             marker: input.marker,
             max_keys: Some(max_keys),
-            is_truncated: Some(page.next.is_some()),
+            is_truncated: Some(next_marker.is_some()),
             next_marker: input.delimiter.and(next_marker),
-            contents: (!page.objects.is_empty()).then_some(page.objects),
-            common_prefixes: (!page.prefixes.is_empty()).then(|| {
-                page.prefixes
-                    .into_iter()
-                    .map(|p| CommonPrefix { prefix: Some(p) })
-                    .collect()
-            }),
+            contents,
+            common_prefixes,
             encoding_type: input.encoding_type,
             ..Default::default()
         }))
