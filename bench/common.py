@@ -154,8 +154,9 @@ class FastS3(LocalS3):
         super().__enter__()
         self.fast_log = open(tempfile.mktemp(prefix="drpilot-bench-s3mem-", suffix=".log"), "w")
         port = free_port()
-        self.fast = subprocess.Popen([s3mem_binary(), "--port", str(port)], stdout=self.fast_log,
-                                     stderr=self.fast_log)
+        # s3mem ends when its standard input closes: with this process, however it ends.
+        self.fast = subprocess.Popen([s3mem_binary(), "--port", str(port)], stdin=subprocess.PIPE,
+                                     stdout=self.fast_log, stderr=self.fast_log)
         wait_for_port(port, "s3mem")
         self.endpoint = f"http://127.0.0.1:{port}"
         self.env["AWS_ENDPOINT_URL_S3"] = self.endpoint

@@ -13,7 +13,8 @@
 //! completion with S3's `md5-of-md5s-N` ETag, abort, listing); object tagging.
 //!
 //! usage: s3mem [--host 127.0.0.1] [--port 0] [--access-key testing --secret-key testing]
-//! It prints `listening on http://HOST:PORT` once it accepts connections.
+//! It prints `listening on http://HOST:PORT` once it accepts connections, and ends when its
+//! standard input closes.
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
@@ -881,6 +882,13 @@ async fn main() -> std::io::Result<()> {
         builder.set_auth(SimpleAuth::from_single(args.access_key, args.secret_key));
         builder.build()
     };
+    // Its standard input is the bench script's pipe: when that closes (the script ended,
+    // however), the server ends too instead of outliving it.
+    tokio::spawn(async {
+        let mut sink = Vec::new();
+        let _ = tokio::io::AsyncReadExt::read_to_end(&mut tokio::io::stdin(), &mut sink).await;
+        std::process::exit(0);
+    });
     let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port)).await?;
     println!("listening on http://{}", listener.local_addr()?);
     let http = ConnBuilder::new(TokioExecutor::new());
