@@ -2,7 +2,8 @@
 """`make bench`: every measurement, drpilot and its peer side by side in one run on the
 same data, as one markdown table (what, drpilot, peer, ratio). Medians of BENCH_REPS runs.
 
-Sizes: BENCH_PARITY_OBJECTS (default 100000), BENCH_PROMOTE_OBJECTS (10000),
+Sizes: BENCH_PARITY_OBJECTS (default 100000), BENCH_PARITY_BIG (1000000, s3mem only; 0 skips it),
+BENCH_PROMOTE_OBJECTS (10000),
 BENCH_FAILBACK_OBJECTS (10000),
 BENCH_RESTORE_FILES (2000), BENCH_SHARDED_MB (1024), BENCH_PIPELINE_MB ("100 1100"), BENCH_MAKE_MB ("100 1000").
 """
@@ -35,7 +36,8 @@ def main() -> int:
     rows += restore_pipeline.rows([int(x) for x in os.environ.get("BENCH_PIPELINE_MB", "100 1100").split()])
     rows += restore_s3.rows(int(os.environ.get("BENCH_RESTORE_FILES", "2000")))
     rows += restore_shards.rows(int(os.environ.get("BENCH_SHARDED_MB", "1024")))
-    rows += parity.rows(int(os.environ.get("BENCH_PARITY_OBJECTS", "100000")))
+    rows += parity.rows(int(os.environ.get("BENCH_PARITY_OBJECTS", "100000")),
+                        int(os.environ.get("BENCH_PARITY_BIG", "1000000")))
     rows += promote.rows(int(os.environ.get("BENCH_PROMOTE_OBJECTS", "10000")))
     rows += failback.rows(int(os.environ.get("BENCH_FAILBACK_OBJECTS", "10000")))
     rows += backup_make.rows([int(x) for x in os.environ.get("BENCH_MAKE_MB", "100 1000").split()])
