@@ -427,14 +427,15 @@ impl Teardown {
             .as_ref()
             .and_then(|run| run.plan.as_ref())
             .is_some_and(|plan| plan.fans_out());
-        if !fanned_out || request.failure.is_none() || known.input.dry_run {
+        let Some(failure) = request
+            .failure
+            .as_ref()
+            .filter(|_| fanned_out && !known.input.dry_run)
+        else {
             return Ok(false);
-        }
-        let uri = fence_uri(store, &known.run_id)?;
-        let reason = match &request.failure {
-            Some(failure) => format!("{} failed with {}", failure.phase, failure.error),
-            None => "the run failed".to_owned(),
         };
+        let uri = fence_uri(store, &known.run_id)?;
+        let reason = format!("{} failed with {}", failure.phase, failure.error);
         fence::raise(
             &self.clients.s3,
             &uri,
