@@ -304,6 +304,26 @@ impl Store {
         })
     }
 
+    /// Stores (or replaces) part `number` of an upload; its ETag, the part's MD5.
+    fn add_part(
+        &self,
+        bucket: &str,
+        upload_id: &str,
+        number: i32,
+        data: Bytes,
+    ) -> S3Result<String> {
+        let etag = md5_hex(&[&data]);
+        self.write(bucket, |b| {
+            let upload = b
+                .uploads
+                .get_mut(upload_id)
+                .ok_or_else(|| s3_error!(NoSuchUpload))?;
+            upload.parts.insert(number, (data, etag.clone()));
+            Ok(())
+        })?;
+        Ok(etag)
+    }
+
     fn put(&self, bucket: &str, key: String, stored: Stored) -> S3Result<()> {
         self.write(bucket, |b| {
             b.objects.insert(key, Arc::new(stored));
@@ -686,15 +706,7 @@ impl S3 for Store {
     ) -> S3Result<S3Response<UploadPartOutput>> {
         let input = req.input;
         let data = collect(input.body).await?;
-        let etag = md5_hex(&[&data]);
-        self.write(&input.bucket, |b| {
-            let upload = b
-                .uploads
-                .get_mut(&input.upload_id)
-                .ok_or_else(|| s3_error!(NoSuchUpload))?;
-            upload.parts.insert(input.part_number, (data, etag.clone()));
-            Ok(())
-        })?;
+        let etag = self.add_part(&input.bucket, &input.upload_id, input.part_number, data)?;
         Ok(S3Response::new(UploadPartOutput {
             e_tag: Some(ETag::Strong(etag)),
             ..Default::default()
@@ -710,16 +722,8 @@ impl S3 for Store {
         let source = self.object(src_bucket, src_key)?;
         let range = source_range(input.copy_source_range.as_deref(), source.data.len())?;
         let data = source.data.slice(range);
-        let etag = md5_hex(&[&data]);
+        let etag = self.add_part(&input.bucket, &input.upload_id, input.part_number, data)?;
         let modified = SystemTime::now();
-        self.write(&input.bucket, |b| {
-            let upload = b
-                .uploads
-                .get_mut(&input.upload_id)
-                .ok_or_else(|| s3_error!(NoSuchUpload))?;
-            upload.parts.insert(input.part_number, (data, etag.clone()));
-            Ok(())
-        })?;
         Ok(S3Response::new(UploadPartCopyOutput {
             copy_part_result: Some(CopyPartResult {
                 e_tag: Some(ETag::Strong(etag)),
