@@ -56,6 +56,10 @@ Template checks (one line each):
   approve-url      every function URL (FunctionUrlConfig, AWS::Lambda::Url) has AuthType
                    AWS_IAM, never NONE, and no permission opens a URL to the public; the
                    approve function has one;
+  approval-key     approve, promote and failback (and any function, or Globals, that sets
+                   it) name the approval key by its ARN, DRPILOT_APPROVAL_KEY: !GetAtt
+                   ApprovalKey.Arn, never an alias (whoever holds kms:UpdateAlias could
+                   repoint one) or another key;
   receipts-grants  every grant naming ${ReceiptsPrefix} names it in the evidence bucket
                    (none is left on the target bucket), and every function that reads there
                    holds s3:ListBucket on the evidence bucket with no condition (404, not 403);
@@ -66,6 +70,11 @@ Template checks (one line each):
   dashboard        every dashboard body renders (its !Sub filled with parameter defaults) to
                    valid JSON, its widgets fit the 24-column grid without overlapping, and
                    every alarm of the template is on an alarm widget;
+  dependencies     the template, as SAM translates it (the function roles SAM generates
+                   included), has no circular dependency between resources (Ref, GetAtt,
+                   Sub, DependsOn): CloudFormation refuses one, and cfn-lint misses a circle
+                   through a generated role (the approval key's policy names the approve,
+                   promote and failback roles, so none of them may refer back to the key);
   cfn-lint         cfn-lint accepts the template;
   sam-validate     `sam validate` (the SAM translator) and `sam validate --lint` accept it
                    (offline, dummy credentials).
@@ -782,6 +791,173 @@ def check_receipts_grants(ctx: Context) -> tuple[bool, str]:
     return not problems, "; ".join(problems)
 
 
+APPROVAL_KEY = "ApprovalKey"
+APPROVAL_KEY_ENV = "DRPILOT_APPROVAL_KEY"
+APPROVAL_KEY_USERS = ("approve", "promote", "failback")   # binaries that seal or verify
+
+
+def get_att(value: object) -> tuple[str, str] | None:
+    """(logical id, attribute) of an Fn::GetAtt, in either form; None for anything else."""
+    if isinstance(value, dict) and list(value) == ["Fn::GetAtt"]:
+        arg = value["Fn::GetAtt"]
+        parts = arg.split(".", 1) if isinstance(arg, str) else list(arg)
+        if len(parts) == 2:
+            return str(parts[0]), str(parts[1])
+    return None
+
+
+def check_approval_key(ctx: Context) -> tuple[bool, str]:
+    problems = []
+    key = ctx.tpl["Resources"].get(APPROVAL_KEY)
+    if not key or key.get("Type") != "AWS::KMS::Key":
+        problems.append(f"the template has no AWS::KMS::Key {APPROVAL_KEY}")
+    wanted = f"!GetAtt {APPROVAL_KEY}.Arn"
+
+    def verify(where: str, value: object) -> None:
+        if get_att(value) != (APPROVAL_KEY, "Arn"):
+            problems.append(f"{where}: {APPROVAL_KEY_ENV} is {sub_text(value)}, must be the key ARN ({wanted}): "
+                            "an alias can be repointed by whoever holds kms:UpdateAlias")
+
+    global_variables = ((((ctx.tpl.get("Globals") or {}).get("Function") or {}).get("Environment") or {})
+                        .get("Variables") or {})
+    if APPROVAL_KEY_ENV in global_variables:
+        verify("Globals", global_variables[APPROVAL_KEY_ENV])
+    seen = set()
+    for logical, resource in ctx.functions().items():
+        binary = function_binary(resource)
+        variables = (((resource.get("Properties") or {}).get("Environment") or {}).get("Variables") or {})
+        if APPROVAL_KEY_ENV in variables:
+            verify(logical, variables[APPROVAL_KEY_ENV])
+        elif binary in APPROVAL_KEY_USERS and APPROVAL_KEY_ENV not in global_variables:
+            problems.append(f"{logical} ({binary}) has no {APPROVAL_KEY_ENV}")
+        seen.add(binary)
+    for binary in APPROVAL_KEY_USERS:
+        if binary not in seen:
+            problems.append(f"no function builds binary {binary!r}")
+    return not problems, "; ".join(problems)
+
+
+# ------------------------------------------------------------------------ dependencies
+
+_PERMISSIONS = None
+
+
+def permissions_module():
+    """infra/permissions.py (its SAM translation), loaded by path: infra/permissions/ is a
+    directory of the same name."""
+    global _PERMISSIONS
+    if _PERMISSIONS is None:
+        import importlib.util
+        spec = importlib.util.spec_from_file_location("drpilot_permissions_for_check", INFRA / "permissions.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # dataclasses look their module up there
+        spec.loader.exec_module(module)
+        _PERMISSIONS = module
+    return _PERMISSIONS
+
+
+def references(value: object, resources: dict, out: set[str]) -> None:
+    """The resources `value` refers to: Ref, Fn::GetAtt, and Fn::Sub's ${Name} / ${Name.Attr}
+    (not ${!Literal}, not the Sub's own variables)."""
+    if isinstance(value, list):
+        for item in value:
+            references(item, resources, out)
+        return
+    if not isinstance(value, dict):
+        return
+    for key, arg in value.items():
+        if key == "Ref" and isinstance(arg, str):
+            if arg in resources:
+                out.add(arg)
+        elif key == "Fn::GetAtt":
+            target = get_att({key: arg})
+            if target and target[0] in resources:
+                out.add(target[0])
+        elif key == "Fn::Sub":
+            text, variables = (arg[0], arg[1] or {}) if isinstance(arg, list) else (arg, {})
+            for name in re.findall(r"\$\{([^}!][^}]*)\}", str(text)):
+                logical = name.split(".", 1)[0]
+                if name not in variables and logical in resources:
+                    out.add(logical)
+            references(variables, resources, out)
+        else:
+            references(arg, resources, out)
+
+
+def dependency_cycles(resources: dict) -> list[list[str]]:
+    """Every circle of the resources' dependencies (Ref, GetAtt, Sub in Properties;
+    DependsOn), one shortest circle per strongly connected component, starting at its
+    first logical id in sort order."""
+    graph: dict[str, set[str]] = {}
+    for logical, resource in resources.items():
+        needs: set[str] = set()
+        references(resource.get("Properties") or {}, resources, needs)
+        depends = resource.get("DependsOn") or []
+        needs |= {d for d in ([depends] if isinstance(depends, str) else depends) if d in resources}
+        graph[logical] = needs
+    # Tarjan's strongly connected components.
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    components: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for other in sorted(graph[node]):
+            if other not in index:
+                visit(other)
+                low[node] = min(low[node], low[other])
+            elif other in on_stack:
+                low[node] = min(low[node], index[other])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                other = stack.pop()
+                on_stack.discard(other)
+                component.append(other)
+                if other == node:
+                    break
+            if len(component) > 1 or node in graph[node]:
+                components.append(component)
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    cycles = []
+    for component in components:
+        members, start = set(component), min(component)
+        # breadth first from start back to start, inside the component
+        previous: dict[str, str] = {}
+        queue, found = [start], None
+        while queue and found is None:
+            node = queue.pop(0)
+            for other in sorted(graph[node] & members):
+                if other == start:
+                    found = node
+                    break
+                if other not in previous:
+                    previous[other] = node
+                    queue.append(other)
+        path = [found]
+        while path[-1] != start:
+            path.append(previous[path[-1]])
+        cycles.append(list(reversed(path)) + [start])
+    return sorted(cycles)
+
+
+def check_dependencies(ctx: Context) -> tuple[bool, str]:
+    permissions = permissions_module()
+    declared = ctx.tpl.get("Parameters") or {}
+    # Values for the parameters without a default: dependencies do not depend on them.
+    overrides = {name: "placeholder" for name, spec in declared.items() if "Default" not in (spec or {})}
+    _, cfn, _ = permissions.translate(ctx.template_path, overrides)
+    cycles = dependency_cycles(cfn.get("Resources") or {})
+    return not cycles, "; ".join("circular dependency: " + " -> ".join(c) for c in cycles)
+
+
 # --------------------------------------------------------------------- distributed maps
 
 ITEM_READER = "arn:aws:states:::s3:getObject"
@@ -1092,11 +1268,14 @@ CHECKS: list[tuple[str, str, Callable[..., tuple[bool, str]], bool]] = [
     ("evidence-lock", "the evidence bucket is write-once (Object Lock COMPLIANCE, EvidenceRetentionDays, versioned, "
      "retained)", check_evidence_lock, False),
     ("approve-url", "every function URL uses AuthType AWS_IAM, never NONE", check_approve_url, False),
+    ("approval-key", "approve, promote and failback name the approval key by its ARN, never an alias",
+     check_approval_key, False),
     ("receipts-grants", "every receipts grant names the evidence bucket, and its readers may list it",
      check_receipts_grants, False),
     ("triggers", "every schedule and rule is disabled unless EnableTriggers; readiness has its two schedules",
      check_triggers, False),
     ("dashboard", "the dashboard body is valid JSON on the grid and shows every alarm", check_dashboard, False),
+    ("dependencies", "the translated template has no circular dependency", check_dependencies, False),
     ("cfn-lint", "cfn-lint accepts the template", check_cfn_lint, False),
     ("sam-validate", "sam validate and sam validate --lint accept the template", check_sam_validate, False),
 ]

@@ -16,7 +16,11 @@ function, as CloudFormation would deploy it:
    AWS::KMS::Alias resources, to the key IAM authorizes the call against);
 3. evaluates all of them in one batch with @cloud-copilot/iam-simulate
    (infra/permissions/simulate.mjs), except AWS-owned SSM documents, whose account-less
-   ARN the simulator cannot parse (matched by evaluate_locally);
+   ARN the simulator cannot parse (matched by evaluate_locally); every KMS request carries
+   its key's key policy as the resource policy (a template key's own KeyPolicy, else the
+   default key policy), and the simulator applies KMS's rule: the role's IAM policies count
+   only for the actions the key policy allows the account root, a statement naming the
+   role grants on its own, and an explicit Deny in either denies;
 4. checks statically that the state machine's role may invoke every function and publish
    to every topic its definition names (Step Functions makes those calls, not the Lambdas),
    and that each schedule or rule may start (or invoke) its target;
@@ -109,10 +113,13 @@ UNEXERCISED_NOTES = [
     ("approve", "s3:ListBucket", "a run record not written yet: a 404 instead of a 403"),
 ]
 
-# KMS authorises a key's use only if its key policy lets IAM policies decide. A key of the
-# template is evaluated with its own (resolved) KeyPolicy; for any other key the checker
-# assumes the default key policy, whose first statement does exactly that (AWS KMS
-# Developer Guide, "Default key policy").
+# KMS authorises a key's use by its key policy (AWS KMS Developer Guide, "Key policies"):
+# IAM policies take effect only for the actions the key policy allows the account root
+# (arn:aws:iam::ACCOUNT:root), a key policy statement naming a principal of the account
+# grants on its own, and an explicit Deny in either denies. A key of the template is
+# evaluated with its own (resolved) KeyPolicy; for any other key the checker assumes the
+# default key policy, whose statement delegates every action to IAM (AWS KMS Developer
+# Guide, "Default key policy").
 DEFAULT_KEY_POLICY = {
     "Version": "2012-10-17",
     "Statement": [{
@@ -1375,6 +1382,51 @@ def role_ref_of(value: Any, model: Model) -> str:
 # Simulation
 
 
+def global_context(role: Role, region: str) -> dict[str, str]:
+    """Keys AWS sets on every request of the role's sessions."""
+    return {"aws:PrincipalArn": role.arn, "aws:PrincipalAccount": ACCOUNT,
+            "aws:RequestedRegion": region, "aws:SecureTransport": "true"}
+
+
+def resource_policy(model: Model, req: Request) -> tuple[str, dict] | None:
+    """(an id, the resource policy) the request is evaluated with, or None. KMS: every
+    request on a key (the approval key's GenerateMac and VerifyMac, DescribeKey, and the
+    SSE-KMS and SSM requests on the data and profile keys) carries that key's key policy:
+    the template key's own KeyPolicy, else the default key policy (see DEFAULT_KEY_POLICY).
+    A key named by alias was already resolved to the key (kms_requests)."""
+    if not req.action.startswith("kms:"):
+        return None
+    if req.resource in model.key_policies:
+        return req.resource, model.key_policies[req.resource]
+    return "default-key-policy", DEFAULT_KEY_POLICY
+
+
+def request_entry(model: Model, role: Role, session: str, region: str, req: Request, ident: int) -> dict:
+    """The simulator's entry for one request of `role` (a session named `session`)."""
+    context = dict(global_context(role, region))
+    context.update(req.context)
+    entry = {"id": ident, "role": role.logical, "action": req.action, "resource": req.resource,
+             "context": context, "account": ACCOUNT,
+             "principal": f"arn:{PARTITION}:sts::{ACCOUNT}:assumed-role/{role.name}/{session}"}
+    policy = resource_policy(model, req)
+    if policy is not None:
+        entry["resourcePolicy"] = policy[1]
+    if req.kind == "aws-owned":
+        entry["local"] = True
+    return entry
+
+
+def decide(model: Model, requests: list[tuple[Role, str, Request]], region: str = REGION) -> list[dict]:
+    """The decisions for (role, session, request) triples, evaluated as run() evaluates the
+    ledger's requests (same context, same resource policies); `role` may be one the
+    template does not have (the tests' account administrator). One result per triple."""
+    entries = [request_entry(model, role, session, region, req, i) for i, (role, session, req) in enumerate(requests)]
+    roles = {role.logical: role for role, _, _ in requests}
+    remote = [e for e in entries if not e.get("local")]
+    results = simulate(remote, {logical: r.simulator_policies() for logical, r in roles.items()}) if remote else {}
+    return [results[e["id"]] if not e.get("local") else evaluate_locally(roles[e["role"]], e) for e in entries]
+
+
 def simulate(batch: list[dict], policies: dict[str, list[dict]]) -> dict[int, dict]:
     node = os.environ.get("NODE", "node")
     if not (INFRA / "node_modules" / "@cloud-copilot" / "iam-simulate").exists():
@@ -1623,10 +1675,6 @@ def run(template: Path, ledger: Path, parameters: Path) -> int:
         failed = True
 
     # 3. one simulator batch, each distinct request once
-    def global_context(role: Role, region: str) -> dict[str, str]:
-        """Keys AWS sets on every request of the role's sessions."""
-        return {"aws:PrincipalArn": role.arn, "aws:PrincipalAccount": ACCOUNT,
-                "aws:RequestedRegion": region, "aws:SecureTransport": "true"}
     batch: list[dict] = []
     index: dict[tuple, int] = {}
 
@@ -1635,21 +1683,17 @@ def run(template: Path, ledger: Path, parameters: Path) -> int:
     def submit(role: Role, session: str, region: str, req: Request) -> int | None:
         if req.needs_nothing:
             return None
-        context = dict(global_context(role, region))
-        context.update(req.context)
+        entry = request_entry(model, role, session, region, req, len(batch))
         # Resources the role's patterns cannot tell apart get the same answer: one
-        # simulation per class keeps a ledger of thousands of objects fast.
+        # simulation per class keeps a ledger of thousands of objects fast. The class is the
+        # role's; resources under different resource policies (two KMS keys the role's
+        # patterns do not tell apart) are never one class.
+        policy = resource_policy(model, req)
         key = (role.logical, req.action, signatures[role.logical].of(req.resource),
-               tuple(sorted(context.items())))
+               tuple(sorted(entry["context"].items())), policy[0] if policy else None)
         if key not in index:
             index[key] = len(batch)
-            batch.append({"id": len(batch), "role": role.logical, "action": req.action,
-                          "resource": req.resource, "context": context, "account": ACCOUNT,
-                          "principal": f"arn:{PARTITION}:sts::{ACCOUNT}:assumed-role/{role.name}/{session}"})
-            if req.action.startswith("kms:"):
-                batch[-1]["resourcePolicy"] = model.key_policies.get(req.resource, DEFAULT_KEY_POLICY)
-            if req.kind == "aws-owned":
-                batch[-1]["local"] = True
+            batch.append(entry)
         return index[key]
 
     call_ids = [(call, fn, req, submit(fn.role, fn.name, call.region, req)) for call, fn, req in planned]

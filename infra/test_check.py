@@ -334,6 +334,18 @@ CASES: dict[str, Case] = {
         "        AuthType: AWS_IAM\n", "        AuthType: NONE\n"), detail="is 'NONE', must be AWS_IAM"),
     "approve_without_url": Case("approve-url", template=yaml_edit(
         "      FunctionUrlConfig:\n        AuthType: AWS_IAM\n", ""), detail="has no FunctionUrlConfig"),
+    "approval_key_by_alias": Case("approval-key", template=yaml_edit(
+        "          # lets this role call VerifyMac; the role holds no KMS grant for it (ApprovalKey).\n"
+        "          DRPILOT_APPROVAL_KEY: !GetAtt ApprovalKey.Arn\n",
+        "          # lets this role call VerifyMac; the role holds no KMS grant for it (ApprovalKey).\n"
+        "          DRPILOT_APPROVAL_KEY: !Ref ApprovalKeyAlias\n"),
+        detail="PromoteFunction: DRPILOT_APPROVAL_KEY is ${ApprovalKeyAlias}, must be the key ARN "
+               "(!GetAtt ApprovalKey.Arn)"),
+    "approval_key_grant_in_a_named_role": Case("dependencies", template=yaml_edit(
+        "            # The approval's seal is verified (kms:VerifyMac) before copying: granted by the\n",
+        "            - Effect: Allow\n              Action: kms:VerifyMac\n              Resource: !GetAtt ApprovalKey.Arn\n"
+        "            # The approval's seal is verified (kms:VerifyMac) before copying: granted by the\n"),
+        detail="circular dependency: ApprovalKey -> PromoteFunctionRole -> ApprovalKey"),
     "receipts_left_on_the_target_bucket": Case("receipts-grants", template=yaml_edit(
         '            # (what its start needs).\n            - Effect: Allow\n              Action: [s3:GetObject, s3:PutObject]\n'
         '              Resource: !Sub "arn:${AWS::Partition}:s3:::${EvidenceBucket}/${ReceiptsPrefix}*"\n',

@@ -273,7 +273,9 @@ class EndToEnd(unittest.TestCase):
                              '              Action: [s3:GetObject, s3:PutObject]\n'
                              '              Resource: !Sub "arn:${AWS::Partition}:s3:::${EvidenceBucket}/${ReceiptsPrefix}*"\n')
         out = check_current(replacements=[
-            ("              Action: kms:GenerateMac\n", "              Action: kms:VerifyMac\n"),
+            # the approval key's policy lets approve verify instead of seal
+            ("              AWS: !GetAtt ApproveFunctionRole.Arn\n            Action: kms:GenerateMac\n",
+             "              AWS: !GetAtt ApproveFunctionRole.Arn\n            Action: kms:VerifyMac\n"),
             ("              Action: sns:Publish\n", "              Action: sns:GetTopicAttributes\n"),
             ("              Action: states:ListExecutions\n              Resource: !Ref DrillStateMachine\n",
              "              Action: states:ListExecutions\n              Resource: !Ref FailbackStateMachine\n"),
@@ -313,14 +315,56 @@ class EndToEnd(unittest.TestCase):
                       "AWS::KMS::Alias of the template defines (known: alias/drpilot-approval)", out.stdout)
 
     def test_the_approval_key_policy_decides_too(self):
-        # A key policy that does not let the account's IAM policies decide: the roles' grants
-        # no longer count (the template's own KeyPolicy is evaluated, not the default one).
-        root = '              AWS: !Sub "arn:${AWS::Partition}:iam::${AWS::AccountId}:root"\n'
-        out = check_current(replacements=[(root, root.replace(":root", ":role/key-admin"))])
+        # Without the key policy's VerifyMac statement, promote and failback are denied, and
+        # an IAM grant cannot stand in for it: the key policy delegates no cryptographic
+        # operation to the account root, so KMS does not consult IAM policies for VerifyMac
+        # (the template's own KeyPolicy is evaluated, not the default one).
+        verify = ("          - Sid: PromoteAndFailbackVerify\n            Effect: Allow\n            Principal:\n"
+                  "              AWS:\n                - !GetAtt PromoteFunctionRole.Arn\n"
+                  "                - !GetAtt FailbackFunctionRole.Arn\n            Action: kms:VerifyMac\n"
+                  "            Resource: \"*\"\n")
+        promote = ("            # The approval's seal is verified (kms:VerifyMac) before copying: granted by the\n"
+                   "            # approval key's policy (ApprovalKey), not here.\n")
+        iam_grant = ("            - Effect: Allow\n              Action: kms:VerifyMac\n"
+                     "              Resource: !Sub \"arn:${AWS::Partition}:kms:${AWS::Region}:${AWS::AccountId}:key/*\"\n")
+        out = check_current(replacements=[(verify, ""), (promote, promote + iam_grant)])
         self.assertEqual(out.returncode, 1, out.stdout)
-        self.assertIn("DENY approve: GenerateMac alias/drpilot-approval -> needs kms:GenerateMac", out.stdout)
         self.assertIn("DENY promote: VerifyMac alias/drpilot-approval -> needs kms:VerifyMac", out.stdout)
         self.assertIn("DENY failback: VerifyMac alias/drpilot-approval -> needs kms:VerifyMac", out.stdout)
+        self.assertNotIn("DENY approve", out.stdout)
+        self.assertRegex(out.stdout, rf"\npermissions: {CALLS} calls checked, 2 denied")
+
+    def test_the_functions_name_the_approval_key_by_its_arn(self):
+        # What the deployed functions record (DRPILOT_APPROVAL_KEY is the key ARN), checked
+        # with the key policy; and a seal by promote, which the key policy denies.
+        key = current_model().resolver.get_att("ApprovalKey", "Arn")
+
+        def mac(function, op):
+            return record(function=function, service="kms", operation=op, resource="*",
+                          params={"KeyId": key, "MacAlgorithm": "HMAC_SHA_256", "Message": "bQ=="})
+        allowed = check_current(extra=[mac("approve", "GenerateMac"), mac("promote", "VerifyMac"),
+                                       mac("failback", "VerifyMac")])
+        self.assertEqual(allowed.returncode, 0, allowed.stdout)
+        self.assertRegex(allowed.stdout, rf"\npermissions: {CALLS + 3} calls checked, 0 denied")
+        denied = check_current(extra=[mac("approve", "GenerateMac"), mac("promote", "GenerateMac")])
+        self.assertEqual(denied.returncode, 1, denied.stdout)
+        self.assertIn(f"DENY promote: GenerateMac {key} -> needs kms:GenerateMac on {key} with "
+                      "kms:MacAlgorithm=HMAC_SHA_256", denied.stdout)
+        self.assertRegex(denied.stdout, rf"\npermissions: {CALLS + 2} calls checked, 1 denied")
+
+    def test_keys_under_different_key_policies_are_never_one_simulation(self):
+        # promote's role names neither key, so its patterns cannot tell them apart; the
+        # approval key's policy allows promote's VerifyMac, another key's (the default policy,
+        # IAM decides) does not: the second call must not reuse the first one's answer.
+        key = current_model().resolver.get_att("ApprovalKey", "Arn")
+        other = f"{KMS}:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+        out = check_current(extra=[
+            record(function="promote", service="kms", operation="VerifyMac", resource="*",
+                   params={"KeyId": k, "MacAlgorithm": "HMAC_SHA_256"}) for k in (key, other)])
+        self.assertEqual(out.returncode, 1, out.stdout)
+        self.assertIn(f"DENY promote: VerifyMac {other} -> needs kms:VerifyMac on {other}", out.stdout)
+        self.assertNotIn(f"DENY promote: VerifyMac {key}", out.stdout)
+        self.assertRegex(out.stdout, rf"\npermissions: {CALLS + 2} calls checked, 1 denied")
 
     def test_readiness_reads_the_backup_keys(self):
         key = f"{KMS}:key/1234abcd-12ab-34cd-56ef-1234567890ab"
@@ -360,6 +404,73 @@ class EndToEnd(unittest.TestCase):
         readiness = "arn:aws:lambda:us-east-1:123456789012:function:drpilot-readiness"
         self.assertEqual(invokes, [("ReadinessFunctionReadinessScheduleRole", "lambda:InvokeFunction", readiness),
                                    ("ReadinessFunctionRtoWatchScheduleRole", "lambda:InvokeFunction", readiness)])
+
+
+class ApprovalKeyPolicy(unittest.TestCase):
+    """The approval key's policy, evaluated as the check evaluates the ledger (P.decide):
+    only approve seals, only promote and failback verify, and no IAM policy, an account
+    administrator's included, lets anyone else."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.model = current_model()
+        cls.key = cls.model.resolver.get_att("ApprovalKey", "Arn")
+
+    def request(self, op, key_id=None):
+        (req,) = P.requests_for(call(function="approve", service="kms", operation=op, resource="*",
+                                     params={"KeyId": key_id or self.key, "MacAlgorithm": "HMAC_SHA_256"}),
+                                self.model.kms_aliases)
+        return req
+
+    def role(self, binary):
+        return self.model.functions[binary].role
+
+    def decisions(self, *triples):
+        """(role, op[, key id]) -> the decisions, in order."""
+        requests = [(role, "session", self.request(op, *rest)) for role, op, *rest in triples]
+        return [r["decision"] for r in P.decide(self.model, requests)]
+
+    def test_an_account_administrator_cannot_seal_or_verify(self):
+        admin = P.Role(logical="AccountAdministrator", name="Administrator", statements=[
+            P.Statement(sid="S1", policy="AdministratorAccess", document={"Effect": "Allow", "Action": "*", "Resource": "*"})])
+        other = f"{KMS}:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+        self.assertEqual(self.decisions((admin, "GenerateMac"), (admin, "GenerateMac", "alias/drpilot-approval"),
+                                        (admin, "VerifyMac"), (admin, "VerifyMac", "alias/drpilot-approval")),
+                         ["ExplicitlyDenied"] * 4)
+        # The same principal administers the key, and may use a key whose policy lets IAM decide.
+        self.assertEqual(self.decisions((admin, "DescribeKey"), (admin, "GenerateMac", other)), ["Allowed", "Allowed"])
+
+    def test_promote_and_failback_cannot_seal_and_approve_cannot_verify(self):
+        self.assertEqual(self.decisions((self.role("promote"), "GenerateMac"), (self.role("failback"), "GenerateMac"),
+                                        (self.role("approve"), "VerifyMac")), ["ExplicitlyDenied"] * 3)
+        # Not even with an IAM grant of their own.
+        promote = self.role("promote")
+        granted = P.Role(logical=promote.logical, name=promote.name, statements=promote.statements + [
+            P.Statement(sid="Extra", policy="extra", document={"Effect": "Allow", "Action": "kms:GenerateMac",
+                                                                "Resource": self.key})])
+        self.assertEqual(self.decisions((granted, "GenerateMac")), ["ExplicitlyDenied"])
+
+    def test_the_key_policy_alone_lets_each_function_do_its_one_operation(self):
+        triples = [(self.role("approve"), "GenerateMac"), (self.role("promote"), "VerifyMac"),
+                   (self.role("failback"), "VerifyMac")]
+        results = P.decide(self.model, [(role, "session", self.request(op)) for role, op in triples])
+        self.assertEqual([r["decision"] for r in results], ["Allowed"] * 3)
+        # Allowed by the key policy, not by an identity statement: the roles hold no MAC grant
+        # (one naming the key would make the stack's dependencies circular).
+        self.assertEqual([r["allow"] for r in results], [[], [], []])
+        for binary in ("approve", "promote", "failback"):
+            for stmt in self.role(binary).statements:
+                self.assertFalse({"kms:GenerateMac", "kms:VerifyMac", "kms:*"} & set(P.as_list(stmt.document.get("Action"))),
+                                 (binary, stmt.document))
+
+    def test_the_account_root_administers_the_key_and_uses_it_not(self):
+        policy = self.model.key_policies[self.key]
+        root = [s for s in policy["Statement"] if s.get("Principal") == {"AWS": "arn:aws:iam::123456789012:root"}]
+        self.assertEqual(len(root), 1)
+        actions = P.as_list(root[0]["Action"])
+        self.assertIn("kms:ScheduleKeyDeletion", actions)
+        for crypto in ("kms:GenerateMac", "kms:VerifyMac"):
+            self.assertFalse([a for a in actions if P.glob_regex(a.lower()).fullmatch(crypto.lower())], actions)
 
 
 class Mapping(unittest.TestCase):

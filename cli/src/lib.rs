@@ -82,6 +82,18 @@ impl Ctx {
         }
     }
 
+    /// The same stack, reached with another caller's configuration (their credentials):
+    /// what a second person's `drpilot` would be.
+    pub fn as_caller(&self, config: aws_config::SdkConfig) -> Self {
+        Self {
+            sfn: aws_sdk_sfn::Client::new(&config),
+            sns: aws_sdk_sns::Client::new(&config),
+            sqs: aws_sdk_sqs::Client::new(&config),
+            aws: AwsClients::from_config(config),
+            ..self.clone()
+        }
+    }
+
     /// These clients, driving the failback state machine instead of the drill's.
     pub fn failback(&self) -> Self {
         Self {

@@ -63,8 +63,16 @@ impl<W: Write> ZipWriter<W> {
         }
     }
 
-    /// Starts entry `name` (closing the one before).
+    /// Starts entry `name` (closing the one before). A name an unzip tool could resolve
+    /// outside the folder it extracts into (absolute, a `..` or empty segment, a
+    /// backslash, a control character) is refused: see [`entry_name`].
     pub fn start_file(&mut self, name: &str) -> io::Result<()> {
+        if entry_name(name) != name {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{name:?} is not a safe archive entry name"),
+            ));
+        }
         self.close_entry()?;
         if self.entries.len() >= MAX_ENTRIES {
             return Err(io::Error::other(format!(
@@ -196,12 +204,44 @@ impl<W: Write> Counting<W> {
     }
 }
 
+/// `name` as a safe archive entry name: each `/`-separated segment that is empty, `.` or
+/// `..`, and every backslash or control character, is percent-encoded, so extracting the
+/// archive can only ever write below its own folder (S3 keys, which the entries are named
+/// from, may hold any of them). Safe names come back unchanged.
+pub fn entry_name(name: &str) -> String {
+    name.split('/')
+        .map(|segment| match segment {
+            "" => "%2F".to_owned(),
+            "." => "%2E".to_owned(),
+            ".." => "%2E%2E".to_owned(),
+            s => s
+                .chars()
+                .map(|c| match c {
+                    '\\' => "%5C".to_owned(),
+                    c if c.is_control() => format!("%{:02X}", u32::from(c)),
+                    c => c.to_string(),
+                })
+                .collect(),
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
 /// One CSV record (RFC 4180): fields with a comma, quote or line break are quoted, quotes
-/// doubled; lines end in CRLF.
+/// doubled; lines end in CRLF. A field a spreadsheet would run as a formula (starting with
+/// `=`, `+`, `-`, `@`, a tab or a carriage return, and not a plain number) is prefixed
+/// with `'` (OWASP's CSV injection advice): the index holds names and reasons anyone who
+/// can start a run may write.
 pub fn csv_line(fields: &[String]) -> String {
     let mut line = fields
         .iter()
         .map(|f| {
+            let f = &if f.starts_with(['=', '+', '-', '@', '\t', '\r']) && f.parse::<f64>().is_err()
+            {
+                format!("'{f}")
+            } else {
+                f.clone()
+            };
             if f.contains([',', '"', '\n', '\r']) {
                 format!("\"{}\"", f.replace('"', "\"\""))
             } else {
@@ -222,6 +262,37 @@ mod tests {
     fn csv_fields_are_quoted_only_when_they_must_be() {
         let line = csv_line(&["a".into(), "b,c".into(), "say \"hi\"".into(), String::new()]);
         assert_eq!(line, "a,\"b,c\",\"say \"\"hi\"\"\",\r\n");
+    }
+
+    #[test]
+    fn formula_cells_are_neutralised_and_numbers_kept() {
+        let line = csv_line(&[
+            "=HYPERLINK(\"http://x\")".into(),
+            "@SUM(A1)".into(),
+            "+1+1".into(),
+            "-5".into(),
+            "-2.5".into(),
+            "ok".into(),
+        ]);
+        assert_eq!(
+            line,
+            "\"'=HYPERLINK(\"\"http://x\"\")\",'@SUM(A1),'+1+1,-5,-2.5,ok\r\n"
+        );
+    }
+
+    #[test]
+    fn entry_names_cannot_leave_the_archive_folder() {
+        assert_eq!(entry_name("runs/r1/phases/a.json"), "runs/r1/phases/a.json");
+        assert_eq!(
+            entry_name("runs/r1/../../etc/x"),
+            "runs/r1/%2E%2E/%2E%2E/etc/x"
+        );
+        assert_eq!(entry_name("/abs"), "%2F/abs");
+        assert_eq!(entry_name("a//b"), "a/%2F/b");
+        assert_eq!(entry_name("a\\..\\b"), "a%5C..%5Cb");
+        let mut zip = ZipWriter::new(Vec::new(), chrono::Utc::now());
+        assert!(zip.start_file("runs/../x").is_err());
+        assert!(zip.start_file("runs/ok.json").is_ok());
     }
 
     #[test]

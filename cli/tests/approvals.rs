@@ -1,6 +1,7 @@
-//! The verified approver end to end: the real drill state machine on the local stack, the
-//! approve function (served, and in this process where a test plays AWS's IAM context),
-//! promote verifying the seal.
+//! The proven approver end to end: the real drill state machine on the local stack, the
+//! approve function (served, and in this process where a test hands it events as a
+//! Function URL or a direct invoke would), each person's proof of identity signed with
+//! their own credentials and answered by the emulator's STS, promote verifying the seal.
 
 #![allow(clippy::unwrap_used)] // a test that cannot unwrap should fail loudly
 
@@ -10,10 +11,12 @@ use std::time::Duration;
 
 use approve::Approve;
 use aws_lambda_events::event::lambda_function_urls::LambdaFunctionUrlRequest;
+use drpilot_cli::commands::approve::prove_identity;
 use drpilot_cli::history::fetch;
 use drpilot_cli::local::{deploy_state_machine, Machine};
 use drpilot_cli::{approve, follow, Ctx, Out};
 use drpilot_shared::approval::Sealer;
+use drpilot_shared::identity::DecisionRequest;
 use drpilot_shared::local::{APPROVAL_KEY_ALIAS, STATE_MACHINES};
 use drpilot_testkit::{
     make_backup, sh, test_profile, LocalAws, TempDir, BACKUP_BUCKET, BACKUP_PREFIX,
@@ -24,7 +27,8 @@ use serde_json::{json, Value};
 use common::{start_run, MACHINE};
 
 const ALICE: &str = "arn:aws:sts::123456789012:assumed-role/Operators/alice";
-const BOB: &str = "arn:aws:sts::123456789012:assumed-role/Operators/bob";
+const BOB: &str = "arn:aws:sts::123456789012:assumed-role/Approvers/bob";
+const MALLORY: &str = "arn:aws:iam::123456789012:user/mallory";
 
 /// Functions, buckets, the profile (with `two_person_rule` when asked), the drill
 /// machine and one backup.
@@ -87,9 +91,9 @@ fn approve_function(aws: &LocalAws) -> Approve {
     function
 }
 
-/// A Function URL request with `body`, signed (as far as the function can tell) by
-/// `principal`.
-fn url_request(body: Value, principal: &str) -> LambdaFunctionUrlRequest {
+/// A Function URL request event with `body`, its IAM context naming `claimed`: what AWS
+/// writes behind a Function URL, and what anyone may write in a direct invoke.
+fn url_request(body: Value, claimed: &str) -> LambdaFunctionUrlRequest {
     serde_json::from_value(json!({
         "version": "2.0",
         "rawPath": "/",
@@ -97,13 +101,31 @@ fn url_request(body: Value, principal: &str) -> LambdaFunctionUrlRequest {
         "requestContext": {
             "accountId": "123456789012",
             "http": {"method": "POST", "path": "/"},
-            "authorizer": {"iam": {"userArn": principal, "accountId": "123456789012"}},
+            "authorizer": {"iam": {"userArn": claimed, "accountId": "123456789012"}},
             "timeEpoch": 0
         },
         "body": body.to_string(),
         "isBase64Encoded": false
     }))
     .unwrap()
+}
+
+/// `body` with the proof of identity of the person `config` signs as.
+async fn signed(config: &aws_config::SdkConfig, body: &Value) -> Value {
+    let mut request: DecisionRequest = serde_json::from_value(body.clone()).unwrap();
+    request.identity = Some(prove_identity(config, &request).await.unwrap());
+    serde_json::to_value(request).unwrap()
+}
+
+/// The function's refusal: its status and error message.
+fn refusal(
+    response: &aws_lambda_events::event::lambda_function_urls::LambdaFunctionUrlResponse,
+) -> (i64, String) {
+    let answer: Value = serde_json::from_str(response.body.as_deref().unwrap()).unwrap();
+    (
+        response.status_code,
+        format!("{}: {}", answer["error"], answer["message"]),
+    )
 }
 
 #[tokio::test]
@@ -156,21 +178,45 @@ async fn the_two_person_rule_refuses_the_starter_and_a_second_principal_promotes
     waiting_token(&ctx, &run).await;
     let arn = ctx.execution_arn(&run).await.unwrap();
     let function = approve_function(&aws);
+    let alice = aws.person("Operators", "alice").await;
+    let alice_again = aws.person("Operators", "alice-second-session").await;
+    let bob = aws.person("Approvers", "bob").await;
     let body = json!({"execution_arn": arn, "decision": "approve",
                       "approver": "Alice", "ticket": "CHG-9"});
 
-    let refused = function.handle(url_request(body.clone(), ALICE)).await;
-    assert_eq!(refused.status_code, 403);
-    let answer: Value = serde_json::from_str(refused.body.as_deref().unwrap()).unwrap();
-    assert_eq!(answer["error"], "ApprovalMissing");
+    // A hand-written IAM context (a direct invoke) is no identity: refused, whoever it names.
+    let forged = function.handle(url_request(body.clone(), MALLORY)).await;
+    let (status, why) = refusal(&forged);
+    assert_eq!(status, 403, "{why}");
     assert!(
-        answer["message"]
-            .as_str()
-            .unwrap()
-            .contains("two_person_rule"),
-        "{answer}"
+        why.contains("ApprovalMissing") && why.contains("identity"),
+        "{why}"
     );
-    // Still waiting: the refusal answered nothing.
+    // A proof made for another decision does not carry over (bob's proof, alice's ticket).
+    let mut lifted = signed(
+        &bob,
+        &json!({"execution_arn": arn, "decision": "approve",
+                                          "approver": "Bob", "ticket": "CHG-1"}),
+    )
+    .await;
+    lifted["ticket"] = json!("CHG-9");
+    let (status, why) = refusal(&function.handle(url_request(lifted, BOB)).await);
+    assert_eq!(status, 403, "{why}");
+    assert!(why.contains("not bound"), "{why}");
+
+    // The starter, proven, even under another session name of the same role.
+    for person in [&alice, &alice_again] {
+        let refused = function
+            .handle(url_request(signed(person, &body).await, BOB))
+            .await;
+        let (status, why) = refusal(&refused);
+        assert_eq!(status, 403, "{why}");
+        assert!(
+            why.contains("ApprovalMissing") && why.contains("two_person_rule"),
+            "{why}"
+        );
+    }
+    // Still waiting: the refusals answered nothing.
     assert!(fetch(&ctx.sfn, &arn).await.unwrap().waiting_for_approval);
 
     // Bad input names its field and answers nothing either.
@@ -194,12 +240,21 @@ async fn the_two_person_rule_refuses_the_starter_and_a_second_principal_promotes
 
     let mut bobs = body.clone();
     bobs["approver"] = json!("Bob");
-    let approved = function.handle(url_request(bobs, BOB)).await;
+    // The event claims mallory; the proof says bob, and the proof is what counts.
+    let approved = function
+        .handle(url_request(signed(&bob, &bobs).await, MALLORY))
+        .await;
     assert_eq!(approved.status_code, 200, "{:?}", approved.body);
     let record: Value = serde_json::from_str(approved.body.as_deref().unwrap()).unwrap();
     assert_eq!(record["principal"], BOB);
     assert_eq!(record["verified"], true);
+    assert_eq!(
+        record["person"],
+        "arn:aws:sts::123456789012:assumed-role/Approvers"
+    );
     assert_eq!(record["started_by"], ALICE);
+    assert_eq!(record["seal"]["execution_arn"], arn);
+    assert_eq!(record["seal"]["state"], "RequestApproval");
 
     let done = follow(&ctx, &arn, &run, None).await.unwrap();
     assert_eq!(done.status, "SUCCEEDED");
@@ -220,28 +275,40 @@ async fn the_two_person_rule_refuses_the_starter_and_a_second_principal_promotes
 }
 
 /// On the local stack `drpilot approve` reaches the served approve function through
-/// Lambda Invoke: no IAM context, so the record says so, and the seal still verifies.
+/// Lambda Invoke, with the same proof of identity as on AWS, answered by the emulator's
+/// STS: the one who started the run (`drpilot start` records its caller) is refused under
+/// the two-person rule, another person's `drpilot` approves.
 #[tokio::test]
-async fn drpilot_approve_on_the_local_stack_is_sealed_but_unverified() {
+async fn drpilot_approve_on_the_local_stack_proves_its_caller_through_sts() {
+    const CAROL: &str = "arn:aws:sts::123456789012:assumed-role/Approvers/carol";
     let aws = LocalAws::start().await;
     let tmp = TempDir::new("approval-local");
     let ctx = stack(&aws, &tmp, true).await;
     let run = start_run(&ctx, json!({"mode": "drill", "run_id": "local-1"})).await;
     waiting_token(&ctx, &run).await;
-    let approval = approve(&ctx, &run, "carol", "CHG-3", Some("looks right"))
+    let starter = approve(&ctx, &run, "me", "CHG-3", None)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        starter.contains("two_person_rule") && starter.contains("user/moto"),
+        "{starter}"
+    );
+    let carol = ctx.as_caller(aws.person("Approvers", "carol").await);
+    let approval = approve(&carol, &run, "carol", "CHG-3", Some("looks right"))
         .await
         .unwrap();
-    assert_eq!(approval["principal"], Value::Null);
-    assert_eq!(approval["verified"], false);
+    assert_eq!(approval["principal"], CAROL);
+    assert_eq!(approval["verified"], true);
     assert_eq!(approval["seal"]["algorithm"], "HMAC_SHA_256");
     let arn = ctx.execution_arn(&run).await.unwrap();
     let done = follow(&ctx, &arn, &run, None).await.unwrap();
     assert_eq!(done.status, "SUCCEEDED");
     let summary = aws.receipts().get_summary(&run).await.unwrap().unwrap();
     assert!(summary.approval_sealed);
-    assert_eq!(summary.approver_principal, None);
+    assert_eq!(summary.approver_principal.as_deref(), Some(CAROL));
     // A second answer finds nothing waiting.
-    let again = approve(&ctx, &run, "carol", "CHG-3", None)
+    let again = approve(&carol, &run, "carol", "CHG-3", None)
         .await
         .unwrap_err();
     assert!(again.to_string().contains("not waiting"), "{again}");

@@ -308,42 +308,12 @@ async fn a_recovery_fails_back_only_with_two_different_approvers() {
         "{why}"
     );
 
-    // The same approver twice: refused at copy-back, nothing copied.
-    let same = failback(
-        &ctx,
-        &FailbackArgs {
-            no_wait: true,
-            ..args("rec-1")
-        },
-    )
-    .await
-    .unwrap();
-    let fb = ctx.failback();
-    let arn = fb.execution_arn(&same.run_id).await.unwrap();
-    let first = waiting(&ctx, &arn, None).await.unwrap();
-    approve(&ctx, &same.run_id, "bob", "CHG-1", None)
-        .await
-        .unwrap();
-    waiting(&ctx, &arn, Some(&first)).await.unwrap();
-    approve(&ctx, &same.run_id, "Bob", "CHG-2", None)
-        .await
-        .unwrap();
-    let ended = follow(&fb, &arn, &same.run_id, None).await.unwrap();
-    assert_eq!(ended.status, "FAILED");
-    assert_eq!(
-        ended.error.as_deref(),
-        Some("ApprovalMissing"),
-        "{:?}",
-        ended.cause
-    );
-    assert!(ended.cause.unwrap_or_default().contains("another approver"));
-    assert_eq!(root(&aws, PRIMARY_BUCKET).await, primary_before);
-    assert!(aws
-        .get_text(TARGET_BUCKET, "locks/drill.lock")
-        .await
-        .is_none());
-
-    // bob and carol: it fails back.
+    // Two people confirm; the approve function refuses anyone who already confirmed
+    // (the same person under another name, or another person giving the same name),
+    // and the failback keeps waiting for someone else.
+    let bob = ctx.as_caller(aws.person("Oncall", "bob").await);
+    let bob_again = ctx.as_caller(aws.person("Oncall", "bob-second-session").await);
+    let carol = ctx.as_caller(aws.person("Managers", "carol").await);
     let ok = failback(
         &ctx,
         &FailbackArgs {
@@ -353,13 +323,26 @@ async fn a_recovery_fails_back_only_with_two_different_approvers() {
     )
     .await
     .unwrap();
+    let fb = ctx.failback();
     let arn = fb.execution_arn(&ok.run_id).await.unwrap();
     let first = waiting(&ctx, &arn, None).await.unwrap();
-    approve(&ctx, &ok.run_id, "bob", "CHG-1", None)
+    approve(&bob, &ok.run_id, "bob", "CHG-1", None)
         .await
         .unwrap();
-    waiting(&ctx, &arn, Some(&first)).await.unwrap();
-    approve(&ctx, &ok.run_id, "carol", "CHG-1", None)
+    let second = waiting(&ctx, &arn, Some(&first)).await.unwrap();
+    for (who, name) in [(&bob, "Robert"), (&bob_again, "Robert"), (&carol, "Bob")] {
+        let refused = approve(who, &ok.run_id, name, "CHG-2", None)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(refused.contains("already confirmed"), "{refused}");
+    }
+    assert_eq!(
+        waiting(&ctx, &arn, None).await.as_deref(),
+        Some(second.as_str())
+    );
+    assert_eq!(root(&aws, PRIMARY_BUCKET).await, primary_before);
+    approve(&carol, &ok.run_id, "carol", "CHG-1", None)
         .await
         .unwrap();
     let ended = follow(&fb, &arn, &ok.run_id, None).await.unwrap();
@@ -788,11 +771,13 @@ async fn discarding_covers_only_the_divergence_people_were_shown() {
         "{\"record\": 1, \"on\": \"primary\", \"again\": true}",
     )
     .await;
-    approve(&ctx, &started.run_id, "bob", "CHG-1", None)
+    let bob = ctx.as_caller(aws.person("Oncall", "bob").await);
+    let carol = ctx.as_caller(aws.person("Managers", "carol").await);
+    approve(&bob, &started.run_id, "bob", "CHG-1", None)
         .await
         .unwrap();
     waiting(&ctx, &arn, Some(&first)).await.unwrap();
-    approve(&ctx, &started.run_id, "carol", "CHG-1", None)
+    approve(&carol, &started.run_id, "carol", "CHG-1", None)
         .await
         .unwrap();
     let ended = follow(&fb, &arn, &started.run_id, None).await.unwrap();

@@ -3,10 +3,14 @@
 //! failback verify the seal before they act, so a raw `SendTaskSuccess` by anyone with
 //! `states:SendTaskSuccess` cannot promote.
 //!
-//! The seal is KMS `GenerateMac` (HMAC-SHA-256) over the run id, the decision, the
-//! principal, the approver, the ticket and the time, serialized as one JSON object in a
-//! fixed field order ([`SealedFields`]); verifying recomputes the same bytes and asks KMS
-//! (`VerifyMac`). The key never leaves KMS.
+//! The seal is KMS `GenerateMac` (HMAC-SHA-256) over the run id, the execution and the
+//! state that waited, the SHA-256 of the task token it answered, the decision, the
+//! principal (proven, see [`crate::identity`]), the approver, the ticket, the comment and
+//! the time, serialized as one JSON object in a fixed field order ([`SealedFields`]);
+//! verifying recomputes the same bytes and asks KMS (`VerifyMac`). The key never leaves
+//! KMS. Because the seal names the execution and the waiting state, it answers exactly one
+//! wait: an approval of execution `R.1` does not open `R.2`'s promote after a resume, and
+//! a drill's or recovery's approval is no failback confirmation.
 
 use aws_sdk_kms::primitives::Blob;
 use aws_sdk_kms::types::MacAlgorithmSpec;
@@ -15,6 +19,7 @@ use base64::Engine;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use sha2::{Digest, Sha256};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::run::Approval;
@@ -51,34 +56,93 @@ impl Decision {
     }
 }
 
-/// A decision's seal: the key that made it, the algorithm, and the MAC (base64).
+/// The state of the drill machine that waits for the approval to promote.
+pub const DRILL_APPROVAL_STATE: &str = "RequestApproval";
+
+/// The failback machine's two confirmation states, in order.
+pub const FAILBACK_CONFIRMATION_STATES: [&str; 2] = ["Confirm1", "Confirm2"];
+
+/// A decision's seal: the key that made it, the algorithm, the MAC (base64), and the one
+/// wait it answers (execution, state, token digest), which the MAC covers too.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Seal {
     pub key_id: String,
     pub algorithm: String,
     pub mac: String,
+    /// The execution whose wait it answered (empty in seals older than the binding,
+    /// which no longer verify).
+    #[serde(default)]
+    pub execution_arn: String,
+    /// The waiting state's name.
+    #[serde(default)]
+    pub state: String,
+    /// SHA-256 (hex) of the task token it answered.
+    #[serde(default)]
+    pub task_token_sha256: String,
+}
+
+/// The wait a decision answers: what a seal is bound to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SealScope {
+    pub execution_arn: String,
+    pub state: String,
+    pub task_token_sha256: String,
+}
+
+impl SealScope {
+    pub fn of(waiting: &WaitingApproval, execution_arn: &str) -> Self {
+        Self {
+            execution_arn: execution_arn.to_owned(),
+            state: waiting.state.clone().unwrap_or_default(),
+            task_token_sha256: hex::encode(Sha256::digest(waiting.token.as_bytes())),
+        }
+    }
+
+    fn of_seal(seal: &Seal) -> Self {
+        Self {
+            execution_arn: seal.execution_arn.clone(),
+            state: seal.state.clone(),
+            task_token_sha256: seal.task_token_sha256.clone(),
+        }
+    }
 }
 
 /// The bytes a seal covers, in this field order (serde keeps declaration order).
 #[derive(Serialize)]
 struct SealedFields<'a> {
     run_id: &'a str,
+    execution_arn: &'a str,
+    state: &'a str,
+    task_token_sha256: &'a str,
     decision: Decision,
     principal: Option<&'a str>,
+    verified: bool,
     approver: &'a str,
     ticket: &'a str,
+    comment: Option<&'a str>,
     decided_at: String,
 }
 
 impl<'a> SealedFields<'a> {
-    fn of(run_id: &'a str, decision: Decision, approval: &'a Approval, at: DateTime<Utc>) -> Self {
+    fn of(
+        run_id: &'a str,
+        scope: &'a SealScope,
+        decision: Decision,
+        approval: &'a Approval,
+        at: DateTime<Utc>,
+    ) -> Self {
         Self {
             run_id,
+            execution_arn: &scope.execution_arn,
+            state: &scope.state,
+            task_token_sha256: &scope.task_token_sha256,
             decision,
             principal: approval.principal.as_deref(),
+            verified: approval.verified,
             approver: &approval.approver,
             ticket: &approval.ticket,
+            comment: approval.comment.as_deref(),
             decided_at: at.to_rfc3339_opts(SecondsFormat::Millis, true),
         }
     }
@@ -121,17 +185,19 @@ impl Sealer {
         })
     }
 
-    /// Seals `decision` on run `run_id`, as of the approval's `approved_at`.
+    /// Seals `decision` on run `run_id`, answering the wait `scope`, as of the approval's
+    /// `approved_at`.
     pub async fn seal(
         &self,
         run_id: &str,
+        scope: &SealScope,
         decision: Decision,
         approval: &Approval,
     ) -> Result<Seal> {
         let at = approval
             .approved_at
             .ok_or_else(|| Error::internal("a decision to seal has no time"))?;
-        let message = SealedFields::of(run_id, decision, approval, at).bytes()?;
+        let message = SealedFields::of(run_id, scope, decision, approval, at).bytes()?;
         let out = self
             .kms
             .generate_mac()
@@ -151,13 +217,23 @@ impl Sealer {
             key_id: out.key_id().unwrap_or(&self.key).to_owned(),
             algorithm: ALGORITHM.as_str().to_owned(),
             mac: base64::engine::general_purpose::STANDARD.encode(mac.as_ref()),
+            execution_arn: scope.execution_arn.clone(),
+            state: scope.state.clone(),
+            task_token_sha256: scope.task_token_sha256.clone(),
         })
     }
 
-    /// Checks that `approval` is the approve function's sealed approval of run `run_id`:
-    /// `ApprovalMissing` when it carries no seal, a seal of another algorithm, or one
-    /// that does not match (altered, or made for another run or decision).
-    pub async fn verify(&self, run_id: &str, approval: &Approval) -> Result<()> {
+    /// Checks that `approval` is the approve function's sealed approval of run `run_id`,
+    /// given while `execution_arn` waited in `state`: `ApprovalMissing` when it carries
+    /// no seal, a seal of another algorithm, key, execution or state, or one that does not
+    /// match (altered, or made for another run or decision).
+    pub async fn verify(
+        &self,
+        run_id: &str,
+        execution_arn: Option<&str>,
+        state: &str,
+        approval: &Approval,
+    ) -> Result<()> {
         let who = format!("the approval of run {run_id} by {:?}", approval.approver);
         let Some(seal) = &approval.seal else {
             return Err(Error::new(ErrorKind::ApprovalMissing, format!(
@@ -186,7 +262,32 @@ impl Sealer {
                 format!("{who}: its seal's mac is not base64"),
             ));
         };
-        let message = SealedFields::of(run_id, Decision::Approve, approval, at).bytes()?;
+        let Some(execution_arn) = execution_arn.filter(|arn| !arn.is_empty()) else {
+            return Err(Error::new(
+                ErrorKind::ApprovalMissing,
+                format!("{who}: this execution's ARN is unknown, so no seal can be bound to it"),
+            ));
+        };
+        if seal.execution_arn != execution_arn {
+            return Err(Error::new(
+                ErrorKind::ApprovalMissing,
+                format!(
+                    "{who} was sealed for execution {:?}, not this one ({execution_arn}): a seal answers one wait of one execution",
+                    seal.execution_arn
+                ),
+            ));
+        }
+        if seal.state != state {
+            return Err(Error::new(
+                ErrorKind::ApprovalMissing,
+                format!(
+                    "{who} answered the wait in state {:?}, not {state}",
+                    seal.state
+                ),
+            ));
+        }
+        let scope = SealScope::of_seal(seal);
+        let message = SealedFields::of(run_id, &scope, Decision::Approve, approval, at).bytes()?;
         // Always this function's key, never the one the seal names: a seal made with
         // any other key must not pass.
         let answer = self
@@ -199,7 +300,22 @@ impl Sealer {
             .send()
             .await;
         match answer {
-            Ok(out) if out.mac_valid() => Ok(()),
+            // KMS names the key it verified with (its ARN); the seal must name the same
+            // one. (The emulator echoes an alias back instead: nothing to compare then.)
+            Ok(out) if out.mac_valid() => match out.key_id() {
+                Some(used)
+                    if !used.starts_with("alias/") && key_tail(used) != key_tail(&seal.key_id) =>
+                {
+                    Err(Error::new(
+                        ErrorKind::ApprovalMissing,
+                        format!(
+                            "{who} names key {:?}, but this function verifies with {used}",
+                            seal.key_id
+                        ),
+                    ))
+                }
+                _ => Ok(()),
+            },
             Ok(_) => Err(mismatch(&who)),
             Err(e)
                 if e.as_service_error()
@@ -213,6 +329,12 @@ impl Sealer {
             )),
         }
     }
+}
+
+/// A key's id from its ARN (`arn:…:key/ID`) or the id itself: KMS answers with the ARN,
+/// the emulator with the bare id.
+fn key_tail(key: &str) -> &str {
+    key.rsplit_once(":key/").map_or(key, |(_, id)| id)
 }
 
 fn mismatch(who: &str) -> Error {
@@ -232,6 +354,11 @@ pub struct WaitingApproval {
     pub profile: Option<String>,
     /// Who started the run, when a person did (`started_by` attribute; `none` otherwise).
     pub started_by: Option<String>,
+    /// The waiting state's name (from its `TaskStateEntered` event).
+    pub state: Option<String>,
+    /// What earlier waits of the same execution were answered with (a failback's first
+    /// confirmation, when the second is waiting).
+    pub answered: Vec<Approval>,
 }
 
 impl WaitingApproval {
@@ -257,6 +384,8 @@ impl WaitingApproval {
             run_id: attribute("run_id"),
             profile: attribute("profile"),
             started_by: attribute("started_by"),
+            state: None,
+            answered: Vec::new(),
         })
     }
 }
@@ -267,10 +396,30 @@ impl WaitingApproval {
 pub fn waiting(events: &[HistoryEvent]) -> Option<WaitingApproval> {
     let mut scheduled_approval = None;
     let mut waiting = None;
+    let mut entered = None;
+    let mut answered = Vec::new();
     for event in events {
+        if let Some(state) = event.state_entered_event_details() {
+            entered = Some(state.name().to_owned());
+        }
         if let Some(scheduled) = event.task_scheduled_event_details() {
             if scheduled.resource() == WAIT_FOR_TOKEN {
-                scheduled_approval = WaitingApproval::from_parameters(scheduled.parameters());
+                scheduled_approval =
+                    WaitingApproval::from_parameters(scheduled.parameters()).map(|mut w| {
+                        w.state = entered.clone();
+                        w
+                    });
+            }
+        }
+        if let Some(succeeded) = event
+            .task_succeeded_event_details()
+            .filter(|d| d.resource() == WAIT_FOR_TOKEN)
+        {
+            if let Some(approval) = succeeded
+                .output()
+                .and_then(|o| serde_json::from_str::<Approval>(o).ok())
+            {
+                answered.push(approval);
             }
         }
         if event
@@ -279,16 +428,19 @@ pub fn waiting(events: &[HistoryEvent]) -> Option<WaitingApproval> {
         {
             waiting = scheduled_approval.take();
         }
-        let answered = [
+        let answered_now = [
             event.task_succeeded_event_details().map(|d| d.resource()),
             event.task_failed_event_details().map(|d| d.resource()),
             event.task_timed_out_event_details().map(|d| d.resource()),
         ];
-        if answered.contains(&Some(WAIT_FOR_TOKEN)) {
+        if answered_now.contains(&Some(WAIT_FOR_TOKEN)) {
             waiting = None;
         }
     }
-    waiting
+    waiting.map(|mut w: WaitingApproval| {
+        w.answered = answered;
+        w
+    })
 }
 
 #[cfg(test)]
@@ -325,12 +477,19 @@ mod tests {
         let at = DateTime::parse_from_rfc3339("2026-12-01T10:00:00.5Z")
             .unwrap()
             .with_timezone(&Utc);
-        let bytes = SealedFields::of("r1", Decision::Approve, &approval, at)
+        let scope = SealScope {
+            execution_arn: "arn:aws:states:us-east-1:1:execution:drpilot-drill:r1.1".into(),
+            state: DRILL_APPROVAL_STATE.into(),
+            task_token_sha256: "ab".into(),
+        };
+        let bytes = SealedFields::of("r1", &scope, Decision::Approve, &approval, at)
             .bytes()
             .unwrap();
         assert_eq!(
             String::from_utf8(bytes).unwrap(),
-            r#"{"run_id":"r1","decision":"approve","principal":"arn:aws:iam::1:user/a","approver":"alice","ticket":"CHG-1","decided_at":"2026-12-01T10:00:00.500Z"}"#
+            r#"{"run_id":"r1","execution_arn":"arn:aws:states:us-east-1:1:execution:drpilot-drill:r1.1","state":"RequestApproval","task_token_sha256":"ab","decision":"approve","principal":"arn:aws:iam::1:user/a","verified":true,"approver":"alice","ticket":"CHG-1","comment":null,"decided_at":"2026-12-01T10:00:00.500Z"}"#
         );
+        assert_eq!(key_tail("arn:aws:kms:us-east-1:1:key/abc-1"), "abc-1");
+        assert_eq!(key_tail("abc-1"), "abc-1");
     }
 }

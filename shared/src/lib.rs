@@ -29,6 +29,7 @@ pub mod details;
 pub mod error;
 pub mod failback;
 pub mod fence;
+pub mod identity;
 pub mod input;
 pub mod ledger;
 pub mod listing;

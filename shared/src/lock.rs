@@ -201,6 +201,39 @@ impl RunLock {
         Ok(Some((record, etag)))
     }
 
+    /// Checks, right before a run writes production, that it still holds the lock and
+    /// that the lock has not expired: a run that outlived its lock (its TTL passed and
+    /// another run took it over, or it is about to) must not write over another run's
+    /// work. `LockHeld` otherwise.
+    pub async fn ensure_held(&self, run_id: &str, now: DateTime<Utc>) -> Result<()> {
+        let held = self.read().await?;
+        match held {
+            Some((lock, _)) if lock.run_id == run_id && lock.expires_at > now => Ok(()),
+            Some((lock, _)) if lock.run_id == run_id => Err(Error::new(
+                ErrorKind::LockHeld,
+                format!(
+                    "run {run_id}: its lock {} expired at {}; resume the run (drpilot resume) to renew it before it writes production",
+                    self.uri,
+                    lock.expires_at.to_rfc3339()
+                ),
+            )),
+            Some((lock, _)) => Err(Error::new(
+                ErrorKind::LockHeld,
+                format!(
+                    "run {run_id} no longer holds the lock {}: run {} took it (its lock expired); it writes nothing",
+                    self.uri, lock.run_id
+                ),
+            )),
+            None => Err(Error::new(
+                ErrorKind::LockHeld,
+                format!(
+                    "run {run_id} no longer holds the lock {}: it was released; it writes nothing",
+                    self.uri
+                ),
+            )),
+        }
+    }
+
     async fn put(
         &self,
         record: &LockRecord,

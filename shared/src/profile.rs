@@ -59,6 +59,20 @@ pub struct Profile {
     /// that started the run; the approve function enforces it.
     #[serde(default)]
     pub two_person_rule: bool,
+    /// What makes two approvers two people: an assumed role is one person (`role`, the
+    /// default) unless the role's trust policy makes each session name a person's own
+    /// (`session`; see `docs/security.md`).
+    #[serde(default)]
+    pub approver_identity: crate::identity::PersonRule,
+    /// A drill may promote without an approval (`auto_promote` + `allow_promote_bypass`
+    /// in its input) only when the profile's owners allow it here: the input alone is
+    /// written by whoever may start an execution.
+    #[serde(default)]
+    pub allow_drill_promote_bypass: bool,
+    /// A drill's failback may confirm with the literals (`FAILBACK`, `CONFIRM-<run>`)
+    /// instead of two sealed approvals only when the profile allows it here.
+    #[serde(default)]
+    pub allow_drill_failback_literals: bool,
     /// How long evidence is kept: the receipts location's Object Lock retention, which
     /// reports state and readiness checks (`EvidenceRetentionDays` in the template).
     #[serde(default = "default_evidence_retention_days")]

@@ -52,6 +52,17 @@ impl S3Uri {
         })
     }
 
+    /// The object at `relative` below this prefix, where `relative` came from listing this
+    /// very prefix: unlike [`Self::join`] it takes any key S3 holds there (a folder marker
+    /// `dir/`, an `a//b`), which S3 treats literally and which cannot leave the prefix.
+    /// Keys from archives and manifests go through [`Self::join`].
+    pub fn listed(&self, relative: &str) -> S3Uri {
+        S3Uri {
+            bucket: self.bucket.clone(),
+            key: format!("{}{relative}", as_prefix(&self.key)),
+        }
+    }
+
     /// The part of `key` below this prefix, if `key` lies under it.
     pub fn strip<'k>(&self, key: &'k str) -> Option<&'k str> {
         key.strip_prefix(as_prefix(&self.key).as_str())

@@ -42,7 +42,11 @@ pub fn test_profile() -> serde_json::Value {
         "account_id": ACCOUNT_ID,
         "region": REGION,
         "rto_target_seconds": 3600,
-        "rpo_target_seconds": 86400
+        "rpo_target_seconds": 86400,
+        // The tests' drills promote and fail back unattended where they say so; the
+        // attack tests turn these off.
+        "allow_drill_promote_bypass": true,
+        "allow_drill_failback_literals": true
     })
 }
 
@@ -56,9 +60,7 @@ pub fn run_context(run_id: &str, backup_id: &str) -> drpilot_shared::run::RunCon
         promotion: input.promotion(),
         input,
         trigger: drpilot_shared::input::Trigger::manual(),
-        execution_arn: Some(format!(
-            "arn:aws:states:{REGION}:{ACCOUNT_ID}:execution:drpilot-drill:{run_id}"
-        )),
+        execution_arn: Some(execution_arn(run_id)),
         kickoff_at: chrono::Utc::now(),
         published_generation: 0,
         plan: None,
@@ -72,6 +74,11 @@ pub fn run_context(run_id: &str, backup_id: &str) -> drpilot_shared::run::RunCon
             git_sha: None,
         },
     }
+}
+
+/// The drill execution [`run_context`] names for run `run_id`.
+pub fn execution_arn(run_id: &str) -> String {
+    format!("arn:aws:states:{REGION}:{ACCOUNT_ID}:execution:drpilot-drill:{run_id}")
 }
 
 /// [`run_context`] as a phase's first attempt.
@@ -421,7 +428,7 @@ impl LocalAws {
     }
 
     /// An approval of run `run_id` by `approver`, sealed as the approve function seals
-    /// it (no IAM principal, as on the local stack).
+    /// it for the approval wait of the execution [`run_context`] names (no principal).
     pub async fn sealed_approval(
         &self,
         run_id: &str,
@@ -437,10 +444,16 @@ impl LocalAws {
             verified: false,
             seal: None,
         };
+        let scope = drpilot_shared::approval::SealScope {
+            execution_arn: execution_arn(run_id),
+            state: drpilot_shared::approval::DRILL_APPROVAL_STATE.into(),
+            task_token_sha256: "0".repeat(64),
+        };
         approval.seal = Some(
             self.sealer()
                 .seal(
                     run_id,
+                    &scope,
                     drpilot_shared::approval::Decision::Approve,
                     &approval,
                 )
@@ -535,6 +548,36 @@ impl LocalAws {
         drpilot_shared::profile::put_parameter(&self.clients.ssm, name, &profile.to_string())
             .await
             .unwrap_or_else(|e| panic!("put profile {name}: {e}"));
+    }
+
+    /// The SDK configuration of a person: the emulator's STS `AssumeRole` into `role` as
+    /// session `session`, so the emulator's `GetCallerIdentity` answers with
+    /// `arn:aws:sts::<account>:assumed-role/<role>/<session>` for requests they sign.
+    pub async fn person(&self, role: &str, session: &str) -> aws_config::SdkConfig {
+        let assumed = self
+            .clients
+            .sts
+            .assume_role()
+            .role_arn(format!("arn:aws:iam::{ACCOUNT_ID}:role/{role}"))
+            .role_session_name(session)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("AssumeRole {role}/{session}: {e}"));
+        let credentials = assumed.credentials().expect("AssumeRole's credentials");
+        aws_config::SdkConfig::builder()
+            .behavior_version(aws_config::BehaviorVersion::latest())
+            .endpoint_url(&self.endpoint)
+            .region(aws_config::Region::new(REGION))
+            .credentials_provider(aws_sdk_s3::config::SharedCredentialsProvider::new(
+                aws_sdk_s3::config::Credentials::new(
+                    credentials.access_key_id(),
+                    credentials.secret_access_key(),
+                    Some(credentials.session_token().to_owned()),
+                    None,
+                    "assumed-role",
+                ),
+            ))
+            .build()
     }
 
     /// Creates the buckets [`test_profile`] names and stores it as profile `test`.

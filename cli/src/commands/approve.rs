@@ -2,16 +2,22 @@
 //! approve function, which records who called (the IAM principal of the signed request),
 //! enforces the profile's two-person rule and seals the decision for promote to verify.
 //!
-//! On AWS the request goes to the function's URL (`AWS_IAM` auth), signed with SigV4 by
-//! the credentials the SDK resolved; on the local stack, which has no Function URLs, the
-//! same request event is handed to the function through Lambda Invoke, without an IAM
-//! context (the decision then records `verified: false`).
+//! Every request carries the caller's proof of identity: an STS `GetCallerIdentity`
+//! request signed with the caller's credentials and bound to the decision
+//! ([`drpilot_shared::identity`]), which the function sends to STS itself. On AWS the
+//! request goes to the function's URL (`AWS_IAM` auth), signed with SigV4 too; on the
+//! local stack, which has no Function URLs, the same request event is handed to the
+//! function through Lambda Invoke, and the emulator's STS answers the proof.
 
 use std::time::{Duration, SystemTime};
 
 use aws_credential_types::provider::ProvideCredentials;
 use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettings};
 use aws_sigv4::sign::v4;
+use drpilot_shared::approval::Decision;
+use drpilot_shared::identity::{
+    DecisionRequest, IdentityProof, StsEndpoint, DECISION_HEADER, STS_BODY, STS_CONTENT_TYPE,
+};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -44,17 +50,16 @@ pub async fn approve(
         ));
     }
     let (arn, _) = ctx.any_execution_arn(run_id).await?;
-    let record = decide(
-        ctx,
-        &json!({
-            "execution_arn": arn,
-            "decision": "approve",
-            "approver": approver.trim(),
-            "ticket": ticket.trim(),
-            "comment": comment,
-        }),
-    )
-    .await?;
+    let request = DecisionRequest {
+        execution_arn: arn,
+        decision: Decision::Approve,
+        approver: Some(approver.trim().to_owned()),
+        ticket: Some(ticket.trim().to_owned()),
+        comment: comment.map(str::to_owned),
+        reason: None,
+        identity: None,
+    };
+    let record = decide(ctx, request).await?;
     ctx.out.say(format!(
         "approved run {run_id} as {approver} (ticket {ticket}; {})",
         principal_words(&record)
@@ -69,11 +74,16 @@ pub async fn deny(ctx: &Ctx, run_id: &str, reason: &str) -> Result<(), CliError>
         return Err(CliError::Usage("--reason must not be empty".into()));
     }
     let (arn, _) = ctx.any_execution_arn(run_id).await?;
-    let record = decide(
-        ctx,
-        &json!({"execution_arn": arn, "decision": "deny", "reason": reason.trim()}),
-    )
-    .await?;
+    let request = DecisionRequest {
+        execution_arn: arn,
+        decision: Decision::Deny,
+        approver: None,
+        ticket: None,
+        comment: None,
+        reason: Some(reason.trim().to_owned()),
+        identity: None,
+    };
+    let record = decide(ctx, request).await?;
     ctx.out.say(format!(
         "denied run {run_id}: {reason} ({})",
         principal_words(&record)
@@ -82,16 +92,19 @@ pub async fn deny(ctx: &Ctx, run_id: &str, reason: &str) -> Result<(), CliError>
 }
 
 fn principal_words(record: &Value) -> String {
-    match record["principal"].as_str() {
-        Some(principal) => format!("principal {principal}, sealed"),
-        None => "no IAM principal on the local stack: recorded as unverified, sealed".into(),
-    }
+    format!(
+        "principal {}, proven by STS at {}, sealed",
+        record["principal"].as_str().unwrap_or("unknown"),
+        record["identity_verified_by"].as_str().unwrap_or("unknown")
+    )
 }
 
-/// Sends `request` to the approve function and returns its decision record, or its
-/// refusal as an error naming why.
-async fn decide(ctx: &Ctx, request: &Value) -> Result<Value, CliError> {
-    let body = request.to_string();
+/// Sends `request`, with the caller's proof of identity, to the approve function and
+/// returns its decision record, or its refusal as an error naming why.
+async fn decide(ctx: &Ctx, mut request: DecisionRequest) -> Result<Value, CliError> {
+    request.identity = Some(prove_identity(&ctx.aws.config, &request).await?);
+    let body = serde_json::to_string(&request)
+        .map_err(|e| CliError::Io(format!("encoding the decision: {e}")))?;
     let (status, answer) = if ctx.emulator {
         invoke(ctx, &body).await?
     } else {
@@ -115,6 +128,73 @@ async fn decide(ctx: &Ctx, request: &Value) -> Result<Value, CliError> {
             "the approve function failed with HTTP {status} ({error}): {message}"
         )),
     })
+}
+
+/// The caller's proof of identity for `request`: an STS `GetCallerIdentity` POST for the
+/// STS endpoint of `config` (the one the approve function asks: its region's, or the
+/// emulator), signed with `config`'s credentials, its [`DECISION_HEADER`] the request's
+/// digest. Only the headers travel; the function sends the request itself.
+pub async fn prove_identity(
+    config: &aws_types::SdkConfig,
+    request: &DecisionRequest,
+) -> Result<IdentityProof, CliError> {
+    let sts = StsEndpoint::of_config(config);
+    let region = config.region().ok_or_else(|| {
+        CliError::Usage("no AWS region: set AWS_REGION or a profile's region".into())
+    })?;
+    let credentials = config
+        .credentials_provider()
+        .ok_or_else(|| CliError::Usage("no AWS credentials provider".into()))?
+        .provide_credentials()
+        .await
+        .map_err(|e| CliError::Usage(format!("no AWS credentials: {e}")))?;
+    let identity = credentials.into();
+    let params = v4::SigningParams::builder()
+        .identity(&identity)
+        .region(region.as_ref())
+        .name("sts")
+        .time(SystemTime::now())
+        .settings(SigningSettings::default())
+        .build()
+        .map_err(|e| CliError::Io(format!("signing the proof of identity: {e}")))?
+        .into();
+    let digest = request.digest();
+    let headers = [
+        ("content-type", STS_CONTENT_TYPE),
+        (DECISION_HEADER, digest.as_str()),
+    ];
+    let signable = SignableRequest::new(
+        "POST",
+        &sts.url,
+        headers.into_iter(),
+        SignableBody::Bytes(STS_BODY.as_bytes()),
+    )
+    .map_err(|e| CliError::Io(format!("signing the proof of identity: {e}")))?;
+    let (instructions, _) = sign(signable, &params)
+        .map_err(|e| CliError::Io(format!("signing the proof of identity: {e}")))?
+        .into_parts();
+    let mut signed = http::Request::builder()
+        .method("POST")
+        .uri(&sts.url)
+        .body(())
+        .map_err(|e| CliError::Io(format!("the proof of identity: {e}")))?;
+    for (name, value) in headers {
+        signed.headers_mut().insert(
+            name,
+            http::HeaderValue::from_str(value)
+                .map_err(|e| CliError::Io(format!("the proof of identity: {e}")))?,
+        );
+    }
+    instructions.apply_to_request_http1x(&mut signed);
+    let headers = signed
+        .headers()
+        .iter()
+        .filter(|(name, _)| *name != http::header::HOST)
+        .filter_map(|(name, value)| {
+            Some((name.as_str().to_owned(), value.to_str().ok()?.to_owned()))
+        })
+        .collect();
+    Ok(IdentityProof { headers })
 }
 
 /// The local stack: the Function URL's request event through Lambda Invoke.

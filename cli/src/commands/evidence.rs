@@ -16,7 +16,7 @@ use drpilot_shared::receipt::{PhaseStatus, ReceiptStore, RunStatus, RunSummary};
 use drpilot_shared::{Phase, S3Uri};
 use serde::Serialize;
 
-use crate::zipfile::{csv_line, ZipWriter};
+use crate::zipfile::{csv_line, entry_name, ZipWriter};
 
 use crate::audit::{self, AuditReport};
 use crate::html;
@@ -222,7 +222,11 @@ async fn copy_prefix(
         let page = page.map_err(|e| CliError::aws(&format!("ListObjectsV2 {prefix}"), e))?;
         for object in page.contents() {
             let Some(key) = object.key() else { continue };
-            let name = format!("{into}{}", key.strip_prefix(&prefix.key).unwrap_or(key));
+            // Keys are anyone's who can write under the run's prefix: named safely.
+            let name = entry_name(&format!(
+                "{into}{}",
+                key.strip_prefix(&prefix.key).unwrap_or(key)
+            ));
             let mut body = s3
                 .get_object()
                 .bucket(&prefix.bucket)

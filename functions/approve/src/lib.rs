@@ -1,15 +1,19 @@
 //! approve: the one door to a waiting approval. It sits behind a Lambda Function URL
-//! with `AWS_IAM` auth, so AWS tells it who is calling (the request context's IAM
-//! principal); it answers the execution's waiting task token itself, after:
+//! with `AWS_IAM` auth, but trusts nothing the event says about the caller: a direct
+//! invoke can hand it any `requestContext`. The caller proves who they are with a signed
+//! STS `GetCallerIdentity` request bound to their decision, which this function sends to
+//! STS itself ([`drpilot_shared::identity`]). It answers the execution's waiting task
+//! token itself, after:
 //! - checking the execution belongs to one of this stack's state machines
 //!   (`DRPILOT_STATE_MACHINES`) and is waiting for an approval (its history);
-//! - under the profile's `two_person_rule`, refusing the principal that started the run;
-//! - sealing the decision with the stack's KMS HMAC key (`DRPILOT_APPROVAL_KEY`), which
-//!   promote and failback verify ([`drpilot_shared::approval`]);
+//! - proving the caller's identity (no proof, or one STS refuses: 403);
+//! - under the profile's `two_person_rule`, refusing the person that started the run, and
+//!   always refusing a person or approver who already answered an earlier wait of the
+//!   same execution (a failback's second confirmation);
+//! - sealing the decision, bound to the execution, the waiting state and its token, with
+//!   the stack's KMS HMAC key (`DRPILOT_APPROVAL_KEY`), which promote and failback verify
+//!   ([`drpilot_shared::approval`]);
 //! - recording it with the run's evidence (`runs/<run>/approvals/`).
-//!
-//! Where no IAM context exists (the local stack invokes it directly) the decision records
-//! `principal: null, verified: false`.
 //!
 //! Every answer is an HTTP response: 200 with the decision record, or the error's status
 //! with `{error, message}` (`error` is one of drpilot's error names).
@@ -19,8 +23,11 @@ use aws_lambda_events::event::lambda_function_urls::{
 };
 use base64::Engine;
 use chrono::{DateTime, Utc};
-use drpilot_shared::approval::{self, Decision, Seal, Sealer, WaitingApproval, DENIED_ERROR};
+use drpilot_shared::approval::{
+    self, Decision, Seal, SealScope, Sealer, WaitingApproval, DENIED_ERROR,
+};
 use drpilot_shared::error::decode_slice;
+use drpilot_shared::identity::{self, CallerIdentity, PersonRule, StsEndpoint};
 use drpilot_shared::objects::{put_json_if, Conditional, Precondition};
 use drpilot_shared::profile::ProfileSource;
 use drpilot_shared::receipt::ReceiptStore;
@@ -39,22 +46,7 @@ const MAX_NAME: usize = 200;
 /// Longest comment or denial reason (Step Functions caps a cause at 32,768 characters).
 const MAX_TEXT: usize = 2000;
 
-/// What `drpilot approve`/`deny` send as the request body.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DecisionRequest {
-    pub execution_arn: String,
-    pub decision: Decision,
-    #[serde(default)]
-    pub approver: Option<String>,
-    #[serde(default)]
-    pub ticket: Option<String>,
-    #[serde(default)]
-    pub comment: Option<String>,
-    /// Why it was denied (required with `deny`).
-    #[serde(default)]
-    pub reason: Option<String>,
-}
+pub use drpilot_shared::identity::DecisionRequest;
 
 /// What the function decided, as it answers and records it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -69,6 +61,11 @@ pub struct DecisionRecord {
     pub approver: Option<String>,
     pub principal: Option<String>,
     pub verified: bool,
+    /// Who STS says signed the request, and at which endpoint the function asked it.
+    pub identity: CallerIdentity,
+    pub identity_verified_by: String,
+    /// The person the two-person checks compared (the profile's `approver_identity`).
+    pub person: String,
     /// Who started the run, as the state machine recorded it (a manual start's caller).
     pub started_by: Option<String>,
     pub two_person_rule: bool,
@@ -85,6 +82,8 @@ pub struct Approve {
     pub sealer: Option<Sealer>,
     /// The state machines whose executions it answers.
     pub state_machines: Vec<String>,
+    /// Where it sends identity proofs: its own configuration's STS, never the request's.
+    pub sts: StsEndpoint,
 }
 
 impl Approve {
@@ -99,6 +98,7 @@ impl Approve {
             .collect();
         Self {
             sfn: clients.sfn(),
+            sts: StsEndpoint::of_config(&clients.config),
             sealer: Sealer::from_env(clients.kms()),
             profiles: ProfileSource::from_env(clients.ssm.clone()),
             state_machines,
@@ -136,13 +136,13 @@ impl Approve {
             .map_err(|e| Error::input(e.to_string()).with_source(e))?;
         let answer = Answer::validate(&asked)?;
         self.owned(&asked.execution_arn)?;
-        let principal = request
-            .request_context
-            .authorizer
-            .as_ref()
-            .and_then(|a| a.iam.as_ref())
-            .and_then(|iam| iam.user_arn.clone())
-            .filter(|arn| !arn.is_empty());
+        let proof = asked.identity.as_ref().ok_or_else(|| {
+            Error::new(
+                ErrorKind::ApprovalMissing,
+                "identity: the request carries no proof of identity (a signed STS GetCallerIdentity request); decide with drpilot approve or drpilot deny, which sign one",
+            )
+        })?;
+        let caller = self.sts.verify(proof, &asked.digest()).await?;
         let waiting = self.waiting(&asked.execution_arn).await?;
         let run_id = waiting.run_id.clone().ok_or_else(|| {
             Error::contract(format!(
@@ -157,18 +157,19 @@ impl Approve {
             ))
         })?;
         let profile = self.profiles.load(&profile_name).await?;
-        if asked.decision == Decision::Approve && profile.two_person_rule {
-            if let (Some(caller), Some(starter)) = (&principal, &waiting.started_by) {
-                if caller == starter {
-                    return Err(Error::new(
-                        ErrorKind::ApprovalMissing,
-                        format!(
-                            "two_person_rule: {caller} started run {run_id} and cannot approve it; another principal must"
-                        ),
-                    ));
-                }
-            }
+        let rule = profile.approver_identity;
+        let person = identity::person(&caller.arn, rule);
+        if asked.decision == Decision::Approve {
+            refuse_same_person(
+                &run_id,
+                &waiting,
+                &answer,
+                &person,
+                rule,
+                profile.two_person_rule,
+            )?;
         }
+        let principal = Some(caller.arn.clone());
         let decided_at = Utc::now();
         let mut approval = Approval {
             approver: answer.approver.clone().unwrap_or_default(),
@@ -176,11 +177,12 @@ impl Approve {
             approved_at: Some(decided_at),
             comment: answer.comment.clone(),
             principal: principal.clone(),
-            verified: principal.is_some(),
+            verified: true,
             seal: None,
         };
+        let scope = SealScope::of(&waiting, &asked.execution_arn);
         let seal = Sealer::required(self.sealer.as_ref())?
-            .seal(&run_id, asked.decision, &approval)
+            .seal(&run_id, &scope, asked.decision, &approval)
             .await?;
         approval.seal = Some(seal.clone());
         let store = ReceiptStore::new(self.clients.s3.clone(), profile.receipts.clone());
@@ -197,7 +199,10 @@ impl Approve {
             reason: answer.reason.clone(),
             approver: answer.approver.clone(),
             principal: principal.clone(),
-            verified: principal.is_some(),
+            verified: true,
+            identity: caller,
+            identity_verified_by: self.sts.url.clone(),
+            person,
             started_by: waiting.started_by.clone(),
             two_person_rule: profile.two_person_rule,
             decided_at,
@@ -324,6 +329,43 @@ impl Approve {
         }
         Ok(())
     }
+}
+
+/// Refuses an approval by a person who may not give it: under `two_person_rule` the one
+/// who started the run; always, a person (or approver name) who already answered an
+/// earlier wait of this execution, so a failback's second confirmation keeps waiting for
+/// someone else instead of failing the run at copy-back.
+fn refuse_same_person(
+    run_id: &str,
+    waiting: &WaitingApproval,
+    answer: &Answer,
+    person: &str,
+    rule: PersonRule,
+    two_person_rule: bool,
+) -> Result<()> {
+    let refuse = |why: String| Err(Error::new(ErrorKind::ApprovalMissing, why));
+    if two_person_rule {
+        if let Some(starter) = &waiting.started_by {
+            if identity::person(starter, rule) == person {
+                return refuse(format!(
+                    "two_person_rule: {person} started run {run_id} and cannot approve it; another person must"
+                ));
+            }
+        }
+    }
+    let approver = answer.approver.as_deref().unwrap_or_default();
+    for earlier in &waiting.answered {
+        let same_person = earlier
+            .principal
+            .as_deref()
+            .is_some_and(|p| identity::person(p, rule) == person);
+        if same_person || earlier.approver.eq_ignore_ascii_case(approver) {
+            return refuse(format!(
+                "{approver} ({person}) already confirmed run {run_id}; the next confirmation must come from another person"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// A request's fields, trimmed and checked for its decision.
@@ -458,6 +500,7 @@ mod tests {
             ticket: ticket.map(Into::into),
             comment: None,
             reason: reason.map(Into::into),
+            identity: None,
         };
         let err = |a: DecisionRequest| Answer::validate(&a).err().map(|e| e.message);
         assert!(err(asked(Decision::Approve, Some("a"), Some("T"), None)).is_none());

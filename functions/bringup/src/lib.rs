@@ -60,6 +60,7 @@ impl Caller {
 
 pub struct Bringup {
     pub clients: AwsClients,
+    pub sfn: aws_sdk_sfn::Client,
     pub profiles: ProfileSource,
     pub defaults: TriggerDefaults,
 }
@@ -69,6 +70,7 @@ impl Bringup {
         let clients = clients.for_function("bringup");
         let profiles = ProfileSource::from_env(clients.ssm.clone());
         Self {
+            sfn: clients.sfn(),
             clients,
             profiles,
             defaults: TriggerDefaults::from_env(),
@@ -98,6 +100,7 @@ impl Bringup {
         let clock = PhaseClock::start(&run_id, Phase::Bringup, attempt).dry_run(input.dry_run);
         let profile = self.profiles.load(&input.profile).await?;
         self.guard_account(&profile, function_arn).await?;
+        allowed_by_profile(&input, &profile)?;
         let store = ReceiptStore::new(self.clients.s3.clone(), profile.receipts.clone());
         let this = ExecutionEntry::new(
             execution.name.clone(),
@@ -150,6 +153,7 @@ impl Bringup {
             .any(|e| e.is(execution.name.as_deref(), execution.arn.as_deref()));
         if !first && !retried {
             continues(&record, &input)?;
+            self.none_running(&record, &this).await?;
         }
         if !first && !input.dry_run {
             let receipts = store.phases(&run_id).await?;
@@ -225,6 +229,46 @@ impl Bringup {
         Ok(run)
     }
 
+    /// Refuses a later execution of a run while an earlier one still runs (one run, one
+    /// execution at a time: two would restore, promote and tear down the same staging).
+    /// Only executions whose teardown has not recorded an outcome are asked about.
+    async fn none_running(&self, record: &RunRecord, this: &ExecutionEntry) -> Result<()> {
+        let earlier = record
+            .executions
+            .iter()
+            .filter(|e| e.outcome.is_none())
+            .filter_map(|e| e.arn.as_deref())
+            .filter(|arn| Some(*arn) != this.arn.as_deref());
+        for arn in earlier {
+            let described = self
+                .sfn
+                .describe_execution()
+                .execution_arn(arn)
+                .send()
+                .await;
+            let status = match described {
+                Ok(out) => out.status().clone(),
+                Err(e)
+                    if e.as_service_error()
+                        .is_some_and(|s| s.is_execution_does_not_exist()) =>
+                {
+                    continue
+                }
+                Err(e) => return Err(Error::from_sdk(&format!("DescribeExecution {arn}"), e)),
+            };
+            if status == aws_sdk_sfn::types::ExecutionStatus::Running {
+                return Err(Error::new(
+                    ErrorKind::LockHeld,
+                    format!(
+                        "run {}: execution {arn} is still running; a later execution continues the run only after it ended (stop it, or wait)",
+                        record.run_id
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Refuses to go on in another account or region than the profile names.
     async fn guard_account(&self, profile: &Profile, function_arn: &str) -> Result<()> {
         let caller = match Caller::from_function_arn(function_arn) {
@@ -285,6 +329,30 @@ fn run_id(input: &RunInput, execution_name: Option<&str>) -> Result<String> {
             "run_id: not given, and no execution name to derive it from",
         )),
     }
+}
+
+/// What the input asks that only the profile's owners may allow: a backup outside the
+/// profile's `backups` (anyone who may start an execution writes the input; the profile
+/// lives in SSM, written by the team that owns it) and the approval bypass.
+fn allowed_by_profile(input: &RunInput, profile: &Profile) -> Result<()> {
+    if let Some(uri) = &input.backup_uri {
+        let below = (uri.bucket == profile.backups.bucket)
+            .then(|| profile.backups.strip(&uri.key))
+            .flatten();
+        if below.is_none_or(|rest| rest.trim_matches('/').is_empty()) {
+            return Err(Error::input(format!(
+                "backup_uri: {uri} is not a backup under the profile's backups location {}",
+                profile.backups.as_prefix()
+            )));
+        }
+    }
+    if input.approval_bypassed() && !profile.allow_drill_promote_bypass {
+        return Err(Error::input(format!(
+            "allow_promote_bypass: profile {} does not allow a drill to promote without an approval (its allow_drill_promote_bypass is off)",
+            input.profile
+        )));
+    }
+    Ok(())
 }
 
 /// Refuses a later execution that would change what the run is.

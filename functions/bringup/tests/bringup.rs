@@ -19,6 +19,7 @@ const LOCAL_ARN: &str = "function-arn";
 fn bringup(aws: &LocalAws) -> Bringup {
     Bringup {
         clients: aws.clients.for_function("bringup"),
+        sfn: aws.clients.for_function("bringup").sfn(),
         profiles: ProfileSource::Ssm(aws.clients.ssm.clone()),
         defaults: TriggerDefaults {
             profile: Some(PROFILE.into()),
@@ -273,4 +274,61 @@ async fn contract_problems_are_named() {
         target_keys(&aws).await.iter().all(|k| !k.contains("exec-")),
         "nothing written"
     );
+}
+
+/// What only the profile's owners may allow is refused before anything is written: a
+/// backup outside the profile's `backups` (a `states:StartExecution` caller could point a
+/// run at any backup in the bucket), and the approval bypass without the profile's opt-in.
+#[tokio::test]
+async fn the_input_cannot_reach_past_the_profile() {
+    let aws = LocalAws::start().await;
+    aws.standard_setup().await;
+    publish_backup(&aws, "b1", "2026-11-01T00:00:00Z").await;
+    let tmp = TempDir::new("bringup-outside");
+    let src = tmp.path().join("src");
+    sh(&format!(
+        "mkdir -p '{0}' && echo x > '{0}/f.json'",
+        src.display()
+    ));
+    let out = tmp.path().join("elsewhere");
+    make_backup(&src, &out, &[]);
+    aws.upload_dir(BACKUP_BUCKET, "staging-area/b9", &out).await;
+    for uri in [
+        format!("s3://{BACKUP_BUCKET}/staging-area/b9/"),
+        format!("s3://{BACKUP_BUCKET}/{BACKUP_PREFIX}"),
+        format!("s3://{TARGET_BUCKET}/{BACKUP_PREFIX}b1/"),
+    ] {
+        let err = bringup(&aws)
+            .handle(
+                request(
+                    json!({"mode": "drill", "profile": PROFILE, "backup_uri": uri}),
+                    "outside-1",
+                ),
+                LOCAL_ARN,
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind, ErrorKind::InputError, "{err}");
+        assert!(err.message.starts_with("backup_uri:"), "{err}");
+    }
+    let mut profile = test_profile();
+    profile["allow_drill_promote_bypass"] = json!(false);
+    aws.put_profile(PROFILE, &profile).await;
+    let err = bringup(&aws)
+        .handle(
+            request(
+                json!({"mode": "drill", "profile": PROFILE, "auto_promote": true, "allow_promote_bypass": true}),
+                "bypass-1",
+            ),
+            LOCAL_ARN,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind, ErrorKind::InputError, "{err}");
+    assert!(err.message.contains("allow_drill_promote_bypass"), "{err}");
+    assert!(target_keys(&aws).await.is_empty());
+    assert!(aws
+        .keys(drpilot_testkit::EVIDENCE_BUCKET, "")
+        .await
+        .is_empty());
 }

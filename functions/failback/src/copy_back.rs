@@ -6,7 +6,7 @@
 //! site's is missing, then the audit record is written and the next generation published.
 
 use chrono::{DateTime, Utc};
-use drpilot_shared::approval::Sealer;
+use drpilot_shared::approval::{Sealer, FAILBACK_CONFIRMATION_STATES};
 use drpilot_shared::budget::{PutBudget, PREFIX_PUT_RATE};
 use drpilot_shared::copy::{apply_changes, Change, CopyStats, CopyTuning, CHANGE_BUFFER};
 use drpilot_shared::failback::{
@@ -263,10 +263,8 @@ pub async fn copy_changes(
     let (mut refused, mut refused_keys, mut overwritten) = (0_u64, Vec::new(), 0_u64);
     let plan = async {
         let counts = merge::survey(sides, false, async |verdict| {
-            let at = |root: &S3Uri| {
-                root.join(&verdict.key)
-                    .map_err(|e| Error::contract(format!("{}: {e}", verdict.key)))
-            };
+            // Listed keys, whatever S3 holds (folder markers included).
+            let at = |root: &S3Uri| -> Result<S3Uri> { Ok(root.listed(&verdict.key)) };
             let discarded = discard_before.is_some_and(|t| {
                 verdict
                     .primary
@@ -368,8 +366,9 @@ async fn confirmations(
                 "confirmations[{i}]: {approver} already confirmed; the second confirmation must come from another approver"
             )));
         }
+        let state = FAILBACK_CONFIRMATION_STATES[i.min(1)];
         Sealer::required(sealer)?
-            .verify(&run.run_id, &answer)
+            .verify(&run.run_id, run.execution_arn.as_deref(), state, &answer)
             .await
             .map_err(|e| match e.kind {
                 // Only a refused seal is a missing confirmation; a KMS fault stays what it

@@ -424,9 +424,7 @@ async fn content_sha256(
     root: &S3Uri,
     key: &str,
 ) -> Result<Option<String>> {
-    let uri = root
-        .join(key)
-        .map_err(|e| Error::contract(format!("{key}: {e}")))?;
+    let uri = root.listed(key);
     match stored_sha256(s3, &uri).await? {
         Some(sha) => Ok(Some(sha)),
         None => sha256_by_reading(s3, &uri).await,

@@ -156,9 +156,16 @@ impl Failback {
         if input.has_literals() {
             record(
                 "confirmations",
-                input
-                    .check_literals(mode)
-                    .map(|()| "the literal confirmations of a drill".to_owned()),
+                input.check_literals(mode).and_then(|()| {
+                    if profile.allow_drill_failback_literals {
+                        Ok("the literal confirmations of a drill".to_owned())
+                    } else {
+                        Err(Error::input(format!(
+                            "confirm1: profile {} does not allow a failback confirmed by the literals (its allow_drill_failback_literals is off); two approvers confirm with drpilot approve",
+                            input.profile
+                        )))
+                    }
+                }),
             );
         }
         let lock = RunLock::new(self.clients.s3.clone(), profile.target.lock());

@@ -6,13 +6,14 @@
 //! parity, and writes one audit record and the publish pointer.
 
 use chrono::{DateTime, Utc};
-use drpilot_shared::approval::{Seal, Sealer};
+use drpilot_shared::approval::{Seal, Sealer, DRILL_APPROVAL_STATE};
 use drpilot_shared::archive::RESERVED_PREFIX;
 use drpilot_shared::budget::PutBudget;
 use drpilot_shared::copy::{apply_changes, Change, CHANGE_BUFFER};
 pub use drpilot_shared::copy::{CopyStats, CopyTuning};
 use drpilot_shared::details::{Counts, PromoteDetails};
 use drpilot_shared::input::Phase;
+use drpilot_shared::lock::RunLock;
 use drpilot_shared::metrics::{self, Sample};
 use drpilot_shared::parity::{compare_ranges, Difference, ParityCounts, Verdict};
 use drpilot_shared::phase::{self, Outcome, PhaseRun, Rerun};
@@ -164,12 +165,11 @@ impl Promote {
                         async |ctx: &PhaseRun<'_>, item: &PlanItem| {
                             // Each child checks the approval itself: a child invoked on
                             // its own must not copy what no one approved.
-                            gate(ctx.run, approval.as_ref())?;
+                            gate(ctx.run, ctx.profile, approval.as_ref())?;
                             if let Some(approval) = approval.as_ref() {
-                                Sealer::required(self.sealer.as_ref())?
-                                    .verify(&ctx.run.run_id, approval)
-                                    .await?;
+                                self.verify(ctx.run, approval).await?;
                             }
+                            self.still_locked(ctx).await?;
                             let budget = PutBudget::for_child(s3, ctx.store, ctx.run)?;
                             let synced = self
                                 .sync(ctx.run, ctx.profile, &item.range, &budget)
@@ -237,12 +237,11 @@ impl Promote {
         ctx: &PhaseRun<'_>,
         approval: Option<&'a Approval>,
     ) -> Result<Option<&'a Approval>> {
-        let approval = gate(ctx.run, approval)?;
+        let approval = gate(ctx.run, ctx.profile, approval)?;
         if let Some(approval) = approval {
-            Sealer::required(self.sealer.as_ref())?
-                .verify(&ctx.run.run_id, approval)
-                .await?;
+            self.verify(ctx.run, approval).await?;
         }
+        self.still_locked(ctx).await?;
         published::ensure_live(
             &self.clients.s3,
             &ctx.profile.target.published(),
@@ -251,6 +250,27 @@ impl Promote {
         )
         .await?;
         Ok(approval)
+    }
+
+    /// The run still holds its lock, unexpired: a run that outlived its lock TTL writes
+    /// nothing over the run that took it.
+    async fn still_locked(&self, ctx: &PhaseRun<'_>) -> Result<()> {
+        RunLock::new(self.clients.s3.clone(), ctx.profile.target.lock())
+            .ensure_held(&ctx.run.run_id, Utc::now())
+            .await
+    }
+
+    /// The approval's seal, made by the approve function for this execution's approval
+    /// wait.
+    async fn verify(&self, run: &RunContext, approval: &Approval) -> Result<()> {
+        Sealer::required(self.sealer.as_ref())?
+            .verify(
+                &run.run_id,
+                run.execution_arn.as_deref(),
+                DRILL_APPROVAL_STATE,
+                approval,
+            )
+            .await
     }
 
     /// Copies the staging's keys in `range` into `root/` within `budget`, and compares
@@ -431,8 +451,13 @@ impl AuditRecord {
 }
 
 /// Whether this run may promote: an approval with approver and ticket (or the drill-only
-/// bypass), and not a dry run. Returns the approval (`None` under the bypass).
-fn gate<'a>(run: &RunContext, approval: Option<&'a Approval>) -> Result<Option<&'a Approval>> {
+/// bypass, where the profile allows it), and not a dry run. Returns the approval (`None`
+/// under the bypass).
+fn gate<'a>(
+    run: &RunContext,
+    profile: &Profile,
+    approval: Option<&'a Approval>,
+) -> Result<Option<&'a Approval>> {
     let approval = match approval {
         Some(a) if !a.approver.trim().is_empty() && !a.ticket.trim().is_empty() => Some(a),
         Some(_) => {
@@ -441,7 +466,16 @@ fn gate<'a>(run: &RunContext, approval: Option<&'a Approval>) -> Result<Option<&
                 "approval: approver and ticket must both be given",
             ))
         }
-        None if run.input.approval_bypassed() => None,
+        None if run.input.approval_bypassed() && profile.allow_drill_promote_bypass => None,
+        None if run.input.approval_bypassed() => {
+            return Err(Error::new(
+                ErrorKind::ApprovalMissing,
+                format!(
+                    "run {} asks for the approval bypass, but profile {} does not allow it (allow_drill_promote_bypass); approve it with drpilot approve",
+                    run.run_id, run.input.profile
+                ),
+            ))
+        }
         None => {
             return Err(Error::new(
                 ErrorKind::ApprovalMissing,
@@ -474,8 +508,9 @@ pub async fn sync_prefixes(
     budget: &PutBudget,
 ) -> Result<(ParityCounts, CopyStats)> {
     let (tx, rx) = mpsc::channel::<Change>(CHANGE_BUFFER);
-    let under =
-        |prefix: &S3Uri, key: &str| prefix.join(key).map_err(|e| Error::contract(e.to_string()));
+    // The keys come from listing these prefixes: any key S3 holds there (a folder
+    // marker in root/) must be copied or pruned like the others, not fail every retry.
+    let under = |prefix: &S3Uri, key: &str| -> Result<S3Uri> { Ok(prefix.listed(key)) };
     let compare = async {
         let counts = compare_ranges(
             s3,

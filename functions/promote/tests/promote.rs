@@ -54,6 +54,28 @@ fn source(dir: &Path) {
 
 /// Restores, validates and reports the parity of `backup_id` (made once from `src`) as
 /// `run_id`: what a run has done when it reaches promote.
+/// Run `run_id` takes the target's lock, whoever held it.
+async fn take_lock(aws: &LocalAws, run_id: &str) {
+    aws.s3()
+        .delete_object()
+        .bucket(TARGET_BUCKET)
+        .key("locks/drill.lock")
+        .send()
+        .await
+        .unwrap();
+    drpilot_shared::lock::RunLock::new(
+        aws.clients.s3.clone(),
+        S3Uri::new(TARGET_BUCKET, "locks/drill.lock").unwrap(),
+    )
+    .acquire(
+        run_id,
+        Some(&drpilot_testkit::execution_arn(run_id)),
+        chrono::Duration::hours(1),
+    )
+    .await
+    .unwrap();
+}
+
 async fn staged_and_validated(
     aws: &LocalAws,
     tmp: &TempDir,
@@ -71,6 +93,8 @@ async fn staged_and_validated(
             .await;
     }
     let ctx = run_context(run_id, backup_id);
+    // As bringup does: the run holds the target's lock (an earlier run's released).
+    take_lock(aws, run_id).await;
     let phase = PhaseRequest::new(ctx.clone(), 0);
     restore::Restore {
         clients: aws.clients.for_function("restore"),
@@ -235,10 +259,22 @@ async fn it_refuses_without_an_approval() {
     assert!(root_keys(&aws).await.is_empty());
     assert!(audit_records(&aws).await.is_empty());
 
-    // The drill-only bypass: both flags, drill mode.
+    // The drill-only bypass: both flags, drill mode, and only where the profile allows it
+    // (the input is anyone's who may start an execution).
     let mut bypass = ctx.clone();
     bypass.input.auto_promote = true;
     bypass.input.allow_promote_bypass = true;
+    let mut profile = test_profile();
+    profile["allow_drill_promote_bypass"] = json!(false);
+    aws.put_profile(PROFILE, &profile).await;
+    let err = promoter(&aws)
+        .handle(request(&bypass, None))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind, ErrorKind::ApprovalMissing, "{err}");
+    assert!(err.message.contains("allow_drill_promote_bypass"), "{err}");
+    assert!(root_keys(&aws).await.is_empty());
+    aws.put_profile(PROFILE, &test_profile()).await;
     let out = promoter(&aws).handle(request(&bypass, None)).await.unwrap();
     assert_eq!(out.details["bypass"], true);
 }
@@ -273,7 +309,38 @@ async fn it_refuses_an_unsealed_altered_or_foreign_approval() {
     principal.principal = Some("arn:aws:iam::123456789012:user/mallory".into());
     assert!(refused(principal).await.contains("does not match"));
     let foreign = aws.sealed_approval("run-2", "alice", "CHG-1").await;
-    assert!(refused(foreign).await.contains("does not match"));
+    assert!(refused(foreign).await.contains("sealed for execution"));
+    // Replays: the approval of this run's first execution does not open a later one's
+    // promote (after a resume its staging was never approved), and an answer to another
+    // wait (a failback confirmation) is no approval to promote.
+    let first = aws.sealed_approval("run-1", "alice", "CHG-1").await;
+    let mut resumed = ctx.clone();
+    resumed.execution_arn = Some(format!("{}.2", ctx.execution_arn.clone().unwrap()));
+    let err = promoter(&aws)
+        .handle(request(&resumed, Some(first)))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind, ErrorKind::ApprovalMissing, "{err}");
+    assert!(err.message.contains("sealed for execution"), "{err}");
+    let mut confirmation = aws.sealed_approval("run-1", "alice", "CHG-1").await;
+    let scope = drpilot_shared::approval::SealScope {
+        execution_arn: ctx.execution_arn.clone().unwrap(),
+        state: drpilot_shared::approval::FAILBACK_CONFIRMATION_STATES[0].into(),
+        task_token_sha256: "0".repeat(64),
+    };
+    confirmation.seal = None;
+    confirmation.seal = Some(
+        aws.sealer()
+            .seal(
+                "run-1",
+                &scope,
+                drpilot_shared::approval::Decision::Approve,
+                &confirmation,
+            )
+            .await
+            .unwrap(),
+    );
+    assert!(refused(confirmation).await.contains("Confirm1"));
     assert!(root_keys(&aws).await.is_empty());
     assert!(audit_records(&aws).await.is_empty());
 
@@ -299,6 +366,24 @@ async fn it_refuses_an_unsealed_altered_or_foreign_approval() {
         .await
         .expect("the audit record's evidence copy");
     assert_eq!(serde_json::from_str::<Value>(&copy).unwrap(), record);
+}
+
+/// A run that outlived its lock (another run took it over after its TTL) copies nothing.
+#[tokio::test]
+async fn it_refuses_once_another_run_took_its_lock() {
+    let aws = LocalAws::start().await;
+    aws.standard_setup().await;
+    let tmp = TempDir::new("promote-lock");
+    let ctx = staged_and_validated(&aws, &tmp, "b1", "run-1").await;
+    take_lock(&aws, "run-9").await;
+    let err = promoter(&aws)
+        .handle(request(&ctx, approval(&aws, &ctx).await))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind, ErrorKind::LockHeld, "{err}");
+    assert!(err.message.contains("run-9"), "{err}");
+    assert!(root_keys(&aws).await.is_empty());
+    assert!(audit_records(&aws).await.is_empty());
 }
 
 #[tokio::test]
@@ -394,17 +479,25 @@ async fn drift_is_pruned_when_the_profile_says_so() {
     aws.put_profile(PROFILE, &profile).await;
     aws.put_text(TARGET_BUCKET, "root/legacy/drift.json", "old")
         .await;
+    // Keys no archive could hold but S3 does (a console's folder marker, a double
+    // slash): pruned like any drift, not a failure on every retry.
+    aws.put_text(TARGET_BUCKET, "root/legacy/", "").await;
+    aws.put_text(TARGET_BUCKET, "root/a//b.json", "odd").await;
     let tmp = TempDir::new("promote-prune");
     let ctx = staged_and_validated(&aws, &tmp, "b1", "run-1").await;
     let out = promoter(&aws)
         .handle(request(&ctx, approval(&aws, &ctx).await))
         .await
         .unwrap();
-    assert_eq!(out.details["drift_deleted"], 1);
+    assert_eq!(out.details["drift_deleted"], 3);
     assert_eq!(out.details["parity_after"]["delta"], 0);
-    assert!(!root_keys(&aws)
-        .await
-        .contains(&"root/legacy/drift.json".to_owned()));
+    let root = root_keys(&aws).await;
+    for drift in ["root/legacy/drift.json", "root/legacy/", "root/a//b.json"] {
+        assert!(
+            !root.contains(&drift.to_owned()),
+            "{drift} left in {root:?}"
+        );
+    }
 }
 
 #[tokio::test]

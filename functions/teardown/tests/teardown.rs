@@ -59,6 +59,7 @@ async fn start_run(aws: &LocalAws, run_id: &str, extra: Value) -> RunContext {
         .extend(extra.as_object().unwrap().clone());
     Bringup {
         clients: aws.clients.for_function("bringup"),
+        sfn: aws.clients.for_function("bringup").sfn(),
         profiles: ProfileSource::Ssm(aws.clients.ssm.clone()),
         defaults: TriggerDefaults::default(),
     }
