@@ -62,6 +62,9 @@ up() {
       # The approval key (created by provisioning under this alias) and the state machines
       # whose approvals the approve function answers.
       export DRPILOT_APPROVAL_KEY=alias/drpilot-approval
+      # The local drill machine's approval timeout (cli/src/commands/local.rs deploys it
+      # with 3600 s): bringup checks the run's lock outlives it.
+      export DRPILOT_APPROVAL_TIMEOUT_SECONDS=3600
       export DRPILOT_STATE_MACHINES=arn:aws:states:us-east-1:123456789012:stateMachine:drpilot-drill,arn:aws:states:us-east-1:123456789012:stateMachine:drpilot-failback
       # What the readiness function's RTO watch looks at and notifies.
       export DRPILOT_STATE_MACHINE=arn:aws:states:us-east-1:123456789012:stateMachine:drpilot-drill

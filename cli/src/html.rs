@@ -365,9 +365,9 @@ pub fn render_audit(a: &AuditReport, receipts: &[PhaseReceipt]) -> Result<String
             _ => "not approved".to_owned(),
         },
         principal: match &a.approval.principal {
-            Some(p) if a.approval.principal_verified => format!("{p} (from the IAM request context)"),
+            Some(p) if a.approval.principal_verified => format!("{p} (proven by a signed STS GetCallerIdentity)"),
             Some(p) => p.clone(),
-            None => "none: not verified (no IAM context, e.g. the local stack)".to_owned(),
+            None => "none: no proven identity".to_owned(),
         },
         seal: if a.approval.sealed {
             "KMS HMAC seal verified by promote".to_owned()

@@ -278,6 +278,34 @@ async fn a_clean_failback_brings_the_dr_writes_home_and_advances_the_generation(
     let page = std::fs::read_to_string(&html).unwrap();
     assert!(page.contains(&done.run_id) && page.contains("dr-1") && page.contains("Divergent"));
 
+    // The evidence export carries the failback (it wrote the primary): its summary, step
+    // receipts and the evidence copy of its audit record.
+    let zip = tmp.path().join("evidence.zip");
+    let since = chrono::Utc::now() - chrono::Duration::days(1);
+    let pack = Box::pin(drpilot_cli::evidence(&ctx, PROFILE, since, None, &zip))
+        .await
+        .unwrap();
+    assert_eq!(pack.failbacks, std::slice::from_ref(&done.run_id));
+    let names = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import sys,zipfile; print('\\n'.join(zipfile.ZipFile(sys.argv[1]).namelist()))",
+        ])
+        .arg(&zip)
+        .output()
+        .unwrap();
+    let names = String::from_utf8_lossy(&names.stdout).into_owned();
+    let at = format!("failbacks/{}/", done.run_id);
+    assert!(
+        names.contains(&format!("{at}failback.summary.json")),
+        "{names}"
+    );
+    assert!(
+        names.contains(&format!("{at}failback/copy-back.json")),
+        "{names}"
+    );
+    assert!(names.contains(&format!("{at}audit/failback-")), "{names}");
+
     // A second failback of the same DR run is stale: the failback is what is live now.
     let again = failback(&ctx, &literal("dr-1")).await.unwrap();
     assert!(
@@ -307,6 +335,22 @@ async fn a_recovery_fails_back_only_with_two_different_approvers() {
         why.contains("InputError") && why.contains("drills"),
         "{why}"
     );
+    // Rewriting the (unlocked) audit record in the target bucket into a drill's does not
+    // make the recovery a drill: the run record and the locked evidence copy disagree.
+    let audit_key = aws.keys(TARGET_BUCKET, "audit/promotions/").await[0].clone();
+    let mut doctored: Value =
+        serde_json::from_str(&aws.get_text(TARGET_BUCKET, &audit_key).await.unwrap()).unwrap();
+    doctored["mode"] = json!("drill");
+    aws.put_text(TARGET_BUCKET, &audit_key, &doctored.to_string())
+        .await;
+    let why = refusal(&failback(&ctx, &literal("rec-1")).await.unwrap());
+    assert!(
+        why.contains("IntegrityError") && why.contains("disagree"),
+        "{why}"
+    );
+    doctored["mode"] = json!("recovery");
+    aws.put_text(TARGET_BUCKET, &audit_key, &doctored.to_string())
+        .await;
 
     // Two people confirm; the approve function refuses anyone who already confirmed
     // (the same person under another name, or another person giving the same name),
@@ -534,6 +578,14 @@ async fn each_unmet_precondition_is_refused_before_any_copy_naming_its_cause() {
     .unwrap_err()
     .to_string();
     assert!(one.contains("--confirm2"), "{one}");
+    // The literals only where the profile's owners allow them.
+    let mut profile = drpilot_testkit::test_profile();
+    profile["allow_drill_failback_literals"] = json!(false);
+    aws.put_profile(PROFILE, &profile).await;
+    let why = refusal(&failback(&ctx, &literal("dr-3")).await.unwrap());
+    assert!(why.contains("allow_drill_failback_literals"), "{why}");
+    aws.put_profile(PROFILE, &drpilot_testkit::test_profile())
+        .await;
 
     // An enabled drill schedule: refused with the command that disables it.
     aws.drill_schedule(true).await;

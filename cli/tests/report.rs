@@ -84,7 +84,12 @@ async fn the_auditor_report_has_every_fact_and_renders_cleanly_in_a_browser() {
     assert_eq!(first.trend.len(), 1, "the trend stops at the run reported");
     assert_eq!(audit.approval.approver.as_deref(), Some("bob"));
     assert!(audit.approval.sealed);
-    assert!(!audit.approval.principal_verified);
+    // Proven by the (emulator's) STS: the default test credentials' identity.
+    assert!(audit.approval.principal_verified);
+    assert_eq!(
+        audit.approval.principal.as_deref(),
+        Some("arn:aws:sts::123456789012:user/moto")
+    );
     assert!(audit.audit_record.is_some());
     assert!(
         audit.targets.iter().all(|t| t.met == Some(true)),

@@ -446,6 +446,18 @@ impl ReceiptStore {
     pub async fn get_failback_summary(&self, run_id: &str) -> Result<Option<FailbackSummary>> {
         get_json(self.s3(), &self.failback_summary_uri(run_id)?).await
     }
+
+    /// Every failback's summary here (failbacks still going have none), oldest first.
+    pub async fn failback_summaries(&self) -> Result<Vec<FailbackSummary>> {
+        let mut summaries = Vec::new();
+        for run_id in self.run_ids().await? {
+            if let Some(summary) = self.get_failback_summary(&run_id).await? {
+                summaries.push(summary);
+            }
+        }
+        summaries.sort_by_key(|s| s.kickoff_at);
+        Ok(summaries)
+    }
 }
 
 #[cfg(test)]

@@ -41,6 +41,11 @@ pub struct Profile {
     /// Delete objects only in `root/` on promote (otherwise reported as drift).
     #[serde(default)]
     pub prune_drift: bool,
+    /// With `prune_drift`: the most drift promote deletes, as a percentage of `root/`'s
+    /// objects (per range of the plan). More is refused before anything is written: a
+    /// staging emptied after validation would otherwise make all of `root/` drift.
+    #[serde(default = "default_prune_drift_max_percent")]
+    pub prune_drift_max_percent: u8,
     /// validate re-reads and hashes every staged object instead of trusting the SHA-256
     /// restore stored with it.
     #[serde(default)]
@@ -120,6 +125,10 @@ fn default_drill_interval_days() -> u32 {
 
 /// Longer than a run can take with the template's default approval timeout (24 h): a
 /// lock must not expire while its run waits for a person.
+fn default_prune_drift_max_percent() -> u8 {
+    10
+}
+
 fn default_lock_ttl() -> u64 {
     48 * 3600
 }

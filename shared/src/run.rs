@@ -229,11 +229,12 @@ pub struct Approval {
     pub approved_at: Option<DateTime<Utc>>,
     #[serde(default)]
     pub comment: Option<String>,
-    /// The IAM principal that called the approve function (its Function URL's request
-    /// context); `null` where no IAM context exists (the local stack).
+    /// The IAM principal the approver proved by a signed `sts:GetCallerIdentity` the
+    /// approve function executed ([`crate::identity`]); never read from the event.
     #[serde(default)]
     pub principal: Option<String>,
-    /// The principal is AWS's word, not the caller's: false on the local stack.
+    /// The principal is STS's answer, not the caller's word (false only in records written
+    /// before identities were proven).
     #[serde(default)]
     pub verified: bool,
     /// The approve function's KMS HMAC over the decision ([`crate::approval`]); promote

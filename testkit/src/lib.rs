@@ -276,6 +276,8 @@ fn start_functions(server: &Server) -> Result<(), String> {
             drpilot_shared::approval::APPROVAL_KEY_ENV,
             drpilot_shared::local::APPROVAL_KEY_ALIAS,
         )
+        // The longest approval timeout the tests deploy their machines with (600 s).
+        .env("DRPILOT_APPROVAL_TIMEOUT_SECONDS", "600")
         .env(
             "DRPILOT_STATE_MACHINES",
             drpilot_shared::local::STATE_MACHINES.join(","),

@@ -84,6 +84,9 @@ pub struct Controls {
 pub struct EvidencePack {
     pub out: PathBuf,
     pub runs: Vec<String>,
+    /// The failbacks of the period (they write the primary site): each one's receipts,
+    /// confirmations, audit record copy and summary, under `failbacks/<run>/`.
+    pub failbacks: Vec<String>,
     pub files: usize,
     pub bytes: u64,
     pub controls: Controls,
@@ -157,6 +160,19 @@ pub async fn evidence(
         )));
         runs.push(summary.run_id.clone());
     }
+    let mut failbacks = Vec::new();
+    for failback in store.failback_summaries().await? {
+        if failback.profile != profile_name
+            || failback.kickoff_at < since
+            || failback.kickoff_at >= until
+        {
+            continue;
+        }
+        let run_dir = store.run_dir(&failback.run_id)?;
+        let into = format!("failbacks/{}/", failback.run_id);
+        files += Box::pin(copy_prefix(&ctx.aws.s3, &run_dir, &into, &mut zip)).await?;
+        failbacks.push(failback.run_id);
+    }
     let controls = controls(&profile, profile_name, &all, &in_period, since, until);
     add(&mut zip, "index.csv", index.as_bytes())?;
     let controls_json = serde_json::to_vec_pretty(&controls)
@@ -178,15 +194,17 @@ pub async fn evidence(
     })?;
     let bytes = std::fs::metadata(out).map(|m| m.len()).unwrap_or(0);
     ctx.out.say(format!(
-        "evidence of profile {profile_name} from {} to {}: {} runs, {files} files, {bytes} bytes in {}",
+        "evidence of profile {profile_name} from {} to {}: {} runs, {} failbacks, {files} files, {bytes} bytes in {}",
         since.format("%Y-%m-%d"),
         until.format("%Y-%m-%d %H:%M UTC"),
         runs.len(),
+        failbacks.len(),
         out.display()
     ));
     Ok(EvidencePack {
         out: out.to_owned(),
         runs,
+        failbacks,
         files,
         bytes,
         controls,

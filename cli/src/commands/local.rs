@@ -252,6 +252,7 @@ pub async fn provision(ctx: &Ctx) -> Result<(String, String), CliError> {
         "region": REGION,
         "rto_target_seconds": 900,
         "rpo_target_seconds": 14400,
+        "allow_drill_failback_literals": true,
         "checks": [
             {"type": "cloudwatch_metric", "name": "no failed syncs", "namespace": "DemoApp", "metric_name": "SyncFailed", "missing_data_passes": false},
             {"type": "cloudwatch_metric", "name": "no missed syncs", "namespace": "DemoApp", "metric_name": "NoSync", "missing_data_passes": false}

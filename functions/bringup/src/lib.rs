@@ -58,11 +58,18 @@ impl Caller {
     }
 }
 
+/// The environment variable carrying the state machine's approval timeout (seconds), so
+/// bringup can tell whether the run's lock outlives the wait for an approval.
+pub const APPROVAL_TIMEOUT_ENV: &str = "DRPILOT_APPROVAL_TIMEOUT_SECONDS";
+
 pub struct Bringup {
     pub clients: AwsClients,
     pub sfn: aws_sdk_sfn::Client,
     pub profiles: ProfileSource,
     pub defaults: TriggerDefaults,
+    /// How long the state machine waits for an approval (`None`: not configured, no
+    /// check).
+    pub approval_timeout_seconds: Option<u64>,
 }
 
 impl Bringup {
@@ -74,6 +81,9 @@ impl Bringup {
             clients,
             profiles,
             defaults: TriggerDefaults::from_env(),
+            approval_timeout_seconds: std::env::var(APPROVAL_TIMEOUT_ENV)
+                .ok()
+                .and_then(|v| v.trim().parse().ok()),
         }
     }
 
@@ -101,6 +111,7 @@ impl Bringup {
         let profile = self.profiles.load(&input.profile).await?;
         self.guard_account(&profile, function_arn).await?;
         allowed_by_profile(&input, &profile)?;
+        lock_outlives_the_run(&profile, self.approval_timeout_seconds)?;
         let store = ReceiptStore::new(self.clients.s3.clone(), profile.receipts.clone());
         let this = ExecutionEntry::new(
             execution.name.clone(),
@@ -350,6 +361,29 @@ fn allowed_by_profile(input: &RunInput, profile: &Profile) -> Result<()> {
         return Err(Error::input(format!(
             "allow_promote_bypass: profile {} does not allow a drill to promote without an approval (its allow_drill_promote_bypass is off)",
             input.profile
+        )));
+    }
+    Ok(())
+}
+
+/// The lock must outlive the longest a run can take to reach promote: the components'
+/// slowest timeout and the whole approval wait. A shorter one expires while the run
+/// waits, another run can take it over, and promote (which re-checks it) refuses.
+fn lock_outlives_the_run(profile: &Profile, approval_timeout: Option<u64>) -> Result<()> {
+    let Some(approval) = approval_timeout else {
+        return Ok(());
+    };
+    let components = profile
+        .components
+        .iter()
+        .map(|c| c.timeout_seconds)
+        .max()
+        .unwrap_or(0);
+    let needed = approval.saturating_add(components);
+    if profile.lock_ttl_seconds < needed {
+        return Err(Error::input(format!(
+            "lock_ttl_seconds: {} is shorter than the approval timeout ({approval} s) plus the slowest component's timeout ({components} s); set it to at least {needed}",
+            profile.lock_ttl_seconds
         )));
     }
     Ok(())

@@ -24,6 +24,7 @@ fn bringup(aws: &LocalAws) -> Bringup {
         defaults: TriggerDefaults {
             profile: Some(PROFILE.into()),
         },
+        approval_timeout_seconds: Some(86_400),
     }
 }
 
@@ -326,6 +327,19 @@ async fn the_input_cannot_reach_past_the_profile() {
         .unwrap_err();
     assert_eq!(err.kind, ErrorKind::InputError, "{err}");
     assert!(err.message.contains("allow_drill_promote_bypass"), "{err}");
+    // A lock that would expire while the run waits for its approval (24 h here).
+    let mut profile = test_profile();
+    profile["lock_ttl_seconds"] = json!(3600);
+    aws.put_profile(PROFILE, &profile).await;
+    let err = bringup(&aws)
+        .handle(
+            request(json!({"mode": "drill", "profile": PROFILE}), "ttl-1"),
+            LOCAL_ARN,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind, ErrorKind::InputError, "{err}");
+    assert!(err.message.starts_with("lock_ttl_seconds:"), "{err}");
     assert!(target_keys(&aws).await.is_empty());
     assert!(aws
         .keys(drpilot_testkit::EVIDENCE_BUCKET, "")

@@ -243,15 +243,49 @@ impl Failback {
                 promoted.audit_record, audit.run_id
             )));
         }
+        // The record in the target bucket is operational and unlocked: whether the DR run
+        // was a drill or a recovery (which decides whether literals may confirm) comes
+        // from the run record and the audit record's locked evidence copy, and all three
+        // must agree.
+        let copy_uri = store.evidence_audit_uri(dr_run_id, &promoted.audit_record)?;
+        let copy: PromotionAudit =
+            get_json(&self.clients.s3, &copy_uri)
+                .await?
+                .ok_or_else(|| {
+                    never(format!(
+                        "the evidence copy {copy_uri} of its audit record is missing"
+                    ))
+                })?;
+        let (run_record, _) = store
+            .get_record(dr_run_id)
+            .await?
+            .ok_or_else(|| never("it has no run record".into()))?;
+        if copy.run_id != dr_run_id
+            || copy.mode != run_record.mode
+            || audit.mode != run_record.mode
+            || audit.backup_uri != copy.backup_uri
+            || audit.promoted_at != copy.promoted_at
+        {
+            return Err(Error::integrity(format!(
+                "dr_run_id: run {dr_run_id}'s records disagree: its run record says {}, the evidence copy {copy_uri} says {} (run {}, backup {}), the audit record {} says {} (backup {}); the audit record in the target bucket was changed after promotion",
+                run_record.mode,
+                copy.mode,
+                copy.run_id,
+                copy.backup_uri,
+                promoted.audit_record,
+                audit.mode,
+                audit.backup_uri
+            )));
+        }
         Ok(DrPromotion {
             run_id: dr_run_id.to_owned(),
-            mode: audit.mode,
+            mode: run_record.mode,
             audit_record: promoted.audit_record,
-            promoted_at: audit.promoted_at,
+            promoted_at: copy.promoted_at,
             backup: BackupRef {
-                uri: audit.backup_uri,
-                backup_id: audit.backup_id,
-                created_at: audit.backup_created_at,
+                uri: copy.backup_uri,
+                backup_id: copy.backup_id,
+                created_at: copy.backup_created_at,
                 git_sha: None,
             },
         })

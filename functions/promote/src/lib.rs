@@ -12,12 +12,15 @@ use drpilot_shared::budget::PutBudget;
 use drpilot_shared::copy::{apply_changes, Change, CHANGE_BUFFER};
 pub use drpilot_shared::copy::{CopyStats, CopyTuning};
 use drpilot_shared::details::{Counts, PromoteDetails};
+use drpilot_shared::details::{RangeFindings, Tally, ValidateDetails};
 use drpilot_shared::input::Phase;
+use drpilot_shared::listing::{list_sorted_in, Joined, MergeJoin};
 use drpilot_shared::lock::RunLock;
 use drpilot_shared::metrics::{self, Sample};
+use drpilot_shared::objects::get_json;
 use drpilot_shared::parity::{compare_ranges, Difference, ParityCounts, Verdict};
 use drpilot_shared::phase::{self, Outcome, PhaseRun, Rerun};
-use drpilot_shared::plan::{KeyRange, PlanItem, RangeResult, Reduce, Step};
+use drpilot_shared::plan::{range_uri, KeyRange, PlanItem, RangeResult, Reduce, Step};
 use drpilot_shared::profile::{Profile, ProfileSource};
 use drpilot_shared::published::{self, PublishKind, PublishedPointer};
 use drpilot_shared::receipt::{seconds, ReceiptStore};
@@ -128,6 +131,7 @@ impl Promote {
                     Rerun::KeepSuccess,
                     async |ctx: &PhaseRun<'_>| {
                         let approval = self.check(ctx, approval.as_ref()).await?;
+                        self.prune_guard(ctx, &KeyRange::all(), None).await?;
                         let budget = PutBudget::for_run(None, false);
                         let synced = self
                             .sync(ctx.run, ctx.profile, &KeyRange::all(), &budget)
@@ -170,6 +174,7 @@ impl Promote {
                                 self.verify(ctx.run, approval).await?;
                             }
                             self.still_locked(ctx).await?;
+                            self.prune_guard(ctx, &item.range, Some(item.index)).await?;
                             let budget = PutBudget::for_child(s3, ctx.store, ctx.run)?;
                             let synced = self
                                 .sync(ctx.run, ctx.profile, &item.range, &budget)
@@ -271,6 +276,86 @@ impl Promote {
                 approval,
             )
             .await
+    }
+
+    /// Before `prune_drift` deletes anything in `range` (the plan's range `index`, or the
+    /// whole run): staging must still hold exactly the objects validate counted there (an
+    /// emptied or thinned staging would make all of `root/` drift), and the drift to
+    /// delete must stay within the profile's `prune_drift_max_percent` of `root/`'s
+    /// objects in the range. One listing of each side, read-only; refused with
+    /// `IntegrityError` before any write.
+    async fn prune_guard(
+        &self,
+        ctx: &PhaseRun<'_>,
+        range: &KeyRange,
+        index: Option<u32>,
+    ) -> Result<()> {
+        let profile = ctx.profile;
+        if !profile.prune_drift {
+            return Ok(());
+        }
+        let run_id = &ctx.run.run_id;
+        let validated = match index {
+            None => {
+                let receipt = ctx
+                    .store
+                    .get_phase(run_id, Phase::Validate)
+                    .await?
+                    .ok_or_else(|| Error::integrity(format!("run {run_id} has no validate receipt: nothing says what staging should hold")))?;
+                receipt.details::<ValidateDetails>()?.tally.staged_objects
+            }
+            Some(index) => {
+                let uri = range_uri(ctx.store, run_id, Phase::Validate, index)?;
+                let result: RangeResult = get_json(&self.clients.s3, &uri)
+                    .await?
+                    .ok_or_else(|| Error::integrity(format!("{uri} is missing: nothing says what range {index}'s staging should hold")))?;
+                result
+                    .details::<RangeFindings<Tally>>()?
+                    .counts
+                    .staged_objects
+            }
+        };
+        let staging = profile.target.staging(run_id)?;
+        let root = profile.target.root();
+        let (left, left_task) = list_sorted_in(
+            self.clients.s3.clone(),
+            &staging,
+            vec![RESERVED_PREFIX.to_owned()],
+            range.clone(),
+        );
+        let (right, right_task) =
+            list_sorted_in(self.clients.s3.clone(), &root, Vec::new(), range.clone());
+        let mut join = MergeJoin::new(left, right);
+        let (mut staged, mut in_root, mut drift) = (0_u64, 0_u64, 0_u64);
+        while let Some(step) = join.next().await? {
+            match step {
+                Joined::OnlyLeft(_) => staged += 1,
+                Joined::OnlyRight(_) => {
+                    in_root += 1;
+                    drift += 1;
+                }
+                Joined::Both(..) => {
+                    staged += 1;
+                    in_root += 1;
+                }
+            }
+        }
+        left_task.abort();
+        right_task.abort();
+        let scope = index.map_or("the run".to_owned(), |i| format!("range {i}"));
+        if staged != validated {
+            return Err(Error::integrity(format!(
+                "prune_drift: {staging} holds {staged} objects in {scope}, but validate counted {validated}: staging changed after validation; nothing is copied or deleted"
+            )));
+        }
+        let limit = in_root * u64::from(profile.prune_drift_max_percent) / 100;
+        if drift > limit {
+            return Err(Error::integrity(format!(
+                "prune_drift: {drift} of the {in_root} objects in {root} ({scope}) are drift, more than prune_drift_max_percent {}% ({limit}) allows; nothing is copied or deleted (raise the limit in the profile if this is meant)",
+                profile.prune_drift_max_percent
+            )));
+        }
+        Ok(())
     }
 
     /// Copies the staging's keys in `range` into `root/` within `budget`, and compares

@@ -484,7 +484,41 @@ async fn drift_is_pruned_when_the_profile_says_so() {
     aws.put_text(TARGET_BUCKET, "root/legacy/", "").await;
     aws.put_text(TARGET_BUCKET, "root/a//b.json", "odd").await;
     let tmp = TempDir::new("promote-prune");
-    let ctx = staged_and_validated(&aws, &tmp, "b1", "run-1").await;
+
+    // A staging emptied after validation would make all of root/ drift: refused before
+    // anything is written.
+    let emptied = staged_and_validated(&aws, &tmp, "b1", "run-1").await;
+    for key in aws.keys(TARGET_BUCKET, "_staging/run-1/").await {
+        aws.s3()
+            .delete_object()
+            .bucket(TARGET_BUCKET)
+            .key(key)
+            .send()
+            .await
+            .unwrap();
+    }
+    let root_before = root_keys(&aws).await;
+    let err = promoter(&aws)
+        .handle(request(&emptied, approval(&aws, &emptied).await))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind, ErrorKind::IntegrityError, "{err}");
+    assert!(err.message.contains("validate counted 21"), "{err}");
+    assert_eq!(root_keys(&aws).await, root_before);
+
+    // More drift than the profile's share (3 of 24 objects, over the default 10%).
+    let ctx = staged_and_validated(&aws, &tmp, "b1", "run-2").await;
+    let err = promoter(&aws)
+        .handle(request(&ctx, approval(&aws, &ctx).await))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind, ErrorKind::IntegrityError, "{err}");
+    assert!(err.message.contains("prune_drift_max_percent"), "{err}");
+    assert_eq!(root_keys(&aws).await, root_before);
+    assert!(audit_records(&aws).await.is_empty());
+
+    profile["prune_drift_max_percent"] = json!(50);
+    aws.put_profile(PROFILE, &profile).await;
     let out = promoter(&aws)
         .handle(request(&ctx, approval(&aws, &ctx).await))
         .await

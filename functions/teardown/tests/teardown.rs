@@ -62,6 +62,7 @@ async fn start_run(aws: &LocalAws, run_id: &str, extra: Value) -> RunContext {
         sfn: aws.clients.for_function("bringup").sfn(),
         profiles: ProfileSource::Ssm(aws.clients.ssm.clone()),
         defaults: TriggerDefaults::default(),
+        approval_timeout_seconds: None,
     }
     .handle(
         BringupRequest {
