@@ -120,6 +120,9 @@ pub struct EvidenceFacts {
     /// The summary's Object Lock retain-until date (`null`: no lock on it).
     pub retained_until: Option<DateTime<Utc>>,
     pub lock_mode: Option<String>,
+    /// Records whose version history drpilot could not have written (rewritten or
+    /// deleted after the fact, [`drpilot_shared::history`]); empty when there are none.
+    pub findings: Vec<drpilot_shared::history::Finding>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -243,6 +246,14 @@ pub async fn gather(
             location: store.run_dir(&summary.run_id)?,
             retained_until,
             lock_mode,
+            findings: drpilot_shared::history::findings(
+                s3,
+                &store.runs_dir(),
+                Some(&summary.run_id),
+            )
+            .await?
+            .remove(&summary.run_id)
+            .unwrap_or_default(),
         },
         trend,
         summary: summary.clone(),

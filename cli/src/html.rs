@@ -121,6 +121,8 @@ struct AuditView {
     audit_record: String,
     evidence: String,
     retained_until: String,
+    /// The evidence's version-history findings (`key: why`); empty: none.
+    findings: Vec<String>,
     targets: Vec<TargetRow>,
     differences: Vec<String>,
     all_differences: String,
@@ -311,6 +313,12 @@ pub fn audit_text(a: &AuditReport) -> Vec<String> {
             }
         ));
     }
+    for finding in &a.evidence.findings {
+        lines.push(format!(
+            "  EVIDENCE FINDING {}: {}",
+            finding.key, finding.why
+        ));
+    }
     lines.push(format!(
         "  evidence {} retained until {}",
         a.evidence.location,
@@ -387,6 +395,12 @@ pub fn render_audit(a: &AuditReport, receipts: &[PhaseReceipt]) -> Result<String
             ),
             (None, _) => "not under Object Lock".to_owned(),
         },
+        findings: a
+            .evidence
+            .findings
+            .iter()
+            .map(|f| format!("{}: {}", f.key, f.why))
+            .collect(),
         targets: a
             .targets
             .iter()

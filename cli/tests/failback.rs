@@ -727,9 +727,9 @@ async fn a_failback_interrupted_mid_copy_and_run_again_ends_as_an_uninterrupted_
     let mut function = failback::Failback::new(aws.clients.clone());
     function.clients.s3 = failing_copies(&function.clients, 5);
     function.tuning.concurrency = 1;
-    let input = json!({"profile": PROFILE, "dr_run_id": "dr-5", "run_id": "fb-cut",
+    let input = json!({"profile": PROFILE, "dr_run_id": "dr-5", "run_id": "failback-cut",
                        "confirm1": "FAILBACK", "confirm2": "CONFIRM-dr-5"});
-    let execution = json!({"name": "fb-cut.1"});
+    let execution = json!({"name": "failback-cut.1"});
     let call = |request: Value| {
         let function = &function;
         async move {

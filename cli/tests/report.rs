@@ -252,4 +252,73 @@ async fn the_auditor_report_has_every_fact_and_renders_cleanly_in_a_browser() {
         .unwrap_err();
     assert!(err.to_string().starts_with("--until:"), "{err}");
     assert!(!bad.exists());
+    assert!(
+        audit.evidence.findings.is_empty(),
+        "{:?}",
+        audit.evidence.findings
+    );
+    assert_eq!(
+        (pack.controls.evidence_findings, pack.findings.len()),
+        (0, 0)
+    );
+
+    // Someone with write access to the evidence rewrites audit-1's summary (its approver),
+    // deletes one of audit-2's approvals, then audit-2's summary: readers of the latest
+    // versions alone would see a clean audit-1 and no audit-2 at all.
+    let store = aws.receipts();
+    let summary_uri = store.summary_uri("audit-1").unwrap();
+    let mut forged: Value = serde_json::from_str(
+        &aws.get_text(&summary_uri.bucket, &summary_uri.key)
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    forged["approver"] = json!("mallory");
+    aws.put_text(&summary_uri.bucket, &summary_uri.key, &forged.to_string())
+        .await;
+    let approvals = store.run_dir("audit-2").unwrap().join("approvals").unwrap();
+    let approval = aws.keys(&approvals.bucket, &approvals.key).await[0].clone();
+    aws.s3()
+        .delete_object()
+        .bucket(&approvals.bucket)
+        .key(&approval)
+        .send()
+        .await
+        .unwrap();
+    let gone = store.summary_uri("audit-2").unwrap();
+    aws.s3()
+        .delete_object()
+        .bucket(&gone.bucket)
+        .key(&gone.key)
+        .send()
+        .await
+        .unwrap();
+
+    let Report::Run(rewritten) = report(&ctx, "audit-1", None).await.unwrap() else {
+        panic!("a drill's report is a run report");
+    };
+    let found = &rewritten.evidence.findings;
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].key, "drill.summary.json");
+    assert!(found[0].why.contains("one per execution"), "{found:?}");
+    let pack = Box::pin(evidence(&ctx, PROFILE, since, None, &zip_path))
+        .await
+        .unwrap();
+    assert_eq!(pack.runs, ["audit-1"], "audit-2's summary no longer reads");
+    let mut found: Vec<(&str, &str)> = pack
+        .findings
+        .iter()
+        .map(|f| (f.run_id.as_str(), f.key.as_str()))
+        .collect();
+    found.sort_unstable();
+    let deleted_approval = approval.rsplit_once("/audit-2/").unwrap().1;
+    assert_eq!(
+        found,
+        [
+            ("audit-1", "drill.summary.json"),
+            ("audit-2", deleted_approval),
+            ("audit-2", "drill.summary.json"),
+        ]
+    );
+    assert_eq!(pack.controls.evidence_findings, 3);
 }

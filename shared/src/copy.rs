@@ -152,18 +152,22 @@ fn absorb(
     }
 }
 
+/// Characters `x-amz-copy-source` takes as they are: RFC 3986's unreserved set and the
+/// key's `/` separators; everything else in a key (any UTF-8) is percent-encoded.
+const COPY_SOURCE_ENCODE: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~')
+    .remove(b'/');
+
 /// `bucket/key` for `x-amz-copy-source`, percent-encoded (keys may hold any UTF-8).
 fn copy_source(uri: &S3Uri) -> String {
-    let mut out = format!("{}/", uri.bucket);
-    for byte in uri.key.bytes() {
-        match byte {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => {
-                out.push(byte as char)
-            }
-            other => out.push_str(&format!("%{other:02X}")),
-        }
-    }
-    out
+    format!(
+        "{}/{}",
+        uri.bucket,
+        percent_encoding::utf8_percent_encode(&uri.key, COPY_SOURCE_ENCODE)
+    )
 }
 
 /// UploadPartCopy requests in flight for one large object.
@@ -206,7 +210,10 @@ pub async fn copy(
 }
 
 /// A multipart copy: UploadPartCopy ranges of `part_size`, in parallel, completed in
-/// order; aborted if any part fails.
+/// order; aborted if any part fails. What CopyObject would have kept is carried over by
+/// hand (UploadPartCopy copies bytes only): the source's tags, user metadata and content
+/// headers; every part names the source's ETag (`x-amz-copy-source-if-match`), so an
+/// object replaced mid-copy fails the copy instead of splicing two versions.
 async fn copy_in_parts(
     s3: &aws_sdk_s3::Client,
     from: &S3Uri,
@@ -215,7 +222,17 @@ async fn copy_in_parts(
     part_size: u64,
     budget: &PutBudget,
 ) -> Result<()> {
-    // UploadPartCopy carries no tags: read the source's and set them on the new object.
+    let head = s3
+        .head_object()
+        .bucket(&from.bucket)
+        .key(&from.key)
+        .send()
+        .await
+        .map_err(|e| Error::from_sdk(&format!("HeadObject {from}"), e))?;
+    let etag = head
+        .e_tag()
+        .ok_or_else(|| Error::retryable(format!("HeadObject {from} returned no ETag")))?
+        .to_owned();
     let tags = s3
         .get_object_tagging()
         .bucket(&from.bucket)
@@ -223,17 +240,17 @@ async fn copy_in_parts(
         .send()
         .await
         .map_err(|e| Error::from_sdk(&format!("GetObjectTagging {from}"), e))?;
-    let tagging = tags
-        .tag_set()
-        .iter()
-        .map(|t| format!("{}={}", t.key(), t.value()))
-        .collect::<Vec<_>>()
-        .join("&");
     let upload = s3
         .create_multipart_upload()
         .bucket(&to.bucket)
         .key(&to.key)
-        .set_tagging((!tagging.is_empty()).then_some(tagging))
+        .set_tagging(tagging_header(tags.tag_set()))
+        .set_metadata(head.metadata().cloned())
+        .set_content_type(head.content_type().map(str::to_owned))
+        .set_content_encoding(head.content_encoding().map(str::to_owned))
+        .set_content_disposition(head.content_disposition().map(str::to_owned))
+        .set_content_language(head.content_language().map(str::to_owned))
+        .set_cache_control(head.cache_control().map(str::to_owned))
         .send()
         .await
         .map_err(|e| Error::from_sdk(&format!("CreateMultipartUpload {to}"), e))?;
@@ -249,7 +266,7 @@ async fn copy_in_parts(
         })
         .collect();
     let result: Result<()> = async {
-        let parts = copy_parts(s3, from, to, &upload_id, ranges, budget).await?;
+        let parts = copy_parts(s3, from, &etag, to, &upload_id, ranges, budget).await?;
         s3.complete_multipart_upload()
             .bucket(&to.bucket)
             .key(&to.key)
@@ -271,11 +288,26 @@ async fn copy_in_parts(
     result
 }
 
+/// The `x-amz-tagging` header for `tags`: URL-query encoded, as S3 requires (a tag may
+/// hold spaces, `+ - = . _ : / @`, which a bare `k=v&k=v` join would corrupt).
+fn tagging_header(tags: &[aws_sdk_s3::types::Tag]) -> Option<String> {
+    if tags.is_empty() {
+        return None;
+    }
+    let mut query = form_urlencoded::Serializer::new(String::new());
+    for tag in tags {
+        query.append_pair(tag.key(), tag.value());
+    }
+    Some(query.finish())
+}
+
 /// The UploadPartCopy requests of one multipart copy, `PART_COPY_CONCURRENCY` at a time;
-/// the completed parts in order.
+/// the completed parts in order. Each part is a write a fenced run must not start, and
+/// each names the source's ETag.
 async fn copy_parts(
     s3: &aws_sdk_s3::Client,
     from: &S3Uri,
+    etag: &str,
     to: &S3Uri,
     upload_id: &str,
     ranges: Vec<(i32, u64, u64)>,
@@ -286,6 +318,7 @@ async fn copy_parts(
         .map(|(number, start, end)| {
             let source = &source;
             async move {
+                budget.check_fence().await?;
                 let out = budget
                     .send(|| {
                         s3.upload_part_copy()
@@ -294,6 +327,7 @@ async fn copy_parts(
                             .upload_id(upload_id)
                             .part_number(number)
                             .copy_source(source)
+                            .copy_source_if_match(etag)
                             .copy_source_range(format!("bytes={start}-{end}"))
                             .send()
                     })

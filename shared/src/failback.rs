@@ -14,7 +14,7 @@ use serde_json::Value;
 use crate::backup::BackupRef;
 use crate::error::{decode_value, Error, Result};
 use crate::input::{Mode, NameRule};
-use crate::objects::{get_json, put_json};
+use crate::objects::{get_json, put_json, put_json_if, Precondition};
 use crate::parity::ParityCounts;
 use crate::receipt::{PhaseStatus, ReceiptStore, RunStatus};
 use crate::s3uri::S3Uri;
@@ -82,6 +82,8 @@ impl FailbackInput {
         named("dr_run_id", NameRule::RUN_ID, &self.dr_run_id)?;
         if let Some(run_id) = &self.run_id {
             named("run_id", NameRule::RUN_ID, run_id)?;
+            NameRule::check_run_kind(run_id, true)
+                .map_err(|why| Error::input(format!("run_id: {why}")))?;
             if run_id == &self.dr_run_id {
                 return Err(Error::input(
                     "run_id: a failback is a run of its own; it cannot reuse dr_run_id",
@@ -437,9 +439,11 @@ impl ReceiptStore {
             .map_err(|e| Error::input(format!("run_id: {e}")))
     }
 
+    /// Writes a failback's summary once (a failback is one execution): a retried teardown
+    /// keeps the summary already written.
     pub async fn put_failback_summary(&self, summary: &FailbackSummary) -> Result<S3Uri> {
         let uri = self.failback_summary_uri(&summary.run_id)?;
-        put_json(self.s3(), &uri, summary).await?;
+        put_json_if(self.s3(), &uri, summary, Some(Precondition::Absent)).await?;
         Ok(uri)
     }
 
@@ -490,6 +494,15 @@ mod tests {
         assert!(message(input(json!({"approver": "a"}))).contains("discard_divergent"));
         assert!(message(input(json!({"dr_run_id": "a/b"}))).contains("dr_run_id"));
         assert!(message(input(json!({"run_id": "dr-1"}))).contains("run_id"));
+        // Failbacks and drills/recoveries keep apart ids.
+        assert!(message(input(json!({"run_id": "dr-2"}))).contains("begins with \"failback-\""));
+        assert!(input(json!({"run_id": "failback-2"})).is_ok());
+        assert!(crate::input::RunInput::from_json(
+            &json!({"profile": "p", "run_id": "failback-2"})
+        )
+        .unwrap_err()
+        .message
+        .contains("is a failback's run id"));
         assert!(message(input(json!({"colour": "red"}))).contains("colour"));
     }
 

@@ -290,6 +290,7 @@ impl RunInput {
         if let Some(run_id) = &self.run_id {
             NameRule::RUN_ID
                 .check(run_id)
+                .and_then(|()| NameRule::check_run_kind(run_id, false))
                 .map_err(|why| Error::input(format!("run_id: {why}")))?;
         }
         NameRule::PROFILE
@@ -390,6 +391,11 @@ pub enum Promotion {
     Ask,
 }
 
+/// Failback runs' ids begin with this, and drill and recovery runs' ids never do: both
+/// kinds keep their records under `<receipts>/runs/<run_id>/`, and one kind's records
+/// (approvals, audit copies) must never be found where the other kind's are looked for.
+pub const FAILBACK_RUN_ID_PREFIX: &str = "failback-";
+
 /// The shape of a name drpilot puts into S3 keys, execution names, SSM parameter names
 /// and file names: ASCII letters and digits plus a few separators, starting with a letter
 /// or digit, of bounded length. One rule per kind of name, checked by one function.
@@ -416,6 +422,20 @@ impl NameRule {
         max_len: 72,
         separators: b"-_",
     };
+    /// Whether `run_id` belongs to the kind of run it names: failback runs' ids begin
+    /// with [`FAILBACK_RUN_ID_PREFIX`], drill and recovery runs' never do.
+    pub fn check_run_kind(run_id: &str, failback: bool) -> std::result::Result<(), String> {
+        match (failback, run_id.starts_with(FAILBACK_RUN_ID_PREFIX)) {
+            (true, false) => Err(format!(
+                "a failback's run id begins with {FAILBACK_RUN_ID_PREFIX:?}, got {run_id:?}"
+            )),
+            (false, true) => Err(format!(
+                "{run_id:?} is a failback's run id (they begin with {FAILBACK_RUN_ID_PREFIX:?}); a drill or recovery needs another"
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// Profile names become SSM parameter names and file names.
     pub const PROFILE: NameRule = NameRule {
         what: "a profile name",

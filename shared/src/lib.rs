@@ -12,7 +12,7 @@
 //! [`manifest`] (the manifests and the archive's contents as sorted streams), [`maker`]
 //! (making a backup from a directory),
 //! [`listing`] and [`parity`] (sorted listings and their comparison), [`copy`] (the
-//! server-side copy engine), [`budget`] (the write-request pace S3's per-prefix limit allows), [`published`] (the publish pointer and its generation),
+//! server-side copy engine), [`budget`] (the write-request pace S3's per-prefix limit allows), [`published`] (the publish pointer and its generation), [`history`] (what the evidence's object versions say about a run's records),
 //! [`failback`] (returning to the primary site: its input, receipts and summary), [`s3uri`]
 //! (locations and keys that cannot escape their prefix), [`error`] (the error names Step
 //! Functions matches), [`metrics`], [`clients`], [`ledger`] (the record of every AWS call,
@@ -29,6 +29,7 @@ pub mod details;
 pub mod error;
 pub mod failback;
 pub mod fence;
+pub mod history;
 pub mod identity;
 pub mod input;
 pub mod ledger;

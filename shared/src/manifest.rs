@@ -56,7 +56,8 @@ impl EntryVisitor for ManifestCollector {
             )));
         }
         let mut failure: Option<Error> = None;
-        let mut reader = BufReader::with_capacity(1 << 16, data);
+        let mut bounded = StringBound::new(data);
+        let mut reader = BufReader::with_capacity(1 << 16, &mut bounded);
         let mut de = serde_json::Deserializer::from_reader(&mut reader);
         let (sorter, range) = (&mut self.sorter, &self.range);
         let seed = ManifestSeed {
@@ -73,6 +74,13 @@ impl EntryVisitor for ManifestCollector {
         if let Some(err) = failure {
             return Err(err);
         }
+        drop(de);
+        drop(reader);
+        if bounded.exceeded {
+            return Err(Error::contract(format!(
+                "manifest {name}: a string longer than {MAX_JSON_STRING} bytes (a key is at most 1024 bytes)"
+            )));
+        }
         parsed.map_err(|e| {
             if e.is_io() {
                 stream_error("manifests.tar.zst", std::io::Error::other(e))
@@ -82,6 +90,64 @@ impl EntryVisitor for ManifestCollector {
         })?;
         self.manifests += 1;
         Ok(())
+    }
+}
+
+/// The longest JSON string a manifest may hold, escapes included: a key of S3's 1024
+/// bytes written with `\uXXXX` escapes throughout (6 bytes each), plus its quotes.
+const MAX_JSON_STRING: usize = 1024 * 6 + 2;
+
+/// A reader that fails once a JSON string in what it reads runs past
+/// [`MAX_JSON_STRING`]: serde_json buffers a whole string before handing it over, so
+/// without it a manifest's key of gigabytes would be read into memory before its
+/// 1024-byte limit is checked. It follows only what a string's length needs (inside a
+/// string or not, and `\` escapes).
+struct StringBound<R> {
+    inner: R,
+    in_string: bool,
+    escaped: bool,
+    run: usize,
+    exceeded: bool,
+}
+
+impl<R: Read> StringBound<R> {
+    fn new(inner: R) -> Self {
+        Self {
+            inner,
+            in_string: false,
+            escaped: false,
+            run: 0,
+            exceeded: false,
+        }
+    }
+}
+
+impl<R: Read> Read for StringBound<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        for &byte in &buf[..n] {
+            if !self.in_string {
+                if byte == b'"' {
+                    (self.in_string, self.run) = (true, 1);
+                }
+                continue;
+            }
+            self.run += 1;
+            if self.run > MAX_JSON_STRING {
+                self.exceeded = true;
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("a JSON string longer than {MAX_JSON_STRING} bytes"),
+                ));
+            }
+            match (self.escaped, byte) {
+                (true, _) => self.escaped = false,
+                (false, b'\\') => self.escaped = true,
+                (false, b'"') => self.in_string = false,
+                _ => {}
+            }
+        }
+        Ok(n)
     }
 }
 
@@ -621,5 +687,34 @@ mod tests {
                 .unwrap_err();
             assert!(err.message.contains(says), "{says}: {err}");
         }
+    }
+
+    /// A manifest whose key is 64 MiB long is refused after reading about a key's worth
+    /// of it, not after holding it all.
+    #[test]
+    fn a_huge_key_is_refused_before_it_is_read_whole() {
+        struct Counted<R>(R, std::rc::Rc<std::cell::Cell<u64>>);
+        impl<R: Read> Read for Counted<R> {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                let n = self.0.read(buf)?;
+                self.1.set(self.1.get() + n as u64);
+                Ok(n)
+            }
+        }
+        let read = std::rc::Rc::new(std::cell::Cell::new(0));
+        let huge = (&br#"{"objects": [{"key": ""#[..])
+            .chain(std::io::repeat(b'a').take(64 << 20))
+            .chain(&br#"", "size": 1, "sha256": "00"}]}"#[..]);
+        let mut data = Counted(huge, read.clone());
+        let mut collector = ManifestCollector {
+            sorter: ExternalSort::new(10).unwrap(),
+            manifests: 0,
+            range: crate::plan::KeyRange::all(),
+        };
+        let err = collector
+            .file(RelativeKey::parse("m.json").unwrap(), 0, &mut data)
+            .unwrap_err();
+        assert!(err.message.contains("a key is at most 1024 bytes"), "{err}");
+        assert!(read.get() < 1 << 20, "read {} bytes", read.get());
     }
 }

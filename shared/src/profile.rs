@@ -41,9 +41,10 @@ pub struct Profile {
     /// Delete objects only in `root/` on promote (otherwise reported as drift).
     #[serde(default)]
     pub prune_drift: bool,
-    /// With `prune_drift`: the most drift promote deletes, as a percentage of `root/`'s
-    /// objects (per range of the plan). More is refused before anything is written: a
-    /// staging emptied after validation would otherwise make all of `root/` drift.
+    /// With `prune_drift`: the most drift promote deletes, as a percentage of the objects
+    /// the promotion touches (staging's and `root/`'s together, per range of the plan).
+    /// More is refused before anything is written: a staging emptied or replaced after
+    /// validation would otherwise make all of `root/` drift.
     #[serde(default = "default_prune_drift_max_percent")]
     pub prune_drift_max_percent: u8,
     /// validate re-reads and hashes every staged object instead of trusting the SHA-256

@@ -392,6 +392,14 @@ impl ReceiptStore {
         &self.base
     }
 
+    /// `<receipts>/runs/`: every run's directory.
+    pub fn runs_dir(&self) -> S3Uri {
+        S3Uri {
+            bucket: self.base.bucket.clone(),
+            key: format!("{}runs/", self.base.as_prefix().key),
+        }
+    }
+
     /// `<receipts>/runs/<run_id>/`
     pub fn run_dir(&self, run_id: &str) -> Result<S3Uri> {
         self.base
@@ -536,10 +544,34 @@ impl ReceiptStore {
         Ok(receipts)
     }
 
+    /// Writes the summary of `summary.execution_arn`'s end, once per execution: a summary
+    /// that execution already wrote stands (a retried teardown does not rewrite it), and an
+    /// earlier execution's is replaced only as the version read (`If-Match`). So the
+    /// summary's versions are one per execution, which [`crate::history`] holds it to.
     pub async fn put_summary(&self, summary: &RunSummary) -> Result<S3Uri> {
         let uri = self.summary_uri(&summary.run_id)?;
-        put_json(&self.s3, &uri, summary).await?;
-        Ok(uri)
+        loop {
+            let earlier = get_bytes(&self.s3, &uri).await?;
+            let precondition = match &earlier {
+                None => Precondition::Absent,
+                Some((bytes, etag)) => {
+                    let earlier: RunSummary =
+                        crate::error::decode_slice(&uri.to_string(), bytes)
+                            .map_err(|e| Error::integrity(e.to_string()).with_source(e))?;
+                    if summary.execution_arn.is_some()
+                        && earlier.execution_arn == summary.execution_arn
+                    {
+                        return Ok(uri);
+                    }
+                    Precondition::Matches(etag)
+                }
+            };
+            if put_json_if(&self.s3, &uri, summary, Some(precondition)).await?
+                == Conditional::Written
+            {
+                return Ok(uri);
+            }
+        }
     }
 
     pub async fn get_summary(&self, run_id: &str) -> Result<Option<RunSummary>> {

@@ -10,6 +10,7 @@
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Duration, Utc};
+use drpilot_shared::history::{self, Finding};
 use drpilot_shared::input::Mode;
 use drpilot_shared::profile::{Profile, ProfileSource};
 use drpilot_shared::receipt::{PhaseStatus, ReceiptStore, RunStatus, RunSummary};
@@ -77,6 +78,11 @@ pub struct Controls {
     pub rpo_met_percent: Option<f64>,
     /// Of the runs whose validate ran, the share that verified the backup.
     pub backup_verification_success_rate: Option<f64>,
+    /// Records whose version history drpilot could not have written (rewritten or
+    /// deleted after the fact): each is in `evidence-findings.json`. Zero is the only
+    /// figure that lets the rest be trusted.
+    #[serde(default)]
+    pub evidence_findings: usize,
 }
 
 /// What `drpilot evidence` wrote.
@@ -90,6 +96,8 @@ pub struct EvidencePack {
     pub files: usize,
     pub bytes: u64,
     pub controls: Controls,
+    /// `evidence-findings.json`.
+    pub findings: Vec<Finding>,
 }
 
 pub async fn evidence(
@@ -173,7 +181,26 @@ pub async fn evidence(
         files += Box::pin(copy_prefix(&ctx.aws.s3, &run_dir, &into, &mut zip)).await?;
         failbacks.push(failback.run_id);
     }
-    let controls = controls(&profile, profile_name, &all, &in_period, since, until);
+    // Findings of the version history: those of the period's runs and failbacks, and of
+    // any run whose summary no longer reads (deleted: it has no period to be out of).
+    let summarized: std::collections::BTreeSet<&str> =
+        all.iter().map(|s| s.run_id.as_str()).collect();
+    let findings: Vec<Finding> = history::findings(&ctx.aws.s3, &store.runs_dir(), None)
+        .await?
+        .into_iter()
+        .filter(|(run_id, _)| {
+            runs.contains(run_id)
+                || failbacks.contains(run_id)
+                || !summarized.contains(run_id.as_str())
+        })
+        .flat_map(|(_, found)| found)
+        .collect();
+    let mut controls = controls(&profile, profile_name, &all, &in_period, since, until);
+    controls.evidence_findings = findings.len();
+    let findings_json = serde_json::to_vec_pretty(&findings)
+        .map_err(|e| CliError::Io(format!("encoding evidence-findings.json: {e}")))?;
+    add(&mut zip, "evidence-findings.json", &findings_json)?;
+    files += 1;
     add(&mut zip, "index.csv", index.as_bytes())?;
     let controls_json = serde_json::to_vec_pretty(&controls)
         .map_err(|e| CliError::Io(format!("encoding controls.json: {e}")))?;
@@ -193,6 +220,12 @@ pub async fn evidence(
         ))
     })?;
     let bytes = std::fs::metadata(out).map(|m| m.len()).unwrap_or(0);
+    for finding in &findings {
+        ctx.out.say(format!(
+            "EVIDENCE FINDING run {} {}: {}",
+            finding.run_id, finding.key, finding.why
+        ));
+    }
     ctx.out.say(format!(
         "evidence of profile {profile_name} from {} to {}: {} runs, {} failbacks, {files} files, {bytes} bytes in {}",
         since.format("%Y-%m-%d"),
@@ -208,6 +241,7 @@ pub async fn evidence(
         files,
         bytes,
         controls,
+        findings,
     })
 }
 
@@ -420,5 +454,6 @@ fn controls(
                 .count() as f64
                 / validations.len() as f64
         }),
+        evidence_findings: 0,
     }
 }

@@ -333,6 +333,7 @@ fn run_id(input: &RunInput, execution_name: Option<&str>) -> Result<String> {
         (None, Some(named)) => {
             NameRule::RUN_ID
                 .check(&named.run_id)
+                .and_then(|()| NameRule::check_run_kind(&named.run_id, false))
                 .map_err(|why| Error::input(format!("run_id (from the execution name): {why}")))?;
             Ok(named.run_id)
         }

@@ -9,7 +9,7 @@ use drpilot_shared::details::PromoteDetails;
 use drpilot_shared::failback::{
     DrPromotion, FailbackInput, FailbackRun, FailbackStep, PreflightCheck, PreflightDetails,
 };
-use drpilot_shared::input::Mode;
+use drpilot_shared::input::{Mode, NameRule};
 use drpilot_shared::lock::RunLock;
 use drpilot_shared::objects::get_json;
 use drpilot_shared::phase::Failed;
@@ -41,11 +41,16 @@ pub fn run_id(input: &FailbackInput, execution: &ExecutionInfo) -> Result<String
     if let Some(id) = &input.run_id {
         return Ok(id.clone());
     }
-    execution
+    let run_id = execution
         .name
         .as_deref()
         .map(|name| ExecutionName::parse(name).run_id)
-        .ok_or_else(|| Error::input("run_id: not given and the execution has no name"))
+        .ok_or_else(|| Error::input("run_id: not given and the execution has no name"))?;
+    NameRule::RUN_ID
+        .check(&run_id)
+        .and_then(|()| NameRule::check_run_kind(&run_id, true))
+        .map_err(|why| Error::input(format!("run_id (from the execution name): {why}")))?;
+    Ok(run_id)
 }
 
 impl Failback {

@@ -326,18 +326,11 @@ impl Promote {
         let (right, right_task) =
             list_sorted_in(self.clients.s3.clone(), &root, Vec::new(), range.clone());
         let mut join = MergeJoin::new(left, right);
-        let (mut staged, mut in_root, mut drift) = (0_u64, 0_u64, 0_u64);
+        let (mut staged, mut drift) = (0_u64, 0_u64);
         while let Some(step) = join.next().await? {
             match step {
-                Joined::OnlyLeft(_) => staged += 1,
-                Joined::OnlyRight(_) => {
-                    in_root += 1;
-                    drift += 1;
-                }
-                Joined::Both(..) => {
-                    staged += 1;
-                    in_root += 1;
-                }
+                Joined::OnlyLeft(_) | Joined::Both(..) => staged += 1,
+                Joined::OnlyRight(_) => drift += 1,
             }
         }
         left_task.abort();
@@ -348,10 +341,14 @@ impl Promote {
                 "prune_drift: {staging} holds {staged} objects in {scope}, but validate counted {validated}: staging changed after validation; nothing is copied or deleted"
             )));
         }
-        let limit = in_root * u64::from(profile.prune_drift_max_percent) / 100;
+        // The share of what the promotion touches (staging and root/ together) that it
+        // would delete: a first promotion into a root/ of only stray objects is judged
+        // against the backup's size, not refused for being 100% of a small root/.
+        let touched = staged + drift;
+        let limit = touched * u64::from(profile.prune_drift_max_percent) / 100;
         if drift > limit {
             return Err(Error::integrity(format!(
-                "prune_drift: {drift} of the {in_root} objects in {root} ({scope}) are drift, more than prune_drift_max_percent {}% ({limit}) allows; nothing is copied or deleted (raise the limit in the profile if this is meant)",
+                "prune_drift: {drift} of the {touched} objects in {staging} and {root} ({scope}) are drift, more than prune_drift_max_percent {}% ({limit}) allows; nothing is copied or deleted (raise the limit in the profile if this is meant)",
                 profile.prune_drift_max_percent
             )));
         }

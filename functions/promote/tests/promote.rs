@@ -153,6 +153,51 @@ async fn it_copies_and_audits_on_approval_and_a_second_run_copies_nothing() {
         .await;
     let tmp = TempDir::new("promote-ok");
     let first = staged_and_validated(&aws, &tmp, "b1", "run-1").await;
+    // The large object (copied in parts) carries user metadata, a content type and a tag
+    // whose value needs URL encoding, as a backup's objects may.
+    let big = S3Uri::new(TARGET_BUCKET, "_staging/run-1/big.bin").unwrap();
+    aws.s3()
+        .copy_object()
+        .bucket(&big.bucket)
+        .key(&big.key)
+        .copy_source(format!("{}/{}", big.bucket, big.key))
+        .metadata_directive(aws_sdk_s3::types::MetadataDirective::Replace)
+        .metadata("origin", "backup b1")
+        .content_type("application/x-drpilot-test")
+        .tagging_directive(aws_sdk_s3::types::TaggingDirective::Copy)
+        .send()
+        .await
+        .unwrap();
+    let mut tags = aws
+        .s3()
+        .get_object_tagging()
+        .bucket(&big.bucket)
+        .key(&big.key)
+        .send()
+        .await
+        .unwrap()
+        .tag_set()
+        .to_vec();
+    tags.push(
+        aws_sdk_s3::types::Tag::builder()
+            .key("owner")
+            .value("team a+b=c/d")
+            .build()
+            .unwrap(),
+    );
+    aws.s3()
+        .put_object_tagging()
+        .bucket(&big.bucket)
+        .key(&big.key)
+        .tagging(
+            aws_sdk_s3::types::Tagging::builder()
+                .set_tag_set(Some(tags))
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
 
     let out = promoter(&aws)
         .handle(request(&first, approval(&aws, &first).await))
@@ -160,6 +205,38 @@ async fn it_copies_and_audits_on_approval_and_a_second_run_copies_nothing() {
         .unwrap();
     assert_eq!(out.status, PhaseStatus::Success);
     assert_eq!(out.details["objects_copied"], 21);
+    let copied = aws
+        .s3()
+        .head_object()
+        .bucket(TARGET_BUCKET)
+        .key("root/big.bin")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(copied.content_type(), Some("application/x-drpilot-test"));
+    assert_eq!(
+        copied
+            .metadata()
+            .and_then(|m| m.get("origin"))
+            .map(String::as_str),
+        Some("backup b1")
+    );
+    let root_tags = aws
+        .s3()
+        .get_object_tagging()
+        .bucket(TARGET_BUCKET)
+        .key("root/big.bin")
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        root_tags
+            .tag_set()
+            .iter()
+            .any(|t| t.key() == "owner" && t.value() == "team a+b=c/d"),
+        "tags kept exactly: {:?}",
+        root_tags.tag_set()
+    );
     assert_eq!(out.details["drift_objects"], 1);
     assert_eq!(out.details["parity_after"]["only_left"], 0);
     assert_eq!(out.details["approver"], "alice");
