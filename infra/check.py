@@ -636,6 +636,18 @@ def check_failed_run(ctx: Context, m: Machine) -> tuple[bool, str]:
             problems.append(f"a failed {teardown} can end in {bad}, not a Fail state")
     if not states[teardown].get("Catch"):
         problems.append(f"{teardown} has no Catch: a failing teardown would end the run without its Fail state")
+    # Step Functions refuses a Fail state's error name beginning with "States." (the run
+    # would end States.Runtime instead): one that re-raises a caught error must rename
+    # the service's own errors (States.Timeout, States.TaskFailed, ...).
+    for name, state in states.items():
+        if state.get("Type") != "Fail":
+            continue
+        error = str(state.get("Error", ""))
+        if error.startswith("States."):
+            problems.append(f"{name}: Error {error!r} begins with 'States.', which a Fail state may not raise")
+        elif error.startswith("{%") and "$failure" in error and "'States.'" not in error:
+            problems.append(f"{name}: Error re-raises the caught error's name unchanged: a States.* error "
+                            "(States.Timeout, States.TaskFailed) would end the run States.Runtime")
     return not problems, "; ".join(problems)
 
 
@@ -1261,7 +1273,8 @@ CHECKS: list[tuple[str, str, Callable[..., tuple[bool, str]], bool]] = [
     ("approval", "approvals follow the machine's rules (drill: only a denial or a timeout skips promote; "
      "failback: two confirmations, any error stops it)", check_approval, True),
     ("subjects", "every SNS Subject is truncated below 100 characters", check_subjects, True),
-    ("failed-run", "a failed teardown status ends the execution FAILED", check_failed_run, True),
+    ("failed-run", "a failed teardown status ends the execution FAILED, under an error name a Fail state may raise",
+     check_failed_run, True),
     ("distributed-map", "every Distributed Map runs STANDARD children over the plan, tolerates no failure and is "
      "granted what its Map Run needs", check_distributed_map, True),
     ("rule-inputs", "the alarm rule and the schedule pass valid execution inputs", check_rule_inputs, False),

@@ -140,6 +140,10 @@ def _teardown_crash_succeeds(asl: dict) -> None:
     states(asl)["Teardown"]["Catch"][0]["Next"] = "Succeeded"
 
 
+def _fail_reraises_states_errors(asl: dict) -> None:
+    states(asl)["Failed"]["Error"] = "{% $failure != null ? $failure.error : 'TeardownFailed' %}"
+
+
 def _unknown_next(asl: dict) -> None:
     states(asl)["Validate"]["Next"] = "NoSuchState"
 
@@ -269,6 +273,10 @@ CASES: dict[str, Case] = {
     "teardown_crash_succeeds": Case("failed-run", asl=asl_edit(_teardown_crash_succeeds)),
     "failback_failed_status_succeeds": Case("failed-run", failback=asl_edit(_failed_status_succeeds)),
     "failback_teardown_crash_succeeds": Case("failed-run", failback=asl_edit(_teardown_crash_succeeds)),
+    "fail_reraises_states_errors": Case("failed-run", asl=asl_edit(_fail_reraises_states_errors),
+                                        detail="would end the run States.Runtime"),
+    "failback_fail_reraises_states_errors": Case("failed-run", failback=asl_edit(_fail_reraises_states_errors),
+                                                 detail="would end the run States.Runtime"),
     "distributed_map_express_children": Case("distributed-map", asl=asl_edit(
         _processor("RestoreRanges", "ExecutionType", "EXPRESS")),
         detail="Recover/RestoreRanges: ProcessorConfig.ExecutionType is 'EXPRESS', not STANDARD"),

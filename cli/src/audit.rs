@@ -50,6 +50,9 @@ pub struct TriggerFacts {
     pub kind: String,
     /// A manual start's caller, a schedule's or alarm's ARN.
     pub source: Option<String>,
+    /// A manual start's caller was proven by STS (bringup checked the starter's signed
+    /// request), not just named by the input.
+    pub verified: bool,
     pub alarm_name: Option<String>,
     pub fired_at: Option<DateTime<Utc>>,
 }
@@ -271,15 +274,19 @@ fn target(name: &str, o: &Objective) -> TargetFacts {
 
 fn trigger_facts(trigger: Option<&Trigger>) -> TriggerFacts {
     match trigger {
-        Some(Trigger::Manual { source }) => TriggerFacts {
+        Some(Trigger::Manual {
+            source, verified, ..
+        }) => TriggerFacts {
             kind: "manual".into(),
             source: source.clone(),
+            verified: *verified,
             alarm_name: None,
             fired_at: None,
         },
         Some(Trigger::Schedule { source, fired_at }) => TriggerFacts {
             kind: "schedule".into(),
             source: source.clone(),
+            verified: false,
             alarm_name: None,
             fired_at: *fired_at,
         },
@@ -291,12 +298,14 @@ fn trigger_facts(trigger: Option<&Trigger>) -> TriggerFacts {
         }) => TriggerFacts {
             kind: "alarm".into(),
             source: source.clone(),
+            verified: false,
             alarm_name: Some(alarm_name.clone()),
             fired_at: *fired_at,
         },
         None => TriggerFacts {
             kind: "unknown".into(),
             source: None,
+            verified: false,
             alarm_name: None,
             fired_at: None,
         },

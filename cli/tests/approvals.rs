@@ -113,7 +113,7 @@ fn url_request(body: Value, claimed: &str) -> LambdaFunctionUrlRequest {
 /// `body` with the proof of identity of the person `config` signs as.
 async fn signed(config: &aws_config::SdkConfig, body: &Value) -> Value {
     let mut request: DecisionRequest = serde_json::from_value(body.clone()).unwrap();
-    request.identity = Some(prove_identity(config, &request).await.unwrap());
+    request.identity = Some(prove_identity(config, &request.digest()).await.unwrap());
     serde_json::to_value(request).unwrap()
 }
 
@@ -169,18 +169,63 @@ async fn the_two_person_rule_refuses_the_starter_and_a_second_principal_promotes
     let aws = LocalAws::start().await;
     let tmp = TempDir::new("approval-two-person");
     let ctx = stack(&aws, &tmp, true).await;
+    let alice = aws.person("Operators", "alice").await;
+    let alice_again = aws.person("Operators", "alice-second-session").await;
+    let bob = aws.person("Approvers", "bob").await;
+
+    // A start whose input only names its starter (anyone may write the input) proves no
+    // one: under the two-person rule, bringup refuses it before anything is written.
+    let claimed = json!({"mode": "drill", "run_id": "two-0", "profile": PROFILE,
+                         "trigger": {"kind": "manual", "source": MALLORY}});
+    let raw = ctx
+        .sfn
+        .start_execution()
+        .state_machine_arn(ctx.state_machine_arn().await.unwrap())
+        .name("two-0.1")
+        .input(claimed.to_string())
+        .send()
+        .await
+        .unwrap();
+    let ended = follow(&ctx, raw.execution_arn(), "two-0", None)
+        .await
+        .unwrap();
+    assert_eq!(ended.status, "FAILED");
+    assert!(
+        format!("{ended:?}").contains("two_person_rule needs to know who started the run"),
+        "{ended:?}"
+    );
+
+    // Nor does a proof made for another execution (lifted from a start of two-1.1).
+    let lifted = prove_identity(&alice, &drpilot_shared::identity::start_digest("two-1.1"))
+        .await
+        .unwrap();
+    let replayed = json!({"mode": "drill", "run_id": "two-2", "profile": PROFILE,
+                          "trigger": {"kind": "manual", "proof": lifted}});
+    let raw = ctx
+        .sfn
+        .start_execution()
+        .state_machine_arn(ctx.state_machine_arn().await.unwrap())
+        .name("two-2.1")
+        .input(replayed.to_string())
+        .send()
+        .await
+        .unwrap();
+    let ended = follow(&ctx, raw.execution_arn(), "two-2", None)
+        .await
+        .unwrap();
+    assert_eq!(ended.status, "FAILED");
+    assert!(format!("{ended:?}").contains("trigger.proof"), "{ended:?}");
+
+    // Alice starts the run with `drpilot start` under her own credentials: proven.
     let run = start_run(
-        &ctx,
+        &ctx.as_caller(alice.clone()),
         json!({"mode": "drill", "run_id": "two-1",
-               "trigger": {"kind": "manual", "source": ALICE}}),
+               "trigger": {"kind": "manual", "source": MALLORY}}),
     )
     .await;
     waiting_token(&ctx, &run).await;
     let arn = ctx.execution_arn(&run).await.unwrap();
     let function = approve_function(&aws);
-    let alice = aws.person("Operators", "alice").await;
-    let alice_again = aws.person("Operators", "alice-second-session").await;
-    let bob = aws.person("Approvers", "bob").await;
     let body = json!({"execution_arn": arn, "decision": "approve",
                       "approver": "Alice", "ticket": "CHG-9"});
 

@@ -300,7 +300,10 @@ async fn the_auditor_report_has_every_fact_and_renders_cleanly_in_a_browser() {
     let found = &rewritten.evidence.findings;
     assert_eq!(found.len(), 1, "{found:?}");
     assert_eq!(found[0].key, "drill.summary.json");
-    assert!(found[0].why.contains("one per execution"), "{found:?}");
+    assert!(
+        found[0].why.contains("after the final summary"),
+        "{found:?}"
+    );
     let pack = Box::pin(evidence(&ctx, PROFILE, since, None, &zip_path))
         .await
         .unwrap();

@@ -498,7 +498,7 @@ mod tests {
         assert!(message(input(json!({"run_id": "dr-2"}))).contains("begins with \"failback-\""));
         assert!(input(json!({"run_id": "failback-2"})).is_ok());
         assert!(crate::input::RunInput::from_json(
-            &json!({"profile": "p", "run_id": "failback-2"})
+            &json!({"profile": "p", "mode": "drill", "run_id": "failback-2"})
         )
         .unwrap_err()
         .message

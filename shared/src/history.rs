@@ -6,10 +6,12 @@
 //! each record in a known way, so a version history it could not have written is a
 //! finding:
 //!
-//! - approvals (`approvals/*`) and audit copies (`audit/*`) are written once
-//!   (`If-None-Match`): a second version, or a delete marker, is not drpilot's;
-//! - a run's summary is written once per execution ([`crate::receipt::ReceiptStore::put_summary`]):
-//!   two versions naming the same execution, or a delete marker, are not drpilot's;
+//! - approvals (`approvals/*`), audit copies (`audit/*`) and a failback's summary are
+//!   written once (`If-None-Match`): a second version, or a delete marker, is not
+//!   drpilot's;
+//! - a run's summary is final for its execution once its teardown succeeded
+//!   ([`crate::receipt::ReceiptStore::put_summary`]): a later version naming the same
+//!   execution, or a delete marker, is not drpilot's;
 //! - only phase receipts (a phase that starts over removes its earlier receipt) and the
 //!   RTO watch's marker are ever deleted: a delete marker on anything else is not
 //!   drpilot's.
@@ -63,14 +65,18 @@ pub async fn list(
     };
     let mut by_key: BTreeMap<String, RecordVersions> = BTreeMap::new();
     let mut deleted: BTreeMap<String, bool> = BTreeMap::new();
-    let mut pages = s3
-        .list_object_versions()
-        .bucket(&prefix.bucket)
-        .prefix(&prefix.key)
-        .into_paginator()
-        .send();
-    while let Some(page) = pages.next().await {
-        let page = page.map_err(|e| Error::from_sdk(&format!("ListObjectVersions {prefix}"), e))?;
+    // ListObjectVersions has no paginator in the SDK: it pages by key and version marker.
+    let (mut key_marker, mut version_marker) = (None::<String>, None::<String>);
+    loop {
+        let page = s3
+            .list_object_versions()
+            .bucket(&prefix.bucket)
+            .prefix(&prefix.key)
+            .set_key_marker(key_marker.take())
+            .set_version_id_marker(version_marker.take())
+            .send()
+            .await
+            .map_err(|e| Error::from_sdk(&format!("ListObjectVersions {prefix}"), e))?;
         for version in page.versions() {
             let Some(key) = version.key() else { continue };
             let entry = by_key.entry(key.to_owned()).or_default();
@@ -89,8 +95,18 @@ pub async fn list(
                 deleted.insert(key.to_owned(), true);
             }
         }
+        if page.is_truncated() != Some(true) {
+            break;
+        }
+        key_marker = page.next_key_marker().map(str::to_owned);
+        version_marker = page.next_version_id_marker().map(str::to_owned);
+        if key_marker.is_none() {
+            return Err(Error::retryable(format!(
+                "ListObjectVersions {prefix}: a truncated page with no next key marker"
+            )));
+        }
     }
-    let mut runs: BTreeMap<String, Vec<RecordVersions>> = BTreeMap::new();
+    let mut by_run: BTreeMap<String, Vec<RecordVersions>> = BTreeMap::new();
     for (key, mut record) in by_key {
         let Some(below) = runs.strip(&key) else {
             continue;
@@ -100,9 +116,9 @@ pub async fn list(
         };
         record.deleted = deleted.get(&key).copied().unwrap_or(false);
         record.key = rest.to_owned();
-        runs.entry(run_id.to_owned()).or_default().push(record);
+        by_run.entry(run_id.to_owned()).or_default().push(record);
     }
-    Ok(runs)
+    Ok(by_run)
 }
 
 /// Whether `key` (below a run's directory) is a record drpilot ever deletes.
@@ -110,20 +126,28 @@ fn deletable(key: &str) -> bool {
     (key.starts_with("phases/") && key.ends_with(".json")) || key == "rto-watch.json"
 }
 
-/// Whether `key` is written once.
+/// Whether `key` is written once (a failback is one execution: its summary too).
 fn write_once(key: &str) -> bool {
-    key.starts_with("approvals/") || key.starts_with("audit/")
+    key.starts_with("approvals/") || key.starts_with("audit/") || key == "failback.summary.json"
 }
 
-/// The summaries, written once per execution.
-pub const SUMMARIES: [&str; 2] = ["drill.summary.json", "failback.summary.json"];
+/// The summaries final once their execution's teardown succeeded.
+pub const SUMMARIES: [&str; 1] = ["drill.summary.json"];
 
-/// The findings in one run's `records`; `summary_executions` are the execution ARNs its
-/// summary's versions name, newest first (the caller reads them: [`summary_executions`]).
+/// What one version of a summary says of itself.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SummaryVersion {
+    pub execution_arn: Option<String>,
+    /// Its execution's teardown succeeded: nothing may follow it for that execution.
+    pub is_final: bool,
+}
+
+/// The findings in one run's `records`; `summaries` are what the versions of each
+/// summary key say, by key, newest first (the caller reads them: [`summary_versions`]).
 pub fn judge(
     run_id: &str,
     records: &[RecordVersions],
-    summary_executions: &[Option<String>],
+    summaries: &BTreeMap<String, Vec<SummaryVersion>>,
 ) -> Vec<Finding> {
     let mut findings = Vec::new();
     let mut found = |key: &str, why: String| {
@@ -158,18 +182,21 @@ pub fn judge(
                 ),
             );
         }
-        if SUMMARIES.contains(&key) {
-            let mut seen = std::collections::BTreeSet::new();
-            for execution in summary_executions {
-                if !seen.insert(execution) {
+        if let Some(versions) = summaries.get(key) {
+            let mut finished = std::collections::BTreeSet::new();
+            for version in versions.iter().rev() {
+                if finished.contains(&version.execution_arn) {
                     found(
                         key,
                         format!(
-                            "two versions of the summary of execution {}: drpilot writes one per execution",
-                            execution.as_deref().unwrap_or("(none named)")
+                            "rewritten after the final summary of execution {}",
+                            version.execution_arn.as_deref().unwrap_or("(none named)")
                         ),
                     );
                     break;
+                }
+                if version.is_final {
+                    finished.insert(version.execution_arn.clone());
                 }
             }
         }
@@ -177,20 +204,16 @@ pub fn judge(
     findings
 }
 
-/// The execution ARN each version of the summary at `uri` names, newest first.
-pub async fn summary_executions(
+/// What each version of the summary at `uri` says of itself, newest first (read only
+/// when there are several).
+pub async fn summary_versions(
     s3: &aws_sdk_s3::Client,
     uri: &S3Uri,
     record: &RecordVersions,
-) -> Result<Vec<Option<String>>> {
-    #[derive(Deserialize)]
-    struct Named {
-        #[serde(default)]
-        execution_arn: Option<String>,
-    }
-    let mut named = Vec::new();
+) -> Result<Vec<SummaryVersion>> {
+    let mut said = Vec::new();
     if record.versions.len() < 2 {
-        return Ok(named);
+        return Ok(said);
     }
     for version in &record.versions {
         let out = s3
@@ -207,12 +230,33 @@ pub async fn summary_executions(
             .await
             .map_err(|e| Error::retryable(format!("reading {uri} (version {version}): {e}")))?
             .into_bytes();
-        let summary: Named = serde_json::from_slice(&bytes).map_err(|e| {
+        let summary: SummaryFields = serde_json::from_slice(&bytes).map_err(|e| {
             Error::integrity(format!("{uri} (version {version}) is not a summary: {e}"))
         })?;
-        named.push(summary.execution_arn);
+        said.push(SummaryVersion {
+            execution_arn: summary.execution_arn,
+            is_final: summary.phases.iter().any(|p| {
+                p.phase == crate::Phase::Teardown
+                    && p.status == crate::receipt::PhaseStatus::Success
+            }),
+        });
     }
-    Ok(named)
+    Ok(said)
+}
+
+/// The fields of a drill's or a failback's summary the history reads.
+#[derive(Deserialize)]
+struct SummaryFields {
+    #[serde(default)]
+    execution_arn: Option<String>,
+    #[serde(default)]
+    phases: Vec<PhaseFields>,
+}
+
+#[derive(Deserialize)]
+struct PhaseFields {
+    phase: crate::Phase,
+    status: crate::receipt::PhaseStatus,
 }
 
 /// The findings among the runs under `runs` (`<receipts>runs/`), of every run or of
@@ -224,7 +268,7 @@ pub async fn findings(
 ) -> Result<BTreeMap<String, Vec<Finding>>> {
     let mut out = BTreeMap::new();
     for (run_id, records) in list(s3, runs, only).await? {
-        let mut summary_executions_seen = Vec::new();
+        let mut summaries = BTreeMap::new();
         for record in records
             .iter()
             .filter(|r| SUMMARIES.contains(&r.key.as_str()))
@@ -232,9 +276,12 @@ pub async fn findings(
             let uri = runs
                 .join(&format!("{run_id}/{}", record.key))
                 .map_err(|e| Error::internal(format!("summary location: {e}")))?;
-            summary_executions_seen.extend(summary_executions(s3, &uri, record).await?);
+            summaries.insert(
+                record.key.clone(),
+                summary_versions(s3, &uri, record).await?,
+            );
         }
-        let found = judge(&run_id, &records, &summary_executions_seen);
+        let found = judge(&run_id, &records, &summaries);
         if !found.is_empty() {
             out.insert(run_id, found);
         }
@@ -263,15 +310,26 @@ mod tests {
             record("rto-watch.json", 1, 1),
             record("approvals/approve-1.json", 1, 0),
         ];
-        assert!(judge("r", &records, &[]).is_empty());
+        assert!(judge("r", &records, &BTreeMap::new()).is_empty());
 
         let records = [
             record("approvals/approve-1.json", 2, 0),
             record("audit/promotion-1.json", 1, 1),
             record("drill.summary.json", 2, 0),
         ];
-        let arn = Some("arn:x".to_owned());
-        let found = judge("r", &records, &[arn.clone(), arn]);
+        let version = |arn: &str, is_final: bool| SummaryVersion {
+            execution_arn: Some(arn.to_owned()),
+            is_final,
+        };
+        let summaries = |versions: Vec<SummaryVersion>| {
+            BTreeMap::from([("drill.summary.json".to_owned(), versions)])
+        };
+        // Newest first: a final summary of arn:1, then another version of it.
+        let found = judge(
+            "r",
+            &records,
+            &summaries(vec![version("arn:1", true), version("arn:1", true)]),
+        );
         let keys: Vec<&str> = found.iter().map(|f| f.key.as_str()).collect();
         assert_eq!(
             keys,
@@ -282,15 +340,21 @@ mod tests {
             ]
         );
         assert!(
-            found[2].why.contains("one per execution"),
+            found[2].why.contains("after the final summary"),
             "{}",
             found[2].why
         );
-        // One summary per execution is what drpilot writes.
+        // What drpilot writes: a failed teardown's summary replaced by its retry's, then
+        // a later execution's.
+        let summary = [record("drill.summary.json", 3, 0)];
         assert!(judge(
             "r",
-            &[record("drill.summary.json", 2, 0)],
-            &[Some("arn:2".into()), Some("arn:1".into())]
+            &summary,
+            &summaries(vec![
+                version("arn:2", true),
+                version("arn:1", true),
+                version("arn:1", false)
+            ])
         )
         .is_empty());
     }

@@ -98,6 +98,14 @@ impl DecisionRequest {
     }
 }
 
+/// What a starter's proof is bound to: the execution it starts (`<run_id>.<n>`), so a
+/// proof cannot start or claim another. The value of [`DECISION_HEADER`] in the proof
+/// `drpilot start` puts in the input's `trigger.proof`; bringup verifies it.
+pub fn start_digest(execution_name: &str) -> String {
+    let bound = serde_json::json!({"start": execution_name});
+    hex::encode(Sha256::digest(bound.to_string().as_bytes()))
+}
+
 /// The headers of a signed STS `GetCallerIdentity` POST (body [`STS_BODY`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

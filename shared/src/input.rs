@@ -489,9 +489,17 @@ fn json_type(value: &Value) -> &'static str {
 pub enum Trigger {
     /// Console, CLI, or any caller that passes the input JSON itself.
     Manual {
-        /// Who started it (the caller's IAM ARN), when known.
+        /// Who started it: the ARN STS proved (`verified`), else what the input claims.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         source: Option<String>,
+        /// `source` is STS's answer to the starter's signed request, which bringup
+        /// executed ([`crate::identity`]); never taken from the input.
+        #[serde(default)]
+        verified: bool,
+        /// The starter's proof of identity (`drpilot start` signs it, bound to the
+        /// execution's name); bringup verifies it and drops it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        proof: Option<crate::identity::IdentityProof>,
     },
     /// An EventBridge schedule (the monthly drill).
     Schedule {
@@ -526,7 +534,23 @@ impl Trigger {
 
     /// A manual start by an unknown caller.
     pub fn manual() -> Self {
-        Self::Manual { source: None }
+        Self::Manual {
+            source: None,
+            verified: false,
+            proof: None,
+        }
+    }
+
+    /// The person STS proved started the run, if one did.
+    pub fn proven_starter(&self) -> Option<&str> {
+        match self {
+            Self::Manual {
+                source: Some(source),
+                verified: true,
+                ..
+            } => Some(source),
+            _ => None,
+        }
     }
 
     /// Parses the input's `trigger` object; errors name the field. Read through a flat
@@ -544,6 +568,12 @@ impl Trigger {
             alarm_reason: Option<String>,
             #[serde(default)]
             fired_at: Option<DateTime<Utc>>,
+            #[serde(default)]
+            proof: Option<crate::identity::IdentityProof>,
+            /// Accepted (a run record's trigger may be passed back) and never believed:
+            /// only bringup's check of `proof` makes a starter verified.
+            #[serde(default, rename = "verified")]
+            _verified: bool,
         }
         let flat: Flat = decode_value("trigger", value)
             .map_err(|e| Error::input(e.to_string()).with_source(e))?;
@@ -569,13 +599,23 @@ impl Trigger {
                     }
                     return Ok(Self::Manual {
                         source: flat.source,
+                        verified: false,
+                        proof: flat.proof,
                     });
+                }
+                if flat.proof.is_some() {
+                    return Err(Error::input(
+                        "trigger.proof: only a manual start proves who started it",
+                    ));
                 }
                 Ok(Self::Schedule {
                     source: flat.source,
                     fired_at: flat.fired_at,
                 })
             }
+            "alarm" if flat.proof.is_some() => Err(Error::input(
+                "trigger.proof: only a manual start proves who started it",
+            )),
             "alarm" => Ok(Self::Alarm {
                 source: flat.source,
                 alarm_name: flat.alarm_name.filter(|n| !n.is_empty()).ok_or_else(|| {

@@ -304,6 +304,16 @@ pub struct RunSummary {
     pub rto_watch: Option<crate::readiness::RtoWatchMarker>,
 }
 
+impl RunSummary {
+    /// Whether the summary is its execution's last word: its teardown succeeded (a
+    /// teardown that failed is retried and writes the summary again).
+    pub fn is_final(&self) -> bool {
+        self.phases
+            .iter()
+            .any(|p| p.phase == Phase::Teardown && p.status == PhaseStatus::Success)
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Failure {
     pub phase: Option<Phase>,
@@ -544,10 +554,10 @@ impl ReceiptStore {
         Ok(receipts)
     }
 
-    /// Writes the summary of `summary.execution_arn`'s end, once per execution: a summary
-    /// that execution already wrote stands (a retried teardown does not rewrite it), and an
-    /// earlier execution's is replaced only as the version read (`If-Match`). So the
-    /// summary's versions are one per execution, which [`crate::history`] holds it to.
+    /// Writes the summary of `summary.execution_arn`'s end: once that execution's
+    /// teardown succeeded its summary is final and stands (a later call keeps it); until
+    /// then a retried teardown replaces its own; an earlier execution's is replaced only
+    /// as the version read (`If-Match`). [`crate::history`] holds the versions to this.
     pub async fn put_summary(&self, summary: &RunSummary) -> Result<S3Uri> {
         let uri = self.summary_uri(&summary.run_id)?;
         loop {
@@ -560,6 +570,7 @@ impl ReceiptStore {
                             .map_err(|e| Error::integrity(e.to_string()).with_source(e))?;
                     if summary.execution_arn.is_some()
                         && earlier.execution_arn == summary.execution_arn
+                        && earlier.is_final()
                     {
                         return Ok(uri);
                     }

@@ -102,7 +102,7 @@ fn principal_words(record: &Value) -> String {
 /// Sends `request`, with the caller's proof of identity, to the approve function and
 /// returns its decision record, or its refusal as an error naming why.
 async fn decide(ctx: &Ctx, mut request: DecisionRequest) -> Result<Value, CliError> {
-    request.identity = Some(prove_identity(&ctx.aws.config, &request).await?);
+    request.identity = Some(prove_identity(&ctx.aws.config, &request.digest()).await?);
     let body = serde_json::to_string(&request)
         .map_err(|e| CliError::Io(format!("encoding the decision: {e}")))?;
     let (status, answer) = if ctx.emulator {
@@ -130,13 +130,15 @@ async fn decide(ctx: &Ctx, mut request: DecisionRequest) -> Result<Value, CliErr
     })
 }
 
-/// The caller's proof of identity for `request`: an STS `GetCallerIdentity` POST for the
-/// STS endpoint of `config` (the one the approve function asks: its region's, or the
-/// emulator), signed with `config`'s credentials, its [`DECISION_HEADER`] the request's
-/// digest. Only the headers travel; the function sends the request itself.
+/// The caller's proof of identity for what `digest` names (a decision's
+/// [`DecisionRequest::digest`], a start's [`drpilot_shared::identity::start_digest`]): an
+/// STS `GetCallerIdentity` POST for the STS endpoint of `config` (the one the function
+/// that checks it asks: its region's, or the emulator), signed with `config`'s
+/// credentials, its [`DECISION_HEADER`] the digest. Only the headers travel; the function
+/// sends the request itself.
 pub async fn prove_identity(
     config: &aws_types::SdkConfig,
-    request: &DecisionRequest,
+    digest: &str,
 ) -> Result<IdentityProof, CliError> {
     let sts = StsEndpoint::of_config(config);
     let region = config.region().ok_or_else(|| {
@@ -158,10 +160,9 @@ pub async fn prove_identity(
         .build()
         .map_err(|e| CliError::Io(format!("signing the proof of identity: {e}")))?
         .into();
-    let digest = request.digest();
     let headers = [
         ("content-type", STS_CONTENT_TYPE),
-        (DECISION_HEADER, digest.as_str()),
+        (DECISION_HEADER, digest),
     ];
     let signable = SignableRequest::new(
         "POST",

@@ -10,7 +10,7 @@ use drpilot_shared::resume::ExecutionName;
 use drpilot_shared::Phase;
 use serde_json::{json, Value};
 
-use crate::commands::approve::{approve, deny};
+use crate::commands::approve::{approve, deny, prove_identity};
 use crate::history::{self, fetch, readable_cause, ExecutionState, Progress};
 use crate::{CliError, Ctx, RunExecution};
 
@@ -185,22 +185,9 @@ pub async fn start(
         object.insert("backup_uri".into(), json!(uri));
     }
     flags.apply(object)?;
-    // A manual start records who started it (the two-person rule compares the approver
-    // with it); an input that names its own trigger keeps it.
-    if !object.contains_key("trigger") {
-        let caller = ctx
-            .aws
-            .sts
-            .get_caller_identity()
-            .send()
-            .await
-            .map_err(|e| CliError::aws("GetCallerIdentity", e))?;
-        let mut trigger = json!({"kind": "manual"});
-        if let Some(arn) = caller.arn() {
-            trigger["source"] = json!(arn);
-        }
-        object.insert("trigger".into(), trigger);
-    }
+    // A manual start: `launch` proves who started it (the two-person rule holds the
+    // approver apart from them); an input that names its own trigger keeps it.
+    object.entry("trigger").or_insert(json!({"kind": "manual"}));
     // The same normalisation bringup makes: the run's settings, and `trigger` beside them.
     let checked = normalize(&input, &TriggerDefaults::default())?.input;
     flags.check(&checked)?;
@@ -256,6 +243,18 @@ pub(crate) async fn launch(
 ) -> Result<Progress, CliError> {
     let machine = ctx.state_machine_arn().await?;
     let name = ExecutionName::format(run_id, number);
+    // A manual start carries the caller's proof of identity, bound to this execution:
+    // bringup has STS check it and records who started the run (a resume is proven by
+    // whoever resumes).
+    let mut input = input.clone();
+    if input["trigger"]["kind"] == "manual" {
+        let digest = drpilot_shared::identity::start_digest(&name);
+        let proof = prove_identity(&ctx.aws.config, &digest).await?;
+        input["trigger"]["proof"] = json!(proof);
+        if let Some(trigger) = input["trigger"].as_object_mut() {
+            trigger.remove("verified");
+        }
+    }
     let started = ctx
         .sfn
         .start_execution()

@@ -7,7 +7,8 @@
 use chrono::Duration;
 use drpilot_shared::backup;
 use drpilot_shared::details::BringupDetails;
-use drpilot_shared::input::{normalize, NameRule, Normalized, TriggerDefaults};
+use drpilot_shared::identity::{self, StsEndpoint};
+use drpilot_shared::input::{normalize, NameRule, Normalized, Trigger, TriggerDefaults};
 use drpilot_shared::lock::RunLock;
 use drpilot_shared::plan;
 use drpilot_shared::profile::ProfileSource;
@@ -70,6 +71,8 @@ pub struct Bringup {
     /// How long the state machine waits for an approval (`None`: not configured, no
     /// check).
     pub approval_timeout_seconds: Option<u64>,
+    /// Where a starter's proof of identity is sent (its region's STS, or the emulator).
+    pub sts: StsEndpoint,
 }
 
 impl Bringup {
@@ -77,6 +80,7 @@ impl Bringup {
         let clients = clients.for_function("bringup");
         let profiles = ProfileSource::from_env(clients.ssm.clone());
         Self {
+            sts: StsEndpoint::of_config(&clients.config),
             sfn: clients.sfn(),
             clients,
             profiles,
@@ -112,6 +116,9 @@ impl Bringup {
         self.guard_account(&profile, function_arn).await?;
         allowed_by_profile(&input, &profile)?;
         lock_outlives_the_run(&profile, self.approval_timeout_seconds)?;
+        let trigger = self
+            .prove_starter(trigger, execution.name.as_deref(), &profile)
+            .await?;
         let store = ReceiptStore::new(self.clients.s3.clone(), profile.receipts.clone());
         let this = ExecutionEntry::new(
             execution.name.clone(),
@@ -314,6 +321,53 @@ impl Bringup {
             ));
         }
         Ok(())
+    }
+}
+
+impl Bringup {
+    /// A manual start's starter, proven: the input's `trigger.proof` (a signed STS
+    /// `GetCallerIdentity` bound to this execution's name) sent to STS, whose answer
+    /// becomes `trigger.source` with `verified`. Without a proof the input's claim stays,
+    /// unverified — and under the profile's `two_person_rule` the start is refused, since
+    /// the rule would have no starter to hold the approver apart from.
+    async fn prove_starter(
+        &self,
+        trigger: Trigger,
+        execution_name: Option<&str>,
+        profile: &Profile,
+    ) -> Result<Trigger> {
+        let Trigger::Manual { source, proof, .. } = trigger else {
+            return Ok(trigger);
+        };
+        let Some(proof) = proof else {
+            if profile.two_person_rule {
+                return Err(Error::input(
+                    "trigger.proof: the profile's two_person_rule needs to know who started the run, and this manual start proves no one (drpilot start signs a proof with the caller's credentials)",
+                ));
+            }
+            return Ok(Trigger::Manual {
+                source,
+                verified: false,
+                proof: None,
+            });
+        };
+        let name = execution_name.ok_or_else(|| {
+            Error::input("trigger.proof: the execution has no name for the proof to be bound to")
+        })?;
+        let caller = self
+            .sts
+            .verify(&proof, &identity::start_digest(name))
+            .await
+            .map_err(|e| match e.kind {
+                ErrorKind::Retryable => e,
+                _ => Error::input(format!("trigger.proof: {}", e.message)),
+            })?;
+        info!(starter = %caller.arn, "starter proven");
+        Ok(Trigger::Manual {
+            source: Some(caller.arn),
+            verified: true,
+            proof: None,
+        })
     }
 }
 

@@ -25,6 +25,7 @@ fn bringup(aws: &LocalAws) -> Bringup {
             profile: Some(PROFILE.into()),
         },
         approval_timeout_seconds: Some(86_400),
+        sts: drpilot_shared::identity::StsEndpoint::of_config(&aws.clients.config),
     }
 }
 

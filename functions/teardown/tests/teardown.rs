@@ -63,6 +63,7 @@ async fn start_run(aws: &LocalAws, run_id: &str, extra: Value) -> RunContext {
         profiles: ProfileSource::Ssm(aws.clients.ssm.clone()),
         defaults: TriggerDefaults::default(),
         approval_timeout_seconds: None,
+        sts: drpilot_shared::identity::StsEndpoint::of_config(&aws.clients.config),
     }
     .handle(
         BringupRequest {
