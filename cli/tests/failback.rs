@@ -755,6 +755,25 @@ async fn a_failback_interrupted_mid_copy_and_run_again_ends_as_an_uninterrupted_
         (1..40).contains(&copied_before),
         "{copied_before} copied before the cut"
     );
+    // The cut copy left an exact record of what it changed on the primary.
+    let journal = aws
+        .receipts()
+        .run_dir("failback-cut")
+        .unwrap()
+        .join("failback/journal")
+        .unwrap()
+        .as_prefix();
+    let mut journaled = Vec::new();
+    for file in aws.keys(&journal.bucket, &journal.key).await {
+        let text = aws.get_text(&journal.bucket, &file).await.unwrap();
+        for line in text.lines() {
+            let entry: Value = serde_json::from_str(line).unwrap();
+            assert_eq!(entry["action"], "copy", "{entry}");
+            journaled.push(entry["key"].as_str().unwrap().to_owned());
+        }
+    }
+    journaled.sort();
+    assert_eq!(journaled, aws.keys(PRIMARY_BUCKET, "root/new/").await);
     let torn = call(json!({"action": "teardown", "run": run, "input": input, "execution": execution,
                            "failure": {"step": "copy-back", "error": cut.kind.name(), "cause": cut.to_string()}}))
     .await

@@ -60,16 +60,124 @@ pub enum Change {
 /// Capacity of the channel between a producer of changes and [`apply_changes`].
 pub const CHANGE_BUFFER: usize = 1024;
 
+/// Changes a journal file holds (~100 bytes each): one write per this many changes.
+pub const JOURNAL_BATCH: usize = 1000;
+
+/// One change the copy engine made, as the journal records it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct JournalEntry {
+    /// `copy` or `delete`.
+    pub action: String,
+    /// The destination written or deleted.
+    pub key: String,
+    /// A copy's size in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<u64>,
+}
+
+/// The record of what a promotion or a failback changed, written as it goes: every
+/// [`JOURNAL_BATCH`] completed changes become one JSON-lines file
+/// `<dir><name>-<nnnnn>.jsonl`, written once, and the rest when the engine stops — on
+/// success and on failure alike. So a promotion that fails midway leaves an exact list of
+/// what it changed. `name` is unique per invocation (its start time and scope), so a
+/// retry writes files of its own beside the earlier ones.
+pub struct Journal {
+    s3: aws_sdk_s3::Client,
+    dir: S3Uri,
+    name: String,
+    files: u32,
+    pending: Vec<JournalEntry>,
+}
+
+impl Journal {
+    pub fn new(s3: aws_sdk_s3::Client, dir: S3Uri, name: String) -> Self {
+        Self {
+            s3,
+            dir: dir.as_prefix(),
+            name,
+            files: 0,
+            pending: Vec::new(),
+        }
+    }
+
+    /// How many journal files it wrote.
+    pub fn files(&self) -> u32 {
+        self.files
+    }
+
+    async fn flush_full(&mut self) -> Result<()> {
+        while self.pending.len() >= JOURNAL_BATCH {
+            let rest = self.pending.split_off(JOURNAL_BATCH);
+            let batch = std::mem::replace(&mut self.pending, rest);
+            self.write(&batch).await?;
+        }
+        Ok(())
+    }
+
+    /// Writes what is left.
+    pub async fn finish(&mut self) -> Result<()> {
+        if !self.pending.is_empty() {
+            let batch = std::mem::take(&mut self.pending);
+            self.write(&batch).await?;
+        }
+        Ok(())
+    }
+
+    async fn write(&mut self, batch: &[JournalEntry]) -> Result<()> {
+        let mut body = Vec::with_capacity(batch.len() * 100);
+        for entry in batch {
+            serde_json::to_writer(&mut body, entry)
+                .map_err(|e| Error::internal(format!("encoding the journal: {e}")))?;
+            body.push(b'\n');
+        }
+        let uri = self
+            .dir
+            .join(&format!("{}-{:05}.jsonl", self.name, self.files))
+            .map_err(|e| Error::internal(format!("journal location: {e}")))?;
+        self.s3
+            .put_object()
+            .bucket(&uri.bucket)
+            .key(&uri.key)
+            .if_none_match("*")
+            .content_type("application/x-ndjson")
+            .body(body.into())
+            .send()
+            .await
+            .map_err(|e| Error::from_sdk(&format!("PutObject {uri}"), e))?;
+        self.files += 1;
+        Ok(())
+    }
+}
+
 /// Applies every change received until the sender is dropped, `tuning.concurrency` at
-/// once; waits for all of them and returns the first error, if any.
+/// once; waits for all of them and returns the first error, if any. Each completed
+/// change goes to `journal`, which is written out before this returns, error or not.
 pub async fn apply_changes(
+    s3: &aws_sdk_s3::Client,
+    changes: mpsc::Receiver<Change>,
+    tuning: CopyTuning,
+    budget: &PutBudget,
+    mut journal: Option<&mut Journal>,
+) -> Result<CopyStats> {
+    let applied = apply_all(s3, changes, tuning, budget, journal.as_deref_mut()).await;
+    let written = match journal {
+        Some(journal) => journal.finish().await,
+        None => Ok(()),
+    };
+    let stats = applied?;
+    written?;
+    Ok(stats)
+}
+
+async fn apply_all(
     s3: &aws_sdk_s3::Client,
     mut changes: mpsc::Receiver<Change>,
     tuning: CopyTuning,
     budget: &PutBudget,
+    mut journal: Option<&mut Journal>,
 ) -> Result<CopyStats> {
     let permits = Arc::new(Semaphore::new(tuning.concurrency.max(1)));
-    let mut tasks: JoinSet<Result<CopyStats>> = JoinSet::new();
+    let mut tasks: JoinSet<Result<(CopyStats, JournalEntry)>> = JoinSet::new();
     let mut stats = CopyStats::default();
     let mut first_error = None;
     while let Some(change) = changes.recv().await {
@@ -90,12 +198,18 @@ pub async fn apply_changes(
             apply(&s3, change, tuning, &budget).await
         });
         while let Some(done) = tasks.try_join_next() {
-            absorb(done, &mut stats, &mut first_error);
+            absorb(done, &mut stats, &mut first_error, journal.as_deref_mut());
+        }
+        if let Some(journal) = journal.as_deref_mut() {
+            if let Err(e) = journal.flush_full().await {
+                first_error.get_or_insert(e);
+                break;
+            }
         }
     }
     drop(changes);
     while let Some(done) = tasks.join_next().await {
-        absorb(done, &mut stats, &mut first_error);
+        absorb(done, &mut stats, &mut first_error, journal.as_deref_mut());
     }
     first_error.map_or(Ok(stats), Err)
 }
@@ -105,15 +219,22 @@ async fn apply(
     change: Change,
     tuning: CopyTuning,
     budget: &PutBudget,
-) -> Result<CopyStats> {
+) -> Result<(CopyStats, JournalEntry)> {
     match change {
         Change::Delete(at) => {
             budget.acquire().await;
             delete(s3, &at).await?;
-            Ok(CopyStats {
-                deleted: 1,
-                ..CopyStats::default()
-            })
+            Ok((
+                CopyStats {
+                    deleted: 1,
+                    ..CopyStats::default()
+                },
+                JournalEntry {
+                    action: "delete".into(),
+                    key: at.key,
+                    bytes: None,
+                },
+            ))
         }
         Change::Copy { from, to, size } => {
             // A listing without the size (a checksum difference) asks S3; an empty
@@ -123,25 +244,36 @@ async fn apply(
                 _ => object_size(s3, &from).await?,
             };
             copy(s3, &from, &to, size, tuning, budget).await?;
-            Ok(CopyStats {
-                copied: 1,
-                bytes: size,
-                deleted: 0,
-            })
+            Ok((
+                CopyStats {
+                    copied: 1,
+                    bytes: size,
+                    deleted: 0,
+                },
+                JournalEntry {
+                    action: "copy".into(),
+                    key: to.key,
+                    bytes: Some(size),
+                },
+            ))
         }
     }
 }
 
 fn absorb(
-    done: std::result::Result<Result<CopyStats>, tokio::task::JoinError>,
+    done: std::result::Result<Result<(CopyStats, JournalEntry)>, tokio::task::JoinError>,
     stats: &mut CopyStats,
     first_error: &mut Option<Error>,
+    journal: Option<&mut Journal>,
 ) {
     match done {
-        Ok(Ok(one)) => {
+        Ok(Ok((one, entry))) => {
             stats.copied += one.copied;
             stats.bytes += one.bytes;
             stats.deleted += one.deleted;
+            if let Some(journal) = journal {
+                journal.pending.push(entry);
+            }
         }
         Ok(Err(err)) => {
             first_error.get_or_insert(err);

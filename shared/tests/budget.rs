@@ -60,7 +60,7 @@ async fn copies_s3_throttles_are_slowed_down_and_get_through() {
         concurrency: 1,
         ..CopyTuning::default()
     };
-    let stats = apply_changes(&s3(&[&throttled]), copies(3), tuning, &budget)
+    let stats = apply_changes(&s3(&[&throttled]), copies(3), tuning, &budget, None)
         .await
         .unwrap();
     assert_eq!(stats.copied, 3);
@@ -87,6 +87,7 @@ async fn a_prefix_s3_keeps_throttling_fails_retryable_after_bounded_tries() {
         copies(1),
         CopyTuning::default(),
         &budget,
+        None,
     )
     .await
     .unwrap_err();
@@ -121,7 +122,7 @@ async fn a_fenced_copy_engine_copies_nothing() {
         None,
     );
     let budget = PutBudget::new(1000.0).with_fence(fence);
-    let err = apply_changes(&client, copies(3), CopyTuning::default(), &budget)
+    let err = apply_changes(&client, copies(3), CopyTuning::default(), &budget, None)
         .await
         .unwrap_err();
     assert_eq!(err.kind, ErrorKind::ServiceError, "{err}");

@@ -48,9 +48,15 @@ fn main() {
             .expect("divergence");
         let divergence = started.elapsed().as_secs_f64();
         let copying = Instant::now();
-        let copied = copy_changes(&sides, None, &clients.s3, CopyTuning::default())
-            .await
-            .expect("copy-back");
+        let copied = Box::pin(copy_changes(
+            &sides,
+            None,
+            &clients.s3,
+            CopyTuning::default(),
+            None,
+        ))
+        .await
+        .expect("copy-back");
         let copy = copying.elapsed().as_secs_f64();
         let recounting = Instant::now();
         let remaining = survey(&sides, false, async |_| Ok(()))

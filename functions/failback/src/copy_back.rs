@@ -8,7 +8,7 @@
 use chrono::{DateTime, Utc};
 use drpilot_shared::approval::{Sealer, FAILBACK_CONFIRMATION_STATES};
 use drpilot_shared::budget::{PutBudget, PREFIX_PUT_RATE};
-use drpilot_shared::copy::{apply_changes, Change, CopyStats, CopyTuning, CHANGE_BUFFER};
+use drpilot_shared::copy::{apply_changes, Change, CopyStats, CopyTuning, Journal, CHANGE_BUFFER};
 use drpilot_shared::failback::{
     Confirmation, CopyBackDetails, DivergenceCounts, DivergenceDetails, FailbackAudit, FailbackRun,
     FailbackStep,
@@ -62,8 +62,7 @@ impl Failback {
             attempt,
             run.input.dry_run,
         );
-        let ended = self
-            .copy(run, &profile, &store, answers)
+        let ended = Box::pin(self.copy(run, &profile, &store, answers))
             .await
             .map(|d| (d.clone(), d));
         let (details, receipt) = clock.end(&store, ended).await?;
@@ -127,7 +126,25 @@ impl Failback {
             refused_keys,
             overwritten,
             ..
-        } = copy_changes(&sides, discard_before, &primary_s3, self.tuning).await?;
+        } = {
+            // What the copy changed on the primary, batch by batch, failure or not.
+            let mut journal = Journal::new(
+                self.clients.s3.clone(),
+                store
+                    .run_dir(&run.run_id)?
+                    .join("failback/journal")
+                    .map_err(|e| Error::internal(format!("journal location: {e}")))?,
+                started.format("%Y%m%dT%H%M%S%.3fZ").to_string(),
+            );
+            Box::pin(copy_changes(
+                &sides,
+                discard_before,
+                &primary_s3,
+                self.tuning,
+                Some(&mut journal),
+            ))
+            .await?
+        };
         if refused > 0 {
             return Err(Error::new(
                 ErrorKind::DivergenceError,
@@ -258,6 +275,7 @@ pub async fn copy_changes(
     discard_before: Option<DateTime<Utc>>,
     primary_s3: &aws_sdk_s3::Client,
     tuning: CopyTuning,
+    journal: Option<&mut Journal>,
 ) -> Result<Copied> {
     let (tx, rx) = mpsc::channel::<Change>(CHANGE_BUFFER);
     let (mut refused, mut refused_keys, mut overwritten) = (0_u64, Vec::new(), 0_u64);
@@ -304,7 +322,10 @@ pub async fn copy_changes(
         counts
     };
     let budget = PutBudget::new(PREFIX_PUT_RATE);
-    let (counts, stats) = tokio::join!(plan, apply_changes(primary_s3, rx, tuning, &budget));
+    let (counts, stats) = tokio::join!(
+        plan,
+        apply_changes(primary_s3, rx, tuning, &budget, journal)
+    );
     let stats = stats?;
     Ok(Copied {
         counts: counts?,

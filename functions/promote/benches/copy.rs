@@ -8,7 +8,7 @@ use std::time::Instant;
 use drpilot_shared::budget::{PutBudget, PREFIX_PUT_RATE};
 use drpilot_shared::plan::KeyRange;
 use drpilot_shared::{AwsClients, S3Uri};
-use promote::{sync_prefixes, CopyTuning};
+use promote::{sync_prefixes, CopyTuning, SyncSides};
 
 fn main() {
     let args: Vec<String> = std::env::args()
@@ -28,15 +28,19 @@ fn main() {
     let (seconds, stats) = runtime.block_on(async {
         let clients = AwsClients::from_env().await;
         let started = Instant::now();
-        let (_, stats) = sync_prefixes(
+        let sides = SyncSides {
+            staging: &from,
+            root: &to,
+            range: &KeyRange::all(),
+            prune: false,
+        };
+        let (_, stats) = Box::pin(sync_prefixes(
             &clients.s3,
-            &from,
-            &to,
-            &KeyRange::all(),
-            false,
+            sides,
             CopyTuning::default(),
             &PutBudget::new(PREFIX_PUT_RATE),
-        )
+            None,
+        ))
         .await
         .expect("copy");
         (started.elapsed().as_secs_f64(), stats)

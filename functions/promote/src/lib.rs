@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use drpilot_shared::approval::{Seal, Sealer, DRILL_APPROVAL_STATE};
 use drpilot_shared::archive::RESERVED_PREFIX;
 use drpilot_shared::budget::PutBudget;
-use drpilot_shared::copy::{apply_changes, Change, CHANGE_BUFFER};
+use drpilot_shared::copy::{apply_changes, Change, Journal, CHANGE_BUFFER};
 pub use drpilot_shared::copy::{CopyStats, CopyTuning};
 use drpilot_shared::details::{Counts, PromoteDetails};
 use drpilot_shared::details::{RangeFindings, Tally, ValidateDetails};
@@ -134,7 +134,7 @@ impl Promote {
                         self.prune_guard(ctx, &KeyRange::all(), None).await?;
                         let budget = PutBudget::for_run(None, false);
                         let synced = self
-                            .sync(ctx.run, ctx.profile, &KeyRange::all(), &budget)
+                            .sync(ctx.run, ctx.profile, &KeyRange::all(), None, &budget)
                             .await?;
                         let synced = synced.checked(Utc::now())?;
                         let details = self
@@ -177,7 +177,7 @@ impl Promote {
                             self.prune_guard(ctx, &item.range, Some(item.index)).await?;
                             let budget = PutBudget::for_child(s3, ctx.store, ctx.run)?;
                             let synced = self
-                                .sync(ctx.run, ctx.profile, &item.range, &budget)
+                                .sync(ctx.run, ctx.profile, &item.range, Some(item.index), &budget)
                                 .await?;
                             Ok(RangePromoted {
                                 parity_before: synced.parity_before,
@@ -355,27 +355,41 @@ impl Promote {
         Ok(())
     }
 
-    /// Copies the staging's keys in `range` into `root/` within `budget`, and compares
-    /// them again.
+    /// Copies the staging's keys in `range` (the plan's range `index`, or the whole run)
+    /// into `root/` within `budget`, journaling each change, and compares them again.
     async fn sync(
         &self,
         run: &RunContext,
         profile: &Profile,
         range: &KeyRange,
+        index: Option<u32>,
         budget: &PutBudget,
     ) -> Result<Synced> {
         let staging = profile.target.staging(&run.run_id)?;
         let root = profile.target.root();
         let started = Utc::now();
-        let (parity_before, stats) = sync_prefixes(
-            &self.clients.s3,
-            &staging,
-            &root,
+        let mut journal = Journal::new(
+            self.clients.s3.clone(),
+            journal_dir(&run.receipts(&self.clients.s3, profile), &run.run_id)?,
+            format!(
+                "{}-{}",
+                started.format("%Y%m%dT%H%M%S%.3fZ"),
+                index.map_or("all".to_owned(), |i| format!("range{i:05}"))
+            ),
+        );
+        let sides = SyncSides {
+            staging: &staging,
+            root: &root,
             range,
-            profile.prune_drift,
+            prune: profile.prune_drift,
+        };
+        let (parity_before, stats) = Box::pin(sync_prefixes(
+            &self.clients.s3,
+            sides,
             self.tuning,
             budget,
-        )
+            Some(&mut journal),
+        ))
         .await?;
         let parity_after = compare_ranges(
             &self.clients.s3,
@@ -576,19 +590,40 @@ fn gate<'a>(
     Ok(approval)
 }
 
+/// Where a run's promotion journal goes: `<receipts>runs/<run>/journal/promote/`, one
+/// file per batch of changes ([`Journal`]).
+pub fn journal_dir(store: &ReceiptStore, run_id: &str) -> Result<S3Uri> {
+    Ok(store.run_dir(run_id)?.join("journal/promote")?.as_prefix())
+}
+
+/// What [`sync_prefixes`] makes agree: `root` with `staging`, over `range`, deleting
+/// what only `root` holds when `prune`.
+#[derive(Clone, Copy, Debug)]
+pub struct SyncSides<'a> {
+    pub staging: &'a S3Uri,
+    pub root: &'a S3Uri,
+    pub range: &'a KeyRange,
+    pub prune: bool,
+}
+
 /// Makes `root` hold what `staging` holds: one merge of the two listings; every staged
 /// object missing or different in `root` is copied server-side (by the shared copy
 /// engine, at most `tuning.concurrency` at once) while the merge goes on; objects only in
-/// `root` are deleted when `prune`. Returns the parity before, and what was done.
+/// `root` are deleted when `prune`; each change made goes to `journal`. Returns the
+/// parity before, and what was done.
 pub async fn sync_prefixes(
     s3: &aws_sdk_s3::Client,
-    staging: &S3Uri,
-    root: &S3Uri,
-    range: &KeyRange,
-    prune: bool,
+    sides: SyncSides<'_>,
     tuning: CopyTuning,
     budget: &PutBudget,
+    journal: Option<&mut Journal>,
 ) -> Result<(ParityCounts, CopyStats)> {
+    let SyncSides {
+        staging,
+        root,
+        range,
+        prune,
+    } = sides;
     let (tx, rx) = mpsc::channel::<Change>(CHANGE_BUFFER);
     // The keys come from listing these prefixes: any key S3 holds there (a folder
     // marker in root/) must be copied or pruned like the others, not fail every retry.
@@ -634,7 +669,7 @@ pub async fn sync_prefixes(
         drop(tx);
         counts
     };
-    let (counts, stats) = tokio::join!(compare, apply_changes(s3, rx, tuning, budget));
+    let (counts, stats) = tokio::join!(compare, apply_changes(s3, rx, tuning, budget, journal));
     let stats = stats?;
     Ok((counts?, stats))
 }

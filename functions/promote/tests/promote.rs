@@ -205,6 +205,19 @@ async fn it_copies_and_audits_on_approval_and_a_second_run_copies_nothing() {
         .unwrap();
     assert_eq!(out.status, PhaseStatus::Success);
     assert_eq!(out.details["objects_copied"], 21);
+    // The journal lists every change the promotion made.
+    let journal = promote::journal_dir(&aws.receipts(), "run-1").unwrap();
+    let mut journaled = 0;
+    for file in aws.keys(&journal.bucket, &journal.key).await {
+        let text = aws.get_text(&journal.bucket, &file).await.unwrap();
+        for line in text.lines() {
+            let entry: Value = serde_json::from_str(line).unwrap();
+            assert_eq!(entry["action"], "copy", "{entry}");
+            assert!(entry["key"].as_str().unwrap().starts_with("root/"));
+            journaled += 1;
+        }
+    }
+    assert_eq!(journaled, 21);
     let copied = aws
         .s3()
         .head_object()
