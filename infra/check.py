@@ -1114,9 +1114,11 @@ def check_distributed_map(ctx: Context, m: Machine) -> tuple[bool, str]:
     for logical, where in sorted(children.items()):
         function = ctx.tpl["Resources"].get(logical) or {}
         pairs = list(allowed_pairs(function))
+        # Each phase writes only its own ranges' results (runs/<run>/ranges/<phase>/).
+        phase = ((function.get("Metadata") or {}).get("BuildProperties") or {}).get("Binary", "PHASE")
         for action, keys in RANGE_OBJECTS.items():
             for key in keys:
-                target = evidence + key
+                target = evidence + key.replace("PHASE", phase)
                 if not any(iam_matches(a, action) and iam_matches(r, target) for a, r in pairs):
                     problems.append(f"{logical} (invoked by {', '.join(where)}) may not {action} {target}")
     return not problems, "; ".join(problems)

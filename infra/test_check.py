@@ -305,17 +305,17 @@ CASES: dict[str, Case] = {
         "              Action: states:DescribeExecution\n"),
         detail="DrillStateMachine's role lacks states:StopExecution"),
     "distributed_map_plan_grant_too_wide": Case("distributed-map", template=yaml_edit(
-        '"arn:${AWS::Partition}:s3:::${EvidenceBucket}/${ReceiptsPrefix}runs/*/plan.json"',
-        '"arn:${AWS::Partition}:s3:::${EvidenceBucket}/*"'),
+        'Resource: !Sub "arn:${AWS::Partition}:s3:::${EvidenceBucket}/${ReceiptsPrefix}runs/*/plan.json"',
+        'Resource: !Sub "arn:${AWS::Partition}:s3:::${EvidenceBucket}/*"'),
         detail="DrillStateMachine's role grants s3:GetObject on arn:${AWS::Partition}:s3:::${EvidenceBucket}/*, "
                "which no Distributed Map of it needs"),
     "distributed_map_child_cannot_write_its_range": Case("distributed-map", template=yaml_edit(
-        "            # its own (a stale one is deleted first).\n            - Effect: Allow\n"
-        "              Action: [s3:GetObject, s3:PutObject, s3:DeleteObject]\n",
-        "            # its own (a stale one is deleted first).\n            - Effect: Allow\n"
-        "              Action: [s3:GetObject, s3:DeleteObject]\n"),
+        "              Action: [s3:PutObject, s3:DeleteObject]\n              Resource:\n"
+        '                - !Sub "arn:${AWS::Partition}:s3:::${EvidenceBucket}/${ReceiptsPrefix}runs/*/phases/validate.json"\n',
+        "              Action: [s3:DeleteObject]\n              Resource:\n"
+        '                - !Sub "arn:${AWS::Partition}:s3:::${EvidenceBucket}/${ReceiptsPrefix}runs/*/phases/validate.json"\n'),
         detail="ValidateFunction (invoked by ValidateRanges/ValidateRange) may not s3:PutObject "
-               "arn:${AWS::Partition}:s3:::${EvidenceBucket}/${ReceiptsPrefix}runs/RUN/ranges/PHASE/00000.json"),
+               "arn:${AWS::Partition}:s3:::${EvidenceBucket}/${ReceiptsPrefix}runs/RUN/ranges/validate/00000.json"),
     "failback_role_starts_executions_without_a_map": Case("distributed-map", machine=FAILBACK, template=yaml_edit(
         "        - LambdaInvokePolicy:\n            FunctionName: !Ref FailbackFunction\n",
         "        - LambdaInvokePolicy:\n            FunctionName: !Ref FailbackFunction\n"
@@ -355,11 +355,11 @@ CASES: dict[str, Case] = {
         "            # The approval's seal is verified (kms:VerifyMac) before copying: granted by the\n"),
         detail="circular dependency: ApprovalKey -> PromoteFunctionRole -> ApprovalKey"),
     "receipts_left_on_the_target_bucket": Case("receipts-grants", template=yaml_edit(
-        '            # (what its start needs).\n            - Effect: Allow\n              Action: [s3:GetObject, s3:PutObject]\n'
+        '            # (what its start needs).\n            - Effect: Allow\n              Action: s3:GetObject\n'
         '              Resource: !Sub "arn:${AWS::Partition}:s3:::${EvidenceBucket}/${ReceiptsPrefix}*"\n',
-        '            # (what its start needs).\n            - Effect: Allow\n              Action: [s3:GetObject, s3:PutObject]\n'
+        '            # (what its start needs).\n            - Effect: Allow\n              Action: s3:GetObject\n'
         '              Resource: !Sub "arn:${AWS::Partition}:s3:::${TargetBucketName}/${ReceiptsPrefix}*"\n'),
-        detail="BringupFunction: s3:GetObject, s3:PutObject on arn:${AWS::Partition}:s3:::${TargetBucketName}/${ReceiptsPrefix}*"),
+        detail="BringupFunction: s3:GetObject on arn:${AWS::Partition}:s3:::${TargetBucketName}/${ReceiptsPrefix}*"),
     "receipts_reader_cannot_list": Case("receipts-grants", template=yaml_edit(
         '            # all it reads, so it lists the evidence bucket only.\n            - Effect: Allow\n              Action: s3:ListBucket\n'
         '              Resource: !Sub "arn:${AWS::Partition}:s3:::${EvidenceBucket}"\n',
