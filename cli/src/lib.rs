@@ -144,7 +144,8 @@ impl Ctx {
     }
 
     /// The execution a command about `run` means: an execution ARN as given; a
-    /// numbered execution name (`RUN.2`) as named; otherwise the run's latest execution.
+    /// numbered execution name (`RUN.2`) as named; otherwise the run's running execution, or
+    /// its latest when none runs.
     pub async fn execution_arn(&self, run: &str) -> Result<String, CliError> {
         if run.starts_with("arn:") {
             return Ok(run.to_owned());
@@ -152,10 +153,17 @@ impl Ctx {
         if ExecutionName::parse(run).number.is_some() {
             return self.arn_of(run).await;
         }
+        // The one still running, if any (an approval waits there); else the latest.
         let executions = self.run_executions(run).await?;
-        executions.last().map(|e| e.arn.clone()).ok_or_else(|| {
-            CliError::Usage(format!("no execution of run {run} in this state machine"))
-        })
+        executions
+            .iter()
+            .rev()
+            .find(|e| e.state == crate::history::ExecutionState::Running)
+            .or(executions.last())
+            .map(|e| e.arn.clone())
+            .ok_or_else(|| {
+                CliError::Usage(format!("no execution of run {run} in this state machine"))
+            })
     }
 
     /// Every execution of `run`, in order: `RUN` (a first execution not named by

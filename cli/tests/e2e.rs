@@ -403,6 +403,34 @@ async fn a_second_concurrent_drill_is_refused_while_the_first_completes() {
     .unwrap();
     assert_eq!(lock["run_id"], "first-1");
     assert_eq!(aws.keys(TARGET_BUCKET, "_staging/first-1/").await.len(), 30);
+    // A second execution of the same run, started around `drpilot start`'s own check
+    // (anyone with states:StartExecution can): bringup asks Step Functions whether the
+    // first is still running and refuses before it touches the run.
+    let first_arn = ctx.execution_arn(&first).await.unwrap();
+    let again = ctx
+        .sfn
+        .start_execution()
+        .state_machine_arn(ctx.state_machine_arn().await.unwrap())
+        .name("first-1.2")
+        .input(
+            json!({"mode": "drill", "profile": PROFILE, "run_id": "first-1", "start_at": "validate"})
+                .to_string(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let refused = drpilot_cli::follow(&ctx, again.execution_arn(), "first-1", None)
+        .await
+        .unwrap();
+    assert_eq!(refused.status, "FAILED");
+    assert_eq!(refused.error.as_deref(), Some("LockHeld"), "{refused:?}");
+    assert_eq!(aws.keys(TARGET_BUCKET, "_staging/first-1/").await.len(), 30);
+    assert!(
+        drpilot_cli::history::fetch(&ctx.sfn, &first_arn)
+            .await
+            .unwrap()
+            .waiting_for_approval
+    );
     approve(&ctx, &first, "alice", "CHG-8", None).await.unwrap();
     let done = finish(&ctx, &first).await;
     assert_eq!(done.status, "SUCCEEDED");
