@@ -158,7 +158,7 @@ impl Ctx {
         executions
             .iter()
             .rev()
-            .find(|e| e.state == crate::history::ExecutionState::Running)
+            .find(|e| e.state == ExecutionState::Running)
             .or(executions.last())
             .map(|e| e.arn.clone())
             .ok_or_else(|| {

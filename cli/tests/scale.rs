@@ -9,7 +9,7 @@ mod common;
 
 use std::path::Path;
 
-use drpilot_cli::{approve, Ctx};
+use drpilot_cli::{approve, Ctx, Report};
 use drpilot_shared::receipt::PhaseStatus;
 use drpilot_shared::Phase;
 use drpilot_testkit::{
@@ -356,4 +356,48 @@ async fn fence(aws: &LocalAws, run: &str) -> Option<drpilot_shared::fence::Raise
     drpilot_shared::objects::get_json(aws.s3(), &uri)
         .await
         .unwrap()
+}
+
+/// Shards in the many-shards drill: past what one state's output could list (~1,150 at
+/// ~220 bytes each under Step Functions' 256 KiB), so every list that grows with them
+/// must stay out of the state machine's payloads.
+const MANY_SHARDS: usize = 2_000;
+
+/// A v2 backup of 2,000 one-file shards runs a whole drill — fan-out, reducers,
+/// approval, promote, teardown, summary, report — inside AWS's quotas: the harness reads
+/// every execution's history back and holds each payload to 256 KiB (`drpilot_testkit::quotas`).
+#[tokio::test]
+async fn a_backup_of_two_thousand_shards_runs_a_whole_drill_within_the_quotas() {
+    let aws = LocalAws::start().await;
+    let ctx = drill_stack(&aws).await;
+    let tmp = TempDir::new("scale-many");
+    let src = tmp.path().join("src");
+    sh(&format!(
+        "mkdir -p '{0}' && cd '{0}' && for i in $(seq -w 1 {MANY_SHARDS}); do mkdir -p d$((10#$i % 40)); printf 'object %s\\n' $i > d$((10#$i % 40))/$i.txt; done",
+        src.display()
+    ));
+    let out = tmp.path().join("many");
+    make_backup(&src, &out, &["--shard-size", "1"]);
+    let meta: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("metadata.json")).unwrap()).unwrap();
+    assert_eq!(meta["shards"].as_array().unwrap().len(), MANY_SHARDS);
+    aws.upload_dir(BACKUP_BUCKET, &format!("{BACKUP_PREFIX}many"), &out)
+        .await;
+
+    let run = drill(&ctx, "many-1", "many").await;
+    let restored = receipt(&aws, &run, Phase::Restore).await;
+    assert_eq!(restored["objects"], MANY_SHARDS);
+    assert_eq!(restored["shards"].as_array().unwrap().len(), MANY_SHARDS);
+    let validated = receipt(&aws, &run, Phase::Validate).await;
+    assert_eq!(validated["tally"]["verified"], MANY_SHARDS);
+    let promoted = receipt(&aws, &run, Phase::Promote).await;
+    assert_eq!(promoted["objects_copied"], MANY_SHARDS);
+    assert_eq!(root(&aws).await.len(), MANY_SHARDS);
+    let records = drpilot_cli::records(&ctx, &run).await.unwrap();
+    let summary = records.summary.unwrap();
+    assert!(summary.promoted && summary.torn_down, "{summary:?}");
+    let Report::Run(report) = drpilot_cli::report(&ctx, &run, None).await.unwrap() else {
+        panic!("a drill's report is a run report");
+    };
+    assert_eq!(report.restored.unwrap().objects, MANY_SHARDS as u64);
 }

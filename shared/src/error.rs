@@ -218,11 +218,34 @@ where
     }
 }
 
+/// The longest error message a function hands Step Functions. The message becomes the
+/// state's `Cause`, which travels in the state machine's payloads (256 KiB at most) and
+/// its `$failure` variable; a message that grows with what failed (every failed range, say)
+/// must not take an execution past that. Receipts keep the whole message.
+pub const MAX_ERROR_MESSAGE_BYTES: usize = 4096;
+
+/// `message` cut to [`MAX_ERROR_MESSAGE_BYTES`] on a character boundary, saying how much
+/// was left out.
+pub fn bounded_message(message: &str) -> String {
+    if message.len() <= MAX_ERROR_MESSAGE_BYTES {
+        return message.to_owned();
+    }
+    let mut end = MAX_ERROR_MESSAGE_BYTES;
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!(
+        "{}… ({} more bytes: the receipt has the whole message)",
+        &message[..end],
+        message.len() - end
+    )
+}
+
 impl From<Error> for Diagnostic {
     fn from(err: Error) -> Self {
         Diagnostic {
             error_type: err.kind.name().to_owned(),
-            error_message: err.message,
+            error_message: bounded_message(&err.message),
         }
     }
 }
@@ -349,6 +372,17 @@ mod tests {
         assert!(err.message.contains("boom"), "{err}");
         let diagnostic = Diagnostic::from(err);
         assert_eq!(diagnostic.error_type, "Internal");
+    }
+
+    #[test]
+    fn a_long_message_is_cut_for_step_functions() {
+        let long = "range 7 failed; ".repeat(1000);
+        let diagnostic = Diagnostic::from(Error::input(long.clone()));
+        assert!(diagnostic.error_message.len() < MAX_ERROR_MESSAGE_BYTES + 100);
+        assert!(diagnostic.error_message.ends_with("the receipt has the whole message)"));
+        assert_eq!(bounded_message("short"), "short");
+        // A cut never splits a character.
+        assert!(bounded_message(&"é".repeat(5000)).starts_with('é'));
     }
 
     #[tokio::test]

@@ -123,15 +123,49 @@ pub struct FanOut {
     pub started_at: DateTime<Utc>,
 }
 
+/// The most of a receipt's details a phase's output carries into the state machine.
+/// Step Functions holds a state's output to 256 KiB, and an output past it ends the
+/// execution where no `Catch` reaches (`States.DataLimitExceeded`), teardown included; so
+/// lists that grow with the backup (a sharded restore's shards) stay in the receipt,
+/// whose location the output carries.
+pub const OUTPUT_DETAILS_MAX_BYTES: usize = 16 * 1024;
+
+/// A field of the details kept in a bounded output: at most this many bytes as JSON.
+const OUTPUT_FIELD_MAX_BYTES: usize = 1024;
+
+/// `details` as a phase's output carries them: whole when small, else each top-level
+/// field of at most [`OUTPUT_FIELD_MAX_BYTES`], with `left_out` naming the others (the
+/// receipt has them).
+pub fn bounded_details(details: &serde_json::Value) -> serde_json::Value {
+    let size = |v: &serde_json::Value| serde_json::to_string(v).map_or(usize::MAX, |s| s.len());
+    if size(details) <= OUTPUT_DETAILS_MAX_BYTES {
+        return details.clone();
+    }
+    let Some(fields) = details.as_object() else {
+        return serde_json::json!({"left_out": ["details"]});
+    };
+    let mut kept = serde_json::Map::new();
+    let mut left_out = Vec::new();
+    for (name, value) in fields {
+        if size(value) <= OUTPUT_FIELD_MAX_BYTES {
+            kept.insert(name.clone(), value.clone());
+        } else {
+            left_out.push(serde_json::Value::String(name.clone()));
+        }
+    }
+    kept.insert("left_out".into(), serde_json::Value::Array(left_out));
+    serde_json::Value::Object(kept)
+}
+
 impl PhaseOutput {
     pub fn new(receipt: &PhaseReceipt, uri: S3Uri) -> Self {
         Self {
             run_id: receipt.run_id.clone(),
             phase: receipt.phase,
             status: receipt.status,
-            reason: receipt.reason.clone(),
+            reason: receipt.reason.as_deref().map(crate::error::bounded_message),
             receipt: uri,
-            details: receipt.details.clone(),
+            details: bounded_details(&receipt.details),
             fan_out: None,
         }
     }
@@ -241,4 +275,25 @@ pub struct Approval {
     /// refuses an approval without a valid one.
     #[serde(default)]
     pub seal: Option<crate::approval::Seal>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_large_receipt_reaches_the_state_machine_as_counts() {
+        let shards: Vec<_> = (0..2000)
+            .map(|i| json!({"name": format!("state-{i:05}.tar.zst"), "objects": 1}))
+            .collect();
+        let details = json!({"objects": 2000, "bytes": 32000, "shards": shards});
+        let bounded = bounded_details(&details);
+        assert_eq!(bounded["objects"], 2000);
+        assert_eq!(bounded["left_out"], json!(["shards"]));
+        assert!(serde_json::to_string(&bounded).unwrap().len() < OUTPUT_DETAILS_MAX_BYTES);
+        // Small details pass whole.
+        let small = json!({"delta": 3, "report": "s3://b/k"});
+        assert_eq!(bounded_details(&small), small);
+    }
 }

@@ -19,6 +19,8 @@ pub const ACCOUNT_ID: &str = "123456789012";
 
 pub use drpilot_shared::local::repo_root;
 
+pub mod quotas;
+
 pub const PROFILE: &str = "test";
 pub const TARGET_BUCKET: &str = "target-data";
 /// The primary site [`test_profile`] fails back to (the target is the DR site).
@@ -380,6 +382,25 @@ pub async fn health_page(ready_after: u32) -> (u16, std::sync::Arc<std::sync::at
         }
     });
     (port, asked)
+}
+
+/// When a case ends (unless it already failed), every execution it ran is held to AWS's
+/// Step Functions and Lambda quotas ([`quotas`]): a breach fails the case, as it would
+/// fail the execution on AWS.
+impl Drop for LocalAws {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            return;
+        }
+        match quotas::breaches(self.port, REGION) {
+            Ok(found) if found.is_empty() => {}
+            Ok(found) => panic!(
+                "AWS quotas breached (each would fail the execution on AWS):\n  {}",
+                found.join("\n  ")
+            ),
+            Err(e) => panic!("reading the case's executions back for the quota check: {e}"),
+        }
+    }
 }
 
 /// One test case's turn on the local AWS: freshly reset, with clients pointed at it.
