@@ -747,9 +747,14 @@ def check_evidence_lock(ctx: Context) -> tuple[bool, str]:
         problems.append(f"{RETENTION_PARAMETER} must be a Number with MinValue of at least 1")
     if (props.get("VersioningConfiguration") or {}).get("Status") != "Enabled":
         problems.append("versioning must be Enabled (Object Lock works on versions)")
-    for policy in ("DeletionPolicy", "UpdateReplacePolicy"):
-        if resource.get(policy) != "Retain":
-            problems.append(f"{policy} must be Retain (evidence outlives the stack), got {resource.get(policy)!r}")
+    # RetainExceptOnCreate: kept like Retain, except by the rollback of a failed first deploy
+    # (the bucket is empty then; kept, it would block every later deploy by its name).
+    if resource.get("DeletionPolicy") not in ("Retain", "RetainExceptOnCreate"):
+        problems.append("DeletionPolicy must be Retain or RetainExceptOnCreate (evidence outlives the stack), "
+                        f"got {resource.get('DeletionPolicy')!r}")
+    if resource.get("UpdateReplacePolicy") != "Retain":
+        problems.append("UpdateReplacePolicy must be Retain (evidence outlives the stack), "
+                        f"got {resource.get('UpdateReplacePolicy')!r}")
     return not problems, "; ".join(problems)
 
 

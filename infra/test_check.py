@@ -336,8 +336,9 @@ CASES: dict[str, Case] = {
         "      VersioningConfiguration:\n        Status: Enabled\n", "      VersioningConfiguration:\n        Status: Suspended\n"),
         detail="versioning must be Enabled"),
     "evidence_deleted_with_the_stack": Case("evidence-lock", template=yaml_edit(
-        "    Type: AWS::S3::Bucket\n    DeletionPolicy: Retain\n", "    Type: AWS::S3::Bucket\n    DeletionPolicy: Delete\n"),
-        detail="DeletionPolicy must be Retain"),
+        "    Type: AWS::S3::Bucket\n    DeletionPolicy: RetainExceptOnCreate\n",
+        "    Type: AWS::S3::Bucket\n    DeletionPolicy: Delete\n"),
+        detail="DeletionPolicy must be Retain or RetainExceptOnCreate"),
     "approve_url_public": Case("approve-url", template=yaml_edit(
         "        AuthType: AWS_IAM\n", "        AuthType: NONE\n"), detail="is 'NONE', must be AWS_IAM"),
     "approve_without_url": Case("approve-url", template=yaml_edit(

@@ -75,6 +75,7 @@ pub struct RestoreDetails {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ShardStaged {
     pub name: String,
+    /// The plan's range whose child staged it.
     pub index: u32,
     pub objects: u64,
     pub directories: u64,

@@ -379,7 +379,9 @@ mod tests {
         let long = "range 7 failed; ".repeat(1000);
         let diagnostic = Diagnostic::from(Error::input(long.clone()));
         assert!(diagnostic.error_message.len() < MAX_ERROR_MESSAGE_BYTES + 100);
-        assert!(diagnostic.error_message.ends_with("the receipt has the whole message)"));
+        assert!(diagnostic
+            .error_message
+            .ends_with("the receipt has the whole message)"));
         assert_eq!(bounded_message("short"), "short");
         // A cut never splits a character.
         assert!(bounded_message(&"é".repeat(5000)).starts_with('é'));

@@ -3,11 +3,14 @@
 //!
 //! Bringup writes the plan once, from the backup's shards, to
 //! `<receipts>/runs/<run_id>/plan.json`: a JSON array a Distributed Map's `ItemReader`
-//! reads, one [`PlanItem`] per key range. Range `i` holds the keys after shard `i-1`'s
-//! last key up to shard `i`'s last key (the first range starts at the beginning, the last
-//! runs to the end), so the ranges cover every key once: restore's child `i` stages shard
-//! `i`, and validate, parity-report and promote's child `i` compare or copy just the
-//! range's keys. A plan of one range (every v1 backup) runs each phase inline.
+//! reads, one [`PlanItem`] per key range. Consecutive shards are grouped into ranges of at
+//! most `objects_per_range` objects (so one child's work is bounded whatever the shard
+//! size, and the Map's children whatever the shard count); range `i` holds the keys after
+//! range `i-1`'s last shard's last key up to its own last shard's (the first range starts
+//! at the beginning, the last runs to the end), so the ranges cover every key once:
+//! restore's child `i` stages its shards, and validate, parity-report and promote's child
+//! `i` compare or copy just the range's keys. A plan of one range (every v1 backup, and a
+//! small v2 one) runs each phase inline.
 //!
 //! A child writes its partial result to `<receipts>/runs/<run_id>/ranges/<phase>/<i>.json`
 //! ([`RangeResult`]); the phase's reducer reads them all and writes the phase receipt,
@@ -85,8 +88,8 @@ impl fmt::Display for KeyRange {
 pub struct PlanItem {
     pub index: u32,
     pub range: KeyRange,
-    /// The state archive restore's child stages for this range.
-    pub shard: Shard,
+    /// The state archives restore's child stages for this range, in key order.
+    pub shards: Vec<Shard>,
 }
 
 /// Where a run's plan is and how many ranges it has (in the run context).
@@ -105,29 +108,53 @@ impl PlanRef {
     }
 }
 
-/// The plan of a backup: one item per shard (v1: one item covering every key).
-pub fn items(meta: &BackupMetadata) -> Vec<PlanItem> {
-    let shards = meta.shards();
-    let last = shards.len().saturating_sub(1);
+/// The objects one range holds at most (the profile's `objects_per_range` by default):
+/// what one child stages, checks or copies in one invocation. A child's share of S3's
+/// write floor (3,000 PUT/s per run over a Map of 64) is ~47 objects a second, so 20,000
+/// objects take ~7 minutes, inside Lambda's 15 with room for one SlowDown halving the
+/// pace (docs/limits.md).
+pub const OBJECTS_PER_RANGE: u64 = 20_000;
+
+/// The shards one range holds at most. A child's input carries its range's shards, and
+/// Step Functions holds a state's input to 256 KiB: a shard is ~250 bytes as JSON, up to
+/// ~2.2 KiB with two keys of S3's full 1,024 bytes, so 64 stay under ~141 KiB at worst.
+pub const SHARDS_PER_RANGE: usize = 64;
+
+/// The plan of a backup: consecutive shards grouped into ranges of at most
+/// `objects_per_range` objects and [`SHARDS_PER_RANGE`] shards (v1: one range covering
+/// every key). A shard that does not say how many objects it holds, or holds more, is a
+/// range of its own.
+pub fn items(meta: &BackupMetadata, objects_per_range: u64) -> Vec<PlanItem> {
+    let mut groups: Vec<(Vec<Shard>, u64)> = Vec::new();
+    for shard in meta.shards() {
+        let objects = shard.objects.unwrap_or(u64::MAX);
+        match groups.last_mut() {
+            Some((shards, total))
+                if total.saturating_add(objects) <= objects_per_range
+                    && shards.len() < SHARDS_PER_RANGE =>
+            {
+                *total += objects;
+                shards.push(shard);
+            }
+            _ => groups.push((vec![shard], objects)),
+        }
+    }
+    let last = groups.len().saturating_sub(1);
     let mut after: Option<String> = None;
-    shards
+    groups
         .into_iter()
         .enumerate()
-        .map(|(i, shard)| {
-            let through = if i == last {
-                None
-            } else {
-                shard.last_key.clone()
-            };
+        .map(|(i, (shards, _))| {
+            let last_key = shards.last().and_then(|s| s.last_key.clone());
             let item = PlanItem {
                 index: u32::try_from(i).unwrap_or(u32::MAX),
                 range: KeyRange {
                     after: after.clone(),
-                    through,
+                    through: if i == last { None } else { last_key.clone() },
                 },
-                shard,
+                shards,
             };
-            after = item.shard.last_key.clone();
+            after = last_key;
             item
         })
         .collect()
@@ -135,9 +162,14 @@ pub fn items(meta: &BackupMetadata) -> Vec<PlanItem> {
 
 /// Writes the plan of `meta` for `run_id` (a re-run writes the same plan: it depends on
 /// the backup only) and returns where it is.
-pub async fn write(store: &ReceiptStore, run_id: &str, meta: &BackupMetadata) -> Result<PlanRef> {
+pub async fn write(
+    store: &ReceiptStore,
+    run_id: &str,
+    meta: &BackupMetadata,
+    objects_per_range: u64,
+) -> Result<PlanRef> {
     let uri = plan_uri(store, run_id)?;
-    let items = items(meta);
+    let items = items(meta, objects_per_range);
     put_json(store.s3(), &uri, &items).await?;
     Ok(PlanRef {
         bucket: uri.bucket,
@@ -373,5 +405,43 @@ mod tests {
         assert_eq!(ranges[1].to_string(), "(\"b/2\", \"d\"]");
         assert_eq!(ranges[2].to_string(), "(\"d\", end)");
         assert!(KeyRange::all().is_all() && KeyRange::all().contains("x"));
+    }
+
+    fn meta(objects: &[u64]) -> BackupMetadata {
+        let shards: Vec<serde_json::Value> = objects
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                serde_json::json!({"name": format!("state-{i:04}.tar.zst"), "sha256": "0".repeat(64),
+                    "size": 1, "first_key": format!("k{i:04}a"), "last_key": format!("k{i:04}z"),
+                    "objects": n})
+            })
+            .collect();
+        serde_json::from_value(serde_json::json!({"format": "drpilot-backup/v2",
+            "backup_id": "b", "created_at": "2026-01-01T00:00:00Z", "source": {},
+            "artifacts": {}, "shards": shards}))
+        .unwrap()
+    }
+
+    #[test]
+    fn shards_are_grouped_into_ranges_of_bounded_objects() {
+        // 2,000 one-object shards, 50 objects a range: 40 ranges.
+        let grouped = items(&meta(&[1; 2000]), 50);
+        assert_eq!(grouped.len(), 40);
+        assert!(grouped.iter().all(|i| i.shards.len() == 50));
+        assert_eq!(grouped[0].range.after, None);
+        assert_eq!(grouped[0].range.through.as_deref(), Some("k0049z"));
+        assert_eq!(grouped[1].range.after.as_deref(), Some("k0049z"));
+        assert_eq!(grouped[39].range.through, None);
+        // However small the shards, a range holds at most 64 (its child's input).
+        let capped = items(&meta(&[1; 2000]), 20_000);
+        assert_eq!(capped.len(), 2000usize.div_ceil(SHARDS_PER_RANGE));
+        assert!(capped.iter().all(|i| i.shards.len() <= SHARDS_PER_RANGE));
+        // A shard over the bound is a range of its own; the rest fill up around it.
+        let sizes: Vec<usize> = items(&meta(&[60, 50, 500, 10, 10]), 100)
+            .iter()
+            .map(|i| i.shards.len())
+            .collect();
+        assert_eq!(sizes, [1, 1, 1, 2]);
     }
 }

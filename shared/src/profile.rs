@@ -38,6 +38,11 @@ pub struct Profile {
     /// How long a run lock stays valid without its owner releasing it.
     #[serde(default = "default_lock_ttl")]
     pub lock_ttl_seconds: u64,
+    /// A sharded backup's plan groups consecutive shards into ranges of at most this many
+    /// objects: one child's work per phase, bounded so it fits Lambda's 15 minutes
+    /// (docs/limits.md).
+    #[serde(default = "default_objects_per_range")]
+    pub objects_per_range: u64,
     /// Delete objects only in `root/` on promote (otherwise reported as drift).
     #[serde(default)]
     pub prune_drift: bool,
@@ -124,12 +129,16 @@ fn default_drill_interval_days() -> u32 {
     35
 }
 
-/// Longer than a run can take with the template's default approval timeout (24 h): a
-/// lock must not expire while its run waits for a person.
 fn default_prune_drift_max_percent() -> u8 {
     10
 }
 
+fn default_objects_per_range() -> u64 {
+    crate::plan::OBJECTS_PER_RANGE
+}
+
+/// Longer than a run can take with the template's default approval timeout (24 h): a
+/// lock must not expire while its run waits for a person.
 fn default_lock_ttl() -> u64 {
     48 * 3600
 }
@@ -387,6 +396,15 @@ impl Profile {
         }
         if self.lock_ttl_seconds == 0 {
             return Err("lock_ttl_seconds: expected a positive number of seconds".into());
+        }
+        if self.objects_per_range == 0 {
+            return Err("objects_per_range: expected a positive number of objects".into());
+        }
+        if self.prune_drift_max_percent > 100 {
+            return Err(format!(
+                "prune_drift_max_percent: expected 0 to 100, got {}",
+                self.prune_drift_max_percent
+            ));
         }
         for (i, check) in self.checks.iter().enumerate() {
             let Check::CloudwatchMetric {

@@ -48,7 +48,9 @@ pub fn test_profile() -> serde_json::Value {
         // The tests' drills promote and fail back unattended where they say so; the
         // attack tests turn these off.
         "allow_drill_promote_bypass": true,
-        "allow_drill_failback_literals": true
+        "allow_drill_failback_literals": true,
+        // The tests' sharded backups are tiny: one small shard per range, so they fan out.
+        "objects_per_range": 20
     })
 }
 

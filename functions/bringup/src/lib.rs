@@ -213,7 +213,7 @@ impl Bringup {
             None
         } else {
             let (_, meta) = backup::inspect(&self.clients.s3, &record.backup.uri).await?;
-            Some(plan::write(&store, &run_id, &meta).await?)
+            Some(plan::write(&store, &run_id, &meta, profile.objects_per_range).await?)
         };
         let run = RunContext {
             run_id: run_id.clone(),

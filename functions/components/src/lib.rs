@@ -23,7 +23,7 @@ use drpilot_shared::component::{
     ResourceState,
 };
 use drpilot_shared::details::ComponentsDetails;
-use drpilot_shared::error::readable_cause;
+use drpilot_shared::error::{bounded_message, readable_cause};
 use drpilot_shared::phase::{self, Begun, Failed, Outcome, Rerun};
 use drpilot_shared::profile::{Profile, ProfileSource};
 use drpilot_shared::receipt::{seconds, Objective, PhaseStatus, ReceiptStore};
@@ -413,7 +413,7 @@ impl Components {
             name: name.to_owned(),
             status: receipt.status,
             wait_seconds: 0,
-            reason: receipt.reason.clone(),
+            reason: receipt.reason.as_deref().map(bounded_message),
         })
     }
 
@@ -615,6 +615,6 @@ fn step_of(receipt: &ComponentReceipt, spec: &ComponentSpec) -> Step {
         name: receipt.name.clone(),
         status: receipt.status,
         wait_seconds: spec.poll_seconds,
-        reason: receipt.reason.clone(),
+        reason: receipt.reason.as_deref().map(bounded_message),
     }
 }

@@ -98,14 +98,14 @@ async fn fanned_out(
         .expect("the backup");
     let started = Instant::now();
     request.run.plan = Some(
-        plan::write(&store, &request.run.run_id, &meta)
+        plan::write(&store, &request.run.run_id, &meta, 1)
             .await
             .expect("the plan"),
     );
     let prepared = restore.handle(request.clone()).await.expect("prepare");
     let fan = prepared.fan_out.expect("a plan of several ranges fans out");
     let prepare_seconds = started.elapsed().as_secs_f64();
-    let children = plan::items(&meta).into_iter().map(|item| {
+    let children = plan::items(&meta, 1).into_iter().map(|item| {
         let mut child = request.clone();
         child.range = Some(item);
         async move {

@@ -90,7 +90,7 @@ impl Restore {
             &self.clients.s3,
             &self.profiles,
             Phase::Restore,
-            async |ctx: &PhaseRun<'_>, item: &PlanItem| self.stage_shard(ctx, item).await,
+            async |ctx: &PhaseRun<'_>, item: &PlanItem| self.stage_shards(ctx, item).await,
             async |request| self.handle(request).await,
         )
         .await
@@ -231,29 +231,34 @@ impl Restore {
         })
     }
 
-    /// One range's child: stages its shard, refusing a file outside the shard's range.
-    async fn stage_shard(&self, ctx: &PhaseRun<'_>, item: &PlanItem) -> Result<ShardStaged> {
-        let started = Utc::now();
+    /// One range's child: stages its shards one after the other, refusing a file outside
+    /// a shard's range.
+    async fn stage_shards(&self, ctx: &PhaseRun<'_>, item: &PlanItem) -> Result<Vec<ShardStaged>> {
         let staging = ctx.profile.target.staging(&ctx.run.run_id)?;
         let budget = PutBudget::for_child(&self.clients.s3, ctx.store, ctx.run)?;
-        let report = self
-            .stage_state(
-                &ctx.run.backup.uri.as_prefix(),
-                &item.shard,
-                &staging,
-                budget,
-            )
-            .await?;
-        Ok(ShardStaged {
-            name: item.shard.name.clone(),
-            index: item.index,
-            objects: report.files,
-            directories: report.directories,
-            bytes: report.bytes,
-            archive_bytes: report.archive_bytes,
-            archive_sha256: report.archive_sha256,
-            seconds: receipt::seconds(Utc::now() - started),
-        })
+        let mut staged = Vec::with_capacity(item.shards.len());
+        for shard in &item.shards {
+            let started = Utc::now();
+            let report = self
+                .stage_state(
+                    &ctx.run.backup.uri.as_prefix(),
+                    shard,
+                    &staging,
+                    budget.clone(),
+                )
+                .await?;
+            staged.push(ShardStaged {
+                name: shard.name.clone(),
+                index: item.index,
+                objects: report.files,
+                directories: report.directories,
+                bytes: report.bytes,
+                archive_bytes: report.archive_bytes,
+                archive_sha256: report.archive_sha256,
+                seconds: receipt::seconds(Utc::now() - started),
+            });
+        }
+        Ok(staged)
     }
 
     /// The receipt's details from the preparation and every shard's result.
@@ -269,7 +274,7 @@ impl Restore {
         })?;
         let mut shards = Vec::new();
         for result in &results {
-            shards.push(result.details::<ShardStaged>()?);
+            shards.extend(result.details::<Vec<ShardStaged>>()?);
         }
         let reports = shards
             .iter()

@@ -22,7 +22,9 @@ use tokio::task::JoinSet;
 
 use drpilot_shared::archive::{stream_error, EntryVisitor, CHUNK};
 use drpilot_shared::budget::{PutBudget, PREFIX_PUT_RATE};
-use drpilot_shared::objects::{abort_multipart, part_size, precondition_failed};
+use drpilot_shared::objects::{
+    abort_multipart, part_size, precondition_failed, sha256_by_reading, stored_sha256,
+};
 
 pub use drpilot_shared::objects::SHA256_TAG;
 
@@ -379,8 +381,62 @@ fn flatten(done: std::result::Result<Result<()>, tokio::task::JoinError>) -> Res
 
 fn duplicate(key: &str) -> Error {
     Error::contract(format!(
-        "state.tar.zst: duplicate entry (staged key {key} written twice)"
+        "state.tar.zst: duplicate entry (staged key {key} written twice, with other content)"
     ))
+}
+
+/// After a conditional write found `key` already there: whether it holds what this write
+/// would have written (its stored SHA-256 is `sha256`). That is a retried child — a
+/// re-invocation after a read error or a timeout, or the first invocation still running —
+/// finding what it staged before, and it stands: the retry goes on instead of failing on
+/// its own earlier work. Other content is a duplicate entry. A multipart object whose tag
+/// was not written yet (a crash between completing it and tagging it) is read through
+/// and tagged.
+async fn already_staged(
+    s3: &aws_sdk_s3::Client,
+    bucket: &str,
+    key: &str,
+    sha256: &[u8; 32],
+) -> Result<bool> {
+    let uri = S3Uri::new(bucket, key).map_err(|e| Error::internal(format!("{key}: {e}")))?;
+    let wanted = hex::encode(sha256);
+    match stored_sha256(s3, &uri).await? {
+        Some(stored) => Ok(stored == wanted),
+        None => {
+            let read = sha256_by_reading(s3, &uri).await?;
+            if read.as_deref() != Some(wanted.as_str()) {
+                return Ok(false);
+            }
+            tag_sha256(s3, bucket, key, sha256).await?;
+            Ok(true)
+        }
+    }
+}
+
+/// Stores `sha256` as the object's [`SHA256_TAG`].
+async fn tag_sha256(
+    s3: &aws_sdk_s3::Client,
+    bucket: &str,
+    key: &str,
+    sha256: &[u8; 32],
+) -> Result<()> {
+    let tag = Tag::builder()
+        .key(SHA256_TAG)
+        .value(hex::encode(sha256))
+        .build()
+        .map_err(|e| Error::internal(format!("building tag: {e}")))?;
+    let tagging = Tagging::builder()
+        .tag_set(tag)
+        .build()
+        .map_err(|e| Error::internal(format!("building tagging: {e}")))?;
+    s3.put_object_tagging()
+        .bucket(bucket)
+        .key(key)
+        .tagging(tagging)
+        .send()
+        .await
+        .map_err(|e| Error::from_sdk(&format!("PutObjectTagging s3://{bucket}/{key}"), e))?;
+    Ok(())
 }
 
 async fn put_small(
@@ -391,7 +447,7 @@ async fn put_small(
     sha256: &[u8; 32],
     budget: &PutBudget,
 ) -> Result<()> {
-    budget
+    let sent = budget
         .send(|| {
             s3.put_object()
                 .bucket(bucket)
@@ -403,15 +459,21 @@ async fn put_small(
                 .body(ByteStream::from(data.clone()))
                 .send()
         })
-        .await
-        .map_err(|e| {
-            if precondition_failed(&e) {
-                duplicate(key)
+        .await;
+    match sent {
+        Ok(_) => Ok(()),
+        Err(e) if precondition_failed(&e) => {
+            if already_staged(s3, bucket, key, sha256).await? {
+                Ok(())
             } else {
-                Error::from_sdk(&format!("PutObject s3://{bucket}/{key}"), e)
+                Err(duplicate(key))
             }
-        })?;
-    Ok(())
+        }
+        Err(e) => Err(Error::from_sdk(
+            &format!("PutObject s3://{bucket}/{key}"),
+            e,
+        )),
+    }
 }
 
 async fn complete_multipart(
@@ -454,27 +516,17 @@ async fn complete_multipart(
         .await;
     if let Err(e) = result {
         abort_multipart(s3, bucket, key, upload_id).await;
-        return Err(if precondition_failed(&e) {
-            duplicate(key)
-        } else {
-            Error::from_sdk(&format!("CompleteMultipartUpload s3://{bucket}/{key}"), e)
-        });
+        if precondition_failed(&e) {
+            return if already_staged(s3, bucket, key, sha256).await? {
+                Ok(())
+            } else {
+                Err(duplicate(key))
+            };
+        }
+        return Err(Error::from_sdk(
+            &format!("CompleteMultipartUpload s3://{bucket}/{key}"),
+            e,
+        ));
     }
-    let tag = Tag::builder()
-        .key(SHA256_TAG)
-        .value(hex::encode(sha256))
-        .build()
-        .map_err(|e| Error::internal(format!("building tag: {e}")))?;
-    let tagging = Tagging::builder()
-        .tag_set(tag)
-        .build()
-        .map_err(|e| Error::internal(format!("building tagging: {e}")))?;
-    s3.put_object_tagging()
-        .bucket(bucket)
-        .key(key)
-        .tagging(tagging)
-        .send()
-        .await
-        .map_err(|e| Error::from_sdk(&format!("PutObjectTagging s3://{bucket}/{key}"), e))?;
-    Ok(())
+    tag_sha256(s3, bucket, key, sha256).await
 }

@@ -802,7 +802,7 @@ async fn a_child_behind_its_executions_fence_stages_nothing() {
     publish(&aws, &out, "fenced-v2").await;
     let meta: BackupMetadata =
         serde_json::from_slice(&std::fs::read(out.join("metadata.json")).unwrap()).unwrap();
-    let items = plan::items(&meta);
+    let items = plan::items(&meta, 1);
     let child = |run_id: &str| {
         let mut request = phase_request(run_id, "fenced-v2");
         request.run.plan = Some(PlanRef {
@@ -850,6 +850,68 @@ async fn a_child_behind_its_executions_fence_stages_nothing() {
     restorer(&aws).serve_step(other).await.unwrap();
     assert_eq!(
         Some(staged(&aws, "run-resumed").await.len() as u64),
-        items[1].shard.objects
+        items[1].shards[0].objects
     );
+}
+
+/// A range's child cut off after its N-th write (a read error mid-stream, a timeout, a
+/// lost answer) and invoked again — as the Map's Retry does — finishes and leaves exactly
+/// what an uncut child stages: what it wrote before is checked by its stored SHA-256 and
+/// kept, not refused as a duplicate.
+#[tokio::test]
+async fn a_child_cut_after_its_nth_write_and_run_again_stages_what_an_uncut_one_does() {
+    use drpilot_shared::backup::BackupMetadata;
+    use drpilot_shared::plan::{self, PlanRef};
+    use drpilot_testkit::EVIDENCE_BUCKET;
+    let aws = LocalAws::start().await;
+    aws.standard_setup().await;
+    let tmp = TempDir::new("restore-resume");
+    let src = tmp.path().join("src");
+    source_tree(&src, false);
+    let out = tmp.path().join("v2");
+    sharded(&src, &out, |_, _| {});
+    publish(&aws, &out, "resumed-v2").await;
+    let meta: BackupMetadata =
+        serde_json::from_slice(&std::fs::read(out.join("metadata.json")).unwrap()).unwrap();
+    let items = plan::items(&meta, 1);
+    let child = |run_id: &str| {
+        let mut request = phase_request(run_id, "resumed-v2");
+        request.run.plan = Some(PlanRef {
+            bucket: EVIDENCE_BUCKET.into(),
+            key: format!("drpilot/receipts/runs/{run_id}/plan.json"),
+            ranges: items.len() as u32,
+        });
+        request.range = Some(items[1].clone());
+        request
+    };
+    let contents = async |run_id: &str| {
+        let mut out = Vec::new();
+        for key in staged(&aws, run_id).await {
+            let full = format!("_staging/{run_id}/{key}");
+            out.push((key, stored_sha256(&aws, &full).await));
+        }
+        out
+    };
+    restorer(&aws).serve_step(child("run-whole")).await.unwrap();
+    let whole = contents("run-whole").await;
+    assert!(whole.len() > 4, "{whole:?}");
+
+    for n in [1_u32, 2, 4] {
+        let run_id = format!("run-cut-{n}");
+        let mut cut = restorer(&aws);
+        let conf = cut
+            .clients
+            .s3
+            .config()
+            .to_builder()
+            .interceptor(drpilot_testkit::FailAfter::new("PutObject", n))
+            .build();
+        cut.clients.s3 = aws_sdk_s3::Client::from_conf(conf);
+        let err = cut.serve_step(child(&run_id)).await.unwrap_err();
+        assert!(err.to_string().contains("injected fault"), "{err}");
+        assert_eq!(staged(&aws, &run_id).await.len(), n as usize);
+        // The Map's retry: the same child again.
+        restorer(&aws).serve_step(child(&run_id)).await.unwrap();
+        assert_eq!(contents(&run_id).await, whole, "cut after write {n}");
+    }
 }

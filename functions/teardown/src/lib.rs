@@ -26,6 +26,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tracing::{info, warn};
 
+/// The shortest wait between two cleanup passes, whatever a component's `poll_seconds`:
+/// each pass adds 9 events to the execution's history (25,000 at most), and a resource
+/// gets [`drpilot_shared::restored::DELETE_PATIENCE_SECONDS`] to go away, so passes stay
+/// at 180 (1,620 events) and the components' polls keep the rest (docs/limits.md).
+pub const CLEANUP_WAIT_MIN_SECONDS: u64 = 10;
+
 /// What the state machine passes to teardown.
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -339,7 +345,7 @@ impl Teardown {
                 .find(|c| c.name == component.name)
                 .map_or(30, |c| c.poll_seconds);
             if component.created_resources.iter().any(|r| !r.settled()) {
-                wait_seconds = wait_seconds.min(poll);
+                wait_seconds = wait_seconds.min(poll.max(CLEANUP_WAIT_MIN_SECONDS));
             }
         }
         Ok((components, (pending > 0).then_some((pending, wait_seconds))))
