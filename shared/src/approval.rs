@@ -152,6 +152,22 @@ impl<'a> SealedFields<'a> {
     }
 }
 
+/// The most bytes KMS `GenerateMac` and `VerifyMac` take as a message.
+pub const MAC_MESSAGE_MAX_BYTES: usize = 4096;
+
+/// `message` if KMS can seal it: a decision's free text (comment, approver, ticket) is
+/// bounded in characters by the approve function, and 2,000 characters outside ASCII are
+/// up to 8,000 bytes; refused here, naming what to shorten, before anything is answered.
+fn sealable(message: Vec<u8>) -> Result<Vec<u8>> {
+    if message.len() > MAC_MESSAGE_MAX_BYTES {
+        return Err(Error::input(format!(
+            "comment: the decision to seal is {} bytes, over the {MAC_MESSAGE_MAX_BYTES} KMS seals; shorten the comment (or the approver or ticket)",
+            message.len()
+        )));
+    }
+    Ok(message)
+}
+
 /// Seals and verifies decisions with the stack's HMAC key.
 #[derive(Clone, Debug)]
 pub struct Sealer {
@@ -197,7 +213,7 @@ impl Sealer {
         let at = approval
             .approved_at
             .ok_or_else(|| Error::internal("a decision to seal has no time"))?;
-        let message = SealedFields::of(run_id, scope, decision, approval, at).bytes()?;
+        let message = sealable(SealedFields::of(run_id, scope, decision, approval, at).bytes()?)?;
         let out = self
             .kms
             .generate_mac()
@@ -461,6 +477,15 @@ mod tests {
             "tok-2"
         );
         assert_eq!(WaitingApproval::from_parameters("{}"), None);
+    }
+
+    #[test]
+    fn a_decision_too_long_for_kms_is_refused_naming_the_comment() {
+        assert!(sealable(vec![b'x'; MAC_MESSAGE_MAX_BYTES]).is_ok());
+        // 2,000 characters the approve function allows, 3 bytes each.
+        let err = sealable("☃".repeat(2000).into_bytes()).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::InputError);
+        assert!(err.message.starts_with("comment:"), "{err}");
     }
 
     #[test]

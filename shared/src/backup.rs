@@ -265,8 +265,22 @@ pub struct BackupRef {
 }
 
 /// Reads a backup's `metadata.json` and checks every object it names exists (the
-/// manifests and the state's archives).
+/// manifests and the state's archives): one request per object, done once per run
+/// (bringup, restore's preparation), not by every range's child.
 pub async fn inspect(
+    s3: &aws_sdk_s3::Client,
+    backup_uri: &S3Uri,
+) -> Result<(BackupRef, BackupMetadata)> {
+    let (backup, meta) = metadata(s3, backup_uri).await?;
+    for name in meta.object_names() {
+        require_object(s3, &backup.uri, &name).await?;
+    }
+    Ok((backup, meta))
+}
+
+/// Reads and checks a backup's `metadata.json` alone: what a range's child needs (a
+/// missing archive is then found when it is read). [`inspect`] checks the objects too.
+pub async fn metadata(
     s3: &aws_sdk_s3::Client,
     backup_uri: &S3Uri,
 ) -> Result<(BackupRef, BackupMetadata)> {
@@ -275,9 +289,6 @@ pub async fn inspect(
     let metadata_uri = artifact_uri(&base, METADATA)?;
     let bytes = read_small(s3, &metadata_uri, METADATA_MAX_BYTES).await?;
     let meta = BackupMetadata::parse(&metadata_uri, &bytes)?;
-    for name in meta.object_names() {
-        require_object(s3, &base, &name).await?;
-    }
     let backup = BackupRef {
         uri: base,
         backup_id: meta.backup_id.clone(),
@@ -292,7 +303,11 @@ pub async fn inspect(
 }
 
 /// `ContractError` naming the object when `<base>/<name>` does not exist.
-async fn require_object(s3: &aws_sdk_s3::Client, base: &S3Uri, name: &str) -> Result<()> {
+pub(crate) async fn require_object(
+    s3: &aws_sdk_s3::Client,
+    base: &S3Uri,
+    name: &str,
+) -> Result<()> {
     let object = artifact_uri(base, name)?;
     let head = s3
         .head_object()

@@ -1,13 +1,16 @@
-//! The PUT budget: S3 serves about 3,500 PUT/COPY/POST/DELETE requests a second per
-//! partitioned prefix and answers `503 SlowDown` past it. A run's staging and `root/` are
-//! one prefix each until S3 splits them, and a fanned-out phase has many children
-//! writing to them at once, so each function paces its write requests with a token
-//! bucket whose rate is its share of [`PREFIX_PUT_RATE`] ([`PutBudget::for_run`]), and
-//! halves that rate whenever S3 still says `SlowDown` after the SDK's own retries, then
-//! grows it back a little with every success (additive increase, multiplicative
-//! decrease). A request S3 throttled is retried here, after the new pace, a bounded
-//! number of times. A range's child's budget also carries its run's [`Fence`]: the
-//! writers ask [`PutBudget::check_fence`] before each object they start.
+//! The PUT budget: S3 serves at least 3,500 PUT/COPY/POST/DELETE requests a second per
+//! partitioned prefix and answers `503 SlowDown` past what it serves now; under sustained
+//! load it partitions the prefix further and serves more. A fanned-out phase has many
+//! children writing to one run's staging or `root/` at once, so each function paces its
+//! write requests with a token bucket that starts at its share of [`PREFIX_PUT_RATE`]
+//! ([`PutBudget::for_run`]) — the floor S3 guarantees — and climbs from there: additive
+//! increase ([`INCREASE_PER_SECOND`] requests a second, every second of successful
+//! writes) up to [`MAX_CHILD_RATE`], multiplicative decrease (half) whenever S3 still says
+//! `SlowDown` after the SDK's own retries. A long restore so converges on what S3
+//! actually serves instead of keeping to the floor. A request S3 throttled is retried
+//! here, after the new pace, a bounded number of times. A range's child's budget also
+//! carries its run's [`Fence`]: the writers ask [`PutBudget::check_fence`] before each
+//! object they start.
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -31,6 +34,13 @@ pub const MAX_CHILDREN: u32 = 64;
 /// The slowest a budget goes after repeated `SlowDown`s, in requests a second.
 const MIN_RATE: f64 = 5.0;
 
+/// How fast a budget climbs while S3 keeps up: requests a second added per second of
+/// successful writes (per function: a Map of 64 children climbs 320 a second together).
+pub const INCREASE_PER_SECOND: f64 = 5.0;
+
+/// The fastest one function writes: one partition's worth, whatever S3 serves the run.
+pub const MAX_CHILD_RATE: f64 = 3_500.0;
+
 /// How often a request S3 keeps throttling is tried again here.
 const SLOW_DOWN_RETRIES: u32 = 5;
 
@@ -51,13 +61,14 @@ struct Bucket {
 }
 
 impl PutBudget {
-    /// `rate` requests a second, with a burst of one second's worth.
+    /// `rate` requests a second to start with (a burst of one second's worth), climbing
+    /// while S3 keeps up.
     pub fn new(rate: f64) -> Self {
         let rate = rate.max(MIN_RATE);
         Self {
             state: Arc::new(Mutex::new(Bucket {
                 rate,
-                max_rate: rate,
+                max_rate: MAX_CHILD_RATE.max(rate),
                 tokens: rate,
                 last: Instant::now(),
                 slow_downs: 0,
@@ -149,10 +160,11 @@ impl PutBudget {
         tracing::warn!(rate = bucket.rate, "S3 said SlowDown: slower writes");
     }
 
-    /// A request went through: a little faster, up to the share it started with.
+    /// A request went through: a little faster ([`INCREASE_PER_SECOND`] a second of
+    /// such requests, so `INCREASE_PER_SECOND / rate` each), up to [`MAX_CHILD_RATE`].
     pub fn succeeded(&self) {
         let mut bucket = self.lock();
-        bucket.rate = (bucket.rate + 1.0).min(bucket.max_rate);
+        bucket.rate = (bucket.rate + INCREASE_PER_SECOND / bucket.rate).min(bucket.max_rate);
     }
 
     /// Sends one write request within the budget: waits for its token, and when S3 still
@@ -205,15 +217,26 @@ mod tests {
     }
 
     #[test]
-    fn slow_downs_halve_and_successes_regrow_up_to_the_share() {
+    fn slow_downs_halve_and_successes_climb_past_the_floor_up_to_a_partition() {
         let budget = PutBudget::new(100.0);
         budget.slow_down();
         budget.slow_down();
         assert_eq!(budget.rate(), 25.0);
-        for _ in 0..200 {
+        // A second's worth of successes at a rate adds INCREASE_PER_SECOND to it.
+        for _ in 0..25 {
             budget.succeeded();
         }
-        assert_eq!(budget.rate(), 100.0);
+        let climbed = budget.rate();
+        assert!((29.0..31.0).contains(&climbed), "{climbed}");
+        // Past the share it started from, as long as S3 keeps up, up to one partition.
+        for _ in 0..200_000 {
+            budget.succeeded();
+        }
+        assert!(budget.rate() > 100.0, "{}", budget.rate());
+        for _ in 0..2_000_000 {
+            budget.succeeded();
+        }
+        assert_eq!(budget.rate(), MAX_CHILD_RATE);
         for _ in 0..20 {
             budget.slow_down();
         }

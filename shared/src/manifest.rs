@@ -316,7 +316,11 @@ pub async fn sorted_entries_in(
     ManifestTasks,
 )> {
     use crate::backup::{self, MANIFESTS};
-    let (_, meta) = backup::inspect(s3, backup_uri).await?;
+    // The metadata and the manifests alone: every range's child of validate reads them,
+    // and checking each of the backup's objects here would cost every child one request
+    // per shard.
+    let (backup, meta) = backup::metadata(s3, backup_uri).await?;
+    backup::require_object(s3, &backup.uri, MANIFESTS).await?;
     let manifests_uri = backup::artifact_uri(backup_uri, MANIFESTS)?;
     let (body, _) = crate::objects::open(s3, &manifests_uri).await?;
     let (reader, pump) = crate::objects::pump_body(body, manifests_uri.to_string());

@@ -70,8 +70,9 @@ async fn copies_s3_throttles_are_slowed_down_and_get_through() {
         "two throttled tries, three copies"
     );
     assert_eq!(budget.slow_downs(), 2);
-    // Halved twice, then regrown by one a success.
-    assert_eq!(budget.rate(), 1000.0 / 4.0 + 3.0);
+    // Halved twice, then climbing again by INCREASE_PER_SECOND / rate a success.
+    let rate = budget.rate();
+    assert!(rate > 250.0 && rate < 250.1, "{rate}");
 }
 
 #[tokio::test]
