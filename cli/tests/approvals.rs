@@ -117,6 +117,28 @@ async fn signed(config: &aws_config::SdkConfig, body: &Value) -> Value {
     serde_json::to_value(request).unwrap()
 }
 
+/// Starts execution `name` with `input` by a raw `StartExecution` (around `drpilot
+/// start`, as anyone with `states:StartExecution` can) and follows it to its end.
+async fn start_raw_and_follow(
+    ctx: &Ctx,
+    name: &str,
+    input: &Value,
+) -> drpilot_cli::history::Progress {
+    let started = ctx
+        .sfn
+        .start_execution()
+        .state_machine_arn(ctx.state_machine_arn().await.unwrap())
+        .name(name)
+        .input(input.to_string())
+        .send()
+        .await
+        .unwrap();
+    let run_id = drpilot_shared::resume::ExecutionName::parse(name).run_id;
+    follow(ctx, started.execution_arn(), &run_id, None)
+        .await
+        .unwrap()
+}
+
 /// The function's refusal: its status and error message.
 fn refusal(
     response: &aws_lambda_events::event::lambda_function_urls::LambdaFunctionUrlResponse,
@@ -177,18 +199,7 @@ async fn the_two_person_rule_refuses_the_starter_and_a_second_principal_promotes
     // one: under the two-person rule, bringup refuses it before anything is written.
     let claimed = json!({"mode": "drill", "run_id": "two-0", "profile": PROFILE,
                          "trigger": {"kind": "manual", "source": MALLORY}});
-    let raw = ctx
-        .sfn
-        .start_execution()
-        .state_machine_arn(ctx.state_machine_arn().await.unwrap())
-        .name("two-0.1")
-        .input(claimed.to_string())
-        .send()
-        .await
-        .unwrap();
-    let ended = follow(&ctx, raw.execution_arn(), "two-0", None)
-        .await
-        .unwrap();
+    let ended = start_raw_and_follow(&ctx, "two-0.1", &claimed).await;
     assert_eq!(ended.status, "FAILED");
     assert!(
         format!("{ended:?}").contains("two_person_rule needs to know who started the run"),
@@ -201,18 +212,7 @@ async fn the_two_person_rule_refuses_the_starter_and_a_second_principal_promotes
         .unwrap();
     let replayed = json!({"mode": "drill", "run_id": "two-2", "profile": PROFILE,
                           "trigger": {"kind": "manual", "proof": lifted}});
-    let raw = ctx
-        .sfn
-        .start_execution()
-        .state_machine_arn(ctx.state_machine_arn().await.unwrap())
-        .name("two-2.1")
-        .input(replayed.to_string())
-        .send()
-        .await
-        .unwrap();
-    let ended = follow(&ctx, raw.execution_arn(), "two-2", None)
-        .await
-        .unwrap();
+    let ended = start_raw_and_follow(&ctx, "two-2.1", &replayed).await;
     assert_eq!(ended.status, "FAILED");
     assert!(format!("{ended:?}").contains("trigger.proof"), "{ended:?}");
 

@@ -98,6 +98,24 @@ async fn staged(aws: &LocalAws, run_id: &str) -> Vec<String> {
         .collect()
 }
 
+/// The request of run `run_id`'s child for range `index` of `items`, a plan of backup
+/// `backup_id` stored where bringup would store it.
+fn range_child(
+    run_id: &str,
+    backup_id: &str,
+    items: &[drpilot_shared::plan::PlanItem],
+    index: usize,
+) -> drpilot_shared::run::PhaseRequest {
+    let mut request = phase_request(run_id, backup_id);
+    request.run.plan = Some(drpilot_shared::plan::PlanRef {
+        bucket: drpilot_testkit::EVIDENCE_BUCKET.into(),
+        key: format!("drpilot/receipts/runs/{run_id}/plan.json"),
+        ranges: items.len() as u32,
+    });
+    request.range = Some(items[index].clone());
+    request
+}
+
 async fn stored_sha256(aws: &LocalAws, key: &str) -> String {
     let uri = S3Uri::new(TARGET_BUCKET, key).unwrap();
     drpilot_shared::objects::stored_sha256(aws.s3(), &uri)
@@ -788,7 +806,7 @@ async fn the_control_plane_bundle_is_verified_and_staged() {
 async fn a_child_behind_its_executions_fence_stages_nothing() {
     use drpilot_shared::backup::BackupMetadata;
     use drpilot_shared::fence::{fence_uri, raise};
-    use drpilot_shared::plan::{self, PlanRef};
+    use drpilot_shared::plan;
     use drpilot_shared::receipt::ReceiptStore;
     use drpilot_testkit::EVIDENCE_BUCKET;
 
@@ -803,16 +821,7 @@ async fn a_child_behind_its_executions_fence_stages_nothing() {
     let meta: BackupMetadata =
         serde_json::from_slice(&std::fs::read(out.join("metadata.json")).unwrap()).unwrap();
     let items = plan::items(&meta, 1);
-    let child = |run_id: &str| {
-        let mut request = phase_request(run_id, "fenced-v2");
-        request.run.plan = Some(PlanRef {
-            bucket: EVIDENCE_BUCKET.into(),
-            key: format!("drpilot/receipts/runs/{run_id}/plan.json"),
-            ranges: items.len() as u32,
-        });
-        request.range = Some(items[1].clone());
-        request
-    };
+    let child = |run_id: &str| range_child(run_id, "fenced-v2", &items, 1);
     let receipts: S3Uri = format!("s3://{EVIDENCE_BUCKET}/drpilot/receipts/")
         .parse()
         .unwrap();
@@ -861,8 +870,7 @@ async fn a_child_behind_its_executions_fence_stages_nothing() {
 #[tokio::test]
 async fn a_child_cut_after_its_nth_write_and_run_again_stages_what_an_uncut_one_does() {
     use drpilot_shared::backup::BackupMetadata;
-    use drpilot_shared::plan::{self, PlanRef};
-    use drpilot_testkit::EVIDENCE_BUCKET;
+    use drpilot_shared::plan;
     let aws = LocalAws::start().await;
     aws.standard_setup().await;
     let tmp = TempDir::new("restore-resume");
@@ -874,16 +882,7 @@ async fn a_child_cut_after_its_nth_write_and_run_again_stages_what_an_uncut_one_
     let meta: BackupMetadata =
         serde_json::from_slice(&std::fs::read(out.join("metadata.json")).unwrap()).unwrap();
     let items = plan::items(&meta, 1);
-    let child = |run_id: &str| {
-        let mut request = phase_request(run_id, "resumed-v2");
-        request.run.plan = Some(PlanRef {
-            bucket: EVIDENCE_BUCKET.into(),
-            key: format!("drpilot/receipts/runs/{run_id}/plan.json"),
-            ranges: items.len() as u32,
-        });
-        request.range = Some(items[1].clone());
-        request
-    };
+    let child = |run_id: &str| range_child(run_id, "resumed-v2", &items, 1);
     let contents = async |run_id: &str| {
         let mut out = Vec::new();
         for key in staged(&aws, run_id).await {
