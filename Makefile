@@ -29,6 +29,7 @@ test: ## run every test (unit, integration, end to end) and the template and per
 	rm -f $(LEDGER)
 	DRPILOT_CALL_LEDGER=$(LEDGER) cargo test --workspace --lib --bins --tests
 	.venv-infra/bin/python -m unittest infra/test_check.py infra/test_permissions.py infra/test_make_backup.py
+	.venv/bin/python -m unittest infra/local/test_motoserver.py
 	.venv-infra/bin/python infra/check.py
 	.venv-infra/bin/python infra/permissions.py --ledger $(LEDGER)
 

@@ -755,6 +755,11 @@ def check_evidence_lock(ctx: Context) -> tuple[bool, str]:
     if resource.get("UpdateReplacePolicy") != "Retain":
         problems.append("UpdateReplacePolicy must be Retain (evidence outlives the stack), "
                         f"got {resource.get('UpdateReplacePolicy')!r}")
+    # A fixed name is invalid for some stack names, and a bucket kept from a failed deploy
+    # would hold it: CloudFormation generates one valid for any stack.
+    if "BucketName" in props:
+        problems.append("BucketName must be left to CloudFormation (a name from the stack is invalid for "
+                        "upper-case or long stack names, and a kept bucket blocks the next deploy)")
     return not problems, "; ".join(problems)
 
 
@@ -1286,7 +1291,7 @@ CHECKS: list[tuple[str, str, Callable[..., tuple[bool, str]], bool]] = [
      "granted what its Map Run needs", check_distributed_map, True),
     ("rule-inputs", "the alarm rule and the schedule pass valid execution inputs", check_rule_inputs, False),
     ("evidence-lock", "the evidence bucket is write-once (Object Lock COMPLIANCE, EvidenceRetentionDays, versioned, "
-     "retained)", check_evidence_lock, False),
+     "retained) and named by CloudFormation", check_evidence_lock, False),
     ("approve-url", "every function URL uses AuthType AWS_IAM, never NONE", check_approve_url, False),
     ("approval-key", "approve, promote and failback name the approval key by its ARN, never an alias",
      check_approval_key, False),

@@ -53,6 +53,8 @@ PARTITION = "aws"
 REGION = "us-east-1"
 ACCOUNT = "123456789012"
 STACK = "drpilot"
+# Resources CloudFormation names, by the names the local stack gives them.
+GENERATED_NAMES = {"EvidenceBucket": f"{STACK}-evidence-123456789012-us-east-1"}
 
 # SAM's translator reads the region through boto3; give it one so nothing looks further.
 os.environ.setdefault("AWS_DEFAULT_REGION", REGION)
@@ -225,7 +227,9 @@ class Resolver:
         }
         self.conditions: dict[str, bool] = {}
         self._evaluating: set[str] = set()
-        self._names: dict[str, str] = {}
+        # CloudFormation names these on AWS; the local stack and the tests give them this
+        # name, which the call ledger then shows.
+        self._names: dict[str, str] = dict(GENERATED_NAMES)
 
     # conditions
     def condition(self, name: str) -> bool:
@@ -1048,6 +1052,9 @@ LAMBDA_ACTIONS = {"Invoke": "lambda:InvokeFunction", "GetFunction": "lambda:GetF
 
 
 def lambda_requests(call: Call) -> list[Request]:
+    if call.operation == "GetAccountSettings":
+        # An account-wide read: IAM knows no resource for it.
+        return [Request("lambda:GetAccountSettings", "*", {}, "the account's concurrency")]
     action = LAMBDA_ACTIONS.get(call.operation)
     if action is None:
         raise KeyError(call.operation)

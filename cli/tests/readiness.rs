@@ -199,6 +199,27 @@ async fn readiness_names_what_is_missing_and_is_ready_after_a_drill() {
 }
 
 #[tokio::test]
+async fn an_account_without_room_for_the_fan_out_is_not_ready() {
+    let aws = LocalAws::start().await;
+    let tmp = TempDir::new("readiness-concurrency");
+    let (_ctx, topic, _) = stack(&aws, &tmp, test_profile()).await;
+    let function = function(&aws, &topic);
+    let roomy = function.check(PROFILE).await.unwrap();
+    let concurrency = check(&roomy, "lambda_concurrency");
+    assert!(concurrency.passed, "{concurrency:?}");
+    assert!(concurrency.detail.contains("1000"), "{concurrency:?}");
+    // A new account: 10 concurrent executions, all unreserved; a run needs 64 + 4.
+    aws.lambda_account(10, 10);
+    let cramped = function.check(PROFILE).await.unwrap();
+    assert!(cramped.failures().contains(&"lambda_concurrency"));
+    let concurrency = check(&cramped, "lambda_concurrency");
+    assert!(
+        concurrency.detail.contains("is 10 (of 10)") && concurrency.detail.contains("needs 68"),
+        "{concurrency:?}"
+    );
+}
+
+#[tokio::test]
 async fn a_recovery_past_its_rto_target_is_notified_once_and_the_summary_says_so() {
     let aws = LocalAws::start().await;
     let tmp = TempDir::new("rto-watch");

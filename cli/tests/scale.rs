@@ -18,7 +18,7 @@ use drpilot_testkit::{
 };
 use serde_json::{json, Value};
 
-use common::{drill_stack, finish, start_run, until_waiting};
+use common::{drill_stack, finish, start_run, states_entered, until_waiting};
 
 /// 60 files of 100 bytes under `a/`, `m/` and `z/`: `--shard-size 2000` cuts them into
 /// three shards of 20, one per directory.
@@ -86,34 +86,6 @@ async fn drill(ctx: &Ctx, run_id: &str, name: &str) -> String {
         done.error, done.cause
     );
     run
-}
-
-/// The names of the states the execution entered.
-async fn states_entered(ctx: &Ctx, run_id: &str) -> Vec<String> {
-    let arn = ctx.execution_arn(run_id).await.unwrap();
-    let mut names = Vec::new();
-    let mut token = None;
-    loop {
-        let page = ctx
-            .sfn
-            .get_execution_history()
-            .execution_arn(&arn)
-            .set_next_token(token)
-            .max_results(1000)
-            .send()
-            .await
-            .unwrap();
-        names.extend(
-            page.events()
-                .iter()
-                .filter_map(|e| e.state_entered_event_details())
-                .map(|d| d.name().to_owned()),
-        );
-        token = page.next_token().map(str::to_owned);
-        if token.is_none() {
-            return names;
-        }
-    }
 }
 
 async fn receipt(aws: &LocalAws, run_id: &str, phase: Phase) -> Value {

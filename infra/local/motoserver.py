@@ -14,6 +14,16 @@ What this adds to a plain `moto_server` (see docs/local-stack.md):
     `/moto-api/reset` clears them): the throttling (503 SlowDown) and 500s S3 really
     answers, which moto never does, so tests can show a retried step succeed and a step
     failing for good be named;
+  * S3 can be held to request rates the way S3 holds a bucket (`POST /_drpilot/s3-limits`,
+    see `S3Limits`): write and read requests a second per bucket, answered `503 SlowDown`
+    past them, with capacity that grows under sustained load as S3 partitions a busy
+    prefix; and a DeleteObjects can answer some keys with a per-key error inside its 200,
+    as S3 does under load. Rates are scaled down (a test sets 35 writes a second where S3
+    guarantees 3,500) so a small run meets what a large one meets on AWS;
+  * Lambda's GetAccountSettings, which moto lacks, answers the account's concurrency
+    (1,000 by default, as AWS gives an account; `POST /_drpilot/lambda-account` with
+    {"concurrent_executions", "unreserved_concurrent_executions"} sets it, as a new
+    account's 10 would be), so readiness's concurrency check runs against the API;
   * it binds to loopback only and exits when the process that started it goes away
     (`--parent-pid`), so a crashed test run leaves no stray server behind.
 
@@ -24,11 +34,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import re
 import os
 import signal
 import sys
 import threading
 import time
+import xml.etree.ElementTree as ET
+from io import BytesIO
 import urllib.error
 import urllib.request
 from typing import Any
@@ -92,7 +106,33 @@ def _forward_invoke(
                 {"errorType": "Lambda.Unknown", "errorMessage": f"HTTP {error.code} from {url}"}
             ).encode()
         return payload
-    except (urllib.error.URLError, TimeoutError, ConnectionError) as error:
+    except TimeoutError:
+        # Lambda ends an invocation at its timeout; Step Functions sees Sandbox.Timedout,
+        # which drpilot's Retry policy does not retry.
+        response_headers["x-amz-function-error"] = "Unhandled"
+        return json.dumps(
+            {
+                "errorType": "Sandbox.Timedout",
+                "errorMessage": f"Task timed out after {LAMBDA_TIMEOUT_SECONDS:.2f} seconds",
+            }
+        ).encode()
+    except urllib.error.URLError as error:
+        if isinstance(error.reason, TimeoutError):
+            response_headers["x-amz-function-error"] = "Unhandled"
+            return json.dumps(
+                {
+                    "errorType": "Sandbox.Timedout",
+                    "errorMessage": f"Task timed out after {LAMBDA_TIMEOUT_SECONDS:.2f} seconds",
+                }
+            ).encode()
+        response_headers["x-amz-function-error"] = "Unhandled"
+        return json.dumps(
+            {
+                "errorType": "Lambda.ServiceException",
+                "errorMessage": f"lambda endpoint {LAMBDA_ENDPOINT} unreachable: {error}",
+            }
+        ).encode()
+    except ConnectionError as error:
         # The function host is down: to Step Functions this is a service fault, which
         # drpilot's Retry policy treats as transient.
         response_headers["x-amz-function-error"] = "Unhandled"
@@ -141,10 +181,277 @@ def _arm_fault(body: bytes) -> tuple[str, dict[str, Any]]:
     return "200 OK", armed
 
 
+class S3Limits:
+    """S3's request-rate limits, scaled: a token bucket per (bucket, class) of request.
+
+    S3 serves at least 3,500 PUT/COPY/POST/DELETE and 5,500 GET/HEAD requests a second
+    per partitioned prefix and answers `503 SlowDown` past what a partition serves; under
+    sustained load it splits the prefix and serves more ("Best practices design patterns:
+    optimizing Amazon S3 performance"). A new bucket starts as one partition, so the model
+    is one bucket of tokens per S3 bucket and class (write, read), refilled at `rate` a
+    second with a burst of one second's worth. Once a class has been throttling for
+    `grow_after_seconds` (at least once every second) its rate is multiplied by `grow_factor`, up to
+    `max_per_second` (a split). A DeleteObjects counts one write a key, as S3 counts it.
+    `delete_per_second`, when set, rates deletes (DeleteObject, DeleteObjects) apart from
+    the other writes, so a test can throttle teardown and not the restore before it.
+
+    `delete_key_errors` keys of coming DeleteObjects requests are answered with a per-key
+    `<Error>` (code `delete_key_error_code`) inside the 200, and are not deleted.
+    """
+
+    WRITE_METHODS = ("PUT", "POST", "DELETE")
+
+    def __init__(self, config: dict[str, Any], clock: Any = time.monotonic) -> None:
+        self.clock = clock
+        self.write_rate = float(config.get("write_per_second", 0) or 0)
+        self.read_rate = float(config.get("read_per_second", 0) or 0)
+        self.delete_rate = float(config.get("delete_per_second", 0) or 0)
+        self.grow_after = float(config.get("grow_after_seconds", 0) or 0)
+        self.grow_factor = float(config.get("grow_factor", 2) or 2)
+        self.max_rate = float(config.get("max_per_second", 0) or 0)
+        self.delete_key_errors = int(config.get("delete_key_errors", 0) or 0)
+        self.delete_key_error_code = str(config.get("delete_key_error_code", "SlowDown"))
+        for name, value in (
+            ("write_per_second", self.write_rate),
+            ("read_per_second", self.read_rate),
+            ("delete_per_second", self.delete_rate),
+            ("grow_after_seconds", self.grow_after),
+            ("max_per_second", self.max_rate),
+        ):
+            if value < 0 or math.isnan(value):
+                raise ValueError(f"{name} must be 0 or more, got {value}")
+        if self.grow_factor < 1:
+            raise ValueError(f"grow_factor must be 1 or more, got {self.grow_factor}")
+        if self.delete_key_errors < 0:
+            raise ValueError("delete_key_errors must be 0 or more")
+        self.lock = threading.Lock()
+        # (bucket, class) -> its token bucket and counts
+        self.buckets: dict[tuple[str, str], dict[str, float]] = {}
+        self.delete_key_errors_answered = 0
+
+    def _kind(self, method: str, delete: bool) -> str:
+        if delete and self.delete_rate > 0:
+            return "delete"
+        return "write" if method in self.WRITE_METHODS else "read"
+
+    def admit(self, bucket: str, method: str, requests: int = 1, delete: bool = False) -> bool:
+        """Whether S3 serves `requests` requests of `method` on `bucket` now (`delete`: a
+        DeleteObject or DeleteObjects)."""
+        kind = self._kind(method, delete or method == "DELETE")
+        base = {"write": self.write_rate, "read": self.read_rate, "delete": self.delete_rate}[kind]
+        if base <= 0:
+            return True
+        now = self.clock()
+        with self.lock:
+            state = self.buckets.setdefault(
+                (bucket, kind),
+                {
+                    "rate": base,
+                    "tokens": base,
+                    "last": now,
+                    "since": -1.0,
+                    "last_throttled": -1.0,
+                    "throttled": 0,
+                    "served": 0,
+                },
+            )
+            state["tokens"] = min(
+                state["rate"], state["tokens"] + (now - state["last"]) * state["rate"]
+            )
+            state["last"] = now
+            # A DeleteObjects of more keys than a second's burst is served once the bucket
+            # is full: S3 takes a 1,000-key request at any rate it serves at all.
+            needed = min(float(requests), state["rate"])
+            if state["tokens"] >= needed:
+                # The whole request is paid: a large batch leaves a debt.
+                state["tokens"] -= float(requests)
+                state["served"] += requests
+                return True
+            state["throttled"] += 1
+            # Sustained: throttled at least once a second since `since`.
+            if state["since"] < 0 or now - state["last_throttled"] > 1.0:
+                state["since"] = now
+            state["last_throttled"] = now
+            if self.grow_after > 0 and now - state["since"] >= self.grow_after:
+                ceiling = self.max_rate if self.max_rate > 0 else state["rate"]
+                state["rate"] = min(ceiling, state["rate"] * self.grow_factor)
+                state["since"] = now
+            return False
+
+    def take_delete_key_errors(self, count: int) -> int:
+        """How many of a DeleteObjects' `count` keys answer an error."""
+        with self.lock:
+            taken = min(count, self.delete_key_errors)
+            self.delete_key_errors -= taken
+            self.delete_key_errors_answered += taken
+            return taken
+
+    def stats(self) -> dict[str, Any]:
+        with self.lock:
+            return {
+                "buckets": [
+                    {
+                        "bucket": bucket,
+                        "class": kind,
+                        "rate": state["rate"],
+                        "served": state["served"],
+                        "throttled": state["throttled"],
+                    }
+                    for (bucket, kind), state in sorted(self.buckets.items())
+                ],
+                "delete_key_errors_answered": self.delete_key_errors_answered,
+            }
+
+
+LAMBDA_ACCOUNT_PATH = "/_drpilot/lambda-account"
+ACCOUNT_SETTINGS_PATH = re.compile(r"^/2016-08-19/account-settings/?$")
+DEFAULT_LAMBDA_ACCOUNT = {"concurrent_executions": 1000, "unreserved_concurrent_executions": 1000}
+_lambda_account: dict[str, int] = dict(DEFAULT_LAMBDA_ACCOUNT)
+
+
+def _configure_lambda_account(body: bytes) -> tuple[str, dict[str, Any]]:
+    try:
+        config = json.loads(body or b"{}")
+        total = int(config.get("concurrent_executions", 1000))
+        unreserved = int(config.get("unreserved_concurrent_executions", total))
+        if total < 0 or unreserved < 0 or unreserved > total:
+            raise ValueError("0 <= unreserved_concurrent_executions <= concurrent_executions")
+    except (ValueError, TypeError, AttributeError) as error:
+        return "400 Bad Request", {"error": f"Lambda account: {error}"}
+    _lambda_account.update(concurrent_executions=total, unreserved_concurrent_executions=unreserved)
+    return "200 OK", dict(_lambda_account)
+
+
+def _account_settings() -> bytes:
+    """GetAccountSettings' answer (Lambda API Reference) for the configured account."""
+    return json.dumps(
+        {
+            "AccountLimit": {
+                "TotalCodeSize": 80530636800,
+                "CodeSizeUnzipped": 262144000,
+                "CodeSizeZipped": 52428800,
+                "ConcurrentExecutions": _lambda_account["concurrent_executions"],
+                "UnreservedConcurrentExecutions": _lambda_account["unreserved_concurrent_executions"],
+            },
+            "AccountUsage": {"TotalCodeSize": 0, "FunctionCount": 0},
+        }
+    ).encode()
+
+
+LIMITS_PATH = "/_drpilot/s3-limits"
+_limits: S3Limits | None = None
+
+
+def _is_s3(environ: dict[str, Any]) -> bool:
+    """Whether a request is signed for S3 (every service shares this server's port)."""
+    authorization = environ.get("HTTP_AUTHORIZATION", "")
+    query = environ.get("QUERY_STRING", "")
+    return "/s3/aws4_request" in authorization or "%2Fs3%2Faws4_request" in query
+
+
+def _bucket_of(path: str) -> str:
+    # drpilot's clients address S3 path-style: /<bucket>/<key>.
+    return path.lstrip("/").split("/", 1)[0]
+
+
+def _xml_answer(start_response: Any, status: str, body: bytes) -> list[bytes]:
+    start_response(status, [("Content-Type", "application/xml"), ("Content-Length", str(len(body)))])
+    return [body]
+
+
+def _slow_down(start_response: Any, path: str) -> list[bytes]:
+    body = (
+        '<?xml version="1.0" encoding="UTF-8"?>'
+        "<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message>"
+        f"<Resource>{path}</Resource><RequestId>drpilot-limit</RequestId></Error>"
+    ).encode()
+    return _xml_answer(start_response, "503 Slow Down", body)
+
+
+def _delete_keys(body: bytes) -> tuple[Any, list[Any]]:
+    root = ET.fromstring(body)
+    objects = [child for child in root if child.tag.rsplit("}", 1)[-1] == "Object"]
+    return root, objects
+
+
+def _key_of(element: Any) -> str:
+    for child in element:
+        if child.tag.rsplit("}", 1)[-1] == "Key":
+            return child.text or ""
+    return ""
+
+
+def _with_limits(
+    self: DomainDispatcherApplication, environ: dict[str, Any], start_response: Any, limits: S3Limits
+) -> Any:
+    """The request through `limits`: throttled, or served (a DeleteObjects perhaps with
+    some keys answered by a per-key error)."""
+    path = environ.get("PATH_INFO", "")
+    method = environ.get("REQUEST_METHOD", "GET")
+    bucket = _bucket_of(path)
+    is_delete_objects = method == "POST" and "delete" in environ.get("QUERY_STRING", "").split("&")
+    if not is_delete_objects:
+        if not limits.admit(bucket, method):
+            return _slow_down(start_response, path)
+        return _dispatch(self, environ, start_response)
+    length = int(environ.get("CONTENT_LENGTH") or 0)
+    body = environ["wsgi.input"].read(length)
+    root, objects = _delete_keys(body)
+    if not limits.admit(bucket, method, max(1, len(objects)), delete=True):
+        return _slow_down(start_response, path)
+    failing = objects[: limits.take_delete_key_errors(len(objects))]
+    for element in failing:
+        root.remove(element)
+    if failing:
+        body = ET.tostring(root, encoding="utf-8")
+        # The request's checksum covered the keys removed: moto may check it.
+        for header in [h for h in environ if h.startswith("HTTP_X_AMZ_CHECKSUM") or h == "HTTP_CONTENT_MD5"]:
+            del environ[header]
+    environ["wsgi.input"] = BytesIO(body)
+    environ["CONTENT_LENGTH"] = str(len(body))
+    if not failing:
+        return _dispatch(self, environ, start_response)
+    captured: dict[str, Any] = {}
+
+    def capture(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+        captured["status"], captured["headers"] = status, headers
+        return lambda _data: None
+
+    answer = b"".join(_dispatch(self, environ, capture))
+    if not captured["status"].startswith("200"):
+        start_response(captured["status"], captured["headers"])
+        return [answer]
+    result = ET.fromstring(answer)
+    namespace = result.tag[: result.tag.index("}") + 1] if result.tag.startswith("{") else ""
+    for element in failing:
+        error = ET.SubElement(result, f"{namespace}Error")
+        ET.SubElement(error, f"{namespace}Key").text = _key_of(element)
+        ET.SubElement(error, f"{namespace}Code").text = limits.delete_key_error_code
+        ET.SubElement(error, f"{namespace}Message").text = "Please reduce your request rate."
+    answer = ET.tostring(result, encoding="utf-8", xml_declaration=True)
+    headers = [(k, v) for k, v in captured["headers"] if k.lower() != "content-length"]
+    start_response(captured["status"], headers + [("Content-Length", str(len(answer)))])
+    return [answer]
+
+
+def _configure_limits(body: bytes) -> tuple[str, dict[str, Any]]:
+    global _limits
+    try:
+        config = json.loads(body or b"{}")
+        if not isinstance(config, dict):
+            raise ValueError("the limits are a JSON object")
+        limits = S3Limits(config)
+    except (ValueError, TypeError) as error:
+        return "400 Bad Request", {"error": f"S3 limits: {error}"}
+    _limits = limits
+    return "200 OK", limits.stats()
+
+
 _dispatch = DomainDispatcherApplication.__call__
 
 
 def _with_faults(self: DomainDispatcherApplication, environ: Any, start_response: Any) -> Any:
+    global _limits
     path = environ.get("PATH_INFO", "")
     method = environ.get("REQUEST_METHOD", "GET")
     if path == FAULTS_PATH:
@@ -159,7 +466,34 @@ def _with_faults(self: DomainDispatcherApplication, environ: Any, start_response
             status, [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
         )
         return [body]
+    if path == LIMITS_PATH:
+        if method == "POST":
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+            status, answer = _configure_limits(environ["wsgi.input"].read(length))
+        else:
+            status, answer = "200 OK", (_limits.stats() if _limits else {"buckets": []})
+        body = json.dumps(answer).encode()
+        start_response(
+            status, [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
+        )
+        return [body]
+    if path == LAMBDA_ACCOUNT_PATH and method == "POST":
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+        status, answer = _configure_lambda_account(environ["wsgi.input"].read(length))
+        body = json.dumps(answer).encode()
+        start_response(
+            status, [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
+        )
+        return [body]
+    if method == "GET" and ACCOUNT_SETTINGS_PATH.match(path):
+        body = _account_settings()
+        start_response(
+            "200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
+        )
+        return [body]
     if path.startswith("/moto-api/reset"):
+        _lambda_account.update(DEFAULT_LAMBDA_ACCOUNT)
+        _limits = None
         with _faults_lock:
             _faults.clear()
             _faults_answered.clear()
@@ -176,6 +510,9 @@ def _with_faults(self: DomainDispatcherApplication, environ: Any, start_response
             [("Content-Type", "application/xml"), ("Content-Length", str(len(body)))],
         )
         return [body]
+    limits = _limits
+    if limits is not None and _is_s3(environ):
+        return _with_limits(self, environ, start_response, limits)
     return _dispatch(self, environ, start_response)
 
 

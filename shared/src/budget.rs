@@ -11,25 +11,47 @@
 //! here, after the new pace, a bounded number of times. A range's child's budget also
 //! carries its run's [`Fence`]: the writers ask [`PutBudget::check_fence`] before each
 //! object they start.
+//!
+//! Deletes are writes too: [`delete_prefix`] pays one token a key of each DeleteObjects,
+//! retries the keys S3 answered with a per-key error inside its 200, and stops at a
+//! deadline with what is left, so that a staging larger than one invocation can delete
+//! is deleted over several.
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aws_sdk_s3::error::ProvideErrorMetadata;
+use aws_sdk_s3::types::{Delete, ObjectIdentifier};
 use tokio::time::Instant;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::fence::{fence_uri, Fence};
+use crate::objects::abort_uploads;
 use crate::plan::PlanRef;
 use crate::receipt::ReceiptStore;
 use crate::run::RunContext;
+use crate::s3uri::S3Uri;
 
 /// The aggregate write rate a run keeps under, per prefix (S3's 3,500 less a margin).
 pub const PREFIX_PUT_RATE: f64 = 3_000.0;
 
-/// Children of a Distributed Map that may run at once (the ASL's `MaxConcurrency`).
+/// Children of a Distributed Map that may run at once (the ASL's `MaxConcurrency`), unless
+/// the stack's `FanOutConcurrency` says otherwise ([`FAN_OUT_CONCURRENCY_ENV`]).
 pub const MAX_CHILDREN: u32 = 64;
+
+/// Environment variable: the stack's `FanOutConcurrency` (the Maps' `MaxConcurrency`).
+pub const FAN_OUT_CONCURRENCY_ENV: &str = "DRPILOT_FAN_OUT_CONCURRENCY";
+
+/// Children of a Distributed Map that may run at once: the stack's `FanOutConcurrency`,
+/// or [`MAX_CHILDREN`].
+pub fn fan_out_concurrency() -> u32 {
+    std::env::var(FAN_OUT_CONCURRENCY_ENV)
+        .ok()
+        .and_then(|v| v.trim().parse::<u32>().ok())
+        .filter(|n| *n >= 1)
+        .unwrap_or(MAX_CHILDREN)
+}
 
 /// The slowest a budget goes after repeated `SlowDown`s, in requests a second.
 const MIN_RATE: f64 = 5.0;
@@ -94,10 +116,10 @@ impl PutBudget {
     }
 
     /// This function's share of [`PREFIX_PUT_RATE`]: all of it for a phase running
-    /// inline, `1 / min(ranges, MAX_CHILDREN)` of it for one range's child.
+    /// inline, `1 / min(ranges, fan-out concurrency)` of it for one range's child.
     pub fn for_run(plan: Option<&PlanRef>, child: bool) -> Self {
         let sharing = match plan {
-            Some(plan) if child => plan.ranges.clamp(1, MAX_CHILDREN),
+            Some(plan) if child => plan.ranges.clamp(1, fan_out_concurrency()),
             _ => 1,
         };
         Self::new(PREFIX_PUT_RATE / f64::from(sharing))
@@ -134,6 +156,13 @@ impl PutBudget {
 
     /// Waits for one request's token.
     pub async fn acquire(&self) {
+        self.acquire_many(1).await;
+    }
+
+    /// Waits for `requests` tokens (a DeleteObjects counts one a key). More than a
+    /// second's burst is taken once the bucket is full, leaving a debt the next requests
+    /// wait out: the pace holds over time whatever the batch size.
+    pub async fn acquire_many(&self, requests: u32) {
         loop {
             let wait = {
                 let mut bucket = self.lock();
@@ -141,11 +170,12 @@ impl PutBudget {
                 let elapsed = now.duration_since(bucket.last).as_secs_f64();
                 bucket.tokens = (bucket.tokens + elapsed * bucket.rate).min(bucket.rate);
                 bucket.last = now;
-                if bucket.tokens >= 1.0 {
-                    bucket.tokens -= 1.0;
+                let needed = f64::from(requests.max(1)).min(bucket.rate);
+                if bucket.tokens >= needed {
+                    bucket.tokens -= f64::from(requests.max(1));
                     return;
                 }
-                Duration::from_secs_f64((1.0 - bucket.tokens) / bucket.rate)
+                Duration::from_secs_f64((needed - bucket.tokens) / bucket.rate)
             };
             tokio::time::sleep(wait).await;
         }
@@ -197,6 +227,159 @@ impl PutBudget {
 /// S3's throttling answer (`503 SlowDown`).
 pub fn is_slow_down<E: ProvideErrorMetadata>(err: &E) -> bool {
     err.code() == Some("SlowDown")
+}
+
+/// How often keys S3 answered with a per-key error are sent again within one pass.
+const KEY_RETRIES: u32 = 6;
+
+/// What one [`delete_prefix`] pass did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Deletion {
+    /// Objects this pass deleted.
+    pub deleted: u64,
+    /// Whether the prefix is now empty (and its unfinished uploads aborted); `false`
+    /// when the pass stopped at its deadline.
+    pub complete: bool,
+}
+
+/// Deletes every object under `prefix`, a listing page (1,000 keys) a request, paced by
+/// `budget` (one token a key). Keys S3 answers with a per-key error inside the 200 are
+/// sent again after a pause ([`KEY_RETRIES`] times; a `SlowDown` among them slows the
+/// budget); keys still failing after that fail the pass, naming the first. Past
+/// `stop_at` (checked before each page after the first, and while S3 throttles) the
+/// pass ends incomplete; another pass continues where it left off. Idempotent: an empty
+/// prefix deletes nothing.
+pub async fn delete_prefix(
+    s3: &aws_sdk_s3::Client,
+    prefix: &S3Uri,
+    budget: &PutBudget,
+    stop_at: Option<Instant>,
+) -> Result<Deletion> {
+    let prefix = prefix.as_prefix();
+    if prefix.key.is_empty() {
+        return Err(Error::input(format!(
+            "refusing to delete a whole bucket ({prefix})"
+        )));
+    }
+    let past = || stop_at.is_some_and(|at| Instant::now() >= at);
+    let mut deleted = 0u64;
+    let mut pages = s3
+        .list_objects_v2()
+        .bucket(&prefix.bucket)
+        .prefix(&prefix.key)
+        .into_paginator()
+        .send();
+    while let Some(page) = pages.next().await {
+        let page = page.map_err(|e| Error::from_sdk(&format!("ListObjectsV2 {prefix}"), e))?;
+        let keys: Vec<String> = page
+            .contents()
+            .iter()
+            .filter_map(|o| o.key().map(str::to_owned))
+            .collect();
+        if keys.is_empty() {
+            continue;
+        }
+        if deleted > 0 && past() {
+            return Ok(Deletion {
+                deleted,
+                complete: false,
+            });
+        }
+        let (count, finished) = delete_keys(s3, &prefix, keys, budget, &past).await?;
+        deleted += count;
+        if !finished {
+            return Ok(Deletion {
+                deleted,
+                complete: false,
+            });
+        }
+    }
+    abort_uploads(s3, &prefix).await?;
+    Ok(Deletion {
+        deleted,
+        complete: true,
+    })
+}
+
+/// Deletes `keys` (one page) until none is left: how many it deleted, and whether all
+/// (`false`: the pass's time ran out while S3 throttled).
+async fn delete_keys(
+    s3: &aws_sdk_s3::Client,
+    prefix: &S3Uri,
+    mut keys: Vec<String>,
+    budget: &PutBudget,
+    past: &impl Fn() -> bool,
+) -> Result<(u64, bool)> {
+    let mut deleted = 0u64;
+    let mut tries = 0u32;
+    loop {
+        let count = keys.len() as u64;
+        let objects = keys
+            .iter()
+            .map(|k| ObjectIdentifier::builder().key(k).build())
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| Error::internal(format!("building DeleteObjects: {e}")))?;
+        let delete = Delete::builder()
+            .set_objects(Some(objects))
+            .quiet(true)
+            .build()
+            .map_err(|e| Error::internal(format!("building DeleteObjects: {e}")))?;
+        budget.acquire_many(count as u32).await;
+        let out = match s3
+            .delete_objects()
+            .bucket(&prefix.bucket)
+            .delete(delete)
+            .send()
+            .await
+        {
+            Ok(out) => out,
+            Err(err) if is_slow_down(&err) && tries < KEY_RETRIES => {
+                tries += 1;
+                budget.slow_down();
+                if past() {
+                    return Ok((deleted, false));
+                }
+                continue;
+            }
+            Err(err) => return Err(Error::from_sdk(&format!("DeleteObjects {prefix}"), err)),
+        };
+        let failed: Vec<String> = out
+            .errors()
+            .iter()
+            .filter_map(|e| e.key().map(str::to_owned))
+            .collect();
+        deleted += count - failed.len() as u64;
+        if failed.is_empty() {
+            budget.succeeded();
+            return Ok((deleted, true));
+        }
+        let first = &out.errors()[0];
+        if tries >= KEY_RETRIES {
+            return Err(Error::retryable(format!(
+                "DeleteObjects {prefix}: {} keys not deleted after {} tries, first {:?}: {} {}",
+                failed.len(),
+                tries + 1,
+                first.key().unwrap_or_default(),
+                first.code().unwrap_or_default(),
+                first.message().unwrap_or_default(),
+            )));
+        }
+        tracing::warn!(
+            prefix = %prefix,
+            failed = failed.len(),
+            code = first.code().unwrap_or_default(),
+            "DeleteObjects answered per-key errors: sending those keys again"
+        );
+        if out.errors().iter().any(|e| e.code() == Some("SlowDown")) {
+            budget.slow_down();
+        }
+        tries += 1;
+        if past() {
+            return Ok((deleted, false));
+        }
+        tokio::time::sleep(Duration::from_millis(100 << tries.min(5))).await;
+        keys = failed;
+    }
 }
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
 //! drpilot's shared core: what every phase Lambda and the CLI use.
 //!
-//! One concept per module: [`phase`] (the phase lifecycle and the Lambda entry point),
+//! One concept per module: [`phase`] (the phase lifecycle and the Lambda entry point), [`deadline`] (how long an invocation may still work),
 //! [`input`] (execution input, trigger normalisation, names, the promotion decision),
 //! [`profile`], [`component`] (databases and services restored beside the data), [`receipt`] (receipts and the run summary), [`details`] (what each phase
 //! records, as types), [`run`] (what travels between phases), [`restored`] (deleting what components restored), [`resume`] (a run across executions: their names,
@@ -25,6 +25,7 @@ pub mod budget;
 pub mod clients;
 pub mod component;
 pub mod copy;
+pub mod deadline;
 pub mod details;
 pub mod error;
 pub mod failback;

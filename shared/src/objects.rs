@@ -6,7 +6,7 @@ use std::io::{self, Read};
 use aws_sdk_s3::error::ProvideErrorMetadata;
 use aws_sdk_s3::operation::get_object::GetObjectError;
 use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::types::{ChecksumMode, Delete, ObjectIdentifier};
+use aws_sdk_s3::types::ChecksumMode;
 use base64::Engine;
 use bytes::Bytes;
 use tokio::sync::mpsc;
@@ -270,61 +270,6 @@ pub fn part_size(size: u64, preferred: u64) -> u64 {
     const MIB: u64 = 1 << 20;
     let needed = size.div_ceil(MAX_PARTS).div_ceil(MIB) * MIB;
     preferred.max(needed)
-}
-
-/// Deletes every object under `prefix` (1000 keys a request, one page at a time) and
-/// aborts multipart uploads left under it. Returns how many objects were deleted.
-/// Idempotent: an empty prefix deletes nothing.
-pub async fn delete_prefix(s3: &aws_sdk_s3::Client, prefix: &S3Uri) -> Result<u64> {
-    let prefix = prefix.as_prefix();
-    if prefix.key.is_empty() {
-        return Err(Error::input(format!(
-            "refusing to delete a whole bucket ({prefix})"
-        )));
-    }
-    let mut deleted = 0u64;
-    let mut pages = s3
-        .list_objects_v2()
-        .bucket(&prefix.bucket)
-        .prefix(&prefix.key)
-        .into_paginator()
-        .send();
-    while let Some(page) = pages.next().await {
-        let page = page.map_err(|e| Error::from_sdk(&format!("ListObjectsV2 {prefix}"), e))?;
-        let ids: Vec<ObjectIdentifier> = page
-            .contents()
-            .iter()
-            .filter_map(|o| o.key())
-            .filter_map(|k| ObjectIdentifier::builder().key(k).build().ok())
-            .collect();
-        if ids.is_empty() {
-            continue;
-        }
-        let count = ids.len() as u64;
-        let delete = Delete::builder()
-            .set_objects(Some(ids))
-            .quiet(true)
-            .build()
-            .map_err(|e| Error::internal(format!("building DeleteObjects: {e}")))?;
-        let out = s3
-            .delete_objects()
-            .bucket(&prefix.bucket)
-            .delete(delete)
-            .send()
-            .await
-            .map_err(|e| Error::from_sdk(&format!("DeleteObjects {prefix}"), e))?;
-        if let Some(first) = out.errors().first() {
-            return Err(Error::retryable(format!(
-                "DeleteObjects {prefix}: {} keys not deleted, first {:?}: {:?}",
-                out.errors().len(),
-                first.key(),
-                first.message()
-            )));
-        }
-        deleted += count;
-    }
-    abort_uploads(s3, &prefix).await?;
-    Ok(deleted)
 }
 
 /// Aborts every unfinished multipart upload under `prefix`.

@@ -501,11 +501,15 @@ where
                 phase = tracing::field::Empty,
                 range = tracing::field::Empty,
             );
+            // Resumable work stops before Lambda's deadline (crate::deadline).
+            let budget = crate::deadline::budget(event.context.deadline);
             async move {
-                catch_panic(handler(event)).await.map_err(|err| {
-                    error!(error.name = err.kind.name(), error = %err, "invocation failed");
-                    Diagnostic::from(err)
-                })
+                crate::deadline::scope(budget, catch_panic(handler(event)))
+                    .await
+                    .map_err(|err| {
+                        error!(error.name = err.kind.name(), error = %err, "invocation failed");
+                        Diagnostic::from(err)
+                    })
             }
             .instrument(span)
         },

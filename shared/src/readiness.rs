@@ -14,7 +14,7 @@ use crate::s3uri::S3Uri;
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ReadinessCheck {
     /// `backup_age`, `backup_contract`, `encryption`, `lock`, `last_drill`,
-    /// `predicted_recovery`.
+    /// `predicted_recovery`, `lambda_concurrency`.
     pub name: String,
     pub passed: bool,
     /// What was found, in words.

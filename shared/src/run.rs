@@ -192,6 +192,20 @@ pub struct TeardownOutput {
     pub pending_cleanup: u32,
     #[serde(default)]
     pub wait_seconds: u64,
+    /// How far deleting the staging has come, while it takes more than one invocation:
+    /// the state machine hands it to teardown's next pass (null once teardown is done).
+    #[serde(default)]
+    pub cleanup: Option<CleanupProgress>,
+}
+
+/// Teardown's progress through a staging larger than one invocation deletes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CleanupProgress {
+    /// Staged objects earlier passes deleted.
+    pub staging_deleted: u64,
+    /// Passes so far.
+    pub passes: u32,
 }
 
 impl TeardownOutput {
@@ -206,6 +220,19 @@ impl TeardownOutput {
             wait_seconds,
             lock: "untouched (cleanup first)".into(),
             ..Self::untouched(run_id, None)
+        }
+    }
+
+    /// Teardown deleted part of the staging before its time ran out: the state machine
+    /// runs it again at once with `progress`.
+    pub fn deleting_staging(run_id: String, progress: CleanupProgress) -> Self {
+        Self {
+            notice: format!(
+                "drpilot run {run_id}: teardown has deleted {} staged object(s) in {} pass(es) and goes on.",
+                progress.staging_deleted, progress.passes
+            ),
+            cleanup: Some(progress),
+            ..Self::cleaning(run_id, 1, STAGING_PASS_WAIT_SECONDS)
         }
     }
 
@@ -248,9 +275,14 @@ impl TeardownOutput {
             failure,
             pending_cleanup: 0,
             wait_seconds: 0,
+            cleanup: None,
         }
     }
 }
+
+/// The wait between two passes over a staging: none is needed (S3's pace is kept by the
+/// budget); one second keeps a wait loop visible in the history.
+pub const STAGING_PASS_WAIT_SECONDS: u64 = 1;
 
 /// An operator's approval, as `drpilot approve` sends it through the task token: what
 /// promote receives, and each of a failback's two confirmations.

@@ -166,6 +166,30 @@ struct Server {
 }
 
 static SERVER: OnceLock<Server> = OnceLock::new();
+
+/// The seconds every Lambda invocation of this process's local AWS may take, unless the
+/// process chose otherwise with [`hold_invocations_to`] before its first case: a
+/// function held to it stops its resumable work in time (`drpilot_shared::deadline`),
+/// and the local stack ends one that overruns it with `Sandbox.Timedout`, as Lambda does
+/// at the function's timeout. A third of Lambda's 900 s: the emulator is slower than AWS.
+pub const INVOCATION_BUDGET_SECONDS: f64 = 300.0;
+
+static INVOCATION_BUDGET: OnceLock<f64> = OnceLock::new();
+
+/// Holds every Lambda invocation of this process's local AWS to `seconds` (a scaled-down
+/// timeout, so that a small test meets what a large run meets on AWS). Call it before the
+/// process's first [`LocalAws::start`]; a second call must agree with the first.
+pub fn hold_invocations_to(seconds: f64) {
+    let held = *INVOCATION_BUDGET.get_or_init(|| seconds);
+    assert_eq!(
+        held, seconds,
+        "this process's invocations are already held to {held} s"
+    );
+}
+
+fn invocation_budget() -> f64 {
+    *INVOCATION_BUDGET.get_or_init(|| INVOCATION_BUDGET_SECONDS)
+}
 static TURN: Mutex<()> = Mutex::const_new(());
 
 fn server() -> &'static Server {
@@ -193,6 +217,7 @@ fn start_server() -> Result<Server, String> {
             "DRPILOT_LAMBDA_ENDPOINT",
             format!("http://127.0.0.1:{lambda_port}"),
         )
+        .env("DRPILOT_LAMBDA_TIMEOUT", invocation_budget().to_string())
         .arg(root.join("infra/local/motoserver.py"))
         .args(["--port", "0", "--port-file"])
         .arg(&port_file)
@@ -279,6 +304,10 @@ fn start_functions(server: &Server) -> Result<(), String> {
         .env(
             drpilot_shared::approval::APPROVAL_KEY_ENV,
             drpilot_shared::local::APPROVAL_KEY_ALIAS,
+        )
+        .env(
+            drpilot_shared::deadline::BUDGET_ENV,
+            invocation_budget().to_string(),
         )
         // The longest approval timeout the tests deploy their machines with (600 s).
         .env("DRPILOT_APPROVAL_TIMEOUT_SECONDS", "600")
@@ -635,6 +664,49 @@ impl LocalAws {
         let (status, body) = http(self.port, "POST", "/_drpilot/faults", &rule.to_string())
             .expect("arm an S3 fault");
         assert_eq!(status, 200, "arming an S3 fault: {body}");
+    }
+
+    /// Holds the emulator's S3 to request rates as S3 holds a bucket (the local stack's
+    /// `S3Limits`, infra/local/motoserver.py): `limits` names `write_per_second`,
+    /// `read_per_second`, `delete_per_second`, `grow_after_seconds`, `grow_factor`,
+    /// `max_per_second` and `delete_key_errors` (keys of coming DeleteObjects answered
+    /// with a per-key error in the 200). The case's reset lifts them.
+    pub fn limit_s3(&self, limits: serde_json::Value) {
+        let (status, body) = http(
+            self.port,
+            "POST",
+            "/_drpilot/s3-limits",
+            &limits.to_string(),
+        )
+        .expect("set the S3 limits");
+        assert_eq!(status, 200, "setting the S3 limits: {body}");
+    }
+
+    /// Gives the emulator's Lambda account this concurrency (GetAccountSettings, which
+    /// the local stack answers; AWS's default is 1,000, a new account often has 10).
+    /// The case's reset restores 1,000.
+    pub fn lambda_account(&self, concurrent_executions: u32, unreserved: u32) {
+        let body = serde_json::json!({
+            "concurrent_executions": concurrent_executions,
+            "unreserved_concurrent_executions": unreserved,
+        });
+        let (status, body) = http(
+            self.port,
+            "POST",
+            "/_drpilot/lambda-account",
+            &body.to_string(),
+        )
+        .expect("set the Lambda account");
+        assert_eq!(status, 200, "setting the Lambda account: {body}");
+    }
+
+    /// What the S3 limits did: per bucket and class, `rate`, `served` and `throttled`;
+    /// and `delete_key_errors_answered`.
+    pub fn s3_limit_stats(&self) -> serde_json::Value {
+        let (status, body) =
+            http(self.port, "GET", "/_drpilot/s3-limits", "").expect("read the S3 limits");
+        assert_eq!(status, 200, "reading the S3 limits: {body}");
+        serde_json::from_str(&body).expect("JSON")
     }
 
     /// How many requests the armed S3 faults have answered.

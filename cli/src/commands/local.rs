@@ -169,6 +169,10 @@ pub fn definition(
             "ApprovalHeartbeatSeconds",
             approval_timeout.saturating_sub(1).max(1).to_string(),
         ),
+        (
+            "FanOutConcurrency",
+            drpilot_shared::budget::MAX_CHILDREN.to_string(),
+        ),
     ];
     for (name, value) in substitutions {
         text = text.replace(&format!("${{{name}}}"), &value);

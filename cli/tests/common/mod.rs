@@ -71,3 +71,36 @@ pub async fn start_run(ctx: &Ctx, input: Value) -> String {
     .unwrap();
     p.run_id()
 }
+
+/// Every event of the run's latest execution's history, in order.
+pub async fn history(ctx: &Ctx, run_id: &str) -> Vec<aws_sdk_sfn::types::HistoryEvent> {
+    let arn = ctx.execution_arn(run_id).await.unwrap();
+    let mut events = Vec::new();
+    let mut token = None;
+    loop {
+        let page = ctx
+            .sfn
+            .get_execution_history()
+            .execution_arn(&arn)
+            .set_next_token(token)
+            .max_results(1000)
+            .send()
+            .await
+            .unwrap();
+        events.extend(page.events().iter().cloned());
+        token = page.next_token().map(str::to_owned);
+        if token.is_none() {
+            return events;
+        }
+    }
+}
+
+/// The names of the states the execution entered.
+pub async fn states_entered(ctx: &Ctx, run_id: &str) -> Vec<String> {
+    history(ctx, run_id)
+        .await
+        .iter()
+        .filter_map(|e| e.state_entered_event_details())
+        .map(|d| d.name().to_owned())
+        .collect()
+}

@@ -5,7 +5,8 @@
 //!   its encryption (SSE-KMS key and its rotation, `kms:GetKeyRotationStatus`), a stale
 //!   lock, days since the last successful drill, and the recovery time predicted from the
 //!   last measured restore rates and the current backup's size and object count against
-//!   the RTO target. Writes `<receipts>/readiness/latest.json` (and the history), puts
+//!   the RTO target, and the account's unreserved Lambda concurrency against what a run's
+//!   fan-out needs (`lambda_concurrency`). Writes `<receipts>/readiness/latest.json` (and the history), puts
 //!   `BackupAgeSeconds`, `RpoTargetSeconds`, `DaysSinceLastDrill`,
 //!   `PredictedRecoverySeconds`, `RtoTargetSeconds` and `ReadinessFailures` (dimension
 //!   `Profile`); the template's alarms compare them and notify.
@@ -33,6 +34,10 @@ use drpilot_shared::resume::ExecutionName;
 use drpilot_shared::{AwsClients, Error, Phase, Result};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
+
+/// Lambda concurrency a run needs beside its fan-out's children: the phase function
+/// that started the Map, the approve function, readiness and one to spare.
+pub const CONCURRENCY_BESIDE_FAN_OUT: u32 = 4;
 
 /// The drill state machine whose running recoveries `rto-watch` watches.
 pub const STATE_MACHINE_ENV: &str = "DRPILOT_STATE_MACHINE";
@@ -72,6 +77,7 @@ pub struct Readiness {
     pub clients: AwsClients,
     pub profiles: ProfileSource,
     pub kms: aws_sdk_kms::Client,
+    pub lambda: aws_sdk_lambda::Client,
     pub sfn: aws_sdk_sfn::Client,
     pub sns: aws_sdk_sns::Client,
     pub defaults: TriggerDefaults,
@@ -86,6 +92,7 @@ impl Readiness {
         Self {
             profiles: ProfileSource::from_env(clients.ssm.clone()),
             kms: clients.kms(),
+            lambda: clients.lambda(),
             sfn: clients.sfn(),
             sns: clients.sns(),
             defaults: TriggerDefaults::from_env(),
@@ -206,6 +213,8 @@ impl Readiness {
             },
         });
 
+        checks.push(self.concurrency_check().await);
+
         let report = ReadinessReport {
             profile: name.to_owned(),
             checked_at: now,
@@ -239,6 +248,40 @@ impl Readiness {
         metrics::publish_readiness(&self.clients.cloudwatch, name, now, samples).await?;
         info!(profile = name, ready = report.ready, failures = ?report.failures(), "readiness checked");
         Ok(report)
+    }
+
+    /// Whether the account's unreserved Lambda concurrency leaves room for a run: a
+    /// Distributed Map's children at once (the stack's `FanOutConcurrency`) and the
+    /// functions running beside them ([`CONCURRENCY_BESIDE_FAN_OUT`]). Past it, Lambda
+    /// throttles the children and the Map, after its retries, fails the run.
+    async fn concurrency_check(&self) -> ReadinessCheck {
+        let needed = drpilot_shared::budget::fan_out_concurrency() + CONCURRENCY_BESIDE_FAN_OUT;
+        let (passed, detail) = match self.lambda.get_account_settings().send().await {
+            Ok(settings) => {
+                let limit = settings.account_limit();
+                let unreserved = limit.and_then(|l| l.unreserved_concurrent_executions());
+                let total = limit.map_or(0, |l| l.concurrent_executions());
+                match unreserved {
+                    Some(unreserved) => (
+                        i64::from(unreserved) >= i64::from(needed),
+                        format!(
+                            "the account's unreserved Lambda concurrency is {unreserved} (of {total}); a run needs {needed}: {} fan-out children at once and {CONCURRENCY_BESIDE_FAN_OUT} functions beside them",
+                            needed - CONCURRENCY_BESIDE_FAN_OUT
+                        ),
+                    ),
+                    None => (false, "GetAccountSettings named no unreserved concurrency".into()),
+                }
+            }
+            Err(err) => {
+                let err = Error::from_sdk("GetAccountSettings", err);
+                (false, format!("{}: {err}", err.kind.name()))
+            }
+        };
+        ReadinessCheck {
+            name: "lambda_concurrency".into(),
+            passed,
+            detail,
+        }
     }
 
     /// The newest valid backup, its contract objects' sizes checked, its manifests read

@@ -11,13 +11,13 @@ pub mod staging;
 use aws_sdk_s3::primitives::ByteStream;
 use chrono::{DateTime, Utc};
 use drpilot_shared::backup::{self, artifact_uri, InRange, Shard};
-use drpilot_shared::budget::PutBudget;
+use drpilot_shared::budget::{delete_prefix, PutBudget};
 use drpilot_shared::details::{ControlPlaneStaged, RestoreDetails, ShardStaged};
 use drpilot_shared::error::decode_slice;
 use drpilot_shared::input::Phase;
 use drpilot_shared::objects::get_json;
+use drpilot_shared::objects::open;
 use drpilot_shared::objects::put_json;
-use drpilot_shared::objects::{delete_prefix, open};
 use drpilot_shared::phase::{self, Outcome, PhaseRun, Rerun};
 use drpilot_shared::plan::{self, PlanItem, RangeResult, Reduce, Step};
 use drpilot_shared::profile::{Profile, ProfileSource};
@@ -197,7 +197,11 @@ impl Restore {
         let cleared = if dry_run {
             0
         } else {
-            delete_prefix(s3, &staging).await?
+            // A restore of one invocation: no deadline (a staging this large is one
+            // that teardown, not a restore, meets).
+            delete_prefix(s3, &staging, &PutBudget::for_run(None, false), None)
+                .await?
+                .deleted
         };
         let manifests = backup::verify_manifests(s3, &backup.uri, &meta).await?;
         let control_plane = match &profile.control_plane {

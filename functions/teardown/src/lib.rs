@@ -5,6 +5,7 @@
 //! the same state (metrics are published once).
 
 use chrono::{DateTime, Utc};
+use drpilot_shared::budget::{delete_prefix, PutBudget};
 use drpilot_shared::component::{overall_rto, ComponentOutcome, ComponentReceipt, ResourceState};
 use drpilot_shared::details::{ParityDetails, PromoteDetails, TeardownDetails};
 use drpilot_shared::error::readable_cause;
@@ -12,7 +13,6 @@ use drpilot_shared::fence::{self, fence_uri};
 use drpilot_shared::input::{normalize, NameRule, Trigger, TriggerDefaults};
 use drpilot_shared::lock::{Released, RunLock};
 use drpilot_shared::metrics::{self, Sample};
-use drpilot_shared::objects::delete_prefix;
 use drpilot_shared::profile::{Profile, ProfileSource};
 use drpilot_shared::receipt::{
     seconds, Failure, Objective, PhaseClock, PhaseOutcome, PhaseReceipt, PhaseStatus, ReceiptStore,
@@ -20,7 +20,7 @@ use drpilot_shared::receipt::{
 };
 use drpilot_shared::restored;
 use drpilot_shared::resume::{self, ExecutionName, ExecutionOutcome};
-use drpilot_shared::run::{ExecutionInfo, RunContext, TeardownOutput};
+use drpilot_shared::run::{CleanupProgress, ExecutionInfo, RunContext, TeardownOutput};
 use drpilot_shared::{AwsClients, Error, ErrorKind, Phase, Result, RunInput, S3Uri};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -50,6 +50,9 @@ pub struct TeardownRequest {
     /// The operator's decision, when the run reached the approval step.
     #[serde(default)]
     pub approval: Option<ApprovalOutcome>,
+    /// How far an earlier pass of this teardown came deleting the staging.
+    #[serde(default)]
+    pub cleanup: Option<CleanupProgress>,
 }
 
 impl TeardownRequest {
@@ -193,7 +196,13 @@ impl Teardown {
             .and_then(|r| r.details::<TeardownDetails>().ok())
             .is_some_and(|d| d.metrics_published && d.execution == request.execution.name);
 
-        let cleaned = self.clean_up(&known, &request, &profile, &store).await?;
+        let cleaned = match self.clean_up(&known, &request, &profile, &store).await? {
+            Cleanup::Finished(cleaned) => cleaned,
+            Cleanup::Unfinished(progress) => {
+                info!(run_id = %known.run_id, deleted = progress.staging_deleted, passes = progress.passes, "the staging is larger than one invocation deletes: teardown goes on in another pass");
+                return Ok(TeardownOutput::deleting_staging(known.run_id, progress));
+            }
+        };
         let receipts = self.gather(&known, &request, &store).await?;
         let now = Utc::now();
         let mut summary = summarize(
@@ -305,6 +314,7 @@ impl Teardown {
             failure: summary.failure,
             pending_cleanup: 0,
             wait_seconds: 0,
+            cleanup: None,
         })
     }
 
@@ -380,10 +390,14 @@ impl Teardown {
         request: &TeardownRequest,
         profile: &Profile,
         store: &ReceiptStore,
-    ) -> Result<Cleaned> {
+    ) -> Result<Cleanup> {
         let staging_uri = profile.target.staging(&known.run_id)?;
         let lock = RunLock::new(self.clients.s3.clone(), profile.target.lock());
-        let fenced = self.fence(known, request, store).await?;
+        // A later pass finds the fence raised by the first (and the writes it waited out).
+        let fenced = match request.cleanup {
+            None => self.fence(known, request, store).await?,
+            Some(_) => false,
+        };
         let (staging, released) = if known.input.dry_run {
             (Staging::Untouched, None)
         } else if request.run.is_none() {
@@ -393,7 +407,16 @@ impl Teardown {
             };
             (Staging::Untouched, released)
         } else if known.input.teardown {
-            let deleted = self.empty_staging(&staging_uri, fenced).await?;
+            let earlier = request.cleanup.unwrap_or_default();
+            let deleted = match self.empty_staging(&staging_uri, fenced).await? {
+                Emptied::Done(deleted) => earlier.staging_deleted + deleted,
+                Emptied::Unfinished(deleted) => {
+                    return Ok(Cleanup::Unfinished(CleanupProgress {
+                        staging_deleted: earlier.staging_deleted + deleted,
+                        passes: earlier.passes + 1,
+                    }))
+                }
+            };
             (
                 Staging::Deleted(deleted),
                 Some(lock.release(&known.run_id).await?),
@@ -412,11 +435,11 @@ impl Teardown {
             None if matches!(staging, Staging::Held) => "kept for the run (held)".to_owned(),
             None => "untouched".to_owned(),
         };
-        Ok(Cleaned {
+        Ok(Cleanup::Finished(Cleaned {
             staging_uri,
             staging,
             lock,
-        })
+        }))
     }
 
     /// Raises the run's fence (`fence`) when a failure ended a run that fanned out: a
@@ -453,20 +476,27 @@ impl Teardown {
         Ok(true)
     }
 
-    /// Deletes the staging. Behind a raised fence it first waits out the writes a child
-    /// had begun, then deletes until a listing finds nothing more (a write that landed
-    /// after a pass is deleted by the next).
-    async fn empty_staging(&self, staging: &S3Uri, fenced: bool) -> Result<u64> {
+    /// Deletes the staging, paced at the run's write rate, until this invocation's time
+    /// for work is up ([`drpilot_shared::deadline`]). Behind a raised fence it first
+    /// waits out the writes a child had begun, then deletes until a listing finds nothing
+    /// more (a write that landed after a pass is deleted by the next).
+    async fn empty_staging(&self, staging: &S3Uri, fenced: bool) -> Result<Emptied> {
+        let budget = PutBudget::for_run(None, false);
+        let stop_at = drpilot_shared::deadline::work_until();
         if !fenced {
-            return delete_prefix(&self.clients.s3, staging).await;
+            let pass = delete_prefix(&self.clients.s3, staging, &budget, stop_at).await?;
+            return Ok(Emptied::of(pass));
         }
         tokio::time::sleep(fence::GRACE).await;
         let mut deleted = 0;
         for _ in 0..FENCED_DELETE_PASSES {
-            let this_pass = delete_prefix(&self.clients.s3, staging).await?;
-            deleted += this_pass;
-            if this_pass == 0 {
-                return Ok(deleted);
+            let pass = delete_prefix(&self.clients.s3, staging, &budget, stop_at).await?;
+            deleted += pass.deleted;
+            if !pass.complete {
+                return Ok(Emptied::Unfinished(deleted));
+            }
+            if pass.deleted == 0 {
+                return Ok(Emptied::Done(deleted));
             }
             tokio::time::sleep(fence::CHECK_EVERY).await;
         }
@@ -576,6 +606,30 @@ struct Cleaned {
     staging: Staging,
     /// What happened to the run lock, in words.
     lock: String,
+}
+
+/// How far [`Teardown::clean_up`] came.
+enum Cleanup {
+    Finished(Cleaned),
+    /// The staging is not empty yet: another pass goes on from here.
+    Unfinished(CleanupProgress),
+}
+
+/// What one invocation's deletes did to the staging: emptied it (this many objects), or
+/// deleted this many before its time was up.
+enum Emptied {
+    Done(u64),
+    Unfinished(u64),
+}
+
+impl Emptied {
+    fn of(pass: drpilot_shared::budget::Deletion) -> Self {
+        if pass.complete {
+            Self::Done(pass.deleted)
+        } else {
+            Self::Unfinished(pass.deleted)
+        }
+    }
 }
 
 /// What became of the run's staging.

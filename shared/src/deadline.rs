@@ -1,0 +1,118 @@
+//! How long the current invocation may still work. Lambda ends an invocation at its
+//! deadline (the function's timeout, at most 900 s) without a word to the code: work
+//! that can outgrow one invocation (teardown deleting a large staging) stops at
+//! [`work_until`] and hands back what is left for the state machine to run again.
+//!
+//! [`crate::phase::serve`] sets the deadline from the invocation's context for the
+//! handler's task. [`BUDGET_ENV`] shortens it: the local test world holds every
+//! invocation to a scaled-down budget, so that a small run meets what a large one meets
+//! on AWS. A task outside any invocation (a test calling a handler) has no deadline
+//! unless it runs inside [`scope`].
+
+use std::future::Future;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// Environment variable: at most this many seconds an invocation (test world only).
+pub const BUDGET_ENV: &str = "DRPILOT_TIME_BUDGET_SECONDS";
+
+/// What an invocation keeps after its work for the writes that end it (receipts, the
+/// summary, metrics): a quarter of its whole time, at most a minute.
+const MAX_MARGIN: Duration = Duration::from_secs(60);
+
+#[derive(Clone, Copy, Debug)]
+struct Invocation {
+    work_until: Instant,
+}
+
+tokio::task_local! {
+    static INVOCATION: Invocation;
+}
+
+/// Runs `work` as an invocation that must end within `budget` from now.
+pub async fn scope<F: Future>(budget: Duration, work: F) -> F::Output {
+    let margin = (budget / 4).min(MAX_MARGIN);
+    let invocation = Invocation {
+        work_until: Instant::now() + budget.saturating_sub(margin),
+    };
+    INVOCATION.scope(invocation, work).await
+}
+
+/// The budget of an invocation whose context says it ends at `deadline_ms` (ms since
+/// the epoch), shortened by [`BUDGET_ENV`] when set.
+pub fn budget(deadline_ms: u64) -> Duration {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let from_context = Duration::from_millis(deadline_ms.saturating_sub(now_ms));
+    match configured_budget() {
+        Some(configured) => configured.min(from_context),
+        None => from_context,
+    }
+}
+
+fn configured_budget() -> Option<Duration> {
+    std::env::var(BUDGET_ENV)
+        .ok()
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s > 0.0)
+        .map(Duration::from_secs_f64)
+}
+
+/// When this invocation's resumable work should stop: `None` outside an invocation.
+pub fn work_until() -> Option<Instant> {
+    INVOCATION.try_with(|i| i.work_until).ok()
+}
+
+/// Whether this invocation's resumable work should stop now.
+pub fn past_work_time() -> bool {
+    work_until().is_some_and(|until| Instant::now() >= until)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn outside_an_invocation_there_is_no_deadline() {
+        assert!(work_until().is_none());
+        assert!(!past_work_time());
+    }
+
+    #[tokio::test]
+    async fn work_stops_a_quarter_before_a_short_budget_ends() {
+        scope(Duration::from_millis(800), async {
+            assert!(!past_work_time());
+            let left = work_until().unwrap() - Instant::now();
+            assert!(left <= Duration::from_millis(600), "{left:?}");
+            assert!(left > Duration::from_millis(500), "{left:?}");
+            tokio::time::sleep(left + Duration::from_millis(10)).await;
+            assert!(past_work_time());
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn a_long_budget_keeps_one_minute_for_the_end() {
+        scope(Duration::from_secs(900), async {
+            let left = work_until().unwrap() - Instant::now();
+            assert!(left <= Duration::from_secs(840), "{left:?}");
+            assert!(left > Duration::from_secs(839), "{left:?}");
+        })
+        .await;
+    }
+
+    #[test]
+    fn the_context_deadline_sets_the_budget() {
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        let budget = budget(now_ms + 900_000);
+        if configured_budget().is_none() {
+            assert!(budget > Duration::from_secs(899), "{budget:?}");
+        }
+        assert_eq!(super::budget(now_ms - 5), Duration::ZERO);
+    }
+}
