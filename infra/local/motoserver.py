@@ -187,8 +187,9 @@ class S3Limits:
     S3 serves at least 3,500 PUT/COPY/POST/DELETE and 5,500 GET/HEAD requests a second
     per partitioned prefix and answers `503 SlowDown` past what a partition serves; under
     sustained load it splits the prefix and serves more ("Best practices design patterns:
-    optimizing Amazon S3 performance"). A new bucket starts as one partition, so the model
-    is one bucket of tokens per S3 bucket and class (write, read), refilled at `rate` a
+    optimizing Amazon S3 performance"). The model is one bucket of tokens per prefix (the
+    S3 bucket and the key's first path segment: `_staging/`, `root/`, `locks/` apart) and
+    class (write, read), refilled at `rate` a
     second with a burst of one second's worth. Once a class has been throttling for
     `grow_after_seconds` (at least once every second) its rate is multiplied by `grow_factor`, up to
     `max_per_second` (a split). A DeleteObjects counts one write a key, as S3 counts it.
@@ -235,8 +236,8 @@ class S3Limits:
         return "write" if method in self.WRITE_METHODS else "read"
 
     def admit(self, bucket: str, method: str, requests: int = 1, delete: bool = False) -> bool:
-        """Whether S3 serves `requests` requests of `method` on `bucket` now (`delete`: a
-        DeleteObject or DeleteObjects)."""
+        """Whether S3 serves `requests` requests of `method` on the prefix `bucket` names
+        now (`delete`: a DeleteObject or DeleteObjects)."""
         kind = self._kind(method, delete or method == "DELETE")
         base = {"write": self.write_rate, "read": self.read_rate, "delete": self.delete_rate}[kind]
         if base <= 0:
@@ -291,7 +292,7 @@ class S3Limits:
             return {
                 "buckets": [
                     {
-                        "bucket": bucket,
+                        "prefix": bucket,
                         "class": kind,
                         "rate": state["rate"],
                         "served": state["served"],
@@ -349,9 +350,11 @@ def _is_s3(environ: dict[str, Any]) -> bool:
     return "/s3/aws4_request" in authorization or "%2Fs3%2Faws4_request" in query
 
 
-def _bucket_of(path: str) -> str:
-    # drpilot's clients address S3 path-style: /<bucket>/<key>.
-    return path.lstrip("/").split("/", 1)[0]
+def _prefix_of(path: str) -> str:
+    """The prefix a request's key falls under: `<bucket>/<first segment>` (drpilot's
+    clients address S3 path-style: /<bucket>/<key>)."""
+    parts = path.lstrip("/").split("/", 2)
+    return "/".join(parts[:2]) if len(parts) > 1 and parts[1] else parts[0]
 
 
 def _xml_answer(start_response: Any, status: str, body: bytes) -> list[bytes]:
@@ -388,7 +391,7 @@ def _with_limits(
     some keys answered by a per-key error)."""
     path = environ.get("PATH_INFO", "")
     method = environ.get("REQUEST_METHOD", "GET")
-    bucket = _bucket_of(path)
+    bucket = _prefix_of(path)
     is_delete_objects = method == "POST" and "delete" in environ.get("QUERY_STRING", "").split("&")
     if not is_delete_objects:
         if not limits.admit(bucket, method):
@@ -397,6 +400,9 @@ def _with_limits(
     length = int(environ.get("CONTENT_LENGTH") or 0)
     body = environ["wsgi.input"].read(length)
     root, objects = _delete_keys(body)
+    if objects:
+        # The keys name the prefix, not the path (/<bucket>?delete).
+        bucket = _prefix_of(f"{path.rstrip('/')}/{_key_of(objects[0])}")
     if not limits.admit(bucket, method, max(1, len(objects)), delete=True):
         return _slow_down(start_response, path)
     failing = objects[: limits.take_delete_key_errors(len(objects))]

@@ -245,7 +245,8 @@ pub struct Deletion {
 /// Deletes every object under `prefix`, a listing page (1,000 keys) a request, paced by
 /// `budget` (one token a key). Keys S3 answers with a per-key error inside the 200 are
 /// sent again after a pause ([`KEY_RETRIES`] times; a `SlowDown` among them slows the
-/// budget); keys still failing after that fail the pass, naming the first. Past
+/// budget); keys still failing after that fail the pass, naming the first. A request S3
+/// throttles is sent again, slower, until `stop_at` (without one, [`KEY_RETRIES`] times). Past
 /// `stop_at` (checked before each page after the first, and while S3 throttles) the
 /// pass ends incomplete; another pass continues where it left off. Idempotent: an empty
 /// prefix deletes nothing.
@@ -285,7 +286,8 @@ pub async fn delete_prefix(
                 complete: false,
             });
         }
-        let (count, finished) = delete_keys(s3, &prefix, keys, budget, &past).await?;
+        let (count, finished) =
+            delete_keys(s3, &prefix, keys, budget, (stop_at.is_some(), &past)).await?;
         deleted += count;
         if !finished {
             return Ok(Deletion {
@@ -308,7 +310,7 @@ async fn delete_keys(
     prefix: &S3Uri,
     mut keys: Vec<String>,
     budget: &PutBudget,
-    past: &impl Fn() -> bool,
+    (timed, past): (bool, &impl Fn() -> bool),
 ) -> Result<(u64, bool)> {
     let mut deleted = 0u64;
     let mut tries = 0u32;
@@ -333,12 +335,15 @@ async fn delete_keys(
             .await
         {
             Ok(out) => out,
-            Err(err) if is_slow_down(&err) && tries < KEY_RETRIES => {
+            // Throttled after the SDK's own retries: slower, and again, until the pass's
+            // time is up (or, for a pass without a deadline, KEY_RETRIES times).
+            Err(err) if is_slow_down(&err) && (timed || tries < KEY_RETRIES) => {
                 tries += 1;
                 budget.slow_down();
                 if past() {
                     return Ok((deleted, false));
                 }
+                tokio::time::sleep(Duration::from_millis(100 << tries.min(4))).await;
                 continue;
             }
             Err(err) => return Err(Error::from_sdk(&format!("DeleteObjects {prefix}"), err)),

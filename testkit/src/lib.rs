@@ -700,7 +700,7 @@ impl LocalAws {
         assert_eq!(status, 200, "setting the Lambda account: {body}");
     }
 
-    /// What the S3 limits did: per bucket and class, `rate`, `served` and `throttled`;
+    /// What the S3 limits did: per prefix and class, `rate`, `served` and `throttled`;
     /// and `delete_key_errors_answered`.
     pub fn s3_limit_stats(&self) -> serde_json::Value {
         let (status, body) =
