@@ -757,9 +757,12 @@ def check_evidence_lock(ctx: Context) -> tuple[bool, str]:
                         f"got {resource.get('UpdateReplacePolicy')!r}")
     # A fixed name is invalid for some stack names, and a bucket kept from a failed deploy
     # would hold it: CloudFormation generates one valid for any stack.
-    if "BucketName" in props:
+    kept_name = {"Fn::If": ["HasEvidenceBucketName", {"Ref": "EvidenceBucketName"}, {"Ref": "AWS::NoValue"}]}
+    if "BucketName" in props and props["BucketName"] != kept_name:
         problems.append("BucketName must be left to CloudFormation (a name from the stack is invalid for "
-                        "upper-case or long stack names, and a kept bucket blocks the next deploy)")
+                        "upper-case or long stack names, and a kept bucket blocks the next deploy), or be "
+                        "!If [HasEvidenceBucketName, !Ref EvidenceBucketName, !Ref AWS::NoValue] for a stack "
+                        "keeping its bucket")
     return not problems, "; ".join(problems)
 
 

@@ -340,8 +340,8 @@ CASES: dict[str, Case] = {
         "    Type: AWS::S3::Bucket\n    DeletionPolicy: Delete\n"),
         detail="DeletionPolicy must be Retain or RetainExceptOnCreate"),
     "evidence_named_after_the_stack": Case("evidence-lock", template=yaml_edit(
-        "      ObjectLockEnabled: true\n",
-        '      BucketName: !Sub "${AWS::StackName}-evidence-${AWS::AccountId}"\n      ObjectLockEnabled: true\n'),
+        "      BucketName: !If [HasEvidenceBucketName, !Ref EvidenceBucketName, !Ref AWS::NoValue]\n",
+        '      BucketName: !Sub "${AWS::StackName}-evidence-${AWS::AccountId}"\n'),
         detail="BucketName must be left to CloudFormation"),
     "approve_url_public": Case("approve-url", template=yaml_edit(
         "        AuthType: AWS_IAM\n", "        AuthType: NONE\n"), detail="is 'NONE', must be AWS_IAM"),

@@ -69,6 +69,9 @@ up() {
       # What the readiness function's RTO watch looks at and notifies.
       export DRPILOT_STATE_MACHINE=arn:aws:states:us-east-1:123456789012:stateMachine:drpilot-drill
       export DRPILOT_TOPIC_ARN=arn:aws:sns:us-east-1:123456789012:drpilot-notifications
+      # The functions' time, as the template's Timeout gives it on AWS (the local runtime's
+      # context says Lambda's default 3 s whatever the function).
+      export DRPILOT_TIME_BUDGET_SECONDS=900
       exec setsid cargo lambda watch --invoke-address 127.0.0.1 --invoke-port "$lambda_port" \
         </dev/null >"$state/watch.log" 2>&1
     ) &

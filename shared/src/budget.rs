@@ -163,6 +163,12 @@ impl PutBudget {
     /// second's burst is taken once the bucket is full, leaving a debt the next requests
     /// wait out: the pace holds over time whatever the batch size.
     pub async fn acquire_many(&self, requests: u32) {
+        self.acquire_many_until(requests, None).await;
+    }
+
+    /// [`Self::acquire_many`], unless the wait would pass `stop_at`: then `false` at once,
+    /// with no token taken.
+    pub async fn acquire_many_until(&self, requests: u32, stop_at: Option<Instant>) -> bool {
         loop {
             let wait = {
                 let mut bucket = self.lock();
@@ -173,10 +179,13 @@ impl PutBudget {
                 let needed = f64::from(requests.max(1)).min(bucket.rate);
                 if bucket.tokens >= needed {
                     bucket.tokens -= f64::from(requests.max(1));
-                    return;
+                    return true;
                 }
                 Duration::from_secs_f64((needed - bucket.tokens) / bucket.rate)
             };
+            if stop_at.is_some_and(|at| Instant::now() + wait > at) {
+                return false;
+            }
             tokio::time::sleep(wait).await;
         }
     }
@@ -286,8 +295,7 @@ pub async fn delete_prefix(
                 complete: false,
             });
         }
-        let (count, finished) =
-            delete_keys(s3, &prefix, keys, budget, (stop_at.is_some(), &past)).await?;
+        let (count, finished) = delete_keys(s3, &prefix, keys, budget, (stop_at, &past)).await?;
         deleted += count;
         if !finished {
             return Ok(Deletion {
@@ -310,10 +318,13 @@ async fn delete_keys(
     prefix: &S3Uri,
     mut keys: Vec<String>,
     budget: &PutBudget,
-    (timed, past): (bool, &impl Fn() -> bool),
+    (stop_at, past): (Option<Instant>, &impl Fn() -> bool),
 ) -> Result<(u64, bool)> {
     let mut deleted = 0u64;
-    let mut tries = 0u32;
+    // Per-key retries and throttled requests are counted apart: S3 answers both under
+    // the same load, and only the first are bounded when the pass has a deadline.
+    let (mut key_tries, mut throttled) = (0u32, 0u32);
+    let mut paid = false;
     loop {
         let count = keys.len() as u64;
         let objects = keys
@@ -326,7 +337,13 @@ async fn delete_keys(
             .quiet(true)
             .build()
             .map_err(|e| Error::internal(format!("building DeleteObjects: {e}")))?;
-        budget.acquire_many(count as u32).await;
+        // A request S3 throttled is not paid again: its keys were never served.
+        if !paid {
+            if !budget.acquire_many_until(count as u32, stop_at).await {
+                return Ok((deleted, false));
+            }
+            paid = true;
+        }
         let out = match s3
             .delete_objects()
             .bucket(&prefix.bucket)
@@ -337,13 +354,13 @@ async fn delete_keys(
             Ok(out) => out,
             // Throttled after the SDK's own retries: slower, and again, until the pass's
             // time is up (or, for a pass without a deadline, KEY_RETRIES times).
-            Err(err) if is_slow_down(&err) && (timed || tries < KEY_RETRIES) => {
-                tries += 1;
+            Err(err) if is_slow_down(&err) && (stop_at.is_some() || throttled < KEY_RETRIES) => {
+                throttled += 1;
                 budget.slow_down();
                 if past() {
                     return Ok((deleted, false));
                 }
-                tokio::time::sleep(Duration::from_millis(100 << tries.min(4))).await;
+                tokio::time::sleep(Duration::from_millis(100 << throttled.min(4))).await;
                 continue;
             }
             Err(err) => return Err(Error::from_sdk(&format!("DeleteObjects {prefix}"), err)),
@@ -354,16 +371,19 @@ async fn delete_keys(
             .filter_map(|e| e.key().map(str::to_owned))
             .collect();
         deleted += count - failed.len() as u64;
-        if failed.is_empty() {
+        // Each key is a request served: the pace climbs per key, as it was paid.
+        for _ in 0..(count - failed.len() as u64) {
             budget.succeeded();
+        }
+        if failed.is_empty() {
             return Ok((deleted, true));
         }
         let first = &out.errors()[0];
-        if tries >= KEY_RETRIES {
+        if key_tries >= KEY_RETRIES {
             return Err(Error::retryable(format!(
                 "DeleteObjects {prefix}: {} keys not deleted after {} tries, first {:?}: {} {}",
                 failed.len(),
-                tries + 1,
+                key_tries + 1,
                 first.key().unwrap_or_default(),
                 first.code().unwrap_or_default(),
                 first.message().unwrap_or_default(),
@@ -378,12 +398,13 @@ async fn delete_keys(
         if out.errors().iter().any(|e| e.code() == Some("SlowDown")) {
             budget.slow_down();
         }
-        tries += 1;
+        key_tries += 1;
         if past() {
             return Ok((deleted, false));
         }
-        tokio::time::sleep(Duration::from_millis(100 << tries.min(5))).await;
+        tokio::time::sleep(Duration::from_millis(100 << key_tries.min(5))).await;
         keys = failed;
+        paid = false;
     }
 }
 

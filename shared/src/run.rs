@@ -206,6 +206,13 @@ pub struct CleanupProgress {
     pub staging_deleted: u64,
     /// Passes so far.
     pub passes: u32,
+    /// The first pass raised the run's fence: every pass deletes until a listing finds
+    /// nothing more.
+    #[serde(default)]
+    pub fenced: bool,
+    /// Passes in a row that deleted nothing (S3 throttled them throughout).
+    #[serde(default)]
+    pub idle_passes: u32,
 }
 
 impl TeardownOutput {

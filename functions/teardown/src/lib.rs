@@ -32,6 +32,10 @@ use tracing::{info, warn};
 /// at 180 (1,620 events) and the components' polls keep the rest (docs/limits.md).
 pub const CLEANUP_WAIT_MIN_SECONDS: u64 = 10;
 
+/// Passes over the staging in a row that may delete nothing before teardown gives up
+/// naming it (each ~9 history events; the history holds 25,000).
+pub const MAX_IDLE_PASSES: u32 = 30;
+
 /// What the state machine passes to teardown.
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -396,7 +400,7 @@ impl Teardown {
         // A later pass finds the fence raised by the first (and the writes it waited out).
         let fenced = match request.cleanup {
             None => self.fence(known, request, store).await?,
-            Some(_) => false,
+            Some(progress) => progress.fenced,
         };
         let (staging, released) = if known.input.dry_run {
             (Staging::Untouched, None)
@@ -407,14 +411,32 @@ impl Teardown {
             };
             (Staging::Untouched, released)
         } else if known.input.teardown {
-            let earlier = request.cleanup.unwrap_or_default();
-            let deleted = match self.empty_staging(&staging_uri, fenced).await? {
+            let earlier = request.cleanup;
+            let first_pass = earlier.is_none();
+            let earlier = earlier.unwrap_or_default();
+            let deleted = match self.empty_staging(&staging_uri, fenced, first_pass).await? {
                 Emptied::Done(deleted) => earlier.staging_deleted + deleted,
                 Emptied::Unfinished(deleted) => {
+                    let idle_passes = if deleted == 0 {
+                        earlier.idle_passes + 1
+                    } else {
+                        0
+                    };
+                    if idle_passes >= MAX_IDLE_PASSES {
+                        return Err(Error::new(
+                            ErrorKind::ServiceError,
+                            format!(
+                                "{staging_uri}: {MAX_IDLE_PASSES} passes in a row deleted nothing (S3 throttled every request); {} objects deleted before",
+                                earlier.staging_deleted
+                            ),
+                        ));
+                    }
                     return Ok(Cleanup::Unfinished(CleanupProgress {
                         staging_deleted: earlier.staging_deleted + deleted,
                         passes: earlier.passes + 1,
-                    }))
+                        fenced,
+                        idle_passes,
+                    }));
                 }
             };
             (
@@ -480,14 +502,21 @@ impl Teardown {
     /// for work is up ([`drpilot_shared::deadline`]). Behind a raised fence it first
     /// waits out the writes a child had begun, then deletes until a listing finds nothing
     /// more (a write that landed after a pass is deleted by the next).
-    async fn empty_staging(&self, staging: &S3Uri, fenced: bool) -> Result<Emptied> {
+    async fn empty_staging(
+        &self,
+        staging: &S3Uri,
+        fenced: bool,
+        first_pass: bool,
+    ) -> Result<Emptied> {
         let budget = PutBudget::for_run(None, false);
         let stop_at = drpilot_shared::deadline::work_until();
         if !fenced {
             let pass = delete_prefix(&self.clients.s3, staging, &budget, stop_at).await?;
             return Ok(Emptied::of(pass));
         }
-        tokio::time::sleep(fence::GRACE).await;
+        if first_pass {
+            tokio::time::sleep(fence::GRACE).await;
+        }
         let mut deleted = 0;
         for _ in 0..FENCED_DELETE_PASSES {
             let pass = delete_prefix(&self.clients.s3, staging, &budget, stop_at).await?;
