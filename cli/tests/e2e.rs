@@ -16,7 +16,7 @@ use drpilot_testkit::{
 };
 use serde_json::{json, Value};
 
-use common::{finish, start_run, until_waiting, MACHINE};
+use common::{finish, finish_succeeded, start_run, until_waiting, MACHINE};
 
 /// The stack for one case: functions up, buckets and profile, topic, state machine, and
 /// one published backup.
@@ -99,12 +99,7 @@ async fn happy_path_is_promoted_after_approval() {
     let run = start_run(&ctx, json!({"mode": "drill", "run_id": "happy-1"})).await;
     until_waiting(&ctx, &run).await;
     approve(&ctx, &run, "alice", "CHG-7", None).await.unwrap();
-    let done = finish(&ctx, &run).await;
-    assert_eq!(
-        done.status, "SUCCEEDED",
-        "{:?} {:?}",
-        done.error, done.cause
-    );
+    finish_succeeded(&ctx, &run).await;
     let rec = records(&ctx, &run).await.unwrap();
     let summary = rec.summary.unwrap();
     assert_eq!(summary.status, RunStatus::Succeeded);
@@ -318,12 +313,7 @@ async fn the_deployed_alarm_rule_starts_a_recovery_that_records_the_alarm() {
     approve(&ctx, "alarm-1", "oncall", "INC-99", None)
         .await
         .unwrap();
-    let done = finish(&ctx, "alarm-1").await;
-    assert_eq!(
-        done.status, "SUCCEEDED",
-        "{:?} {:?}",
-        done.error, done.cause
-    );
+    finish_succeeded(&ctx, "alarm-1").await;
     let summary = records(&ctx, "alarm-1").await.unwrap().summary.unwrap();
     assert_eq!(summary.mode, drpilot_shared::Mode::Recovery);
     assert!(summary.promoted);
@@ -506,12 +496,7 @@ async fn start_flags_are_checked_before_anything_starts() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let done = finish(&ctx, "flags-1").await;
-    assert_eq!(
-        done.status, "SUCCEEDED",
-        "{:?} {:?}",
-        done.error, done.cause
-    );
+    finish_succeeded(&ctx, "flags-1").await;
     // Its run id names an existing run now: starting it again from bringup is refused
     // with the way to continue it, and nothing starts.
     let out = drpilot_start(&["--stop-after", "validate", "--run-id", "flags-1"]);
@@ -545,12 +530,7 @@ async fn a_dry_run_of_a_full_drill_leaves_every_bucket_as_it_was() {
         json!({"mode": "drill", "run_id": "dry-1", "dry_run": true}),
     )
     .await;
-    let done = finish(&ctx, &run).await;
-    assert_eq!(
-        done.status, "SUCCEEDED",
-        "{:?} {:?}",
-        done.error, done.cause
-    );
+    let done = finish_succeeded(&ctx, &run).await;
     assert!(
         !done.steps.iter().any(|s| s.state == "RequestApproval"),
         "a dry run never asks to promote"
@@ -959,12 +939,7 @@ async fn a_backup_made_by_drpilot_verifies_restores_and_validates() {
         json!({"run_id": "made-run", "backup_uri": uri, "stop_after": "validate"}),
     )
     .await;
-    let done = finish(&ctx, &run).await;
-    assert_eq!(
-        done.status, "SUCCEEDED",
-        "{:?} {:?}",
-        done.error, done.cause
-    );
+    finish_succeeded(&ctx, &run).await;
     let rec = records(&ctx, &run).await.unwrap();
     let validate = rec
         .phases

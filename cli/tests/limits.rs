@@ -10,15 +10,14 @@
 mod common;
 
 use drpilot_cli::Ctx;
-use drpilot_shared::receipt::PhaseStatus;
 use drpilot_shared::Phase;
 use drpilot_testkit::{
     hold_invocations_to, make_backup, sh, LocalAws, TempDir, BACKUP_BUCKET, BACKUP_PREFIX,
     TARGET_BUCKET,
 };
-use serde_json::{json, Value};
+use serde_json::json;
 
-use common::{drill_stack, finish, history, start_run, states_entered};
+use common::{drill_stack, finish_succeeded, history, receipt, start_run, states_entered};
 
 /// Lambda's 900 s, scaled: teardown's work stops at 15 s of it.
 const INVOCATION_SECONDS: f64 = 20.0;
@@ -48,28 +47,29 @@ async fn backup(aws: &LocalAws, tmp: &TempDir, name: &str, files: usize) -> Stri
     format!("s3://{BACKUP_BUCKET}/{BACKUP_PREFIX}{name}")
 }
 
-async fn receipt(aws: &LocalAws, run_id: &str, phase: Phase) -> Value {
-    let receipt = aws
-        .receipts()
-        .get_phase(run_id, phase)
-        .await
-        .unwrap()
-        .unwrap_or_else(|| panic!("{run_id}: no {phase} receipt"));
-    assert_eq!(
-        receipt.status,
-        PhaseStatus::Success,
-        "{run_id} {phase}: {receipt:?}"
-    );
-    receipt.details
-}
-
-/// Teardown's invocations that failed (each one the Retry policy ran again).
-async fn teardown_failures(ctx: &Ctx, run_id: &str) -> usize {
-    history(ctx, run_id)
+/// Asserts that teardown deleted every object restore staged, and that no invocation of
+/// the run failed (none was retried by the Retry policy); returns how many.
+async fn staging_deleted_in_one_go(aws: &LocalAws, ctx: &Ctx, run_id: &str) -> u64 {
+    let failed = history(ctx, run_id)
         .await
         .iter()
         .filter(|e| e.lambda_function_failed_event_details().is_some())
-        .count()
+        .count();
+    assert_eq!(failed, 0);
+    let staged = receipt(aws, run_id, Phase::Restore).await["objects"]
+        .as_u64()
+        .unwrap();
+    let teardown = receipt(aws, run_id, Phase::Teardown).await;
+    assert_eq!(
+        teardown["staged_objects_deleted"].as_u64(),
+        Some(staged),
+        "{teardown}"
+    );
+    assert!(aws
+        .keys(TARGET_BUCKET, &format!("_staging/{run_id}/"))
+        .await
+        .is_empty());
+    staged
 }
 
 #[tokio::test]
@@ -85,34 +85,16 @@ async fn a_staging_larger_than_one_invocation_deletes_is_deleted_in_passes() {
         json!({"mode": "drill", "run_id": "passes-1", "backup_uri": backup_uri, "stop_after": "restore"}),
     )
     .await;
-    let done = finish(&ctx, &run).await;
-    assert_eq!(
-        done.status, "SUCCEEDED",
-        "{:?} {:?}",
-        done.error, done.cause
-    );
+    finish_succeeded(&ctx, &run).await;
     let entered = states_entered(&ctx, &run).await;
     let passes = entered.iter().filter(|s| *s == "Teardown").count();
     assert!(passes >= 2, "teardown ran {passes} time(s): {entered:?}");
     assert!(entered.iter().any(|s| s == "WaitForCleanup"), "{entered:?}");
-    assert_eq!(teardown_failures(&ctx, &run).await, 0);
-    let staged = receipt(&aws, &run, Phase::Restore).await["objects"]
-        .as_u64()
-        .unwrap();
-    assert!(staged >= FILES as u64, "{staged}");
     // Every pass's deletes are counted, not only the last one's.
-    let teardown = receipt(&aws, &run, Phase::Teardown).await;
-    assert_eq!(
-        teardown["staged_objects_deleted"].as_u64(),
-        Some(staged),
-        "{teardown}"
-    );
-    assert!(aws
-        .keys(TARGET_BUCKET, &format!("_staging/{run}/"))
-        .await
-        .is_empty());
+    let staged = staging_deleted_in_one_go(&aws, &ctx, &run).await;
+    assert!(staged >= FILES as u64, "{staged}");
     let stats = aws.s3_limit_stats();
-    let throttled: u64 = stats["buckets"]
+    let throttled: u64 = stats["prefixes"]
         .as_array()
         .unwrap()
         .iter()
@@ -133,22 +115,8 @@ async fn keys_a_delete_objects_did_not_delete_are_sent_again() {
         json!({"mode": "drill", "run_id": "keys-1", "backup_uri": backup_uri, "stop_after": "restore"}),
     )
     .await;
-    let done = finish(&ctx, &run).await;
-    assert_eq!(
-        done.status, "SUCCEEDED",
-        "{:?} {:?}",
-        done.error, done.cause
-    );
+    finish_succeeded(&ctx, &run).await;
     assert_eq!(aws.s3_limit_stats()["delete_key_errors_answered"], 7);
     // Within the one invocation: teardown did not fail and was not retried.
-    assert_eq!(teardown_failures(&ctx, &run).await, 0);
-    let staged = receipt(&aws, &run, Phase::Restore).await["objects"]
-        .as_u64()
-        .unwrap();
-    let teardown = receipt(&aws, &run, Phase::Teardown).await;
-    assert_eq!(teardown["staged_objects_deleted"].as_u64(), Some(staged));
-    assert!(aws
-        .keys(TARGET_BUCKET, &format!("_staging/{run}/"))
-        .await
-        .is_empty());
+    staging_deleted_in_one_go(&aws, &ctx, &run).await;
 }

@@ -18,7 +18,9 @@ use drpilot_testkit::{
 };
 use serde_json::{json, Value};
 
-use common::{drill_stack, finish, start_run, states_entered, until_waiting};
+use common::{
+    drill_stack, finish, finish_succeeded, receipt, start_run, states_entered, until_waiting,
+};
 
 /// 60 files of 100 bytes under `a/`, `m/` and `z/`: `--shard-size 2000` cuts them into
 /// three shards of 20, one per directory.
@@ -70,6 +72,12 @@ fn backup_uri(name: &str) -> String {
     format!("s3://{BACKUP_BUCKET}/{BACKUP_PREFIX}{name}")
 }
 
+/// The run's plan, as the Distributed Maps read it (`plan.json`).
+async fn plan(aws: &LocalAws, run_id: &str) -> Value {
+    let uri = drpilot_shared::plan::plan_uri(&aws.receipts(), run_id).unwrap();
+    serde_json::from_str(&aws.get_text(&uri.bucket, &uri.key).await.unwrap()).unwrap()
+}
+
 /// Runs a full drill of backup `name`, approved, to success; returns its run id.
 async fn drill(ctx: &Ctx, run_id: &str, name: &str) -> String {
     let run = start_run(
@@ -79,28 +87,8 @@ async fn drill(ctx: &Ctx, run_id: &str, name: &str) -> String {
     .await;
     until_waiting(ctx, &run).await;
     approve(ctx, &run, "alice", "CHG-15", None).await.unwrap();
-    let done = finish(ctx, &run).await;
-    assert_eq!(
-        done.status, "SUCCEEDED",
-        "{:?} {:?}",
-        done.error, done.cause
-    );
+    finish_succeeded(ctx, &run).await;
     run
-}
-
-async fn receipt(aws: &LocalAws, run_id: &str, phase: Phase) -> Value {
-    let receipt = aws
-        .receipts()
-        .get_phase(run_id, phase)
-        .await
-        .unwrap()
-        .unwrap_or_else(|| panic!("{run_id}: no {phase} receipt"));
-    assert_eq!(
-        receipt.status,
-        PhaseStatus::Success,
-        "{run_id} {phase}: {receipt:?}"
-    );
-    receipt.details
 }
 
 /// `root/` as (key, size, content).
@@ -153,15 +141,7 @@ async fn a_sharded_backup_fans_out_through_distributed_map_and_ends_like_v1() {
             .collect();
         assert_eq!(results.len(), 3, "{phase}: {results:?}");
     }
-    let plan: Value = serde_json::from_str(
-        &aws.get_text(
-            EVIDENCE_BUCKET,
-            &format!("drpilot/receipts/runs/{sharded}/plan.json"),
-        )
-        .await
-        .unwrap(),
-    )
-    .unwrap();
+    let plan = plan(&aws, &sharded).await;
     assert_eq!(plan.as_array().unwrap().len(), 3);
     assert_eq!(plan[0]["range"]["after"], Value::Null);
     assert_eq!(plan[1]["range"]["after"], "a/29.txt");
@@ -250,12 +230,7 @@ async fn a_throttled_child_is_retried_and_the_run_succeeds() {
         json!({"mode": "drill", "run_id": "retried-1", "backup_uri": backup_uri("v2"), "stop_after": "validate"}),
     )
     .await;
-    let done = finish(&ctx, &run).await;
-    assert_eq!(
-        done.status, "SUCCEEDED",
-        "{:?} {:?}",
-        done.error, done.cause
-    );
+    finish_succeeded(&ctx, &run).await;
     assert_eq!(aws.s3_faults_answered(), attempts as usize);
     let result: Value = serde_json::from_str(
         &aws.get_text(
@@ -374,22 +349,9 @@ async fn a_backup_of_two_thousand_shards_runs_the_fan_out_within_the_quotas() {
                "stop_after": "parity-report"}),
     )
     .await;
-    let done = finish(&ctx, &run).await;
-    assert_eq!(
-        done.status, "SUCCEEDED",
-        "{:?} {:?}",
-        done.error, done.cause
-    );
+    finish_succeeded(&ctx, &run).await;
     eprintln!("many shards: run ended after {:?}", started.elapsed());
-    let plan: Value = serde_json::from_str(
-        &aws.get_text(
-            EVIDENCE_BUCKET,
-            &format!("drpilot/receipts/runs/{run}/plan.json"),
-        )
-        .await
-        .unwrap(),
-    )
-    .unwrap();
+    let plan = plan(&aws, &run).await;
     assert_eq!(
         plan.as_array().unwrap().len(),
         MANY_SHARDS.div_ceil(drpilot_shared::plan::SHARDS_PER_RANGE)

@@ -8,6 +8,8 @@ use std::time::Duration;
 use drpilot_cli::history::{fetch, Progress};
 use drpilot_cli::local::{deploy_state_machine, Machine};
 use drpilot_cli::{follow, start, Ctx, Out, StartFlags};
+use drpilot_shared::receipt::PhaseStatus;
+use drpilot_shared::Phase;
 use drpilot_testkit::{LocalAws, TempDir, PROFILE};
 use serde_json::Value;
 
@@ -50,6 +52,33 @@ pub async fn until_waiting(ctx: &Ctx, run_id: &str) {
 pub async fn finish(ctx: &Ctx, run_id: &str) -> Progress {
     let arn = ctx.execution_arn(run_id).await.unwrap();
     follow(ctx, &arn, run_id, None).await.unwrap()
+}
+
+/// Follows the run to its end, which must be a success (its error and cause otherwise).
+pub async fn finish_succeeded(ctx: &Ctx, run_id: &str) -> Progress {
+    let done = finish(ctx, run_id).await;
+    assert_eq!(
+        done.status, "SUCCEEDED",
+        "{:?} {:?}",
+        done.error, done.cause
+    );
+    done
+}
+
+/// The details of the run's receipt of `phase`, which must say it succeeded.
+pub async fn receipt(aws: &LocalAws, run_id: &str, phase: Phase) -> Value {
+    let receipt = aws
+        .receipts()
+        .get_phase(run_id, phase)
+        .await
+        .unwrap()
+        .unwrap_or_else(|| panic!("{run_id}: no {phase} receipt"));
+    assert_eq!(
+        receipt.status,
+        PhaseStatus::Success,
+        "{run_id} {phase}: {receipt:?}"
+    );
+    receipt.details
 }
 
 /// Starts a run of the test profile with `input` (a full drill may promote) without
