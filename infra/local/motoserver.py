@@ -15,7 +15,7 @@ What this adds to a plain `moto_server` (see docs/local-stack.md):
     answers, which moto never does, so tests can show a retried step succeed and a step
     failing for good be named;
   * S3 can be held to request rates the way S3 holds a bucket (`POST /_drpilot/s3-limits`,
-    see `S3Limits`): write and read requests a second per bucket, answered `503 SlowDown`
+    see `S3Limits`): write and read requests a second per prefix, answered `503 SlowDown`
     past them, with capacity that grows under sustained load as S3 partitions a busy
     prefix; and a DeleteObjects can answer some keys with a per-key error inside its 200,
     as S3 does under load. Rates are scaled down (a test sets 35 writes a second where S3
@@ -102,46 +102,29 @@ def _forward_invoke(
         payload = error.read()
         response_headers["x-amz-function-error"] = "Unhandled"
         if not payload:
-            payload = json.dumps(
-                {"errorType": "Lambda.Unknown", "errorMessage": f"HTTP {error.code} from {url}"}
-            ).encode()
+            payload = _function_error("Lambda.Unknown", f"HTTP {error.code} from {url}")
         return payload
     except TimeoutError:
-        # Lambda ends an invocation at its timeout; Step Functions sees Sandbox.Timedout,
-        # which drpilot's Retry policy does not retry.
+        # No answer within the function's time (urlopen raises a read timeout as is):
+        # Lambda ends the invocation, and Step Functions sees Sandbox.Timedout, which
+        # drpilot's Retry policy does not retry.
         response_headers["x-amz-function-error"] = "Unhandled"
-        return json.dumps(
-            {
-                "errorType": "Sandbox.Timedout",
-                "errorMessage": f"Task timed out after {LAMBDA_TIMEOUT_SECONDS:.2f} seconds",
-            }
-        ).encode()
-    except urllib.error.URLError as error:
-        if isinstance(error.reason, TimeoutError):
-            response_headers["x-amz-function-error"] = "Unhandled"
-            return json.dumps(
-                {
-                    "errorType": "Sandbox.Timedout",
-                    "errorMessage": f"Task timed out after {LAMBDA_TIMEOUT_SECONDS:.2f} seconds",
-                }
-            ).encode()
+        return _function_error(
+            "Sandbox.Timedout", f"Task timed out after {LAMBDA_TIMEOUT_SECONDS:.2f} seconds"
+        )
+    except (urllib.error.URLError, ConnectionError) as error:
+        # The function host is down (or did not accept the connection): to Step Functions
+        # this is a service fault, which drpilot's Retry policy treats as transient.
         response_headers["x-amz-function-error"] = "Unhandled"
-        return json.dumps(
-            {
-                "errorType": "Lambda.ServiceException",
-                "errorMessage": f"lambda endpoint {LAMBDA_ENDPOINT} unreachable: {error}",
-            }
-        ).encode()
-    except ConnectionError as error:
-        # The function host is down: to Step Functions this is a service fault, which
-        # drpilot's Retry policy treats as transient.
-        response_headers["x-amz-function-error"] = "Unhandled"
-        return json.dumps(
-            {
-                "errorType": "Lambda.ServiceException",
-                "errorMessage": f"lambda endpoint {LAMBDA_ENDPOINT} unreachable: {error}",
-            }
-        ).encode()
+        return _function_error(
+            "Lambda.ServiceException", f"lambda endpoint {LAMBDA_ENDPOINT} unreachable: {error}"
+        )
+
+
+def _function_error(error_type: str, message: str) -> bytes:
+    """A function error's payload, as Lambda answers it (errorType is the name Step
+    Functions matches)."""
+    return json.dumps({"errorType": error_type, "errorMessage": message}).encode()
 
 
 LambdaSimpleBackend.invoke = _forward_invoke
@@ -182,17 +165,16 @@ def _arm_fault(body: bytes) -> tuple[str, dict[str, Any]]:
 
 
 class S3Limits:
-    """S3's request-rate limits, scaled: a token bucket per (bucket, class) of request.
+    """S3's request-rate limits, scaled: a token bucket per (prefix, class) of request.
 
     S3 serves at least 3,500 PUT/COPY/POST/DELETE and 5,500 GET/HEAD requests a second
     per partitioned prefix and answers `503 SlowDown` past what a partition serves; under
     sustained load it splits the prefix and serves more ("Best practices design patterns:
     optimizing Amazon S3 performance"). The model is one bucket of tokens per prefix (the
     S3 bucket and the key's first path segment: `_staging/`, `root/`, `locks/` apart) and
-    class (write, read), refilled at `rate` a
-    second with a burst of one second's worth. Once a class has been throttling for
-    `grow_after_seconds` (at least once every second) its rate is multiplied by `grow_factor`, up to
-    `max_per_second` (a split). A DeleteObjects counts one write a key, as S3 counts it.
+    class (write, read), refilled at `rate` a second with a burst of one second's worth.
+    Once a class has been throttling for `grow_after_seconds` (at least once every second)
+    its rate is multiplied by `grow_factor`, up to `max_per_second` (a split). A DeleteObjects counts one write a key, as S3 counts it.
     `delete_per_second`, when set, rates deletes (DeleteObject, DeleteObjects) apart from
     the other writes, so a test can throttle teardown and not the restore before it.
 
@@ -226,8 +208,8 @@ class S3Limits:
         if self.delete_key_errors < 0:
             raise ValueError("delete_key_errors must be 0 or more")
         self.lock = threading.Lock()
-        # (bucket, class) -> its token bucket and counts
-        self.buckets: dict[tuple[str, str], dict[str, float]] = {}
+        # (prefix, class) -> its token bucket and counts
+        self.partitions: dict[tuple[str, str], dict[str, float]] = {}
         self.delete_key_errors_answered = 0
 
     def _kind(self, method: str, delete: bool) -> str:
@@ -235,17 +217,17 @@ class S3Limits:
             return "delete"
         return "write" if method in self.WRITE_METHODS else "read"
 
-    def admit(self, bucket: str, method: str, requests: int = 1, delete: bool = False) -> bool:
-        """Whether S3 serves `requests` requests of `method` on the prefix `bucket` names
-        now (`delete`: a DeleteObject or DeleteObjects)."""
+    def admit(self, prefix: str, method: str, requests: int = 1, delete: bool = False) -> bool:
+        """Whether S3 serves `requests` requests of `method` under `prefix` now (`delete`:
+        a DeleteObject or DeleteObjects)."""
         kind = self._kind(method, delete or method == "DELETE")
         base = {"write": self.write_rate, "read": self.read_rate, "delete": self.delete_rate}[kind]
         if base <= 0:
             return True
         with self.lock:
             now = self.clock()
-            state = self.buckets.setdefault(
-                (bucket, kind),
+            state = self.partitions.setdefault(
+                (prefix, kind),
                 {
                     "rate": base,
                     "tokens": base,
@@ -290,15 +272,15 @@ class S3Limits:
     def stats(self) -> dict[str, Any]:
         with self.lock:
             return {
-                "buckets": [
+                "prefixes": [
                     {
-                        "prefix": bucket,
+                        "prefix": prefix,
                         "class": kind,
                         "rate": state["rate"],
                         "served": state["served"],
                         "throttled": state["throttled"],
                     }
-                    for (bucket, kind), state in sorted(self.buckets.items())
+                    for (prefix, kind), state in sorted(self.partitions.items())
                 ],
                 "delete_key_errors_answered": self.delete_key_errors_answered,
             }
@@ -323,10 +305,9 @@ def _configure_lambda_account(body: bytes) -> tuple[str, dict[str, Any]]:
     return "200 OK", dict(_lambda_account)
 
 
-def _account_settings() -> bytes:
+def _account_settings() -> dict[str, Any]:
     """GetAccountSettings' answer (Lambda API Reference) for the configured account."""
-    return json.dumps(
-        {
+    return {
             "AccountLimit": {
                 "TotalCodeSize": 80530636800,
                 "CodeSizeUnzipped": 262144000,
@@ -336,7 +317,6 @@ def _account_settings() -> bytes:
             },
             "AccountUsage": {"TotalCodeSize": 0, "FunctionCount": 0},
         }
-    ).encode()
 
 
 LIMITS_PATH = "/_drpilot/s3-limits"
@@ -357,18 +337,19 @@ def _prefix_of(path: str) -> str:
     return "/".join(parts[:2]) if len(parts) > 1 and parts[1] else parts[0]
 
 
-def _xml_answer(start_response: Any, status: str, body: bytes) -> list[bytes]:
+def _s3_error(start_response: Any, status: str, code: str, message: str, path: str) -> list[bytes]:
+    """An S3 error answer, as S3 writes one."""
+    body = (
+        '<?xml version="1.0" encoding="UTF-8"?>'
+        f"<Error><Code>{code}</Code><Message>{message}</Message>"
+        f"<Resource>{path}</Resource><RequestId>drpilot-local</RequestId></Error>"
+    ).encode()
     start_response(status, [("Content-Type", "application/xml"), ("Content-Length", str(len(body)))])
     return [body]
 
 
 def _slow_down(start_response: Any, path: str) -> list[bytes]:
-    body = (
-        '<?xml version="1.0" encoding="UTF-8"?>'
-        "<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message>"
-        f"<Resource>{path}</Resource><RequestId>drpilot-limit</RequestId></Error>"
-    ).encode()
-    return _xml_answer(start_response, "503 Slow Down", body)
+    return _s3_error(start_response, "503 Slow Down", "SlowDown", "Please reduce your request rate.", path)
 
 
 S3_NAMESPACE = "http://s3.amazonaws.com/doc/2006-03-01/"
@@ -396,19 +377,18 @@ def _with_limits(
     some keys answered by a per-key error)."""
     path = environ.get("PATH_INFO", "")
     method = environ.get("REQUEST_METHOD", "GET")
-    bucket = _prefix_of(path)
+    prefix = _prefix_of(path)
     is_delete_objects = method == "POST" and "delete" in environ.get("QUERY_STRING", "").split("&")
     if not is_delete_objects:
-        if not limits.admit(bucket, method):
+        if not limits.admit(prefix, method):
             return _slow_down(start_response, path)
         return _dispatch(self, environ, start_response)
-    length = int(environ.get("CONTENT_LENGTH") or 0)
-    body = environ["wsgi.input"].read(length)
+    body = _request_body(environ)
     root, objects = _delete_keys(body)
     if objects:
         # The keys name the prefix, not the path (/<bucket>?delete).
-        bucket = _prefix_of(f"{path.rstrip('/')}/{_key_of(objects[0])}")
-    if not limits.admit(bucket, method, max(1, len(objects)), delete=True):
+        prefix = _prefix_of(f"{path.rstrip('/')}/{_key_of(objects[0])}")
+    if not limits.admit(prefix, method, max(1, len(objects)), delete=True):
         return _slow_down(start_response, path)
     failing = objects[: limits.take_delete_key_errors(len(objects))]
     for element in failing:
@@ -473,41 +453,18 @@ def _with_faults(self: DomainDispatcherApplication, environ: Any, start_response
     method = environ.get("REQUEST_METHOD", "GET")
     if path == FAULTS_PATH:
         if method == "POST":
-            length = int(environ.get("CONTENT_LENGTH") or 0)
-            status, answer = _arm_fault(environ["wsgi.input"].read(length))
-        else:
-            with _faults_lock:
-                status, answer = "200 OK", {"answered": list(_faults_answered)}
-        body = json.dumps(answer).encode()
-        start_response(
-            status, [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
-        )
-        return [body]
+            return _json_answer(start_response, *_arm_fault(_request_body(environ)))
+        with _faults_lock:
+            answered = {"answered": list(_faults_answered)}
+        return _json_answer(start_response, "200 OK", answered)
     if path == LIMITS_PATH:
         if method == "POST":
-            length = int(environ.get("CONTENT_LENGTH") or 0)
-            status, answer = _configure_limits(environ["wsgi.input"].read(length))
-        else:
-            status, answer = "200 OK", (_limits.stats() if _limits else {"buckets": []})
-        body = json.dumps(answer).encode()
-        start_response(
-            status, [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
-        )
-        return [body]
+            return _json_answer(start_response, *_configure_limits(_request_body(environ)))
+        return _json_answer(start_response, "200 OK", _limits.stats() if _limits else {"prefixes": []})
     if path == LAMBDA_ACCOUNT_PATH and method == "POST":
-        length = int(environ.get("CONTENT_LENGTH") or 0)
-        status, answer = _configure_lambda_account(environ["wsgi.input"].read(length))
-        body = json.dumps(answer).encode()
-        start_response(
-            status, [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
-        )
-        return [body]
+        return _json_answer(start_response, *_configure_lambda_account(_request_body(environ)))
     if method == "GET" and ACCOUNT_SETTINGS_PATH.match(path):
-        body = _account_settings()
-        start_response(
-            "200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
-        )
-        return [body]
+        return _json_answer(start_response, "200 OK", _account_settings())
     if path.startswith("/moto-api/reset"):
         _lambda_account.update(DEFAULT_LAMBDA_ACCOUNT)
         _limits = None
@@ -516,21 +473,24 @@ def _with_faults(self: DomainDispatcherApplication, environ: Any, start_response
             _faults_answered.clear()
     fault = _take_fault(method, path)
     if fault is not None:
-        body = (
-            '<?xml version="1.0" encoding="UTF-8"?>'
-            f"<Error><Code>{fault['code']}</Code><Message>injected by the local stack</Message>"
-            f"<Resource>{path}</Resource><RequestId>drpilot-fault</RequestId></Error>"
-        ).encode()
         reason = {500: "Internal Server Error", 503: "Slow Down"}.get(fault["status"], "Error")
-        start_response(
-            f"{fault['status']} {reason}",
-            [("Content-Type", "application/xml"), ("Content-Length", str(len(body)))],
+        return _s3_error(
+            start_response, f"{fault['status']} {reason}", fault["code"], "injected by the local stack", path
         )
-        return [body]
     limits = _limits
     if limits is not None and _is_s3(environ):
         return _with_limits(self, environ, start_response, limits)
     return _dispatch(self, environ, start_response)
+
+
+def _request_body(environ: dict[str, Any]) -> bytes:
+    return environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+
+
+def _json_answer(start_response: Any, status: str, answer: Any) -> list[bytes]:
+    body = json.dumps(answer).encode()
+    start_response(status, [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+    return [body]
 
 
 DomainDispatcherApplication.__call__ = _with_faults

@@ -32,7 +32,7 @@ class S3LimitsTest(unittest.TestCase):
         self.assertEqual(served(limits, "GET", 25), 20)
         clock.now += 0.5
         self.assertEqual(served(limits, "DELETE", 10), 5)
-        stats = limits.stats()["buckets"]
+        stats = limits.stats()["prefixes"]
         self.assertEqual([(b["class"], b["throttled"]) for b in stats], [("read", 5), ("write", 10)])
 
     def test_buckets_are_limited_apart(self) -> None:
@@ -53,7 +53,7 @@ class S3LimitsTest(unittest.TestCase):
         rates = []
         for _ in range(12):
             served(limits, "PUT", 100)
-            rates.append(limits.stats()["buckets"][0]["rate"])
+            rates.append(limits.stats()["prefixes"][0]["rate"])
             clock.now += 1.0
         self.assertEqual(rates[0], 10)
         self.assertEqual(rates[2], 20, rates)
@@ -70,7 +70,7 @@ class S3LimitsTest(unittest.TestCase):
         served(limits, "PUT", 5)  # within the refill: throttling ended
         clock.now += 1.0
         served(limits, "PUT", 20)
-        self.assertEqual(limits.stats()["buckets"][0]["rate"], 10)
+        self.assertEqual(limits.stats()["prefixes"][0]["rate"], 10)
 
     def test_a_delete_objects_counts_each_key_and_is_served_whole_when_the_bucket_is_full(self) -> None:
         clock = Clock()
