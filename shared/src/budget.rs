@@ -156,18 +156,13 @@ impl PutBudget {
 
     /// Waits for one request's token.
     pub async fn acquire(&self) {
-        self.acquire_many(1).await;
+        self.acquire_many_until(1, None).await;
     }
 
-    /// Waits for `requests` tokens (a DeleteObjects counts one a key). More than a
+    /// Waits for `requests` tokens (a DeleteObjects counts one a key), unless the wait
+    /// would pass `stop_at`: then `false` at once, with no token taken. More than a
     /// second's burst is taken once the bucket is full, leaving a debt the next requests
     /// wait out: the pace holds over time whatever the batch size.
-    pub async fn acquire_many(&self, requests: u32) {
-        self.acquire_many_until(requests, None).await;
-    }
-
-    /// [`Self::acquire_many`], unless the wait would pass `stop_at`: then `false` at once,
-    /// with no token taken.
     pub async fn acquire_many_until(&self, requests: u32, stop_at: Option<Instant>) -> bool {
         loop {
             let wait = {
@@ -271,7 +266,6 @@ pub async fn delete_prefix(
             "refusing to delete a whole bucket ({prefix})"
         )));
     }
-    let past = || stop_at.is_some_and(|at| Instant::now() >= at);
     let mut deleted = 0u64;
     let mut pages = s3
         .list_objects_v2()
@@ -289,13 +283,13 @@ pub async fn delete_prefix(
         if keys.is_empty() {
             continue;
         }
-        if deleted > 0 && past() {
+        if deleted > 0 && is_past(stop_at) {
             return Ok(Deletion {
                 deleted,
                 complete: false,
             });
         }
-        let (count, finished) = delete_keys(s3, &prefix, keys, budget, (stop_at, &past)).await?;
+        let (count, finished) = delete_keys(s3, &prefix, keys, budget, stop_at).await?;
         deleted += count;
         if !finished {
             return Ok(Deletion {
@@ -311,6 +305,11 @@ pub async fn delete_prefix(
     })
 }
 
+/// Whether a pass's deadline has come.
+fn is_past(stop_at: Option<Instant>) -> bool {
+    stop_at.is_some_and(|at| Instant::now() >= at)
+}
+
 /// Deletes `keys` (one page) until none is left: how many it deleted, and whether all
 /// (`false`: the pass's time ran out while S3 throttled).
 async fn delete_keys(
@@ -318,7 +317,7 @@ async fn delete_keys(
     prefix: &S3Uri,
     mut keys: Vec<String>,
     budget: &PutBudget,
-    (stop_at, past): (Option<Instant>, &impl Fn() -> bool),
+    stop_at: Option<Instant>,
 ) -> Result<(u64, bool)> {
     let mut deleted = 0u64;
     // Per-key retries and throttled requests are counted apart: S3 answers both under
@@ -357,7 +356,7 @@ async fn delete_keys(
             Err(err) if is_slow_down(&err) && (stop_at.is_some() || throttled < KEY_RETRIES) => {
                 throttled += 1;
                 budget.slow_down();
-                if past() {
+                if is_past(stop_at) {
                     return Ok((deleted, false));
                 }
                 tokio::time::sleep(Duration::from_millis(100 << throttled.min(4))).await;
@@ -399,7 +398,7 @@ async fn delete_keys(
             budget.slow_down();
         }
         key_tries += 1;
-        if past() {
+        if is_past(stop_at) {
             return Ok((deleted, false));
         }
         tokio::time::sleep(Duration::from_millis(100 << key_tries.min(5))).await;

@@ -5,7 +5,7 @@
 //! the same state (metrics are published once).
 
 use chrono::{DateTime, Utc};
-use drpilot_shared::budget::{delete_prefix, PutBudget};
+use drpilot_shared::budget::{delete_prefix, Deletion, PutBudget};
 use drpilot_shared::component::{overall_rto, ComponentOutcome, ComponentReceipt, ResourceState};
 use drpilot_shared::details::{ParityDetails, PromoteDetails, TeardownDetails};
 use drpilot_shared::error::readable_cause;
@@ -411,34 +411,33 @@ impl Teardown {
             };
             (Staging::Untouched, released)
         } else if known.input.teardown {
-            let earlier = request.cleanup;
-            let first_pass = earlier.is_none();
-            let earlier = earlier.unwrap_or_default();
-            let deleted = match self.empty_staging(&staging_uri, fenced, first_pass).await? {
-                Emptied::Done(deleted) => earlier.staging_deleted + deleted,
-                Emptied::Unfinished(deleted) => {
-                    let idle_passes = if deleted == 0 {
-                        earlier.idle_passes + 1
-                    } else {
-                        0
-                    };
-                    if idle_passes >= MAX_IDLE_PASSES {
-                        return Err(Error::new(
-                            ErrorKind::ServiceError,
-                            format!(
-                                "{staging_uri}: {MAX_IDLE_PASSES} passes in a row deleted nothing (S3 throttled every request); {} objects deleted before",
-                                earlier.staging_deleted
-                            ),
-                        ));
-                    }
-                    return Ok(Cleanup::Unfinished(CleanupProgress {
-                        staging_deleted: earlier.staging_deleted + deleted,
-                        passes: earlier.passes + 1,
-                        fenced,
-                        idle_passes,
-                    }));
+            let earlier = request.cleanup.unwrap_or_default();
+            let pass = self
+                .empty_staging(&staging_uri, fenced, request.cleanup.is_none())
+                .await?;
+            let deleted = earlier.staging_deleted + pass.deleted;
+            if !pass.complete {
+                let idle_passes = if pass.deleted == 0 {
+                    earlier.idle_passes + 1
+                } else {
+                    0
+                };
+                if idle_passes >= MAX_IDLE_PASSES {
+                    return Err(Error::new(
+                        ErrorKind::ServiceError,
+                        format!(
+                            "{staging_uri}: {MAX_IDLE_PASSES} passes in a row deleted nothing (S3 throttled every request); {} objects deleted before",
+                            earlier.staging_deleted
+                        ),
+                    ));
                 }
-            };
+                return Ok(Cleanup::Unfinished(CleanupProgress {
+                    staging_deleted: deleted,
+                    passes: earlier.passes + 1,
+                    fenced,
+                    idle_passes,
+                }));
+            }
             (
                 Staging::Deleted(deleted),
                 Some(lock.release(&known.run_id).await?),
@@ -507,12 +506,11 @@ impl Teardown {
         staging: &S3Uri,
         fenced: bool,
         first_pass: bool,
-    ) -> Result<Emptied> {
+    ) -> Result<Deletion> {
         let budget = PutBudget::for_run(None, false);
         let stop_at = drpilot_shared::deadline::work_until();
         if !fenced {
-            let pass = delete_prefix(&self.clients.s3, staging, &budget, stop_at).await?;
-            return Ok(Emptied::of(pass));
+            return delete_prefix(&self.clients.s3, staging, &budget, stop_at).await;
         }
         if first_pass {
             tokio::time::sleep(fence::GRACE).await;
@@ -521,11 +519,11 @@ impl Teardown {
         for _ in 0..FENCED_DELETE_PASSES {
             let pass = delete_prefix(&self.clients.s3, staging, &budget, stop_at).await?;
             deleted += pass.deleted;
-            if !pass.complete {
-                return Ok(Emptied::Unfinished(deleted));
-            }
-            if pass.deleted == 0 {
-                return Ok(Emptied::Done(deleted));
+            if !pass.complete || pass.deleted == 0 {
+                return Ok(Deletion {
+                    deleted,
+                    complete: pass.complete,
+                });
             }
             tokio::time::sleep(fence::CHECK_EVERY).await;
         }
@@ -642,23 +640,6 @@ enum Cleanup {
     Finished(Cleaned),
     /// The staging is not empty yet: another pass goes on from here.
     Unfinished(CleanupProgress),
-}
-
-/// What one invocation's deletes did to the staging: emptied it (this many objects), or
-/// deleted this many before its time was up.
-enum Emptied {
-    Done(u64),
-    Unfinished(u64),
-}
-
-impl Emptied {
-    fn of(pass: drpilot_shared::budget::Deletion) -> Self {
-        if pass.complete {
-            Self::Done(pass.deleted)
-        } else {
-            Self::Unfinished(pass.deleted)
-        }
-    }
 }
 
 /// What became of the run's staging.
