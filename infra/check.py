@@ -1035,6 +1035,35 @@ def invoked_function(m: Machine, state: dict) -> str | None:
     return ref[0] if isinstance(ref, list) else str(ref).split(".")[0]
 
 
+# The functions whose range's child stops at its invocation's deadline and answers a
+# continuation (shared/src/plan.rs, Continuation): restore's and promote's writers.
+CONTINUING_FUNCTIONS = {"RestoreFunction", "PromoteFunction"}
+
+
+def continuation_loop(where: str, name: str, task: dict, states: dict) -> list[str]:
+    """A continuing child's Task passes its input's continuation to the function, keeps the
+    answer's in its output, and goes to a Choice that invokes it again while there is one;
+    the child execution ends on one number (the Map gathers every child's output)."""
+    problems = []
+    payload = (task.get("Arguments") or {}).get("Payload") or {}
+    if "$states.input.continuation" not in str(payload.get("continuation")):
+        problems.append(f"{where}: its Payload does not pass $states.input.continuation (a child that stopped at "
+                        "its deadline would start over)")
+    if "$states.result.Payload.continuation" not in str(task.get("Output")):
+        problems.append(f"{where}: its Output drops the answer's continuation")
+    choice = states.get(str(task.get("Next"))) or {}
+    loops = [c for c in choice.get("Choices") or [] if c.get("Next") == name
+             and "continuation != null" in str(c.get("Condition"))]
+    if choice.get("Type") != "Choice" or not loops:
+        problems.append(f"{where}: is not followed by a Choice that invokes it again while a continuation is answered")
+        return problems
+    done = states.get(str(choice.get("Default"))) or {}
+    if not done.get("End") or "$states.input.item.index" != str(done.get("Output", "")).strip("{}% "):
+        problems.append(f"{where}: the child execution must end on the item's index, not on its input (the Map "
+                        "gathers every child's output into its own, under 256 KiB)")
+    return problems
+
+
 def check_distributed_map(ctx: Context, m: Machine) -> tuple[bool, str]:
     """Every Distributed Map (a Map with an ItemReader, or in DISTRIBUTED mode): STANDARD
     children, the plan read as JSON with s3:getObject, no failure tolerated, a States.ALL
@@ -1092,6 +1121,8 @@ def check_distributed_map(ctx: Context, m: Machine) -> tuple[bool, str]:
             logical = invoked_function(m, task)
             if logical:
                 children.setdefault(logical, []).append(where)
+            if logical in CONTINUING_FUNCTIONS:
+                problems += continuation_loop(where, child, task, processor.get("States") or {})
 
     # The state machine's role: exactly what the Map Runs need, on this machine only.
     resource = ctx.tpl["Resources"].get(m.logical) or {}

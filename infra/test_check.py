@@ -206,6 +206,17 @@ def _child_catches(asl: dict) -> None:
     _state(asl, "ValidateRanges")["ItemProcessor"]["States"]["ValidateRangeFailed"] = {"Type": "Succeed"}
 
 
+def _range_ends_after_one_pass(asl: dict) -> None:
+    # A restore child that stopped at its deadline would end with its range half staged.
+    task = _state(asl, "RestoreRange")
+    task["End"] = True
+    del task["Next"]
+
+
+def _child_outputs_its_input(asl: dict) -> None:
+    _state(asl, "PromoteRangeDone")["Output"] = "{% $states.input %}"
+
+
 BRINGUP_BINARY = "        Binary: bringup\n"
 VERIFIER_BINARY = "        Binary: sample-verifier\n"
 GLOBAL_ARCH = "    Architectures: [arm64]\n"
@@ -296,6 +307,13 @@ CASES: dict[str, Case] = {
     "distributed_map_child_retries_no_retryable": Case("distributed-map", asl=asl_edit(_set_retry("RestoreRange", [
         "Lambda.ServiceException", "Lambda.AWSLambdaException", "Lambda.SdkClientException",
         "Lambda.TooManyRequestsException"])), detail="Recover/RestoreRanges/RestoreRange: no Retry on"),
+    "distributed_map_range_ends_after_one_pass": Case("distributed-map", asl=asl_edit(_range_ends_after_one_pass),
+        detail="RestoreRanges/RestoreRange: is not followed by a Choice"),
+    "distributed_map_child_drops_its_continuation": Case("distributed-map", asl=asl_edit(
+        _map_field("PromoteRange", "Output", "{% $states.result.Payload.index %}")),
+        detail="PromoteRanges/PromoteRange: its Output drops the answer's continuation"),
+    "distributed_map_child_outputs_its_input": Case("distributed-map", asl=asl_edit(_child_outputs_its_input),
+        detail="PromoteRanges/PromoteRange: the child execution must end on the item's index"),
     "distributed_map_role_starts_another_machine": Case("distributed-map", template=yaml_edit(
         ":stateMachine:${AWS::StackName}-drill\"", ":stateMachine:${AWS::StackName}-failback\""),
         detail="DrillStateMachine's role lacks states:StartExecution on "

@@ -640,6 +640,11 @@ impl<V: EntryVisitor> InRange<V> {
         }
     }
 
+    /// The visitor, whatever the archive held so far.
+    pub fn inner(&self) -> &V {
+        &self.inner
+    }
+
     /// The visitor back, once the shard's report shows its declared file count.
     pub fn finish(self, report: &ArchiveReport) -> Result<V> {
         if let Some(objects) = self.shard.objects {

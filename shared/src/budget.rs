@@ -1,16 +1,17 @@
-//! The PUT budget: S3 serves at least 3,500 PUT/COPY/POST/DELETE requests a second per
-//! partitioned prefix and answers `503 SlowDown` past what it serves now; under sustained
-//! load it partitions the prefix further and serves more. A fanned-out phase has many
-//! children writing to one run's staging or `root/` at once, so each function paces its
-//! write requests with a token bucket that starts at its share of [`PREFIX_PUT_RATE`]
-//! ([`PutBudget::for_run`]) — the floor S3 guarantees — and climbs from there: additive
-//! increase ([`INCREASE_PER_SECOND`] requests a second, every second of successful
-//! writes) up to [`MAX_CHILD_RATE`], multiplicative decrease (half) whenever S3 still says
-//! `SlowDown` after the SDK's own retries. A long restore so converges on what S3
-//! actually serves instead of keeping to the floor. A request S3 throttled is retried
-//! here, after the new pace, a bounded number of times. A range's child's budget also
-//! carries its run's [`Fence`]: the writers ask [`PutBudget::check_fence`] before each
-//! object they start.
+//! Request budgets: S3 serves at least 3,500 PUT/COPY/POST/DELETE and 5,500 GET/HEAD
+//! requests a second per partitioned prefix and answers `503 SlowDown` past what it serves
+//! now; under sustained load it partitions the prefix further and serves more. A
+//! fanned-out phase has many children writing to, or reading from, one run's staging or
+//! `root/` at once, so each function paces its requests with a token bucket that starts
+//! at its share of [`PREFIX_PUT_RATE`] ([`RequestBudget::writes_for_run`]) or of
+//! [`PREFIX_GET_RATE`] ([`RequestBudget::reads_for_run`]) — the floor S3 guarantees,
+//! less a margin — and climbs from there: additive increase ([`INCREASE_PER_SECOND`]
+//! requests a second, every second of successful requests) up to one partition's worth,
+//! multiplicative decrease (half) whenever S3 still says `SlowDown` after the SDK's own
+//! retries. A long restore so converges on what S3 actually serves instead of keeping to
+//! the floor. A request S3 throttled is retried here, after the new pace, a bounded
+//! number of times. A range's child's write budget also carries its run's [`Fence`]: the
+//! writers ask [`RequestBudget::check_fence`] before each object they start.
 //!
 //! Deletes are writes too: [`delete_prefix`] pays one token a key of each DeleteObjects,
 //! retries the keys S3 answered with a per-key error inside its 200, and stops at a
@@ -35,6 +36,10 @@ use crate::s3uri::S3Uri;
 
 /// The aggregate write rate a run keeps under, per prefix (S3's 3,500 less a margin).
 pub const PREFIX_PUT_RATE: f64 = 3_000.0;
+
+/// The aggregate read rate a run keeps under, per prefix (S3's 5,500 GET/HEAD less a
+/// margin): validate's stored-hash lookups, parity's and promote's content checks.
+pub const PREFIX_GET_RATE: f64 = 5_000.0;
 
 /// Children of a Distributed Map that may run at once (the ASL's `MaxConcurrency`), unless
 /// the stack's `FanOutConcurrency` says otherwise ([`FAN_OUT_CONCURRENCY_ENV`]).
@@ -63,12 +68,16 @@ pub const INCREASE_PER_SECOND: f64 = 5.0;
 /// The fastest one function writes: one partition's worth, whatever S3 serves the run.
 pub const MAX_CHILD_RATE: f64 = 3_500.0;
 
+/// The fastest one function reads: one partition's worth.
+pub const MAX_CHILD_READ_RATE: f64 = 5_500.0;
+
 /// How often a request S3 keeps throttling is tried again here.
 const SLOW_DOWN_RETRIES: u32 = 5;
 
-/// A token bucket of write requests, shared by every task of one function.
+/// A token bucket of S3 requests of one kind (writes, or reads), shared by every task of
+/// one function.
 #[derive(Clone, Debug)]
-pub struct PutBudget {
+pub struct RequestBudget {
     state: Arc<Mutex<Bucket>>,
     fence: Option<Fence>,
 }
@@ -82,15 +91,20 @@ struct Bucket {
     slow_downs: u64,
 }
 
-impl PutBudget {
+impl RequestBudget {
     /// `rate` requests a second to start with (a burst of one second's worth), climbing
     /// while S3 keeps up.
     pub fn new(rate: f64) -> Self {
+        Self::up_to(rate, MAX_CHILD_RATE)
+    }
+
+    /// `rate` requests a second to start with, climbing up to `ceiling`.
+    pub fn up_to(rate: f64, ceiling: f64) -> Self {
         let rate = rate.max(MIN_RATE);
         Self {
             state: Arc::new(Mutex::new(Bucket {
                 rate,
-                max_rate: MAX_CHILD_RATE.max(rate),
+                max_rate: ceiling.max(rate),
                 tokens: rate,
                 last: Instant::now(),
                 slow_downs: 0,
@@ -117,16 +131,18 @@ impl PutBudget {
 
     /// This function's share of [`PREFIX_PUT_RATE`]: all of it for a phase running
     /// inline, `1 / min(ranges, fan-out concurrency)` of it for one range's child.
-    pub fn for_run(plan: Option<&PlanRef>, child: bool) -> Self {
-        let sharing = match plan {
-            Some(plan) if child => plan.ranges.clamp(1, fan_out_concurrency()),
-            _ => 1,
-        };
-        Self::new(PREFIX_PUT_RATE / f64::from(sharing))
+    pub fn writes_for_run(plan: Option<&PlanRef>, child: bool) -> Self {
+        Self::new(PREFIX_PUT_RATE / sharing(plan, child))
+    }
+
+    /// This function's share of [`PREFIX_GET_RATE`], as [`Self::writes_for_run`] shares
+    /// the writes.
+    pub fn reads_for_run(plan: Option<&PlanRef>, child: bool) -> Self {
+        Self::up_to(PREFIX_GET_RATE / sharing(plan, child), MAX_CHILD_READ_RATE)
     }
 
     /// A range's child's budget: its share of the rate, stopped by its run's fence.
-    pub fn for_child(
+    pub fn writes_for_child(
         s3: &aws_sdk_s3::Client,
         store: &ReceiptStore,
         run: &RunContext,
@@ -136,7 +152,7 @@ impl PutBudget {
             fence_uri(store, &run.run_id)?,
             run.execution_arn.clone(),
         );
-        Ok(Self::for_run(run.plan.as_ref(), true).with_fence(fence))
+        Ok(Self::writes_for_run(run.plan.as_ref(), true).with_fence(fence))
     }
 
     /// Requests a second it allows now.
@@ -201,12 +217,12 @@ impl PutBudget {
         bucket.rate = (bucket.rate + INCREASE_PER_SECOND / bucket.rate).min(bucket.max_rate);
     }
 
-    /// Sends one write request within the budget: waits for its token, and when S3 still
+    /// Sends one request within the budget: waits for its token, and when S3 still
     /// throttles it after the SDK's retries, slows the budget and tries again (at most
     /// [`SLOW_DOWN_RETRIES`] times); any other outcome is the request's.
     pub async fn send<T, E, F, Fut>(&self, mut request: F) -> Result<T, E>
     where
-        E: ProvideErrorMetadata,
+        E: Throttled,
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
@@ -218,7 +234,7 @@ impl PutBudget {
                     self.succeeded();
                     return Ok(out);
                 }
-                Err(err) if is_slow_down(&err) && tries < SLOW_DOWN_RETRIES => {
+                Err(err) if err.is_slow_down() && tries < SLOW_DOWN_RETRIES => {
                     tries += 1;
                     self.slow_down();
                 }
@@ -228,9 +244,37 @@ impl PutBudget {
     }
 }
 
+/// How many functions share a run's rate: one for a phase running inline, up to the
+/// fan-out's concurrency for a range's child.
+fn sharing(plan: Option<&PlanRef>, child: bool) -> f64 {
+    let functions = match plan {
+        Some(plan) if child => plan.ranges.clamp(1, fan_out_concurrency()),
+        _ => 1,
+    };
+    f64::from(functions)
+}
+
 /// S3's throttling answer (`503 SlowDown`).
 pub fn is_slow_down<E: ProvideErrorMetadata>(err: &E) -> bool {
     err.code() == Some("SlowDown")
+}
+
+/// An error that can say S3 throttled the request: an SDK call's own, or drpilot's
+/// wrapping one ([`Error::aws_code`]).
+pub trait Throttled {
+    fn is_slow_down(&self) -> bool;
+}
+
+impl<E: ProvideErrorMetadata> Throttled for E {
+    fn is_slow_down(&self) -> bool {
+        is_slow_down(self)
+    }
+}
+
+impl Throttled for Error {
+    fn is_slow_down(&self) -> bool {
+        self.aws_code() == Some("SlowDown")
+    }
 }
 
 /// How often keys S3 answered with a per-key error are sent again within one pass.
@@ -257,7 +301,7 @@ pub struct Deletion {
 pub async fn delete_prefix(
     s3: &aws_sdk_s3::Client,
     prefix: &S3Uri,
-    budget: &PutBudget,
+    budget: &RequestBudget,
     stop_at: Option<Instant>,
 ) -> Result<Deletion> {
     let prefix = prefix.as_prefix();
@@ -316,7 +360,7 @@ async fn delete_keys(
     s3: &aws_sdk_s3::Client,
     prefix: &S3Uri,
     mut keys: Vec<String>,
-    budget: &PutBudget,
+    budget: &RequestBudget,
     stop_at: Option<Instant>,
 ) -> Result<(u64, bool)> {
     let mut deleted = 0u64;
@@ -413,7 +457,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_bucket_makes_requests_past_its_burst_wait() {
-        let budget = PutBudget::new(20.0);
+        let budget = RequestBudget::new(20.0);
         let started = Instant::now();
         for _ in 0..30 {
             budget.acquire().await;
@@ -426,7 +470,7 @@ mod tests {
 
     #[test]
     fn slow_downs_halve_and_successes_climb_past_the_floor_up_to_a_partition() {
-        let budget = PutBudget::new(100.0);
+        let budget = RequestBudget::new(100.0);
         budget.slow_down();
         budget.slow_down();
         assert_eq!(budget.rate(), 25.0);
@@ -459,15 +503,25 @@ mod tests {
             key: "k".into(),
             ranges,
         };
-        assert_eq!(PutBudget::for_run(None, false).rate(), PREFIX_PUT_RATE);
-        assert_eq!(PutBudget::for_run(Some(&plan(4)), true).rate(), 750.0);
         assert_eq!(
-            PutBudget::for_run(Some(&plan(4)), false).rate(),
+            RequestBudget::writes_for_run(None, false).rate(),
             PREFIX_PUT_RATE
         );
         assert_eq!(
-            PutBudget::for_run(Some(&plan(1000)), true).rate(),
+            RequestBudget::writes_for_run(Some(&plan(4)), true).rate(),
+            750.0
+        );
+        assert_eq!(
+            RequestBudget::writes_for_run(Some(&plan(4)), false).rate(),
+            PREFIX_PUT_RATE
+        );
+        assert_eq!(
+            RequestBudget::writes_for_run(Some(&plan(1000)), true).rate(),
             PREFIX_PUT_RATE / f64::from(MAX_CHILDREN)
+        );
+        assert_eq!(
+            RequestBudget::reads_for_run(Some(&plan(4)), true).rate(),
+            PREFIX_GET_RATE / 4.0
         );
     }
 }

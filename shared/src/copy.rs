@@ -12,7 +12,7 @@ use serde::Serialize;
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 
-use crate::budget::PutBudget;
+use crate::budget::RequestBudget;
 use crate::error::{Error, Result};
 use crate::objects::{abort_multipart, delete, object_size, part_size};
 use crate::s3uri::S3Uri;
@@ -42,6 +42,19 @@ pub struct CopyStats {
     pub copied: u64,
     pub bytes: u64,
     pub deleted: u64,
+}
+
+impl std::ops::Add for CopyStats {
+    type Output = Self;
+
+    /// What two passes did together.
+    fn add(self, other: Self) -> Self {
+        Self {
+            copied: self.copied + other.copied,
+            bytes: self.bytes + other.bytes,
+            deleted: self.deleted + other.deleted,
+        }
+    }
 }
 
 /// One change to make a destination agree with a source.
@@ -156,7 +169,7 @@ pub async fn apply_changes(
     s3: &aws_sdk_s3::Client,
     changes: mpsc::Receiver<Change>,
     tuning: CopyTuning,
-    budget: &PutBudget,
+    budget: &RequestBudget,
     mut journal: Option<&mut Journal>,
 ) -> Result<CopyStats> {
     let applied = apply_all(s3, changes, tuning, budget, journal.as_deref_mut()).await;
@@ -173,7 +186,7 @@ async fn apply_all(
     s3: &aws_sdk_s3::Client,
     mut changes: mpsc::Receiver<Change>,
     tuning: CopyTuning,
-    budget: &PutBudget,
+    budget: &RequestBudget,
     mut journal: Option<&mut Journal>,
 ) -> Result<CopyStats> {
     let permits = Arc::new(Semaphore::new(tuning.concurrency.max(1)));
@@ -218,7 +231,7 @@ async fn apply(
     s3: &aws_sdk_s3::Client,
     change: Change,
     tuning: CopyTuning,
-    budget: &PutBudget,
+    budget: &RequestBudget,
 ) -> Result<(CopyStats, JournalEntry)> {
     match change {
         Change::Delete(at) => {
@@ -313,7 +326,7 @@ pub async fn copy(
     to: &S3Uri,
     size: u64,
     tuning: CopyTuning,
-    budget: &PutBudget,
+    budget: &RequestBudget,
 ) -> Result<()> {
     let source = copy_source(from);
     if size <= tuning.multipart_threshold {
@@ -352,7 +365,7 @@ async fn copy_in_parts(
     to: &S3Uri,
     size: u64,
     part_size: u64,
-    budget: &PutBudget,
+    budget: &RequestBudget,
 ) -> Result<()> {
     let head = s3
         .head_object()
@@ -443,7 +456,7 @@ async fn copy_parts(
     to: &S3Uri,
     upload_id: &str,
     ranges: Vec<(i32, u64, u64)>,
-    budget: &PutBudget,
+    budget: &RequestBudget,
 ) -> Result<Vec<CompletedPart>> {
     let source = copy_source(from);
     futures::stream::iter(ranges)

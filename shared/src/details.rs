@@ -187,7 +187,8 @@ impl<C: Counts> RangeFindings<C> {
         for result in results {
             let found: Self = result.details()?;
             counts.add(&found.counts);
-            log.append_from(s3, &found.differences_uri).await?;
+            log.append_from(s3, &found.differences_uri, found.differences)
+                .await?;
         }
         Ok((counts, log))
     }

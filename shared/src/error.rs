@@ -90,6 +90,8 @@ pub struct Error {
     pub kind: ErrorKind,
     pub message: String,
     source: Option<Arc<dyn std::error::Error + Send + Sync>>,
+    /// The service's error code when an AWS call failed ([`Error::from_sdk`]).
+    aws_code: Option<String>,
 }
 
 impl fmt::Display for Error {
@@ -114,7 +116,13 @@ impl Error {
             kind,
             message: message.into(),
             source: None,
+            aws_code: None,
         }
+    }
+
+    /// The service's error code, when an AWS call failed with one (`SlowDown`, say).
+    pub fn aws_code(&self) -> Option<&str> {
+        self.aws_code.as_deref()
     }
 
     /// Whether this error's cause is an `E` (a typed marker, never a message compared).
@@ -154,7 +162,7 @@ impl Error {
         Self {
             kind: ErrorKind::ServiceError,
             message,
-            source: self.source,
+            ..self
         }
     }
     pub fn internal(message: impl Into<String>) -> Self {
@@ -179,7 +187,11 @@ impl Error {
             Some(code) => format!("{code}: {}", err.message().unwrap_or("no message")),
             None => aws_smithy_types::error::display::DisplayErrorContext(&err).to_string(),
         };
-        Self::new(kind, format!("{what} failed: {detail}")).with_source(err)
+        let aws_code = err.code().map(str::to_owned);
+        Self {
+            aws_code,
+            ..Self::new(kind, format!("{what} failed: {detail}")).with_source(err)
+        }
     }
 }
 

@@ -213,20 +213,43 @@ async fn same_content(
 }
 
 /// Collects differences as JSON lines in a temporary file (bounded by disk, not memory),
-/// keeps the first few for inline display, and uploads the file as one object.
+/// at most a limit of them ([`MAX_LOGGED_DIFFERENCES`]) while it counts them all, keeps
+/// the first few for inline display, and uploads the file as one object.
 pub struct DifferenceLog {
     file: std::io::BufWriter<std::fs::File>,
     /// Removed when the log is dropped, uploaded or not.
     path: tempfile::TempPath,
+    /// Differences counted.
     count: u64,
+    /// Differences written to the file: at most `limit`.
+    logged: u64,
+    limit: u64,
     first: Vec<serde_json::Value>,
 }
 
 /// How many differences receipts and errors show inline.
 pub const INLINE_DIFFERENCES: usize = 20;
 
+/// The most differences one log holds (lines of ~100 to ~300 bytes: at most ~30 MB).
+/// Logs are evidence, kept under the evidence bucket's lock for years: a first drill into
+/// an empty `root/` of 50 M objects would otherwise lock 5 GB of lines saying the same
+/// thing. The receipts count every difference; the log holds the first ones.
+pub const MAX_LOGGED_DIFFERENCES: u64 = 100_000;
+
 impl DifferenceLog {
+    /// A log of at most [`MAX_LOGGED_DIFFERENCES`] lines.
     pub fn new() -> Result<Self> {
+        Self::holding(MAX_LOGGED_DIFFERENCES)
+    }
+
+    /// A range's child's log: its share of [`MAX_LOGGED_DIFFERENCES`] among `ranges`
+    /// (at least what receipts show inline), so the ranges' logs together stay bounded.
+    pub fn for_range(ranges: u32) -> Result<Self> {
+        let share = MAX_LOGGED_DIFFERENCES / u64::from(ranges.max(1));
+        Self::holding(share.max(INLINE_DIFFERENCES as u64))
+    }
+
+    fn holding(limit: u64) -> Result<Self> {
         let (file, path) = tempfile::Builder::new()
             .prefix("drpilot-differences-")
             .suffix(".jsonl")
@@ -237,14 +260,25 @@ impl DifferenceLog {
             file: std::io::BufWriter::new(file),
             path,
             count: 0,
+            logged: 0,
+            limit,
             first: Vec::new(),
         })
     }
 
+    /// Counts a difference, and logs it while the log has room.
     pub fn push<T: Serialize>(&mut self, difference: &T) -> Result<()> {
-        use std::io::Write;
+        self.count += 1;
+        if self.logged >= self.limit {
+            return Ok(());
+        }
         let value = serde_json::to_value(difference)
             .map_err(|e| crate::Error::internal(format!("encoding a difference: {e}")))?;
+        self.log(value)
+    }
+
+    fn log(&mut self, value: serde_json::Value) -> Result<()> {
+        use std::io::Write;
         serde_json::to_writer(&mut self.file, &value)
             .map_err(|e| crate::Error::retryable(format!("writing differences: {e}")))?;
         self.file
@@ -253,18 +287,33 @@ impl DifferenceLog {
         if self.first.len() < INLINE_DIFFERENCES {
             self.first.push(value);
         }
-        self.count += 1;
+        self.logged += 1;
         Ok(())
     }
 
+    /// Every difference counted.
     pub fn count(&self) -> u64 {
         self.count
     }
 
-    /// Appends every line of the JSON-lines object at `uri` (a range's differences),
-    /// streamed: the reducer's one log of all the ranges'.
-    pub async fn append_from(&mut self, s3: &aws_sdk_s3::Client, uri: &S3Uri) -> Result<()> {
+    /// The differences the log holds: the first [`Self::count`], up to its limit.
+    pub fn logged(&self) -> u64 {
+        self.logged
+    }
+
+    /// Counts a range's `differences` and appends the lines of its log at `uri` while
+    /// this log has room, streamed: the reducer's one log of all the ranges'.
+    pub async fn append_from(
+        &mut self,
+        s3: &aws_sdk_s3::Client,
+        uri: &S3Uri,
+        differences: u64,
+    ) -> Result<()> {
         use tokio::io::AsyncBufReadExt;
+        self.count += differences;
+        if self.logged >= self.limit {
+            return Ok(());
+        }
         let (body, _) = crate::objects::open(s3, uri).await?;
         let mut lines = body.into_async_read().lines();
         while let Some(line) = lines
@@ -275,9 +324,12 @@ impl DifferenceLog {
             if line.trim().is_empty() {
                 continue;
             }
+            if self.logged >= self.limit {
+                break;
+            }
             let value: serde_json::Value = serde_json::from_str(&line)
                 .map_err(|e| crate::Error::internal(format!("{uri}: not JSON lines: {e}")))?;
-            self.push(&value)?;
+            self.log(value)?;
         }
         Ok(())
     }
@@ -306,5 +358,28 @@ impl DifferenceLog {
             .await;
         result.map_err(|e| crate::Error::from_sdk(&format!("PutObject {uri}"), e))?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_log_counts_every_difference_and_holds_its_share() {
+        let mut log = DifferenceLog::for_range(40_000).unwrap();
+        for i in 0..100 {
+            log.push(&serde_json::json!({ "key": i })).unwrap();
+        }
+        // 100,000 / 40,000 rounds down to 2: a range keeps at least what receipts show.
+        assert_eq!(
+            (log.count(), log.logged()),
+            (100, INLINE_DIFFERENCES as u64)
+        );
+        assert_eq!(log.first().len(), INLINE_DIFFERENCES);
+        let whole = DifferenceLog::new().unwrap();
+        assert_eq!(whole.limit, MAX_LOGGED_DIFFERENCES);
+        let share = DifferenceLog::for_range(4).unwrap();
+        assert_eq!(share.limit, MAX_LOGGED_DIFFERENCES / 4);
     }
 }

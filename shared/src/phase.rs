@@ -22,9 +22,11 @@ use serde::Serialize;
 use tracing::{error, info, Instrument, Span};
 
 use crate::details::PhaseDetails;
-use crate::error::{catch_panic, Error, Result};
+use crate::error::{catch_panic, Error, ErrorKind, Result};
 use crate::input::Phase;
-use crate::plan::{PlanItem, RangeResult, RangeStatus, Reduce};
+use crate::plan::{
+    Continuation, PlanItem, RangePass, RangeResult, RangeStatus, Reduce, MAX_RANGE_PASSES,
+};
 use crate::profile::{Profile, ProfileSource};
 use crate::receipt::{PhaseClock, PhaseStatus, ReceiptStore};
 use crate::resume;
@@ -306,7 +308,7 @@ where
 
 /// A heavy phase's Lambda entry: a range's child runs `range` under [`run_range`];
 /// every other step (the whole phase, its preparation, its reducer) goes to `phase`.
-pub async fn serve_step<D, R, P>(
+pub async fn serve_step<D, C, R, P>(
     request: PhaseRequest,
     s3: &aws_sdk_s3::Client,
     profiles: &ProfileSource,
@@ -316,7 +318,8 @@ pub async fn serve_step<D, R, P>(
 ) -> Result<crate::run::StepOutput>
 where
     D: Serialize,
-    R: AsyncFnOnce(&PhaseRun<'_>, &PlanItem) -> Result<D>,
+    C: Serialize + DeserializeOwned,
+    R: AsyncFnOnce(&PhaseRun<'_>, &PlanItem, Option<C>) -> Result<RangePass<D, C>>,
     P: AsyncFnOnce(PhaseRequest) -> Result<PhaseOutput>,
 {
     use crate::run::StepOutput;
@@ -328,7 +331,8 @@ where
     }
 }
 
-/// What a range's child answers the Map (its result is in S3).
+/// What a range's child answers the Map: its result is in S3 once it is done; until
+/// then, where it stopped, for the Map to invoke it again with.
 #[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize)]
 pub struct RangeOutput {
     pub run_id: String,
@@ -336,12 +340,19 @@ pub struct RangeOutput {
     pub index: u32,
     pub status: RangeStatus,
     pub result: crate::s3uri::S3Uri,
+    /// `Some` when the pass stopped at its deadline with work left (no result written).
+    #[serde(default)]
+    pub continuation: Option<Continuation>,
 }
 
-/// One range's child of `phase`: the profile, `body` on the range, and the partial
-/// result written on every path (success with the body's details, or failed with the
-/// error, which then goes back to the Map, whose Retry may run the child again).
-pub async fn run_range<D, F>(
+/// One range's child of `phase`: the profile, `body` on the range from where the
+/// request's continuation says an earlier pass stopped, and then either the partial
+/// result, written on every path that ends the range (success with the body's details,
+/// or failed with the error, which then goes back to the Map, whose Retry may run the
+/// child again), or the continuation for the next pass. A pass that stopped without
+/// progress, or past [`MAX_RANGE_PASSES`], fails the range: its history would grow
+/// without the range ever ending.
+pub async fn run_range<D, C, F>(
     request: &PhaseRequest,
     s3: &aws_sdk_s3::Client,
     profiles: &ProfileSource,
@@ -351,13 +362,15 @@ pub async fn run_range<D, F>(
 ) -> Result<RangeOutput>
 where
     D: Serialize,
-    F: AsyncFnOnce(&PhaseRun<'_>, &PlanItem) -> Result<D>,
+    C: Serialize + DeserializeOwned,
+    F: AsyncFnOnce(&PhaseRun<'_>, &PlanItem, Option<C>) -> Result<RangePass<D, C>>,
 {
     let run = &request.run;
     record_run(&run.run_id, phase);
     Span::current().record("range", item.index);
     let (attempt, max_attempts) = (request.attempt(), run.input.max_attempts);
     let attempted = async {
+        let (pass, cursor) = resume_from::<C>(request.continuation.as_ref(), phase, item)?;
         let profile = profiles.load(&run.input.profile).await?;
         let store = run.receipts(s3, &profile);
         let started_at = chrono::Utc::now();
@@ -366,7 +379,32 @@ where
             profile: &profile,
             store: &store,
         };
-        let done = body(&ctx, item).await;
+        let result_uri = crate::plan::range_uri(&store, &run.run_id, phase, item.index)?;
+        let done = match body(&ctx, item, cursor).await {
+            Ok(RangePass::Stopped { cursor, progress }) => {
+                match stopped(phase, item, pass, cursor, progress) {
+                    Ok(continuation) => {
+                        info!(
+                            index = item.index,
+                            passes = pass + 1,
+                            progress,
+                            "range stopped at its deadline"
+                        );
+                        return Ok(RangeOutput {
+                            run_id: run.run_id.clone(),
+                            phase,
+                            index: item.index,
+                            status: RangeStatus::Success,
+                            result: result_uri,
+                            continuation: Some(continuation),
+                        });
+                    }
+                    Err(error) => Err(error),
+                }
+            }
+            Ok(RangePass::Done(details)) => Ok(details),
+            Err(error) => Err(error),
+        };
         let (status, details, error) = match done {
             Ok(details) => (
                 RangeStatus::Success,
@@ -389,6 +427,7 @@ where
             error: error.as_ref().map(|e| e.kind.name().to_owned()),
             message: error.as_ref().map(|e| e.message.clone()),
             attempt,
+            passes: pass + 1,
             started_at,
             finished_at: chrono::Utc::now(),
             details,
@@ -397,18 +436,70 @@ where
         if let Some(error) = error {
             return Err(error);
         }
-        info!(index = item.index, range = %item.range, "range done");
+        info!(index = item.index, range = %item.range, passes = pass + 1, "range done");
         Ok(RangeOutput {
             run_id: run.run_id.clone(),
             phase,
             index: item.index,
             status,
-            result: crate::plan::range_uri(&store, &run.run_id, phase, item.index)?,
+            result: result_uri,
+            continuation: None,
         })
     };
     Box::pin(attempted)
         .await
         .map_err(|err| err.at_attempt(attempt, max_attempts))
+}
+
+/// The pass a request is (0 for the first) and the phase's cursor from its continuation.
+fn resume_from<C: DeserializeOwned>(
+    continuation: Option<&Continuation>,
+    phase: Phase,
+    item: &PlanItem,
+) -> Result<(u32, Option<C>)> {
+    let Some(continuation) = continuation else {
+        return Ok((0, None));
+    };
+    let cursor = serde_json::from_value(continuation.cursor.clone()).map_err(|e| {
+        Error::input(format!(
+            "continuation.cursor: not {phase}'s cursor for range {}: {e}",
+            item.index
+        ))
+    })?;
+    Ok((continuation.pass, Some(cursor)))
+}
+
+/// The continuation of a pass that stopped at its deadline, unless it cannot go on.
+fn stopped<C: Serialize>(
+    phase: Phase,
+    item: &PlanItem,
+    pass: u32,
+    cursor: C,
+    progress: u64,
+) -> Result<Continuation> {
+    let pass = pass + 1;
+    if progress == 0 {
+        return Err(Error::new(
+            ErrorKind::ServiceError,
+            format!(
+            "{phase} range {}: pass {pass} reached its invocation's deadline having done nothing; \
+             one invocation cannot carry this range's smallest step",
+            item.index
+        ),
+        ));
+    }
+    if pass >= MAX_RANGE_PASSES {
+        return Err(Error::new(
+            ErrorKind::ServiceError,
+            format!(
+            "{phase} range {}: still unfinished after {pass} passes (at most {MAX_RANGE_PASSES}); \
+             lower the profile's objects_per_range",
+            item.index
+        ),
+        ));
+    }
+    let cursor = serde_json::to_value(cursor).map_err(|e| Error::internal(e.to_string()))?;
+    Ok(Continuation { pass, cursor })
 }
 
 /// The last step of a phase that fanned out: the lifecycle's [`begin`] again (it answers

@@ -109,10 +109,11 @@ impl PlanRef {
 }
 
 /// The objects one range holds at most (the profile's `objects_per_range` by default):
-/// what one child stages, checks or copies in one invocation. A child's share of S3's
-/// write floor (3,000 PUT/s per run over a Map of 64) is ~47 objects a second, so 20,000
-/// objects take ~7 minutes, inside Lambda's 15 with room for one SlowDown halving the
-/// pace (docs/limits.md).
+/// what one child stages, checks or copies. A child's share of S3's write floor (3,000
+/// PUT/s per run over a Map of 64) is ~47 objects a second, so 20,000 objects take ~7
+/// minutes: one invocation, or two when S3 slows the pace (a writing child goes on from
+/// its [`Continuation`]); validate's and parity-report's children read them in one
+/// (docs/limits.md).
 pub const OBJECTS_PER_RANGE: u64 = 20_000;
 
 /// The shards one range holds at most. A child's input carries its range's shards, and
@@ -220,6 +221,34 @@ pub fn step(
     }
 }
 
+/// The passes one range's child may take before its phase fails: each pass is one
+/// invocation and ~7 events of the child execution's history, and must make progress.
+pub const MAX_RANGE_PASSES: u32 = 100;
+
+/// Where a range's child that stopped at its invocation's deadline left off. The child
+/// answers it to the Map, whose item processor invokes the child again with it (the
+/// request's `continuation`) until the child answers none: no invocation has to do a
+/// range's work in one go, at any pace S3 sets.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Continuation {
+    /// The passes this range's child has taken so far (1 after the first).
+    pub pass: u32,
+    /// The phase's own cursor (restore: the shards staged and the files of the next;
+    /// promote: the parity before and what was copied).
+    pub cursor: serde_json::Value,
+}
+
+/// How one pass of a range's child ended.
+#[derive(Clone, Debug, PartialEq)]
+pub enum RangePass<D, C> {
+    /// The range is done: the partial result's details.
+    Done(D),
+    /// The deadline came first: the phase's cursor, and how much this pass did (a pass
+    /// that did nothing cannot end, and fails its phase).
+    Stopped { cursor: C, progress: u64 },
+}
+
 /// The error for a range's request handed to a phase's whole-phase entry: a child answers
 /// with its partial result, through the function's `serve_step`.
 pub fn range_elsewhere() -> Error {
@@ -248,9 +277,17 @@ pub struct RangeResult {
     pub error: Option<String>,
     pub message: Option<String>,
     pub attempt: u32,
+    /// The invocations the range took: more than one when a pass stopped at its
+    /// deadline and the next went on from its [`Continuation`].
+    #[serde(default = "one_pass")]
+    pub passes: u32,
     pub started_at: DateTime<Utc>,
     pub finished_at: DateTime<Utc>,
     pub details: serde_json::Value,
+}
+
+fn one_pass() -> u32 {
+    1
 }
 
 impl RangeResult {

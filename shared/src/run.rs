@@ -64,6 +64,9 @@ pub struct PhaseRequest {
     /// The phase's reducer, after its fan-out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reduce: Option<crate::plan::Reduce>,
+    /// A range's child again: where its last pass stopped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub continuation: Option<crate::plan::Continuation>,
 }
 
 impl PhaseRequest {
@@ -74,11 +77,17 @@ impl PhaseRequest {
             retry_count,
             range: None,
             reduce: None,
+            continuation: None,
         }
     }
 
     /// Which step of the phase this request asks for ([`crate::plan::step`]).
     pub fn step(&self) -> crate::error::Result<crate::plan::Step> {
+        if self.continuation.is_some() && self.range.is_none() {
+            return Err(crate::error::Error::input(
+                "continuation: only a range's child is invoked again where it stopped",
+            ));
+        }
         crate::plan::step(
             self.run.plan.as_ref(),
             self.range.as_ref(),

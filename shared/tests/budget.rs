@@ -8,7 +8,7 @@
 use aws_sdk_s3::operation::copy_object::CopyObjectOutput;
 use aws_sdk_s3::Client;
 use aws_smithy_mocks::{mock, MockResponseInterceptor, Rule, RuleMode};
-use drpilot_shared::budget::PutBudget;
+use drpilot_shared::budget::RequestBudget;
 use drpilot_shared::copy::{apply_changes, Change, CopyTuning};
 use drpilot_shared::{ErrorKind, S3Uri};
 
@@ -55,7 +55,7 @@ async fn copies_s3_throttles_are_slowed_down_and_get_through() {
         .output(|| CopyObjectOutput::builder().build())
         .times(3)
         .build();
-    let budget = PutBudget::new(1000.0);
+    let budget = RequestBudget::new(1000.0);
     let tuning = CopyTuning {
         concurrency: 1,
         ..CopyTuning::default()
@@ -82,7 +82,7 @@ async fn a_prefix_s3_keeps_throttling_fails_retryable_after_bounded_tries() {
         .http_status(503, Some(SLOW_DOWN.to_owned()))
         .repeatedly()
         .build();
-    let budget = PutBudget::new(1000.0);
+    let budget = RequestBudget::new(1000.0);
     let err = apply_changes(
         &s3(&[&throttled]),
         copies(1),
@@ -122,7 +122,7 @@ async fn a_fenced_copy_engine_copies_nothing() {
         S3Uri::new("evidence", "receipts/runs/run/ranges/fence.json").unwrap(),
         None,
     );
-    let budget = PutBudget::new(1000.0).with_fence(fence);
+    let budget = RequestBudget::new(1000.0).with_fence(fence);
     let err = apply_changes(&client, copies(3), CopyTuning::default(), &budget, None)
         .await
         .unwrap_err();

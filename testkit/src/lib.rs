@@ -87,12 +87,7 @@ pub fn execution_arn(run_id: &str) -> String {
 
 /// [`run_context`] as a phase's first attempt.
 pub fn phase_request(run_id: &str, backup_id: &str) -> drpilot_shared::run::PhaseRequest {
-    drpilot_shared::run::PhaseRequest {
-        run: run_context(run_id, backup_id),
-        retry_count: 0,
-        range: None,
-        reduce: None,
-    }
+    drpilot_shared::run::PhaseRequest::new(run_context(run_id, backup_id), 0)
 }
 
 /// This process's peak resident set size (VmHWM), for benchmarks.

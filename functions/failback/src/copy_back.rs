@@ -7,7 +7,7 @@
 
 use chrono::{DateTime, Utc};
 use drpilot_shared::approval::{Sealer, FAILBACK_CONFIRMATION_STATES};
-use drpilot_shared::budget::{PutBudget, PREFIX_PUT_RATE};
+use drpilot_shared::budget::{RequestBudget, PREFIX_PUT_RATE};
 use drpilot_shared::copy::{apply_changes, Change, CopyStats, CopyTuning, Journal, CHANGE_BUFFER};
 use drpilot_shared::failback::{
     Confirmation, CopyBackDetails, DivergenceCounts, DivergenceDetails, FailbackAudit, FailbackRun,
@@ -321,7 +321,7 @@ pub async fn copy_changes(
         drop(tx);
         counts
     };
-    let budget = PutBudget::new(PREFIX_PUT_RATE);
+    let budget = RequestBudget::new(PREFIX_PUT_RATE);
     let (counts, stats) = tokio::join!(
         plan,
         apply_changes(primary_s3, rx, tuning, &budget, journal)

@@ -76,6 +76,11 @@ impl Failback {
         })
         .await?;
         let report = plan_uri(store, &run.run_id)?;
+        let listed = if log.logged() == log.count() {
+            "all of them are".to_owned()
+        } else {
+            format!("the first {} of its differences are", log.logged())
+        };
         log.upload(&self.clients.s3, &report).await?;
         info!(run_id = %run.run_id, dr_changed = counts.dr_changed, primary_changed = counts.primary_changed, divergent = counts.divergent, "divergence measured");
         let details = DivergenceDetails {
@@ -91,7 +96,7 @@ impl Failback {
             let error = Error::new(
                 ErrorKind::DivergenceError,
                 format!(
-                    "{} keys changed on both sites differently since backup {} (e.g. {}); all of them are in {report}; nothing was copied. Reconcile them on the primary, or fail back with discard_divergent (and approver, ticket) to keep the DR site's versions",
+                    "{} keys changed on both sites differently since backup {} (e.g. {}); {listed} in {report}; nothing was copied. Reconcile them on the primary, or fail back with discard_divergent (and approver, ticket) to keep the DR site's versions",
                     details.counts.divergent,
                     run.dr.backup.backup_id,
                     details.divergent_keys.join(", ")

@@ -17,7 +17,7 @@ use drpilot_shared::parity::{
     compare_prefixes, compare_ranges, DifferenceLog, ParityCounts, Verdict,
 };
 use drpilot_shared::phase::{self, Outcome, PhaseRun, Rerun};
-use drpilot_shared::plan::{self, PlanItem, RangeResult, Step};
+use drpilot_shared::plan::{self, PlanItem, RangePass, RangeResult, Step};
 use drpilot_shared::profile::ProfileSource;
 use drpilot_shared::run::StepOutput;
 use drpilot_shared::run::{PhaseOutput, PhaseRequest};
@@ -120,7 +120,10 @@ impl ParityReporter {
             &self.clients.s3,
             &self.profiles,
             Phase::ParityReport,
-            async |ctx: &PhaseRun<'_>, item: &PlanItem| self.compare_range(ctx, item).await,
+            // Reads only: a range's child ends in one pass (docs/limits.md).
+            async |ctx: &PhaseRun<'_>, item: &PlanItem, _: Option<()>| {
+                Ok(RangePass::Done(self.compare_range(ctx, item).await?))
+            },
             async |request| self.steps(request).await,
         )
         .await
@@ -176,7 +179,7 @@ impl ParityReporter {
         let (run, profile) = (ctx.run, ctx.profile);
         let staging = profile.target.staging(&run.run_id)?;
         let root = profile.target.root();
-        let mut log = DifferenceLog::new()?;
+        let mut log = DifferenceLog::for_range(run.plan.as_ref().map_or(1, |p| p.ranges))?;
         let counts = compare_ranges(
             &self.clients.s3,
             &staging,

@@ -5,7 +5,7 @@
 
 use std::time::Instant;
 
-use drpilot_shared::budget::{PutBudget, PREFIX_PUT_RATE};
+use drpilot_shared::budget::{RequestBudget, PREFIX_PUT_RATE};
 use drpilot_shared::plan::KeyRange;
 use drpilot_shared::{AwsClients, S3Uri};
 use promote::{sync_prefixes, CopyTuning, SyncSides};
@@ -33,17 +33,18 @@ fn main() {
             root: &to,
             range: &KeyRange::all(),
             prune: false,
+            stop_at: None,
         };
-        let (_, stats) = Box::pin(sync_prefixes(
+        let pass = Box::pin(sync_prefixes(
             &clients.s3,
             sides,
             CopyTuning::default(),
-            &PutBudget::new(PREFIX_PUT_RATE),
+            &RequestBudget::new(PREFIX_PUT_RATE),
             None,
         ))
         .await
         .expect("copy");
-        (started.elapsed().as_secs_f64(), stats)
+        (started.elapsed().as_secs_f64(), pass.stats)
     });
     let line =
         serde_json::json!({"seconds": seconds, "copied": stats.copied, "bytes": stats.bytes});

@@ -8,9 +8,10 @@
 use chrono::{DateTime, Utc};
 use drpilot_shared::approval::{Seal, Sealer, DRILL_APPROVAL_STATE};
 use drpilot_shared::archive::RESERVED_PREFIX;
-use drpilot_shared::budget::PutBudget;
+use drpilot_shared::budget::RequestBudget;
 use drpilot_shared::copy::{apply_changes, Change, Journal, CHANGE_BUFFER};
 pub use drpilot_shared::copy::{CopyStats, CopyTuning};
+use drpilot_shared::deadline;
 use drpilot_shared::details::{Counts, PromoteDetails};
 use drpilot_shared::details::{RangeFindings, Tally, ValidateDetails};
 use drpilot_shared::input::Phase;
@@ -20,7 +21,9 @@ use drpilot_shared::metrics::{self, Sample};
 use drpilot_shared::objects::get_json;
 use drpilot_shared::parity::{compare_ranges, Difference, ParityCounts, Verdict};
 use drpilot_shared::phase::{self, Outcome, PhaseRun, Rerun};
-use drpilot_shared::plan::{range_uri, KeyRange, PlanItem, RangeResult, Reduce, Step};
+use drpilot_shared::plan::{
+    range_uri, Continuation, KeyRange, PlanItem, RangePass, RangeResult, Reduce, Step,
+};
 use drpilot_shared::profile::{Profile, ProfileSource};
 use drpilot_shared::published::{self, PublishKind, PublishedPointer};
 use drpilot_shared::receipt::{seconds, ReceiptStore};
@@ -47,6 +50,9 @@ pub struct PromoteRequest {
     /// The reducer, after the fan-out.
     #[serde(default)]
     pub reduce: Option<Reduce>,
+    /// A range's child again: where its last pass stopped.
+    #[serde(default)]
+    pub continuation: Option<Continuation>,
 }
 
 /// What a range's child of promote did: the range's parity before and after its copy.
@@ -120,6 +126,7 @@ impl Promote {
             retry_count: request.retry_count,
             range: request.range,
             reduce: request.reduce,
+            continuation: request.continuation,
         };
         let (s3, profiles) = (&self.clients.s3, &self.profiles);
         let output = match phase_request.step()? {
@@ -132,10 +139,20 @@ impl Promote {
                     async |ctx: &PhaseRun<'_>| {
                         let approval = self.check(ctx, approval.as_ref()).await?;
                         self.prune_guard(ctx, &KeyRange::all(), None).await?;
-                        let budget = PutBudget::for_run(None, false);
-                        let synced = self
-                            .sync(ctx.run, ctx.profile, &KeyRange::all(), None, &budget)
-                            .await?;
+                        let budget = RequestBudget::writes_for_run(None, false);
+                        let synced = match self
+                            .sync(ctx.run, ctx.profile, &KeyRange::all(), None, &budget, None)
+                            .await?
+                        {
+                            RangePass::Done(synced) => synced,
+                            // Inline, outside the Map, promote has no deadline to stop at.
+                            RangePass::Stopped { .. } => {
+                                return Err(Error::internal(
+                                    "a promotion without a deadline stopped",
+                                )
+                                .into())
+                            }
+                        };
                         let synced = synced.checked(Utc::now())?;
                         let details = self
                             .audit(ctx.run, ctx.profile, ctx.store, approval, &synced)
@@ -166,7 +183,7 @@ impl Promote {
                         profiles,
                         Phase::Promote,
                         &item,
-                        async |ctx: &PhaseRun<'_>, item: &PlanItem| {
+                        async |ctx: &PhaseRun<'_>, item: &PlanItem, cursor| {
                             // Each child checks the approval itself: a child invoked on
                             // its own must not copy what no one approved.
                             gate(ctx.run, ctx.profile, approval.as_ref())?;
@@ -175,14 +192,26 @@ impl Promote {
                             }
                             self.still_locked(ctx).await?;
                             self.prune_guard(ctx, &item.range, Some(item.index)).await?;
-                            let budget = PutBudget::for_child(s3, ctx.store, ctx.run)?;
-                            let synced = self
-                                .sync(ctx.run, ctx.profile, &item.range, Some(item.index), &budget)
+                            let budget = RequestBudget::writes_for_child(s3, ctx.store, ctx.run)?;
+                            let pass = self
+                                .sync(
+                                    ctx.run,
+                                    ctx.profile,
+                                    &item.range,
+                                    Some(item.index),
+                                    &budget,
+                                    cursor,
+                                )
                                 .await?;
-                            Ok(RangePromoted {
-                                parity_before: synced.parity_before,
-                                parity_after: synced.parity_after,
-                                stats: synced.stats,
+                            Ok(match pass {
+                                RangePass::Done(synced) => RangePass::Done(RangePromoted {
+                                    parity_before: synced.parity_before,
+                                    parity_after: synced.parity_after,
+                                    stats: synced.stats,
+                                }),
+                                RangePass::Stopped { cursor, progress } => {
+                                    RangePass::Stopped { cursor, progress }
+                                }
                             })
                         },
                     )
@@ -356,24 +385,27 @@ impl Promote {
     }
 
     /// Copies the staging's keys in `range` (the plan's range `index`, or the whole run)
-    /// into `root/` within `budget`, journaling each change, and compares them again.
+    /// into `root/` within `budget`, journaling each change, and compares them again; or,
+    /// when the invocation's deadline comes first, stops with where it got to (`cursor`
+    /// carries an earlier pass's, whose parity before is the range's).
     async fn sync(
         &self,
         run: &RunContext,
         profile: &Profile,
         range: &KeyRange,
         index: Option<u32>,
-        budget: &PutBudget,
-    ) -> Result<Synced> {
+        budget: &RequestBudget,
+        cursor: Option<PromoteCursor>,
+    ) -> Result<RangePass<Synced, PromoteCursor>> {
         let staging = profile.target.staging(&run.run_id)?;
         let root = profile.target.root();
-        let started = Utc::now();
+        let pass_started = Utc::now();
         let mut journal = Journal::new(
             self.clients.s3.clone(),
             journal_dir(&run.receipts(&self.clients.s3, profile), &run.run_id)?,
             format!(
                 "{}-{}",
-                started.format("%Y%m%dT%H%M%S%.3fZ"),
+                pass_started.format("%Y%m%dT%H%M%S%.3fZ"),
                 index.map_or("all".to_owned(), |i| format!("range{i:05}"))
             ),
         );
@@ -382,8 +414,9 @@ impl Promote {
             root: &root,
             range,
             prune: profile.prune_drift,
+            stop_at: deadline::work_until().map(tokio::time::Instant::into_std),
         };
-        let (parity_before, stats) = Box::pin(sync_prefixes(
+        let pass = Box::pin(sync_prefixes(
             &self.clients.s3,
             sides,
             self.tuning,
@@ -391,6 +424,29 @@ impl Promote {
             Some(&mut journal),
         ))
         .await?;
+        let so_far = match cursor {
+            Some(earlier) => PromoteCursor {
+                stats: earlier.stats + pass.stats,
+                ..earlier
+            },
+            None => PromoteCursor {
+                started: pass_started,
+                parity_before: pass.parity_before,
+                stats: pass.stats,
+            },
+        };
+        if pass.left > 0 {
+            info!(
+                left = pass.left,
+                copied = pass.stats.copied,
+                "stopped at the deadline"
+            );
+            let progress = pass.stats.copied + pass.stats.deleted;
+            return Ok(RangePass::Stopped {
+                cursor: so_far,
+                progress,
+            });
+        }
         let parity_after = compare_ranges(
             &self.clients.s3,
             &staging,
@@ -400,14 +456,14 @@ impl Promote {
             async |_| Ok(()),
         )
         .await?;
-        Ok(Synced {
+        Ok(RangePass::Done(Synced {
             root,
-            started,
+            started: so_far.started,
             promoted_at: Utc::now(),
-            parity_before,
+            parity_before: so_far.parity_before,
             parity_after,
-            stats,
-        })
+            stats: so_far.stats,
+        }))
     }
 
     /// Writes the run's one audit record, the publish pointer and the time-to-promotion
@@ -483,6 +539,16 @@ impl Promote {
             time_to_promotion_seconds: time_to_promotion,
         })
     }
+}
+
+/// Where a range's child of promote stopped (its continuation's cursor): when its
+/// first pass began, the range's parity before it, and what the passes copied.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PromoteCursor {
+    started: DateTime<Utc>,
+    parity_before: ParityCounts,
+    stats: CopyStats,
 }
 
 /// What [`Promote::sync`] did.
@@ -597,34 +663,54 @@ pub fn journal_dir(store: &ReceiptStore, run_id: &str) -> Result<S3Uri> {
 }
 
 /// What [`sync_prefixes`] makes agree: `root` with `staging`, over `range`, deleting
-/// what only `root` holds when `prune`.
+/// what only `root` holds when `prune`; no change is started past `stop_at`.
 #[derive(Clone, Copy, Debug)]
 pub struct SyncSides<'a> {
     pub staging: &'a S3Uri,
     pub root: &'a S3Uri,
     pub range: &'a KeyRange,
     pub prune: bool,
+    pub stop_at: Option<std::time::Instant>,
+}
+
+/// What one [`sync_prefixes`] pass found and did.
+#[derive(Clone, Debug)]
+pub struct SyncPass {
+    /// The two sides compared before this pass changed anything.
+    pub parity_before: ParityCounts,
+    pub stats: CopyStats,
+    /// Changes the comparison found but did not start: its deadline had come.
+    pub left: u64,
 }
 
 /// Makes `root` hold what `staging` holds: one merge of the two listings; every staged
 /// object missing or different in `root` is copied server-side (by the shared copy
 /// engine, at most `tuning.concurrency` at once) while the merge goes on; objects only in
-/// `root` are deleted when `prune`; each change made goes to `journal`. Returns the
-/// parity before, and what was done.
+/// `root` are deleted when `prune`; each change made goes to `journal`. Past `stop_at`
+/// the comparison goes on (the parity before is whole) but starts no change.
 pub async fn sync_prefixes(
     s3: &aws_sdk_s3::Client,
     sides: SyncSides<'_>,
     tuning: CopyTuning,
-    budget: &PutBudget,
+    budget: &RequestBudget,
     journal: Option<&mut Journal>,
-) -> Result<(ParityCounts, CopyStats)> {
+) -> Result<SyncPass> {
     let SyncSides {
         staging,
         root,
         range,
         prune,
+        stop_at,
     } = sides;
-    let (tx, rx) = mpsc::channel::<Change>(CHANGE_BUFFER);
+    let mut left = 0u64;
+    // With a deadline, the queue holds no more than the copies in flight: what is queued
+    // when the deadline comes is still copied, at the budget's pace, inside the margin
+    // the invocation keeps after its work (`deadline::work_until`).
+    let capacity = match stop_at {
+        Some(_) => tuning.concurrency.max(1),
+        None => CHANGE_BUFFER,
+    };
+    let (tx, rx) = mpsc::channel::<Change>(capacity);
     // The keys come from listing these prefixes: any key S3 holds there (a folder
     // marker in root/) must be copied or pruned like the others, not fail every retry.
     let under = |prefix: &S3Uri, key: &str| -> Result<S3Uri> { Ok(prefix.listed(key)) };
@@ -657,7 +743,12 @@ pub async fn sync_prefixes(
                     }
                     Verdict::Differs(Difference::OnlyRight { .. }) => None,
                 };
-                if let Some(change) = change {
+                let Some(change) = change else {
+                    return Ok(());
+                };
+                if stop_at.is_some_and(|at| std::time::Instant::now() >= at) {
+                    left += 1;
+                } else {
                     tx.send(change)
                         .await
                         .map_err(|_| Error::internal("the copy workers stopped"))?;
@@ -671,5 +762,9 @@ pub async fn sync_prefixes(
     };
     let (counts, stats) = tokio::join!(compare, apply_changes(s3, rx, tuning, budget, journal));
     let stats = stats?;
-    Ok((counts?, stats))
+    Ok(SyncPass {
+        parity_before: counts?,
+        stats,
+        left,
+    })
 }

@@ -42,6 +42,7 @@ fn request(run: &RunContext, approval: Option<Approval>) -> PromoteRequest {
         approval,
         range: None,
         reduce: None,
+        continuation: None,
     }
 }
 
@@ -670,4 +671,73 @@ async fn a_promotion_started_against_a_stale_generation_is_refused_before_any_co
     .unwrap();
     assert_eq!(pointer["generation"], 4);
     assert_eq!(pointer["kind"], "promotion");
+}
+
+/// `root/` as (key, content), and emptied.
+async fn take_root(aws: &LocalAws) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for key in aws.keys(TARGET_BUCKET, "root/").await {
+        let body = aws.get_text(TARGET_BUCKET, &key).await.unwrap();
+        aws.s3()
+            .delete_object()
+            .bucket(TARGET_BUCKET)
+            .key(&key)
+            .send()
+            .await
+            .unwrap();
+        out.push((key, body));
+    }
+    out
+}
+
+/// A promotion cut off after its N-th copy (a timeout, a crash, a lost answer) and run
+/// again — as the state machine's Retry does — ends with `root/` exactly as an uncut
+/// promotion leaves it, and one audit record for the run.
+#[tokio::test]
+async fn a_promotion_cut_after_its_nth_copy_and_run_again_ends_as_an_uncut_one() {
+    let aws = LocalAws::start().await;
+    aws.standard_setup().await;
+    let tmp = TempDir::new("promote-cut");
+    take_root(&aws).await;
+    let uncut = staged_and_validated(&aws, &tmp, "b1", "run-uncut").await;
+    promoter(&aws)
+        .handle(request(&uncut, approval(&aws, &uncut).await))
+        .await
+        .unwrap();
+    let whole = take_root(&aws).await;
+    assert!(whole.len() > 9, "{whole:?}");
+    for (generation, n) in [(1_u64, 1_u32), (2, 9)] {
+        let run_id = format!("run-cut-{n}");
+        let mut ctx = staged_and_validated(&aws, &tmp, "b1", &run_id).await;
+        ctx.published_generation = generation;
+        let records = audit_records(&aws).await.len();
+        let mut cut = promoter(&aws);
+        let conf = cut
+            .clients
+            .s3
+            .config()
+            .to_builder()
+            .interceptor(drpilot_testkit::FailAfter::new("CopyObject", n))
+            .build();
+        cut.clients.s3 = aws_sdk_s3::Client::from_conf(conf);
+        let err = cut
+            .handle(request(&ctx, approval(&aws, &ctx).await))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("injected fault"), "{err}");
+        // The first n copies landed (a multipart copy of the large file may have too).
+        let partial = root_keys(&aws).await.len();
+        assert!(
+            (n as usize..whole.len()).contains(&partial),
+            "cut after copy {n}: {partial}"
+        );
+        // The state machine's retry: the same request again.
+        let out = promoter(&aws)
+            .handle(request(&ctx, approval(&aws, &ctx).await))
+            .await
+            .unwrap();
+        assert_eq!(out.status, PhaseStatus::Success, "{out:?}");
+        assert_eq!(take_root(&aws).await, whole, "cut after copy {n}");
+        assert_eq!(audit_records(&aws).await.len(), records + 1);
+    }
 }

@@ -55,6 +55,7 @@ fn main() {
         retry_count: 0,
         range: None,
         reduce: None,
+        continuation: None,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

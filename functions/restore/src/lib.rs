@@ -11,7 +11,8 @@ pub mod staging;
 use aws_sdk_s3::primitives::ByteStream;
 use chrono::{DateTime, Utc};
 use drpilot_shared::backup::{self, artifact_uri, InRange, Shard};
-use drpilot_shared::budget::{delete_prefix, PutBudget};
+use drpilot_shared::budget::{delete_prefix, RequestBudget};
+use drpilot_shared::deadline;
 use drpilot_shared::details::{ControlPlaneStaged, RestoreDetails, ShardStaged};
 use drpilot_shared::error::decode_slice;
 use drpilot_shared::input::Phase;
@@ -19,7 +20,7 @@ use drpilot_shared::objects::get_json;
 use drpilot_shared::objects::open;
 use drpilot_shared::objects::put_json;
 use drpilot_shared::phase::{self, Outcome, PhaseRun, Rerun};
-use drpilot_shared::plan::{self, PlanItem, RangeResult, Reduce, Step};
+use drpilot_shared::plan::{self, PlanItem, RangePass, RangeResult, Reduce, Step};
 use drpilot_shared::profile::{Profile, ProfileSource};
 use drpilot_shared::receipt;
 use drpilot_shared::run::StepOutput;
@@ -31,7 +32,9 @@ use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tracing::info;
 
-use crate::staging::{pump_body, ChannelSink, EntryMessage, Tuning, Uploader};
+use crate::staging::{
+    pump_body, ChannelSink, DeadlineReached, EntryMessage, Resumable, Resume, Tuning, Uploader,
+};
 use drpilot_shared::archive::{unpack, ArchiveReport, RESERVED_PREFIX};
 
 /// What restore's preparation found, for the reducer (`ranges/restore/prepared.json`):
@@ -65,6 +68,25 @@ impl Prepared {
     }
 }
 
+/// Where a range's child stopped (its continuation's cursor): the shards it staged, and
+/// the files of the next one staged and the seconds spent on it so far.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StagingCursor {
+    staged: Vec<ShardStaged>,
+    files: u64,
+    seconds: f64,
+}
+
+/// How one pass over a state archive ended.
+enum Staged {
+    Done(ArchiveReport),
+    /// At the deadline, with this many of the archive's files staged.
+    Stopped {
+        files: u64,
+    },
+}
+
 pub struct Restore {
     pub clients: AwsClients,
     pub profiles: ProfileSource,
@@ -90,7 +112,9 @@ impl Restore {
             &self.clients.s3,
             &self.profiles,
             Phase::Restore,
-            async |ctx: &PhaseRun<'_>, item: &PlanItem| self.stage_shards(ctx, item).await,
+            async |ctx: &PhaseRun<'_>, item: &PlanItem, cursor| {
+                self.stage_shards(ctx, item, cursor).await
+            },
             async |request| self.handle(request).await,
         )
         .await
@@ -169,16 +193,22 @@ impl Restore {
             let (_, meta) = backup::inspect(s3, &run.backup.uri).await?;
             let mut reports = Vec::new();
             for shard in meta.shards() {
-                let budget = PutBudget::for_run(run.plan.as_ref(), false);
-                reports.push(
-                    self.stage_state(
+                let budget = RequestBudget::writes_for_run(run.plan.as_ref(), false);
+                let staged = self
+                    .stage_state(
                         &prepared.details.backup_uri,
                         &shard,
                         &prepared.details.staging,
                         budget,
+                        Resume::default(),
                     )
-                    .await?,
-                );
+                    .await?;
+                match staged {
+                    Staged::Done(report) => reports.push(report),
+                    Staged::Stopped { .. } => {
+                        return Err(Error::internal("a restore without a deadline stopped"))
+                    }
+                }
             }
             backup::combine(reports)
         };
@@ -199,9 +229,14 @@ impl Restore {
         } else {
             // A restore of one invocation: no deadline (a staging this large is one
             // that teardown, not a restore, meets).
-            delete_prefix(s3, &staging, &PutBudget::for_run(None, false), None)
-                .await?
-                .deleted
+            delete_prefix(
+                s3,
+                &staging,
+                &RequestBudget::writes_for_run(None, false),
+                None,
+            )
+            .await?
+            .deleted
         };
         let manifests = backup::verify_manifests(s3, &backup.uri, &meta).await?;
         let control_plane = match &profile.control_plane {
@@ -236,33 +271,67 @@ impl Restore {
     }
 
     /// One range's child: stages its shards one after the other, refusing a file outside
-    /// a shard's range.
-    async fn stage_shards(&self, ctx: &PhaseRun<'_>, item: &PlanItem) -> Result<Vec<ShardStaged>> {
+    /// a shard's range, from where `cursor` says an earlier pass stopped; stops at the
+    /// invocation's deadline with where it got to.
+    async fn stage_shards(
+        &self,
+        ctx: &PhaseRun<'_>,
+        item: &PlanItem,
+        cursor: Option<StagingCursor>,
+    ) -> Result<RangePass<Vec<ShardStaged>, StagingCursor>> {
         let staging = ctx.profile.target.staging(&ctx.run.run_id)?;
-        let budget = PutBudget::for_child(&self.clients.s3, ctx.store, ctx.run)?;
-        let mut staged = Vec::with_capacity(item.shards.len());
-        for shard in &item.shards {
+        let budget = RequestBudget::writes_for_child(&self.clients.s3, ctx.store, ctx.run)?;
+        let stop_at = deadline::work_until().map(tokio::time::Instant::into_std);
+        let mut cursor = cursor.unwrap_or_default();
+        if cursor.staged.len() > item.shards.len() {
+            return Err(Error::input(format!(
+                "continuation.cursor.staged: {} shards, range {} has {}",
+                cursor.staged.len(),
+                item.index,
+                item.shards.len()
+            )));
+        }
+        let mut progress = 0;
+        for shard in &item.shards[cursor.staged.len()..] {
             let started = Utc::now();
-            let report = self
+            let resume = Resume {
+                skip: cursor.files,
+                stop_at,
+            };
+            let staged = self
                 .stage_state(
                     &ctx.run.backup.uri.as_prefix(),
                     shard,
                     &staging,
                     budget.clone(),
+                    resume,
                 )
                 .await?;
-            staged.push(ShardStaged {
-                name: shard.name.clone(),
-                index: item.index,
-                objects: report.files,
-                directories: report.directories,
-                bytes: report.bytes,
-                archive_bytes: report.archive_bytes,
-                archive_sha256: report.archive_sha256,
-                seconds: receipt::seconds(Utc::now() - started),
-            });
+            let seconds = cursor.seconds + receipt::seconds(Utc::now() - started);
+            match staged {
+                Staged::Done(report) => {
+                    progress += 1 + report.files.saturating_sub(cursor.files);
+                    cursor.staged.push(ShardStaged {
+                        name: shard.name.clone(),
+                        index: item.index,
+                        objects: report.files,
+                        directories: report.directories,
+                        bytes: report.bytes,
+                        archive_bytes: report.archive_bytes,
+                        archive_sha256: report.archive_sha256,
+                        seconds,
+                    });
+                    (cursor.files, cursor.seconds) = (0, 0.0);
+                }
+                Staged::Stopped { files } => {
+                    progress += files.saturating_sub(cursor.files);
+                    info!(shard = %shard.name, files, "stopped at the deadline");
+                    (cursor.files, cursor.seconds) = (files, seconds);
+                    return Ok(RangePass::Stopped { cursor, progress });
+                }
+            }
         }
-        Ok(staged)
+        Ok(RangePass::Done(cursor.staged))
     }
 
     /// The receipt's details from the preparation and every shard's result.
@@ -298,23 +367,30 @@ impl Restore {
     }
 
     /// Streams one state archive into the staging, every file checked against the
-    /// shard's declared range and count.
+    /// shard's declared range and count, from where `resume` says and until its
+    /// deadline.
     async fn stage_state(
         &self,
         backup: &S3Uri,
         shard: &Shard,
         staging: &S3Uri,
-        budget: PutBudget,
-    ) -> Result<ArchiveReport> {
+        budget: RequestBudget,
+        resume: Resume,
+    ) -> Result<Staged> {
         let uri = artifact_uri(backup, &shard.name)?;
         let (reader, pump) = pump_body(self.open(&uri).await?, uri.to_string());
         let (tx, rx) = mpsc::channel(16);
         let shard = shard.clone();
         let unpacker = tokio::task::spawn_blocking(move || {
-            let mut sink = InRange::new(&shard, ChannelSink { tx });
-            let report = unpack(&shard.name, reader, &shard.artifact(), &mut sink)?;
-            sink.finish(&report)?;
-            Ok(report)
+            let mut sink = InRange::new(&shard, Resumable::new(ChannelSink { tx }, resume));
+            let unpacked = unpack(&shard.name, reader, &shard.artifact(), &mut sink);
+            match unpacked {
+                Ok(report) => sink.finish(&report).map(|_| Staged::Done(report)),
+                Err(e) if DeadlineReached::is_cause_of(&e) => Ok(Staged::Stopped {
+                    files: sink.inner().files,
+                }),
+                Err(e) => Err(e),
+            }
         });
         let mut uploader = Uploader::new(self.clients.s3.clone(), staging.clone(), self.tuning)
             .with_budget(budget);
@@ -322,7 +398,7 @@ impl Restore {
         let unpacked = unpacker.await.map_err(Error::from)?;
         pump.abort();
         match (unpacked, uploaded) {
-            (Ok(report), Ok(())) => Ok(report),
+            (Ok(staged), Ok(())) => Ok(staged),
             // The unpacker only stops on its own account when the uploader failed first.
             (Err(e), Err(upload)) if staging::UploaderStopped::is_cause_of(&e) => Err(upload),
             (Err(e), _) => Err(e),

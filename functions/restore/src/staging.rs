@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
 use drpilot_shared::archive::{stream_error, EntryVisitor, CHUNK};
-use drpilot_shared::budget::{PutBudget, PREFIX_PUT_RATE};
+use drpilot_shared::budget::{RequestBudget, PREFIX_PUT_RATE};
 use drpilot_shared::objects::{
     abort_multipart, part_size, precondition_failed, sha256_by_reading, stored_sha256,
 };
@@ -132,6 +132,67 @@ impl EntryVisitor for ChannelSink {
     }
 }
 
+/// Where a pass of a shard starts and when it stops handing files on: the files an
+/// earlier pass staged are read past (the archive is still hashed whole), and no file is
+/// started once `stop_at` has come.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Resume {
+    /// Files of the archive, in order, an earlier pass staged.
+    pub skip: u64,
+    /// The invocation's [`drpilot_shared::deadline::work_until`], if any.
+    pub stop_at: Option<std::time::Instant>,
+}
+
+/// The deadline came before the archive's end: not a failure, the pass's end.
+#[derive(Debug, thiserror::Error)]
+#[error("the invocation's work time is up")]
+pub struct DeadlineReached;
+
+impl DeadlineReached {
+    pub fn is_cause_of(err: &Error) -> bool {
+        err.is_caused_by::<DeadlineReached>()
+    }
+}
+
+/// A visitor that hands `inner` only the files a pass stages ([`Resume`]) and counts
+/// every file it saw.
+pub struct Resumable<V> {
+    inner: V,
+    resume: Resume,
+    /// Files seen, skipped or handed on.
+    pub files: u64,
+}
+
+impl<V: EntryVisitor> Resumable<V> {
+    pub fn new(inner: V, resume: Resume) -> Self {
+        Self {
+            inner,
+            resume,
+            files: 0,
+        }
+    }
+}
+
+impl<V: EntryVisitor> EntryVisitor for Resumable<V> {
+    fn file(&mut self, key: RelativeKey, size: u64, data: &mut dyn Read) -> Result<()> {
+        if self.files >= self.resume.skip
+            && self
+                .resume
+                .stop_at
+                .is_some_and(|at| std::time::Instant::now() >= at)
+        {
+            return Err(Error::internal(DeadlineReached.to_string()).with_source(DeadlineReached));
+        }
+        let skipped = self.files < self.resume.skip;
+        self.files += 1;
+        if skipped {
+            // Left unread: the unpacker reads past it, hashing the archive as it goes.
+            return Ok(());
+        }
+        self.inner.file(key, size, data)
+    }
+}
+
 /// Uploads entries under `prefix`, at most `tuning.concurrency` requests at once. Every
 /// write is conditional (`If-None-Match: *`): the staging prefix is emptied before a
 /// restore, so a second write to one key means the archive has a duplicate entry.
@@ -141,8 +202,8 @@ pub struct Uploader {
     tuning: Tuning,
     permits: Arc<Semaphore>,
     tasks: JoinSet<Result<()>>,
-    /// Paces the PutObject and UploadPart requests (see [`PutBudget`]).
-    budget: PutBudget,
+    /// Paces the PutObject and UploadPart requests (see [`RequestBudget`]).
+    budget: RequestBudget,
     pub objects: u64,
     pub bytes: u64,
 }
@@ -165,7 +226,7 @@ enum Current {
 
 impl Uploader {
     /// Paces the uploads with `budget` (a range's child shares the prefix's rate).
-    pub fn with_budget(mut self, budget: PutBudget) -> Self {
+    pub fn with_budget(mut self, budget: RequestBudget) -> Self {
         self.budget = budget;
         self
     }
@@ -177,7 +238,7 @@ impl Uploader {
             permits: Arc::new(Semaphore::new(tuning.concurrency.max(1))),
             tuning,
             tasks: JoinSet::new(),
-            budget: PutBudget::new(PREFIX_PUT_RATE),
+            budget: RequestBudget::new(PREFIX_PUT_RATE),
             objects: 0,
             bytes: 0,
         }
@@ -445,7 +506,7 @@ async fn put_small(
     key: &str,
     data: Bytes,
     sha256: &[u8; 32],
-    budget: &PutBudget,
+    budget: &RequestBudget,
 ) -> Result<()> {
     let sent = budget
         .send(|| {

@@ -914,3 +914,80 @@ async fn a_child_cut_after_its_nth_write_and_run_again_stages_what_an_uncut_one_
         assert_eq!(contents(&run_id).await, whole, "cut after write {n}");
     }
 }
+
+/// A range's child whose invocation's time runs out stops between files, answers where
+/// it got to, and — invoked again with that continuation, as the Map's loop does, pass
+/// after pass — ends with exactly what a child with all the time it needs stages.
+#[tokio::test]
+async fn a_child_out_of_time_goes_on_from_its_continuation_to_what_an_uncut_one_stages() {
+    use drpilot_shared::backup::BackupMetadata;
+    use drpilot_shared::plan;
+    use drpilot_shared::run::StepOutput;
+    let aws = LocalAws::start().await;
+    aws.standard_setup().await;
+    let tmp = TempDir::new("restore-continue");
+    let src = tmp.path().join("src");
+    source_tree(&src, false);
+    let out = tmp.path().join("v2");
+    sharded(&src, &out, |_, _| {});
+    publish(&aws, &out, "continued-v2").await;
+    let meta: BackupMetadata =
+        serde_json::from_slice(&std::fs::read(out.join("metadata.json")).unwrap()).unwrap();
+    // Every shard in one range: a continuation also crosses from shard to shard.
+    let items = plan::items(&meta, u64::MAX);
+    assert!(items[0].shards.len() > 1, "{items:?}");
+    let child = |run_id: &str| range_child(run_id, "continued-v2", &items, 0);
+    let contents = async |run_id: &str| {
+        let mut out = Vec::new();
+        for key in staged(&aws, run_id).await {
+            let full = format!("_staging/{run_id}/{key}");
+            out.push((key, stored_sha256(&aws, &full).await));
+        }
+        out
+    };
+    restorer(&aws).serve_step(child("run-uncut")).await.unwrap();
+    let whole = contents("run-uncut").await;
+
+    // 4 writes a second, and 1.5 s an invocation (1.125 s of work): a few files a pass.
+    aws.limit_s3(serde_json::json!({"write_per_second": 4}));
+    let mut request = child("run-passes");
+    let mut passes = 0;
+    loop {
+        passes += 1;
+        assert!(passes <= 60, "no end after {passes} passes");
+        let out = drpilot_shared::deadline::scope(
+            std::time::Duration::from_millis(1500),
+            restorer(&aws).serve_step(request.clone()),
+        )
+        .await
+        .unwrap();
+        let StepOutput::Range(out) = out else {
+            panic!("a child answers as a range: {out:?}")
+        };
+        match out.continuation {
+            Some(continuation) => {
+                assert_eq!(continuation.pass, passes);
+                request.continuation = Some(continuation);
+            }
+            None => break,
+        }
+    }
+    assert!(passes >= 2, "the child never ran out of time");
+    assert_eq!(contents("run-passes").await, whole);
+    let result = aws
+        .get_text(
+            drpilot_testkit::EVIDENCE_BUCKET,
+            "drpilot/receipts/runs/run-passes/ranges/restore/00000.json",
+        )
+        .await
+        .unwrap();
+    let result: serde_json::Value = serde_json::from_str(&result).unwrap();
+    assert_eq!(result["passes"], passes, "{result}");
+    let staged_shards = result["details"].as_array().unwrap();
+    assert_eq!(staged_shards.len(), items[0].shards.len(), "{result}");
+    let objects: u64 = staged_shards
+        .iter()
+        .map(|s| s["objects"].as_u64().unwrap())
+        .sum();
+    assert_eq!(objects as usize, whole.len(), "{result}");
+}

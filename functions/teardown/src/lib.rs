@@ -5,7 +5,7 @@
 //! the same state (metrics are published once).
 
 use chrono::{DateTime, Utc};
-use drpilot_shared::budget::{delete_prefix, Deletion, PutBudget};
+use drpilot_shared::budget::{delete_prefix, Deletion, RequestBudget};
 use drpilot_shared::component::{overall_rto, ComponentOutcome, ComponentReceipt, ResourceState};
 use drpilot_shared::details::{ParityDetails, PromoteDetails, TeardownDetails};
 use drpilot_shared::error::readable_cause;
@@ -35,6 +35,13 @@ pub const CLEANUP_WAIT_MIN_SECONDS: u64 = 10;
 /// Passes over the staging in a row that may delete nothing before teardown gives up
 /// naming it (each ~9 history events; the history holds 25,000).
 pub const MAX_IDLE_PASSES: u32 = 30;
+
+/// Passes over the staging teardown takes at most before it gives up naming it: each
+/// adds ~9 events to the execution's history, whose 25,000 the components' polls
+/// (18,000 at most), the resource passes (1,620) and the fixed states (under 1,000) share
+/// with it, so 400 (3,600 events) is what is left. At the write floor a pass deletes ~2 M
+/// objects, so 400 passes are ~800 M objects (docs/limits.md).
+pub const MAX_STAGING_PASSES: u32 = 400;
 
 /// What the state machine passes to teardown.
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
@@ -431,9 +438,18 @@ impl Teardown {
                         ),
                     ));
                 }
+                let passes = earlier.passes + 1;
+                if passes >= MAX_STAGING_PASSES {
+                    return Err(Error::new(
+                        ErrorKind::ServiceError,
+                        format!(
+                            "{staging_uri}: objects still left after {passes} passes (at most {MAX_STAGING_PASSES}: the execution's history holds no more); {deleted} objects deleted"
+                        ),
+                    ));
+                }
                 return Ok(Cleanup::Unfinished(CleanupProgress {
                     staging_deleted: deleted,
-                    passes: earlier.passes + 1,
+                    passes,
                     fenced,
                     idle_passes,
                 }));
@@ -507,7 +523,7 @@ impl Teardown {
         fenced: bool,
         first_pass: bool,
     ) -> Result<Deletion> {
-        let budget = PutBudget::for_run(None, false);
+        let budget = RequestBudget::writes_for_run(None, false);
         let stop_at = drpilot_shared::deadline::work_until();
         if !fenced {
             return delete_prefix(&self.clients.s3, staging, &budget, stop_at).await;

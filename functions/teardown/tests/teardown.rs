@@ -519,3 +519,42 @@ async fn metrics_that_fail_to_publish_are_recorded_as_such_and_published_on_the_
     teardown(&aws).handle(request).await.unwrap();
     assert_eq!(metric_samples(&aws, "DrillDurationSeconds").await, 1.0);
 }
+
+#[tokio::test]
+async fn a_staging_past_the_last_pass_the_history_holds_fails_naming_it() {
+    let aws = LocalAws::start().await;
+    aws.standard_setup().await;
+    publish_backup(&aws, "b-cap", false).await;
+    let run = start_run(&aws, "run-cap", json!({})).await;
+    for i in 0..5 {
+        aws.put_text(
+            TARGET_BUCKET,
+            &format!("_staging/run-cap/{i}.txt"),
+            "staged",
+        )
+        .await;
+    }
+    // S3 deletes none of the keys: the pass ends at its deadline with the staging left.
+    aws.limit_s3(json!({"delete_key_errors": 1000}));
+    let request = TeardownRequest {
+        run: Some(run),
+        cleanup: Some(drpilot_shared::run::CleanupProgress {
+            passes: teardown::MAX_STAGING_PASSES - 1,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    // Boxed: teardown's future is large.
+    let pass = drpilot_shared::deadline::scope(
+        std::time::Duration::from_millis(200),
+        Box::pin(teardown(&aws).handle(request)),
+    )
+    .await;
+    let err = pass.unwrap_err();
+    assert_eq!(err.kind, drpilot_shared::ErrorKind::ServiceError, "{err}");
+    assert!(
+        err.message.contains("_staging/run-cap/") && err.message.contains("at most 400"),
+        "{err}"
+    );
+    assert_eq!(staging_keys(&aws, "run-cap").await.len(), 5);
+}

@@ -9,14 +9,15 @@
 use aws_sdk_cloudwatch::types::{Dimension, Metric, MetricDataQuery, MetricStat};
 use chrono::Utc;
 use drpilot_shared::archive::RESERVED_PREFIX;
+use drpilot_shared::budget::RequestBudget;
 use drpilot_shared::details::RangeFindings;
 use drpilot_shared::details::{CheckResult, Tally, ValidateDetails};
 use drpilot_shared::input::Phase;
 use drpilot_shared::listing::{list_sorted_in, Joined, MergeJoin, ObjectInfo};
 use drpilot_shared::objects::{sha256_by_reading, stored_sha256};
-use drpilot_shared::parity::DifferenceLog;
+use drpilot_shared::parity::{DifferenceLog, MAX_LOGGED_DIFFERENCES};
 use drpilot_shared::phase::{self, Failed, Outcome, PhaseRun, Rerun};
-use drpilot_shared::plan::{self, KeyRange, PlanItem, RangeResult, Step};
+use drpilot_shared::plan::{self, KeyRange, PlanItem, RangePass, RangeResult, Step};
 use drpilot_shared::profile::{Check, Profile, ProfileSource, Statistic};
 use drpilot_shared::receipt::ReceiptStore;
 use drpilot_shared::run::StepOutput;
@@ -72,7 +73,10 @@ impl Validate {
             &self.clients.s3,
             &self.profiles,
             Phase::Validate,
-            async |ctx: &PhaseRun<'_>, item: &PlanItem| self.validate_range(ctx, item).await,
+            // Reads only: a range's child ends in one pass (docs/limits.md).
+            async |ctx: &PhaseRun<'_>, item: &PlanItem, _: Option<()>| {
+                Ok(RangePass::Done(self.validate_range(ctx, item).await?))
+            },
             async |request| self.handle(request).await,
         )
         .await
@@ -202,10 +206,16 @@ impl Validate {
         let mut merge = MergeJoin::new(manifest_rx, staged_rx);
         let mut check = StagingCheck {
             s3: s3.clone(),
+            // A range's child (a bounded range) shares the run's read rate with the
+            // others; the whole phase has it to itself.
+            reads: RequestBudget::reads_for_run(run.plan.as_ref(), !range.is_all()),
             staging,
             full: profile.full_validation,
             tally: Tally::default(),
-            log: DifferenceLog::new()?,
+            log: match run.plan.as_ref() {
+                Some(plan) if !range.is_all() => DifferenceLog::for_range(plan.ranges)?,
+                _ => DifferenceLog::new()?,
+            },
             hashing: JoinSet::new(),
         };
         let result = check.run(&mut merge).await;
@@ -337,6 +347,9 @@ fn judge(check: &Check, value: Option<f64>) -> CheckResult {
 /// and differences, with the hashes looked up (or recomputed) `HASH_CONCURRENCY` at once.
 struct StagingCheck {
     s3: aws_sdk_s3::Client,
+    /// Paces the hash lookups: 64 children × [`HASH_CONCURRENCY`] would pass S3's
+    /// 5,500 GET/HEAD a second on one staging prefix.
+    reads: RequestBudget,
     staging: S3Uri,
     /// Recompute every hash (the profile's `full_validation`).
     full: bool,
@@ -394,7 +407,7 @@ impl StagingCheck {
             let done = self.hashing.join_next().await;
             record(done, &mut self.tally, &mut self.log)?;
         }
-        let s3 = self.s3.clone();
+        let (s3, reads) = (self.s3.clone(), self.reads.clone());
         let full = self.full;
         let uri = self
             .staging
@@ -402,9 +415,9 @@ impl StagingCheck {
             .map_err(|e| Error::contract(e.to_string()))?;
         self.hashing.spawn(async move {
             let staged = if full {
-                sha256_by_reading(&s3, &uri).await?
+                reads.send(|| sha256_by_reading(&s3, &uri)).await?
             } else {
-                stored_sha256(&s3, &uri).await?
+                reads.send(|| stored_sha256(&s3, &uri)).await?
             };
             if staged.as_deref() == Some(m.sha256.as_str()) {
                 return Ok(None);
@@ -426,7 +439,7 @@ fn failure_message(details: &ValidateDetails) -> Option<String> {
     let mut parts = Vec::new();
     if details.differences > 0 {
         parts.push(format!(
-            "{} differences between the manifests and the staging (missing {}, extra {}, size {}, sha256 {}); first: {}; all in {}",
+            "{} differences between the manifests and the staging (missing {}, extra {}, size {}, sha256 {}); first: {}; the first {} of them in {}",
             details.differences,
             tally.missing,
             tally.extra,
@@ -439,6 +452,7 @@ fn failure_message(details: &ValidateDetails) -> Option<String> {
                 .map(Value::to_string)
                 .collect::<Vec<_>>()
                 .join(", "),
+            details.differences.min(MAX_LOGGED_DIFFERENCES),
             details.differences_uri
         ));
     }

@@ -369,3 +369,38 @@ async fn an_early_failure_still_leaves_a_failed_receipt() {
     assert_eq!(receipt.details["error"], "ContractError");
     assert!(receipt.reason.unwrap().contains("manifests.tar.zst"));
 }
+
+/// Staged objects in the paced-reads test: at 10 reads a second, 20 s of lookups.
+const PACED_OBJECTS: usize = 200;
+
+#[tokio::test]
+async fn hash_lookups_keep_to_the_read_rate_s3_allows() {
+    let aws = LocalAws::start().await;
+    aws.standard_setup().await;
+    let tmp = TempDir::new("validate-paced");
+    let src = tmp.path().join("src");
+    sh(&format!(
+        "mkdir -p '{0}' && cd '{0}' && for i in $(seq 1 {PACED_OBJECTS}); do echo \"item $i\" > $i.txt; done",
+        src.display()
+    ));
+    restored(&aws, &tmp, "paced", "run-paced").await;
+    // S3 throttles a prefix's reads past what it serves: 10 a second here, against
+    // validate's 32 lookups in flight. Unpaced, the SDK's three tries give up and the
+    // phase fails; paced, every lookup gets through, slower.
+    aws.limit_s3(json!({"read_per_second": 10}));
+    let out = validator(&aws)
+        .handle(phase_request("run-paced", "paced"))
+        .await
+        .unwrap();
+    assert_eq!(out.status, PhaseStatus::Success, "{out:?}");
+    assert_eq!(out.details["tally"]["verified"], PACED_OBJECTS);
+    let stats = aws.s3_limit_stats();
+    let throttled: u64 = stats["prefixes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["class"] == "read")
+        .map(|p| p["throttled"].as_u64().unwrap())
+        .sum();
+    assert!(throttled > 0, "S3 never throttled: {stats}");
+}

@@ -1,0 +1,98 @@
+#!/usr/bin/env python3
+"""The adaptive write pace against a throttling S3 whose capacity grows under sustained
+load, as S3 partitions a busy prefix. The local stack's rate model (infra/local/motoserver.py,
+S3Limits) stands for S3 at 1/100 of its rates: a prefix serves 35 writes a second (S3's
+3,500), answers SlowDown past that, and doubles what it serves after 5 s of sustained
+throttling, up to 280 a second (eight partitions). Each run writes OBJECTS small objects
+under a fresh prefix, so each meets the floor first:
+
+- drpilot's budget (shared/src/budget.rs): starts at 30/s (the run's 3,000, scaled) and
+  climbs additively while S3 keeps up, halving on SlowDown;
+- the same bucket held at 30/s (the fixed floor a pacer without the climb keeps to);
+- `aws s3 cp --recursive` of the same objects (10 requests in flight, its own retries),
+  what a user scripts.
+
+Medians of BENCH_REPS runs: seconds, objects a second, the SlowDowns the budget saw.
+
+usage: .venv/bin/python bench/pace.py [OBJECTS]   (default 4000)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import LocalS3, aws_cli_path, bench_binary, log, median, table, timed  # noqa: E402
+
+REPS = int(os.environ.get("BENCH_REPS", "3"))
+LIMITS = {"write_per_second": 35, "grow_after_seconds": 5, "grow_factor": 2, "max_per_second": 280}
+START_RATE = 30
+
+
+def limit(s3: LocalS3) -> None:
+    request = urllib.request.Request(f"{s3.endpoint}/_drpilot/s3-limits", data=json.dumps(LIMITS).encode(),
+                                     method="POST")
+    with urllib.request.urlopen(request) as answer:
+        assert answer.status == 200
+
+
+def grown(s3: LocalS3, prefix: str) -> float:
+    with urllib.request.urlopen(f"{s3.endpoint}/_drpilot/s3-limits") as answer:
+        stats = json.load(answer)
+    return max((p["rate"] for p in stats["prefixes"] if p["prefix"].endswith(prefix)), default=0.0)
+
+
+def rows(n: int = 4000) -> list[tuple[str, str, str, str]]:
+    binary = bench_binary("drpilot-shared", "pace")
+    aws = f"{aws_cli_path()}/aws"
+    with LocalS3() as s3, tempfile.TemporaryDirectory(prefix="drpilot-bench-pace-") as tmp:
+        s3.client().create_bucket(Bucket="bench")
+        limit(s3)
+        for i in range(n):
+            (Path(tmp) / f"{i:08}.json").write_bytes(b"x" * 100)
+        runs: dict[str, list[dict]] = {"aimd": [], "fixed": [], "peer": []}
+        for rep in range(REPS):
+            for mode in ("aimd", "fixed"):
+                log(f"pace {mode}, {n:,} objects, run {rep + 1}/{REPS}")
+                prefix = f"{mode}-{rep}"
+                _, out = timed([binary, f"s3://bench/{prefix}/", str(n), mode, str(START_RATE)], env=s3.env)
+                result = json.loads(out.strip().splitlines()[-1])
+                result["capacity"] = grown(s3, prefix)
+                runs[mode].append(result)
+            log(f"pace: aws s3 cp, {n:,} objects, run {rep + 1}/{REPS}")
+            prefix = f"peer-{rep}"
+            started = time.perf_counter()
+            done = subprocess.run([aws, "s3", "cp", "--recursive", "--only-show-errors", tmp, f"s3://bench/{prefix}/"],
+                                  env=s3.env, capture_output=True, text=True)
+            failed = sum(1 for line in done.stderr.splitlines() if "upload failed" in line)
+            runs["peer"].append({"seconds": time.perf_counter() - started, "failed": failed,
+                                 "capacity": grown(s3, prefix)})
+
+    def summary(results: list[dict]) -> tuple[float, str]:
+        seconds = median(r["seconds"] for r in results)
+        capacity = median(r["capacity"] for r in results)
+        return seconds, f"{seconds:.1f} s ({n / seconds:,.0f} obj/s; prefix grew to {capacity:,.0f}/s)"
+
+    aimd_s, aimd = summary(runs["aimd"])
+    fixed_s, fixed = summary(runs["fixed"])
+    peer_s, peer = summary(runs["peer"])
+    slow_downs = median(r["slow_downs"] for r in runs["aimd"])
+    failed = median(r["failed"] for r in runs["peer"])
+    what = f"Writes under a throttling, growing S3 (1/100 scale: 35/s floor, x2 after 5 s throttled, up to 280/s), {n:,} objects"
+    return [
+        (f"{what}: drpilot's climbing budget vs the fixed floor", f"{aimd}; {slow_downs:.0f} SlowDowns",
+         f"fixed 30/s: {fixed}", f"{fixed_s / aimd_s:.2f}x"),
+        (f"{what}: drpilot's climbing budget vs aws s3 cp", f"{aimd}",
+         f"aws s3 cp --recursive: {peer}; {failed:.0f} uploads failed", f"{peer_s / aimd_s:.2f}x"),
+    ]
+
+
+if __name__ == "__main__":
+    print(table(rows(int(sys.argv[1]) if len(sys.argv) > 1 else 4000)))
