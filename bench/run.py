@@ -4,7 +4,7 @@ same data, as one markdown table (what, drpilot, peer, ratio). Medians of BENCH_
 
 Sizes: BENCH_PARITY_OBJECTS (default 100000), BENCH_PARITY_BIG (1000000, s3mem only; 0 skips it),
 BENCH_PROMOTE_OBJECTS (10000),
-BENCH_FAILBACK_OBJECTS (10000), BENCH_PACE_OBJECTS (4000),
+BENCH_FAILBACK_OBJECTS (10000), BENCH_PACE_OBJECTS (2000),
 BENCH_RESTORE_FILES (2000), BENCH_SHARDED_MB (1024), BENCH_PIPELINE_MB ("100 1100"), BENCH_MAKE_MB ("100 1000").
 """
 
@@ -41,7 +41,7 @@ def main() -> int:
                         int(os.environ.get("BENCH_PARITY_BIG", "1000000")))
     rows += promote.rows(int(os.environ.get("BENCH_PROMOTE_OBJECTS", "10000")))
     rows += failback.rows(int(os.environ.get("BENCH_FAILBACK_OBJECTS", "10000")))
-    rows += pace.rows(int(os.environ.get("BENCH_PACE_OBJECTS", "4000")))
+    rows += pace.rows(int(os.environ.get("BENCH_PACE_OBJECTS", "2000")))
     rows += backup_make.rows([int(x) for x in os.environ.get("BENCH_MAKE_MB", "100 1000").split()])
     rows += footprint.rows()
     rows += drill.rows()

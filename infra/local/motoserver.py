@@ -174,7 +174,10 @@ class S3Limits:
     S3 bucket and the key's first path segment: `_staging/`, `root/`, `locks/` apart) and
     class (write, read), refilled at `rate` a second with a burst of one second's worth.
     Once a class has been throttling for `grow_after_seconds` (at least once every second)
-    its rate is multiplied by `grow_factor`, up to `max_per_second` (a split). A DeleteObjects counts one write a key, as S3 counts it.
+    its rate is multiplied by `grow_factor`, up to `max_per_second` (a split). With
+    `grow_on: "load"` the trigger is the load instead: every second of `grow_after_seconds`
+    served at 90% of the rate or more, throttled or not. AWS documents neither trigger
+    (503s "while S3 scales to the new request rate"); a bench can measure under both. A DeleteObjects counts one write a key, as S3 counts it.
     `delete_per_second`, when set, rates deletes (DeleteObject, DeleteObjects) apart from
     the other writes, so a test can throttle teardown and not the restore before it.
 
@@ -192,6 +195,9 @@ class S3Limits:
         self.grow_after = float(config.get("grow_after_seconds", 0) or 0)
         self.grow_factor = float(config.get("grow_factor", 2) or 2)
         self.max_rate = float(config.get("max_per_second", 0) or 0)
+        self.grow_on = str(config.get("grow_on", "throttling"))
+        if self.grow_on not in ("throttling", "load"):
+            raise ValueError(f"grow_on must be throttling or load, got {self.grow_on!r}")
         self.delete_key_errors = int(config.get("delete_key_errors", 0) or 0)
         self.delete_key_error_code = str(config.get("delete_key_error_code", "SlowDown"))
         for name, value in (
@@ -236,8 +242,12 @@ class S3Limits:
                     "last_throttled": -1.0,
                     "throttled": 0,
                     "served": 0,
+                    "second": now,
+                    "served_in_second": 0.0,
+                    "busy_since": -1.0,
                 },
             )
+            self._count_load(state, now)
             state["tokens"] = min(
                 state["rate"], state["tokens"] + (now - state["last"]) * state["rate"]
             )
@@ -249,17 +259,37 @@ class S3Limits:
                 # The whole request is paid: a large batch leaves a debt.
                 state["tokens"] -= float(requests)
                 state["served"] += requests
+                state["served_in_second"] += requests
                 return True
             state["throttled"] += 1
             # Sustained: throttled at least once a second since `since`.
             if state["since"] < 0 or now - state["last_throttled"] > 1.0:
                 state["since"] = now
             state["last_throttled"] = now
-            if self.grow_after > 0 and now - state["since"] >= self.grow_after:
+            if self.grow_on == "throttling" and self.grow_after > 0 and now - state["since"] >= self.grow_after:
                 ceiling = self.max_rate if self.max_rate > 0 else state["rate"]
                 state["rate"] = min(ceiling, state["rate"] * self.grow_factor)
                 state["since"] = now
             return False
+
+    def _count_load(self, state: dict[str, float], now: float) -> None:
+        """`grow_on: load`: at each whole second, whether the one before was busy (served
+        at 90% of the rate or more); after `grow_after_seconds` busy seconds in a row the
+        rate grows."""
+        if self.grow_on != "load" or self.grow_after <= 0 or now - state["second"] < 1.0:
+            return
+        elapsed = now - state["second"]
+        busy = state["served_in_second"] >= 0.9 * state["rate"] * min(elapsed, 1.0) and elapsed < 2.0
+        state["second"], state["served_in_second"] = now, 0.0
+        if not busy:
+            state["busy_since"] = -1.0
+            return
+        if state["busy_since"] < 0:
+            state["busy_since"] = now - 1.0
+        if now - state["busy_since"] >= self.grow_after:
+            ceiling = self.max_rate if self.max_rate > 0 else state["rate"]
+            state["rate"] = min(ceiling, state["rate"] * self.grow_factor)
+            state["busy_since"] = now
 
     def take_delete_key_errors(self, count: int) -> int:
         """How many of a DeleteObjects' `count` keys answer an error."""

@@ -35,6 +35,31 @@ class S3LimitsTest(unittest.TestCase):
         stats = limits.stats()["prefixes"]
         self.assertEqual([(b["class"], b["throttled"]) for b in stats], [("read", 5), ("write", 10)])
 
+    def test_sustained_load_grows_the_capacity_when_the_trigger_is_the_load(self) -> None:
+        clock = Clock()
+        limits = S3Limits(
+            {"write_per_second": 10, "grow_after_seconds": 3, "grow_factor": 2, "max_per_second": 40,
+             "grow_on": "load"},
+            clock,
+        )
+        rates = []
+        for _ in range(8):
+            # 9 a second: never throttled, yet busy (90% of the rate).
+            for _ in range(9):
+                self.assertTrue(limits.admit("b", "PUT"))
+                clock.now += 0.1
+            clock.now += 0.1
+            rates.append(limits.stats()["prefixes"][0]["rate"])
+        self.assertEqual(rates[0], 10)
+        self.assertEqual(rates[-1], 20, rates)
+        self.assertEqual(limits.stats()["prefixes"][0]["throttled"], 0)
+        # An idle second starts the count again.
+        quiet = S3Limits({"write_per_second": 10, "grow_after_seconds": 3, "grow_on": "load"}, clock)
+        for _ in range(10):
+            quiet.admit("b", "PUT")
+            clock.now += 1.0
+        self.assertEqual(quiet.stats()["prefixes"][0]["rate"], 10)
+
     def test_buckets_are_limited_apart(self) -> None:
         limits = S3Limits({"write_per_second": 3}, Clock())
         self.assertEqual(served(limits, "PUT", 5, "one"), 3)

@@ -48,14 +48,35 @@ pub const MAX_CHILDREN: u32 = 64;
 /// Environment variable: the stack's `FanOutConcurrency` (the Maps' `MaxConcurrency`).
 pub const FAN_OUT_CONCURRENCY_ENV: &str = "DRPILOT_FAN_OUT_CONCURRENCY";
 
+/// Environment variable: the stack's `S3WriteRate` (in place of [`PREFIX_PUT_RATE`]).
+pub const WRITE_RATE_ENV: &str = "DRPILOT_S3_WRITE_RATE";
+
+/// Environment variable: the stack's `S3ReadRate` (in place of [`PREFIX_GET_RATE`]).
+pub const READ_RATE_ENV: &str = "DRPILOT_S3_READ_RATE";
+
 /// Children of a Distributed Map that may run at once: the stack's `FanOutConcurrency`,
 /// or [`MAX_CHILDREN`].
 pub fn fan_out_concurrency() -> u32 {
-    std::env::var(FAN_OUT_CONCURRENCY_ENV)
-        .ok()
-        .and_then(|v| v.trim().parse::<u32>().ok())
+    positive(std::env::var(FAN_OUT_CONCURRENCY_ENV).ok())
+        .map_or(MAX_CHILDREN, |n| n.min(f64::from(u32::MAX)) as u32)
+}
+
+/// A run's writes a second on a prefix: the stack's `S3WriteRate`, or [`PREFIX_PUT_RATE`].
+pub fn prefix_write_rate() -> f64 {
+    positive(std::env::var(WRITE_RATE_ENV).ok()).unwrap_or(PREFIX_PUT_RATE)
+}
+
+/// A run's reads a second on a prefix: the stack's `S3ReadRate`, or [`PREFIX_GET_RATE`].
+pub fn prefix_read_rate() -> f64 {
+    positive(std::env::var(READ_RATE_ENV).ok()).unwrap_or(PREFIX_GET_RATE)
+}
+
+/// A setting's whole number of at least 1, if it is one.
+fn positive(setting: Option<String>) -> Option<f64> {
+    setting
+        .and_then(|v| v.trim().parse::<u64>().ok())
         .filter(|n| *n >= 1)
-        .unwrap_or(MAX_CHILDREN)
+        .map(|n| n as f64)
 }
 
 /// The slowest a budget goes after repeated `SlowDown`s, in requests a second.
@@ -70,6 +91,10 @@ pub const MAX_CHILD_RATE: f64 = 3_500.0;
 
 /// The fastest one function reads: one partition's worth.
 pub const MAX_CHILD_READ_RATE: f64 = 5_500.0;
+
+/// The pace halves at most once in this window, however many requests S3 throttled in
+/// it (about a request's round trip with the SDK's own retries).
+const DECREASE_WINDOW: Duration = Duration::from_secs(1);
 
 /// How often a request S3 keeps throttling is tried again here.
 const SLOW_DOWN_RETRIES: u32 = 5;
@@ -89,6 +114,8 @@ struct Bucket {
     tokens: f64,
     last: Instant,
     slow_downs: u64,
+    /// When the pace last halved.
+    last_decrease: Option<Instant>,
 }
 
 impl RequestBudget {
@@ -108,6 +135,7 @@ impl RequestBudget {
                 tokens: rate,
                 last: Instant::now(),
                 slow_downs: 0,
+                last_decrease: None,
             })),
             fence: None,
         }
@@ -129,16 +157,20 @@ impl RequestBudget {
         }
     }
 
-    /// This function's share of [`PREFIX_PUT_RATE`]: all of it for a phase running
-    /// inline, `1 / min(ranges, fan-out concurrency)` of it for one range's child.
+    /// This function's share of the run's write rate ([`prefix_write_rate`]): all of it
+    /// for a phase running inline, `1 / min(ranges, fan-out concurrency)` of it for one
+    /// range's child.
     pub fn writes_for_run(plan: Option<&PlanRef>, child: bool) -> Self {
-        Self::new(PREFIX_PUT_RATE / sharing(plan, child))
+        Self::new(prefix_write_rate() / sharing(plan, child))
     }
 
-    /// This function's share of [`PREFIX_GET_RATE`], as [`Self::writes_for_run`] shares
-    /// the writes.
+    /// This function's share of the run's read rate ([`prefix_read_rate`]), as
+    /// [`Self::writes_for_run`] shares the writes.
     pub fn reads_for_run(plan: Option<&PlanRef>, child: bool) -> Self {
-        Self::up_to(PREFIX_GET_RATE / sharing(plan, child), MAX_CHILD_READ_RATE)
+        Self::up_to(
+            prefix_read_rate() / sharing(plan, child),
+            MAX_CHILD_READ_RATE,
+        )
     }
 
     /// A range's child's budget: its share of the rate, stopped by its run's fence.
@@ -203,11 +235,27 @@ impl RequestBudget {
 
     /// S3 said `SlowDown`: half the pace.
     pub fn slow_down(&self) {
+        self.slow_down_at(Instant::now());
+    }
+
+    /// S3 said `SlowDown` at `now`: half the pace, once a [`DECREASE_WINDOW`]. The
+    /// requests in flight when S3 began throttling all come back throttled together;
+    /// halving for each would take 16 requests in flight from any pace to the floor
+    /// (2^16) for what is one signal, and a pace kept that far under what S3 serves
+    /// never presses S3 to partition the prefix.
+    fn slow_down_at(&self, now: Instant) {
         let mut bucket = self.lock();
+        bucket.slow_downs += 1;
+        if bucket
+            .last_decrease
+            .is_some_and(|at| now.duration_since(at) < DECREASE_WINDOW)
+        {
+            return;
+        }
+        bucket.last_decrease = Some(now);
         bucket.rate = (bucket.rate / 2.0).max(MIN_RATE);
         bucket.tokens = bucket.tokens.min(0.0);
-        bucket.slow_downs += 1;
-        tracing::warn!(rate = bucket.rate, "S3 said SlowDown: slower writes");
+        tracing::warn!(rate = bucket.rate, "S3 said SlowDown: slower requests");
     }
 
     /// A request went through: a little faster ([`INCREASE_PER_SECOND`] a second of
@@ -468,11 +516,31 @@ mod tests {
         assert!(elapsed >= 0.45, "{elapsed}");
     }
 
+    /// `n` SlowDowns, each a window after the one before.
+    fn slow_downs(budget: &RequestBudget, n: u32) {
+        let start = Instant::now();
+        for i in 0..n {
+            budget.slow_down_at(start + DECREASE_WINDOW * (i + 1));
+        }
+    }
+
+    #[test]
+    fn slow_downs_in_one_window_halve_the_pace_once() {
+        let budget = RequestBudget::new(1600.0);
+        let at = Instant::now();
+        for _ in 0..16 {
+            budget.slow_down_at(at);
+        }
+        assert_eq!(budget.rate(), 800.0);
+        assert_eq!(budget.slow_downs(), 16);
+        budget.slow_down_at(at + DECREASE_WINDOW);
+        assert_eq!(budget.rate(), 400.0);
+    }
+
     #[test]
     fn slow_downs_halve_and_successes_climb_past_the_floor_up_to_a_partition() {
         let budget = RequestBudget::new(100.0);
-        budget.slow_down();
-        budget.slow_down();
+        slow_downs(&budget, 2);
         assert_eq!(budget.rate(), 25.0);
         // A second's worth of successes at a rate adds INCREASE_PER_SECOND to it.
         for _ in 0..25 {
@@ -489,11 +557,18 @@ mod tests {
             budget.succeeded();
         }
         assert_eq!(budget.rate(), MAX_CHILD_RATE);
-        for _ in 0..20 {
-            budget.slow_down();
-        }
+        slow_downs(&budget, 20);
         assert_eq!(budget.rate(), MIN_RATE);
         assert_eq!(budget.slow_downs(), 22);
+    }
+
+    #[test]
+    fn a_setting_is_a_whole_number_of_at_least_one() {
+        assert_eq!(positive(Some(" 250 ".into())), Some(250.0));
+        for bad in ["0", "-3", "1.5", "fast", ""] {
+            assert_eq!(positive(Some(bad.into())), None, "{bad}");
+        }
+        assert_eq!(positive(None), None);
     }
 
     #[test]
