@@ -92,10 +92,6 @@ pub const MAX_CHILD_RATE: f64 = 3_500.0;
 /// The fastest one function reads: one partition's worth.
 pub const MAX_CHILD_READ_RATE: f64 = 5_500.0;
 
-/// The pace halves at most once in this window, however many requests S3 throttled in
-/// it (about a request's round trip with the SDK's own retries).
-const DECREASE_WINDOW: Duration = Duration::from_secs(1);
-
 /// How often a request S3 keeps throttling is tried again here.
 const SLOW_DOWN_RETRIES: u32 = 5;
 
@@ -114,8 +110,6 @@ struct Bucket {
     tokens: f64,
     last: Instant,
     slow_downs: u64,
-    /// When the pace last halved.
-    last_decrease: Option<Instant>,
 }
 
 impl RequestBudget {
@@ -135,7 +129,6 @@ impl RequestBudget {
                 tokens: rate,
                 last: Instant::now(),
                 slow_downs: 0,
-                last_decrease: None,
             })),
             fence: None,
         }
@@ -235,26 +228,10 @@ impl RequestBudget {
 
     /// S3 said `SlowDown`: half the pace.
     pub fn slow_down(&self) {
-        self.slow_down_at(Instant::now());
-    }
-
-    /// S3 said `SlowDown` at `now`: half the pace, once a [`DECREASE_WINDOW`]. The
-    /// requests in flight when S3 began throttling all come back throttled together;
-    /// halving for each would take 16 requests in flight from any pace to the floor
-    /// (2^16) for what is one signal, and a pace kept that far under what S3 serves
-    /// never presses S3 to partition the prefix.
-    fn slow_down_at(&self, now: Instant) {
         let mut bucket = self.lock();
-        bucket.slow_downs += 1;
-        if bucket
-            .last_decrease
-            .is_some_and(|at| now.duration_since(at) < DECREASE_WINDOW)
-        {
-            return;
-        }
-        bucket.last_decrease = Some(now);
         bucket.rate = (bucket.rate / 2.0).max(MIN_RATE);
         bucket.tokens = bucket.tokens.min(0.0);
+        bucket.slow_downs += 1;
         tracing::warn!(rate = bucket.rate, "S3 said SlowDown: slower requests");
     }
 
@@ -516,31 +493,11 @@ mod tests {
         assert!(elapsed >= 0.45, "{elapsed}");
     }
 
-    /// `n` SlowDowns, each a window after the one before.
-    fn slow_downs(budget: &RequestBudget, n: u32) {
-        let start = Instant::now();
-        for i in 0..n {
-            budget.slow_down_at(start + DECREASE_WINDOW * (i + 1));
-        }
-    }
-
-    #[test]
-    fn slow_downs_in_one_window_halve_the_pace_once() {
-        let budget = RequestBudget::new(1600.0);
-        let at = Instant::now();
-        for _ in 0..16 {
-            budget.slow_down_at(at);
-        }
-        assert_eq!(budget.rate(), 800.0);
-        assert_eq!(budget.slow_downs(), 16);
-        budget.slow_down_at(at + DECREASE_WINDOW);
-        assert_eq!(budget.rate(), 400.0);
-    }
-
     #[test]
     fn slow_downs_halve_and_successes_climb_past_the_floor_up_to_a_partition() {
         let budget = RequestBudget::new(100.0);
-        slow_downs(&budget, 2);
+        budget.slow_down();
+        budget.slow_down();
         assert_eq!(budget.rate(), 25.0);
         // A second's worth of successes at a rate adds INCREASE_PER_SECOND to it.
         for _ in 0..25 {
@@ -557,7 +514,9 @@ mod tests {
             budget.succeeded();
         }
         assert_eq!(budget.rate(), MAX_CHILD_RATE);
-        slow_downs(&budget, 20);
+        for _ in 0..20 {
+            budget.slow_down();
+        }
         assert_eq!(budget.rate(), MIN_RATE);
         assert_eq!(budget.slow_downs(), 22);
     }
