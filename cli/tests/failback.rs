@@ -695,17 +695,6 @@ async fn a_dry_run_checks_everything_writes_the_plan_and_changes_nothing() {
     assert!(s.steps.iter().all(|r| r.dry_run));
 }
 
-/// The S3 client of `clients`, failing every CopyObject after the first `allowed`.
-fn failing_copies(clients: &drpilot_shared::AwsClients, allowed: u32) -> aws_sdk_s3::Client {
-    let conf = clients
-        .s3
-        .config()
-        .to_builder()
-        .interceptor(drpilot_testkit::FailAfter::new("CopyObject", allowed))
-        .build();
-    aws_sdk_s3::Client::from_conf(conf)
-}
-
 #[tokio::test]
 async fn a_failback_interrupted_mid_copy_and_run_again_ends_as_an_uninterrupted_one() {
     let aws = LocalAws::start().await;
@@ -725,7 +714,7 @@ async fn a_failback_interrupted_mid_copy_and_run_again_ends_as_an_uninterrupted_
     // The failback function in this process, its copies failing after the fifth.
     // (Replaced after `new`, which rebuilds its clients when the call ledger is on.)
     let mut function = failback::Failback::new(aws.clients.clone());
-    function.clients.s3 = failing_copies(&function.clients, 5);
+    function.clients.s3 = drpilot_testkit::FailAfter::s3(&function.clients.s3, "CopyObject", 5);
     function.tuning.concurrency = 1;
     let input = json!({"profile": PROFILE, "dr_run_id": "dr-5", "run_id": "failback-cut",
                        "confirm1": "FAILBACK", "confirm2": "CONFIRM-dr-5"});

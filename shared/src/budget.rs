@@ -315,6 +315,24 @@ pub struct Deletion {
     pub complete: bool,
 }
 
+/// Told of each page [`delete_prefix`] deletes: a caller's count of deletes that must
+/// survive a crash between a page's DeleteObjects and the caller's next write (teardown's
+/// journal) is written before the page goes.
+pub trait DeleteLog {
+    /// Before the DeleteObjects of `keys` (one listing page, in key order).
+    fn before_page(&mut self, keys: &[String]) -> impl Future<Output = Result<()>> + Send;
+    /// After it: `deleted` of the page's keys are gone.
+    fn after_page(&mut self, deleted: u64);
+}
+
+/// Deletes no caller counts beyond the [`Deletion`] a pass answers.
+impl DeleteLog for () {
+    async fn before_page(&mut self, _keys: &[String]) -> Result<()> {
+        Ok(())
+    }
+    fn after_page(&mut self, _deleted: u64) {}
+}
+
 /// Deletes every object under `prefix`, a listing page (1,000 keys) a request, paced by
 /// `budget` (one token a key). Keys S3 answers with a per-key error inside the 200 are
 /// sent again after a pause ([`KEY_RETRIES`] times; a `SlowDown` among them slows the
@@ -322,12 +340,13 @@ pub struct Deletion {
 /// throttles is sent again, slower, until `stop_at` (without one, [`KEY_RETRIES`] times). Past
 /// `stop_at` (checked before each page after the first, and while S3 throttles) the
 /// pass ends incomplete; another pass continues where it left off. Idempotent: an empty
-/// prefix deletes nothing.
+/// prefix deletes nothing. `log` hears of each page before and after it goes.
 pub async fn delete_prefix(
     s3: &aws_sdk_s3::Client,
     prefix: &S3Uri,
     budget: &RequestBudget,
     stop_at: Option<Instant>,
+    log: &mut impl DeleteLog,
 ) -> Result<Deletion> {
     let prefix = prefix.as_prefix();
     if prefix.key.is_empty() {
@@ -358,7 +377,9 @@ pub async fn delete_prefix(
                 complete: false,
             });
         }
+        log.before_page(&keys).await?;
         let (count, finished) = delete_keys(s3, &prefix, keys, budget, stop_at).await?;
+        log.after_page(count);
         deleted += count;
         if !finished {
             return Ok(Deletion {

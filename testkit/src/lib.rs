@@ -347,6 +347,16 @@ impl FailAfter {
             seen: std::sync::Arc::default(),
         }
     }
+
+    /// `s3` with every `operation` after its first `allowed` refused before it is sent.
+    pub fn s3(s3: &aws_sdk_s3::Client, operation: &'static str, allowed: u32) -> aws_sdk_s3::Client {
+        let conf = s3
+            .config()
+            .to_builder()
+            .interceptor(Self::new(operation, allowed))
+            .build();
+        aws_sdk_s3::Client::from_conf(conf)
+    }
 }
 
 impl aws_smithy_runtime_api::client::interceptors::Intercept for FailAfter {
@@ -704,6 +714,49 @@ impl LocalAws {
         serde_json::from_str(&body).expect("JSON")
     }
 
+    /// How many requests of `class` (`read`, `write`, `delete`) the S3 limits throttled,
+    /// over every prefix.
+    pub fn s3_throttled(&self, class: &str) -> u64 {
+        let stats = self.s3_limit_stats();
+        stats["prefixes"]
+            .as_array()
+            .expect("per-prefix S3 limit stats")
+            .iter()
+            .filter(|p| p["class"] == class)
+            .map(|p| p["throttled"].as_u64().expect("a throttled count"))
+            .sum()
+    }
+
+    /// What a run left in the target and evidence buckets, comparable with what another
+    /// run left: every object whose key or body names `run_id`, by key, with the run id
+    /// written `{run}` and, in JSON bodies, the clock's readings (fields named `*_at`,
+    /// `*_ms`, `*_time` or with `second` in them) taken out. Two runs that did the same work leave equal maps.
+    pub async fn left_by(&self, run_id: &str) -> std::collections::BTreeMap<String, String> {
+        let mut left = std::collections::BTreeMap::new();
+        for bucket in [TARGET_BUCKET, EVIDENCE_BUCKET] {
+            for key in self.keys(bucket, "").await {
+                let Some(body) = self.get_text(bucket, &key).await else {
+                    continue;
+                };
+                if !key.contains(run_id) && !body.contains(run_id) {
+                    continue;
+                }
+                let body = match serde_json::from_str::<serde_json::Value>(&body) {
+                    Ok(mut json) => {
+                        without_clock(&mut json);
+                        json.to_string()
+                    }
+                    Err(_) => body,
+                };
+                left.insert(
+                    format!("{bucket}/{}", key.replace(run_id, "{run}")),
+                    body.replace(run_id, "{run}"),
+                );
+            }
+        }
+        left
+    }
+
     /// How many requests the armed S3 faults have answered.
     pub fn s3_faults_answered(&self) -> usize {
         let (status, body) =
@@ -795,5 +848,45 @@ impl LocalAws {
         }
         keys.sort();
         keys
+    }
+}
+
+/// Fails naming each entry where two [`LocalAws::left_by`] maps differ, and how.
+pub fn assert_left_alike(
+    left: &std::collections::BTreeMap<String, String>,
+    expected: &std::collections::BTreeMap<String, String>,
+    context: &str,
+) {
+    let keys: std::collections::BTreeSet<&String> = left.keys().chain(expected.keys()).collect();
+    let differences: Vec<String> = keys
+        .into_iter()
+        .filter(|key| left.get(*key) != expected.get(*key))
+        .map(|key| {
+            format!(
+                "{key}:\n  left:     {}\n  expected: {}",
+                left.get(key).map_or("(absent)", String::as_str),
+                expected.get(key).map_or("(absent)", String::as_str)
+            )
+        })
+        .collect();
+    assert!(
+        differences.is_empty(),
+        "{context}: what the run left differs\n{}",
+        differences.join("\n")
+    );
+}
+
+/// `json` without the fields that read the clock (see [`LocalAws::left_by`]).
+fn without_clock(json: &mut serde_json::Value) {
+    match json {
+        serde_json::Value::Object(fields) => {
+            fields.retain(|name, _| {
+                !(name.contains("second")
+                    || ["_at", "_ms", "_time"].iter().any(|end| name.ends_with(end)))
+            });
+            fields.values_mut().for_each(without_clock);
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(without_clock),
+        _ => {}
     }
 }

@@ -712,14 +712,7 @@ async fn a_promotion_cut_after_its_nth_copy_and_run_again_ends_as_an_uncut_one()
         ctx.published_generation = generation;
         let records = audit_records(&aws).await.len();
         let mut cut = promoter(&aws);
-        let conf = cut
-            .clients
-            .s3
-            .config()
-            .to_builder()
-            .interceptor(drpilot_testkit::FailAfter::new("CopyObject", n))
-            .build();
-        cut.clients.s3 = aws_sdk_s3::Client::from_conf(conf);
+        cut.clients.s3 = drpilot_testkit::FailAfter::s3(&cut.clients.s3, "CopyObject", n);
         let err = cut
             .handle(request(&ctx, approval(&aws, &ctx).await))
             .await

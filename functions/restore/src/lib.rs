@@ -234,6 +234,7 @@ impl Restore {
                 &staging,
                 &RequestBudget::writes_for_run(None, false),
                 None,
+                &mut (),
             )
             .await?
             .deleted

@@ -898,14 +898,7 @@ async fn a_child_cut_after_its_nth_write_and_run_again_stages_what_an_uncut_one_
     for n in [1_u32, 2, 4] {
         let run_id = format!("run-cut-{n}");
         let mut cut = restorer(&aws);
-        let conf = cut
-            .clients
-            .s3
-            .config()
-            .to_builder()
-            .interceptor(drpilot_testkit::FailAfter::new("PutObject", n))
-            .build();
-        cut.clients.s3 = aws_sdk_s3::Client::from_conf(conf);
+        cut.clients.s3 = drpilot_testkit::FailAfter::s3(&cut.clients.s3, "PutObject", n);
         let err = cut.serve_step(child(&run_id)).await.unwrap_err();
         assert!(err.to_string().contains("injected fault"), "{err}");
         assert_eq!(staged(&aws, &run_id).await.len(), n as usize);

@@ -26,6 +26,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tracing::{info, warn};
 
+mod journal;
+use journal::Journal;
+
 /// The shortest wait between two cleanup passes, whatever a component's `poll_seconds`:
 /// each pass adds 9 events to the execution's history (25,000 at most), and a resource
 /// gets [`drpilot_shared::restored::DELETE_PATIENCE_SECONDS`] to go away, so passes stay
@@ -419,10 +422,17 @@ impl Teardown {
             (Staging::Untouched, released)
         } else if known.input.teardown {
             let earlier = request.cleanup.unwrap_or_default();
+            let journal_uri = store.run_dir(&known.run_id)?.join("teardown.journal.json")?;
+            let mut journal = Journal::open(&self.clients.s3, journal_uri, &staging_uri).await?;
             let pass = self
-                .empty_staging(&staging_uri, fenced, request.cleanup.is_none())
+                .empty_staging(
+                    &staging_uri,
+                    fenced,
+                    request.cleanup.is_none(),
+                    &mut journal,
+                )
                 .await?;
-            let deleted = earlier.staging_deleted + pass.deleted;
+            let deleted = journal.deleted();
             if !pass.complete {
                 let idle_passes = if pass.deleted == 0 {
                     earlier.idle_passes + 1
@@ -456,7 +466,7 @@ impl Teardown {
             }
             (
                 Staging::Deleted(deleted),
-                Some(lock.release(&known.run_id).await?),
+                Some(release_lock(&lock, &known.run_id, &mut journal).await?),
             )
         } else {
             info!(run_id = %known.run_id, staging = %staging_uri, "holding the staging and the lock for the run's next execution");
@@ -522,18 +532,19 @@ impl Teardown {
         staging: &S3Uri,
         fenced: bool,
         first_pass: bool,
+        journal: &mut Journal,
     ) -> Result<Deletion> {
         let budget = RequestBudget::writes_for_run(None, false);
         let stop_at = drpilot_shared::deadline::work_until();
         if !fenced {
-            return delete_prefix(&self.clients.s3, staging, &budget, stop_at).await;
+            return delete_prefix(&self.clients.s3, staging, &budget, stop_at, journal).await;
         }
         if first_pass {
             tokio::time::sleep(fence::GRACE).await;
         }
         let mut deleted = 0;
         for _ in 0..FENCED_DELETE_PASSES {
-            let pass = delete_prefix(&self.clients.s3, staging, &budget, stop_at).await?;
+            let pass = delete_prefix(&self.clients.s3, staging, &budget, stop_at, journal).await?;
             deleted += pass.deleted;
             if !pass.complete || pass.deleted == 0 {
                 return Ok(Deletion {
@@ -656,6 +667,19 @@ enum Cleanup {
     Finished(Cleaned),
     /// The staging is not empty yet: another pass goes on from here.
     Unfinished(CleanupProgress),
+}
+
+/// Releases the run's lock, writing down first that the run held it: a teardown run
+/// again after the lock went reports it released, as the first attempt would have.
+async fn release_lock(lock: &RunLock, run_id: &str, journal: &mut Journal) -> Result<Released> {
+    let held = lock.read().await?.is_some_and(|(record, _)| record.run_id == run_id);
+    if held {
+        journal.releasing_lock().await?;
+    }
+    match lock.release(run_id).await? {
+        Released::NotHeld if journal.lock_released_before() => Ok(Released::Released),
+        released => Ok(released),
+    }
 }
 
 /// What became of the run's staging.

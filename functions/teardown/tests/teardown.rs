@@ -297,7 +297,8 @@ async fn after_a_failed_restore_it_records_the_failure_and_releases_the_lock() {
     // Twice in a row: same end state, metrics not published again.
     let again = teardown(&aws).handle(request).await.unwrap();
     assert_eq!(again.status, out.status);
-    assert_eq!(again.lock, "not held");
+    // The journal remembers the first attempt released the run's lock.
+    assert_eq!(again.lock, "released");
     let summary2 = aws
         .receipts()
         .get_summary("run-fail")
@@ -557,4 +558,61 @@ async fn a_staging_past_the_last_pass_the_history_holds_fails_naming_it() {
         "{err}"
     );
     assert_eq!(staging_keys(&aws, "run-cap").await.len(), 5);
+}
+
+/// A teardown cut off after its N-th write of each kind (a receipt or summary, the
+/// staging's deletes, the lock's release) and run again — as the state machine's Retry
+/// does — leaves the run exactly as an uncut teardown does.
+#[tokio::test]
+async fn a_teardown_cut_after_its_nth_write_and_run_again_ends_as_an_uncut_one() {
+    let aws = LocalAws::start().await;
+    aws.standard_setup().await;
+    publish_backup(&aws, "b-1", false).await;
+    // A validated drill that stopped before promotion: teardown cleans up after it.
+    let validated = |run_id: &'static str| {
+        let aws = &aws;
+        async move {
+            let run = start_run(aws, run_id, json!({"stop_after": "validate"})).await;
+            run_restore(aws, &run).await.unwrap();
+            succeed(aws, run_id, Phase::Validate, json!({})).await;
+            TeardownRequest {
+                run: Some(run),
+                ..Default::default()
+            }
+        }
+    };
+    let request = validated("run-whole").await;
+    let out = teardown(&aws).handle(request).await.unwrap();
+    assert_eq!(out.status, RunStatus::Succeeded, "{out:?}");
+    let whole = aws.left_by("run-whole").await;
+    assert!(
+        whole.keys().any(|k| k.ends_with(".summary.json")),
+        "{whole:?}"
+    );
+
+    let cuts = [
+        ("run-cut-a", "PutObject", 0),
+        ("run-cut-b", "PutObject", 1),
+        ("run-cut-c", "PutObject", 2),
+        ("run-cut-d", "DeleteObjects", 0),
+        ("run-cut-e", "DeleteObject", 0),
+    ];
+    for (run_id, operation, n) in cuts {
+        let request = validated(run_id).await;
+        let mut cut = teardown(&aws);
+        cut.clients.s3 = drpilot_testkit::FailAfter::s3(&cut.clients.s3, operation, n);
+        let err = cut.handle(request.clone()).await.unwrap_err();
+        assert!(
+            err.to_string().contains("injected fault"),
+            "{operation} after {n}: {err}"
+        );
+        let out = teardown(&aws).handle(request).await.unwrap();
+        assert_eq!(out.status, RunStatus::Succeeded, "{operation} after {n}: {out:?}");
+        assert!(staging_keys(&aws, run_id).await.is_empty());
+        drpilot_testkit::assert_left_alike(
+            &aws.left_by(run_id).await,
+            &whole,
+            &format!("cut after {operation} number {n}"),
+        );
+    }
 }
