@@ -34,9 +34,9 @@ pub struct BringupDetails {
     pub backup_id: String,
     pub backup_created_at: DateTime<Utc>,
     pub lock: S3Uri,
-    /// How the lock was taken: `Fresh`, `AlreadyOwned` (a retried bringup) or
-    /// `TakenOver` with the expired record it replaced; a dry run takes none and says who
-    /// holds it.
+    /// How the lock was taken: `Fresh`, `AlreadyOwned` (held from an earlier execution
+    /// of the run) or `TakenOver` with the expired record it replaced; a retried bringup
+    /// answers as its first attempt did. A dry run takes none and says who holds it.
     pub lock_acquired: String,
     pub rpo_seconds_at_kickoff: f64,
 }

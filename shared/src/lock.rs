@@ -20,6 +20,10 @@ pub struct LockRecord {
     pub execution_arn: Option<String>,
     pub acquired_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
+    /// The expired lock this run took over, when it did: a retried bringup of the same
+    /// execution answers what its first attempt did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub took_over: Option<Box<LockRecord>>,
 }
 
 impl LockRecord {
@@ -33,8 +37,9 @@ impl LockRecord {
 pub enum Acquired {
     /// The lock was free.
     Fresh,
-    /// This run already held it (a retried bringup, or a later execution of the run);
-    /// its expiry was renewed.
+    /// This run already held it from an earlier execution; its expiry was renewed. (A
+    /// retried attempt of the execution that took it answers as that first attempt
+    /// did: `Fresh` or `TakenOver`.)
     AlreadyOwned,
     /// Another run's lock had expired and was taken over.
     TakenOver { previous: LockRecord },
@@ -86,6 +91,7 @@ impl RunLock {
                 execution_arn: execution_arn.map(str::to_owned),
                 acquired_at: now,
                 expires_at: now + ttl,
+                took_over: None,
             };
             match self.put(&record, Precondition::Absent).await? {
                 Conditional::Written => {
@@ -100,11 +106,21 @@ impl RunLock {
             if current.run_id == run_id {
                 // A retried bringup, or a later execution continuing the run: the lock
                 // is the run's; its expiry starts again from now, for this execution.
+                let same_execution =
+                    execution_arn.is_some() && current.execution_arn.as_deref() == execution_arn;
                 let renewed = LockRecord {
                     acquired_at: current.acquired_at,
+                    took_over: current.took_over.clone(),
                     ..record
                 };
                 match self.put(&renewed, Precondition::Matches(&etag)).await? {
+                    Conditional::Written if same_execution => {
+                        info!(run_id, lock = %self.uri, expires_at = %renewed.expires_at, "run lock taken by an earlier attempt of this execution: renewed");
+                        return Ok(match current.took_over {
+                            Some(previous) => Acquired::TakenOver { previous: *previous },
+                            None => Acquired::Fresh,
+                        });
+                    }
                     Conditional::Written => {
                         info!(run_id, lock = %self.uri, expires_at = %renewed.expires_at, "run lock already held by this run: renewed");
                         return Ok(Acquired::AlreadyOwned);
@@ -124,16 +140,24 @@ impl RunLock {
                     ),
                 ));
             }
+            let previous = LockRecord {
+                took_over: None,
+                ..current
+            };
+            let record = LockRecord {
+                took_over: Some(Box::new(previous.clone())),
+                ..record
+            };
             match self.put(&record, Precondition::Matches(&etag)).await? {
                 Conditional::Written => {
                     warn!(
                         run_id,
                         lock = %self.uri,
-                        stale_owner = %current.run_id,
-                        stale_since = %current.expires_at,
+                        stale_owner = %previous.run_id,
+                        stale_since = %previous.expires_at,
                         "took over an expired run lock"
                     );
-                    return Ok(Acquired::TakenOver { previous: current });
+                    return Ok(Acquired::TakenOver { previous });
                 }
                 Conditional::ConditionFailed => continue, // someone else took it over first
             }

@@ -46,6 +46,13 @@ async fn the_owner_reacquiring_renews_it_for_the_new_execution() {
         .await
         .unwrap();
     let (before, _) = lock.read().await.unwrap().unwrap();
+    // A retried attempt of the execution that took it answers as the first did.
+    assert_eq!(
+        lock.acquire("run-a", Some("exec-1"), Duration::minutes(5))
+            .await
+            .unwrap(),
+        Acquired::Fresh
+    );
     assert_eq!(
         lock.acquire("run-a", Some("exec-2"), Duration::hours(1))
             .await
@@ -105,15 +112,22 @@ async fn an_expired_lock_is_taken_over() {
     lock.acquire("run-old", None, Duration::seconds(-1))
         .await
         .unwrap();
-    match lock
-        .acquire("run-new", None, Duration::hours(1))
+    let took = lock
+        .acquire("run-new", Some("exec-new"), Duration::hours(1))
         .await
-        .unwrap()
-    {
+        .unwrap();
+    match &took {
         Acquired::TakenOver { previous } => assert_eq!(previous.run_id, "run-old"),
         other => panic!("expected a takeover, got {other:?}"),
     }
     assert_eq!(lock.read().await.unwrap().unwrap().0.run_id, "run-new");
+    // A retried attempt of the execution answers as its first attempt did.
+    assert_eq!(
+        lock.acquire("run-new", Some("exec-new"), Duration::hours(1))
+            .await
+            .unwrap(),
+        took
+    );
     // The old owner can no longer release it.
     assert!(matches!(
         lock.release("run-old").await.unwrap(),

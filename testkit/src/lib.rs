@@ -877,7 +877,7 @@ pub fn assert_left_alike(
 }
 
 /// `json` without the fields that read the clock (see [`LocalAws::left_by`]).
-fn without_clock(json: &mut serde_json::Value) {
+pub fn without_clock(json: &mut serde_json::Value) {
     match json {
         serde_json::Value::Object(fields) => {
             fields.retain(|name, _| {

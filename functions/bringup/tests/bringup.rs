@@ -347,3 +347,59 @@ async fn the_input_cannot_reach_past_the_profile() {
         .await
         .is_empty());
 }
+
+/// A bringup cut off after its N-th write (the lock, the run record, the plan, the
+/// receipt) and run again — as the state machine's Retry does — hands on the same run and
+/// leaves what an uncut bringup leaves.
+#[tokio::test]
+async fn a_bringup_cut_after_its_nth_write_and_run_again_ends_as_an_uncut_one() {
+    let aws = LocalAws::start().await;
+    aws.standard_setup().await;
+    publish_backup(&aws, "b-1", "2026-10-01T00:00:00Z").await;
+    let input = json!({"mode": "drill", "profile": PROFILE});
+    // The run context as JSON, with its run id (the execution's name) written `{run}`
+    // and without the clock's readings.
+    let handed_on = |run: &drpilot_shared::run::RunContext| {
+        let mut json = serde_json::to_value(run).unwrap();
+        drpilot_testkit::without_clock(&mut json);
+        json.to_string().replace(&run.run_id, "{run}")
+    };
+    let free_the_lock = || async {
+        aws.s3()
+            .delete_object()
+            .bucket(TARGET_BUCKET)
+            .key("locks/drill.lock")
+            .send()
+            .await
+            .unwrap();
+    };
+    let whole = bringup(&aws)
+        .handle(request(input.clone(), "exec-whole"), LOCAL_ARN)
+        .await
+        .unwrap();
+    let whole = (handed_on(&whole), aws.left_by("exec-whole").await);
+    assert!(whole.1.len() >= 3, "{:?}", whole.1);
+    free_the_lock().await;
+
+    for n in 0..4 {
+        let name = format!("exec-cut-{n}");
+        let mut cut = bringup(&aws);
+        cut.clients.s3 = drpilot_testkit::FailAfter::s3(&cut.clients.s3, "PutObject", n);
+        let err = cut
+            .handle(request(input.clone(), &name), LOCAL_ARN)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("injected fault"), "after {n}: {err}");
+        let run = bringup(&aws)
+            .handle(request(input.clone(), &name), LOCAL_ARN)
+            .await
+            .unwrap();
+        assert_eq!(handed_on(&run), whole.0, "cut after write {n}");
+        drpilot_testkit::assert_left_alike(
+            &aws.left_by(&name).await,
+            &whole.1,
+            &format!("cut after write {n}"),
+        );
+        free_the_lock().await;
+    }
+}
