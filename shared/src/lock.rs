@@ -117,7 +117,9 @@ impl RunLock {
                     Conditional::Written if same_execution => {
                         info!(run_id, lock = %self.uri, expires_at = %renewed.expires_at, "run lock taken by an earlier attempt of this execution: renewed");
                         return Ok(match current.took_over {
-                            Some(previous) => Acquired::TakenOver { previous: *previous },
+                            Some(previous) => Acquired::TakenOver {
+                                previous: *previous,
+                            },
                             None => Acquired::Fresh,
                         });
                     }

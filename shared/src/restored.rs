@@ -20,6 +20,9 @@ pub const RUN_TAG: &str = "drpilot:run-id";
 pub const PROFILE_TAG: &str = "drpilot:profile";
 pub const COMPONENT_TAG: &str = "drpilot:component";
 pub const SNAPSHOT_TAG: &str = "drpilot:snapshot";
+/// The execution (its name) that restored a run-named instance: a retried start of that
+/// execution finds its own restore, not an earlier execution's to reuse.
+pub const EXECUTION_TAG: &str = "drpilot:execution";
 
 /// Whose restore a run-named instance is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -349,7 +349,11 @@ impl FailAfter {
     }
 
     /// `s3` with every `operation` after its first `allowed` refused before it is sent.
-    pub fn s3(s3: &aws_sdk_s3::Client, operation: &'static str, allowed: u32) -> aws_sdk_s3::Client {
+    pub fn s3(
+        s3: &aws_sdk_s3::Client,
+        operation: &'static str,
+        allowed: u32,
+    ) -> aws_sdk_s3::Client {
         let conf = s3
             .config()
             .to_builder()
@@ -729,8 +733,8 @@ impl LocalAws {
 
     /// What a run left in the target and evidence buckets, comparable with what another
     /// run left: every object whose key or body names `run_id`, by key, with the run id
-    /// written `{run}` and, in JSON bodies, the clock's readings (fields named `*_at`,
-    /// `*_ms`, `*_time` or with `second` in them) taken out. Two runs that did the same work leave equal maps.
+    /// written `{run}` and, in JSON bodies, the clock's readings (instants, and fields
+    /// named `*_at`, `*_ms`, `*_time` or with `second` in them) taken out. Two runs that did the same work leave equal maps.
     pub async fn left_by(&self, run_id: &str) -> std::collections::BTreeMap<String, String> {
         let mut left = std::collections::BTreeMap::new();
         for bucket in [TARGET_BUCKET, EVIDENCE_BUCKET] {
@@ -880,9 +884,15 @@ pub fn assert_left_alike(
 pub fn without_clock(json: &mut serde_json::Value) {
     match json {
         serde_json::Value::Object(fields) => {
-            fields.retain(|name, _| {
-                !(name.contains("second")
-                    || ["_at", "_ms", "_time"].iter().any(|end| name.ends_with(end)))
+            fields.retain(|name, value| {
+                let instant = value
+                    .as_str()
+                    .is_some_and(|text| chrono::DateTime::parse_from_rfc3339(text).is_ok());
+                !(instant
+                    || name.contains("second")
+                    || ["_at", "_ms", "_time"]
+                        .iter()
+                        .any(|end| name.ends_with(end)))
             });
             fields.values_mut().for_each(without_clock);
         }

@@ -389,7 +389,10 @@ async fn a_bringup_cut_after_its_nth_write_and_run_again_ends_as_an_uncut_one() 
             .handle(request(input.clone(), &name), LOCAL_ARN)
             .await
             .unwrap_err();
-        assert!(err.to_string().contains("injected fault"), "after {n}: {err}");
+        assert!(
+            err.to_string().contains("injected fault"),
+            "after {n}: {err}"
+        );
         let run = bringup(&aws)
             .handle(request(input.clone(), &name), LOCAL_ARN)
             .await

@@ -599,3 +599,70 @@ async fn a_later_execution_of_a_held_run_reuses_its_restore_and_its_snapshot() {
     assert_eq!(again.rpo_seconds, restored.rpo_seconds);
     assert_eq!(aws.db_instances().await.len(), 2);
 }
+
+/// A component's start cut off after its N-th write (its receipt, the restore it asks RDS
+/// for) and run again — as the state machine's Retry does — restores once and ends as an
+/// uncut one.
+#[tokio::test]
+async fn a_start_cut_after_its_nth_write_and_run_again_ends_as_an_uncut_one() {
+    let aws = LocalAws::start().await;
+    aws.seed_database(SOURCE_DB, true).await;
+    with_profile(
+        &aws,
+        json!([{"name": "orders", "kind": "rds_snapshot", "db_instance_identifier": SOURCE_DB, "rto_target_seconds": 600, "rpo_target_seconds": 3600, "poll_seconds": 1}]),
+    )
+    .await;
+    let function = Components::new(aws.clients.clone());
+    let whole = run("rds-whole");
+    assert_eq!(
+        drive(&function, &whole, "orders", 5).await.status,
+        ComponentStatus::Verified
+    );
+    let whole = aws.left_by("rds-whole").await;
+    assert!(
+        whole.keys().any(|k| k.ends_with("components/orders.json")),
+        "{whole:?}"
+    );
+    let cuts = [
+        ("rds-cut-a", "PutObject", 0),
+        ("rds-cut-b", "PutObject", 1),
+        ("rds-cut-c", "RestoreDBInstanceFromDBSnapshot", 0),
+    ];
+    for (run_id, operation, n) in cuts {
+        let mut cut = Components::new(aws.clients.clone());
+        if operation == "PutObject" {
+            cut.clients.s3 = drpilot_testkit::FailAfter::s3(&cut.clients.s3, operation, n);
+        } else {
+            let conf = cut
+                .kinds
+                .rds
+                .config()
+                .to_builder()
+                .interceptor(drpilot_testkit::FailAfter::new(operation, n))
+                .build();
+            cut.kinds.rds = aws_sdk_rds::Client::from_conf(conf);
+        }
+        let run = run(run_id);
+        let err = cut
+            .handle(ComponentsRequest::Start {
+                run: run.clone(),
+                component: "orders".into(),
+                retry_count: 0,
+            })
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("injected fault"),
+            "{operation} after {n}: {err}"
+        );
+        let done = drive(&function, &run, "orders", 5).await;
+        assert_eq!(done.status, ComponentStatus::Verified, "{done:?}");
+        drpilot_testkit::assert_left_alike(
+            &aws.left_by(run_id).await,
+            &whole,
+            &format!("cut after {operation} number {n}"),
+        );
+    }
+    // One restored instance per run, none twice.
+    assert_eq!(aws.db_instances().await.len(), 1 + 4);
+}

@@ -310,3 +310,76 @@ async fn a_standalone_request_writes_a_report_and_the_metric() {
     let bad = ParityRequest::from_json(json!({"left": "s3://x/y"})).unwrap_err();
     assert_eq!(bad.kind, drpilot_shared::ErrorKind::InputError);
 }
+
+/// A run's parity report cut off after its N-th write (its differences log, its report,
+/// its receipt) and run again — as the state machine's Retry does — leaves what an uncut
+/// one leaves.
+#[tokio::test]
+async fn a_report_cut_after_its_nth_write_and_run_again_ends_as_an_uncut_one() {
+    let aws = LocalAws::start().await;
+    aws.standard_setup().await;
+    aws.put_many(
+        TARGET_BUCKET,
+        vec![
+            ("root/same".into(), "1".into()),
+            ("root/changed".into(), "old".into()),
+            ("root/only-in-root".into(), "x".into()),
+        ],
+    )
+    .await;
+    let staged = |run_id: &'static str| {
+        let aws = &aws;
+        async move {
+            aws.put_many(
+                TARGET_BUCKET,
+                vec![
+                    (format!("_staging/{run_id}/same"), "1".into()),
+                    (format!("_staging/{run_id}/changed"), "new!".into()),
+                    (format!("_staging/{run_id}/only-staged"), "y".into()),
+                ],
+            )
+            .await;
+            // The phases before it succeeded.
+            for phase in [
+                drpilot_shared::Phase::Restore,
+                drpilot_shared::Phase::Validate,
+            ] {
+                let receipt = drpilot_shared::receipt::PhaseClock::start(run_id, phase, 1).finish(
+                    drpilot_shared::receipt::PhaseStatus::Success,
+                    None,
+                    json!({}),
+                );
+                aws.receipts().put_phase(&receipt).await.unwrap();
+            }
+            ParityRequest::Run(Box::new(drpilot_testkit::phase_request(run_id, "b1")))
+        }
+    };
+    let out = reporter(&aws)
+        .handle(staged("run-whole").await)
+        .await
+        .unwrap();
+    assert_eq!(out["status"], "success", "{out}");
+    let whole = aws.left_by("run-whole").await;
+    assert!(
+        whole
+            .keys()
+            .any(|k| k.ends_with("parity/differences.jsonl")),
+        "{whole:?}"
+    );
+    for (run_id, n) in [("run-cut-a", 0), ("run-cut-b", 1), ("run-cut-c", 2)] {
+        let request = staged(run_id).await;
+        let mut cut = reporter(&aws);
+        cut.clients.s3 = drpilot_testkit::FailAfter::s3(&cut.clients.s3, "PutObject", n);
+        let err = cut.handle(request).await.unwrap_err();
+        assert!(
+            err.to_string().contains("injected fault"),
+            "after {n}: {err}"
+        );
+        reporter(&aws).handle(staged(run_id).await).await.unwrap();
+        drpilot_testkit::assert_left_alike(
+            &aws.left_by(run_id).await,
+            &whole,
+            &format!("cut after write {n}"),
+        );
+    }
+}

@@ -422,7 +422,9 @@ impl Teardown {
             (Staging::Untouched, released)
         } else if known.input.teardown {
             let earlier = request.cleanup.unwrap_or_default();
-            let journal_uri = store.run_dir(&known.run_id)?.join("teardown.journal.json")?;
+            let journal_uri = store
+                .run_dir(&known.run_id)?
+                .join("teardown.journal.json")?;
             let mut journal = Journal::open(&self.clients.s3, journal_uri, &staging_uri).await?;
             let pass = self
                 .empty_staging(
@@ -672,7 +674,10 @@ enum Cleanup {
 /// Releases the run's lock, writing down first that the run held it: a teardown run
 /// again after the lock went reports it released, as the first attempt would have.
 async fn release_lock(lock: &RunLock, run_id: &str, journal: &mut Journal) -> Result<Released> {
-    let held = lock.read().await?.is_some_and(|(record, _)| record.run_id == run_id);
+    let held = lock
+        .read()
+        .await?
+        .is_some_and(|(record, _)| record.run_id == run_id);
     if held {
         journal.releasing_lock().await?;
     }

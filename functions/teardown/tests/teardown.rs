@@ -607,7 +607,11 @@ async fn a_teardown_cut_after_its_nth_write_and_run_again_ends_as_an_uncut_one()
             "{operation} after {n}: {err}"
         );
         let out = teardown(&aws).handle(request).await.unwrap();
-        assert_eq!(out.status, RunStatus::Succeeded, "{operation} after {n}: {out:?}");
+        assert_eq!(
+            out.status,
+            RunStatus::Succeeded,
+            "{operation} after {n}: {out:?}"
+        );
         assert!(staging_keys(&aws, run_id).await.is_empty());
         drpilot_testkit::assert_left_alike(
             &aws.left_by(run_id).await,

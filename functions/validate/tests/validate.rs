@@ -395,5 +395,65 @@ async fn hash_lookups_keep_to_the_read_rate_s3_allows() {
     assert_eq!(out.status, PhaseStatus::Success, "{out:?}");
     assert_eq!(out.details["tally"]["verified"], PACED_OBJECTS);
     let throttled = aws.s3_throttled("read");
-    assert!(throttled > 0, "S3 never throttled: {}", aws.s3_limit_stats());
+    assert!(
+        throttled > 0,
+        "S3 never throttled: {}",
+        aws.s3_limit_stats()
+    );
+}
+
+/// A validation cut off after its N-th write (its differences log, its receipt) and run
+/// again — as the state machine's Retry does — leaves what an uncut one leaves.
+#[tokio::test]
+async fn a_validation_cut_after_its_nth_write_and_run_again_ends_as_an_uncut_one() {
+    let aws = LocalAws::start().await;
+    aws.standard_setup().await;
+    let tmp = TempDir::new("validate-cut");
+    // Each run's staging misses one object: the differences log has a line.
+    let damaged = |run_id: &'static str| {
+        let (aws, tmp) = (&aws, &tmp);
+        async move {
+            restored(aws, tmp, "b1", run_id).await;
+            aws.s3()
+                .delete_object()
+                .bucket(TARGET_BUCKET)
+                .key(format!("_staging/{run_id}/top.txt"))
+                .send()
+                .await
+                .unwrap();
+        }
+    };
+    damaged("run-whole").await;
+    let err = validator(&aws)
+        .handle(phase_request("run-whole", "b1"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind, ErrorKind::IntegrityError, "{err}");
+    let whole = aws.left_by("run-whole").await;
+    assert!(
+        whole
+            .keys()
+            .any(|k| k.ends_with("validate/differences.jsonl")),
+        "{whole:?}"
+    );
+    for (run_id, n) in [("run-cut-a", 0), ("run-cut-b", 1)] {
+        damaged(run_id).await;
+        let mut cut = validator(&aws);
+        cut.clients.s3 = drpilot_testkit::FailAfter::s3(&cut.clients.s3, "PutObject", n);
+        let err = cut.handle(phase_request(run_id, "b1")).await.unwrap_err();
+        assert!(
+            err.to_string().contains("injected fault"),
+            "after {n}: {err}"
+        );
+        let again = validator(&aws)
+            .handle(phase_request(run_id, "b1"))
+            .await
+            .unwrap_err();
+        assert_eq!(again.kind, ErrorKind::IntegrityError, "{again}");
+        drpilot_testkit::assert_left_alike(
+            &aws.left_by(run_id).await,
+            &whole,
+            &format!("cut after write {n}"),
+        );
+    }
 }

@@ -7,7 +7,7 @@ use aws_sdk_rds::types::{DbSnapshot, Tag};
 use drpilot_shared::component::{
     restored_identifier, ComponentReceipt, RdsSnapshot, RestoredResource,
 };
-use drpilot_shared::restored::{rds_instance, tag, SNAPSHOT_TAG};
+use drpilot_shared::restored::{rds_instance, tag, EXECUTION_TAG, SNAPSHOT_TAG};
 use drpilot_shared::{Error, Result};
 use serde_json::json;
 
@@ -108,13 +108,18 @@ impl Kind for RdsSnapshot {
     async fn start(&self, cx: &Cx<'_>, receipt: &mut ComponentReceipt) -> Result<Progress> {
         let target = self.target(cx)?;
         // An earlier execution of this run may have restored it already (a held run): the
-        // instance says which snapshot it came from, and is reused.
+        // instance says which snapshot it came from, and is reused. One this execution
+        // restored (a retried start) is carried on with, as its first attempt did.
         let existing = rds_instance(&cx.clients.rds, &target).await?;
-        let earlier = existing
-            .as_ref()
-            .filter(|i| cx.owner().owns(i))
-            .and_then(|i| tag(i, SNAPSHOT_TAG))
-            .map(str::to_owned);
+        let ours = existing.as_ref().filter(|i| cx.owner().owns(i));
+        let earlier = ours.and_then(|i| tag(i, SNAPSHOT_TAG)).map(str::to_owned);
+        let execution = cx
+            .run
+            .execution_arn
+            .as_deref()
+            .and_then(|arn| arn.rsplit(':').next());
+        let reused = earlier.is_some()
+            && (execution.is_none() || ours.and_then(|i| tag(i, EXECUTION_TAG)) != execution);
         let snapshot = match &earlier {
             Some(id) => self.snapshot(cx, id).await?,
             None => self.newest_snapshot(cx).await?,
@@ -129,11 +134,13 @@ impl Kind for RdsSnapshot {
             "snapshot": snapshot_id,
             "snapshot_created_at": taken_at,
             "restored_instance": target,
-            "reused": earlier.is_some(),
+            "reused": reused,
         });
         receipt.state = json!({"snapshot_created_at": taken_at});
         if existing.is_none() {
             let snapshot_tag = Tag::builder().key(SNAPSHOT_TAG).value(&snapshot_id).build();
+            let execution_tag =
+                execution.map(|name| Tag::builder().key(EXECUTION_TAG).value(name).build());
             let restored = cx
                 .clients
                 .rds
@@ -148,8 +155,14 @@ impl Kind for RdsSnapshot {
                 )
                 // A drill's copy must be deletable by teardown, whatever the source says.
                 .deletion_protection(false)
-                .set_tags(Some(cx.owner().tags(cx.name())))
-                .tags(snapshot_tag)
+                .set_tags(Some(
+                    cx.owner()
+                        .tags(cx.name())
+                        .into_iter()
+                        .chain([snapshot_tag])
+                        .chain(execution_tag)
+                        .collect(),
+                ))
                 .send()
                 .await;
             match restored {
