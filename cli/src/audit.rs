@@ -8,9 +8,10 @@
 use chrono::{DateTime, Utc};
 use drpilot_shared::details::{ParityDetails, PromoteDetails, RestoreDetails, ValidateDetails};
 use drpilot_shared::input::{Mode, Phase, Trigger};
-use drpilot_shared::receipt::{
-    utc, Objective, PhaseReceipt, PhaseStatus, ReceiptStore, RunStatus, RunSummary,
-};
+use drpilot_shared::receipt::{PhaseReceipt, PhaseStatus, RunStatus};
+use drpilot_shared::store::ReceiptStore;
+use drpilot_shared::summary::RunSummary;
+use drpilot_shared::time::{utc, Objective};
 use drpilot_shared::S3Uri;
 use serde::Serialize;
 use serde_json::Value;

@@ -5,10 +5,11 @@
 use aws_sdk_sfn::types::{ExecutionStatus, HistoryEvent};
 use chrono::{DateTime, Utc};
 use drpilot_shared::approval::{WaitingApproval, WAIT_FOR_TOKEN};
-use drpilot_shared::input::{Phase, Stage};
+use drpilot_shared::input::Phase;
 use drpilot_shared::receipt::PhaseStatus;
-use drpilot_shared::receipt::{seconds, utc as time};
 use drpilot_shared::run::{PhaseOutput, RunContext, TeardownOutput};
+use drpilot_shared::stage::Stage;
+use drpilot_shared::time::{seconds, utc as time};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -140,7 +141,7 @@ impl Progress {
             Some(run) => run.run_id.clone(),
             None => {
                 let name = self.execution_arn.rsplit(':').next().unwrap_or_default();
-                drpilot_shared::resume::ExecutionName::parse(name).run_id
+                drpilot_shared::record::ExecutionName::parse(name).run_id
             }
         }
     }

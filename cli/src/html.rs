@@ -2,7 +2,9 @@
 //! external assets) with the phase timeline, RTO/RPO against targets, parity and approval.
 
 use drpilot_shared::failback::FailbackSummary;
-use drpilot_shared::receipt::{Objective, PhaseReceipt, PhaseStatus, RunStatus, RunSummary};
+use drpilot_shared::receipt::{PhaseReceipt, PhaseStatus, RunStatus};
+use drpilot_shared::summary::RunSummary;
+use drpilot_shared::time::Objective;
 
 use crate::audit::AuditReport;
 use crate::CliError;
@@ -547,7 +549,8 @@ fn page(
 mod tests {
     use super::*;
     use drpilot_shared::input::{Mode, Phase};
-    use drpilot_shared::receipt::{Failure, PhaseOutcome};
+    use drpilot_shared::receipt::Failure;
+    use drpilot_shared::summary::PhaseOutcome;
 
     fn summary() -> RunSummary {
         let kickoff = "2026-01-01T00:00:00Z".parse().unwrap();
@@ -623,7 +626,7 @@ mod tests {
     #[test]
     fn a_run_of_several_executions_lists_them() {
         use drpilot_shared::input::{RunInput, Trigger};
-        use drpilot_shared::resume::{ExecutionEntry, ExecutionOutcome};
+        use drpilot_shared::record::{ExecutionEntry, ExecutionOutcome};
         let mut s = summary();
         let entry = |name: &str, start_at: Phase, failure: Option<Failure>| {
             let mut input = RunInput::drill("payments");

@@ -15,7 +15,7 @@ pub mod output;
 pub mod zipfile;
 
 use aws_config::BehaviorVersion;
-use drpilot_shared::resume::ExecutionName;
+use drpilot_shared::record::ExecutionName;
 use drpilot_shared::AwsClients;
 
 use crate::history::ExecutionState;

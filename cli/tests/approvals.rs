@@ -133,7 +133,7 @@ async fn start_raw_and_follow(
         .send()
         .await
         .unwrap();
-    let run_id = drpilot_shared::resume::ExecutionName::parse(name).run_id;
+    let run_id = drpilot_shared::record::ExecutionName::parse(name).run_id;
     follow(ctx, started.execution_arn(), &run_id, None)
         .await
         .unwrap()

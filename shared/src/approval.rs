@@ -22,7 +22,6 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::run::Approval;
 
 /// The environment variable naming the HMAC key (an alias or key ARN) on the approve,
 /// promote and failback functions.
@@ -457,6 +456,31 @@ pub fn waiting(events: &[HistoryEvent]) -> Option<WaitingApproval> {
         w.answered = answered;
         w
     })
+}
+
+/// An operator's approval, as `drpilot approve` sends it through the task token: what
+/// promote receives, and each of a failback's two confirmations.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Approval {
+    pub approver: String,
+    pub ticket: String,
+    #[serde(default)]
+    pub approved_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub comment: Option<String>,
+    /// The IAM principal the approver proved by a signed `sts:GetCallerIdentity` the
+    /// approve function executed ([`crate::identity`]); never read from the event.
+    #[serde(default)]
+    pub principal: Option<String>,
+    /// The principal is STS's answer, not the caller's word (false only in records written
+    /// before identities were proven).
+    #[serde(default)]
+    pub verified: bool,
+    /// The approve function's KMS HMAC over the decision (below); promote
+    /// refuses an approval without a valid one.
+    #[serde(default)]
+    pub seal: Option<Seal>,
 }
 
 #[cfg(test)]

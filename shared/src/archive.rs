@@ -7,11 +7,18 @@
 use std::collections::HashSet;
 use std::io::{self, Read};
 
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::backup::Artifact;
 use crate::error::{Error, Result};
 use crate::s3uri::RelativeKey;
+
+/// An archive as the backup metadata names it: its SHA-256 and size.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Artifact {
+    pub sha256: String,
+    pub size: u64,
+}
 
 /// Size of the buffer entries are read in.
 pub const CHUNK: usize = 1 << 20;
@@ -239,4 +246,9 @@ fn describe(entry_type: tar::EntryType) -> &'static str {
         T::GNUSparse => "sparse file",
         _ => "non-regular entry",
     }
+}
+pub fn is_sha256_hex(s: &str) -> bool {
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }

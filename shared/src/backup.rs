@@ -12,13 +12,13 @@ use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use crate::archive::{unpack, ArchiveReport, Discard, EntryVisitor};
+use crate::archive::{is_sha256_hex, unpack, ArchiveReport, Artifact, Discard, EntryVisitor};
 use crate::error::{decode_slice, Error, ErrorKind, Result};
 use crate::manifest::{
     ContentCollector, ExternalSort, ManifestCollector, ManifestEntry, SORT_CHUNK,
 };
 use crate::objects::{for_each_child_prefix, object_size, open, pump_body};
-use crate::s3uri::{RelativeKey, S3Uri};
+use crate::s3uri::{KeyRange, RelativeKey, S3Uri};
 
 pub const FORMAT_V1: &str = "drpilot.backup/v1";
 pub const FORMAT_V2: &str = "drpilot.backup/v2";
@@ -27,12 +27,6 @@ pub const STATE: &str = "state.tar.zst";
 pub const MANIFESTS: &str = "manifests.tar.zst";
 /// `metadata.json` is small by nature; a larger one is not a drpilot backup.
 pub const METADATA_MAX_BYTES: usize = 1 << 20;
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Artifact {
-    pub sha256: String,
-    pub size: u64,
-}
 
 /// `metadata.json`. Unknown fields are allowed (producers may add provenance), but
 /// every field drpilot relies on is checked by [`BackupMetadata::parse`].
@@ -247,12 +241,6 @@ fn check_shards(shards: &[ShardEntry]) -> std::result::Result<(), String> {
         }
     }
     Ok(())
-}
-
-pub fn is_sha256_hex(s: &str) -> bool {
-    s.len() == 64
-        && s.bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// A backup a run restores: where it is and when it was taken (the RPO's anchor).
@@ -506,7 +494,7 @@ pub async fn verify_archives(
     let listed = ManifestCollector {
         sorter: ExternalSort::new(SORT_CHUNK)?,
         manifests: 0,
-        range: crate::plan::KeyRange::all(),
+        range: KeyRange::all(),
     };
     let (manifests, listed) = unpack_object(
         s3,
@@ -747,6 +735,44 @@ pub async fn newest(s3: &aws_sdk_s3::Client, prefix: &S3Uri) -> Result<BackupRef
             prefix.as_prefix()
         ))
     })
+}
+
+/// The manifest entries of the backup at `backup_uri`, in key order, streamed out of its
+/// `manifests.tar.zst` (verified against `metadata.json` while it streams) and sorted on
+/// a blocking thread in bounded memory; an error ends the stream.
+pub async fn sorted_entries(
+    s3: &aws_sdk_s3::Client,
+    backup_uri: &S3Uri,
+) -> Result<(
+    tokio::sync::mpsc::Receiver<Result<ManifestEntry>>,
+    crate::manifest::ManifestTasks,
+)> {
+    sorted_entries_in(s3, backup_uri, KeyRange::all()).await
+}
+
+/// [`sorted_entries`] of the keys in `range` only: every entry is still read and
+/// checked, but only the range's are sorted (a range's child's memory and `/tmp` grow
+/// with its range, not the backup).
+pub async fn sorted_entries_in(
+    s3: &aws_sdk_s3::Client,
+    backup_uri: &S3Uri,
+    range: KeyRange,
+) -> Result<(
+    tokio::sync::mpsc::Receiver<Result<ManifestEntry>>,
+    crate::manifest::ManifestTasks,
+)> {
+    // The metadata and the manifests alone: every range's child of validate reads them,
+    // and checking each of the backup's objects here would cost every child one request
+    // per shard.
+    let (backup, meta) = metadata(s3, backup_uri).await?;
+    require_object(s3, &backup.uri, MANIFESTS).await?;
+    let manifests_uri = artifact_uri(backup_uri, MANIFESTS)?;
+    let (body, _) = open(s3, &manifests_uri).await?;
+    let (reader, pump) = pump_body(body, manifests_uri.to_string());
+    let expected = meta.artifact(MANIFESTS).clone();
+    Ok(crate::manifest::sort_archive(
+        MANIFESTS, reader, expected, range, pump,
+    ))
 }
 
 #[cfg(test)]

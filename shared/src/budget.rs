@@ -30,9 +30,9 @@ use crate::error::{Error, Result};
 use crate::fence::{fence_uri, Fence};
 use crate::objects::abort_uploads;
 use crate::plan::PlanRef;
-use crate::receipt::ReceiptStore;
 use crate::run::RunContext;
 use crate::s3uri::S3Uri;
+use crate::store::ReceiptStore;
 
 /// The aggregate write rate a run keeps under, per prefix (S3's 3,500 less a margin).
 pub const PREFIX_PUT_RATE: f64 = 3_000.0;

@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 
 use crate::error::decode_value;
 use crate::input::NameRule;
-use crate::receipt::Objective;
+use crate::time::Objective;
 
 /// One component of a profile: a thing restored and verified with its own RTO.
 #[derive(Clone, Debug, PartialEq, Serialize)]

@@ -11,18 +11,13 @@
 //! Everything else here is for people and tools reading receipts.
 
 use chrono::{DateTime, Utc};
-use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::input::{Mode, Phase, Trigger};
-use crate::parity::ParityCounts;
+use crate::parity::{Counts, ParityCounts};
+use crate::receipt::PhaseDetails;
 use crate::s3uri::S3Uri;
-
-/// The details type of one phase's receipt.
-pub trait PhaseDetails: Serialize + DeserializeOwned {
-    const PHASE: Phase;
-}
 
 /// bringup: the run's identity and the lock it took.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -139,58 +134,6 @@ impl Counts for Tally {
         self.extra += other.extra;
         self.size_mismatches += other.size_mismatches;
         self.sha256_mismatches += other.sha256_mismatches;
-    }
-}
-
-/// Counts of disjoint ranges, which add up to the whole's.
-pub trait Counts: Default + Serialize + DeserializeOwned {
-    fn add(&mut self, other: &Self);
-}
-
-/// What a range's child of validate or parity-report found: its counts, and its
-/// differences in a JSON-lines object the reducer appends to the phase's one file.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct RangeFindings<C> {
-    pub counts: C,
-    pub differences: u64,
-    pub differences_uri: S3Uri,
-}
-
-impl<C: Counts> RangeFindings<C> {
-    /// A child's findings: its differences uploaded beside its result.
-    pub async fn upload(
-        s3: &aws_sdk_s3::Client,
-        store: &crate::receipt::ReceiptStore,
-        (run_id, phase, index): (&str, Phase, u32),
-        counts: C,
-        log: crate::parity::DifferenceLog,
-    ) -> crate::Result<Self> {
-        let differences_uri =
-            crate::plan::range_file_uri(store, run_id, phase, index, "differences.jsonl")?;
-        let differences = log.count();
-        log.upload(s3, &differences_uri).await?;
-        Ok(Self {
-            counts,
-            differences,
-            differences_uri,
-        })
-    }
-
-    /// The reducer's view of the children: their counts added up, and every range's
-    /// differences in one log, in range order (streamed, not held).
-    pub async fn gather(
-        s3: &aws_sdk_s3::Client,
-        results: &[crate::plan::RangeResult],
-    ) -> crate::Result<(C, crate::parity::DifferenceLog)> {
-        let mut counts = C::default();
-        let mut log = crate::parity::DifferenceLog::new()?;
-        for result in results {
-            let found: Self = result.details()?;
-            counts.add(&found.counts);
-            log.append_from(s3, &found.differences_uri, found.differences)
-                .await?;
-        }
-        Ok((counts, log))
     }
 }
 

@@ -16,8 +16,9 @@ use crate::error::{decode_value, Error, Result};
 use crate::input::{Mode, NameRule};
 use crate::objects::{get_json, put_json, put_json_if, Precondition};
 use crate::parity::ParityCounts;
-use crate::receipt::{PhaseStatus, ReceiptStore, RunStatus};
+use crate::receipt::{PhaseStatus, RunStatus};
 use crate::s3uri::S3Uri;
+use crate::store::ReceiptStore;
 
 /// The first of a drill's two literal confirmations.
 pub const FIRST_CONFIRMATION: &str = "FAILBACK";

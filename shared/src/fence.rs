@@ -19,8 +19,8 @@ use tokio::time::Instant;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::objects::{get_json, put_json};
-use crate::receipt::ReceiptStore;
 use crate::s3uri::S3Uri;
+use crate::store::ReceiptStore;
 
 /// How long a child may go on writing without looking at the fence again.
 pub const CHECK_EVERY: Duration = Duration::from_secs(2);

@@ -10,7 +10,7 @@
 //!   written once (`If-None-Match`): a second version, or a delete marker, is not
 //!   drpilot's;
 //! - a run's summary is final for its execution once its teardown succeeded
-//!   ([`crate::receipt::ReceiptStore::put_summary`]): a later version naming the same
+//!   ([`crate::store::ReceiptStore::put_summary`]): a later version naming the same
 //!   execution, or a delete marker, is not drpilot's;
 //! - only phase receipts (a phase that starts over removes its earlier receipt) and the
 //!   RTO watch's marker are ever deleted: a delete marker on anything else is not

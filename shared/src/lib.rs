@@ -48,10 +48,15 @@ pub mod profile;
 pub mod published;
 pub mod readiness;
 pub mod receipt;
+pub mod record;
 pub mod restored;
 pub mod resume;
 pub mod run;
 pub mod s3uri;
+pub mod stage;
+pub mod store;
+pub mod summary;
+pub mod time;
 
 pub use clients::AwsClients;
 pub use error::{Error, ErrorKind, Result};

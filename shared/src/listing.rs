@@ -8,7 +8,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::error::{Error, Result};
-use crate::plan::KeyRange;
+use crate::s3uri::KeyRange;
 use crate::s3uri::S3Uri;
 
 /// How many listed objects may wait between a listing and the merge reading it: one
@@ -284,7 +284,7 @@ impl Listing {
                 .unwrap_or_default()
                 .trim_matches('"')
                 .to_owned(),
-            last_modified: object.last_modified().and_then(crate::receipt::utc),
+            last_modified: object.last_modified().and_then(crate::time::utc),
         })
     }
 

@@ -14,8 +14,9 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
+use crate::archive::Artifact;
 use crate::archive::HashingReader;
-use crate::backup::{Artifact, ShardEntry, FORMAT_V1, FORMAT_V2, MANIFESTS, METADATA, STATE};
+use crate::backup::{ShardEntry, FORMAT_V1, FORMAT_V2, MANIFESTS, METADATA, STATE};
 use crate::error::{Error, Result};
 use crate::input::NameRule;
 use crate::s3uri::RelativeKey;

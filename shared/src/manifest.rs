@@ -14,11 +14,10 @@ use std::path::PathBuf;
 
 use sha2::{Digest, Sha256};
 
-use crate::archive::{stream_error, EntryVisitor};
-use crate::backup::is_sha256_hex;
+use crate::archive::{is_sha256_hex, stream_error, EntryVisitor};
 use crate::error::{Error, Result};
 use crate::listing::Keyed;
-use crate::s3uri::RelativeKey;
+use crate::s3uri::{KeyRange, RelativeKey};
 use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 
@@ -44,7 +43,7 @@ impl Keyed for ManifestEntry {
 pub struct ManifestCollector {
     pub sorter: ExternalSort,
     pub manifests: u64,
-    pub range: crate::plan::KeyRange,
+    pub range: KeyRange,
 }
 
 impl EntryVisitor for ManifestCollector {
@@ -275,7 +274,7 @@ impl EntryVisitor for ContentCollector {
     }
 }
 
-/// The background work behind [`sorted_entries`]: the body pump and the sorter.
+/// The background work behind [`crate::backup::sorted_entries`]: the body pump and the sorter.
 pub struct ManifestTasks {
     sorter: tokio::task::JoinHandle<Result<()>>,
     pump: tokio::task::JoinHandle<()>,
@@ -290,41 +289,20 @@ impl ManifestTasks {
     }
 }
 
-/// The manifest entries of the backup at `backup_uri`, in key order, streamed out of its
-/// `manifests.tar.zst` (verified against `metadata.json` while it streams) and sorted on
-/// a blocking thread in bounded memory; an error ends the stream. The backup the
-/// manifests belong to comes back too.
-pub async fn sorted_entries(
-    s3: &aws_sdk_s3::Client,
-    backup_uri: &crate::s3uri::S3Uri,
-) -> Result<(
+/// The entries of a manifests archive streamed from `reader` (checked against
+/// `expected` while it streams, `name` naming it in errors), the keys in `range` only,
+/// sorted on a blocking thread in bounded memory; an error ends the stream. `pump` is
+/// the task feeding `reader`, stopped with the sorter by [`ManifestTasks::finish`].
+pub fn sort_archive(
+    name: &'static str,
+    reader: crate::objects::BodyReader,
+    expected: crate::archive::Artifact,
+    range: KeyRange,
+    pump: tokio::task::JoinHandle<()>,
+) -> (
     tokio::sync::mpsc::Receiver<Result<ManifestEntry>>,
     ManifestTasks,
-)> {
-    sorted_entries_in(s3, backup_uri, crate::plan::KeyRange::all()).await
-}
-
-/// [`sorted_entries`] of the keys in `range` only: every entry is still read and
-/// checked, but only the range's are sorted (a range's child's memory and `/tmp` grow
-/// with its range, not the backup).
-pub async fn sorted_entries_in(
-    s3: &aws_sdk_s3::Client,
-    backup_uri: &crate::s3uri::S3Uri,
-    range: crate::plan::KeyRange,
-) -> Result<(
-    tokio::sync::mpsc::Receiver<Result<ManifestEntry>>,
-    ManifestTasks,
-)> {
-    use crate::backup::{self, MANIFESTS};
-    // The metadata and the manifests alone: every range's child of validate reads them,
-    // and checking each of the backup's objects here would cost every child one request
-    // per shard.
-    let (backup, meta) = backup::metadata(s3, backup_uri).await?;
-    backup::require_object(s3, &backup.uri, MANIFESTS).await?;
-    let manifests_uri = backup::artifact_uri(backup_uri, MANIFESTS)?;
-    let (body, _) = crate::objects::open(s3, &manifests_uri).await?;
-    let (reader, pump) = crate::objects::pump_body(body, manifests_uri.to_string());
-    let expected = meta.artifact(MANIFESTS).clone();
+) {
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<ManifestEntry>>(4096);
     let sorter = tokio::task::spawn_blocking(move || {
         let sent = ExternalSort::new(SORT_CHUNK).and_then(|sorter| {
@@ -333,7 +311,7 @@ pub async fn sorted_entries_in(
                 manifests: 0,
                 range,
             };
-            crate::archive::unpack(MANIFESTS, reader, &expected, &mut collector)?;
+            crate::archive::unpack(name, reader, &expected, &mut collector)?;
             for entry in collector.sorter.finish()? {
                 let failed = entry.is_err();
                 if tx.blocking_send(entry).is_err() || failed {
@@ -347,7 +325,7 @@ pub async fn sorted_entries_in(
         }
         Ok(())
     });
-    Ok((rx, ManifestTasks { sorter, pump }))
+    (rx, ManifestTasks { sorter, pump })
 }
 
 /// Sorts entries by key (byte order, as S3 lists), in chunks of at most `limit` in memory.
@@ -646,7 +624,7 @@ mod tests {
         let mut collector = ManifestCollector {
             sorter: ExternalSort::new(10).unwrap(),
             manifests: 0,
-            range: crate::plan::KeyRange::all(),
+            range: KeyRange::all(),
         };
         collector
             .file(
@@ -680,7 +658,7 @@ mod tests {
             let mut collector = ManifestCollector {
                 sorter: ExternalSort::new(10).unwrap(),
                 manifests: 0,
-                range: crate::plan::KeyRange::all(),
+                range: KeyRange::all(),
             };
             let err = collector
                 .file(
@@ -713,7 +691,7 @@ mod tests {
         let mut collector = ManifestCollector {
             sorter: ExternalSort::new(10).unwrap(),
             manifests: 0,
-            range: crate::plan::KeyRange::all(),
+            range: KeyRange::all(),
         };
         let err = collector
             .file(RelativeKey::parse("m.json").unwrap(), 0, &mut data)

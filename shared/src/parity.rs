@@ -4,13 +4,14 @@
 //! flat however many objects there are; each difference is handed to the caller as it is
 //! found instead of being collected.
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
+use crate::input::Phase;
 use crate::listing::{list_sorted_in, Joined, MergeJoin, ObjectInfo, Sorted};
 use crate::objects::stored_sha256;
-use crate::plan::KeyRange;
-use crate::s3uri::S3Uri;
+use crate::s3uri::{KeyRange, S3Uri};
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ParityCounts {
@@ -27,7 +28,7 @@ pub struct ParityCounts {
     pub delta: u64,
 }
 
-impl crate::details::Counts for ParityCounts {
+impl Counts for ParityCounts {
     fn add(&mut self, other: &Self) {
         self.left_objects += other.left_objects;
         self.right_objects += other.right_objects;
@@ -358,6 +359,58 @@ impl DifferenceLog {
             .await;
         result.map_err(|e| crate::Error::from_sdk(&format!("PutObject {uri}"), e))?;
         Ok(())
+    }
+}
+
+/// Counts of disjoint ranges, which add up to the whole's.
+pub trait Counts: Default + Serialize + DeserializeOwned {
+    fn add(&mut self, other: &Self);
+}
+
+/// What a range's child of validate or parity-report found: its counts, and its
+/// differences in a JSON-lines object the reducer appends to the phase's one file.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RangeFindings<C> {
+    pub counts: C,
+    pub differences: u64,
+    pub differences_uri: S3Uri,
+}
+
+impl<C: Counts> RangeFindings<C> {
+    /// A child's findings: its differences uploaded beside its result.
+    pub async fn upload(
+        s3: &aws_sdk_s3::Client,
+        store: &crate::store::ReceiptStore,
+        (run_id, phase, index): (&str, Phase, u32),
+        counts: C,
+        log: DifferenceLog,
+    ) -> Result<Self> {
+        let differences_uri =
+            crate::plan::range_file_uri(store, run_id, phase, index, "differences.jsonl")?;
+        let differences = log.count();
+        log.upload(s3, &differences_uri).await?;
+        Ok(Self {
+            counts,
+            differences,
+            differences_uri,
+        })
+    }
+
+    /// The reducer's view of the children: their counts added up, and every range's
+    /// differences in one log, in range order (streamed, not held).
+    pub async fn gather(
+        s3: &aws_sdk_s3::Client,
+        results: &[crate::plan::RangeResult],
+    ) -> Result<(C, DifferenceLog)> {
+        let mut counts = C::default();
+        let mut log = DifferenceLog::new()?;
+        for result in results {
+            let found: Self = result.details()?;
+            counts.add(&found.counts);
+            log.append_from(s3, &found.differences_uri, found.differences)
+                .await?;
+        }
+        Ok((counts, log))
     }
 }
 

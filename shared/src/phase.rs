@@ -21,16 +21,17 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tracing::{error, info, Instrument, Span};
 
-use crate::details::PhaseDetails;
 use crate::error::{catch_panic, Error, ErrorKind, Result};
 use crate::input::Phase;
 use crate::plan::{
     Continuation, PlanItem, RangePass, RangeResult, RangeStatus, Reduce, MAX_RANGE_PASSES,
 };
 use crate::profile::{Profile, ProfileSource};
-use crate::receipt::{PhaseClock, PhaseStatus, ReceiptStore};
+use crate::receipt::PhaseDetails;
+use crate::receipt::{PhaseClock, PhaseStatus};
 use crate::resume;
-use crate::run::{PhaseOutput, PhaseRequest, RunContext};
+use crate::run::{PhaseOutput, PhaseRequest, RangeOutput, RunContext};
+use crate::store::ReceiptStore;
 
 /// How a phase ended when it did not fail.
 #[derive(Clone, Debug, PartialEq)]
@@ -329,20 +330,6 @@ where
         )),
         _ => Ok(StepOutput::Phase(other(request).await?)),
     }
-}
-
-/// What a range's child answers the Map: its result is in S3 once it is done; until
-/// then, where it stopped, for the Map to invoke it again with.
-#[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize)]
-pub struct RangeOutput {
-    pub run_id: String,
-    pub phase: Phase,
-    pub index: u32,
-    pub status: RangeStatus,
-    pub result: crate::s3uri::S3Uri,
-    /// `Some` when the pass stopped at its deadline with work left (no result written).
-    #[serde(default)]
-    pub continuation: Option<Continuation>,
 }
 
 /// One range's child of `phase`: the profile, `body` on the range from where the

@@ -16,8 +16,6 @@
 //! ([`RangeResult`]); the phase's reducer reads them all and writes the phase receipt,
 //! naming the range of any child that failed.
 
-use std::fmt;
-
 use chrono::{DateTime, Utc};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -26,61 +24,8 @@ use crate::backup::{BackupMetadata, Shard};
 use crate::error::{Error, ErrorKind, Result};
 use crate::input::Phase;
 use crate::objects::{get_json, put_json};
-use crate::receipt::ReceiptStore;
-use crate::s3uri::S3Uri;
-
-/// Relative keys after `after` (exclusive) up to `through` (inclusive), in S3's byte
-/// order; an absent bound is open.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct KeyRange {
-    #[serde(default)]
-    pub after: Option<String>,
-    #[serde(default)]
-    pub through: Option<String>,
-}
-
-impl KeyRange {
-    /// Every key.
-    pub fn all() -> Self {
-        Self::default()
-    }
-
-    pub fn is_all(&self) -> bool {
-        self.after.is_none() && self.through.is_none()
-    }
-
-    pub fn contains(&self, key: &str) -> bool {
-        !self.before(key) && !self.past(key)
-    }
-
-    /// `key` comes before the range.
-    pub fn before(&self, key: &str) -> bool {
-        self.after
-            .as_deref()
-            .is_some_and(|after| key.as_bytes() <= after.as_bytes())
-    }
-
-    /// `key` comes after the range: a sorted stream can stop here.
-    pub fn past(&self, key: &str) -> bool {
-        self.through
-            .as_deref()
-            .is_some_and(|through| key.as_bytes() > through.as_bytes())
-    }
-}
-
-impl fmt::Display for KeyRange {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.after {
-            Some(after) => write!(f, "({after:?}, ")?,
-            None => f.write_str("(start, ")?,
-        }
-        match &self.through {
-            Some(through) => write!(f, "{through:?}]"),
-            None => f.write_str("end)"),
-        }
-    }
-}
+use crate::s3uri::{KeyRange, S3Uri};
+use crate::store::ReceiptStore;
 
 /// One range of the plan: the item a Distributed Map hands a child.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

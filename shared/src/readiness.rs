@@ -7,8 +7,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::objects::{get_json, put_json};
-use crate::receipt::{ReceiptStore, RunSummary};
 use crate::s3uri::S3Uri;
+use crate::store::ReceiptStore;
+use crate::summary::{RtoWatchMarker, RunSummary};
 
 /// One readiness check and its verdict.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -86,20 +87,6 @@ impl ReadinessReport {
             .map(|c| c.name.as_str())
             .collect()
     }
-}
-
-/// `runs/<run>/rto-watch.json`: the notification that a running recovery passed its RTO
-/// target, sent once.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct RtoWatchMarker {
-    pub run_id: String,
-    pub execution_arn: String,
-    pub started_at: DateTime<Utc>,
-    pub notified_at: DateTime<Utc>,
-    pub elapsed_seconds: f64,
-    pub rto_target_seconds: u64,
-    /// The SNS message id, once the notification went out.
-    pub message_id: Option<String>,
 }
 
 impl ReceiptStore {

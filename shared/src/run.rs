@@ -7,9 +7,11 @@ use serde::{Deserialize, Serialize};
 use crate::backup::BackupRef;
 use crate::input::Phase;
 use crate::input::{Promotion, RunInput, Trigger};
+use crate::plan::{Continuation, RangeStatus};
 use crate::profile::Profile;
-use crate::receipt::{Failure, PhaseReceipt, PhaseStatus, ReceiptStore, RunStatus};
+use crate::receipt::{Failure, PhaseReceipt, PhaseStatus, RunStatus};
 use crate::s3uri::S3Uri;
+use crate::store::ReceiptStore;
 
 /// The execution, as the state machine's context object describes it.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -66,7 +68,7 @@ pub struct PhaseRequest {
     pub reduce: Option<crate::plan::Reduce>,
     /// A range's child again: where its last pass stopped.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub continuation: Option<crate::plan::Continuation>,
+    pub continuation: Option<Continuation>,
 }
 
 impl PhaseRequest {
@@ -117,12 +119,26 @@ pub struct PhaseOutput {
     pub fan_out: Option<FanOut>,
 }
 
+/// What a range's child answers the Map: its result is in S3 once it is done; until
+/// then, where it stopped, for the Map to invoke it again with.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RangeOutput {
+    pub run_id: String,
+    pub phase: Phase,
+    pub index: u32,
+    pub status: RangeStatus,
+    pub result: S3Uri,
+    /// `Some` when the pass stopped at its deadline with work left (no result written).
+    #[serde(default)]
+    pub continuation: Option<Continuation>,
+}
+
 /// What a heavy phase's function answers: a phase step's output, or a range child's.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum StepOutput {
     Phase(PhaseOutput),
-    Range(crate::phase::RangeOutput),
+    Range(RangeOutput),
 }
 
 /// A phase prepared for its fan-out.
@@ -299,31 +315,6 @@ impl TeardownOutput {
 /// The wait between two passes over a staging: none is needed (S3's pace is kept by the
 /// budget); one second keeps a wait loop visible in the history.
 pub const STAGING_PASS_WAIT_SECONDS: u64 = 1;
-
-/// An operator's approval, as `drpilot approve` sends it through the task token: what
-/// promote receives, and each of a failback's two confirmations.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Approval {
-    pub approver: String,
-    pub ticket: String,
-    #[serde(default)]
-    pub approved_at: Option<DateTime<Utc>>,
-    #[serde(default)]
-    pub comment: Option<String>,
-    /// The IAM principal the approver proved by a signed `sts:GetCallerIdentity` the
-    /// approve function executed ([`crate::identity`]); never read from the event.
-    #[serde(default)]
-    pub principal: Option<String>,
-    /// The principal is STS's answer, not the caller's word (false only in records written
-    /// before identities were proven).
-    #[serde(default)]
-    pub verified: bool,
-    /// The approve function's KMS HMAC over the decision ([`crate::approval`]); promote
-    /// refuses an approval without a valid one.
-    #[serde(default)]
-    pub seal: Option<crate::approval::Seal>,
-}
 
 #[cfg(test)]
 mod tests {

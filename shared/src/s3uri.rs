@@ -196,6 +196,59 @@ impl fmt::Display for RelativeKey {
     }
 }
 
+/// Relative keys after `after` (exclusive) up to `through` (inclusive), in S3's byte
+/// order; an absent bound is open.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyRange {
+    #[serde(default)]
+    pub after: Option<String>,
+    #[serde(default)]
+    pub through: Option<String>,
+}
+
+impl KeyRange {
+    /// Every key.
+    pub fn all() -> Self {
+        Self::default()
+    }
+
+    pub fn is_all(&self) -> bool {
+        self.after.is_none() && self.through.is_none()
+    }
+
+    pub fn contains(&self, key: &str) -> bool {
+        !self.before(key) && !self.past(key)
+    }
+
+    /// `key` comes before the range.
+    pub fn before(&self, key: &str) -> bool {
+        self.after
+            .as_deref()
+            .is_some_and(|after| key.as_bytes() <= after.as_bytes())
+    }
+
+    /// `key` comes after the range: a sorted stream can stop here.
+    pub fn past(&self, key: &str) -> bool {
+        self.through
+            .as_deref()
+            .is_some_and(|through| key.as_bytes() > through.as_bytes())
+    }
+}
+
+impl fmt::Display for KeyRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.after {
+            Some(after) => write!(f, "({after:?}, ")?,
+            None => f.write_str("(start, ")?,
+        }
+        match &self.through {
+            Some(through) => write!(f, "{through:?}]"),
+            None => f.write_str("end)"),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -37,8 +37,7 @@ async fn a_locked_receipt_version_cannot_be_deleted_or_overwritten() {
         head.object_lock_mode().map(|m| m.as_str()),
         Some("COMPLIANCE")
     );
-    let until =
-        drpilot_shared::receipt::utc(head.object_lock_retain_until_date().unwrap()).unwrap();
+    let until = drpilot_shared::time::utc(head.object_lock_retain_until_date().unwrap()).unwrap();
     let expected = Utc::now() + Duration::days(i64::from(EVIDENCE_RETENTION_DAYS));
     assert!(
         (until - expected).num_minutes().abs() < 5,

@@ -43,7 +43,7 @@ fn read_back(dir: &Path) -> (BackupMetadata, Vec<ManifestEntry>, Coverage) {
     let mut listed = ManifestCollector {
         sorter: ExternalSort::new(2).unwrap(),
         manifests: 0,
-        range: drpilot_shared::plan::KeyRange::all(),
+        range: drpilot_shared::s3uri::KeyRange::all(),
     };
     let open = |name: &str| std::fs::File::open(dir.join(name)).unwrap();
     unpack(

@@ -98,7 +98,7 @@ async fn drain(mut rx: Sorted<ObjectInfo>) -> Vec<String> {
 #[tokio::test]
 async fn the_parallel_listing_is_the_flat_listing_in_order() {
     use drpilot_shared::listing::list_sorted_in;
-    use drpilot_shared::plan::KeyRange;
+    use drpilot_shared::s3uri::KeyRange;
     let aws = LocalAws::start().await;
     aws.standard_setup().await;
     let mut keys: Vec<String> = Vec::new();

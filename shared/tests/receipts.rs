@@ -4,9 +4,10 @@
 
 use chrono::Utc;
 use drpilot_shared::input::Trigger;
-use drpilot_shared::receipt::{
-    Objective, PhaseClock, PhaseOutcome, PhaseStatus, ReceiptStore, RunStatus, RunSummary,
-};
+use drpilot_shared::receipt::{PhaseClock, PhaseStatus, RunStatus};
+use drpilot_shared::store::ReceiptStore;
+use drpilot_shared::summary::{PhaseOutcome, RunSummary};
+use drpilot_shared::time::Objective;
 use drpilot_shared::{Mode, Phase, S3Uri};
 use drpilot_testkit::LocalAws;
 use serde_json::json;
@@ -156,7 +157,7 @@ async fn a_run_id_cannot_escape_the_receipts_prefix() {
 #[tokio::test]
 async fn the_run_record_is_created_once_and_replaced_only_as_it_was_read() {
     use drpilot_shared::backup::BackupRef;
-    use drpilot_shared::resume::{ExecutionEntry, RunRecord};
+    use drpilot_shared::record::{ExecutionEntry, RunRecord};
     use drpilot_shared::{ErrorKind, RunInput};
     let aws = LocalAws::start().await;
     aws.create_bucket(BUCKET).await;

@@ -497,8 +497,8 @@ impl LocalAws {
         run_id: &str,
         approver: &str,
         ticket: &str,
-    ) -> drpilot_shared::run::Approval {
-        let mut approval = drpilot_shared::run::Approval {
+    ) -> drpilot_shared::approval::Approval {
+        let mut approval = drpilot_shared::approval::Approval {
             approver: approver.into(),
             ticket: ticket.into(),
             approved_at: Some(chrono::Utc::now()),
@@ -527,8 +527,8 @@ impl LocalAws {
     }
 
     /// The receipts of runs of [`test_profile`].
-    pub fn receipts(&self) -> drpilot_shared::receipt::ReceiptStore {
-        drpilot_shared::receipt::ReceiptStore::new(
+    pub fn receipts(&self) -> drpilot_shared::store::ReceiptStore {
+        drpilot_shared::store::ReceiptStore::new(
             self.s3().clone(),
             drpilot_shared::S3Uri {
                 bucket: EVIDENCE_BUCKET.into(),

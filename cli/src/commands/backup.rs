@@ -16,7 +16,7 @@ use chrono::{DateTime, Utc};
 use drpilot_shared::backup::{self, ReadProgress, Verified};
 use drpilot_shared::maker::{self, Made, MakeOptions};
 use drpilot_shared::profile::ProfileSource;
-use drpilot_shared::receipt::{seconds, Objective};
+use drpilot_shared::time::{seconds, Objective};
 use drpilot_shared::{ErrorKind, S3Uri};
 use serde::Serialize;
 

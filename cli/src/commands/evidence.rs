@@ -13,7 +13,9 @@ use chrono::{DateTime, Duration, Utc};
 use drpilot_shared::history::{self, Finding};
 use drpilot_shared::input::Mode;
 use drpilot_shared::profile::{Profile, ProfileSource};
-use drpilot_shared::receipt::{PhaseStatus, ReceiptStore, RunStatus, RunSummary};
+use drpilot_shared::receipt::{PhaseStatus, RunStatus};
+use drpilot_shared::store::ReceiptStore;
+use drpilot_shared::summary::RunSummary;
 use drpilot_shared::{Phase, S3Uri};
 use serde::Serialize;
 

@@ -7,8 +7,8 @@ use std::time::Duration;
 use drpilot_shared::failback::{FailbackInput, FailbackSummary};
 use drpilot_shared::input::new_id;
 use drpilot_shared::profile::ProfileSource;
-use drpilot_shared::receipt::ReceiptStore;
-use drpilot_shared::resume::ExecutionName;
+use drpilot_shared::record::ExecutionName;
+use drpilot_shared::store::ReceiptStore;
 use serde::Serialize;
 use serde_json::{json, Value};
 

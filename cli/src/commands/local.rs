@@ -538,7 +538,7 @@ async fn report_run(
                 if let Some(parent) = path.parent() {
                     let _ = std::fs::create_dir_all(parent);
                 }
-                let store = drpilot_shared::receipt::ReceiptStore::new(
+                let store = drpilot_shared::store::ReceiptStore::new(
                     ctx.aws.s3.clone(),
                     found.receipts.clone(),
                 );

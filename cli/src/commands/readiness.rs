@@ -3,7 +3,7 @@
 
 use drpilot_shared::profile::ProfileSource;
 use drpilot_shared::readiness::ReadinessReport;
-use drpilot_shared::receipt::ReceiptStore;
+use drpilot_shared::store::ReceiptStore;
 use serde_json::json;
 
 use crate::{CliError, Ctx};

@@ -5,8 +5,10 @@ use drpilot_shared::component::ComponentReceipt;
 use drpilot_shared::failback::{FailbackInput, FailbackReceipt, FailbackSummary};
 use drpilot_shared::input::{normalize, TriggerDefaults};
 use drpilot_shared::profile::ProfileSource;
-use drpilot_shared::receipt::{PhaseReceipt, PhaseStatus, ReceiptStore, RunSummary};
-use drpilot_shared::resume::{ExecutionName, RunRecord};
+use drpilot_shared::receipt::{PhaseReceipt, PhaseStatus};
+use drpilot_shared::record::{ExecutionName, RunRecord};
+use drpilot_shared::store::ReceiptStore;
+use drpilot_shared::summary::RunSummary;
 use drpilot_shared::S3Uri;
 use serde::Serialize;
 

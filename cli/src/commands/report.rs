@@ -1,7 +1,7 @@
 //! `drpilot report`: a run's (or a failback's) summary in words, and optionally one self-contained HTML
 //! page.
 
-use drpilot_shared::receipt::ReceiptStore;
+use drpilot_shared::store::ReceiptStore;
 
 use crate::audit::{self, AuditReport};
 use crate::commands::receipts::{records, RunRecords};

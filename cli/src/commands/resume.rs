@@ -6,8 +6,9 @@ use std::str::FromStr;
 
 use drpilot_shared::input::{normalize, Phase, RunInput, TriggerDefaults};
 use drpilot_shared::profile::ProfileSource;
-use drpilot_shared::receipt::{ReceiptStore, RunStatus};
+use drpilot_shared::receipt::RunStatus;
 use drpilot_shared::resume;
+use drpilot_shared::store::ReceiptStore;
 use serde_json::Value;
 
 use crate::commands::start::{launch, not_running, Approver, AttemptFlags, StartFlags};

@@ -7,7 +7,9 @@ use chrono::{DateTime, NaiveDate, Utc};
 use drpilot_shared::failback::{DivergenceCounts, FailbackSummary};
 use drpilot_shared::input::Mode;
 use drpilot_shared::profile::ProfileSource;
-use drpilot_shared::receipt::{Objective, ReceiptStore, RunStatus};
+use drpilot_shared::receipt::RunStatus;
+use drpilot_shared::store::ReceiptStore;
+use drpilot_shared::time::Objective;
 use serde::Serialize;
 
 use crate::{CliError, Ctx};

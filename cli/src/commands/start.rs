@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use drpilot_shared::input::{new_run_id, normalize, Mode, Promotion, RunInput, TriggerDefaults};
 use drpilot_shared::profile::ProfileSource;
-use drpilot_shared::resume::ExecutionName;
+use drpilot_shared::record::ExecutionName;
 use drpilot_shared::Phase;
 use serde_json::{json, Value};
 

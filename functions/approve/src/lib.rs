@@ -23,6 +23,7 @@ use aws_lambda_events::event::lambda_function_urls::{
 };
 use base64::Engine;
 use chrono::{DateTime, Utc};
+use drpilot_shared::approval::Approval;
 use drpilot_shared::approval::{
     self, Decision, Seal, SealScope, Sealer, WaitingApproval, DENIED_ERROR,
 };
@@ -30,8 +31,7 @@ use drpilot_shared::error::decode_slice;
 use drpilot_shared::identity::{self, CallerIdentity, PersonRule, StsEndpoint};
 use drpilot_shared::objects::{put_json_if, Conditional, Precondition};
 use drpilot_shared::profile::ProfileSource;
-use drpilot_shared::receipt::ReceiptStore;
-use drpilot_shared::run::Approval;
+use drpilot_shared::store::ReceiptStore;
 use drpilot_shared::{AwsClients, Error, ErrorKind, Result, S3Uri};
 use serde::{Deserialize, Serialize};
 use serde_json::json;

@@ -6,6 +6,7 @@
 //! site's is missing, then the audit record is written and the next generation published.
 
 use chrono::{DateTime, Utc};
+use drpilot_shared::approval::Approval;
 use drpilot_shared::approval::{Sealer, FAILBACK_CONFIRMATION_STATES};
 use drpilot_shared::budget::{RequestBudget, PREFIX_PUT_RATE};
 use drpilot_shared::copy::{apply_changes, Change, CopyStats, CopyTuning, Journal, CHANGE_BUFFER};
@@ -18,8 +19,9 @@ use drpilot_shared::parity::ParityCounts;
 use drpilot_shared::phase::Failed;
 use drpilot_shared::profile::Profile;
 use drpilot_shared::published::{self, PublishKind, PublishedPointer};
-use drpilot_shared::receipt::{seconds, PhaseStatus, ReceiptStore};
-use drpilot_shared::run::Approval;
+use drpilot_shared::receipt::PhaseStatus;
+use drpilot_shared::store::ReceiptStore;
+use drpilot_shared::time::seconds;
 use drpilot_shared::{Error, ErrorKind, Result, S3Uri};
 use serde_json::Value;
 use tokio::sync::mpsc;

@@ -8,7 +8,7 @@
 use drpilot_shared::failback::{DivergenceDetails, FailbackRun, FailbackStep};
 use drpilot_shared::parity::{DifferenceLog, INLINE_DIFFERENCES};
 use drpilot_shared::phase::Failed;
-use drpilot_shared::receipt::ReceiptStore;
+use drpilot_shared::store::ReceiptStore;
 use drpilot_shared::{Error, ErrorKind, Result, S3Uri};
 use tracing::info;
 

@@ -26,8 +26,9 @@ use drpilot_shared::failback::{FailbackFailure, FailbackReceipt, FailbackRun, Fa
 use drpilot_shared::input::DEFAULT_ATTEMPTS;
 use drpilot_shared::phase::Failed;
 use drpilot_shared::profile::ProfileSource;
-use drpilot_shared::receipt::{PhaseStatus, ReceiptStore};
+use drpilot_shared::receipt::PhaseStatus;
 use drpilot_shared::run::ExecutionInfo;
+use drpilot_shared::store::ReceiptStore;
 use drpilot_shared::{AwsClients, Error, Result, S3Uri};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;

@@ -12,6 +12,7 @@
 //! SHA-256 stored with it, else the object read through.
 
 use chrono::{DateTime, Utc};
+use drpilot_shared::backup;
 use drpilot_shared::failback::DivergenceCounts;
 use drpilot_shared::listing::{list_sorted, Joined, Keyed, MergeJoin, ObjectInfo, Sorted};
 use drpilot_shared::manifest::{self, ManifestEntry};
@@ -158,7 +159,7 @@ pub async fn compare<'s>(
     sides: &'s Sides<'s>,
     discard: bool,
 ) -> Result<(impl Stream<Item = Result<Verdict>> + 's, Comparison)> {
-    let (baseline, manifests) = manifest::sorted_entries(sides.dr_s3, sides.backup).await?;
+    let (baseline, manifests) = backup::sorted_entries(sides.dr_s3, sides.backup).await?;
     let (primary, primary_lister) =
         list_sorted(sides.primary_s3.clone(), sides.primary_root, vec![]);
     let (dr, dr_lister) = list_sorted(sides.dr_s3.clone(), sides.dr_root, vec![]);

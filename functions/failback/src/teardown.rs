@@ -7,8 +7,10 @@ use drpilot_shared::failback::{
     FailbackSummary, SUMMARY_KIND,
 };
 use drpilot_shared::lock::{Released, RunLock};
-use drpilot_shared::receipt::{seconds, PhaseStatus, ReceiptStore, RunStatus};
+use drpilot_shared::receipt::{PhaseStatus, RunStatus};
 use drpilot_shared::run::ExecutionInfo;
+use drpilot_shared::store::ReceiptStore;
+use drpilot_shared::time::seconds;
 use drpilot_shared::{ErrorKind, Result, S3Uri};
 use serde::Serialize;
 use serde_json::{json, Value};

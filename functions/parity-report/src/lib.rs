@@ -8,11 +8,11 @@
 use chrono::{DateTime, Utc};
 use drpilot_shared::archive::RESERVED_PREFIX;
 use drpilot_shared::details::ParityDetails;
-use drpilot_shared::details::RangeFindings;
 use drpilot_shared::error::{decode_value, DecodeError};
 use drpilot_shared::input::Phase;
 use drpilot_shared::metrics::{self, Sample};
 use drpilot_shared::objects::put_json;
+use drpilot_shared::parity::RangeFindings;
 use drpilot_shared::parity::{
     compare_prefixes, compare_ranges, DifferenceLog, ParityCounts, Verdict,
 };

@@ -6,7 +6,7 @@
 use std::time::Instant;
 
 use drpilot_shared::budget::{RequestBudget, PREFIX_PUT_RATE};
-use drpilot_shared::plan::KeyRange;
+use drpilot_shared::s3uri::KeyRange;
 use drpilot_shared::{AwsClients, S3Uri};
 use promote::{sync_prefixes, CopyTuning, SyncSides};
 

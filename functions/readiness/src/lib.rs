@@ -18,19 +18,21 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
+use drpilot_shared::backup::sorted_entries;
 use drpilot_shared::backup::{self, MANIFESTS, STATE};
 use drpilot_shared::details::RestoreDetails;
 use drpilot_shared::input::{normalize, Mode, TriggerDefaults};
 use drpilot_shared::lock::RunLock;
-use drpilot_shared::manifest::sorted_entries;
 use drpilot_shared::metrics::{self, Sample};
 use drpilot_shared::objects::{put_json, put_json_if, Conditional, Precondition};
 use drpilot_shared::profile::{Profile, ProfileSource};
-use drpilot_shared::readiness::{
-    BackupSeen, Prediction, ReadinessCheck, ReadinessReport, RtoWatchMarker,
-};
-use drpilot_shared::receipt::{seconds, utc, ReceiptStore, RunStatus, RunSummary};
-use drpilot_shared::resume::ExecutionName;
+use drpilot_shared::readiness::{BackupSeen, Prediction, ReadinessCheck, ReadinessReport};
+use drpilot_shared::receipt::RunStatus;
+use drpilot_shared::record::ExecutionName;
+use drpilot_shared::store::ReceiptStore;
+use drpilot_shared::summary::RtoWatchMarker;
+use drpilot_shared::summary::RunSummary;
+use drpilot_shared::time::{seconds, utc};
 use drpilot_shared::{AwsClients, Error, Phase, Result};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};

@@ -22,10 +22,10 @@ use drpilot_shared::objects::put_json;
 use drpilot_shared::phase::{self, Outcome, PhaseRun, Rerun};
 use drpilot_shared::plan::{self, PlanItem, RangePass, RangeResult, Reduce, Step};
 use drpilot_shared::profile::{Profile, ProfileSource};
-use drpilot_shared::receipt;
 use drpilot_shared::run::StepOutput;
 use drpilot_shared::run::{PhaseOutput, PhaseRequest, RunContext};
 use drpilot_shared::s3uri::RelativeKey;
+use drpilot_shared::time;
 use drpilot_shared::{AwsClients, Error, Result, S3Uri};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -35,7 +35,7 @@ use tracing::info;
 use crate::staging::{
     pump_body, ChannelSink, DeadlineReached, EntryMessage, Resumable, Resume, Tuning, Uploader,
 };
-use drpilot_shared::archive::{unpack, ArchiveReport, RESERVED_PREFIX};
+use drpilot_shared::archive::{is_sha256_hex, unpack, ArchiveReport, RESERVED_PREFIX};
 
 /// What restore's preparation found, for the reducer (`ranges/restore/prepared.json`):
 /// the receipt's details before any archive was staged.
@@ -53,7 +53,7 @@ impl Prepared {
         started: DateTime<Utc>,
     ) -> RestoreDetails {
         // At least a millisecond: the throughput divides by it.
-        let seconds = receipt::seconds(Utc::now() - started).max(0.001);
+        let seconds = time::seconds(Utc::now() - started).max(0.001);
         RestoreDetails {
             objects: state.files,
             directories: state.directories,
@@ -308,7 +308,7 @@ impl Restore {
                     resume,
                 )
                 .await?;
-            let seconds = cursor.seconds + receipt::seconds(Utc::now() - started);
+            let seconds = cursor.seconds + time::seconds(Utc::now() - started);
             match staged {
                 Staged::Done(report) => {
                     progress += 1 + report.files.saturating_sub(cursor.files);
@@ -416,7 +416,7 @@ impl Restore {
         let pointer: ControlPlanePointer =
             decode_slice(&format!("control-plane pointer {pointer_uri}"), &bytes)
                 .map_err(|e| Error::contract(e.to_string()).with_source(e))?;
-        if !backup::is_sha256_hex(&pointer.bundle_sha256) {
+        if !is_sha256_hex(&pointer.bundle_sha256) {
             return Err(Error::contract(format!(
                 "{pointer_uri}: bundle_sha256: expected 64 lowercase hex digits, got {:?}",
                 pointer.bundle_sha256

@@ -807,7 +807,7 @@ async fn a_child_behind_its_executions_fence_stages_nothing() {
     use drpilot_shared::backup::BackupMetadata;
     use drpilot_shared::fence::{fence_uri, raise};
     use drpilot_shared::plan;
-    use drpilot_shared::receipt::ReceiptStore;
+    use drpilot_shared::store::ReceiptStore;
     use drpilot_testkit::EVIDENCE_BUCKET;
 
     let aws = LocalAws::start().await;

@@ -106,7 +106,7 @@ impl SampleVerifier {
             let mut collector = ManifestCollector {
                 sorter: ExternalSort::new(SORT_CHUNK)?,
                 manifests: 0,
-                range: drpilot_shared::plan::KeyRange::all(),
+                range: drpilot_shared::s3uri::KeyRange::all(),
             };
             unpack(MANIFESTS, reader, &expected, &mut collector)?;
             let mut reservoir = Vec::with_capacity(size);

@@ -14,13 +14,14 @@ use drpilot_shared::input::{normalize, NameRule, Trigger, TriggerDefaults};
 use drpilot_shared::lock::{Released, RunLock};
 use drpilot_shared::metrics::{self, Sample};
 use drpilot_shared::profile::{Profile, ProfileSource};
-use drpilot_shared::receipt::{
-    seconds, Failure, Objective, PhaseClock, PhaseOutcome, PhaseReceipt, PhaseStatus, ReceiptStore,
-    RunStatus, RunSummary,
-};
+use drpilot_shared::receipt::{Failure, PhaseClock, PhaseReceipt, PhaseStatus, RunStatus};
+use drpilot_shared::record::{ExecutionName, ExecutionOutcome};
 use drpilot_shared::restored;
-use drpilot_shared::resume::{self, ExecutionName, ExecutionOutcome};
+use drpilot_shared::resume;
 use drpilot_shared::run::{CleanupProgress, ExecutionInfo, RunContext, TeardownOutput};
+use drpilot_shared::store::ReceiptStore;
+use drpilot_shared::summary::{PhaseOutcome, RunSummary};
+use drpilot_shared::time::{seconds, Objective};
 use drpilot_shared::{AwsClients, Error, ErrorKind, Phase, Result, RunInput, S3Uri};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};

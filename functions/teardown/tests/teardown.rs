@@ -305,7 +305,7 @@ async fn after_a_failed_restore_it_records_the_failure_and_releases_the_lock() {
         .await
         .unwrap()
         .unwrap();
-    let statuses = |s: &drpilot_shared::receipt::RunSummary| {
+    let statuses = |s: &drpilot_shared::summary::RunSummary| {
         s.phases
             .iter()
             .map(|p| (p.phase, p.status, p.reason.clone()))

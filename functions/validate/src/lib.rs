@@ -10,25 +10,27 @@ use aws_sdk_cloudwatch::types::{Dimension, Metric, MetricDataQuery, MetricStat};
 use chrono::Utc;
 use drpilot_shared::archive::RESERVED_PREFIX;
 use drpilot_shared::budget::RequestBudget;
-use drpilot_shared::details::RangeFindings;
 use drpilot_shared::details::{CheckResult, Tally, ValidateDetails};
 use drpilot_shared::input::Phase;
 use drpilot_shared::listing::{list_sorted_in, Joined, MergeJoin, ObjectInfo};
 use drpilot_shared::objects::{sha256_by_reading, stored_sha256};
+use drpilot_shared::parity::RangeFindings;
 use drpilot_shared::parity::{DifferenceLog, MAX_LOGGED_DIFFERENCES};
 use drpilot_shared::phase::{self, Failed, Outcome, PhaseRun, Rerun};
-use drpilot_shared::plan::{self, KeyRange, PlanItem, RangePass, RangeResult, Step};
+use drpilot_shared::plan::{self, PlanItem, RangePass, RangeResult, Step};
 use drpilot_shared::profile::{Check, Profile, ProfileSource, Statistic};
-use drpilot_shared::receipt::ReceiptStore;
 use drpilot_shared::run::StepOutput;
 use drpilot_shared::run::{PhaseOutput, PhaseRequest, RunContext};
+use drpilot_shared::s3uri::KeyRange;
+use drpilot_shared::store::ReceiptStore;
 use drpilot_shared::{AwsClients, Error, Result, S3Uri};
 use serde::Serialize;
 use serde_json::Value;
 use tokio::task::JoinSet;
 use tracing::info;
 
-use drpilot_shared::manifest::{self, ManifestEntry};
+use drpilot_shared::backup;
+use drpilot_shared::manifest::ManifestEntry;
 
 /// Hash lookups (or full reads) in flight at once.
 const HASH_CONCURRENCY: usize = 32;
@@ -195,7 +197,7 @@ impl Validate {
     ) -> Result<(Tally, DifferenceLog)> {
         let s3 = &self.clients.s3;
         let (manifest_rx, manifests) =
-            manifest::sorted_entries_in(s3, &run.backup.uri, range.clone()).await?;
+            backup::sorted_entries_in(s3, &run.backup.uri, range.clone()).await?;
         let staging = profile.target.staging(&run.run_id)?;
         let (staged_rx, lister) = list_sorted_in(
             s3.clone(),

@@ -21,7 +21,7 @@ use drpilot_shared::{Error, ErrorKind, Result};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-use drpilot_shared::receipt::utc;
+use drpilot_shared::time::utc;
 
 use super::{ensure_ours, instance_progress, run_named_instance, Cx, Kind, Progress};
 

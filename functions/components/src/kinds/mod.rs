@@ -11,9 +11,9 @@ mod ssm_command;
 use chrono::{DateTime, Utc};
 use drpilot_shared::component::{ComponentKind, ComponentReceipt, ComponentSpec, RestoredResource};
 use drpilot_shared::profile::Profile;
-use drpilot_shared::receipt::ReceiptStore;
 use drpilot_shared::restored::Owner;
 use drpilot_shared::run::RunContext;
+use drpilot_shared::store::ReceiptStore;
 use drpilot_shared::{AwsClients, Error, Result};
 
 pub use http::HttpProbe;

@@ -11,7 +11,7 @@ use drpilot_shared::restored::{rds_instance, tag, EXECUTION_TAG, SNAPSHOT_TAG};
 use drpilot_shared::{Error, Result};
 use serde_json::json;
 
-use drpilot_shared::receipt::utc;
+use drpilot_shared::time::utc;
 
 use super::{ensure_ours, instance_progress, run_named_instance, Cx, Kind, Progress};
 
