@@ -37,6 +37,7 @@ lint: ## formatting, clippy (warnings are errors), and one feature set for every
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets -- -D warnings
 	scripts/check-one-build.sh
+	scripts/check-module-cycles.py
 	# The benchmarks' S3 server is a workspace of its own (bench/s3mem).
 	cargo fmt --manifest-path bench/s3mem/Cargo.toml --check
 	cargo clippy --manifest-path bench/s3mem/Cargo.toml --target-dir target -- -D warnings

@@ -8,7 +8,7 @@ on, so each peer runs under both triggers the model has: 5 s of throttling every
 and 5 s served at 90% of the rate or more. Each run writes OBJECTS small objects under a
 fresh prefix, so each meets the floor first:
 
-- drpilot's budget (shared/src/budget.rs): starts at 30/s (the run's 3,000, scaled) and
+- drpilot's budget (shared/src/data/budget.rs): starts at 30/s (the run's 3,000, scaled) and
   climbs additively while S3 keeps up, halving on SlowDown;
 - the same bucket held at 30/s (the fixed floor a pacer without the climb keeps to);
 - `aws s3 cp --recursive` of the same objects (10 requests in flight, its own retries),

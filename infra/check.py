@@ -988,10 +988,10 @@ def check_dependencies(ctx: Context) -> tuple[bool, str]:
 ITEM_READER = "arn:aws:states:::s3:getObject"
 LAMBDA_INVOKE = "arn:aws:states:::lambda:invoke"
 # The run's plan, the Distributed Maps' items: bringup writes it to
-# <receipts>runs/<run_id>/plan.json (shared/src/plan.rs, plan_uri).
+# <receipts>runs/<run_id>/plan.json (shared/src/data/plan.rs, plan_uri).
 PLAN_KEY = "${ReceiptsPrefix}runs/*/plan.json"
 # What a range's child and its phase's reducer read and write under the receipts
-# (shared/src/plan.rs: range_uri, range_file_uri, prepared_uri, and the plan), as sample
+# (shared/src/data/plan.rs: range_uri, range_file_uri, prepared_uri, and the plan), as sample
 # keys the functions' grants must cover.
 RANGE_OBJECTS = {
     "s3:GetObject": ["runs/RUN/plan.json", "runs/RUN/ranges/PHASE/00000.json",
@@ -1036,7 +1036,7 @@ def invoked_function(m: Machine, state: dict) -> str | None:
 
 
 # The functions whose range's child stops at its invocation's deadline and answers a
-# continuation (shared/src/plan.rs, Continuation): restore's and promote's writers.
+# continuation (shared/src/data/plan.rs, Continuation): restore's and promote's writers.
 CONTINUING_FUNCTIONS = {"RestoreFunction", "PromoteFunction"}
 
 

@@ -17,11 +17,11 @@ use drpilot_cli::local::{deploy_state_machine, Machine};
 use drpilot_cli::{approve, follow, Ctx, Out};
 use drpilot_shared::approval::Sealer;
 use drpilot_shared::identity::DecisionRequest;
-use drpilot_shared::local::{APPROVAL_KEY_ALIAS, STATE_MACHINES};
 use drpilot_testkit::{
     make_backup, sh, test_profile, LocalAws, TempDir, BACKUP_BUCKET, BACKUP_PREFIX,
     EVIDENCE_BUCKET, PROFILE, TARGET_BUCKET,
 };
+use drpilot_tools::local::{APPROVAL_KEY_ALIAS, STATE_MACHINES};
 use serde_json::{json, Value};
 
 use common::{start_run, MACHINE};

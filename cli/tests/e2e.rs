@@ -967,7 +967,7 @@ async fn components_restore_beside_the_data_and_are_measured_against_their_own_r
     let ctx = stack(&aws, &tmp, false).await;
     aws.seed_database("orders-prod", true).await;
     let lambda = aws_sdk_lambda::Client::new(&aws.clients.config);
-    drpilot_shared::local::emulator_function(&lambda, aws.port, "sample-verifier")
+    drpilot_tools::local::emulator_function(&lambda, aws.port, "sample-verifier")
         .await
         .unwrap();
     let (site, _) = drpilot_testkit::health_page(3).await;

@@ -10,13 +10,13 @@ use std::time::Duration;
 
 use drpilot_cli::local::{deploy_state_machine, Machine};
 use drpilot_cli::{approve, deny, follow, readiness as show_readiness, Ctx, Out};
-use drpilot_shared::local::STATE_MACHINES;
 use drpilot_shared::objects::put_json;
 use drpilot_shared::S3Uri;
 use drpilot_testkit::{
     make_backup, sh, test_profile, LocalAws, TempDir, BACKUP_BUCKET, BACKUP_PREFIX,
     EVIDENCE_BUCKET, PROFILE, TARGET_BUCKET,
 };
+use drpilot_tools::local::STATE_MACHINES;
 use readiness::Readiness;
 use serde_json::{json, Value};
 

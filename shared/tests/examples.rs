@@ -7,7 +7,7 @@ use drpilot_shared::component::ComponentKind;
 use drpilot_shared::Profile;
 
 fn example(name: &str) -> Profile {
-    let path = drpilot_shared::local::repo_root().join(format!("examples/profiles/{name}.json"));
+    let path = drpilot_testkit::repo_root().join(format!("examples/profiles/{name}.json"));
     let text = std::fs::read_to_string(&path).unwrap();
     Profile::from_json(name, &text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
@@ -18,7 +18,7 @@ fn kinds(profile: &Profile) -> Vec<&'static str> {
 
 #[test]
 fn every_example_profile_parses_and_validates() {
-    let dir = drpilot_shared::local::repo_root().join("examples/profiles");
+    let dir = drpilot_testkit::repo_root().join("examples/profiles");
     let mut names: Vec<String> = std::fs::read_dir(&dir)
         .unwrap()
         .filter_map(|e| e.ok())

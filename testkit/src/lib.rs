@@ -17,7 +17,7 @@ pub const REGION: &str = "us-east-1";
 /// The account moto answers STS GetCallerIdentity with.
 pub const ACCOUNT_ID: &str = "123456789012";
 
-pub use drpilot_shared::local::repo_root;
+pub use drpilot_tools::local::repo_root;
 
 pub mod quotas;
 
@@ -294,11 +294,11 @@ fn start_functions(server: &Server) -> Result<(), String> {
         .env("DRPILOT_DEFAULT_PROFILE", PROFILE)
         .env(
             "DRPILOT_DRILL_SCHEDULE",
-            drpilot_shared::local::DRILL_SCHEDULE,
+            drpilot_tools::local::DRILL_SCHEDULE,
         )
         .env(
             drpilot_shared::approval::APPROVAL_KEY_ENV,
-            drpilot_shared::local::APPROVAL_KEY_ALIAS,
+            drpilot_tools::local::APPROVAL_KEY_ALIAS,
         )
         .env(
             drpilot_shared::deadline::BUDGET_ENV,
@@ -308,7 +308,7 @@ fn start_functions(server: &Server) -> Result<(), String> {
         .env("DRPILOT_APPROVAL_TIMEOUT_SECONDS", "600")
         .env(
             "DRPILOT_STATE_MACHINES",
-            drpilot_shared::local::STATE_MACHINES.join(","),
+            drpilot_tools::local::STATE_MACHINES.join(","),
         )
         .env_remove("AWS_PROFILE")
         .stdin(Stdio::null())
@@ -327,7 +327,7 @@ fn start_functions(server: &Server) -> Result<(), String> {
     Ok(())
 }
 
-pub use drpilot_shared::local::http;
+pub use drpilot_tools::local::http;
 
 /// An interceptor that lets the first `allowed` requests of one operation through and
 /// fails every later one before it is sent: a fault injected into a real client (a copy
@@ -462,7 +462,7 @@ impl LocalAws {
         let endpoint = format!("http://127.0.0.1:{port}");
         let config = AwsClients::emulator_config(&endpoint, REGION).await;
         let clients = AwsClients::from_config(config);
-        drpilot_shared::local::emulator_approval_key(&clients.kms())
+        drpilot_tools::local::emulator_approval_key(&clients.kms())
             .await
             .unwrap_or_else(|e| panic!("the approval key: {e}"));
         Self {
@@ -486,7 +486,7 @@ impl LocalAws {
     pub fn sealer(&self) -> drpilot_shared::approval::Sealer {
         drpilot_shared::approval::Sealer::new(
             self.clients.kms(),
-            drpilot_shared::local::APPROVAL_KEY_ALIAS,
+            drpilot_tools::local::APPROVAL_KEY_ALIAS,
         )
     }
 
@@ -648,7 +648,7 @@ impl LocalAws {
         self.create_bucket(TARGET_BUCKET).await;
         self.create_bucket(BACKUP_BUCKET).await;
         self.create_bucket(PRIMARY_BUCKET).await;
-        drpilot_shared::local::emulator_evidence_bucket(
+        drpilot_tools::local::emulator_evidence_bucket(
             self.s3(),
             EVIDENCE_BUCKET,
             EVIDENCE_RETENTION_DAYS,
@@ -773,7 +773,7 @@ impl LocalAws {
     /// A source database in the emulator's RDS, and (with `snapshot`) one manual snapshot of
     /// it, as production would have them.
     pub async fn seed_database(&self, identifier: &str, snapshot: bool) {
-        drpilot_shared::local::emulator_database(
+        drpilot_tools::local::emulator_database(
             &self.clients.rds(),
             identifier,
             snapshot.then_some("manual-1"),
@@ -786,7 +786,7 @@ impl LocalAws {
     pub async fn drill_schedule(&self, enabled: bool) {
         let scheduler = aws_sdk_scheduler::Client::new(&self.clients.config);
         let machine = format!("arn:aws:states:{REGION}:{ACCOUNT_ID}:stateMachine:drpilot-drill");
-        drpilot_shared::local::emulator_schedule(&scheduler, &machine, enabled)
+        drpilot_tools::local::emulator_schedule(&scheduler, &machine, enabled)
             .await
             .unwrap_or_else(|e| panic!("drill schedule: {e}"));
     }

@@ -12,7 +12,7 @@
 //! quotas" (6 MB for a synchronous invocation's response).
 //!
 //! It speaks the Step Functions JSON protocol to the emulator over a blocking socket
-//! ([`drpilot_shared::local::http_with`]) rather than through the SDK: it runs inside
+//! ([`drpilot_tools::local::http_with`]) rather than through the SDK: it runs inside
 //! `Drop`, where the case's async runtime is blocked and its pooled connections with it.
 
 use serde_json::{json, Value};
@@ -123,7 +123,7 @@ impl Api<'_> {
             "AWS4-HMAC-SHA256 Credential=testing/20260101/{}/states/aws4_request, SignedHeaders=host, Signature=0",
             self.region
         );
-        let (status, text) = drpilot_shared::local::http_with(
+        let (status, text) = drpilot_tools::local::http_with(
             self.port,
             "POST",
             "/",

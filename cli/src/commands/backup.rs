@@ -14,10 +14,10 @@ use std::path::PathBuf;
 
 use chrono::{DateTime, Utc};
 use drpilot_shared::backup::{self, ReadProgress, Verified};
-use drpilot_shared::maker::{self, Made, MakeOptions};
 use drpilot_shared::profile::ProfileSource;
 use drpilot_shared::time::{seconds, Objective};
 use drpilot_shared::{ErrorKind, S3Uri};
+use drpilot_tools::maker::{self, Made, MakeOptions};
 use serde::Serialize;
 
 use crate::{CliError, Ctx, ExitStatus};

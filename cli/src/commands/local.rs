@@ -9,10 +9,10 @@ use aws_sdk_s3::primitives::ByteStream;
 use chrono::{Duration, Utc};
 use serde_json::json;
 
-use drpilot_shared::local::repo_root;
 use drpilot_shared::objects::upload_tree;
 use drpilot_shared::profile::ProfileSource;
 use drpilot_shared::S3Uri;
+use drpilot_tools::local::repo_root;
 
 use crate::history::ExecutionState;
 use crate::{
@@ -270,14 +270,14 @@ pub async fn provision(ctx: &Ctx) -> Result<(String, String), CliError> {
              "body_contains": "\"status\": \"ok\"", "rto_target_seconds": 60, "poll_seconds": 2}
         ]
     });
-    drpilot_shared::local::emulator_evidence_bucket(
+    drpilot_tools::local::emulator_evidence_bucket(
         &ctx.aws.s3,
         EVIDENCE_BUCKET,
         EVIDENCE_RETENTION_DAYS,
     )
     .await
     .map_err(CliError::Io)?;
-    drpilot_shared::local::emulator_approval_key(&ctx.aws.kms())
+    drpilot_tools::local::emulator_approval_key(&ctx.aws.kms())
         .await
         .map_err(CliError::Io)?;
     demo_components(ctx).await?;
@@ -285,7 +285,7 @@ pub async fn provision(ctx: &Ctx) -> Result<(String, String), CliError> {
     let scheduler = aws_sdk_scheduler::Client::new(&ctx.aws.config);
     let drill_machine =
         format!("arn:aws:states:{REGION}:{ACCOUNT}:stateMachine:{DEFAULT_STATE_MACHINE}");
-    drpilot_shared::local::emulator_schedule(&scheduler, &drill_machine, false)
+    drpilot_tools::local::emulator_schedule(&scheduler, &drill_machine, false)
         .await
         .map_err(CliError::Io)?;
     ProfileSource::Ssm(ctx.aws.ssm.clone())
@@ -319,7 +319,7 @@ pub async fn provision(ctx: &Ctx) -> Result<(String, String), CliError> {
 /// role first: the emulator's Lambda checks it exists). Idempotent.
 async fn demo_components(ctx: &Ctx) -> Result<(), CliError> {
     let suffix = Utc::now().format("%Y%m%d%H%M%S%3f").to_string();
-    drpilot_shared::local::emulator_database(&ctx.aws.rds(), DEMO_DB, Some(&suffix))
+    drpilot_tools::local::emulator_database(&ctx.aws.rds(), DEMO_DB, Some(&suffix))
         .await
         .map_err(CliError::Io)?;
     let port = ENDPOINT
@@ -328,7 +328,7 @@ async fn demo_components(ctx: &Ctx) -> Result<(), CliError> {
         .and_then(|p| p.parse().ok())
         .unwrap_or(4599);
     // The approve function needs no registration: the emulator forwards Invoke by name.
-    drpilot_shared::local::emulator_function(&ctx.aws.lambda(), port, VERIFIER)
+    drpilot_tools::local::emulator_function(&ctx.aws.lambda(), port, VERIFIER)
         .await
         .map_err(CliError::Io)?;
     Ok(())

@@ -14,12 +14,12 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::archive::Artifact;
-use crate::archive::HashingReader;
-use crate::backup::{ShardEntry, FORMAT_V1, FORMAT_V2, MANIFESTS, METADATA, STATE};
-use crate::error::{Error, Result};
-use crate::input::NameRule;
-use crate::s3uri::RelativeKey;
+use drpilot_shared::archive::Artifact;
+use drpilot_shared::archive::HashingReader;
+use drpilot_shared::backup::{ShardEntry, FORMAT_V1, FORMAT_V2, MANIFESTS, METADATA, STATE};
+use drpilot_shared::error::{Error, Result};
+use drpilot_shared::input::NameRule;
+use drpilot_shared::s3uri::RelativeKey;
 
 /// What `make` writes into `metadata.json` beyond the artifacts.
 #[derive(Clone, Debug)]

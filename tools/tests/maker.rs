@@ -9,10 +9,10 @@ use std::path::Path;
 use chrono::Utc;
 use drpilot_shared::archive::unpack;
 use drpilot_shared::backup::{BackupMetadata, Coverage, MANIFESTS, STATE};
-use drpilot_shared::maker::{make, MakeOptions};
 use drpilot_shared::manifest::{ContentCollector, ExternalSort, ManifestCollector, ManifestEntry};
 use drpilot_shared::{ErrorKind, Result, S3Uri};
 use drpilot_testkit::{make_backup, sh, TempDir};
+use drpilot_tools::maker::{make, MakeOptions};
 
 fn options(id: &str) -> MakeOptions {
     MakeOptions {

@@ -97,14 +97,14 @@ impl<R: Read> Read for CountingReader<R> {
 }
 
 /// Counts and hashes every byte read through it.
-pub(crate) struct HashingReader<R> {
+pub struct HashingReader<R> {
     inner: R,
     hasher: Sha256,
-    pub(crate) bytes: u64,
+    pub bytes: u64,
 }
 
 impl<R> HashingReader<R> {
-    pub(crate) fn new(inner: R) -> Self {
+    pub fn new(inner: R) -> Self {
         Self {
             inner,
             hasher: Sha256::new(),
@@ -113,7 +113,7 @@ impl<R> HashingReader<R> {
     }
 
     /// The SHA-256 of what was read.
-    pub(crate) fn finish(self) -> [u8; 32] {
+    pub fn finish(self) -> [u8; 32] {
         self.hasher.finalize().into()
     }
 }

@@ -2,6 +2,12 @@
 //! receipts, the run record, component receipts, the summary and the audit records'
 //! evidence copies (docs/contracts.md lists every key).
 
+pub mod fence;
+pub mod history;
+pub mod lock;
+pub mod objects;
+pub mod published;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -138,7 +144,7 @@ impl ReceiptStore {
     /// Removes a phase's receipt: a phase that starts over must not leave an earlier
     /// success standing while it runs.
     pub async fn delete_phase(&self, run_id: &str, phase: Phase) -> Result<()> {
-        crate::objects::delete(&self.s3, &self.phase_uri(run_id, phase)?).await
+        objects::delete(&self.s3, &self.phase_uri(run_id, phase)?).await
     }
 
     /// Every phase receipt the run has, in phase order.

@@ -152,7 +152,7 @@ pub async fn emulator_database(
     snapshot: Option<&str>,
 ) -> Result<(), String> {
     let describe = |e: &dyn std::error::Error| format!("{identifier}: {e}");
-    if crate::restored::rds_instance(rds, identifier)
+    if drpilot_shared::restored::rds_instance(rds, identifier)
         .await
         .map_err(|e| describe(&e))?
         .is_none()
