@@ -59,6 +59,104 @@ pub struct Made {
 /// regular files (a symlink, a device, a socket), and a name that is not UTF-8 or not a
 /// valid key, is an `InputError` naming the path, raised before `out` is created.
 pub fn make(src: &Path, out: &Path, options: &MakeOptions) -> Result<Made> {
+    check(src, out, options)?;
+    let io_error = |what: &str, e: io::Error| Error::input(format!("{what}: {e}"));
+    std::fs::create_dir_all(out).map_err(|e| io_error(&out.display().to_string(), e))?;
+
+    let mut manifest = ManifestFile::new()?;
+    let (state, (tally, shards)) = {
+        let mut shards = options
+            .shard_size
+            .map(|size| Shards::new(out, options.level, size));
+        let mut fill = |tar: Option<&mut Builder>| -> Result<Tally> {
+            let mut tar = tar;
+            let mut tally = Tally::default();
+            walk(src, Path::new(""), &mut |relative, kind| {
+                let name = key_of(relative)?;
+                let path = src.join(relative);
+                match kind {
+                    Kind::Directory => {
+                        // Shards hold files only: a restore stages objects, not folders.
+                        if let Some(tar) = tar.as_deref_mut() {
+                            append(
+                                tar,
+                                tar::EntryType::Directory,
+                                &format!("{name}/"),
+                                0,
+                                io::empty(),
+                            )
+                            .map_err(|e| io_error(&path.display().to_string(), e))?;
+                        }
+                        tally.directories += 1;
+                    }
+                    Kind::File => {
+                        let target = match (tar.as_deref_mut(), shards.as_mut()) {
+                            (Some(tar), _) => tar,
+                            (None, Some(shards)) => shards.before(&name)?,
+                            (None, None) => return Err(Error::internal("no archive to write")),
+                        };
+                        let (size, sha256) = append_file(target, &path, &name)?;
+                        if let (None, Some(shards)) = (tar.as_deref_mut(), shards.as_mut()) {
+                            shards.after(&name, size)?;
+                        }
+                        manifest.push(&name, size, &sha256)?;
+                        tally.files += 1;
+                        tally.bytes += size;
+                    }
+                }
+                Ok(())
+            })?;
+            Ok(tally)
+        };
+        let written = if options.shard_size.is_some() {
+            let tally = fill(None)?;
+            let shards = shards
+                .take()
+                .ok_or_else(|| Error::internal("no shards"))?
+                .finish()?;
+            if shards.is_empty() {
+                return Err(Error::input(format!(
+                    "{}: no files to back up (a sharded backup needs at least one)",
+                    src.display()
+                )));
+            }
+            let state = combined(&shards);
+            (state, (tally, shards))
+        } else {
+            let (state, tally) =
+                write_archive(&out.join(STATE), options.level, |tar| fill(Some(tar)))?;
+            (state, (tally, Vec::new()))
+        };
+        written
+    };
+    let (manifest_size, mut manifest) = manifest.finish()?;
+    let (manifests, ()) = write_archive(&out.join(MANIFESTS), options.level, |tar| {
+        append(
+            tar,
+            tar::EntryType::Regular,
+            "state.json",
+            manifest_size,
+            &mut manifest,
+        )
+        .map_err(|e| io_error("the manifest", e))
+    })?;
+
+    write_metadata(out, options, (&state, &manifests), &shards)?;
+    Ok(Made {
+        dir: out.to_path_buf(),
+        backup_id: options.backup_id.clone(),
+        files: tally.files,
+        directories: tally.directories,
+        bytes: tally.bytes,
+        state,
+        manifests,
+        shards,
+    })
+}
+
+/// What [`make`] checks before it writes anything: the options, and a tree whose every
+/// entry can be backed up (a tree that cannot leaves nothing behind).
+fn check(src: &Path, out: &Path, options: &MakeOptions) -> Result<()> {
     NameRule::RUN_ID
         .check(&options.backup_id)
         .map_err(|why| Error::input(format!("backup id: {why}")))?;
@@ -89,132 +187,90 @@ pub fn make(src: &Path, out: &Path, options: &MakeOptions) -> Result<Made> {
             out.display()
         )));
     }
-    let io_error = |what: &str, e: io::Error| Error::input(format!("{what}: {e}"));
-    std::fs::create_dir_all(out).map_err(|e| io_error(&out.display().to_string(), e))?;
+    Ok(())
+}
 
-    let mut manifest = tempfile::tempfile().map_err(|e| io_error("a temporary manifest", e))?;
-    let (state, (tally, shards)) = {
-        let mut manifest = BufWriter::new(&mut manifest);
-        manifest
-            .write_all(b"{\"objects\": [")
-            .map_err(|e| io_error("the manifest", e))?;
-        let mut shards = options
-            .shard_size
-            .map(|size| Shards::new(out, options.level, size));
-        let mut fill = |tar: Option<&mut Builder>| -> Result<Tally> {
-            let mut tar = tar;
-            let mut tally = Tally::default();
-            walk(src, Path::new(""), &mut |relative, kind| {
-                let name = key_of(relative)?;
-                let path = src.join(relative);
-                match kind {
-                    Kind::Directory => {
-                        // Shards hold files only: a restore stages objects, not folders.
-                        if let Some(tar) = tar.as_deref_mut() {
-                            append(
-                                tar,
-                                tar::EntryType::Directory,
-                                &format!("{name}/"),
-                                0,
-                                io::empty(),
-                            )
-                            .map_err(|e| io_error(&path.display().to_string(), e))?;
-                        }
-                        tally.directories += 1;
-                    }
-                    Kind::File => {
-                        let file = File::open(&path)
-                            .map_err(|e| io_error(&path.display().to_string(), e))?;
-                        let size = file
-                            .metadata()
-                            .map_err(|e| io_error(&path.display().to_string(), e))?
-                            .len();
-                        let mut hashing = HashingReader::new(file);
-                        let target = match (tar.as_deref_mut(), shards.as_mut()) {
-                            (Some(tar), _) => tar,
-                            (None, Some(shards)) => shards.before(&name)?,
-                            (None, None) => return Err(Error::internal("no archive to write")),
-                        };
-                        append(
-                            target,
-                            tar::EntryType::Regular,
-                            &name,
-                            size,
-                            (&mut hashing).take(size),
-                        )
-                        .map_err(|e| io_error(&path.display().to_string(), e))?;
-                        if hashing.bytes != size {
-                            return Err(Error::input(format!(
-                                "{}: changed while it was backed up ({size} bytes, then {})",
-                                path.display(),
-                                hashing.bytes
-                            )));
-                        }
-                        if let (None, Some(shards)) = (tar.as_deref_mut(), shards.as_mut()) {
-                            shards.after(&name, size)?;
-                        }
-                        let entry = serde_json::json!({
-                            "key": name,
-                            "size": size,
-                            "sha256": hex::encode(hashing.finish()),
-                        });
-                        let separator: &[u8] = if tally.files == 0 { b"\n  " } else { b",\n  " };
-                        manifest
-                            .write_all(separator)
-                            .and_then(|()| {
-                                serde_json::to_writer(&mut manifest, &entry)
-                                    .map_err(io::Error::other)
-                            })
-                            .map_err(|e| io_error("the manifest", e))?;
-                        tally.files += 1;
-                        tally.bytes += size;
-                    }
-                }
-                Ok(())
-            })?;
-            Ok(tally)
-        };
-        let written = if options.shard_size.is_some() {
-            let tally = fill(None)?;
-            let shards = shards
-                .take()
-                .ok_or_else(|| Error::internal("no shards"))?
-                .finish()?;
-            if shards.is_empty() {
-                return Err(Error::input(format!(
-                    "{}: no files to back up (a sharded backup needs at least one)",
-                    src.display()
-                )));
-            }
-            let state = combined(&shards);
-            (state, (tally, shards))
-        } else {
-            let (state, tally) =
-                write_archive(&out.join(STATE), options.level, |tar| fill(Some(tar)))?;
-            (state, (tally, Vec::new()))
-        };
-        manifest
+/// `state.json`, the manifest, written to a temporary file as the tree is walked: one
+/// `{key, size, sha256}` line per file, so memory does not grow with the tree.
+struct ManifestFile {
+    out: BufWriter<File>,
+    entries: u64,
+}
+
+impl ManifestFile {
+    fn new() -> Result<Self> {
+        let file = tempfile::tempfile().map_err(|e| manifest_error("a temporary manifest", e))?;
+        let mut out = BufWriter::new(file);
+        out.write_all(b"{\"objects\": [")
+            .map_err(|e| manifest_error("the manifest", e))?;
+        Ok(Self { out, entries: 0 })
+    }
+
+    fn push(&mut self, key: &str, size: u64, sha256: &[u8]) -> Result<()> {
+        let entry = serde_json::json!({"key": key, "size": size, "sha256": hex::encode(sha256)});
+        let separator: &[u8] = if self.entries == 0 { b"\n  " } else { b",\n  " };
+        self.out
+            .write_all(separator)
+            .and_then(|()| serde_json::to_writer(&mut self.out, &entry).map_err(io::Error::other))
+            .map_err(|e| manifest_error("the manifest", e))?;
+        self.entries += 1;
+        Ok(())
+    }
+
+    /// Closes the manifest and answers its size and the file, rewound to be read.
+    fn finish(mut self) -> Result<(u64, File)> {
+        self.out
             .write_all(b"\n]}\n")
-            .and_then(|()| manifest.flush())
-            .map_err(|e| io_error("the manifest", e))?;
-        written
-    };
-    let manifest_size = manifest
-        .metadata()
-        .map_err(|e| io_error("the manifest", e))?
-        .len();
-    io::Seek::rewind(&mut manifest).map_err(|e| io_error("the manifest", e))?;
-    let (manifests, ()) = write_archive(&out.join(MANIFESTS), options.level, |tar| {
-        append(
-            tar,
-            tar::EntryType::Regular,
-            "state.json",
-            manifest_size,
-            &mut manifest,
-        )
-        .map_err(|e| io_error("the manifest", e))
-    })?;
+            .map_err(|e| manifest_error("the manifest", e))?;
+        let mut file = self
+            .out
+            .into_inner()
+            .map_err(|e| manifest_error("the manifest", e.into_error()))?;
+        let size = file
+            .metadata()
+            .map_err(|e| manifest_error("the manifest", e))?
+            .len();
+        io::Seek::rewind(&mut file).map_err(|e| manifest_error("the manifest", e))?;
+        Ok((size, file))
+    }
+}
 
+fn manifest_error(what: &str, e: io::Error) -> Error {
+    Error::input(format!("{what}: {e}"))
+}
+
+/// Appends the file at `path` to `tar` as `name`, hashing it as it goes: its size and
+/// SHA-256. A file whose size changed while it was read is an `InputError`.
+fn append_file(tar: &mut Builder, path: &Path, name: &str) -> Result<(u64, [u8; 32])> {
+    let io_error = |e: io::Error| Error::input(format!("{}: {e}", path.display()));
+    let file = File::open(path).map_err(io_error)?;
+    let size = file.metadata().map_err(io_error)?.len();
+    let mut hashing = HashingReader::new(file);
+    append(
+        tar,
+        tar::EntryType::Regular,
+        name,
+        size,
+        (&mut hashing).take(size),
+    )
+    .map_err(io_error)?;
+    if hashing.bytes != size {
+        return Err(Error::input(format!(
+            "{}: changed while it was backed up ({size} bytes, then {})",
+            path.display(),
+            hashing.bytes
+        )));
+    }
+    Ok((size, hashing.finish()))
+}
+
+/// `metadata.json`, written last: a directory holding it holds a whole backup.
+fn write_metadata(
+    out: &Path,
+    options: &MakeOptions,
+    (state, manifests): (&Artifact, &Artifact),
+    shards: &[ShardEntry],
+) -> Result<()> {
     let mut metadata = serde_json::json!({
         "format": if shards.is_empty() { FORMAT_V1 } else { FORMAT_V2 },
         "backup_id": options.backup_id,
@@ -223,26 +279,16 @@ pub fn make(src: &Path, out: &Path, options: &MakeOptions) -> Result<Made> {
             "git_sha": options.git_sha,
             "tool": concat!("drpilot backup make ", env!("CARGO_PKG_VERSION")),
         },
-        "artifacts": {STATE: &state, MANIFESTS: &manifests},
+        "artifacts": {STATE: state, MANIFESTS: manifests},
     });
     if !shards.is_empty() {
-        metadata["artifacts"] = serde_json::json!({ MANIFESTS: &manifests });
-        metadata["shards"] = serde_json::to_value(&shards)
+        metadata["artifacts"] = serde_json::json!({ MANIFESTS: manifests });
+        metadata["shards"] = serde_json::to_value(shards)
             .map_err(|e| Error::internal(format!("encoding the shards: {e}")))?;
     }
     let text = serde_json::to_vec_pretty(&metadata)
         .map_err(|e| Error::internal(format!("encoding {METADATA}: {e}")))?;
-    std::fs::write(out.join(METADATA), text).map_err(|e| io_error(METADATA, e))?;
-    Ok(Made {
-        dir: out.to_path_buf(),
-        backup_id: options.backup_id.clone(),
-        files: tally.files,
-        directories: tally.directories,
-        bytes: tally.bytes,
-        state,
-        manifests,
-        shards,
-    })
+    std::fs::write(out.join(METADATA), text).map_err(|e| Error::input(format!("{METADATA}: {e}")))
 }
 
 type Builder = tar::Builder<zstd::Encoder<'static, HashingWriter<File>>>;

@@ -15,7 +15,7 @@ use drpilot_shared::lock::{Released, RunLock};
 use drpilot_shared::metrics::{self, Sample};
 use drpilot_shared::profile::{Profile, ProfileSource};
 use drpilot_shared::receipt::{Failure, PhaseClock, PhaseReceipt, PhaseStatus, RunStatus};
-use drpilot_shared::record::{ExecutionName, ExecutionOutcome};
+use drpilot_shared::record::{ExecutionEntry, ExecutionName, ExecutionOutcome, RunRecord};
 use drpilot_shared::restored;
 use drpilot_shared::resume;
 use drpilot_shared::run::{CleanupProgress, ExecutionInfo, RunContext, TeardownOutput};
@@ -143,15 +143,7 @@ impl Teardown {
     pub async fn handle(&self, request: TeardownRequest) -> Result<TeardownOutput> {
         let failure = request.caught_failure();
         let Some(known) = self.known(&request, Utc::now()) else {
-            // No valid input: there is no profile, so nowhere to write and nothing to undo.
-            warn!(
-                ?failure,
-                "teardown without a usable input: nothing to clean up"
-            );
-            return Ok(TeardownOutput::untouched(
-                request.execution.name.clone().unwrap_or_default(),
-                failure,
-            ));
+            return Ok(without_input(&request, failure));
         };
         drpilot_shared::phase::record_run(&known.run_id, Phase::Teardown);
         let Some(profile) = self.profile(&known, &request).await else {
@@ -159,29 +151,19 @@ impl Teardown {
         };
         let store = ReceiptStore::new(self.clients.s3.clone(), profile.receipts.clone());
         let record = store.get_record(&known.run_id).await?;
-        let this = (
-            request.execution.name.as_deref(),
-            request.execution.arn.as_deref(),
-        );
-        if request.run.is_none() {
-            // Bringup refused to continue an existing run: the run is not this
-            // execution's to change (its receipts, summary, staging and lock stand).
-            if let Some((record, _)) = record
-                .as_ref()
-                .filter(|(r, _)| !r.executions.iter().any(|e| e.is(this.0, this.1)))
-            {
-                warn!(run_id = %record.run_id, ?failure, "a later execution was refused at bringup: the run is left as it was");
-                return Ok(TeardownOutput::refused(record.run_id.clone(), failure));
-            }
+        let this = request.execution.name_and_arn();
+        if let Some(run_id) = refused_at_bringup(&request, record.as_ref(), this) {
+            warn!(%run_id, ?failure, "a later execution was refused at bringup: the run is left as it was");
+            return Ok(TeardownOutput::refused(run_id, failure));
         }
         // What components created goes first, and must be gone (proven) before the run's
         // end is written; a resource still being deleted sends the state machine round its
         // wait loop. A held run keeps them with its staging; a dry run created none.
         let cleans_components =
             request.run.is_some() && known.input.teardown && !known.input.dry_run;
-        let components = store.components(&known.run_id).await?;
-        let components = if cleans_components {
-            let (components, pending) = self
+        let mut components = store.components(&known.run_id).await?;
+        if cleans_components {
+            let (cleaned, pending) = self
                 .clean_components(
                     components,
                     (&known.input.profile, &profile),
@@ -190,31 +172,18 @@ impl Teardown {
                 )
                 .await?;
             if let Some((count, wait_seconds)) = pending {
-                info!(
-                    pending = count,
-                    wait_seconds,
-                    "resources still being deleted: teardown looks again after a wait"
-                );
                 return Ok(TeardownOutput::cleaning(known.run_id, count, wait_seconds));
             }
-            components
-        } else {
-            components
-        };
+            components = cleaned;
+        }
         let clock =
             PhaseClock::start(&known.run_id, Phase::Teardown, 1).dry_run(known.input.dry_run);
-        // Whatever else an earlier attempt of this execution did, metrics it put stay
-        // put: never twice.
-        let metrics_already_published = store
-            .get_phase(&known.run_id, Phase::Teardown)
-            .await?
-            .and_then(|r| r.details::<TeardownDetails>().ok())
-            .is_some_and(|d| d.metrics_published && d.execution == request.execution.name);
+        let metrics_already_published =
+            metrics_published_by(&store, &known.run_id, request.execution.name.as_deref()).await?;
 
         let cleaned = match self.clean_up(&known, &request, &profile, &store).await? {
             Cleanup::Finished(cleaned) => cleaned,
             Cleanup::Unfinished(progress) => {
-                info!(run_id = %known.run_id, deleted = progress.staging_deleted, passes = progress.passes, "the staging is larger than one invocation deletes: teardown goes on in another pass");
                 return Ok(TeardownOutput::deleting_staging(known.run_id, progress));
             }
         };
@@ -231,39 +200,9 @@ impl Teardown {
         )?;
         summary.rto_watch = store.get_rto_watch(&known.run_id).await?;
         // A resource teardown could not delete fails teardown, naming it: never left silently.
-        let left: Vec<String> = if cleans_components {
-            components
-                .iter()
-                .flat_map(|c| c.created_resources.iter().map(move |r| (c, r)))
-                .filter(|(_, r)| r.state != ResourceState::Deleted)
-                .map(|(c, r)| {
-                    format!(
-                        "{} of component {} ({})",
-                        r.resource.describe(),
-                        c.name,
-                        r.detail.as_deref().unwrap_or("not deleted")
-                    )
-                })
-                .collect()
-        } else {
-            Vec::new()
-        };
-        let leftovers = if left.is_empty() {
-            Ok(())
-        } else {
-            let error = Error::new(
-                ErrorKind::ServiceError,
-                format!("teardown could not delete: {}", left.join("; ")),
-            );
-            if summary.failure.is_none() {
-                summary.failure = Some(Failure {
-                    phase: Some(Phase::Teardown),
-                    error: error.kind.name().to_owned(),
-                    cause: error.message.clone(),
-                });
-            }
-            summary.status = RunStatus::Failed;
-            Err(error)
+        let leftovers = match cleans_components {
+            true => fail_on_leftovers(&components, &mut summary),
+            false => Ok(()),
         };
 
         // Metrics, once per execution that ends the run (a held run has not ended),
@@ -273,23 +212,13 @@ impl Teardown {
         let metrics = if metrics_already_published || !ends_run {
             Ok(())
         } else {
-            self.publish_metrics(&summary).await.map_err(|err| {
-                let message = format!("metrics not published: {}", err.message);
-                Error::new(err.kind, message).with_source(err)
-            })
+            self.publish_metrics(&summary).await
         };
-        let details = TeardownDetails {
-            staging: cleaned.staging_uri,
-            held: matches!(cleaned.staging, Staging::Held),
-            staged_objects_deleted: match cleaned.staging {
-                Staging::Deleted(count) => Some(count),
-                Staging::Held | Staging::Untouched => None,
-            },
-            lock: cleaned.lock,
-            summary: store.summary_uri(&known.run_id)?,
-            metrics_published: ends_run && metrics.is_ok(),
-            execution: request.execution.name.clone(),
-        };
+        let details = cleaned.details(
+            store.summary_uri(&known.run_id)?,
+            ends_run && metrics.is_ok(),
+            request.execution.name.clone(),
+        );
         let ended = leftovers.and(metrics.clone());
         let receipt = match &ended {
             Ok(()) => clock.succeeded(&details)?,
@@ -297,40 +226,18 @@ impl Teardown {
         };
         // The summary's teardown line is the receipt teardown writes next.
         summary.phases.push(outcome(&receipt));
-        if let Some((mut record, etag)) = record {
-            if let Some(entry) = record.execution_mut(this.0, this.1) {
-                entry.outcome = Some(ExecutionOutcome {
-                    status: summary.status,
-                    failure: summary.failure.clone(),
-                    torn_down: summary.torn_down,
-                    finished_at: now,
-                });
-                store.put_record(&record, Some(&etag)).await?;
-            }
-            summary.executions = record.executions;
+        if let Some(record) = record {
+            summary.executions = record_outcome(&store, record, this, &summary, now).await?;
         }
         store.put_summary(&summary).await?;
         store.put_phase(&receipt).await?;
         ended?;
         info!(run_id = %summary.run_id, status = ?summary.status, rto_seconds = ?summary.rto_seconds, rpo_seconds = ?summary.rpo_seconds, "run summary written");
-        let held = matches!(cleaned.staging, Staging::Held)
+        let held = details
+            .held
             .then(|| resume::resume_point(&receipts).run_first);
         let notice = notice(&summary, held, &store.run_dir(&known.run_id)?);
-        Ok(TeardownOutput {
-            notice,
-            run_id: summary.run_id,
-            status: summary.status,
-            summary: Some(details.summary),
-            rto_seconds: summary.rto_seconds,
-            rpo_seconds: summary.rpo_seconds,
-            promoted: summary.promoted,
-            torn_down: summary.torn_down,
-            lock: details.lock,
-            failure: summary.failure,
-            pending_cleanup: 0,
-            wait_seconds: 0,
-            cleanup: None,
-        })
+        Ok(TeardownOutput::ended(summary, details, notice))
     }
 
     /// One cleanup pass over every resource the run's components created: `Some((count,
@@ -372,6 +279,12 @@ impl Teardown {
             if component.created_resources.iter().any(|r| !r.settled()) {
                 wait_seconds = wait_seconds.min(poll.max(CLEANUP_WAIT_MIN_SECONDS));
             }
+        }
+        if pending > 0 {
+            info!(
+                pending,
+                wait_seconds, "resources still being deleted: teardown looks again after a wait"
+            );
         }
         Ok((components, (pending > 0).then_some((pending, wait_seconds))))
     }
@@ -460,6 +373,7 @@ impl Teardown {
                         ),
                     ));
                 }
+                info!(run_id = %known.run_id, deleted, passes, "the staging is larger than one invocation deletes: teardown goes on in another pass");
                 return Ok(Cleanup::Unfinished(CleanupProgress {
                     staging_deleted: deleted,
                     passes,
@@ -615,7 +529,15 @@ impl Teardown {
         })
     }
 
+    /// Puts the run's metrics; an error says they were not published.
     async fn publish_metrics(&self, summary: &RunSummary) -> Result<()> {
+        self.put_metrics(summary).await.map_err(|err| {
+            let message = format!("metrics not published: {}", err.message);
+            Error::new(err.kind, message).with_source(err)
+        })
+    }
+
+    async fn put_metrics(&self, summary: &RunSummary) -> Result<()> {
         let failed_phases = summary
             .phases
             .iter()
@@ -663,6 +585,44 @@ struct Cleaned {
     staging: Staging,
     /// What happened to the run lock, in words.
     lock: String,
+}
+
+impl Cleaned {
+    /// Teardown's receipt details for what it cleaned.
+    fn details(
+        self,
+        summary: S3Uri,
+        metrics_published: bool,
+        execution: Option<String>,
+    ) -> TeardownDetails {
+        TeardownDetails {
+            staging: self.staging_uri,
+            held: matches!(self.staging, Staging::Held),
+            staged_objects_deleted: match self.staging {
+                Staging::Deleted(count) => Some(count),
+                Staging::Held | Staging::Untouched => None,
+            },
+            lock: self.lock,
+            summary,
+            metrics_published,
+            execution,
+        }
+    }
+}
+
+/// Whether an earlier attempt of execution `name` already put the run's metrics (its
+/// teardown receipt says so): whatever else that attempt did, its metrics stay put,
+/// never twice.
+async fn metrics_published_by(
+    store: &ReceiptStore,
+    run_id: &str,
+    name: Option<&str>,
+) -> Result<bool> {
+    Ok(store
+        .get_phase(run_id, Phase::Teardown)
+        .await?
+        .and_then(|r| r.details::<TeardownDetails>().ok())
+        .is_some_and(|d| d.metrics_published && d.execution.as_deref() == name))
 }
 
 /// How far [`Teardown::clean_up`] came.
@@ -879,6 +839,86 @@ fn outcome(receipt: &PhaseReceipt) -> PhaseOutcome {
         finished_at: Some(receipt.finished_at),
         duration_ms: Some(receipt.duration_ms),
     }
+}
+
+/// Teardown's answer to an execution without a valid input: there is no profile, so
+/// nowhere to write and nothing to undo.
+fn without_input(request: &TeardownRequest, failure: Option<Failure>) -> TeardownOutput {
+    warn!(
+        ?failure,
+        "teardown without a usable input: nothing to clean up"
+    );
+    TeardownOutput::untouched(request.execution.name.clone().unwrap_or_default(), failure)
+}
+
+/// The run a later execution asked bringup to continue, when bringup refused it: that run
+/// is not this execution's to change (its receipts, summary, staging and lock stand).
+fn refused_at_bringup(
+    request: &TeardownRequest,
+    record: Option<&(RunRecord, String)>,
+    (name, arn): (Option<&str>, Option<&str>),
+) -> Option<String> {
+    if request.run.is_some() {
+        return None;
+    }
+    record
+        .filter(|(r, _)| !r.executions.iter().any(|e| e.is(name, arn)))
+        .map(|(r, _)| r.run_id.clone())
+}
+
+/// Fails the run's summary when a resource a component created is still there, naming
+/// every one, and answers the error teardown then ends with.
+fn fail_on_leftovers(components: &[ComponentReceipt], summary: &mut RunSummary) -> Result<()> {
+    let left: Vec<String> = components
+        .iter()
+        .flat_map(|c| c.created_resources.iter().map(move |r| (c, r)))
+        .filter(|(_, r)| r.state != ResourceState::Deleted)
+        .map(|(c, r)| {
+            format!(
+                "{} of component {} ({})",
+                r.resource.describe(),
+                c.name,
+                r.detail.as_deref().unwrap_or("not deleted")
+            )
+        })
+        .collect();
+    if left.is_empty() {
+        return Ok(());
+    }
+    let error = Error::new(
+        ErrorKind::ServiceError,
+        format!("teardown could not delete: {}", left.join("; ")),
+    );
+    if summary.failure.is_none() {
+        summary.failure = Some(Failure {
+            phase: Some(Phase::Teardown),
+            error: error.kind.name().to_owned(),
+            cause: error.message.clone(),
+        });
+    }
+    summary.status = RunStatus::Failed;
+    Err(error)
+}
+
+/// Writes how this execution ended into its entry of the run record (when the record
+/// lists it) and answers the record's executions, for the summary.
+async fn record_outcome(
+    store: &ReceiptStore,
+    (mut record, etag): (RunRecord, String),
+    (name, arn): (Option<&str>, Option<&str>),
+    summary: &RunSummary,
+    finished_at: DateTime<Utc>,
+) -> Result<Vec<ExecutionEntry>> {
+    if let Some(entry) = record.execution_mut(name, arn) {
+        entry.outcome = Some(ExecutionOutcome {
+            status: summary.status,
+            failure: summary.failure.clone(),
+            torn_down: summary.torn_down,
+            finished_at,
+        });
+        store.put_record(&record, Some(&etag)).await?;
+    }
+    Ok(record.executions)
 }
 
 #[cfg(test)]

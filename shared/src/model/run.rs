@@ -24,6 +24,14 @@ pub struct ExecutionInfo {
     pub start_time: Option<DateTime<Utc>>,
 }
 
+impl ExecutionInfo {
+    /// Its name and ARN, as a run record's entries are matched against them
+    /// ([`crate::record::ExecutionEntry::is`]).
+    pub fn name_and_arn(&self) -> (Option<&str>, Option<&str>) {
+        (self.name.as_deref(), self.arn.as_deref())
+    }
+}
+
 /// Bringup's output: everything later phases need to know about the run.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunContext {
@@ -265,6 +273,30 @@ impl TeardownOutput {
             ),
             cleanup: Some(progress),
             ..Self::cleaning(run_id, 1, STAGING_PASS_WAIT_SECONDS)
+        }
+    }
+
+    /// Teardown ended the execution: the summary's headline, the lock as teardown left
+    /// it, and `notice` for the end-of-run notification.
+    pub fn ended(
+        summary: crate::summary::RunSummary,
+        details: crate::details::TeardownDetails,
+        notice: String,
+    ) -> Self {
+        Self {
+            notice,
+            run_id: summary.run_id,
+            status: summary.status,
+            summary: Some(details.summary),
+            rto_seconds: summary.rto_seconds,
+            rpo_seconds: summary.rpo_seconds,
+            promoted: summary.promoted,
+            torn_down: summary.torn_down,
+            lock: details.lock,
+            failure: summary.failure,
+            pending_cleanup: 0,
+            wait_seconds: 0,
+            cleanup: None,
         }
     }
 
