@@ -14,8 +14,26 @@ pub enum CliError {
     Aws(AwsFailure),
     #[error("{0}")]
     Drpilot(#[from] drpilot_shared::Error),
+    /// The local file system or a program the CLI ran (a script, `make-backup.sh`).
     #[error("{0}")]
     Io(String),
+    /// A drpilot function failed or answered what it never answers (the readiness and
+    /// approve functions, invoked directly).
+    #[error("{0}")]
+    Function(String),
+    /// The HTTPS request to the approve function's URL: no answer in time, no
+    /// connection, no TLS roots.
+    #[error("{0}")]
+    Http(String),
+    /// Signing a request or a proof of identity with the resolved credentials.
+    #[error("{0}")]
+    Signing(String),
+    /// Encoding JSON or rendering a report.
+    #[error("{0}")]
+    Encoding(String),
+    /// Setting up the local stack on the emulator.
+    #[error("{0}")]
+    LocalStack(String),
 }
 
 impl CliError {

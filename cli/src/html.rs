@@ -542,7 +542,8 @@ fn page(
         timeline: timeline(s),
         audit,
     };
-    askama::Template::render(&page).map_err(|e| CliError::Io(format!("rendering the report: {e}")))
+    askama::Template::render(&page)
+        .map_err(|e| CliError::Encoding(format!("rendering the report: {e}")))
 }
 
 #[cfg(test)]
@@ -859,7 +860,7 @@ pub fn render_failback(s: &FailbackSummary) -> Result<String, CliError> {
         execution: s.execution_arn.as_deref().unwrap_or("unknown"),
     };
     askama::Template::render(&page)
-        .map_err(|e| CliError::Io(format!("rendering the failback report: {e}")))
+        .map_err(|e| CliError::Encoding(format!("rendering the failback report: {e}")))
 }
 
 /// A run's or a failback's status, as the reports say it.

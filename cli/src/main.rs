@@ -2,6 +2,7 @@ use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use chrono::{DateTime, Utc};
 use clap::{Parser, Subcommand};
 use drpilot_cli::local::{self, DrillOptions};
 use drpilot_cli::{
@@ -179,6 +180,10 @@ enum LocalCommand {
     },
 }
 
+/// Runs the command `cli` names and answers its exit status. Longer than 100 lines on
+/// purpose: a dispatch table with one short arm per command (each calls its command's
+/// module, prints the result and says what success is), read best as one match; command
+/// groups with several arms have their own function ([`local_command`], [`backup_command`]).
 async fn run(cli: Cli) -> Result<ExitStatus, CliError> {
     let out = Out { json: cli.json };
     let endpoint = cli.local.then_some(local::ENDPOINT);
@@ -269,14 +274,7 @@ async fn run(cli: Cli) -> Result<ExitStatus, CliError> {
             until,
             out: path,
         } => {
-            let since = parse_since(since)?;
-            let until = until
-                .as_deref()
-                .map(|u| {
-                    parse_since(u)
-                        .map_err(|e| CliError::Usage(e.to_string().replace("--since", "--until")))
-                })
-                .transpose()?;
+            let (since, until) = parse_window(since, until.as_deref())?;
             let ctx = ctx().await;
             let pack = Box::pin(drpilot_cli::evidence(&ctx, profile, since, until, path)).await?;
             out.result(&pack);
@@ -304,46 +302,70 @@ async fn run(cli: Cli) -> Result<ExitStatus, CliError> {
             }
             Ok(ExitStatus::Success)
         }
-        Command::Backup {
-            command: BackupCommand::Make(args),
+        Command::Backup { command } => backup_command(&ctx().await, command, out).await,
+        Command::Local { command } => local_command(command, out).await,
+    }
+}
+
+/// `drpilot local …`: the local stack's commands.
+async fn local_command(command: &LocalCommand, out: Out) -> Result<ExitStatus, CliError> {
+    match command {
+        LocalCommand::Up => local::up(out).await.map(|()| ExitStatus::Success),
+        LocalCommand::Down => local::down().map(|()| ExitStatus::Success),
+        LocalCommand::Drill {
+            auto_approve,
+            objects,
+            report,
         } => {
-            let made = drpilot_cli::commands::backup::make(&ctx().await, args).await?;
+            if !auto_approve && !std::io::stdin().is_terminal() {
+                return Err(CliError::Usage(
+                    "stdin is not a terminal, so nobody can answer the approval prompt: pass --auto-approve".into(),
+                ));
+            }
+            let options = DrillOptions {
+                auto_approve: *auto_approve,
+                objects: *objects,
+                report: report.clone(),
+            };
+            Box::pin(local::drill(&options, out))
+                .await
+                .map(ExitStatus::success_if)
+        }
+    }
+}
+
+/// `drpilot backup …`: making a backup from a directory, and checking one.
+async fn backup_command(
+    ctx: &Ctx,
+    command: &BackupCommand,
+    out: Out,
+) -> Result<ExitStatus, CliError> {
+    match command {
+        BackupCommand::Make(args) => {
+            let made = drpilot_cli::commands::backup::make(ctx, args).await?;
             out.result(&made);
             Ok(ExitStatus::Success)
         }
-        Command::Backup {
-            command: BackupCommand::Verify { uri, profile },
-        } => {
+        BackupCommand::Verify { uri, profile } => {
             let (check, status) =
-                drpilot_cli::commands::backup::verify(&ctx().await, uri, profile.as_deref())
-                    .await?;
+                drpilot_cli::commands::backup::verify(ctx, uri, profile.as_deref()).await?;
             out.result(&check);
             Ok(status)
         }
-        Command::Local { command } => match command {
-            LocalCommand::Up => local::up(out).await.map(|()| ExitStatus::Success),
-            LocalCommand::Down => local::down().map(|()| ExitStatus::Success),
-            LocalCommand::Drill {
-                auto_approve,
-                objects,
-                report,
-            } => {
-                if !auto_approve && !std::io::stdin().is_terminal() {
-                    return Err(CliError::Usage(
-                        "stdin is not a terminal, so nobody can answer the approval prompt: pass --auto-approve".into(),
-                    ));
-                }
-                let options = DrillOptions {
-                    auto_approve: *auto_approve,
-                    objects: *objects,
-                    report: report.clone(),
-                };
-                Box::pin(local::drill(&options, out))
-                    .await
-                    .map(ExitStatus::success_if)
-            }
-        },
     }
+}
+
+/// `--since` and `--until` of `drpilot evidence`, read alike.
+fn parse_window(
+    since: &str,
+    until: Option<&str>,
+) -> Result<(DateTime<Utc>, Option<DateTime<Utc>>), CliError> {
+    let until = until
+        .map(|u| {
+            parse_since(u).map_err(|e| CliError::Usage(e.to_string().replace("--since", "--until")))
+        })
+        .transpose()?;
+    Ok((parse_since(since)?, until))
 }
 
 #[tokio::main]

@@ -1,10 +1,12 @@
 //! A streaming ZIP writer (PKWARE APPNOTE 6.3: deflate, data descriptors, no ZIP64) for
 //! `drpilot evidence`.
 //!
-//! Why not the `zip` crate: it switches on features of crates every phase function builds
-//! (zeroize's derive, and with it syn's), so the functions and the workspace would compile
-//! those twice (scripts/check-one-build.sh). Deflate (flate2) and CRC-32 (crc32fast) are
-//! already in every build through the AWS SDK; what is left is the container, whose
+//! Why not the `zip` crate: even with `default-features = false` and only its
+//! `deflate-flate2` feature, `zip` (checked at 9.9.0) depends on `zeroize` with its
+//! `derive` feature unconditionally, and every phase function builds `zeroize` without
+//! it, so the functions and the workspace would compile `zeroize` (and `syn` for its
+//! derive) twice (scripts/check-one-build.sh). Deflate (flate2) and CRC-32 (crc32fast)
+//! are already in every build through the AWS SDK; what is left is the container, whose
 //! records are fixed by the format. Python's `zipfile` reads and tests the result in
 //! `cli/tests/report.rs`.
 

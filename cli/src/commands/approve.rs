@@ -104,14 +104,14 @@ fn principal_words(record: &Value) -> String {
 async fn decide(ctx: &Ctx, mut request: DecisionRequest) -> Result<Value, CliError> {
     request.identity = Some(prove_identity(&ctx.aws.config, &request.digest()).await?);
     let body = serde_json::to_string(&request)
-        .map_err(|e| CliError::Io(format!("encoding the decision: {e}")))?;
+        .map_err(|e| CliError::Encoding(format!("encoding the decision: {e}")))?;
     let (status, answer) = if ctx.emulator {
         invoke(ctx, &body).await?
     } else {
         post_signed(ctx, &body).await?
     };
     let answer: Value = serde_json::from_str(&answer).map_err(|e| {
-        CliError::Io(format!(
+        CliError::Function(format!(
             "the approve function answered HTTP {status} with a body that is not JSON ({e}): {answer:.300}"
         ))
     })?;
@@ -124,7 +124,7 @@ async fn decide(ctx: &Ctx, mut request: DecisionRequest) -> Result<Value, CliErr
         400 | 403 | 409 => {
             CliError::Usage(format!("the approve function refused ({error}): {message}"))
         }
-        _ => CliError::Io(format!(
+        _ => CliError::Function(format!(
             "the approve function failed with HTTP {status} ({error}): {message}"
         )),
     })
@@ -158,7 +158,7 @@ pub async fn prove_identity(
         .time(SystemTime::now())
         .settings(SigningSettings::default())
         .build()
-        .map_err(|e| CliError::Io(format!("signing the proof of identity: {e}")))?
+        .map_err(|e| CliError::Signing(format!("signing the proof of identity: {e}")))?
         .into();
     let headers = [
         ("content-type", STS_CONTENT_TYPE),
@@ -170,20 +170,20 @@ pub async fn prove_identity(
         headers.into_iter(),
         SignableBody::Bytes(STS_BODY.as_bytes()),
     )
-    .map_err(|e| CliError::Io(format!("signing the proof of identity: {e}")))?;
+    .map_err(|e| CliError::Signing(format!("signing the proof of identity: {e}")))?;
     let (instructions, _) = sign(signable, &params)
-        .map_err(|e| CliError::Io(format!("signing the proof of identity: {e}")))?
+        .map_err(|e| CliError::Signing(format!("signing the proof of identity: {e}")))?
         .into_parts();
     let mut signed = http::Request::builder()
         .method("POST")
         .uri(&sts.url)
         .body(())
-        .map_err(|e| CliError::Io(format!("the proof of identity: {e}")))?;
+        .map_err(|e| CliError::Signing(format!("the proof of identity: {e}")))?;
     for (name, value) in headers {
         signed.headers_mut().insert(
             name,
             http::HeaderValue::from_str(value)
-                .map_err(|e| CliError::Io(format!("the proof of identity: {e}")))?,
+                .map_err(|e| CliError::Signing(format!("the proof of identity: {e}")))?,
         );
     }
     instructions.apply_to_request_http1x(&mut signed);
@@ -228,7 +228,7 @@ async fn invoke(ctx: &Ctx, body: &str) -> Result<(u16, String), CliError> {
         .unwrap_or_default();
     let payload: Value = serde_json::from_slice(&payload).unwrap_or(Value::Null);
     if let Some(error) = out.function_error() {
-        return Err(CliError::Io(format!(
+        return Err(CliError::Function(format!(
             "the approve function failed ({error}): {}",
             payload["errorMessage"].as_str().unwrap_or("no message")
         )));
@@ -258,7 +258,7 @@ async fn post_signed(ctx: &Ctx, body: &str) -> Result<(u16, String), CliError> {
         .time(SystemTime::now())
         .settings(SigningSettings::default())
         .build()
-        .map_err(|e| CliError::Io(format!("signing the approval request: {e}")))?
+        .map_err(|e| CliError::Signing(format!("signing the approval request: {e}")))?
         .into();
     let content_type = ("content-type", "application/json");
     let signable = SignableRequest::new(
@@ -267,20 +267,20 @@ async fn post_signed(ctx: &Ctx, body: &str) -> Result<(u16, String), CliError> {
         [content_type].into_iter(),
         SignableBody::Bytes(body.as_bytes()),
     )
-    .map_err(|e| CliError::Io(format!("signing the approval request: {e}")))?;
+    .map_err(|e| CliError::Signing(format!("signing the approval request: {e}")))?;
     let (instructions, _) = sign(signable, &params)
-        .map_err(|e| CliError::Io(format!("signing the approval request: {e}")))?
+        .map_err(|e| CliError::Signing(format!("signing the approval request: {e}")))?
         .into_parts();
     let mut request = http::Request::builder()
         .method("POST")
         .uri(&url)
         .header(content_type.0, content_type.1)
         .body(Full::new(bytes::Bytes::from(body.to_owned())))
-        .map_err(|e| CliError::Io(format!("the approval request: {e}")))?;
+        .map_err(|e| CliError::Signing(format!("the approval request: {e}")))?;
     instructions.apply_to_request_http1x(&mut request);
     let https = hyper_rustls::HttpsConnectorBuilder::new()
         .with_provider_and_native_roots(rustls::crypto::aws_lc_rs::default_provider())
-        .map_err(|e| CliError::Io(format!("no TLS root certificates: {e}")))?
+        .map_err(|e| CliError::Http(format!("no TLS root certificates: {e}")))?
         .https_only()
         .enable_http1()
         .build();
@@ -288,18 +288,18 @@ async fn post_signed(ctx: &Ctx, body: &str) -> Result<(u16, String), CliError> {
     let response = tokio::time::timeout(TIMEOUT, client.request(request))
         .await
         .map_err(|_| {
-            CliError::Io(format!(
+            CliError::Http(format!(
                 "{url} did not answer within {} s",
                 TIMEOUT.as_secs()
             ))
         })?
-        .map_err(|e| CliError::Io(format!("POST {url}: {e}")))?;
+        .map_err(|e| CliError::Http(format!("POST {url}: {e}")))?;
     let status = response.status().as_u16();
     let bytes = response
         .into_body()
         .collect()
         .await
-        .map_err(|e| CliError::Io(format!("reading the answer of {url}: {e}")))?
+        .map_err(|e| CliError::Http(format!("reading the answer of {url}: {e}")))?
         .to_bytes();
     if status == 403 && !bytes.starts_with(b"{\"error\"") {
         // Lambda's own refusal, before the function ran: the caller may not invoke it.

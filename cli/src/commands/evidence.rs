@@ -158,7 +158,7 @@ pub async fn evidence(
             page.as_bytes(),
         )?;
         let json = serde_json::to_vec_pretty(&report)
-            .map_err(|e| CliError::Io(format!("encoding the report: {e}")))?;
+            .map_err(|e| CliError::Encoding(format!("encoding the report: {e}")))?;
         add(
             &mut zip,
             &format!("runs/{}/report.json", summary.run_id),
@@ -200,12 +200,12 @@ pub async fn evidence(
     let mut controls = controls(&profile, profile_name, &all, &in_period, since, until);
     controls.evidence_findings = findings.len();
     let findings_json = serde_json::to_vec_pretty(&findings)
-        .map_err(|e| CliError::Io(format!("encoding evidence-findings.json: {e}")))?;
+        .map_err(|e| CliError::Encoding(format!("encoding evidence-findings.json: {e}")))?;
     add(&mut zip, "evidence-findings.json", &findings_json)?;
     files += 1;
     add(&mut zip, "index.csv", index.as_bytes())?;
     let controls_json = serde_json::to_vec_pretty(&controls)
-        .map_err(|e| CliError::Io(format!("encoding controls.json: {e}")))?;
+        .map_err(|e| CliError::Encoding(format!("encoding controls.json: {e}")))?;
     add(&mut zip, "controls.json", &controls_json)?;
     files += 2;
     let writer = zip

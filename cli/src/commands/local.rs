@@ -276,10 +276,10 @@ pub async fn provision(ctx: &Ctx) -> Result<(String, String), CliError> {
         EVIDENCE_RETENTION_DAYS,
     )
     .await
-    .map_err(CliError::Io)?;
+    .map_err(CliError::LocalStack)?;
     drpilot_tools::local::emulator_approval_key(&ctx.aws.kms())
         .await
-        .map_err(CliError::Io)?;
+        .map_err(CliError::LocalStack)?;
     demo_components(ctx).await?;
     // The stack's drill schedule, disabled as the template deploys it by default.
     let scheduler = aws_sdk_scheduler::Client::new(&ctx.aws.config);
@@ -287,7 +287,7 @@ pub async fn provision(ctx: &Ctx) -> Result<(String, String), CliError> {
         format!("arn:aws:states:{REGION}:{ACCOUNT}:stateMachine:{DEFAULT_STATE_MACHINE}");
     drpilot_tools::local::emulator_schedule(&scheduler, &drill_machine, false)
         .await
-        .map_err(CliError::Io)?;
+        .map_err(CliError::LocalStack)?;
     ProfileSource::Ssm(ctx.aws.ssm.clone())
         .save(PROFILE, &profile.to_string())
         .await?;
@@ -321,7 +321,7 @@ async fn demo_components(ctx: &Ctx) -> Result<(), CliError> {
     let suffix = Utc::now().format("%Y%m%d%H%M%S%3f").to_string();
     drpilot_tools::local::emulator_database(&ctx.aws.rds(), DEMO_DB, Some(&suffix))
         .await
-        .map_err(CliError::Io)?;
+        .map_err(CliError::LocalStack)?;
     let port = ENDPOINT
         .rsplit(':')
         .next()
@@ -330,7 +330,7 @@ async fn demo_components(ctx: &Ctx) -> Result<(), CliError> {
     // The approve function needs no registration: the emulator forwards Invoke by name.
     drpilot_tools::local::emulator_function(&ctx.aws.lambda(), port, VERIFIER)
         .await
-        .map_err(CliError::Io)?;
+        .map_err(CliError::LocalStack)?;
     Ok(())
 }
 

@@ -67,13 +67,13 @@ async fn invoke(
         .unwrap_or_default();
     if let Some(error) = out.function_error() {
         let detail: serde_json::Value = serde_json::from_slice(&payload).unwrap_or_default();
-        return Err(CliError::Io(format!(
+        return Err(CliError::Function(format!(
             "the readiness function failed ({error}): {}",
             detail["errorMessage"].as_str().unwrap_or("no message")
         )));
     }
     serde_json::from_slice(&payload).map_err(|e| {
-        CliError::Io(format!(
+        CliError::Function(format!(
             "the readiness function answered something that is not a readiness report: {e}"
         ))
     })
