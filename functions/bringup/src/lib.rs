@@ -19,7 +19,7 @@ use drpilot_shared::resume;
 use drpilot_shared::run::{ExecutionInfo, RunContext};
 use drpilot_shared::store::ReceiptStore;
 use drpilot_shared::time::seconds;
-use drpilot_shared::{AwsClients, Error, ErrorKind, Phase, Profile, Result, RunInput};
+use drpilot_shared::{AwsClients, Error, ErrorKind, Phase, Profile, Result, RunInput, S3Uri};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tracing::info;
@@ -103,6 +103,71 @@ impl Bringup {
             .map_err(|err| err.at_attempt(attempt, max_attempts))
     }
 
+    /// The record of a run this execution starts: the backup it restores (the input's, or
+    /// the newest under the profile's backups) and this execution's start as the kickoff.
+    /// A new run has nothing before it to build on, so it starts at restore at the latest.
+    async fn new_record(
+        &self,
+        run_id: &str,
+        input: &RunInput,
+        profile: &Profile,
+        this: &ExecutionEntry,
+    ) -> Result<RunRecord> {
+        if !input.dry_run {
+            if let Some(blocked) = resume::blocker(&[], input.start_at) {
+                return Err(Error::input(format!(
+                    "start_at: run {run_id} is new and {}; a new run starts at bringup or restore",
+                    blocked.why
+                )));
+            }
+        }
+        let backup = match &input.backup_uri {
+            Some(uri) => backup::inspect(&self.clients.s3, uri).await?.0,
+            None => backup::newest(&self.clients.s3, &profile.backups).await?,
+        };
+        info!(run_id = %run_id, backup = %backup.uri, created_at = %backup.created_at, "backup found");
+        Ok(RunRecord {
+            run_id: run_id.to_owned(),
+            profile: input.profile.clone(),
+            mode: input.mode,
+            trigger: this.trigger.clone(),
+            kickoff_at: this.started_at,
+            backup,
+            published_generation: 0,
+            executions: Vec::new(),
+        })
+    }
+
+    /// Whether this execution is the run's first and whether it is a retried attempt of
+    /// one the record lists; a later execution must continue the run as it is (same
+    /// profile and mode, none other running) from a phase whose prerequisites it has.
+    async fn may_continue(
+        &self,
+        store: &ReceiptStore,
+        record: &RunRecord,
+        this: &ExecutionEntry,
+        input: &RunInput,
+        (name, arn): (Option<&str>, Option<&str>),
+    ) -> Result<(bool, bool)> {
+        let first = record.executions.first().is_none_or(|e| e.is(name, arn));
+        let retried = record.executions.iter().any(|e| e.is(name, arn));
+        if !first && !retried {
+            continues(record, input)?;
+            self.none_running(record, this).await?;
+        }
+        if !first && !input.dry_run {
+            let run_id = &record.run_id;
+            let receipts = store.phases(run_id).await?;
+            if let Some(blocked) = resume::blocker(&receipts, input.start_at) {
+                return Err(Error::input(format!(
+                    "start_at: {} cannot run in run {run_id} yet: {}; start at {} (drpilot resume {run_id} --from {})",
+                    input.start_at, blocked.why, blocked.run_first, blocked.run_first
+                )));
+            }
+        }
+        Ok((first, retried))
+    }
+
     async fn bring_up(
         &self,
         request: &BringupRequest,
@@ -136,66 +201,16 @@ impl Bringup {
 
         let (record, etag) = match store.get_record(&run_id).await? {
             Some((record, etag)) => (record, Some(etag)),
-            None => {
-                // A new run: nothing before it to build on, so it starts at restore at the latest.
-                if !input.dry_run {
-                    if let Some(blocked) = resume::blocker(&[], input.start_at) {
-                        return Err(Error::input(format!(
-                            "start_at: run {run_id} is new and {}; a new run starts at bringup or restore",
-                            blocked.why
-                        )));
-                    }
-                }
-                let backup = match &input.backup_uri {
-                    Some(uri) => backup::inspect(&self.clients.s3, uri).await?.0,
-                    None => backup::newest(&self.clients.s3, &profile.backups).await?,
-                };
-                info!(run_id = %run_id, backup = %backup.uri, created_at = %backup.created_at, "backup found");
-                let record = RunRecord {
-                    run_id: run_id.clone(),
-                    profile: input.profile.clone(),
-                    mode: input.mode,
-                    trigger: this.trigger.clone(),
-                    kickoff_at: this.started_at,
-                    backup,
-                    published_generation: 0,
-                    executions: Vec::new(),
-                };
-                (record, None)
-            }
+            None => (
+                self.new_record(&run_id, &input, &profile, &this).await?,
+                None,
+            ),
         };
-        let first = record
-            .executions
-            .first()
-            .is_none_or(|e| e.is(execution.name.as_deref(), execution.arn.as_deref()));
-        let retried = record
-            .executions
-            .iter()
-            .any(|e| e.is(execution.name.as_deref(), execution.arn.as_deref()));
-        if !first && !retried {
-            continues(&record, &input)?;
-            self.none_running(&record, &this).await?;
-        }
-        if !first && !input.dry_run {
-            let receipts = store.phases(&run_id).await?;
-            if let Some(blocked) = resume::blocker(&receipts, input.start_at) {
-                return Err(Error::input(format!(
-                    "start_at: {} cannot run in run {run_id} yet: {}; start at {} (drpilot resume {run_id} --from {})",
-                    input.start_at, blocked.why, blocked.run_first, blocked.run_first
-                )));
-            }
-        }
+        let (first, retried) = self
+            .may_continue(&store, &record, &this, &input, execution.name_and_arn())
+            .await?;
 
-        // A dry run changes nothing, the lock included: it only says who holds it.
-        let acquired = if input.dry_run {
-            match lock.read().await? {
-                Some((holder, _)) => format!("not taken (dry run); held by run {}", holder.run_id),
-                None => "not taken (dry run); free".to_owned(),
-            }
-        } else {
-            let acquired = lock.acquire(&run_id, execution.arn.as_deref(), ttl).await?;
-            format!("{acquired:?}")
-        };
+        let acquired = take_lock(&lock, &run_id, &input, execution.arn.as_deref(), ttl).await?;
         let mut record = record;
         if etag.is_none() {
             // Read once the lock is the run's, so no promotion can slip in between: the
@@ -230,17 +245,7 @@ impl Bringup {
             published_generation: record.published_generation,
         };
         if first {
-            let details = BringupDetails {
-                profile: run.input.profile.clone(),
-                mode: run.input.mode,
-                trigger: run.trigger.clone(),
-                backup_uri: run.backup.uri.clone(),
-                backup_id: run.backup.backup_id.clone(),
-                backup_created_at: run.backup.created_at,
-                lock: lock.uri().clone(),
-                lock_acquired: acquired,
-                rpo_seconds_at_kickoff: seconds(run.kickoff_at - run.backup.created_at),
-            };
+            let details = details(&run, lock.uri().clone(), acquired);
             store.put_phase(&clock.succeeded(&details)?).await?;
             info!(run_id = %run.run_id, mode = %run.input.mode, "bringup done");
         } else {
@@ -479,4 +484,37 @@ fn continues(record: &RunRecord, input: &RunInput) -> Result<()> {
         )));
     }
     Ok(())
+}
+/// Takes the run lock for `run_id` and says how, in words. A dry run changes nothing,
+/// the lock included: it only says who holds it.
+async fn take_lock(
+    lock: &RunLock,
+    run_id: &str,
+    input: &RunInput,
+    execution_arn: Option<&str>,
+    ttl: Duration,
+) -> Result<String> {
+    if input.dry_run {
+        return Ok(match lock.read().await? {
+            Some((holder, _)) => format!("not taken (dry run); held by run {}", holder.run_id),
+            None => "not taken (dry run); free".to_owned(),
+        });
+    }
+    let acquired = lock.acquire(run_id, execution_arn, ttl).await?;
+    Ok(format!("{acquired:?}"))
+}
+
+/// Bringup's receipt details for the run it brought up.
+fn details(run: &RunContext, lock: S3Uri, lock_acquired: String) -> BringupDetails {
+    BringupDetails {
+        profile: run.input.profile.clone(),
+        mode: run.input.mode,
+        trigger: run.trigger.clone(),
+        backup_uri: run.backup.uri.clone(),
+        backup_id: run.backup.backup_id.clone(),
+        backup_created_at: run.backup.created_at,
+        lock,
+        lock_acquired,
+        rpo_seconds_at_kickoff: seconds(run.kickoff_at - run.backup.created_at),
+    }
 }

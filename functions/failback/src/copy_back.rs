@@ -71,37 +71,11 @@ impl Failback {
         Ok(StepOutput { receipt, details })
     }
 
-    async fn copy(
-        &self,
-        run: &FailbackRun,
-        profile: &Profile,
-        store: &ReceiptStore,
-        answers: Option<&[Value]>,
-    ) -> std::result::Result<CopyBackDetails, Failed<CopyBackDetails>> {
-        if run.input.dry_run {
-            return Err(Error::input("dry_run: a dry run never copies").into());
-        }
-        let confirmations = confirmations(run, answers, self.sealer.as_ref()).await?;
-        let divergence = store
-            .get_failback(&run.run_id, FailbackStep::Divergence)
-            .await?
-            .filter(|r| r.status == PhaseStatus::Success)
-            .ok_or_else(|| {
-                Error::input(format!(
-                    "copy-back: the divergence step of failback {} has not succeeded",
-                    run.run_id
-                ))
-            })?;
-        let divergence_started = divergence.started_at;
-        let divergence: DivergenceDetails =
-            serde_json::from_value(divergence.details).map_err(|e| {
-                Error::integrity(format!(
-                    "the divergence receipt of failback {}: {e}",
-                    run.run_id
-                ))
-            })?;
-        // The lock is still this failback's (renewed for the copy): the approvals may
-        // have waited long enough for it to expire and another run to take it.
+    /// Renews this failback's lock for the copy (the approvals may have waited long
+    /// enough for it to expire and another run to take it) and checks that the publish
+    /// pointer is still at the generation the failback started against; answers the
+    /// pointer's location.
+    async fn renew_lock(&self, run: &FailbackRun, profile: &Profile) -> Result<S3Uri> {
         let ttl = chrono::Duration::seconds(
             i64::try_from(profile.lock_ttl_seconds).unwrap_or(i64::MAX / 2),
         );
@@ -116,6 +90,40 @@ impl Failback {
             &run.run_id,
         )
         .await?;
+        Ok(pointer)
+    }
+
+    /// What the copy changes on the primary, batch by batch, failure or not, under the
+    /// run's `failback/journal/`.
+    fn journal(
+        &self,
+        store: &ReceiptStore,
+        run: &FailbackRun,
+        started: DateTime<Utc>,
+    ) -> Result<Journal> {
+        Ok(Journal::new(
+            self.clients.s3.clone(),
+            store
+                .run_dir(&run.run_id)?
+                .join("failback/journal")
+                .map_err(|e| Error::internal(format!("journal location: {e}")))?,
+            started.format("%Y%m%dT%H%M%S%.3fZ").to_string(),
+        ))
+    }
+
+    async fn copy(
+        &self,
+        run: &FailbackRun,
+        profile: &Profile,
+        store: &ReceiptStore,
+        answers: Option<&[Value]>,
+    ) -> std::result::Result<CopyBackDetails, Failed<CopyBackDetails>> {
+        if run.input.dry_run {
+            return Err(Error::input("dry_run: a dry run never copies").into());
+        }
+        let confirmations = confirmations(run, answers, self.sealer.as_ref()).await?;
+        let (divergence_started, divergence) = succeeded_divergence(store, run).await?;
+        let pointer = self.renew_lock(run, profile).await?;
 
         let started = Utc::now();
         let primary_s3 = self.clients.s3_in(&run.primary_region);
@@ -129,15 +137,7 @@ impl Failback {
             overwritten,
             ..
         } = {
-            // What the copy changed on the primary, batch by batch, failure or not.
-            let mut journal = Journal::new(
-                self.clients.s3.clone(),
-                store
-                    .run_dir(&run.run_id)?
-                    .join("failback/journal")
-                    .map_err(|e| Error::internal(format!("journal location: {e}")))?,
-                started.format("%Y%m%dT%H%M%S%.3fZ").to_string(),
-            );
+            let mut journal = self.journal(store, run, started)?;
             Box::pin(copy_changes(
                 &sides,
                 discard_before,
@@ -158,30 +158,7 @@ impl Failback {
             .into());
         }
 
-        // The recount: nothing of the DR site's changes may be missing on the primary.
-        let mut parity_after = ParityCounts::default();
-        let mut missing_keys = Vec::new();
-        let remaining = merge::survey(&sides, false, async |verdict| {
-            merge::parity_step(&mut parity_after, verdict);
-            let left_out = matches!(
-                verdict.class,
-                Class::DrChanged | Class::Divergent | Class::PrimaryMissing
-            );
-            if left_out && missing_keys.len() < NAMED_KEYS {
-                missing_keys.push(verdict.key.clone());
-            }
-            Ok(())
-        })
-        .await?;
-        let missing = remaining.dr_changed + remaining.divergent + remaining.primary_missing;
-        if missing > 0 {
-            return Err(Error::integrity(format!(
-                "after the copy {missing} of the DR site's objects are still not on the primary (e.g. {}; counts {remaining:?}); the plan is {}",
-                missing_keys.join(", "),
-                plan_uri(store, &run.run_id)?
-            ))
-            .into());
-        }
+        let (parity_after, remaining) = recount(&sides, store, run).await?;
         let failed_back_at = Utc::now();
         let audit_record = store
             .audit_record_uri(
@@ -194,33 +171,19 @@ impl Failback {
             .await?;
         // The audit record first: it records a copy that happened, whatever becomes of
         // the publication after it (as promote's does).
-        let audit = FailbackAudit {
-            run_id: run.run_id.clone(),
-            execution_arn: run.execution_arn.clone(),
-            profile: run.input.profile.clone(),
-            mode: run.mode,
-            dr_run_id: run.dr.run_id.clone(),
-            dr_audit_record: run.dr.audit_record.clone(),
-            from: run.dr_root.clone(),
-            to: run.primary_root.clone(),
-            confirmations: confirmations.clone(),
-            discard_divergent: discard,
-            discard_approver: run.input.approver.clone(),
-            discard_ticket: run.input.ticket.clone(),
-            divergence: divergence.counts,
-            divergence_report: plan_uri(store, &run.run_id)?,
-            objects_copied: stats.copied,
-            bytes_copied: stats.bytes,
-            objects_deleted: stats.deleted,
-            parity_after: parity_after.clone(),
-            generation: run.published_generation + 1,
+        let audit = audit(
+            run,
+            &confirmations,
+            &divergence,
+            plan_uri(store, &run.run_id)?,
+            &stats,
+            &parity_after,
             failed_back_at,
-        };
-        store
-            .put_audit_record(&run.run_id, &audit_record, &audit)
-            .await?;
-        let published = published::advance(
-            &self.clients.s3,
+        );
+        let published = published::record_and_advance(
+            store,
+            &run.run_id,
+            &audit,
             &pointer,
             run.published_generation,
             PublishedPointer::new(
@@ -419,4 +382,96 @@ async fn confirmations(
         });
     }
     Ok(out)
+}
+/// The divergence step's receipt, which copy-back builds on: when it started (what a
+/// discard of divergent keys is measured against) and its details. It must have succeeded.
+async fn succeeded_divergence(
+    store: &ReceiptStore,
+    run: &FailbackRun,
+) -> Result<(DateTime<Utc>, DivergenceDetails)> {
+    let divergence = store
+        .get_failback(&run.run_id, FailbackStep::Divergence)
+        .await?
+        .filter(|r| r.status == PhaseStatus::Success)
+        .ok_or_else(|| {
+            Error::input(format!(
+                "copy-back: the divergence step of failback {} has not succeeded",
+                run.run_id
+            ))
+        })?;
+    let started = divergence.started_at;
+    let details: DivergenceDetails = serde_json::from_value(divergence.details).map_err(|e| {
+        Error::integrity(format!(
+            "the divergence receipt of failback {}: {e}",
+            run.run_id
+        ))
+    })?;
+    Ok((started, details))
+}
+
+/// The recount after the copy: nothing of the DR site's changes may be missing on the
+/// primary. Answers the parity after the copy and what the survey still found.
+async fn recount(
+    sides: &Sides<'_>,
+    store: &ReceiptStore,
+    run: &FailbackRun,
+) -> Result<(ParityCounts, DivergenceCounts)> {
+    let mut parity_after = ParityCounts::default();
+    let mut missing_keys = Vec::new();
+    let remaining = merge::survey(sides, false, async |verdict| {
+        merge::parity_step(&mut parity_after, verdict);
+        let left_out = matches!(
+            verdict.class,
+            Class::DrChanged | Class::Divergent | Class::PrimaryMissing
+        );
+        if left_out && missing_keys.len() < NAMED_KEYS {
+            missing_keys.push(verdict.key.clone());
+        }
+        Ok(())
+    })
+    .await?;
+    let missing = remaining.dr_changed + remaining.divergent + remaining.primary_missing;
+    if missing > 0 {
+        return Err(Error::integrity(format!(
+                "after the copy {missing} of the DR site's objects are still not on the primary (e.g. {}; counts {remaining:?}); the plan is {}",
+                missing_keys.join(", "),
+                plan_uri(store, &run.run_id)?
+            ))
+            );
+    }
+    Ok((parity_after, remaining))
+}
+/// The failback's audit record: what the copy changed on the primary, by whose
+/// confirmations, against which divergence.
+fn audit(
+    run: &FailbackRun,
+    confirmations: &[Confirmation],
+    divergence: &DivergenceDetails,
+    divergence_report: S3Uri,
+    stats: &CopyStats,
+    parity_after: &ParityCounts,
+    failed_back_at: DateTime<Utc>,
+) -> FailbackAudit {
+    FailbackAudit {
+        run_id: run.run_id.clone(),
+        execution_arn: run.execution_arn.clone(),
+        profile: run.input.profile.clone(),
+        mode: run.mode,
+        dr_run_id: run.dr.run_id.clone(),
+        dr_audit_record: run.dr.audit_record.clone(),
+        from: run.dr_root.clone(),
+        to: run.primary_root.clone(),
+        confirmations: confirmations.to_vec(),
+        discard_divergent: run.input.discard_divergent,
+        discard_approver: run.input.approver.clone(),
+        discard_ticket: run.input.ticket.clone(),
+        divergence: divergence.counts.clone(),
+        divergence_report,
+        objects_copied: stats.copied,
+        bytes_copied: stats.bytes,
+        objects_deleted: stats.deleted,
+        parity_after: parity_after.clone(),
+        generation: run.published_generation + 1,
+        failed_back_at,
+    }
 }

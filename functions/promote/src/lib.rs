@@ -480,7 +480,6 @@ impl Promote {
         approval: Option<&Approval>,
         synced: &Synced,
     ) -> Result<PromoteDetails> {
-        let s3 = &self.clients.s3;
         // One audit record per run: its key is chosen once and remembered.
         let audit_record = store
             .audit_record_uri(
@@ -492,12 +491,11 @@ impl Promote {
             )
             .await?;
         let record = AuditRecord::new(run, profile, approval, synced);
-        store
-            .put_audit_record(&run.run_id, &audit_record, &record)
-            .await?;
         let pointer = profile.target.published();
-        let published = published::advance(
-            s3,
+        let published = published::record_and_advance(
+            store,
+            &run.run_id,
+            &record,
             &pointer,
             run.published_generation,
             PublishedPointer::new(

@@ -12,6 +12,7 @@ use crate::backup::BackupRef;
 use crate::error::{decode_slice, Error, Result};
 use crate::objects::{get_bytes, put_json_if, Conditional, Precondition};
 use crate::s3uri::S3Uri;
+use crate::store::ReceiptStore;
 
 /// What made a `root/` the live data.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -148,6 +149,25 @@ pub async fn advance(
             Err(stale(uri, expected, now.pointer.as_ref()))
         }
     }
+}
+
+/// What promote and failback do once their copy is done, in this order: write the run's
+/// audit record at `next.audit_record` (and its evidence copy: [`ReceiptStore::put_audit_record`]),
+/// then [`advance`] the pointer at `pointer_uri` from `expected` to `next`. The order is
+/// the point: a pointer never names a record that is not there, and a re-run after a
+/// crash between the two finds the record kept and publishes.
+pub async fn record_and_advance<T: Serialize>(
+    store: &ReceiptStore,
+    run_id: &str,
+    record: &T,
+    pointer_uri: &S3Uri,
+    expected: u64,
+    next: PublishedPointer,
+) -> Result<PublishedPointer> {
+    store
+        .put_audit_record(run_id, &next.audit_record, record)
+        .await?;
+    advance(store.s3(), pointer_uri, expected, next).await
 }
 
 /// The refusal of a publication started against generation `expected`.
