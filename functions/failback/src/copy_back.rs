@@ -29,7 +29,7 @@ use tracing::info;
 
 use crate::divergence::plan_uri;
 use crate::merge::{self, Action, Class, Sides};
-use crate::{Failback, StepClock, StepOutput};
+use crate::{Failback, FailbackStepOutput, StepClock};
 
 impl Failback {
     pub(crate) async fn copy_back(
@@ -37,7 +37,7 @@ impl Failback {
         run: &FailbackRun,
         answers: Option<&[Value]>,
         attempt: u32,
-    ) -> Result<StepOutput<CopyBackDetails>> {
+    ) -> Result<FailbackStepOutput<CopyBackDetails>> {
         let profile = self.profiles.load(&run.input.profile).await?;
         let store = ReceiptStore::new(self.clients.s3.clone(), profile.receipts.clone());
         // A re-run after success changes nothing more.
@@ -52,7 +52,7 @@ impl Failback {
                         run.run_id
                     ))
                 })?;
-                return Ok(StepOutput {
+                return Ok(FailbackStepOutput {
                     receipt: store.failback_uri(&run.run_id, FailbackStep::CopyBack)?,
                     details,
                 });
@@ -68,7 +68,7 @@ impl Failback {
             .await
             .map(|d| (d.clone(), d));
         let (details, receipt) = clock.end(&store, ended).await?;
-        Ok(StepOutput { receipt, details })
+        Ok(FailbackStepOutput { receipt, details })
     }
 
     /// Renews this failback's lock for the copy (the approvals may have waited long

@@ -13,14 +13,14 @@ use drpilot_shared::{Error, ErrorKind, Result, S3Uri};
 use tracing::info;
 
 use crate::merge::{self, Class, Sides};
-use crate::{Failback, StepClock, StepOutput};
+use crate::{Failback, FailbackStepOutput, StepClock};
 
 impl Failback {
     pub(crate) async fn divergence(
         &self,
         run: &FailbackRun,
         attempt: u32,
-    ) -> Result<StepOutput<DivergenceDetails>> {
+    ) -> Result<FailbackStepOutput<DivergenceDetails>> {
         let profile = self.profiles.load(&run.input.profile).await?;
         let store = ReceiptStore::new(self.clients.s3.clone(), profile.receipts.clone());
         let clock = StepClock::start(
@@ -31,7 +31,7 @@ impl Failback {
         );
         let ended = self.plan(run, &store).await.map(|d| (d.clone(), d));
         let (details, receipt) = clock.end(&store, ended).await?;
-        Ok(StepOutput { receipt, details })
+        Ok(FailbackStepOutput { receipt, details })
     }
 
     /// The sides a failback compares.

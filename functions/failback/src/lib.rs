@@ -91,7 +91,7 @@ pub enum FailbackRequest {
 
 /// A step's output: its receipt and its details (the state machine reads a few).
 #[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct StepOutput<D> {
+pub struct FailbackStepOutput<D> {
     pub receipt: S3Uri,
     pub details: D,
 }
@@ -101,9 +101,9 @@ pub struct StepOutput<D> {
 #[serde(untagged)]
 pub enum FailbackResponse {
     Run(Box<FailbackRun>),
-    Divergence(StepOutput<drpilot_shared::failback::DivergenceDetails>),
-    CopyBack(Box<StepOutput<drpilot_shared::failback::CopyBackDetails>>),
-    Teardown(teardown::TeardownOutput),
+    Divergence(FailbackStepOutput<drpilot_shared::failback::DivergenceDetails>),
+    CopyBack(Box<FailbackStepOutput<drpilot_shared::failback::CopyBackDetails>>),
+    Teardown(teardown::FailbackTeardownOutput),
 }
 
 pub struct Failback {

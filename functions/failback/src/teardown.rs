@@ -21,7 +21,7 @@ use crate::{Failback, StepClock};
 
 /// What the state machine's last Choice reads.
 #[derive(Clone, Debug, Serialize)]
-pub struct TeardownOutput {
+pub struct FailbackTeardownOutput {
     pub run_id: Option<String>,
     pub status: RunStatus,
     pub summary: Option<S3Uri>,
@@ -36,15 +36,16 @@ impl Failback {
         raw: &Value,
         execution: &ExecutionInfo,
         failure: Option<FailbackFailure>,
-    ) -> Result<TeardownOutput> {
+    ) -> Result<FailbackTeardownOutput> {
         // An input preflight refused leaves nothing to clean up or to write to.
-        let untouched = |failure: Option<FailbackFailure>, run_id: Option<String>| TeardownOutput {
-            run_id,
-            status: RunStatus::Failed,
-            summary: None,
-            lock: "not touched: the input was refused".into(),
-            failure,
-        };
+        let untouched =
+            |failure: Option<FailbackFailure>, run_id: Option<String>| FailbackTeardownOutput {
+                run_id,
+                status: RunStatus::Failed,
+                summary: None,
+                lock: "not touched: the input was refused".into(),
+                failure,
+            };
         let input = match run {
             Some(r) => r.input.clone(),
             None => match FailbackInput::from_json(raw) {
@@ -142,7 +143,7 @@ impl Failback {
             failure: failure.clone(),
         };
         let summary_uri = store.put_failback_summary(&summary).await?;
-        Ok(TeardownOutput {
+        Ok(FailbackTeardownOutput {
             run_id: Some(run_id),
             status,
             summary: Some(summary_uri),
