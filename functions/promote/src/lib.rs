@@ -22,7 +22,7 @@ use drpilot_shared::objects::get_json;
 use drpilot_shared::parity::Counts;
 use drpilot_shared::parity::RangeFindings;
 use drpilot_shared::parity::{compare_ranges, Difference, ParityCounts, Verdict};
-use drpilot_shared::phase::{self, Outcome, PhaseRun, Rerun};
+use drpilot_shared::phase::{self, Failed, Outcome, PhaseRun, Rerun};
 use drpilot_shared::plan::{
     range_uri, Continuation, PlanItem, RangePass, RangeResult, Reduce, Step,
 };
@@ -133,6 +133,7 @@ impl Promote {
             continuation: request.continuation,
         };
         let (s3, profiles) = (&self.clients.s3, &self.profiles);
+        let approval = approval.as_ref();
         let output = match phase_request.step()? {
             Step::Whole => {
                 phase::run(
@@ -140,29 +141,7 @@ impl Promote {
                     s3,
                     profiles,
                     Rerun::KeepSuccess,
-                    async |ctx: &PhaseRun<'_>| {
-                        let approval = self.check(ctx, approval.as_ref()).await?;
-                        self.prune_guard(ctx, &KeyRange::all(), None).await?;
-                        let budget = RequestBudget::writes_for_run(None, false);
-                        let synced = match self
-                            .sync(ctx.run, ctx.profile, &KeyRange::all(), None, &budget, None)
-                            .await?
-                        {
-                            RangePass::Done(synced) => synced,
-                            // Inline, outside the Map, promote has no deadline to stop at.
-                            RangePass::Stopped { .. } => {
-                                return Err(Error::internal(
-                                    "a promotion without a deadline stopped",
-                                )
-                                .into())
-                            }
-                        };
-                        let synced = synced.checked(Utc::now())?;
-                        let details = self
-                            .audit(ctx.run, ctx.profile, ctx.store, approval, &synced)
-                            .await?;
-                        Ok(Outcome::Done(details))
-                    },
+                    async |ctx: &PhaseRun<'_>| self.promote_whole(ctx, approval).await,
                 )
                 .await?
             }
@@ -173,54 +152,24 @@ impl Promote {
                     profiles,
                     Rerun::KeepSuccess,
                     async |ctx: &PhaseRun<'_>| {
-                        self.check(ctx, approval.as_ref()).await?;
+                        self.check(ctx, approval).await?;
                         Ok(())
                     },
                 )
                 .await?
             }
             Step::Range(item) => {
-                return Ok(StepOutput::Range(
-                    phase::run_range(
-                        &phase_request,
-                        s3,
-                        profiles,
-                        Phase::Promote,
-                        &item,
-                        async |ctx: &PhaseRun<'_>, item: &PlanItem, cursor| {
-                            // Each child checks the approval itself: a child invoked on
-                            // its own must not copy what no one approved.
-                            gate(ctx.run, ctx.profile, approval.as_ref())?;
-                            if let Some(approval) = approval.as_ref() {
-                                self.verify(ctx.run, approval).await?;
-                            }
-                            self.still_locked(ctx).await?;
-                            self.prune_guard(ctx, &item.range, Some(item.index)).await?;
-                            let budget = RequestBudget::writes_for_child(s3, ctx.store, ctx.run)?;
-                            let pass = self
-                                .sync(
-                                    ctx.run,
-                                    ctx.profile,
-                                    &item.range,
-                                    Some(item.index),
-                                    &budget,
-                                    cursor,
-                                )
-                                .await?;
-                            Ok(match pass {
-                                RangePass::Done(synced) => RangePass::Done(RangePromoted {
-                                    parity_before: synced.parity_before,
-                                    parity_after: synced.parity_after,
-                                    stats: synced.stats,
-                                }),
-                                RangePass::Stopped { cursor, progress } => {
-                                    RangePass::Stopped { cursor, progress }
-                                }
-                            })
-                        },
-                    )
-                    .await?,
-                ));
+                let range = phase::run_range(
+                    &phase_request,
+                    s3,
+                    profiles,
+                    Phase::Promote,
+                    &item,
+                    async |ctx: &PhaseRun<'_>, item: &PlanItem, cursor| {
+                        self.promote_range(ctx, item, cursor, approval).await
+                    },
+                );
+                return Ok(StepOutput::Range(range.await?));
             }
             Step::Reduce(reduce) => {
                 phase::reduce(
@@ -230,34 +179,109 @@ impl Promote {
                     Rerun::KeepSuccess,
                     &reduce,
                     async |ctx: &PhaseRun<'_>, results: Vec<RangeResult>| {
-                        let approval = self.check(ctx, approval.as_ref()).await?;
-                        let mut synced = Synced {
-                            root: ctx.profile.target.root(),
-                            started: reduce.started_at,
-                            promoted_at: Utc::now(),
-                            parity_before: ParityCounts::default(),
-                            parity_after: ParityCounts::default(),
-                            stats: CopyStats::default(),
-                        };
-                        for result in &results {
-                            let range: RangePromoted = result.details()?;
-                            synced.parity_before.add(&range.parity_before);
-                            synced.parity_after.add(&range.parity_after);
-                            synced.stats.copied += range.stats.copied;
-                            synced.stats.bytes += range.stats.bytes;
-                            synced.stats.deleted += range.stats.deleted;
-                        }
-                        let synced = synced.checked(Utc::now())?;
-                        let details = self
-                            .audit(ctx.run, ctx.profile, ctx.store, approval, &synced)
-                            .await?;
-                        Ok(Outcome::Done(details))
+                        self.promote_reduced(ctx, &results, reduce.started_at, approval)
+                            .await
                     },
                 )
                 .await?
             }
         };
         Ok(StepOutput::Phase(output))
+    }
+
+    /// The whole promotion in one invocation (a run without a plan): inline, outside the
+    /// Map, it has no deadline to stop at.
+    async fn promote_whole(
+        &self,
+        ctx: &PhaseRun<'_>,
+        approval: Option<&Approval>,
+    ) -> std::result::Result<Outcome<PromoteDetails>, Failed<PromoteDetails>> {
+        let approval = self.check(ctx, approval).await?;
+        self.prune_guard(ctx, &KeyRange::all(), None).await?;
+        let budget = RequestBudget::writes_for_run(None, false);
+        let synced = match self
+            .sync(ctx.run, ctx.profile, &KeyRange::all(), None, &budget, None)
+            .await?
+        {
+            RangePass::Done(synced) => synced,
+            RangePass::Stopped { .. } => {
+                return Err(Error::internal("a promotion without a deadline stopped").into())
+            }
+        };
+        let synced = synced.checked(Utc::now())?;
+        let details = self
+            .audit(ctx.run, ctx.profile, ctx.store, approval, &synced)
+            .await?;
+        Ok(Outcome::Done(details))
+    }
+
+    /// One range's child: it checks the approval itself (a child invoked on its own must
+    /// not copy what no one approved), then copies its range from where `cursor` says an
+    /// earlier pass stopped.
+    async fn promote_range(
+        &self,
+        ctx: &PhaseRun<'_>,
+        item: &PlanItem,
+        cursor: Option<PromoteCursor>,
+        approval: Option<&Approval>,
+    ) -> Result<RangePass<RangePromoted, PromoteCursor>> {
+        gate(ctx.run, ctx.profile, approval)?;
+        if let Some(approval) = approval {
+            self.verify(ctx.run, approval).await?;
+        }
+        self.still_locked(ctx).await?;
+        self.prune_guard(ctx, &item.range, Some(item.index)).await?;
+        let budget = RequestBudget::writes_for_child(&self.clients.s3, ctx.store, ctx.run)?;
+        let pass = self
+            .sync(
+                ctx.run,
+                ctx.profile,
+                &item.range,
+                Some(item.index),
+                &budget,
+                cursor,
+            )
+            .await?;
+        Ok(match pass {
+            RangePass::Done(synced) => RangePass::Done(RangePromoted {
+                parity_before: synced.parity_before,
+                parity_after: synced.parity_after,
+                stats: synced.stats,
+            }),
+            RangePass::Stopped { cursor, progress } => RangePass::Stopped { cursor, progress },
+        })
+    }
+
+    /// The reducer: the ranges' copies added up, then the audit record and the pointer.
+    async fn promote_reduced(
+        &self,
+        ctx: &PhaseRun<'_>,
+        results: &[RangeResult],
+        started: DateTime<Utc>,
+        approval: Option<&Approval>,
+    ) -> std::result::Result<Outcome<PromoteDetails>, Failed<PromoteDetails>> {
+        let approval = self.check(ctx, approval).await?;
+        let mut synced = Synced {
+            root: ctx.profile.target.root(),
+            started,
+            promoted_at: Utc::now(),
+            parity_before: ParityCounts::default(),
+            parity_after: ParityCounts::default(),
+            stats: CopyStats::default(),
+        };
+        for result in results {
+            let range: RangePromoted = result.details()?;
+            synced.parity_before.add(&range.parity_before);
+            synced.parity_after.add(&range.parity_after);
+            synced.stats.copied += range.stats.copied;
+            synced.stats.bytes += range.stats.bytes;
+            synced.stats.deleted += range.stats.deleted;
+        }
+        let synced = synced.checked(Utc::now())?;
+        let details = self
+            .audit(ctx.run, ctx.profile, ctx.store, approval, &synced)
+            .await?;
+        Ok(Outcome::Done(details))
     }
 
     /// The whole phase (or its preparation or reducer); see [`Promote::serve_step`].
