@@ -310,109 +310,133 @@ impl ComponentSpec {
                 self.kind.name()
             ));
         }
-        match &self.kind {
-            ComponentKind::RdsSnapshot(rds) => {
-                check_rds_identifier(&rds.db_instance_identifier)
-                    .map_err(|why| format!("db_instance_identifier: {why}"))?;
-            }
-            ComponentKind::AwsBackup(backup) => {
-                if backup.vault.is_empty() {
-                    return Err("vault: expected the backup vault's name".into());
-                }
-                RestoredResource::of_backup_source(&backup.resource_arn)
-                    .map_err(|why| format!("resource_arn: {why}"))?;
-                let source =
-                    RestoredResource::of_backup_source(&backup.resource_arn).unwrap_or_default();
-                // AWS Backup reads restore metadata keys case-insensitively.
-                let named = backup
-                    .restore_metadata
-                    .iter()
-                    .find(|(k, _)| k.eq_ignore_ascii_case("DBInstanceIdentifier"));
-                if let Some((_, id)) = named {
-                    let why = if id.eq_ignore_ascii_case(source) {
-                        "the restore target would reuse the source's identifier"
-                    } else {
-                        "drpilot names the instance it restores (<name>-drpilot-<run_id>), so teardown deletes only what the run created"
-                    };
-                    return Err(format!(
-                        "restore_metadata.DBInstanceIdentifier: {why}; got {id:?}"
-                    ));
-                }
-                if !backup.iam_role_arn.starts_with("arn:")
-                    || !backup.iam_role_arn.contains(":role/")
-                {
-                    return Err(format!(
-                        "iam_role_arn: expected an IAM role ARN, got {:?}",
-                        backup.iam_role_arn
-                    ));
-                }
-            }
-            ComponentKind::Lambda(lambda) => {
-                if lambda.function.is_empty() {
-                    return Err("function: expected a function name or ARN".into());
-                }
-                if !(lambda.parameters.is_null() || lambda.parameters.is_object()) {
-                    return Err("parameters: expected a JSON object".into());
-                }
-            }
-            ComponentKind::SsmCommand(ssm) => {
-                if ssm.document.is_empty() {
-                    return Err("document: expected an SSM document name".into());
-                }
-                if ssm.parameters.is_empty() {
-                    return Err("parameters: expected the document's parameters, e.g. {\"commands\": [\"restore-test.sh postgres\"]}".into());
-                }
-                match (ssm.instance_ids.is_empty(), ssm.targets.is_empty()) {
-                    (true, true) => {
-                        return Err("instance_ids: expected instance_ids or targets (e.g. {\"tag:Role\": [\"db\"]})".into())
-                    }
-                    (false, false) => {
-                        return Err("targets: give instance_ids or targets, not both".into())
-                    }
-                    _ => {}
-                }
-                if let Some(bad) = ssm
-                    .instance_ids
-                    .iter()
-                    .find(|id| !id.starts_with("i-") && !id.starts_with("mi-"))
-                {
-                    return Err(format!(
-                        "instance_ids: expected EC2 instance ids (i-...) or managed node ids (mi-...), got {bad:?}"
-                    ));
-                }
-            }
-            ComponentKind::Http(http) => {
-                if !(http.url.starts_with("http://") || http.url.starts_with("https://")) {
-                    return Err(format!(
-                        "url: expected an http:// or https:// URL, got {:?}",
-                        http.url
-                    ));
-                }
-                // No request body is sent, so only methods that need none.
-                const METHODS: [&str; 3] = ["GET", "HEAD", "OPTIONS"];
-                if !METHODS.contains(&http.method.as_str()) {
-                    return Err(format!(
-                        "method: expected one of {}, got {:?}",
-                        METHODS.join(", "),
-                        http.method
-                    ));
-                }
-                if http.method == "HEAD" && http.body_contains.is_some() {
-                    return Err("body_contains: a HEAD answer has no body".into());
-                }
-                if !(100..=599).contains(&http.expected_status) {
-                    return Err(format!(
-                        "expected_status: expected an HTTP status 100-599, got {}",
-                        http.expected_status
-                    ));
-                }
-                if !(1..=60).contains(&http.request_timeout_seconds) {
-                    return Err(format!(
-                        "request_timeout_seconds: expected 1 to 60, got {}",
-                        http.request_timeout_seconds
-                    ));
-                }
-            }
+        self.kind.validate()
+    }
+}
+
+impl ComponentKind {
+    /// The kind's own field checks: `Err("field: why")`.
+    fn validate(&self) -> Result<(), String> {
+        match self {
+            Self::RdsSnapshot(rds) => check_rds_identifier(&rds.db_instance_identifier)
+                .map_err(|why| format!("db_instance_identifier: {why}")),
+            Self::AwsBackup(backup) => backup.validate(),
+            Self::Lambda(lambda) => lambda.validate(),
+            Self::SsmCommand(ssm) => ssm.validate(),
+            Self::Http(http) => http.validate(),
+        }
+    }
+}
+
+impl AwsBackup {
+    fn validate(&self) -> Result<(), String> {
+        let backup = self;
+        if backup.vault.is_empty() {
+            return Err("vault: expected the backup vault's name".into());
+        }
+        RestoredResource::of_backup_source(&backup.resource_arn)
+            .map_err(|why| format!("resource_arn: {why}"))?;
+        let source = RestoredResource::of_backup_source(&backup.resource_arn).unwrap_or_default();
+        // AWS Backup reads restore metadata keys case-insensitively.
+        let named = backup
+            .restore_metadata
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("DBInstanceIdentifier"));
+        if let Some((_, id)) = named {
+            let why = if id.eq_ignore_ascii_case(source) {
+                "the restore target would reuse the source's identifier"
+            } else {
+                "drpilot names the instance it restores (<name>-drpilot-<run_id>), so teardown deletes only what the run created"
+            };
+            return Err(format!(
+                "restore_metadata.DBInstanceIdentifier: {why}; got {id:?}"
+            ));
+        }
+        if !backup.iam_role_arn.starts_with("arn:") || !backup.iam_role_arn.contains(":role/") {
+            return Err(format!(
+                "iam_role_arn: expected an IAM role ARN, got {:?}",
+                backup.iam_role_arn
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl LambdaVerifier {
+    fn validate(&self) -> Result<(), String> {
+        let lambda = self;
+        if lambda.function.is_empty() {
+            return Err("function: expected a function name or ARN".into());
+        }
+        if !(lambda.parameters.is_null() || lambda.parameters.is_object()) {
+            return Err("parameters: expected a JSON object".into());
+        }
+        Ok(())
+    }
+}
+
+impl SsmCommand {
+    fn validate(&self) -> Result<(), String> {
+        let ssm = self;
+        if ssm.document.is_empty() {
+            return Err("document: expected an SSM document name".into());
+        }
+        if ssm.parameters.is_empty() {
+            return Err("parameters: expected the document's parameters, e.g. {\"commands\": [\"restore-test.sh postgres\"]}".into());
+        }
+        match (ssm.instance_ids.is_empty(), ssm.targets.is_empty()) {
+            (true, true) => return Err(
+                "instance_ids: expected instance_ids or targets (e.g. {\"tag:Role\": [\"db\"]})"
+                    .into(),
+            ),
+            (false, false) => return Err("targets: give instance_ids or targets, not both".into()),
+            _ => {}
+        }
+        if let Some(bad) = ssm
+            .instance_ids
+            .iter()
+            .find(|id| !id.starts_with("i-") && !id.starts_with("mi-"))
+        {
+            return Err(format!(
+                "instance_ids: expected EC2 instance ids (i-...) or managed node ids (mi-...), got {bad:?}"
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl HttpCheck {
+    fn validate(&self) -> Result<(), String> {
+        let http = self;
+        if !(http.url.starts_with("http://") || http.url.starts_with("https://")) {
+            return Err(format!(
+                "url: expected an http:// or https:// URL, got {:?}",
+                http.url
+            ));
+        }
+        // No request body is sent, so only methods that need none.
+        const METHODS: [&str; 3] = ["GET", "HEAD", "OPTIONS"];
+        if !METHODS.contains(&http.method.as_str()) {
+            return Err(format!(
+                "method: expected one of {}, got {:?}",
+                METHODS.join(", "),
+                http.method
+            ));
+        }
+        if http.method == "HEAD" && http.body_contains.is_some() {
+            return Err("body_contains: a HEAD answer has no body".into());
+        }
+        if !(100..=599).contains(&http.expected_status) {
+            return Err(format!(
+                "expected_status: expected an HTTP status 100-599, got {}",
+                http.expected_status
+            ));
+        }
+        if !(1..=60).contains(&http.request_timeout_seconds) {
+            return Err(format!(
+                "request_timeout_seconds: expected 1 to 60, got {}",
+                http.request_timeout_seconds
+            ));
         }
         Ok(())
     }
