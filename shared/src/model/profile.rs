@@ -342,35 +342,14 @@ impl Profile {
     }
 
     fn validate(&self) -> std::result::Result<(), String> {
-        S3Uri::new(self.target.bucket.clone(), "").map_err(|e| format!("target.bucket: {e}"))?;
-        for (field, prefix) in [
-            ("target.root_prefix", &self.target.root_prefix),
-            ("target.staging_prefix", &self.target.staging_prefix),
-            ("target.audit_prefix", &self.target.audit_prefix),
-            ("target.locks_prefix", &self.target.locks_prefix),
-        ] {
-            RelativeKey::parse(prefix.trim_end_matches('/'))
-                .map_err(|e| format!("{field}: {e}"))?;
-        }
-        let root = as_prefix(&self.target.root_prefix);
-        let staging = as_prefix(&self.target.staging_prefix);
-        if root.starts_with(&staging) || staging.starts_with(&root) {
-            return Err(format!(
-                "target.staging_prefix: {staging:?} and root_prefix {root:?} must not contain each other"
-            ));
-        }
+        self.target.validate()?;
         if self.account_id.len() != 12 || !self.account_id.bytes().all(|b| b.is_ascii_digit()) {
             return Err(format!(
                 "account_id: expected 12 digits, got {:?}",
                 self.account_id
             ));
         }
-        let region_ok = !self.region.is_empty()
-            && self
-                .region
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-        if !region_ok {
+        if !is_region(&self.region) {
             return Err(format!(
                 "region: expected an AWS region such as eu-west-1, got {:?}",
                 self.region
@@ -423,32 +402,69 @@ impl Profile {
         }
         component::validate(&self.components, self.component_concurrency)?;
         if let Some(primary) = &self.primary {
-            S3Uri::new(primary.bucket.clone(), "").map_err(|e| format!("primary.bucket: {e}"))?;
-            RelativeKey::parse(primary.root_prefix.trim_end_matches('/'))
-                .map_err(|e| format!("primary.root_prefix: {e}"))?;
-            let (primary_root, dr_root) = (primary.root(), self.target.root());
-            let overlap = primary_root.bucket == dr_root.bucket
-                && (primary_root.key.starts_with(&dr_root.key)
-                    || dr_root.key.starts_with(&primary_root.key));
-            if overlap {
+            primary.validate(&self.target)?;
+        }
+        Ok(())
+    }
+}
+
+impl Target {
+    /// The target's bucket and prefixes: valid keys, and staging apart from `root/`.
+    fn validate(&self) -> std::result::Result<(), String> {
+        S3Uri::new(self.bucket.clone(), "").map_err(|e| format!("target.bucket: {e}"))?;
+        for (field, prefix) in [
+            ("target.root_prefix", &self.root_prefix),
+            ("target.staging_prefix", &self.staging_prefix),
+            ("target.audit_prefix", &self.audit_prefix),
+            ("target.locks_prefix", &self.locks_prefix),
+        ] {
+            RelativeKey::parse(prefix.trim_end_matches('/'))
+                .map_err(|e| format!("{field}: {e}"))?;
+        }
+        let root = as_prefix(&self.root_prefix);
+        let staging = as_prefix(&self.staging_prefix);
+        if root.starts_with(&staging) || staging.starts_with(&root) {
+            return Err(format!(
+            "target.staging_prefix: {staging:?} and root_prefix {root:?} must not contain each other"
+        ));
+        }
+        Ok(())
+    }
+}
+
+impl Primary {
+    /// The primary site's location: a valid key, apart from the DR `target`'s root.
+    fn validate(&self, target: &Target) -> std::result::Result<(), String> {
+        let primary = self;
+        S3Uri::new(primary.bucket.clone(), "").map_err(|e| format!("primary.bucket: {e}"))?;
+        RelativeKey::parse(primary.root_prefix.trim_end_matches('/'))
+            .map_err(|e| format!("primary.root_prefix: {e}"))?;
+        let (primary_root, dr_root) = (primary.root(), target.root());
+        let overlap = primary_root.bucket == dr_root.bucket
+            && (primary_root.key.starts_with(&dr_root.key)
+                || dr_root.key.starts_with(&primary_root.key));
+        if overlap {
+            return Err(format!(
+                "primary: {primary_root} and the DR target's {dr_root} must not contain each other"
+            ));
+        }
+        if let Some(region) = &primary.region {
+            if !is_region(region) {
                 return Err(format!(
-                    "primary: {primary_root} and the DR target's {dr_root} must not contain each other"
+                    "primary.region: expected an AWS region such as eu-west-1, got {region:?}"
                 ));
-            }
-            if let Some(region) = &primary.region {
-                let ok = !region.is_empty()
-                    && region
-                        .bytes()
-                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-                if !ok {
-                    return Err(format!(
-                        "primary.region: expected an AWS region such as eu-west-1, got {region:?}"
-                    ));
-                }
             }
         }
         Ok(())
     }
+}
+
+/// An AWS region's shape (`eu-west-1`): lower-case letters, digits and hyphens.
+fn is_region(region: &str) -> bool {
+    !region.is_empty()
+        && region
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
 /// Stores `text` as the SSM parameter of profile `name`, as it is (see
