@@ -14,8 +14,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use drpilot_shared::archive::Artifact;
-use drpilot_shared::archive::HashingReader;
+use drpilot_shared::archive::{Artifact, HashingReader};
 use drpilot_shared::backup::{ShardEntry, FORMAT_V1, FORMAT_V2, MANIFESTS, METADATA, STATE};
 use drpilot_shared::error::{Error, Result};
 use drpilot_shared::input::NameRule;
@@ -60,7 +59,6 @@ pub struct Made {
 /// valid key, is an `InputError` naming the path, raised before `out` is created.
 pub fn make(src: &Path, out: &Path, options: &MakeOptions) -> Result<Made> {
     check(src, out, options)?;
-    let io_error = |what: &str, e: io::Error| Error::input(format!("{what}: {e}"));
     std::fs::create_dir_all(out).map_err(|e| io_error(&out.display().to_string(), e))?;
 
     let mut manifest = ManifestFile::new()?;
@@ -108,7 +106,7 @@ pub fn make(src: &Path, out: &Path, options: &MakeOptions) -> Result<Made> {
             })?;
             Ok(tally)
         };
-        let written = if options.shard_size.is_some() {
+        if options.shard_size.is_some() {
             let tally = fill(None)?;
             let shards = shards
                 .take()
@@ -126,8 +124,7 @@ pub fn make(src: &Path, out: &Path, options: &MakeOptions) -> Result<Made> {
             let (state, tally) =
                 write_archive(&out.join(STATE), options.level, |tar| fill(Some(tar)))?;
             (state, (tally, Vec::new()))
-        };
-        written
+        }
     };
     let (manifest_size, mut manifest) = manifest.finish()?;
     let (manifests, ()) = write_archive(&out.join(MANIFESTS), options.level, |tar| {
@@ -199,10 +196,10 @@ struct ManifestFile {
 
 impl ManifestFile {
     fn new() -> Result<Self> {
-        let file = tempfile::tempfile().map_err(|e| manifest_error("a temporary manifest", e))?;
+        let file = tempfile::tempfile().map_err(|e| io_error("a temporary manifest", e))?;
         let mut out = BufWriter::new(file);
         out.write_all(b"{\"objects\": [")
-            .map_err(|e| manifest_error("the manifest", e))?;
+            .map_err(|e| io_error("the manifest", e))?;
         Ok(Self { out, entries: 0 })
     }
 
@@ -212,7 +209,7 @@ impl ManifestFile {
         self.out
             .write_all(separator)
             .and_then(|()| serde_json::to_writer(&mut self.out, &entry).map_err(io::Error::other))
-            .map_err(|e| manifest_error("the manifest", e))?;
+            .map_err(|e| io_error("the manifest", e))?;
         self.entries += 1;
         Ok(())
     }
@@ -221,28 +218,29 @@ impl ManifestFile {
     fn finish(mut self) -> Result<(u64, File)> {
         self.out
             .write_all(b"\n]}\n")
-            .map_err(|e| manifest_error("the manifest", e))?;
+            .map_err(|e| io_error("the manifest", e))?;
         let mut file = self
             .out
             .into_inner()
-            .map_err(|e| manifest_error("the manifest", e.into_error()))?;
+            .map_err(|e| io_error("the manifest", e.into_error()))?;
         let size = file
             .metadata()
-            .map_err(|e| manifest_error("the manifest", e))?
+            .map_err(|e| io_error("the manifest", e))?
             .len();
-        io::Seek::rewind(&mut file).map_err(|e| manifest_error("the manifest", e))?;
+        io::Seek::rewind(&mut file).map_err(|e| io_error("the manifest", e))?;
         Ok((size, file))
     }
 }
 
-fn manifest_error(what: &str, e: io::Error) -> Error {
+/// A file the maker reads or writes failed: an `InputError` naming it.
+fn io_error(what: &str, e: io::Error) -> Error {
     Error::input(format!("{what}: {e}"))
 }
 
 /// Appends the file at `path` to `tar` as `name`, hashing it as it goes: its size and
 /// SHA-256. A file whose size changed while it was read is an `InputError`.
 fn append_file(tar: &mut Builder, path: &Path, name: &str) -> Result<(u64, [u8; 32])> {
-    let io_error = |e: io::Error| Error::input(format!("{}: {e}", path.display()));
+    let io_error = |e: io::Error| io_error(&path.display().to_string(), e);
     let file = File::open(path).map_err(io_error)?;
     let size = file.metadata().map_err(io_error)?.len();
     let mut hashing = HashingReader::new(file);
@@ -503,7 +501,7 @@ fn write_archive<T>(
 
 /// A zstd-compressed tar being written to `path`, hashed as it lands on disk.
 fn open_archive(path: &Path, level: i32) -> Result<Builder> {
-    let io_error = |e: io::Error| Error::input(format!("{}: {e}", path.display()));
+    let io_error = |e: io::Error| io_error(&path.display().to_string(), e);
     let file = File::create(path).map_err(io_error)?;
     let encoder = zstd::Encoder::new(HashingWriter::new(file), level).map_err(io_error)?;
     let mut tar = tar::Builder::new(encoder);
@@ -513,7 +511,7 @@ fn open_archive(path: &Path, level: i32) -> Result<Builder> {
 
 /// Ends the archive at `path` and returns its size and SHA-256.
 fn close_archive(path: &Path, tar: Builder) -> Result<Artifact> {
-    let io_error = |e: io::Error| Error::input(format!("{}: {e}", path.display()));
+    let io_error = |e: io::Error| io_error(&path.display().to_string(), e);
     let encoder = tar.into_inner().map_err(io_error)?;
     let mut hashing = encoder.finish().map_err(io_error)?;
     hashing.inner.flush().map_err(io_error)?;

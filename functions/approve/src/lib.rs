@@ -23,9 +23,8 @@ use aws_lambda_events::event::lambda_function_urls::{
 };
 use base64::Engine;
 use chrono::{DateTime, Utc};
-use drpilot_shared::approval::Approval;
 use drpilot_shared::approval::{
-    self, Decision, Seal, SealScope, Sealer, WaitingApproval, DENIED_ERROR,
+    self, Approval, Decision, Seal, SealScope, Sealer, WaitingApproval, DENIED_ERROR,
 };
 use drpilot_shared::error::decode_slice;
 use drpilot_shared::identity::{self, CallerIdentity, PersonRule, StsEndpoint};

@@ -147,8 +147,8 @@ impl Bringup {
         record: &RunRecord,
         this: &ExecutionEntry,
         input: &RunInput,
-        (name, arn): (Option<&str>, Option<&str>),
     ) -> Result<(bool, bool)> {
+        let (name, arn) = (this.name.as_deref(), this.arn.as_deref());
         let first = record.executions.first().is_none_or(|e| e.is(name, arn));
         let retried = record.executions.iter().any(|e| e.is(name, arn));
         if !first && !retried {
@@ -196,8 +196,7 @@ impl Bringup {
             trigger,
         );
         let lock = RunLock::new(self.clients.s3.clone(), profile.target.lock());
-        let ttl =
-            Duration::seconds(i64::try_from(profile.lock_ttl_seconds).unwrap_or(i64::MAX / 2));
+        let ttl = profile.lock_ttl();
 
         let (record, etag) = match store.get_record(&run_id).await? {
             Some((record, etag)) => (record, Some(etag)),
@@ -206,9 +205,7 @@ impl Bringup {
                 None,
             ),
         };
-        let (first, retried) = self
-            .may_continue(&store, &record, &this, &input, execution.name_and_arn())
-            .await?;
+        let (first, retried) = self.may_continue(&store, &record, &this, &input).await?;
 
         let acquired = take_lock(&lock, &run_id, &input, execution.arn.as_deref(), ttl).await?;
         let mut record = record;

@@ -6,8 +6,7 @@
 //! site's is missing, then the audit record is written and the next generation published.
 
 use chrono::{DateTime, Utc};
-use drpilot_shared::approval::Approval;
-use drpilot_shared::approval::{Sealer, FAILBACK_CONFIRMATION_STATES};
+use drpilot_shared::approval::{Approval, Sealer, FAILBACK_CONFIRMATION_STATES};
 use drpilot_shared::budget::{RequestBudget, PREFIX_PUT_RATE};
 use drpilot_shared::copy::{apply_changes, Change, CopyStats, CopyTuning, Journal, CHANGE_BUFFER};
 use drpilot_shared::failback::{
@@ -76,9 +75,7 @@ impl Failback {
     /// pointer is still at the generation the failback started against; answers the
     /// pointer's location.
     async fn renew_lock(&self, run: &FailbackRun, profile: &Profile) -> Result<S3Uri> {
-        let ttl = chrono::Duration::seconds(
-            i64::try_from(profile.lock_ttl_seconds).unwrap_or(i64::MAX / 2),
-        );
+        let ttl = profile.lock_ttl();
         RunLock::new(self.clients.s3.clone(), profile.target.lock())
             .acquire(&run.run_id, run.execution_arn.as_deref(), ttl)
             .await?;
@@ -128,8 +125,7 @@ impl Failback {
         let started = Utc::now();
         let primary_s3 = self.clients.s3_in(&run.primary_region);
         let sides = self.sides(run, &primary_s3);
-        let discard = run.input.discard_divergent;
-        let discard_before = discard.then_some(divergence_started);
+        let discard_before = run.input.discard_divergent.then_some(divergence_started);
         let Copied {
             stats,
             refused,

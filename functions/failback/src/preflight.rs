@@ -3,7 +3,7 @@
 //! the receipt shows each; the lock is taken only when every one passed.
 
 use aws_sdk_scheduler::types::ScheduleState;
-use chrono::{DateTime, Duration, Utc};
+use chrono::{DateTime, Utc};
 use drpilot_shared::backup::BackupRef;
 use drpilot_shared::details::PromoteDetails;
 use drpilot_shared::failback::{
@@ -187,8 +187,7 @@ impl Failback {
             );
         };
         if !input.dry_run {
-            let ttl =
-                Duration::seconds(i64::try_from(profile.lock_ttl_seconds).unwrap_or(i64::MAX / 2));
+            let ttl = profile.lock_ttl();
             let acquired = lock
                 .acquire(run_id, execution.arn.as_deref(), ttl)
                 .await

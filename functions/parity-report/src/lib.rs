@@ -12,15 +12,13 @@ use drpilot_shared::error::{decode_value, DecodeError};
 use drpilot_shared::input::Phase;
 use drpilot_shared::metrics::{self, Sample};
 use drpilot_shared::objects::put_json;
-use drpilot_shared::parity::RangeFindings;
 use drpilot_shared::parity::{
-    compare_prefixes, compare_ranges, DifferenceLog, ParityCounts, Verdict,
+    compare_prefixes, compare_ranges, DifferenceLog, ParityCounts, RangeFindings, Verdict,
 };
 use drpilot_shared::phase::{self, Outcome, PhaseRun, Rerun};
 use drpilot_shared::plan::{self, PlanItem, RangePass, RangeResult, Step};
 use drpilot_shared::profile::ProfileSource;
-use drpilot_shared::run::StepOutput;
-use drpilot_shared::run::{PhaseOutput, PhaseRequest};
+use drpilot_shared::run::{PhaseOutput, PhaseRequest, StepOutput};
 use drpilot_shared::{AwsClients, Error, Result, S3Uri};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};

@@ -12,24 +12,22 @@ use drpilot_shared::budget::RequestBudget;
 use drpilot_shared::copy::{apply_changes, Change, Journal, CHANGE_BUFFER};
 pub use drpilot_shared::copy::{CopyStats, CopyTuning};
 use drpilot_shared::deadline;
-use drpilot_shared::details::PromoteDetails;
-use drpilot_shared::details::{Tally, ValidateDetails};
+use drpilot_shared::details::{PromoteDetails, Tally, ValidateDetails};
 use drpilot_shared::input::Phase;
 use drpilot_shared::listing::{list_sorted_in, Joined, MergeJoin};
 use drpilot_shared::lock::RunLock;
 use drpilot_shared::metrics::{self, Sample};
 use drpilot_shared::objects::get_json;
-use drpilot_shared::parity::Counts;
-use drpilot_shared::parity::RangeFindings;
-use drpilot_shared::parity::{compare_ranges, Difference, ParityCounts, Verdict};
+use drpilot_shared::parity::{
+    compare_ranges, Counts, Difference, ParityCounts, RangeFindings, Verdict,
+};
 use drpilot_shared::phase::{self, Failed, Outcome, PhaseRun, Rerun};
 use drpilot_shared::plan::{
     range_uri, Continuation, PlanItem, RangePass, RangeResult, Reduce, Step,
 };
 use drpilot_shared::profile::{Profile, ProfileSource};
 use drpilot_shared::published::{self, PublishKind, PublishedPointer};
-use drpilot_shared::run::StepOutput;
-use drpilot_shared::run::{PhaseOutput, PhaseRequest, RunContext};
+use drpilot_shared::run::{PhaseOutput, PhaseRequest, RunContext, StepOutput};
 use drpilot_shared::s3uri::KeyRange;
 use drpilot_shared::store::ReceiptStore;
 use drpilot_shared::time::seconds;

@@ -18,8 +18,7 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use drpilot_shared::backup::sorted_entries;
-use drpilot_shared::backup::{self, MANIFESTS, STATE};
+use drpilot_shared::backup::{self, sorted_entries, MANIFESTS, STATE};
 use drpilot_shared::details::RestoreDetails;
 use drpilot_shared::input::{normalize, Mode, TriggerDefaults};
 use drpilot_shared::lock::RunLock;
@@ -30,8 +29,7 @@ use drpilot_shared::readiness::{BackupSeen, Prediction, ReadinessCheck, Readines
 use drpilot_shared::receipt::RunStatus;
 use drpilot_shared::record::ExecutionName;
 use drpilot_shared::store::ReceiptStore;
-use drpilot_shared::summary::RtoWatchMarker;
-use drpilot_shared::summary::RunSummary;
+use drpilot_shared::summary::{RtoWatchMarker, RunSummary};
 use drpilot_shared::time::{seconds, utc};
 use drpilot_shared::{AwsClients, Error, Phase, Result};
 use serde::{Deserialize, Serialize};

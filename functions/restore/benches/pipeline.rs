@@ -9,8 +9,7 @@ use std::fs::File;
 use std::io::BufReader;
 use std::time::Instant;
 
-use drpilot_shared::archive::Artifact;
-use drpilot_shared::archive::{unpack, Discard};
+use drpilot_shared::archive::{unpack, Artifact, Discard};
 
 fn main() {
     let args: Vec<String> = std::env::args()

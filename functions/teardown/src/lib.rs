@@ -200,9 +200,10 @@ impl Teardown {
         )?;
         summary.rto_watch = store.get_rto_watch(&known.run_id).await?;
         // A resource teardown could not delete fails teardown, naming it: never left silently.
-        let leftovers = match cleans_components {
-            true => fail_on_leftovers(&components, &mut summary),
-            false => Ok(()),
+        let leftovers = if cleans_components {
+            fail_on_leftovers(&components, &mut summary)
+        } else {
+            Ok(())
         };
 
         // Metrics, once per execution that ends the run (a held run has not ended),

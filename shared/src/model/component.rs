@@ -330,15 +330,14 @@ impl ComponentKind {
 
 impl AwsBackup {
     fn validate(&self) -> Result<(), String> {
-        let backup = self;
-        if backup.vault.is_empty() {
+        if self.vault.is_empty() {
             return Err("vault: expected the backup vault's name".into());
         }
-        RestoredResource::of_backup_source(&backup.resource_arn)
+        RestoredResource::of_backup_source(&self.resource_arn)
             .map_err(|why| format!("resource_arn: {why}"))?;
-        let source = RestoredResource::of_backup_source(&backup.resource_arn).unwrap_or_default();
+        let source = RestoredResource::of_backup_source(&self.resource_arn).unwrap_or_default();
         // AWS Backup reads restore metadata keys case-insensitively.
-        let named = backup
+        let named = self
             .restore_metadata
             .iter()
             .find(|(k, _)| k.eq_ignore_ascii_case("DBInstanceIdentifier"));
@@ -352,10 +351,10 @@ impl AwsBackup {
                 "restore_metadata.DBInstanceIdentifier: {why}; got {id:?}"
             ));
         }
-        if !backup.iam_role_arn.starts_with("arn:") || !backup.iam_role_arn.contains(":role/") {
+        if !self.iam_role_arn.starts_with("arn:") || !self.iam_role_arn.contains(":role/") {
             return Err(format!(
                 "iam_role_arn: expected an IAM role ARN, got {:?}",
-                backup.iam_role_arn
+                self.iam_role_arn
             ));
         }
         Ok(())
@@ -364,11 +363,10 @@ impl AwsBackup {
 
 impl LambdaVerifier {
     fn validate(&self) -> Result<(), String> {
-        let lambda = self;
-        if lambda.function.is_empty() {
+        if self.function.is_empty() {
             return Err("function: expected a function name or ARN".into());
         }
-        if !(lambda.parameters.is_null() || lambda.parameters.is_object()) {
+        if !(self.parameters.is_null() || self.parameters.is_object()) {
             return Err("parameters: expected a JSON object".into());
         }
         Ok(())
@@ -377,14 +375,13 @@ impl LambdaVerifier {
 
 impl SsmCommand {
     fn validate(&self) -> Result<(), String> {
-        let ssm = self;
-        if ssm.document.is_empty() {
+        if self.document.is_empty() {
             return Err("document: expected an SSM document name".into());
         }
-        if ssm.parameters.is_empty() {
+        if self.parameters.is_empty() {
             return Err("parameters: expected the document's parameters, e.g. {\"commands\": [\"restore-test.sh postgres\"]}".into());
         }
-        match (ssm.instance_ids.is_empty(), ssm.targets.is_empty()) {
+        match (self.instance_ids.is_empty(), self.targets.is_empty()) {
             (true, true) => return Err(
                 "instance_ids: expected instance_ids or targets (e.g. {\"tag:Role\": [\"db\"]})"
                     .into(),
@@ -392,7 +389,7 @@ impl SsmCommand {
             (false, false) => return Err("targets: give instance_ids or targets, not both".into()),
             _ => {}
         }
-        if let Some(bad) = ssm
+        if let Some(bad) = self
             .instance_ids
             .iter()
             .find(|id| !id.starts_with("i-") && !id.starts_with("mi-"))
@@ -407,35 +404,34 @@ impl SsmCommand {
 
 impl HttpCheck {
     fn validate(&self) -> Result<(), String> {
-        let http = self;
-        if !(http.url.starts_with("http://") || http.url.starts_with("https://")) {
+        if !(self.url.starts_with("http://") || self.url.starts_with("https://")) {
             return Err(format!(
                 "url: expected an http:// or https:// URL, got {:?}",
-                http.url
+                self.url
             ));
         }
         // No request body is sent, so only methods that need none.
         const METHODS: [&str; 3] = ["GET", "HEAD", "OPTIONS"];
-        if !METHODS.contains(&http.method.as_str()) {
+        if !METHODS.contains(&self.method.as_str()) {
             return Err(format!(
                 "method: expected one of {}, got {:?}",
                 METHODS.join(", "),
-                http.method
+                self.method
             ));
         }
-        if http.method == "HEAD" && http.body_contains.is_some() {
+        if self.method == "HEAD" && self.body_contains.is_some() {
             return Err("body_contains: a HEAD answer has no body".into());
         }
-        if !(100..=599).contains(&http.expected_status) {
+        if !(100..=599).contains(&self.expected_status) {
             return Err(format!(
                 "expected_status: expected an HTTP status 100-599, got {}",
-                http.expected_status
+                self.expected_status
             ));
         }
-        if !(1..=60).contains(&http.request_timeout_seconds) {
+        if !(1..=60).contains(&self.request_timeout_seconds) {
             return Err(format!(
                 "request_timeout_seconds: expected 1 to 60, got {}",
-                http.request_timeout_seconds
+                self.request_timeout_seconds
             ));
         }
         Ok(())

@@ -331,6 +331,12 @@ pub struct ControlPlane {
 }
 
 impl Profile {
+    /// `lock_ttl_seconds` as the duration a run lock is taken for (a value past what a
+    /// duration holds is as good as forever).
+    pub fn lock_ttl(&self) -> chrono::Duration {
+        chrono::Duration::seconds(i64::try_from(self.lock_ttl_seconds).unwrap_or(i64::MAX / 2))
+    }
+
     /// Parses and checks a profile document. `origin` names where it came from.
     pub fn from_json(origin: &str, text: &str) -> Result<Self> {
         let profile: Profile = decode_slice(&format!("profile {origin}"), text.as_bytes())
@@ -435,11 +441,10 @@ impl Target {
 impl Primary {
     /// The primary site's location: a valid key, apart from the DR `target`'s root.
     fn validate(&self, target: &Target) -> std::result::Result<(), String> {
-        let primary = self;
-        S3Uri::new(primary.bucket.clone(), "").map_err(|e| format!("primary.bucket: {e}"))?;
-        RelativeKey::parse(primary.root_prefix.trim_end_matches('/'))
+        S3Uri::new(self.bucket.clone(), "").map_err(|e| format!("primary.bucket: {e}"))?;
+        RelativeKey::parse(self.root_prefix.trim_end_matches('/'))
             .map_err(|e| format!("primary.root_prefix: {e}"))?;
-        let (primary_root, dr_root) = (primary.root(), target.root());
+        let (primary_root, dr_root) = (self.root(), target.root());
         let overlap = primary_root.bucket == dr_root.bucket
             && (primary_root.key.starts_with(&dr_root.key)
                 || dr_root.key.starts_with(&primary_root.key));
@@ -448,7 +453,7 @@ impl Primary {
                 "primary: {primary_root} and the DR target's {dr_root} must not contain each other"
             ));
         }
-        if let Some(region) = &primary.region {
+        if let Some(region) = &self.region {
             if !is_region(region) {
                 return Err(format!(
                     "primary.region: expected an AWS region such as eu-west-1, got {region:?}"

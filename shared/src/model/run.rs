@@ -5,8 +5,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::backup::BackupRef;
-use crate::input::Phase;
-use crate::input::{Promotion, RunInput, Trigger};
+use crate::input::{Phase, Promotion, RunInput, Trigger};
 use crate::plan::{Continuation, RangeStatus};
 use crate::profile::Profile;
 use crate::receipt::{Failure, PhaseReceipt, PhaseStatus, RunStatus};

@@ -27,8 +27,7 @@ use crate::plan::{
     Continuation, PlanItem, RangePass, RangeResult, RangeStatus, Reduce, MAX_RANGE_PASSES,
 };
 use crate::profile::{Profile, ProfileSource};
-use crate::receipt::PhaseDetails;
-use crate::receipt::{PhaseClock, PhaseStatus};
+use crate::receipt::{PhaseClock, PhaseDetails, PhaseStatus};
 use crate::resume;
 use crate::run::{PhaseOutput, PhaseRequest, RangeOutput, RunContext};
 use crate::store::ReceiptStore;
