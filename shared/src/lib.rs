@@ -21,7 +21,8 @@
 //!   out over), [`copy`] (server-side copies), [`budget`] (the request pace S3's
 //!   per-prefix limits allow) and [`restored`] (deleting what components restored).
 //! - [`runtime`]: a function's run on Lambda — [`phase`] (the lifecycle and the entry
-//!   point), [`deadline`], [`error`] (the error names Step Functions matches),
+//!   point), [`fan_out`] (the trait the four heavy phases implement: whole, prepare,
+//!   range, reduce), [`deadline`], [`error`] (the error names Step Functions matches),
 //!   [`clients`], [`ledger`] (the record of every AWS call, for the permission check),
 //!   [`metrics`], [`identity`] (the approver's proven principal) and [`approval`] (the
 //!   sealed approval).
@@ -42,7 +43,7 @@ pub use model::{
     component, details, failback, input, profile, readiness, receipt, record, resume, run, s3uri,
     stage, summary, time,
 };
-pub use runtime::{approval, clients, deadline, error, identity, ledger, metrics, phase};
+pub use runtime::{approval, clients, deadline, error, fan_out, identity, ledger, metrics, phase};
 pub use store::{fence, history, lock, objects, published};
 
 pub use clients::AwsClients;

@@ -24,7 +24,7 @@ use drpilot_shared::component::{
 };
 use drpilot_shared::details::ComponentsDetails;
 use drpilot_shared::error::{bounded_message, readable_cause};
-use drpilot_shared::phase::{self, Begun, Failed, Outcome, Rerun};
+use drpilot_shared::phase::{self, Begun, Failed, Outcome, PhaseResult, Rerun};
 use drpilot_shared::profile::{Profile, ProfileSource};
 use drpilot_shared::receipt::PhaseStatus;
 use drpilot_shared::run::{PhaseOutput, PhaseRequest, RunContext};
@@ -442,7 +442,7 @@ impl Components {
         &self,
         phase_run: &phase::PhaseRun<'_>,
         first_start: &mut Option<DateTime<Utc>>,
-    ) -> std::result::Result<Outcome<ComponentsDetails>, Failed<ComponentsDetails>> {
+    ) -> PhaseResult<ComponentsDetails> {
         let run = phase_run.run;
         let mut outcomes = Vec::new();
         let mut checked = Vec::new();

@@ -9,16 +9,17 @@ use chrono::{DateTime, Utc};
 use drpilot_shared::archive::RESERVED_PREFIX;
 use drpilot_shared::details::ParityDetails;
 use drpilot_shared::error::{decode_value, DecodeError};
+use drpilot_shared::fan_out::{self, FanOutPhase};
 use drpilot_shared::input::Phase;
 use drpilot_shared::metrics::{self, Sample};
 use drpilot_shared::objects::put_json;
 use drpilot_shared::parity::{
     compare_prefixes, compare_ranges, DifferenceLog, ParityCounts, RangeFindings, Verdict,
 };
-use drpilot_shared::phase::{self, Outcome, PhaseRun, Rerun};
-use drpilot_shared::plan::{self, PlanItem, RangePass, RangeResult, Step};
+use drpilot_shared::phase::{Failed, Outcome, PhaseResult, PhaseRun, Rerun};
+use drpilot_shared::plan::{PlanItem, RangePass, RangeResult, Reduce};
 use drpilot_shared::profile::ProfileSource;
-use drpilot_shared::run::{PhaseOutput, PhaseRequest, StepOutput};
+use drpilot_shared::run::PhaseRequest;
 use drpilot_shared::{AwsClients, Error, Result, S3Uri};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -83,7 +84,7 @@ impl ParityReporter {
     pub async fn handle(&self, request: ParityRequest) -> Result<Value> {
         match request {
             ParityRequest::Run(request) => {
-                let out = self.for_run(*request).await?;
+                let out = fan_out::serve(self, *request).await?;
                 serde_json::to_value(out).map_err(|e| Error::internal(e.to_string()))
             }
             ParityRequest::Standalone(request) => {
@@ -108,62 +109,6 @@ impl ParityReporter {
                     "report": dir.join("report.json")?,
                     "differences": report.differences,
                 }))
-            }
-        }
-    }
-
-    async fn for_run(&self, request: PhaseRequest) -> Result<StepOutput> {
-        phase::serve_step(
-            request,
-            &self.clients.s3,
-            &self.profiles,
-            Phase::ParityReport,
-            // Reads only: a range's child ends in one pass (docs/limits.md).
-            async |ctx: &PhaseRun<'_>, item: &PlanItem, _: Option<()>| {
-                Ok(RangePass::Done(self.compare_range(ctx, item).await?))
-            },
-            async |request| self.steps(request).await,
-        )
-        .await
-    }
-
-    /// The whole phase, its preparation for the fan-out, or its reducer.
-    async fn steps(&self, request: PhaseRequest) -> Result<PhaseOutput> {
-        let (s3, profiles) = (&self.clients.s3, &self.profiles);
-        match request.step()? {
-            Step::Whole => self.whole(&request).await,
-            // Nothing to do once before the ranges: the lifecycle checks validate is done.
-            Step::Prepare => {
-                phase::prepare::<ParityDetails, _>(
-                    &request,
-                    s3,
-                    profiles,
-                    Rerun::StartOver,
-                    async |_: &PhaseRun<'_>| Ok(()),
-                )
-                .await
-            }
-            Step::Range(_) => Err(plan::range_elsewhere()),
-            Step::Reduce(reduce) => {
-                phase::reduce(
-                    &request,
-                    s3,
-                    profiles,
-                    Rerun::StartOver,
-                    &reduce,
-                    async |ctx: &PhaseRun<'_>, results: Vec<RangeResult>| {
-                        let (run, profile) = (ctx.run, ctx.profile);
-                        let (counts, log) =
-                            RangeFindings::<ParityCounts>::gather(s3, &results).await?;
-                        let dir = ctx.store.run_dir(&run.run_id)?.join("parity")?;
-                        let staging = profile.target.staging(&run.run_id)?;
-                        let report = self
-                            .write_report(&staging, &profile.target.root(), counts, log, &dir)
-                            .await?;
-                        Ok(Outcome::Done(self.finish_run(run, report, &dir).await?))
-                    },
-                )
-                .await
             }
         }
     }
@@ -217,35 +162,6 @@ impl ParityReporter {
         })
     }
 
-    async fn whole(&self, request: &PhaseRequest) -> Result<PhaseOutput> {
-        phase::run(
-            request,
-            &self.clients.s3,
-            &self.profiles,
-            Rerun::StartOver,
-            async |ctx: &PhaseRun<'_>| {
-                let (run, profile) = (ctx.run, ctx.profile);
-                if run.input.dry_run {
-                    return Ok(Outcome::Skipped(
-                        "dry_run: nothing was staged to compare".to_owned(),
-                    ));
-                }
-                let dir = ctx.store.run_dir(&run.run_id)?.join("parity")?;
-                let staging = profile.target.staging(&run.run_id)?;
-                let report = self
-                    .compare(
-                        &staging,
-                        &profile.target.root(),
-                        vec![RESERVED_PREFIX.to_owned()],
-                        &dir,
-                    )
-                    .await?;
-                Ok(Outcome::Done(self.finish_run(run, report, &dir).await?))
-            },
-        )
-        .await
-    }
-
     /// Compares `left` with `right` and writes `report.json` and `differences.jsonl`
     /// under `dir`.
     pub async fn compare(
@@ -295,5 +211,73 @@ impl ParityReporter {
         put_json(&self.clients.s3, &report_uri, &report).await?;
         info!(left = %report.left, right = %report.right, delta = report.counts.delta, "parity compared");
         Ok(report)
+    }
+}
+
+/// Parity-report's steps: the staging and `root/` compared range by range.
+impl FanOutPhase for ParityReporter {
+    type Details = ParityDetails;
+    type RangeDetails = RangeFindings<ParityCounts>;
+    /// Reads only: a range's child ends in one pass (docs/limits.md).
+    type Cursor = ();
+    const RERUN: Rerun = Rerun::StartOver;
+
+    fn clients(&self) -> &AwsClients {
+        &self.clients
+    }
+
+    fn profiles(&self) -> &ProfileSource {
+        &self.profiles
+    }
+
+    async fn whole(&self, ctx: &PhaseRun<'_>) -> PhaseResult<ParityDetails> {
+        let (run, profile) = (ctx.run, ctx.profile);
+        if run.input.dry_run {
+            return Ok(Outcome::Skipped(
+                "dry_run: nothing was staged to compare".to_owned(),
+            ));
+        }
+        let dir = ctx.store.run_dir(&run.run_id)?.join("parity")?;
+        let staging = profile.target.staging(&run.run_id)?;
+        let report = self
+            .compare(
+                &staging,
+                &profile.target.root(),
+                vec![RESERVED_PREFIX.to_owned()],
+                &dir,
+            )
+            .await?;
+        Ok(Outcome::Done(self.finish_run(run, report, &dir).await?))
+    }
+
+    /// Nothing to do once before the ranges: the lifecycle checks validate is done.
+    async fn prepare(&self, _: &PhaseRun<'_>) -> std::result::Result<(), Failed<ParityDetails>> {
+        Ok(())
+    }
+
+    async fn range(
+        &self,
+        ctx: &PhaseRun<'_>,
+        item: &PlanItem,
+        _: Option<()>,
+    ) -> Result<RangePass<RangeFindings<ParityCounts>, ()>> {
+        Ok(RangePass::Done(self.compare_range(ctx, item).await?))
+    }
+
+    async fn reduce(
+        &self,
+        ctx: &PhaseRun<'_>,
+        _: &Reduce,
+        results: Vec<RangeResult>,
+    ) -> PhaseResult<ParityDetails> {
+        let (run, profile) = (ctx.run, ctx.profile);
+        let (counts, log) =
+            RangeFindings::<ParityCounts>::gather(&self.clients.s3, &results).await?;
+        let dir = ctx.store.run_dir(&run.run_id)?.join("parity")?;
+        let staging = profile.target.staging(&run.run_id)?;
+        let report = self
+            .write_report(&staging, &profile.target.root(), counts, log, &dir)
+            .await?;
+        Ok(Outcome::Done(self.finish_run(run, report, &dir).await?))
     }
 }

@@ -13,6 +13,7 @@ use drpilot_shared::copy::{apply_changes, Change, Journal, CHANGE_BUFFER};
 pub use drpilot_shared::copy::{CopyStats, CopyTuning};
 use drpilot_shared::deadline;
 use drpilot_shared::details::{PromoteDetails, Tally, ValidateDetails};
+use drpilot_shared::fan_out::{self, FanOutPhase};
 use drpilot_shared::input::Phase;
 use drpilot_shared::listing::{list_sorted_in, Joined, MergeJoin};
 use drpilot_shared::lock::RunLock;
@@ -21,10 +22,8 @@ use drpilot_shared::objects::get_json;
 use drpilot_shared::parity::{
     compare_ranges, Counts, Difference, ParityCounts, RangeFindings, Verdict,
 };
-use drpilot_shared::phase::{self, Failed, Outcome, PhaseRun, Rerun};
-use drpilot_shared::plan::{
-    range_uri, Continuation, PlanItem, RangePass, RangeResult, Reduce, Step,
-};
+use drpilot_shared::phase::{Failed, Outcome, PhaseResult, PhaseRun, Rerun};
+use drpilot_shared::plan::{range_uri, Continuation, PlanItem, RangePass, RangeResult, Reduce};
 use drpilot_shared::profile::{Profile, ProfileSource};
 use drpilot_shared::published::{self, PublishKind, PublishedPointer};
 use drpilot_shared::run::{PhaseOutput, PhaseRequest, RunContext, StepOutput};
@@ -55,6 +54,20 @@ pub struct PromoteRequest {
     /// A range's child again: where its last pass stopped.
     #[serde(default)]
     pub continuation: Option<Continuation>,
+}
+
+impl PromoteRequest {
+    /// The approval, and the request every heavy phase's step reads.
+    fn into_parts(self) -> (Option<Approval>, PhaseRequest) {
+        let request = PhaseRequest {
+            run: self.run,
+            retry_count: self.retry_count,
+            range: self.range,
+            reduce: self.reduce,
+            continuation: self.continuation,
+        };
+        (self.approval, request)
+    }
 }
 
 /// What a range's child of promote did: the range's parity before and after its copy.
@@ -122,171 +135,21 @@ impl Promote {
     /// The Lambda's entry: the whole phase, its preparation, one range's child or the
     /// reducer, as the request says ([`PhaseRequest::step`]).
     pub async fn serve_step(&self, request: PromoteRequest) -> Result<StepOutput> {
-        let approval = request.approval.clone();
-        let phase_request = PhaseRequest {
-            run: request.run,
-            retry_count: request.retry_count,
-            range: request.range,
-            reduce: request.reduce,
-            continuation: request.continuation,
-        };
-        let (s3, profiles) = (&self.clients.s3, &self.profiles);
-        let approval = approval.as_ref();
-        let output = match phase_request.step()? {
-            Step::Whole => {
-                phase::run(
-                    &phase_request,
-                    s3,
-                    profiles,
-                    Rerun::KeepSuccess,
-                    async |ctx: &PhaseRun<'_>| self.promote_whole(ctx, approval).await,
-                )
-                .await?
-            }
-            Step::Prepare => {
-                phase::prepare::<PromoteDetails, _>(
-                    &phase_request,
-                    s3,
-                    profiles,
-                    Rerun::KeepSuccess,
-                    async |ctx: &PhaseRun<'_>| {
-                        self.check(ctx, approval).await?;
-                        Ok(())
-                    },
-                )
-                .await?
-            }
-            Step::Range(item) => {
-                let range = phase::run_range(
-                    &phase_request,
-                    s3,
-                    profiles,
-                    Phase::Promote,
-                    &item,
-                    async |ctx: &PhaseRun<'_>, item: &PlanItem, cursor| {
-                        self.promote_range(ctx, item, cursor, approval).await
-                    },
-                );
-                return Ok(StepOutput::Range(range.await?));
-            }
-            Step::Reduce(reduce) => {
-                phase::reduce(
-                    &phase_request,
-                    s3,
-                    profiles,
-                    Rerun::KeepSuccess,
-                    &reduce,
-                    async |ctx: &PhaseRun<'_>, results: Vec<RangeResult>| {
-                        self.promote_reduced(ctx, &results, reduce.started_at, approval)
-                            .await
-                    },
-                )
-                .await?
-            }
-        };
-        Ok(StepOutput::Phase(output))
-    }
-
-    /// The whole promotion in one invocation (a run without a plan): inline, outside the
-    /// Map, it has no deadline to stop at.
-    async fn promote_whole(
-        &self,
-        ctx: &PhaseRun<'_>,
-        approval: Option<&Approval>,
-    ) -> std::result::Result<Outcome<PromoteDetails>, Failed<PromoteDetails>> {
-        let approval = self.check(ctx, approval).await?;
-        self.prune_guard(ctx, &KeyRange::all(), None).await?;
-        let budget = RequestBudget::writes_for_run(None, false);
-        let synced = match self
-            .sync(ctx.run, ctx.profile, &KeyRange::all(), None, &budget, None)
-            .await?
-        {
-            RangePass::Done(synced) => synced,
-            RangePass::Stopped { .. } => {
-                return Err(Error::internal("a promotion without a deadline stopped").into())
-            }
-        };
-        let synced = synced.checked(Utc::now())?;
-        let details = self
-            .audit(ctx.run, ctx.profile, ctx.store, approval, &synced)
-            .await?;
-        Ok(Outcome::Done(details))
-    }
-
-    /// One range's child: it checks the approval itself (a child invoked on its own must
-    /// not copy what no one approved), then copies its range from where `cursor` says an
-    /// earlier pass stopped.
-    async fn promote_range(
-        &self,
-        ctx: &PhaseRun<'_>,
-        item: &PlanItem,
-        cursor: Option<PromoteCursor>,
-        approval: Option<&Approval>,
-    ) -> Result<RangePass<RangePromoted, PromoteCursor>> {
-        gate(ctx.run, ctx.profile, approval)?;
-        if let Some(approval) = approval {
-            self.verify(ctx.run, approval).await?;
-        }
-        self.still_locked(ctx).await?;
-        self.prune_guard(ctx, &item.range, Some(item.index)).await?;
-        let budget = RequestBudget::writes_for_child(&self.clients.s3, ctx.store, ctx.run)?;
-        let pass = self
-            .sync(
-                ctx.run,
-                ctx.profile,
-                &item.range,
-                Some(item.index),
-                &budget,
-                cursor,
-            )
-            .await?;
-        Ok(match pass {
-            RangePass::Done(synced) => RangePass::Done(RangePromoted {
-                parity_before: synced.parity_before,
-                parity_after: synced.parity_after,
-                stats: synced.stats,
-            }),
-            RangePass::Stopped { cursor, progress } => RangePass::Stopped { cursor, progress },
-        })
-    }
-
-    /// The reducer: the ranges' copies added up, then the audit record and the pointer.
-    async fn promote_reduced(
-        &self,
-        ctx: &PhaseRun<'_>,
-        results: &[RangeResult],
-        started: DateTime<Utc>,
-        approval: Option<&Approval>,
-    ) -> std::result::Result<Outcome<PromoteDetails>, Failed<PromoteDetails>> {
-        let approval = self.check(ctx, approval).await?;
-        let mut synced = Synced {
-            root: ctx.profile.target.root(),
-            started,
-            promoted_at: Utc::now(),
-            parity_before: ParityCounts::default(),
-            parity_after: ParityCounts::default(),
-            stats: CopyStats::default(),
-        };
-        for result in results {
-            let range: RangePromoted = result.details()?;
-            synced.parity_before.add(&range.parity_before);
-            synced.parity_after.add(&range.parity_after);
-            synced.stats.copied += range.stats.copied;
-            synced.stats.bytes += range.stats.bytes;
-            synced.stats.deleted += range.stats.deleted;
-        }
-        let synced = synced.checked(Utc::now())?;
-        let details = self
-            .audit(ctx.run, ctx.profile, ctx.store, approval, &synced)
-            .await?;
-        Ok(Outcome::Done(details))
+        let (approval, request) = request.into_parts();
+        fan_out::serve(&self.approved(approval.as_ref()), request).await
     }
 
     /// The whole phase (or its preparation or reducer); see [`Promote::serve_step`].
     pub async fn handle(&self, request: PromoteRequest) -> Result<PhaseOutput> {
-        match self.serve_step(request).await? {
-            StepOutput::Phase(output) => Ok(output),
-            StepOutput::Range(_) => Err(drpilot_shared::plan::range_elsewhere()),
+        let (approval, request) = request.into_parts();
+        fan_out::serve_phase(&self.approved(approval.as_ref()), request).await
+    }
+
+    /// Promote's steps for a request that carries `approval`.
+    fn approved<'a>(&'a self, approval: Option<&'a Approval>) -> Approved<'a> {
+        Approved {
+            promote: self,
+            approval,
         }
     }
 
@@ -562,6 +425,129 @@ impl Promote {
             copy_seconds: seconds(synced.promoted_at - synced.started),
             time_to_promotion_seconds: time_to_promotion,
         })
+    }
+}
+
+/// Promote's steps for one request: its approval travels with every step, and each step
+/// that copies or publishes checks it again (a step invoked on its own must not write
+/// what no one approved).
+struct Approved<'a> {
+    promote: &'a Promote,
+    approval: Option<&'a Approval>,
+}
+
+impl FanOutPhase for Approved<'_> {
+    type Details = PromoteDetails;
+    type RangeDetails = RangePromoted;
+    type Cursor = PromoteCursor;
+    /// One audit record per run: an earlier success is the answer.
+    const RERUN: Rerun = Rerun::KeepSuccess;
+
+    fn clients(&self) -> &AwsClients {
+        &self.promote.clients
+    }
+
+    fn profiles(&self) -> &ProfileSource {
+        &self.promote.profiles
+    }
+
+    /// The whole promotion in one invocation (a run without a plan): inline, outside the
+    /// Map, it has no deadline to stop at.
+    async fn whole(&self, ctx: &PhaseRun<'_>) -> PhaseResult<PromoteDetails> {
+        let promote = self.promote;
+        let approval = promote.check(ctx, self.approval).await?;
+        promote.prune_guard(ctx, &KeyRange::all(), None).await?;
+        let budget = RequestBudget::writes_for_run(None, false);
+        let synced = match promote
+            .sync(ctx.run, ctx.profile, &KeyRange::all(), None, &budget, None)
+            .await?
+        {
+            RangePass::Done(synced) => synced,
+            RangePass::Stopped { .. } => {
+                return Err(Error::internal("a promotion without a deadline stopped").into())
+            }
+        };
+        let synced = synced.checked(Utc::now())?;
+        let details = promote
+            .audit(ctx.run, ctx.profile, ctx.store, approval, &synced)
+            .await?;
+        Ok(Outcome::Done(details))
+    }
+
+    /// The approval and the publish pointer, checked once before any range copies.
+    async fn prepare(&self, ctx: &PhaseRun<'_>) -> std::result::Result<(), Failed<PromoteDetails>> {
+        self.promote.check(ctx, self.approval).await?;
+        Ok(())
+    }
+
+    /// One range's child: it checks the approval itself, then copies its range from where
+    /// `cursor` says an earlier pass stopped.
+    async fn range(
+        &self,
+        ctx: &PhaseRun<'_>,
+        item: &PlanItem,
+        cursor: Option<PromoteCursor>,
+    ) -> Result<RangePass<RangePromoted, PromoteCursor>> {
+        let promote = self.promote;
+        gate(ctx.run, ctx.profile, self.approval)?;
+        if let Some(approval) = self.approval {
+            promote.verify(ctx.run, approval).await?;
+        }
+        promote.still_locked(ctx).await?;
+        promote
+            .prune_guard(ctx, &item.range, Some(item.index))
+            .await?;
+        let budget = RequestBudget::writes_for_child(&promote.clients.s3, ctx.store, ctx.run)?;
+        let pass = promote
+            .sync(
+                ctx.run,
+                ctx.profile,
+                &item.range,
+                Some(item.index),
+                &budget,
+                cursor,
+            )
+            .await?;
+        Ok(match pass {
+            RangePass::Done(synced) => RangePass::Done(RangePromoted {
+                parity_before: synced.parity_before,
+                parity_after: synced.parity_after,
+                stats: synced.stats,
+            }),
+            RangePass::Stopped { cursor, progress } => RangePass::Stopped { cursor, progress },
+        })
+    }
+
+    /// The reducer: the ranges' copies added up, then the audit record and the pointer.
+    async fn reduce(
+        &self,
+        ctx: &PhaseRun<'_>,
+        reduce: &Reduce,
+        results: Vec<RangeResult>,
+    ) -> PhaseResult<PromoteDetails> {
+        let promote = self.promote;
+        let approval = promote.check(ctx, self.approval).await?;
+        let mut synced = Synced {
+            root: ctx.profile.target.root(),
+            started: reduce.started_at,
+            promoted_at: Utc::now(),
+            parity_before: ParityCounts::default(),
+            parity_after: ParityCounts::default(),
+            stats: CopyStats::default(),
+        };
+        for result in &results {
+            let range: RangePromoted = result.details()?;
+            synced.parity_before.add(&range.parity_before);
+            synced.parity_after.add(&range.parity_after);
+            synced.stats.copied += range.stats.copied;
+            synced.stats.bytes += range.stats.bytes;
+            synced.stats.deleted += range.stats.deleted;
+        }
+        let synced = synced.checked(Utc::now())?;
+        let details = promote
+            .audit(ctx.run, ctx.profile, ctx.store, approval, &synced)
+            .await?;
+        Ok(Outcome::Done(details))
     }
 }
 

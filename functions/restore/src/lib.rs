@@ -15,10 +15,11 @@ use drpilot_shared::budget::{delete_prefix, RequestBudget};
 use drpilot_shared::deadline;
 use drpilot_shared::details::{ControlPlaneStaged, RestoreDetails, ShardStaged};
 use drpilot_shared::error::decode_slice;
+use drpilot_shared::fan_out::{self, FanOutPhase};
 use drpilot_shared::input::Phase;
 use drpilot_shared::objects::{get_json, open, put_json};
-use drpilot_shared::phase::{self, Outcome, PhaseRun, Rerun};
-use drpilot_shared::plan::{self, PlanItem, RangePass, RangeResult, Reduce, Step};
+use drpilot_shared::phase::{Failed, Outcome, PhaseResult, PhaseRun, Rerun};
+use drpilot_shared::plan::{self, PlanItem, RangePass, RangeResult, Reduce};
 use drpilot_shared::profile::{Profile, ProfileSource};
 use drpilot_shared::run::{PhaseOutput, PhaseRequest, RunContext, StepOutput};
 use drpilot_shared::s3uri::RelativeKey;
@@ -69,7 +70,7 @@ impl Prepared {
 /// the files of the next one staged and the seconds spent on it so far.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct StagingCursor {
+pub struct StagingCursor {
     staged: Vec<ShardStaged>,
     files: u64,
     seconds: f64,
@@ -104,81 +105,19 @@ impl Restore {
     /// The Lambda's entry: the whole phase, its preparation, one shard's child or the
     /// reducer, as the request says ([`PhaseRequest::step`]).
     pub async fn serve_step(&self, request: PhaseRequest) -> Result<StepOutput> {
-        phase::serve_step(
-            request,
-            &self.clients.s3,
-            &self.profiles,
-            Phase::Restore,
-            async |ctx: &PhaseRun<'_>, item: &PlanItem, cursor| {
-                self.stage_shards(ctx, item, cursor).await
-            },
-            async |request| self.handle(request).await,
-        )
-        .await
+        fan_out::serve(self, request).await
     }
 
     /// The whole phase, its preparation for the fan-out, or its reducer.
     pub async fn handle(&self, request: PhaseRequest) -> Result<PhaseOutput> {
-        let (s3, profiles) = (&self.clients.s3, &self.profiles);
-        match request.step()? {
-            Step::Whole => {
-                phase::run(
-                    &request,
-                    s3,
-                    profiles,
-                    Rerun::StartOver,
-                    async |ctx: &PhaseRun<'_>| {
-                        let details = self.restore(ctx.run, ctx.profile).await?;
-                        info!(objects = details.objects, bytes = details.bytes, "restored");
-                        Ok(Outcome::Done(details))
-                    },
-                )
-                .await
-            }
-            Step::Prepare => {
-                phase::prepare::<RestoreDetails, _>(
-                    &request,
-                    s3,
-                    profiles,
-                    Rerun::StartOver,
-                    async |ctx: &PhaseRun<'_>| {
-                        let prepared = self.prepare(ctx.run, ctx.profile).await?;
-                        let uri = plan::prepared_uri(ctx.store, &ctx.run.run_id, Phase::Restore)?;
-                        put_json(s3, &uri, &prepared).await?;
-                        Ok(())
-                    },
-                )
-                .await
-            }
-            Step::Reduce(reduce) => {
-                phase::reduce(
-                    &request,
-                    s3,
-                    profiles,
-                    Rerun::StartOver,
-                    &reduce,
-                    async |ctx: &PhaseRun<'_>, results: Vec<RangeResult>| {
-                        let details = self.reduce(ctx, &reduce, results).await?;
-                        info!(
-                            objects = details.objects,
-                            bytes = details.bytes,
-                            shards = details.shards.len(),
-                            "restored"
-                        );
-                        Ok(Outcome::Done(details))
-                    },
-                )
-                .await
-            }
-            Step::Range(_) => Err(plan::range_elsewhere()),
-        }
+        fan_out::serve_phase(self, request).await
     }
 
     async fn restore(&self, run: &RunContext, profile: &Profile) -> Result<RestoreDetails> {
         let s3 = &self.clients.s3;
         let started = Utc::now();
         let dry_run = run.input.dry_run;
-        let prepared = self.prepare(run, profile).await?;
+        let prepared = self.prepare_staging(run, profile).await?;
         // A dry run also checks what validate would: the archive's files against the
         // manifests.
         let state = if dry_run {
@@ -215,7 +154,7 @@ impl Restore {
     /// Everything restore does once, before any state archive: the contract and every
     /// archive's size checked, the run's staging emptied, the manifests verified, the
     /// control-plane bundle staged.
-    async fn prepare(&self, run: &RunContext, profile: &Profile) -> Result<Prepared> {
+    async fn prepare_staging(&self, run: &RunContext, profile: &Profile) -> Result<Prepared> {
         let s3 = &self.clients.s3;
         let (backup, meta) = backup::inspect(s3, &run.backup.uri).await?;
         backup::check_sizes(s3, &backup.uri, &meta).await?;
@@ -333,7 +272,7 @@ impl Restore {
     }
 
     /// The receipt's details from the preparation and every shard's result.
-    async fn reduce(
+    async fn combine_shards(
         &self,
         ctx: &PhaseRun<'_>,
         reduce: &Reduce,
@@ -510,6 +449,62 @@ impl Restore {
             image_ref_digest: pointer.image_ref_digest,
             staged_as: (!dry_run).then(|| format!("{}{}", staging.key, key)),
         })
+    }
+}
+
+/// Restore's steps: a sharded backup's shards go to the plan's ranges.
+impl FanOutPhase for Restore {
+    type Details = RestoreDetails;
+    type RangeDetails = Vec<ShardStaged>;
+    type Cursor = StagingCursor;
+    const RERUN: Rerun = Rerun::StartOver;
+
+    fn clients(&self) -> &AwsClients {
+        &self.clients
+    }
+
+    fn profiles(&self) -> &ProfileSource {
+        &self.profiles
+    }
+
+    async fn whole(&self, ctx: &PhaseRun<'_>) -> PhaseResult<RestoreDetails> {
+        let details = self.restore(ctx.run, ctx.profile).await?;
+        info!(objects = details.objects, bytes = details.bytes, "restored");
+        Ok(Outcome::Done(details))
+    }
+
+    /// The staging emptied and the manifests verified once; the reducer reads what this
+    /// found from `ranges/restore/prepared.json`.
+    async fn prepare(&self, ctx: &PhaseRun<'_>) -> std::result::Result<(), Failed<RestoreDetails>> {
+        let prepared = self.prepare_staging(ctx.run, ctx.profile).await?;
+        let uri = plan::prepared_uri(ctx.store, &ctx.run.run_id, Phase::Restore)?;
+        put_json(&self.clients.s3, &uri, &prepared).await?;
+        Ok(())
+    }
+
+    async fn range(
+        &self,
+        ctx: &PhaseRun<'_>,
+        item: &PlanItem,
+        cursor: Option<StagingCursor>,
+    ) -> Result<RangePass<Vec<ShardStaged>, StagingCursor>> {
+        self.stage_shards(ctx, item, cursor).await
+    }
+
+    async fn reduce(
+        &self,
+        ctx: &PhaseRun<'_>,
+        reduce: &Reduce,
+        results: Vec<RangeResult>,
+    ) -> PhaseResult<RestoreDetails> {
+        let details = self.combine_shards(ctx, reduce, results).await?;
+        info!(
+            objects = details.objects,
+            bytes = details.bytes,
+            shards = details.shards.len(),
+            "restored"
+        );
+        Ok(Outcome::Done(details))
     }
 }
 

@@ -11,12 +11,13 @@ use chrono::Utc;
 use drpilot_shared::archive::RESERVED_PREFIX;
 use drpilot_shared::budget::RequestBudget;
 use drpilot_shared::details::{CheckResult, Tally, ValidateDetails};
+use drpilot_shared::fan_out::{self, FanOutPhase};
 use drpilot_shared::input::Phase;
 use drpilot_shared::listing::{list_sorted_in, Joined, MergeJoin, ObjectInfo};
 use drpilot_shared::objects::{sha256_by_reading, stored_sha256};
 use drpilot_shared::parity::{DifferenceLog, RangeFindings, MAX_LOGGED_DIFFERENCES};
-use drpilot_shared::phase::{self, Failed, Outcome, PhaseRun, Rerun};
-use drpilot_shared::plan::{self, PlanItem, RangePass, RangeResult, Step};
+use drpilot_shared::phase::{Failed, Outcome, PhaseResult, PhaseRun, Rerun};
+use drpilot_shared::plan::{PlanItem, RangePass, RangeResult, Reduce};
 use drpilot_shared::profile::{Check, Profile, ProfileSource, Statistic};
 use drpilot_shared::run::{PhaseOutput, PhaseRequest, RunContext, StepOutput};
 use drpilot_shared::s3uri::KeyRange;
@@ -68,62 +69,12 @@ impl Validate {
     /// The Lambda's entry: the whole phase, its preparation, one range's child or the
     /// reducer, as the request says ([`PhaseRequest::step`]).
     pub async fn serve_step(&self, request: PhaseRequest) -> Result<StepOutput> {
-        phase::serve_step(
-            request,
-            &self.clients.s3,
-            &self.profiles,
-            Phase::Validate,
-            // Reads only: a range's child ends in one pass (docs/limits.md).
-            async |ctx: &PhaseRun<'_>, item: &PlanItem, _: Option<()>| {
-                Ok(RangePass::Done(self.validate_range(ctx, item).await?))
-            },
-            async |request| self.handle(request).await,
-        )
-        .await
+        fan_out::serve(self, request).await
     }
 
     /// The whole phase, its preparation for the fan-out, or its reducer.
     pub async fn handle(&self, request: PhaseRequest) -> Result<PhaseOutput> {
-        let (s3, profiles) = (&self.clients.s3, &self.profiles);
-        match request.step()? {
-            Step::Whole => {
-                phase::run(
-                    &request,
-                    s3,
-                    profiles,
-                    Rerun::StartOver,
-                    async |ctx: &PhaseRun<'_>| self.validate(ctx.run, ctx.profile, ctx.store).await,
-                )
-                .await
-            }
-            // Nothing to do once before the ranges: the lifecycle checks restore is done.
-            Step::Prepare => {
-                phase::prepare::<ValidateDetails, _>(
-                    &request,
-                    s3,
-                    profiles,
-                    Rerun::StartOver,
-                    async |_: &PhaseRun<'_>| Ok(()),
-                )
-                .await
-            }
-            Step::Reduce(reduce) => {
-                phase::reduce(
-                    &request,
-                    s3,
-                    profiles,
-                    Rerun::StartOver,
-                    &reduce,
-                    async |ctx: &PhaseRun<'_>, results: Vec<RangeResult>| {
-                        let (tally, log) = RangeFindings::<Tally>::gather(s3, &results).await?;
-                        self.judge(ctx.run, ctx.profile, ctx.store, tally, log)
-                            .await
-                    },
-                )
-                .await
-            }
-            Step::Range(_) => Err(plan::range_elsewhere()),
-        }
+        fan_out::serve_phase(self, request).await
     }
 
     /// One range's child: the range's manifest entries against the range's staging.
@@ -142,7 +93,7 @@ impl Validate {
         run: &RunContext,
         profile: &Profile,
         store: &ReceiptStore,
-    ) -> std::result::Result<Outcome<ValidateDetails>, Failed<ValidateDetails>> {
+    ) -> PhaseResult<ValidateDetails> {
         // That restore succeeded and its staging is still there, the lifecycle checked.
         if run.input.dry_run {
             return Ok(Outcome::Skipped("dry_run: nothing was staged".to_owned()));
@@ -160,7 +111,7 @@ impl Validate {
         store: &ReceiptStore,
         tally: Tally,
         log: DifferenceLog,
-    ) -> std::result::Result<Outcome<ValidateDetails>, Failed<ValidateDetails>> {
+    ) -> PhaseResult<ValidateDetails> {
         let differences_uri = store
             .run_dir(&run.run_id)?
             .join("validate/differences.jsonl")?;
@@ -340,6 +291,53 @@ fn judge(check: &Check, value: Option<f64>) -> CheckResult {
                 "{stat} of {namespace}/{metric_name} over {window_seconds} s is {value}, expected {comparison:?} {threshold}"
             ),
         },
+    }
+}
+
+/// Validate's steps: the manifests split by the plan's ranges, each range compared with
+/// its part of the staging.
+impl FanOutPhase for Validate {
+    type Details = ValidateDetails;
+    type RangeDetails = RangeFindings<Tally>;
+    /// Reads only: a range's child ends in one pass (docs/limits.md).
+    type Cursor = ();
+    const RERUN: Rerun = Rerun::StartOver;
+
+    fn clients(&self) -> &AwsClients {
+        &self.clients
+    }
+
+    fn profiles(&self) -> &ProfileSource {
+        &self.profiles
+    }
+
+    async fn whole(&self, ctx: &PhaseRun<'_>) -> PhaseResult<ValidateDetails> {
+        self.validate(ctx.run, ctx.profile, ctx.store).await
+    }
+
+    /// Nothing to do once before the ranges: the lifecycle checks restore is done.
+    async fn prepare(&self, _: &PhaseRun<'_>) -> std::result::Result<(), Failed<ValidateDetails>> {
+        Ok(())
+    }
+
+    async fn range(
+        &self,
+        ctx: &PhaseRun<'_>,
+        item: &PlanItem,
+        _: Option<()>,
+    ) -> Result<RangePass<RangeFindings<Tally>, ()>> {
+        Ok(RangePass::Done(self.validate_range(ctx, item).await?))
+    }
+
+    async fn reduce(
+        &self,
+        ctx: &PhaseRun<'_>,
+        _: &Reduce,
+        results: Vec<RangeResult>,
+    ) -> PhaseResult<ValidateDetails> {
+        let (tally, log) = RangeFindings::<Tally>::gather(&self.clients.s3, &results).await?;
+        self.judge(ctx.run, ctx.profile, ctx.store, tally, log)
+            .await
     }
 }
 

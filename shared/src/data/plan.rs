@@ -194,12 +194,6 @@ pub enum RangePass<D, C> {
     Stopped { cursor: C, progress: u64 },
 }
 
-/// The error for a range's request handed to a phase's whole-phase entry: a child answers
-/// with its partial result, through the function's `serve_step`.
-pub fn range_elsewhere() -> Error {
-    Error::input("range: a range's child answers with its partial result (serve_step)")
-}
-
 /// How a range's child ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

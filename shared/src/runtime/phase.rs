@@ -21,15 +21,12 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tracing::{error, info, Instrument, Span};
 
-use crate::error::{catch_panic, Error, ErrorKind, Result};
+use crate::error::{catch_panic, Error, Result};
 use crate::input::Phase;
-use crate::plan::{
-    Continuation, PlanItem, RangePass, RangeResult, RangeStatus, Reduce, MAX_RANGE_PASSES,
-};
 use crate::profile::{Profile, ProfileSource};
 use crate::receipt::{PhaseClock, PhaseDetails, PhaseStatus};
 use crate::resume;
-use crate::run::{PhaseOutput, PhaseRequest, RangeOutput, RunContext};
+use crate::run::{PhaseOutput, PhaseRequest, RunContext};
 use crate::store::ReceiptStore;
 
 /// How a phase ended when it did not fail.
@@ -40,6 +37,9 @@ pub enum Outcome<D> {
     /// Nothing to do for this run (a dry run, say): skipped, with why.
     Skipped(String),
 }
+
+/// How a phase's body ended: its outcome, or its failure with what it gathered.
+pub type PhaseResult<D> = std::result::Result<Outcome<D>, Failed<D>>;
 
 /// A phase failure, with the details gathered before it (a validation's tallies) so the
 /// receipt keeps them.
@@ -102,7 +102,7 @@ pub async fn run<D, F>(
 ) -> Result<PhaseOutput>
 where
     D: PhaseDetails,
-    F: AsyncFnOnce(&PhaseRun<'_>) -> std::result::Result<Outcome<D>, Failed<D>>,
+    F: AsyncFnOnce(&PhaseRun<'_>) -> PhaseResult<D>,
 {
     let attempted = async {
         let started = match begin(request, s3, profiles, D::PHASE, rerun).await? {
@@ -237,7 +237,7 @@ pub async fn begin(
 pub async fn finish<D: PhaseDetails>(
     request: &PhaseRequest,
     started: &Started,
-    result: std::result::Result<Outcome<D>, Failed<D>>,
+    result: PhaseResult<D>,
 ) -> Result<PhaseOutput> {
     let run = &request.run;
     let (attempt, max_attempts) = (request.attempt(), run.input.max_attempts);
@@ -262,278 +262,6 @@ pub async fn finish<D: PhaseDetails>(
     finished
         .await
         .map_err(|err| err.at_attempt(attempt, max_attempts))
-}
-
-/// The first step of a phase whose plan fans out ([`crate::plan`]): the lifecycle's
-/// [`begin`], then `body`, what must happen once before any range's child starts
-/// (restore empties the staging; promote checks the approval and the pointer). Its
-/// success writes no receipt (the reducer writes it) and answers `running` with the
-/// fan-out; its failure writes the failed receipt, as [`run`] would.
-pub async fn prepare<D, F>(
-    request: &PhaseRequest,
-    s3: &aws_sdk_s3::Client,
-    profiles: &ProfileSource,
-    rerun: Rerun,
-    body: F,
-) -> Result<PhaseOutput>
-where
-    D: PhaseDetails,
-    F: AsyncFnOnce(&PhaseRun<'_>) -> std::result::Result<(), Failed<D>>,
-{
-    let attempted = async {
-        let started = match begin(request, s3, profiles, D::PHASE, rerun).await? {
-            Begun::Ended(output) => return Ok(output),
-            Begun::Started(started) => started,
-        };
-        let ranges = request.run.plan.as_ref().map_or(1, |p| p.ranges);
-        if let Err(failed) = body(&started.context(&request.run)).await {
-            return finish::<D>(request, &started, Err(failed)).await;
-        }
-        info!(ranges, "fanning out");
-        Ok(PhaseOutput {
-            run_id: request.run.run_id.clone(),
-            phase: D::PHASE,
-            status: PhaseStatus::Running,
-            reason: Some(format!("the work goes to {ranges} ranges")),
-            receipt: started.store.phase_uri(&request.run.run_id, D::PHASE)?,
-            details: serde_json::json!({ "ranges": ranges }),
-            fan_out: Some(crate::run::FanOut {
-                ranges,
-                started_at: started.started_at(),
-            }),
-        })
-    };
-    Box::pin(attempted).await
-}
-
-/// A heavy phase's Lambda entry: a range's child runs `range` under [`run_range`];
-/// every other step (the whole phase, its preparation, its reducer) goes to `phase`.
-pub async fn serve_step<D, C, R, P>(
-    request: PhaseRequest,
-    s3: &aws_sdk_s3::Client,
-    profiles: &ProfileSource,
-    phase: Phase,
-    range: R,
-    other: P,
-) -> Result<crate::run::StepOutput>
-where
-    D: Serialize,
-    C: Serialize + DeserializeOwned,
-    R: AsyncFnOnce(&PhaseRun<'_>, &PlanItem, Option<C>) -> Result<RangePass<D, C>>,
-    P: AsyncFnOnce(PhaseRequest) -> Result<PhaseOutput>,
-{
-    use crate::run::StepOutput;
-    match request.step()? {
-        crate::plan::Step::Range(item) => Ok(StepOutput::Range(
-            run_range(&request, s3, profiles, phase, &item, range).await?,
-        )),
-        _ => Ok(StepOutput::Phase(other(request).await?)),
-    }
-}
-
-/// One range's child of `phase`: the profile, `body` on the range from where the
-/// request's continuation says an earlier pass stopped, and then either the partial
-/// result, written on every path that ends the range (success with the body's details,
-/// or failed with the error, which then goes back to the Map, whose Retry may run the
-/// child again), or the continuation for the next pass. A pass that stopped without
-/// progress, or past [`MAX_RANGE_PASSES`], fails the range: its history would grow
-/// without the range ever ending.
-pub async fn run_range<D, C, F>(
-    request: &PhaseRequest,
-    s3: &aws_sdk_s3::Client,
-    profiles: &ProfileSource,
-    phase: Phase,
-    item: &PlanItem,
-    body: F,
-) -> Result<RangeOutput>
-where
-    D: Serialize,
-    C: Serialize + DeserializeOwned,
-    F: AsyncFnOnce(&PhaseRun<'_>, &PlanItem, Option<C>) -> Result<RangePass<D, C>>,
-{
-    let run = &request.run;
-    record_run(&run.run_id, phase);
-    Span::current().record("range", item.index);
-    let (attempt, max_attempts) = (request.attempt(), run.input.max_attempts);
-    let attempted = async {
-        let (pass, cursor) = resume_from::<C>(request.continuation.as_ref(), phase, item)?;
-        let profile = profiles.load(&run.input.profile).await?;
-        let store = run.receipts(s3, &profile);
-        let started_at = chrono::Utc::now();
-        let ctx = PhaseRun {
-            run,
-            profile: &profile,
-            store: &store,
-        };
-        let result_uri = crate::plan::range_uri(&store, &run.run_id, phase, item.index)?;
-        let done = match body(&ctx, item, cursor).await {
-            Ok(RangePass::Stopped { cursor, progress }) => {
-                match stopped(phase, item, pass, cursor, progress) {
-                    Ok(continuation) => {
-                        info!(
-                            index = item.index,
-                            passes = pass + 1,
-                            progress,
-                            "range stopped at its deadline"
-                        );
-                        return Ok(RangeOutput {
-                            run_id: run.run_id.clone(),
-                            phase,
-                            index: item.index,
-                            status: RangeStatus::Success,
-                            result: result_uri,
-                            continuation: Some(continuation),
-                        });
-                    }
-                    Err(error) => Err(error),
-                }
-            }
-            Ok(RangePass::Done(details)) => Ok(details),
-            Err(error) => Err(error),
-        };
-        let (status, details, error) = match done {
-            Ok(details) => (
-                RangeStatus::Success,
-                serde_json::to_value(&details).map_err(|e| Error::internal(e.to_string()))?,
-                None,
-            ),
-            Err(error) => (
-                RangeStatus::Failed,
-                serde_json::Value::Object(Default::default()),
-                Some(error.at_attempt(attempt, max_attempts)),
-            ),
-        };
-        let result = RangeResult {
-            run_id: run.run_id.clone(),
-            phase,
-            index: item.index,
-            range: item.range.clone(),
-            execution_arn: run.execution_arn.clone(),
-            status,
-            error: error.as_ref().map(|e| e.kind.name().to_owned()),
-            message: error.as_ref().map(|e| e.message.clone()),
-            attempt,
-            passes: pass + 1,
-            started_at,
-            finished_at: chrono::Utc::now(),
-            details,
-        };
-        crate::plan::put_result(&store, &result).await?;
-        if let Some(error) = error {
-            return Err(error);
-        }
-        info!(index = item.index, range = %item.range, passes = pass + 1, "range done");
-        Ok(RangeOutput {
-            run_id: run.run_id.clone(),
-            phase,
-            index: item.index,
-            status,
-            result: result_uri,
-            continuation: None,
-        })
-    };
-    Box::pin(attempted)
-        .await
-        .map_err(|err| err.at_attempt(attempt, max_attempts))
-}
-
-/// The pass a request is (0 for the first) and the phase's cursor from its continuation.
-fn resume_from<C: DeserializeOwned>(
-    continuation: Option<&Continuation>,
-    phase: Phase,
-    item: &PlanItem,
-) -> Result<(u32, Option<C>)> {
-    let Some(continuation) = continuation else {
-        return Ok((0, None));
-    };
-    let cursor = serde_json::from_value(continuation.cursor.clone()).map_err(|e| {
-        Error::input(format!(
-            "continuation.cursor: not {phase}'s cursor for range {}: {e}",
-            item.index
-        ))
-    })?;
-    Ok((continuation.pass, Some(cursor)))
-}
-
-/// The continuation of a pass that stopped at its deadline, unless it cannot go on.
-fn stopped<C: Serialize>(
-    phase: Phase,
-    item: &PlanItem,
-    pass: u32,
-    cursor: C,
-    progress: u64,
-) -> Result<Continuation> {
-    let pass = pass + 1;
-    if progress == 0 {
-        return Err(Error::new(
-            ErrorKind::ServiceError,
-            format!(
-            "{phase} range {}: pass {pass} reached its invocation's deadline having done nothing; \
-             one invocation cannot carry this range's smallest step",
-            item.index
-        ),
-        ));
-    }
-    if pass >= MAX_RANGE_PASSES {
-        return Err(Error::new(
-            ErrorKind::ServiceError,
-            format!(
-            "{phase} range {}: still unfinished after {pass} passes (at most {MAX_RANGE_PASSES}); \
-             lower the profile's objects_per_range",
-            item.index
-        ),
-        ));
-    }
-    let cursor = serde_json::to_value(cursor).map_err(|e| Error::internal(e.to_string()))?;
-    Ok(Continuation { pass, cursor })
-}
-
-/// The last step of a phase that fanned out: the lifecycle's [`begin`] again (it answers
-/// as it did for the preparation), the receipt's clock from the preparation's start,
-/// every range's result of this execution, then `body` on them, and the receipt, as
-/// [`run`] writes it. A range that failed or left no result fails the phase, named.
-pub async fn reduce<D, F>(
-    request: &PhaseRequest,
-    s3: &aws_sdk_s3::Client,
-    profiles: &ProfileSource,
-    rerun: Rerun,
-    reduce: &Reduce,
-    body: F,
-) -> Result<PhaseOutput>
-where
-    D: PhaseDetails,
-    F: AsyncFnOnce(&PhaseRun<'_>, Vec<RangeResult>) -> std::result::Result<Outcome<D>, Failed<D>>,
-{
-    let attempted = async {
-        let mut started = match begin(request, s3, profiles, D::PHASE, rerun).await? {
-            Begun::Ended(output) => return Ok(output),
-            Begun::Started(started) => started,
-        };
-        started.since(reduce.started_at);
-        let run = &request.run;
-        let gathered = async {
-            let plan = run
-                .plan
-                .as_ref()
-                .ok_or_else(|| Error::input("reduce: the run has no plan"))?;
-            let results = crate::plan::results(
-                &started.store,
-                &run.run_id,
-                D::PHASE,
-                plan.ranges,
-                run.execution_arn.as_deref(),
-            )
-            .await?;
-            let ranges = crate::plan::ranges(s3, plan).await?;
-            crate::plan::all_succeeded(D::PHASE, results, &ranges, reduce.map_error.as_ref())
-        };
-        let result = match gathered.await {
-            Ok(results) => body(&started.context(run), results).await,
-            Err(error) => Err(Failed::from(error)),
-        };
-        finish(request, &started, result).await
-    };
-    Box::pin(attempted).await
 }
 
 /// Names the run and phase on the current invocation's span (see [`serve`]), so every
