@@ -739,7 +739,7 @@ pub fn failback_text(s: &FailbackSummary) -> Vec<String> {
     for r in &s.steps {
         lines.push(format!(
             "  {:<14} {:<8} {:>9}  {}",
-            r.step.as_str(),
+            r.phase.as_str(),
             r.status.as_str(),
             format!("{:.2} s", r.duration_ms as f64 / 1000.0),
             r.reason.as_deref().unwrap_or("")
@@ -848,7 +848,7 @@ pub fn render_failback(s: &FailbackSummary) -> Result<String, CliError> {
             .steps
             .iter()
             .map(|r| PhaseRow {
-                phase: r.step.as_str(),
+                phase: r.phase.as_str(),
                 status: r.status.as_str(),
                 duration: format!("{:.2} s", r.duration_ms as f64 / 1000.0),
                 attempt: r.attempt,

@@ -108,7 +108,7 @@ pub async fn receipts(ctx: &Ctx, run_id: &str) -> Result<RunRecords, CliError> {
     }
     for r in &records.failback_steps {
         ctx.out.say(receipt_line(
-            r.step.as_str(),
+            r.phase.as_str(),
             r.status,
             r.duration_ms,
             r.attempt,

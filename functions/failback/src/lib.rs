@@ -20,16 +20,15 @@ pub mod merge;
 pub mod preflight;
 pub mod teardown;
 
-use chrono::{DateTime, Utc};
 use drpilot_shared::copy::CopyTuning;
-use drpilot_shared::failback::{FailbackFailure, FailbackReceipt, FailbackRun, FailbackStep};
+use drpilot_shared::failback::{FailbackFailure, FailbackRun, FailbackStep};
 use drpilot_shared::input::DEFAULT_ATTEMPTS;
 use drpilot_shared::phase::Failed;
 use drpilot_shared::profile::ProfileSource;
-use drpilot_shared::receipt::PhaseStatus;
+use drpilot_shared::receipt::PhaseClock;
 use drpilot_shared::run::ExecutionInfo;
 use drpilot_shared::store::ReceiptStore;
-use drpilot_shared::{AwsClients, Error, Result, S3Uri};
+use drpilot_shared::{AwsClients, Result, S3Uri};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -163,47 +162,14 @@ impl Failback {
     }
 }
 
-/// One step's timing and receipt: written when the step ends, success or failure.
-pub(crate) struct StepClock {
-    run_id: String,
-    step: FailbackStep,
-    attempt: u32,
-    dry_run: bool,
-    started_at: DateTime<Utc>,
-}
+/// One step's timing and receipt, written when the step ends, success or failure: the
+/// phase clock of a failback step.
+pub(crate) struct StepClock(PhaseClock<FailbackStep>);
 
 impl StepClock {
     pub(crate) fn start(run_id: &str, step: FailbackStep, attempt: u32, dry_run: bool) -> Self {
         drpilot_shared::phase::record_failback(run_id, step.as_str());
-        Self {
-            run_id: run_id.to_owned(),
-            step,
-            attempt,
-            dry_run,
-            started_at: Utc::now(),
-        }
-    }
-
-    fn receipt(
-        &self,
-        status: PhaseStatus,
-        reason: Option<String>,
-        details: Value,
-    ) -> FailbackReceipt {
-        let finished_at = Utc::now();
-        FailbackReceipt {
-            run_id: self.run_id.clone(),
-            step: self.step,
-            status,
-            reason,
-            started_at: self.started_at,
-            finished_at,
-            duration_ms: u64::try_from((finished_at - self.started_at).num_milliseconds())
-                .unwrap_or(0),
-            attempt: self.attempt,
-            dry_run: self.dry_run,
-            details,
-        }
+        Self(PhaseClock::start(run_id, step, attempt).dry_run(dry_run))
     }
 
     /// Writes the step's receipt from how it ended, and hands the result on (a failure
@@ -213,27 +179,16 @@ impl StepClock {
         store: &ReceiptStore,
         ended: std::result::Result<(T, D), Failed<D>>,
     ) -> Result<(T, S3Uri)> {
-        let encode = |d: &D| {
-            serde_json::to_value(d)
-                .map_err(|e| Error::internal(format!("encoding the {} receipt: {e}", self.step)))
-        };
         match ended {
             Ok((out, details)) => {
-                let receipt = self.receipt(PhaseStatus::Success, None, encode(&details)?);
-                let uri = store.put_failback(&receipt).await?;
+                let uri = store.put_failback(&self.0.succeeded(&details)?).await?;
                 Ok((out, uri))
             }
             Err(Failed { error, details }) => {
-                let error = error.at_attempt(self.attempt, DEFAULT_ATTEMPTS);
-                let mut value = match &details {
-                    Some(d) => encode(d)?,
-                    None => Value::Object(Default::default()),
-                };
-                if let Value::Object(map) = &mut value {
-                    map.insert("error".into(), Value::from(error.kind.name()));
-                }
-                let receipt = self.receipt(PhaseStatus::Failed, Some(error.to_string()), value);
-                store.put_failback(&receipt).await?;
+                let error = error.at_attempt(self.0.attempt(), DEFAULT_ATTEMPTS);
+                store
+                    .put_failback(&self.0.failed(&error, details.as_ref())?)
+                    .await?;
                 Err(error)
             }
         }

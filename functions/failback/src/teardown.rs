@@ -98,11 +98,11 @@ impl Failback {
         let succeeded = |step: FailbackStep| {
             steps
                 .iter()
-                .find(|r| r.step == step && r.status == PhaseStatus::Success)
+                .find(|r| r.phase == step && r.status == PhaseStatus::Success)
         };
         let divergence: Option<DivergenceDetails> = steps
             .iter()
-            .find(|r| r.step == FailbackStep::Divergence)
+            .find(|r| r.phase == FailbackStep::Divergence)
             .and_then(|r| serde_json::from_value(r.details.clone()).ok());
         let copied: Option<CopyBackDetails> = succeeded(FailbackStep::CopyBack)
             .and_then(|r| serde_json::from_value(r.details.clone()).ok());

@@ -16,7 +16,7 @@ use crate::error::{decode_value, Error, Result};
 use crate::input::{Mode, NameRule};
 use crate::objects::{get_json, put_json, put_json_if, Precondition};
 use crate::parity::ParityCounts;
-use crate::receipt::{PhaseStatus, RunStatus};
+use crate::receipt::{PhaseReceipt, RunStatus};
 use crate::s3uri::S3Uri;
 use crate::store::ReceiptStore;
 
@@ -339,28 +339,8 @@ pub struct FailbackAudit {
     pub failed_back_at: DateTime<Utc>,
 }
 
-/// One step's receipt.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct FailbackReceipt {
-    pub run_id: String,
-    pub step: FailbackStep,
-    pub status: PhaseStatus,
-    pub reason: Option<String>,
-    pub started_at: DateTime<Utc>,
-    pub finished_at: DateTime<Utc>,
-    pub duration_ms: u64,
-    pub attempt: u32,
-    #[serde(default)]
-    pub dry_run: bool,
-    /// The step's details; a failed receipt's carry `error`, the error's name.
-    pub details: Value,
-}
-
-impl FailbackReceipt {
-    pub fn error_name(&self) -> Option<&str> {
-        self.details.get("error").and_then(Value::as_str)
-    }
-}
+/// One step's receipt: a phase receipt whose `phase` is the failback step.
+pub type FailbackReceipt = PhaseReceipt<FailbackStep>;
 
 /// `<receipts>/runs/<run_id>/failback.summary.json`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -409,7 +389,7 @@ impl ReceiptStore {
     }
 
     pub async fn put_failback(&self, receipt: &FailbackReceipt) -> Result<S3Uri> {
-        let uri = self.failback_uri(&receipt.run_id, receipt.step)?;
+        let uri = self.failback_uri(&receipt.run_id, receipt.phase)?;
         put_json(self.s3(), &uri, receipt).await?;
         Ok(uri)
     }
@@ -480,6 +460,29 @@ mod tests {
 
     fn message(r: Result<FailbackInput>) -> String {
         r.map(|_| ()).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn a_step_receipt_is_a_phase_receipt_and_earlier_ones_still_read() -> Result<()> {
+        use crate::receipt::{PhaseClock, PhaseStatus};
+        let written = PhaseClock::start("fb-1", FailbackStep::CopyBack, 2)
+            .succeeded(&json!({"objects_copied": 3}))?;
+        let value = serde_json::to_value(&written).map_err(|e| Error::internal(e.to_string()))?;
+        assert_eq!(value["phase"], "copy-back");
+        assert!(value.get("dry_run").is_none(), "dry_run only when true");
+        // As failback wrote its receipts before they were phase receipts.
+        let earlier = json!({
+            "run_id": "fb-1", "step": "divergence", "status": "failed",
+            "reason": "DivergenceError: 2 keys", "started_at": "2026-01-01T00:00:00Z",
+            "finished_at": "2026-01-01T00:00:01Z", "duration_ms": 1000, "attempt": 1,
+            "dry_run": false, "details": {"error": "DivergenceError"}
+        });
+        let read: FailbackReceipt =
+            serde_json::from_value(earlier).map_err(|e| Error::internal(e.to_string()))?;
+        assert_eq!(read.phase, FailbackStep::Divergence);
+        assert_eq!(read.status, PhaseStatus::Failed);
+        assert_eq!(read.error_name(), Some("DivergenceError"));
+        Ok(())
     }
 
     #[test]

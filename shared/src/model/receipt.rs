@@ -39,10 +39,16 @@ impl PhaseStatus {
     }
 }
 
+/// A phase's receipt; `S` is what it records: a drill's [`Phase`], or a failback's step
+/// (`PhaseReceipt<FailbackStep>`, [`crate::failback::FailbackReceipt`]), whose receipts
+/// have the same fields.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct PhaseReceipt {
+pub struct PhaseReceipt<S = Phase> {
     pub run_id: String,
-    pub phase: Phase,
+    /// The phase (or failback step). Failback receipts written before the two shared one
+    /// type named it `step`.
+    #[serde(alias = "step")]
+    pub phase: S,
     pub status: PhaseStatus,
     /// Why it failed or was skipped; `null` on success.
     pub reason: Option<String>,
@@ -57,6 +63,13 @@ pub struct PhaseReceipt {
     /// only when true, so every other receipt keeps the documented fields.
     #[serde(default, skip_serializing_if = "is_false")]
     pub dry_run: bool,
+}
+
+impl<S> PhaseReceipt<S> {
+    /// The name of the error a failed receipt records (`details.error`).
+    pub fn error_name(&self) -> Option<&str> {
+        self.details.get("error").and_then(Value::as_str)
+    }
 }
 
 impl PhaseReceipt {
@@ -75,25 +88,20 @@ impl PhaseReceipt {
         crate::error::decode_value(&document, &self.details)
             .map_err(|e| Error::integrity(e.to_string()).with_source(e))
     }
-
-    /// The name of the error a failed receipt records (`details.error`).
-    pub fn error_name(&self) -> Option<&str> {
-        self.details.get("error").and_then(Value::as_str)
-    }
 }
 
-/// Times a phase from its start and turns into its receipt.
+/// Times a phase (or a failback step, `S`) from its start and turns into its receipt.
 #[derive(Clone, Debug)]
-pub struct PhaseClock {
+pub struct PhaseClock<S = Phase> {
     run_id: String,
-    phase: Phase,
+    phase: S,
     attempt: u32,
     started_at: DateTime<Utc>,
     dry_run: bool,
 }
 
-impl PhaseClock {
-    pub fn start(run_id: impl Into<String>, phase: Phase, attempt: u32) -> Self {
+impl<S: Copy> PhaseClock<S> {
+    pub fn start(run_id: impl Into<String>, phase: S, attempt: u32) -> Self {
         Self {
             run_id: run_id.into(),
             phase,
@@ -113,19 +121,28 @@ impl PhaseClock {
         self.started_at
     }
 
+    /// 1 for the first try.
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
     /// Moves the start back to `at` (a phase whose work began at an earlier step).
     pub fn since(&mut self, at: DateTime<Utc>) {
         self.started_at = self.started_at.min(at);
     }
 
     /// The receipt of a phase that succeeded with `details`.
-    pub fn succeeded<D: PhaseDetails>(&self, details: &D) -> Result<PhaseReceipt> {
+    pub fn succeeded<D: Serialize>(&self, details: &D) -> Result<PhaseReceipt<S>> {
         Ok(self.finish(PhaseStatus::Success, None, encode(details)?))
     }
 
     /// The receipt of a phase that failed with `error`, keeping the details gathered
     /// before it; `details.error` names the error.
-    pub fn failed<D: Serialize>(&self, error: &Error, details: Option<&D>) -> Result<PhaseReceipt> {
+    pub fn failed<D: Serialize>(
+        &self,
+        error: &Error,
+        details: Option<&D>,
+    ) -> Result<PhaseReceipt<S>> {
         let mut details = match details {
             Some(details) => encode(details)?,
             None => Value::Object(Default::default()),
@@ -137,7 +154,7 @@ impl PhaseClock {
     }
 
     /// The receipt for a phase the input's `start_at`/`stop_after` window leaves out.
-    pub fn skipped(&self, reason: String) -> PhaseReceipt {
+    pub fn skipped(&self, reason: String) -> PhaseReceipt<S> {
         self.finish(
             PhaseStatus::Skipped,
             Some(reason),
@@ -150,7 +167,7 @@ impl PhaseClock {
         status: PhaseStatus,
         reason: Option<String>,
         details: Value,
-    ) -> PhaseReceipt {
+    ) -> PhaseReceipt<S> {
         let finished_at = Utc::now();
         let duration_ms = (finished_at - self.started_at).num_milliseconds().max(0) as u64;
         PhaseReceipt {
