@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use chrono::{DateTime, Duration, Utc};
 use drpilot_shared::history::{self, Finding};
 use drpilot_shared::input::Mode;
+use drpilot_shared::objects::key_pages;
 use drpilot_shared::profile::{Profile, ProfileSource};
 use drpilot_shared::receipt::{PhaseStatus, RunStatus};
 use drpilot_shared::store::ReceiptStore;
@@ -266,16 +267,10 @@ async fn copy_prefix(
     zip: &mut ZipWriter<std::io::BufWriter<std::fs::File>>,
 ) -> Result<usize, CliError> {
     let mut count = 0;
-    let mut pages = s3
-        .list_objects_v2()
-        .bucket(&prefix.bucket)
-        .prefix(&prefix.key)
-        .into_paginator()
-        .send();
-    while let Some(page) = pages.next().await {
-        let page = page.map_err(|e| CliError::aws(&format!("ListObjectsV2 {prefix}"), e))?;
-        for object in page.contents() {
-            let Some(key) = object.key() else { continue };
+    let mut pages = key_pages(s3, prefix);
+    while let Some(keys) = pages.next().await {
+        let keys = keys.map_err(|e| CliError::aws(&format!("ListObjectsV2 {prefix}"), e))?;
+        for key in &keys {
             // Keys are anyone's who can write under the run's prefix: named safely.
             let name = entry_name(&format!(
                 "{into}{}",

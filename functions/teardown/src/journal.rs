@@ -9,7 +9,7 @@
 //! between a delete and the next write neither loses nor doubles a count.
 
 use drpilot_shared::budget::DeleteLog;
-use drpilot_shared::objects::{get_json, put_json};
+use drpilot_shared::objects::{get_json, key_pages, put_json};
 use drpilot_shared::{Error, Result, S3Uri};
 use serde::{Deserialize, Serialize};
 
@@ -102,20 +102,14 @@ impl DeleteLog for Journal {
 /// How many of `page`'s keys are still under `staging`.
 async fn keys_between(s3: &aws_sdk_s3::Client, staging: &S3Uri, page: &Page) -> Result<u64> {
     let mut left = 0;
-    let mut pages = s3
-        .list_objects_v2()
-        .bucket(&staging.bucket)
-        .prefix(&staging.key)
-        .into_paginator()
-        .send();
-    while let Some(listing) = pages.next().await {
-        let listing =
-            listing.map_err(|e| Error::from_sdk(&format!("ListObjectsV2 {staging}"), e))?;
-        for key in listing.contents().iter().filter_map(|o| o.key()) {
-            if key > page.last.as_str() {
+    let mut pages = key_pages(s3, staging);
+    while let Some(keys) = pages.next().await {
+        let keys = keys.map_err(|e| Error::from_sdk(&format!("ListObjectsV2 {staging}"), e))?;
+        for key in &keys {
+            if key > &page.last {
                 return Ok(left);
             }
-            if key >= page.first.as_str() {
+            if key >= &page.first {
                 left += 1;
             }
         }

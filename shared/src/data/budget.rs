@@ -28,7 +28,7 @@ use tokio::time::Instant;
 
 use crate::error::{Error, Result};
 use crate::fence::{fence_uri, Fence};
-use crate::objects::abort_uploads;
+use crate::objects::{abort_uploads, key_pages};
 use crate::plan::PlanRef;
 use crate::run::RunContext;
 use crate::s3uri::S3Uri;
@@ -355,19 +355,9 @@ pub async fn delete_prefix(
         )));
     }
     let mut deleted = 0u64;
-    let mut pages = s3
-        .list_objects_v2()
-        .bucket(&prefix.bucket)
-        .prefix(&prefix.key)
-        .into_paginator()
-        .send();
-    while let Some(page) = pages.next().await {
-        let page = page.map_err(|e| Error::from_sdk(&format!("ListObjectsV2 {prefix}"), e))?;
-        let keys: Vec<String> = page
-            .contents()
-            .iter()
-            .filter_map(|o| o.key().map(str::to_owned))
-            .collect();
+    let mut pages = key_pages(s3, &prefix);
+    while let Some(keys) = pages.next().await {
+        let keys = keys.map_err(|e| Error::from_sdk(&format!("ListObjectsV2 {prefix}"), e))?;
         if keys.is_empty() {
             continue;
         }

@@ -15,7 +15,8 @@ use crate::component::ComponentReceipt;
 use crate::error::{Error, Result};
 use crate::input::Phase;
 use crate::objects::{
-    for_each_child_prefix, get_bytes, get_json, put_json, put_json_if, Conditional, Precondition,
+    for_each_child_prefix, get_bytes, get_json, key_pages, put_json, put_json_if, Conditional,
+    Precondition,
 };
 use crate::receipt::PhaseReceipt;
 use crate::record::RunRecord;
@@ -229,22 +230,13 @@ impl ReceiptStore {
     pub async fn components(&self, run_id: &str) -> Result<Vec<ComponentReceipt>> {
         let dir = self.run_dir(run_id)?.join("components")?.as_prefix();
         let mut receipts = Vec::new();
-        let mut pages = self
-            .s3
-            .list_objects_v2()
-            .bucket(&dir.bucket)
-            .prefix(&dir.key)
-            .into_paginator()
-            .send();
-        while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| Error::from_sdk(&format!("ListObjectsV2 {dir}"), e))?;
-            for object in page.contents() {
-                let Some(key) = object.key().filter(|k| k.ends_with(".json")) else {
-                    continue;
-                };
+        let mut pages = key_pages(&self.s3, &dir);
+        while let Some(keys) = pages.next().await {
+            let keys = keys.map_err(|e| Error::from_sdk(&format!("ListObjectsV2 {dir}"), e))?;
+            for key in keys.into_iter().filter(|k| k.ends_with(".json")) {
                 let uri = S3Uri {
                     bucket: dir.bucket.clone(),
-                    key: key.to_owned(),
+                    key,
                 };
                 if let Some(receipt) = get_json::<ComponentReceipt>(&self.s3, &uri).await? {
                     receipts.push(receipt);

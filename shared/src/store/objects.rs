@@ -2,13 +2,16 @@
 //! there are.
 
 use std::io::{self, Read};
+use std::pin::Pin;
 
-use aws_sdk_s3::error::ProvideErrorMetadata;
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::operation::get_object::GetObjectError;
+use aws_sdk_s3::operation::list_objects_v2::ListObjectsV2Error;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::ChecksumMode;
 use base64::Engine;
 use bytes::Bytes;
+use futures::{Stream, StreamExt};
 use tokio::sync::mpsc;
 use tracing::warn;
 
@@ -229,6 +232,45 @@ pub async fn upload_tree(
         .try_collect::<()>()
         .await?;
     Ok(count)
+}
+
+/// A ListObjectsV2 page's failure, as the SDK reports it.
+pub type ListError = SdkError<ListObjectsV2Error>;
+
+/// The keys that start with a prefix, one ListObjectsV2 page (up to 1,000 keys) at a time,
+/// so memory holds one page however many there are ([`key_pages`]).
+pub struct KeyPages(
+    Pin<Box<dyn Stream<Item = std::result::Result<Vec<String>, ListError>> + Send>>,
+);
+
+impl KeyPages {
+    /// The next page's keys, `None` after the last. The error is the SDK's, for the caller
+    /// to name the listing in its own error type.
+    pub async fn next(&mut self) -> Option<std::result::Result<Vec<String>, ListError>> {
+        self.0.next().await
+    }
+}
+
+/// The keys that start with `prefix`'s key, page by page.
+pub fn key_pages(s3: &aws_sdk_s3::Client, prefix: &S3Uri) -> KeyPages {
+    let pages = s3
+        .list_objects_v2()
+        .bucket(&prefix.bucket)
+        .prefix(&prefix.key)
+        .into_paginator()
+        .send();
+    KeyPages(Box::pin(futures::stream::unfold(
+        pages,
+        |mut pages| async move {
+            let keys = pages.next().await?.map(|page| {
+                page.contents()
+                    .iter()
+                    .filter_map(|o| o.key().map(str::to_owned))
+                    .collect()
+            });
+            Some((keys, pages))
+        },
+    )))
 }
 
 /// Calls `visit` with each "directory" directly under `prefix` (the common prefixes of a
