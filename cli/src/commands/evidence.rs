@@ -111,17 +111,7 @@ pub async fn evidence(
     out: &Path,
 ) -> Result<EvidencePack, CliError> {
     let until = until.unwrap_or_else(Utc::now);
-    if until <= since {
-        return Err(CliError::Usage(format!(
-            "--until: {until} is not after --since {since}"
-        )));
-    }
-    if out.extension().and_then(|e| e.to_str()) != Some("zip") {
-        return Err(CliError::Usage(format!(
-            "--out: expected a path ending in .zip, got {}",
-            out.display()
-        )));
-    }
+    check_request(since, until, out)?;
     let profile = ProfileSource::from_env(ctx.aws.ssm.clone())
         .load(profile_name)
         .await?;
@@ -140,32 +130,11 @@ pub async fn evidence(
     // Written beside the target and renamed at the end: a failed export leaves no
     // half-written file under the name asked for.
     let partial = out.with_extension("zip.partial");
-    let file = std::fs::File::create(&partial)
-        .map_err(|e| CliError::Io(format!("creating {}: {e}", partial.display())))?;
-    let mut zip = ZipWriter::new(std::io::BufWriter::new(file), Utc::now());
-    let mut files = 0usize;
+    let mut pack = Pack::create(&partial)?;
     let mut index = csv_line(&INDEX_COLUMNS.map(str::to_owned));
     let mut runs = Vec::new();
     for summary in &in_period {
-        let run_dir = store.run_dir(&summary.run_id)?;
-        let into = format!("runs/{}/", summary.run_id);
-        files += Box::pin(copy_prefix(&ctx.aws.s3, &run_dir, &into, &mut zip)).await?;
-        let phases = store.phases(&summary.run_id).await?;
-        let report = Box::pin(audit::gather(&ctx.aws.s3, &store, summary, &phases, &all)).await?;
-        let page = html::render_audit(&report, &phases)?;
-        add(
-            &mut zip,
-            &format!("runs/{}/report.html", summary.run_id),
-            page.as_bytes(),
-        )?;
-        let json = serde_json::to_vec_pretty(&report)
-            .map_err(|e| CliError::Encoding(format!("encoding the report: {e}")))?;
-        add(
-            &mut zip,
-            &format!("runs/{}/report.json", summary.run_id),
-            &json,
-        )?;
-        files += 2;
+        let report = Box::pin(pack.add_run(ctx, &store, summary, &all)).await?;
         index.push_str(&csv_line(&index_row(
             &profile, since, until, summary, &report,
         )));
@@ -181,47 +150,16 @@ pub async fn evidence(
         }
         let run_dir = store.run_dir(&failback.run_id)?;
         let into = format!("failbacks/{}/", failback.run_id);
-        files += Box::pin(copy_prefix(&ctx.aws.s3, &run_dir, &into, &mut zip)).await?;
+        Box::pin(pack.copy_prefix(&ctx.aws.s3, &run_dir, &into)).await?;
         failbacks.push(failback.run_id);
     }
-    // Findings of the version history: those of the period's runs and failbacks, and of
-    // any run whose summary no longer reads (deleted: it has no period to be out of).
-    let summarized: std::collections::BTreeSet<&str> =
-        all.iter().map(|s| s.run_id.as_str()).collect();
-    let findings: Vec<Finding> = history::findings(&ctx.aws.s3, &store.runs_dir(), None)
-        .await?
-        .into_iter()
-        .filter(|(run_id, _)| {
-            runs.contains(run_id)
-                || failbacks.contains(run_id)
-                || !summarized.contains(run_id.as_str())
-        })
-        .flat_map(|(_, found)| found)
-        .collect();
+    let findings = period_findings(ctx, &store, &all, &runs, &failbacks).await?;
     let mut controls = controls(&profile, profile_name, &all, &in_period, since, until);
     controls.evidence_findings = findings.len();
-    let findings_json = serde_json::to_vec_pretty(&findings)
-        .map_err(|e| CliError::Encoding(format!("encoding evidence-findings.json: {e}")))?;
-    add(&mut zip, "evidence-findings.json", &findings_json)?;
-    files += 1;
-    add(&mut zip, "index.csv", index.as_bytes())?;
-    let controls_json = serde_json::to_vec_pretty(&controls)
-        .map_err(|e| CliError::Encoding(format!("encoding controls.json: {e}")))?;
-    add(&mut zip, "controls.json", &controls_json)?;
-    files += 2;
-    let writer = zip
-        .finish()
-        .map_err(|e| CliError::Io(format!("finishing {}: {e}", partial.display())))?;
-    writer
-        .into_inner()
-        .map_err(|e| CliError::Io(format!("writing {}: {e}", partial.display())))?;
-    std::fs::rename(&partial, out).map_err(|e| {
-        CliError::Io(format!(
-            "moving {} to {}: {e}",
-            partial.display(),
-            out.display()
-        ))
-    })?;
+    pack.add_json("evidence-findings.json", &findings)?;
+    pack.add("index.csv", index.as_bytes())?;
+    pack.add_json("controls.json", &controls)?;
+    let files = pack.finish(&partial, out)?;
     let bytes = std::fs::metadata(out).map(|m| m.len()).unwrap_or(0);
     for finding in &findings {
         ctx.out.say(format!(
@@ -248,56 +186,160 @@ pub async fn evidence(
     })
 }
 
-fn add(
-    zip: &mut ZipWriter<std::io::BufWriter<std::fs::File>>,
-    name: &str,
-    bytes: &[u8],
-) -> Result<(), CliError> {
-    zip.start_file(name)
-        .map_err(|e| CliError::Io(format!("adding {name}: {e}")))?;
-    zip.write_all(bytes)
-        .map_err(|e| CliError::Io(format!("adding {name}: {e}")))
+/// The period and the archive's name, checked before anything is read.
+fn check_request(since: DateTime<Utc>, until: DateTime<Utc>, out: &Path) -> Result<(), CliError> {
+    if until <= since {
+        return Err(CliError::Usage(format!(
+            "--until: {until} is not after --since {since}"
+        )));
+    }
+    if out.extension().and_then(|e| e.to_str()) != Some("zip") {
+        return Err(CliError::Usage(format!(
+            "--out: expected a path ending in .zip, got {}",
+            out.display()
+        )));
+    }
+    Ok(())
 }
 
-/// Every object under `prefix`, streamed into the archive under `into`; returns how many.
-async fn copy_prefix(
-    s3: &aws_sdk_s3::Client,
-    prefix: &S3Uri,
-    into: &str,
-    zip: &mut ZipWriter<std::io::BufWriter<std::fs::File>>,
-) -> Result<usize, CliError> {
-    let mut count = 0;
-    let mut pages = key_pages(s3, prefix);
-    while let Some(keys) = pages.next().await {
-        let keys = keys.map_err(|e| CliError::aws(&format!("ListObjectsV2 {prefix}"), e))?;
-        for key in &keys {
-            // Keys are anyone's who can write under the run's prefix: named safely.
-            let name = entry_name(&format!(
-                "{into}{}",
-                key.strip_prefix(&prefix.key).unwrap_or(key)
-            ));
-            let mut body = s3
-                .get_object()
-                .bucket(&prefix.bucket)
-                .key(key)
-                .send()
-                .await
-                .map_err(|e| CliError::aws(&format!("GetObject s3://{}/{key}", prefix.bucket), e))?
-                .body;
-            zip.start_file(&name)
-                .map_err(|e| CliError::Io(format!("adding {name}: {e}")))?;
-            while let Some(chunk) = body
-                .try_next()
-                .await
-                .map_err(|e| CliError::Io(format!("reading s3://{}/{key}: {e}", prefix.bucket)))?
-            {
-                zip.write_all(&chunk)
-                    .map_err(|e| CliError::Io(format!("adding {name}: {e}")))?;
-            }
-            count += 1;
-        }
+/// The version history's findings for the export: those of the period's runs and
+/// failbacks, and of any run whose summary no longer reads (deleted: it has no period to
+/// be out of).
+async fn period_findings(
+    ctx: &Ctx,
+    store: &ReceiptStore,
+    all: &[RunSummary],
+    runs: &[String],
+    failbacks: &[String],
+) -> Result<Vec<Finding>, CliError> {
+    let summarized: std::collections::BTreeSet<&str> =
+        all.iter().map(|s| s.run_id.as_str()).collect();
+    Ok(history::findings(&ctx.aws.s3, &store.runs_dir(), None)
+        .await?
+        .into_iter()
+        .filter(|(run_id, _)| {
+            runs.contains(run_id)
+                || failbacks.contains(run_id)
+                || !summarized.contains(run_id.as_str())
+        })
+        .flat_map(|(_, found)| found)
+        .collect())
+}
+
+/// The archive being written, and how many files it holds.
+struct Pack {
+    zip: ZipWriter<std::io::BufWriter<std::fs::File>>,
+    files: usize,
+}
+
+impl Pack {
+    fn create(path: &Path) -> Result<Self, CliError> {
+        let file = std::fs::File::create(path)
+            .map_err(|e| CliError::Io(format!("creating {}: {e}", path.display())))?;
+        Ok(Self {
+            zip: ZipWriter::new(std::io::BufWriter::new(file), Utc::now()),
+            files: 0,
+        })
     }
-    Ok(count)
+
+    fn add(&mut self, name: &str, bytes: &[u8]) -> Result<(), CliError> {
+        self.zip
+            .start_file(name)
+            .map_err(|e| CliError::Io(format!("adding {name}: {e}")))?;
+        self.zip
+            .write_all(bytes)
+            .map_err(|e| CliError::Io(format!("adding {name}: {e}")))?;
+        self.files += 1;
+        Ok(())
+    }
+
+    fn add_json<T: Serialize>(&mut self, name: &str, value: &T) -> Result<(), CliError> {
+        let json = serde_json::to_vec_pretty(value)
+            .map_err(|e| CliError::Encoding(format!("encoding {name}: {e}")))?;
+        self.add(name, &json)
+    }
+
+    /// A run's records under `runs/<run>/`, with its report as HTML and JSON beside them;
+    /// returns the report (the index's row reads it).
+    async fn add_run(
+        &mut self,
+        ctx: &Ctx,
+        store: &ReceiptStore,
+        summary: &RunSummary,
+        all: &[RunSummary],
+    ) -> Result<AuditReport, CliError> {
+        let run_dir = store.run_dir(&summary.run_id)?;
+        let into = format!("runs/{}/", summary.run_id);
+        Box::pin(self.copy_prefix(&ctx.aws.s3, &run_dir, &into)).await?;
+        let phases = store.phases(&summary.run_id).await?;
+        let report = Box::pin(audit::gather(&ctx.aws.s3, store, summary, &phases, all)).await?;
+        let page = html::render_audit(&report, &phases)?;
+        self.add(&format!("{into}report.html"), page.as_bytes())?;
+        self.add_json(&format!("{into}report.json"), &report)?;
+        Ok(report)
+    }
+
+    /// Every object under `prefix`, streamed into the archive under `into`.
+    async fn copy_prefix(
+        &mut self,
+        s3: &aws_sdk_s3::Client,
+        prefix: &S3Uri,
+        into: &str,
+    ) -> Result<(), CliError> {
+        let mut pages = key_pages(s3, prefix);
+        while let Some(keys) = pages.next().await {
+            let keys = keys.map_err(|e| CliError::aws(&format!("ListObjectsV2 {prefix}"), e))?;
+            for key in &keys {
+                // Keys are anyone's who can write under the run's prefix: named safely.
+                let name = entry_name(&format!(
+                    "{into}{}",
+                    key.strip_prefix(&prefix.key).unwrap_or(key)
+                ));
+                let mut body = s3
+                    .get_object()
+                    .bucket(&prefix.bucket)
+                    .key(key)
+                    .send()
+                    .await
+                    .map_err(|e| {
+                        CliError::aws(&format!("GetObject s3://{}/{key}", prefix.bucket), e)
+                    })?
+                    .body;
+                self.zip
+                    .start_file(&name)
+                    .map_err(|e| CliError::Io(format!("adding {name}: {e}")))?;
+                while let Some(chunk) = body.try_next().await.map_err(|e| {
+                    CliError::Io(format!("reading s3://{}/{key}: {e}", prefix.bucket))
+                })? {
+                    self.zip
+                        .write_all(&chunk)
+                        .map_err(|e| CliError::Io(format!("adding {name}: {e}")))?;
+                }
+                self.files += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// The archive finished and moved from `partial` to `out`; returns how many files it
+    /// holds.
+    fn finish(self, partial: &Path, out: &Path) -> Result<usize, CliError> {
+        let writer = self
+            .zip
+            .finish()
+            .map_err(|e| CliError::Io(format!("finishing {}: {e}", partial.display())))?;
+        writer
+            .into_inner()
+            .map_err(|e| CliError::Io(format!("writing {}: {e}", partial.display())))?;
+        std::fs::rename(partial, out).map_err(|e| {
+            CliError::Io(format!(
+                "moving {} to {}: {e}",
+                partial.display(),
+                out.display()
+            ))
+        })?;
+        Ok(self.files)
+    }
 }
 
 fn index_row(

@@ -89,23 +89,8 @@ impl Failback {
         primary: &Primary,
         store: &ReceiptStore,
     ) -> std::result::Result<(FailbackRun, PreflightDetails), Failed<PreflightDetails>> {
-        let mut details = PreflightDetails::default();
-        let mut first_failure: Option<Error> = None;
-        let mut record = |name: &str, result: Result<String>| match result {
-            Ok(detail) => details.checks.push(PreflightCheck {
-                name: name.into(),
-                passed: true,
-                detail,
-            }),
-            Err(err) => {
-                details.checks.push(PreflightCheck {
-                    name: name.into(),
-                    passed: false,
-                    detail: format!("{}: {err}", err.kind.name()),
-                });
-                first_failure.get_or_insert(err);
-            }
-        };
+        let mut checks = Checks::default();
+        let mut record = |name: &str, result: Result<String>| checks.record(name, result);
 
         let dr = self.dr_promotion(store, &input.dr_run_id).await;
         record(
@@ -160,24 +145,16 @@ impl Failback {
             }
         }
         if input.has_literals() {
-            record(
-                "confirmations",
-                input.check_literals(mode).and_then(|()| {
-                    if profile.allow_drill_failback_literals {
-                        Ok("the literal confirmations of a drill".to_owned())
-                    } else {
-                        Err(Error::input(format!(
-                            "confirm1: profile {} does not allow a failback confirmed by the literals (its allow_drill_failback_literals is off); two approvers confirm with drpilot approve",
-                            input.profile
-                        )))
-                    }
-                }),
-            );
+            record("confirmations", literal_confirmations(input, mode, profile));
         }
         let lock = RunLock::new(self.clients.s3.clone(), profile.target.lock());
         let free = self.lock_free(&lock, run_id).await;
         let free_detail = free.as_ref().ok().cloned();
         record("lock", free);
+        let Checks {
+            mut details,
+            first_failure,
+        } = checks;
         if let Some(err) = first_failure {
             return Err(Failed::with_details(err, details));
         }
@@ -423,4 +400,42 @@ impl Failback {
             )),
         }
     }
+}
+
+/// The preflight's checks as they are made: each one's verdict, and the first failure.
+#[derive(Default)]
+struct Checks {
+    details: PreflightDetails,
+    first_failure: Option<Error>,
+}
+
+impl Checks {
+    fn record(&mut self, name: &str, result: Result<String>) {
+        let (passed, detail) = match result {
+            Ok(detail) => (true, detail),
+            Err(err) => {
+                let detail = format!("{}: {err}", err.kind.name());
+                self.first_failure.get_or_insert(err);
+                (false, detail)
+            }
+        };
+        self.details.checks.push(PreflightCheck {
+            name: name.into(),
+            passed,
+            detail,
+        });
+    }
+}
+
+/// The literal confirmations: right for this DR run, a drill's, and allowed by the
+/// profile.
+fn literal_confirmations(input: &FailbackInput, mode: Mode, profile: &Profile) -> Result<String> {
+    input.check_literals(mode)?;
+    if !profile.allow_drill_failback_literals {
+        return Err(Error::input(format!(
+            "confirm1: profile {} does not allow a failback confirmed by the literals (its allow_drill_failback_literals is off); two approvers confirm with drpilot approve",
+            input.profile
+        )));
+    }
+    Ok("the literal confirmations of a drill".to_owned())
 }

@@ -3,10 +3,11 @@
 
 use chrono::Utc;
 use drpilot_shared::failback::{
-    CopyBackDetails, DivergenceDetails, FailbackFailure, FailbackInput, FailbackRun, FailbackStep,
-    FailbackSummary, SUMMARY_KIND,
+    CopyBackDetails, DivergenceDetails, FailbackFailure, FailbackInput, FailbackReceipt,
+    FailbackRun, FailbackStep, FailbackSummary, SUMMARY_KIND,
 };
 use drpilot_shared::lock::{Released, RunLock};
+use drpilot_shared::profile::Profile;
 use drpilot_shared::receipt::{PhaseStatus, RunStatus};
 use drpilot_shared::run::ExecutionInfo;
 use drpilot_shared::store::ReceiptStore;
@@ -72,17 +73,7 @@ impl Failback {
         let lock = if input.dry_run {
             "not taken (dry run)".to_owned()
         } else {
-            let lock = RunLock::new(self.clients.s3.clone(), profile.target.lock());
-            match lock.release(&run_id).await? {
-                Released::Released => format!("{} released", lock.uri()),
-                Released::NotHeld | Released::KeptForRun => {
-                    format!("{} not held by this failback", lock.uri())
-                }
-                Released::OwnedByOther { owner } => {
-                    warn!(run_id, owner, "the lock belongs to another run; left alone");
-                    format!("{} held by run {owner}: left alone", lock.uri())
-                }
-            }
+            self.release_lock(&profile, &run_id).await?
         };
         let summary_uri = store.failback_summary_uri(&run_id)?;
         clock
@@ -95,53 +86,16 @@ impl Failback {
             )
             .await?;
         let steps = store.failback_steps(&run_id).await?;
-        let succeeded = |step: FailbackStep| {
-            steps
-                .iter()
-                .find(|r| r.phase == step && r.status == PhaseStatus::Success)
-        };
-        let divergence: Option<DivergenceDetails> = steps
-            .iter()
-            .find(|r| r.phase == FailbackStep::Divergence)
-            .and_then(|r| serde_json::from_value(r.details.clone()).ok());
-        let copied: Option<CopyBackDetails> = succeeded(FailbackStep::CopyBack)
-            .and_then(|r| serde_json::from_value(r.details.clone()).ok());
-        let kickoff_at = run
-            .map(|r| r.kickoff_at)
-            .or(execution.start_time)
-            .or_else(|| steps.first().map(|s| s.started_at))
-            .unwrap_or_else(Utc::now);
-        let finished_at = Utc::now();
-        let status = if failure.is_some() {
-            RunStatus::Failed
-        } else {
-            RunStatus::Succeeded
-        };
-        let summary = FailbackSummary {
-            run_id: run_id.clone(),
-            kind: SUMMARY_KIND.into(),
-            dr_run_id: input.dr_run_id.clone(),
-            profile: input.profile.clone(),
-            mode: run.map(|r| r.mode).or(input.mode),
-            status,
-            dry_run: input.dry_run,
-            execution_arn: execution.arn.clone(),
-            kickoff_at,
-            finished_at,
-            duration_seconds: seconds(finished_at - kickoff_at),
+        let summary = summarize(
+            &run_id,
+            run,
+            &input,
+            execution,
             steps,
-            divergence: divergence.as_ref().map(|d| d.counts.clone()),
-            divergence_report: divergence.map(|d| d.report),
-            confirmations: copied
-                .as_ref()
-                .map(|c| c.confirmations.clone())
-                .unwrap_or_default(),
-            objects_copied: copied.as_ref().map_or(0, |c| c.objects_copied),
-            generation: copied.as_ref().map(|c| c.generation),
-            audit_record: copied.map(|c| c.audit_record),
-            lock: lock.clone(),
-            failure: failure.clone(),
-        };
+            &lock,
+            failure.clone(),
+        );
+        let status = summary.status;
         let summary_uri = store.put_failback_summary(&summary).await?;
         Ok(FailbackTeardownOutput {
             run_id: Some(run_id),
@@ -150,5 +104,79 @@ impl Failback {
             lock,
             failure,
         })
+    }
+
+    /// Releases the lock if it is this failback's; says what happened to it.
+    async fn release_lock(&self, profile: &Profile, run_id: &str) -> Result<String> {
+        let lock = RunLock::new(self.clients.s3.clone(), profile.target.lock());
+        Ok(match lock.release(run_id).await? {
+            Released::Released => format!("{} released", lock.uri()),
+            Released::NotHeld | Released::KeptForRun => {
+                format!("{} not held by this failback", lock.uri())
+            }
+            Released::OwnedByOther { owner } => {
+                warn!(run_id, owner, "the lock belongs to another run; left alone");
+                format!("{} held by run {owner}: left alone", lock.uri())
+            }
+        })
+    }
+}
+
+/// The failback's summary from its steps' receipts.
+fn summarize(
+    run_id: &str,
+    run: Option<&FailbackRun>,
+    input: &FailbackInput,
+    execution: &ExecutionInfo,
+    steps: Vec<FailbackReceipt>,
+    lock: &str,
+    failure: Option<FailbackFailure>,
+) -> FailbackSummary {
+    let succeeded = |step: FailbackStep| {
+        steps
+            .iter()
+            .find(|r| r.phase == step && r.status == PhaseStatus::Success)
+    };
+    let divergence: Option<DivergenceDetails> = steps
+        .iter()
+        .find(|r| r.phase == FailbackStep::Divergence)
+        .and_then(|r| serde_json::from_value(r.details.clone()).ok());
+    let copied: Option<CopyBackDetails> = succeeded(FailbackStep::CopyBack)
+        .and_then(|r| serde_json::from_value(r.details.clone()).ok());
+    let kickoff_at = run
+        .map(|r| r.kickoff_at)
+        .or(execution.start_time)
+        .or_else(|| steps.first().map(|s| s.started_at))
+        .unwrap_or_else(Utc::now);
+    let finished_at = Utc::now();
+    let status = if failure.is_some() {
+        RunStatus::Failed
+    } else {
+        RunStatus::Succeeded
+    };
+    FailbackSummary {
+        run_id: run_id.to_owned(),
+        kind: SUMMARY_KIND.into(),
+        dr_run_id: input.dr_run_id.clone(),
+        profile: input.profile.clone(),
+        mode: run.map(|r| r.mode).or(input.mode),
+        status,
+        dry_run: input.dry_run,
+        execution_arn: execution.arn.clone(),
+        kickoff_at,
+        finished_at,
+        duration_seconds: seconds(finished_at - kickoff_at),
+        steps,
+        divergence: divergence.as_ref().map(|d| d.counts.clone()),
+        divergence_report: divergence.map(|d| d.report),
+        confirmations: copied
+            .as_ref()
+            .map(|c| c.confirmations.clone())
+            .unwrap_or_default(),
+        objects_copied: copied.as_ref().map_or(0, |c| c.objects_copied),
+        generation: copied.as_ref().map(|c| c.generation),
+        audit_record: copied.map(|c| c.audit_record),
+        lock: lock.to_owned(),
+        failure,
     }
 }

@@ -16,7 +16,7 @@ use drpilot_shared::objects::put_json;
 use drpilot_shared::parity::{
     compare_prefixes, compare_ranges, DifferenceLog, ParityCounts, RangeFindings, Verdict,
 };
-use drpilot_shared::phase::{Failed, Outcome, PhaseResult, PhaseRun, Rerun};
+use drpilot_shared::phase::{Outcome, PhaseResult, PhaseRun, Rerun};
 use drpilot_shared::plan::{PlanItem, RangePass, RangeResult, Reduce};
 use drpilot_shared::profile::ProfileSource;
 use drpilot_shared::run::PhaseRequest;
@@ -248,11 +248,6 @@ impl FanOutPhase for ParityReporter {
             )
             .await?;
         Ok(Outcome::Done(self.finish_run(run, report, &dir).await?))
-    }
-
-    /// Nothing to do once before the ranges: the lifecycle checks validate is done.
-    async fn prepare(&self, _: &PhaseRun<'_>) -> std::result::Result<(), Failed<ParityDetails>> {
-        Ok(())
     }
 
     async fn range(

@@ -128,45 +128,14 @@ impl Readiness {
         let mut checks = Vec::new();
         let summaries = store.summaries().await?;
 
-        // The newest backup: its age, its contract, its encryption.
-        let backup = match self.newest_backup(&profile).await {
-            Ok(seen) => {
-                checks.push(ReadinessCheck {
-                    name: "backup_contract".into(),
-                    passed: true,
-                    detail: format!(
-                        "{} has metadata.json, state.tar.zst ({} bytes) and manifests.tar.zst ({} bytes) as declared; its manifests list {} objects ({} bytes)",
-                        seen.uri, seen.state_bytes, seen.manifests_bytes, seen.objects, seen.object_bytes
-                    ),
-                });
-                checks.push(encryption_check(&seen));
-                Some(seen)
-            }
-            Err(err) => {
-                checks.push(ReadinessCheck {
-                    name: "backup_contract".into(),
-                    passed: false,
-                    detail: format!("{}: {err}", err.kind.name()),
-                });
-                None
-            }
-        };
+        // The newest backup: its contract, its encryption, its age.
+        let backup = self.backup_checks(&profile, &mut checks).await;
         let backup_age_seconds = backup.as_ref().map(|b| seconds(now - b.created_at));
-        checks.push(match (&backup, backup_age_seconds) {
-            (Some(b), Some(age)) => ReadinessCheck {
-                name: "backup_age".into(),
-                passed: age <= profile.rpo_target_seconds as f64,
-                detail: format!(
-                    "backup {} was taken {:.0} s ago (RPO target {} s)",
-                    b.backup_id, age, profile.rpo_target_seconds
-                ),
-            },
-            _ => ReadinessCheck {
-                name: "backup_age".into(),
-                passed: false,
-                detail: "no valid backup to measure".into(),
-            },
-        });
+        checks.push(backup_age_check(
+            &profile,
+            backup.as_ref(),
+            backup_age_seconds,
+        ));
 
         checks.push(self.lock_check(&profile, now).await?);
 
@@ -231,6 +200,43 @@ impl Readiness {
             prediction,
         };
         store.put_readiness(&report).await?;
+        self.publish(&profile, &report).await?;
+        info!(profile = name, ready = report.ready, failures = ?report.failures(), "readiness checked");
+        Ok(report)
+    }
+
+    /// The newest backup's contract and encryption checks; the backup when it is valid.
+    async fn backup_checks(
+        &self,
+        profile: &Profile,
+        checks: &mut Vec<ReadinessCheck>,
+    ) -> Option<BackupSeen> {
+        match self.newest_backup(profile).await {
+            Ok(seen) => {
+                checks.push(ReadinessCheck {
+                    name: "backup_contract".into(),
+                    passed: true,
+                    detail: format!(
+                        "{} has metadata.json, state.tar.zst ({} bytes) and manifests.tar.zst ({} bytes) as declared; its manifests list {} objects ({} bytes)",
+                        seen.uri, seen.state_bytes, seen.manifests_bytes, seen.objects, seen.object_bytes
+                    ),
+                });
+                checks.push(encryption_check(&seen));
+                Some(seen)
+            }
+            Err(err) => {
+                checks.push(ReadinessCheck {
+                    name: "backup_contract".into(),
+                    passed: false,
+                    detail: format!("{}: {err}", err.kind.name()),
+                });
+                None
+            }
+        }
+    }
+
+    /// The report's numbers as metrics (the alarms on them are the stack's).
+    async fn publish(&self, profile: &Profile, report: &ReadinessReport) -> Result<()> {
         let mut samples = vec![
             Sample::seconds("RpoTargetSeconds", profile.rpo_target_seconds as f64),
             Sample::seconds("RtoTargetSeconds", profile.rto_target_seconds as f64),
@@ -245,9 +251,13 @@ impl Readiness {
         if let Some(predicted) = report.predicted_recovery_seconds {
             samples.push(Sample::seconds("PredictedRecoverySeconds", predicted));
         }
-        metrics::publish_readiness(&self.clients.cloudwatch, name, now, samples).await?;
-        info!(profile = name, ready = report.ready, failures = ?report.failures(), "readiness checked");
-        Ok(report)
+        metrics::publish_readiness(
+            &self.clients.cloudwatch,
+            &report.profile,
+            report.checked_at,
+            samples,
+        )
+        .await
     }
 
     /// Whether the account's unreserved Lambda concurrency leaves room for a run: a
@@ -540,6 +550,29 @@ impl Readiness {
                 Err(Error::from_sdk(&format!("SNS Publish {topic}"), err))
             }
         }
+    }
+}
+
+/// The newest valid backup's age against the RPO target.
+fn backup_age_check(
+    profile: &Profile,
+    backup: Option<&BackupSeen>,
+    age_seconds: Option<f64>,
+) -> ReadinessCheck {
+    match (backup, age_seconds) {
+        (Some(b), Some(age)) => ReadinessCheck {
+            name: "backup_age".into(),
+            passed: age <= profile.rpo_target_seconds as f64,
+            detail: format!(
+                "backup {} was taken {:.0} s ago (RPO target {} s)",
+                b.backup_id, age, profile.rpo_target_seconds
+            ),
+        },
+        _ => ReadinessCheck {
+            name: "backup_age".into(),
+            passed: false,
+            detail: "no valid backup to measure".into(),
+        },
     }
 }
 

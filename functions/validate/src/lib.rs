@@ -315,11 +315,6 @@ impl FanOutPhase for Validate {
         self.validate(ctx.run, ctx.profile, ctx.store).await
     }
 
-    /// Nothing to do once before the ranges: the lifecycle checks restore is done.
-    async fn prepare(&self, _: &PhaseRun<'_>) -> std::result::Result<(), Failed<ValidateDetails>> {
-        Ok(())
-    }
-
     async fn range(
         &self,
         ctx: &PhaseRun<'_>,

@@ -50,8 +50,11 @@ pub trait FanOutPhase {
     /// The whole phase in one invocation (a run without a plan).
     async fn whole(&self, ctx: &PhaseRun<'_>) -> PhaseResult<Self::Details>;
 
-    /// What must happen once before any range's child starts.
-    async fn prepare(&self, ctx: &PhaseRun<'_>) -> std::result::Result<(), Failed<Self::Details>>;
+    /// What must happen once before any range's child starts; by default nothing (the
+    /// lifecycle has checked what the phase builds on).
+    async fn prepare(&self, _: &PhaseRun<'_>) -> std::result::Result<(), Failed<Self::Details>> {
+        Ok(())
+    }
 
     /// One pass of a range's child, from `cursor` when an earlier pass stopped.
     async fn range(
@@ -72,57 +75,21 @@ pub trait FanOutPhase {
 
 /// A heavy phase's Lambda entry: the step `request` asks for, run by `phase`.
 pub async fn serve<P: FanOutPhase>(phase: &P, request: PhaseRequest) -> Result<StepOutput> {
-    let (s3, profiles) = (&phase.clients().s3, phase.profiles());
-    let phase_name = <P::Details as PhaseDetails>::PHASE;
-    let output = match request.step()? {
-        Step::Whole => {
+    Ok(match request.step()? {
+        Step::Whole => StepOutput::Phase(
             crate::phase::run(
                 &request,
-                s3,
-                profiles,
+                &phase.clients().s3,
+                phase.profiles(),
                 P::RERUN,
                 async |ctx: &PhaseRun<'_>| phase.whole(ctx).await,
             )
-            .await?
-        }
-        Step::Prepare => {
-            prepare::<P::Details, _>(
-                &request,
-                s3,
-                profiles,
-                P::RERUN,
-                async |ctx: &PhaseRun<'_>| phase.prepare(ctx).await,
-            )
-            .await?
-        }
-        Step::Range(item) => {
-            let range = run_range(
-                &request,
-                s3,
-                profiles,
-                phase_name,
-                &item,
-                async |ctx: &PhaseRun<'_>, item: &PlanItem, cursor| {
-                    phase.range(ctx, item, cursor).await
-                },
-            );
-            return Ok(StepOutput::Range(range.await?));
-        }
-        Step::Reduce(step) => {
-            reduce(
-                &request,
-                s3,
-                profiles,
-                P::RERUN,
-                &step,
-                async |ctx: &PhaseRun<'_>, results: Vec<RangeResult>| {
-                    phase.reduce(ctx, &step, results).await
-                },
-            )
-            .await?
-        }
-    };
-    Ok(StepOutput::Phase(output))
+            .await?,
+        ),
+        Step::Prepare => StepOutput::Phase(prepare(phase, &request).await?),
+        Step::Range(item) => StepOutput::Range(run_range(phase, &request, &item).await?),
+        Step::Reduce(step) => StepOutput::Phase(reduce(phase, &request, &step).await?),
+    })
 }
 
 /// [`serve`] for a caller that expects a phase's output (the whole phase, its
@@ -141,37 +108,30 @@ pub async fn serve_phase<P: FanOutPhase>(phase: &P, request: PhaseRequest) -> Re
 }
 
 /// The first step of a phase whose plan fans out ([`crate::plan`]): the lifecycle's
-/// [`begin`], then `body`, what must happen once before any range's child starts
-/// (restore empties the staging; promote checks the approval and the pointer). Its
-/// success writes no receipt (the reducer writes it) and answers `running` with the
-/// fan-out; its failure writes the failed receipt, as [`run`] would.
-async fn prepare<D, F>(
-    request: &PhaseRequest,
-    s3: &aws_sdk_s3::Client,
-    profiles: &ProfileSource,
-    rerun: Rerun,
-    body: F,
-) -> Result<PhaseOutput>
-where
-    D: PhaseDetails,
-    F: AsyncFnOnce(&PhaseRun<'_>) -> std::result::Result<(), Failed<D>>,
-{
+/// [`begin`], then the phase's [`FanOutPhase::prepare`], what must happen once before any
+/// range's child starts (restore empties the staging; promote checks the approval and
+/// the pointer). Its success writes no receipt (the reducer writes it) and answers
+/// `running` with the fan-out; its failure writes the failed receipt, as
+/// [`crate::phase::run`] would.
+async fn prepare<P: FanOutPhase>(phase: &P, request: &PhaseRequest) -> Result<PhaseOutput> {
+    let (s3, profiles) = (&phase.clients().s3, phase.profiles());
+    let name = <P::Details as PhaseDetails>::PHASE;
     let attempted = async {
-        let started = match begin(request, s3, profiles, D::PHASE, rerun).await? {
+        let started = match begin(request, s3, profiles, name, P::RERUN).await? {
             Begun::Ended(output) => return Ok(output),
             Begun::Started(started) => started,
         };
         let ranges = request.run.plan.as_ref().map_or(1, |p| p.ranges);
-        if let Err(failed) = body(&started.context(&request.run)).await {
-            return finish::<D>(request, &started, Err(failed)).await;
+        if let Err(failed) = phase.prepare(&started.context(&request.run)).await {
+            return finish::<P::Details>(request, &started, Err(failed)).await;
         }
         info!(ranges, "fanning out");
         Ok(PhaseOutput {
             run_id: request.run.run_id.clone(),
-            phase: D::PHASE,
+            phase: name,
             status: PhaseStatus::Running,
             reason: Some(format!("the work goes to {ranges} ranges")),
-            receipt: started.store.phase_uri(&request.run.run_id, D::PHASE)?,
+            receipt: started.store.phase_uri(&request.run.run_id, name)?,
             details: serde_json::json!({ "ranges": ranges }),
             fan_out: Some(crate::run::FanOut {
                 ranges,
@@ -182,32 +142,26 @@ where
     Box::pin(attempted).await
 }
 
-/// One range's child of `phase`: the profile, `body` on the range from where the
+/// One range's child of `phase`: the profile, its [`FanOutPhase::range`] from where the
 /// request's continuation says an earlier pass stopped, and then either the partial
 /// result, written on every path that ends the range (success with the body's details,
 /// or failed with the error, which then goes back to the Map, whose Retry may run the
 /// child again), or the continuation for the next pass. A pass that stopped without
 /// progress, or past [`MAX_RANGE_PASSES`], fails the range: its history would grow
 /// without the range ever ending.
-async fn run_range<D, C, F>(
+async fn run_range<P: FanOutPhase>(
+    fan_out: &P,
     request: &PhaseRequest,
-    s3: &aws_sdk_s3::Client,
-    profiles: &ProfileSource,
-    phase: Phase,
     item: &PlanItem,
-    body: F,
-) -> Result<RangeOutput>
-where
-    D: Serialize,
-    C: Serialize + DeserializeOwned,
-    F: AsyncFnOnce(&PhaseRun<'_>, &PlanItem, Option<C>) -> Result<RangePass<D, C>>,
-{
+) -> Result<RangeOutput> {
+    let (s3, profiles) = (&fan_out.clients().s3, fan_out.profiles());
+    let phase = <P::Details as PhaseDetails>::PHASE;
     let run = &request.run;
     record_run(&run.run_id, phase);
     Span::current().record("range", item.index);
     let (attempt, max_attempts) = (request.attempt(), run.input.max_attempts);
     let attempted = async {
-        let (pass, cursor) = resume_from::<C>(request.continuation.as_ref(), phase, item)?;
+        let (pass, cursor) = resume_from::<P::Cursor>(request.continuation.as_ref(), phase, item)?;
         let profile = profiles.load(&run.input.profile).await?;
         let store = run.receipts(s3, &profile);
         let started_at = chrono::Utc::now();
@@ -217,7 +171,7 @@ where
             store: &store,
         };
         let result_uri = crate::plan::range_uri(&store, &run.run_id, phase, item.index)?;
-        let done = match body(&ctx, item, cursor).await {
+        let done = match fan_out.range(&ctx, item, cursor).await {
             Ok(RangePass::Stopped { cursor, progress }) => {
                 match stopped(phase, item, pass, cursor, progress) {
                     Ok(continuation) => {
@@ -341,22 +295,18 @@ fn stopped<C: Serialize>(
 
 /// The last step of a phase that fanned out: the lifecycle's [`begin`] again (it answers
 /// as it did for the preparation), the receipt's clock from the preparation's start,
-/// every range's result of this execution, then `body` on them, and the receipt, as
-/// [`run`] writes it. A range that failed or left no result fails the phase, named.
-async fn reduce<D, F>(
+/// every range's result of this execution, then the phase's [`FanOutPhase::reduce`] on
+/// them, and the receipt, as [`crate::phase::run`] writes it. A range that failed or left
+/// no result fails the phase, named.
+async fn reduce<P: FanOutPhase>(
+    phase: &P,
     request: &PhaseRequest,
-    s3: &aws_sdk_s3::Client,
-    profiles: &ProfileSource,
-    rerun: Rerun,
     reduce: &Reduce,
-    body: F,
-) -> Result<PhaseOutput>
-where
-    D: PhaseDetails,
-    F: AsyncFnOnce(&PhaseRun<'_>, Vec<RangeResult>) -> PhaseResult<D>,
-{
+) -> Result<PhaseOutput> {
+    let (s3, profiles) = (&phase.clients().s3, phase.profiles());
+    let name = <P::Details as PhaseDetails>::PHASE;
     let attempted = async {
-        let mut started = match begin(request, s3, profiles, D::PHASE, rerun).await? {
+        let mut started = match begin(request, s3, profiles, name, P::RERUN).await? {
             Begun::Ended(output) => return Ok(output),
             Begun::Started(started) => started,
         };
@@ -370,16 +320,16 @@ where
             let results = crate::plan::results(
                 &started.store,
                 &run.run_id,
-                D::PHASE,
+                name,
                 plan.ranges,
                 run.execution_arn.as_deref(),
             )
             .await?;
             let ranges = crate::plan::ranges(s3, plan).await?;
-            crate::plan::all_succeeded(D::PHASE, results, &ranges, reduce.map_error.as_ref())
+            crate::plan::all_succeeded(name, results, &ranges, reduce.map_error.as_ref())
         };
         let result = match gathered.await {
-            Ok(results) => body(&started.context(run), results).await,
+            Ok(results) => phase.reduce(&started.context(run), reduce, results).await,
             Err(error) => Err(Failed::from(error)),
         };
         finish(request, &started, result).await

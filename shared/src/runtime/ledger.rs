@@ -211,50 +211,7 @@ fn describe(
         .bytes()
         .map(|b| String::from_utf8_lossy(b).into_owned());
     match service {
-        "s3" => {
-            record.resource = s3_arn(path);
-            for (name, key) in [
-                ("prefix", "s3:prefix"),
-                ("delimiter", "s3:delimiter"),
-                ("max-keys", "s3:max-keys"),
-            ] {
-                if let Some((_, value)) = query.iter().find(|(n, _)| n == name) {
-                    record.context.insert(key.to_owned(), value.clone());
-                }
-            }
-            let headers = request.headers();
-            record.copy_source = headers.get("x-amz-copy-source").map(|source| {
-                // `bucket/key` (percent-encoded), optionally with a leading slash.
-                s3_arn(&format!("/{}", source.trim_start_matches('/')))
-            });
-            record.tagging = headers.get("x-amz-tagging").is_some();
-            record.tagging_directive = headers.get("x-amz-tagging-directive").map(str::to_owned);
-            if headers.get("x-amz-server-side-encryption") == Some("aws:kms") {
-                record.kms_key = headers
-                    .get("x-amz-server-side-encryption-aws-kms-key-id")
-                    .map(str::to_owned);
-            }
-            if let Some((_, version)) = query.iter().find(|(n, _)| n == "versionId") {
-                record
-                    .context
-                    .insert("s3:versionid".to_owned(), version.clone());
-            }
-            for header in [
-                "x-amz-object-lock-mode",
-                "x-amz-object-lock-retain-until-date",
-                "x-amz-object-lock-legal-hold",
-            ] {
-                if let Some(value) = headers.get(header) {
-                    record.context.insert(
-                        format!("s3:{}", header.trim_start_matches("x-amz-")),
-                        value.to_owned(),
-                    );
-                }
-            }
-            if operation == "DeleteObjects" {
-                record.keys = body.as_deref().map(xml_keys).unwrap_or_default();
-            }
-        }
+        "s3" => describe_s3(&mut record, path, &query, request, body.as_deref()),
         "rds" | "sns" => {
             // awsQuery: every form field but the action and version.
             if let Some(b) = body.as_deref() {
@@ -316,6 +273,60 @@ fn describe(
         _ => {}
     }
     record
+}
+
+/// An S3 request's facts: the object or bucket, the condition keys IAM evaluates (the
+/// listing's prefix, a version, Object Lock headers), the copy's source, tags and KMS
+/// key, and a DeleteObjects request's keys.
+fn describe_s3(
+    record: &mut CallRecord,
+    path: &str,
+    query: &[(String, String)],
+    request: &HttpRequest,
+    body: Option<&str>,
+) {
+    record.resource = s3_arn(path);
+    for (name, key) in [
+        ("prefix", "s3:prefix"),
+        ("delimiter", "s3:delimiter"),
+        ("max-keys", "s3:max-keys"),
+    ] {
+        if let Some((_, value)) = query.iter().find(|(n, _)| n == name) {
+            record.context.insert(key.to_owned(), value.clone());
+        }
+    }
+    let headers = request.headers();
+    record.copy_source = headers.get("x-amz-copy-source").map(|source| {
+        // `bucket/key` (percent-encoded), optionally with a leading slash.
+        s3_arn(&format!("/{}", source.trim_start_matches('/')))
+    });
+    record.tagging = headers.get("x-amz-tagging").is_some();
+    record.tagging_directive = headers.get("x-amz-tagging-directive").map(str::to_owned);
+    if headers.get("x-amz-server-side-encryption") == Some("aws:kms") {
+        record.kms_key = headers
+            .get("x-amz-server-side-encryption-aws-kms-key-id")
+            .map(str::to_owned);
+    }
+    if let Some((_, version)) = query.iter().find(|(n, _)| n == "versionId") {
+        record
+            .context
+            .insert("s3:versionid".to_owned(), version.clone());
+    }
+    for header in [
+        "x-amz-object-lock-mode",
+        "x-amz-object-lock-retain-until-date",
+        "x-amz-object-lock-legal-hold",
+    ] {
+        if let Some(value) = headers.get(header) {
+            record.context.insert(
+                format!("s3:{}", header.trim_start_matches("x-amz-")),
+                value.to_owned(),
+            );
+        }
+    }
+    if record.operation == "DeleteObjects" {
+        record.keys = body.map(xml_keys).unwrap_or_default();
+    }
 }
 
 /// The top-level fields of a JSON request body: strings as they are, lists of strings
