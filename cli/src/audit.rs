@@ -170,40 +170,8 @@ pub async fn gather(
     };
     let summary_uri = store.summary_uri(&summary.run_id)?;
     let (retained_until, lock_mode) = lock_of(s3, &summary_uri).await?;
-    let mut targets = vec![target("RTO", &summary.rto), target("RPO", &summary.rpo)];
-    for c in &summary.components {
-        targets.push(TargetFacts {
-            name: format!("component {} RTO", c.name),
-            measured_seconds: c.rto_seconds,
-            target_seconds: c.rto_target_seconds,
-            met: c.rto_met,
-        });
-        if let Some(rpo_target) = c.rpo_target_seconds {
-            targets.push(TargetFacts {
-                name: format!("component {} RPO", c.name),
-                measured_seconds: c.rpo_seconds,
-                target_seconds: rpo_target,
-                met: c.rpo_seconds.map(|s| s <= rpo_target as f64),
-            });
-        }
-    }
-    let trend = history
-        .iter()
-        .filter(|s| {
-            s.profile == summary.profile && !s.dry_run && s.kickoff_at <= summary.kickoff_at
-        })
-        .map(|s| TrendPoint {
-            run_id: s.run_id.clone(),
-            kickoff_at: s.kickoff_at,
-            mode: s.mode,
-            status: s.status,
-            rto_seconds: s.rto_seconds,
-            rto_target_seconds: s.rto.target_seconds,
-            rpo_seconds: s.rpo_seconds,
-            rpo_target_seconds: s.rpo.target_seconds,
-        })
-        .collect::<Vec<_>>();
-    let trend = trend[trend.len().saturating_sub(TREND_RUNS)..].to_vec();
+    let targets = targets(summary);
+    let trend = trend(summary, history);
     Ok(AuditReport {
         run_id: summary.run_id.clone(),
         profile: summary.profile.clone(),
@@ -262,6 +230,49 @@ pub async fn gather(
         trend,
         summary: summary.clone(),
     })
+}
+
+/// The run's RTO and RPO against their targets, and each component's.
+fn targets(summary: &RunSummary) -> Vec<TargetFacts> {
+    let mut targets = vec![target("RTO", &summary.rto), target("RPO", &summary.rpo)];
+    for c in &summary.components {
+        targets.push(TargetFacts {
+            name: format!("component {} RTO", c.name),
+            measured_seconds: c.rto_seconds,
+            target_seconds: c.rto_target_seconds,
+            met: c.rto_met,
+        });
+        if let Some(rpo_target) = c.rpo_target_seconds {
+            targets.push(TargetFacts {
+                name: format!("component {} RPO", c.name),
+                measured_seconds: c.rpo_seconds,
+                target_seconds: rpo_target,
+                met: c.rpo_seconds.map(|s| s <= rpo_target as f64),
+            });
+        }
+    }
+    targets
+}
+
+/// The profile's last [`TREND_RUNS`] runs up to this one (dry runs left out).
+fn trend(summary: &RunSummary, history: &[RunSummary]) -> Vec<TrendPoint> {
+    let trend = history
+        .iter()
+        .filter(|s| {
+            s.profile == summary.profile && !s.dry_run && s.kickoff_at <= summary.kickoff_at
+        })
+        .map(|s| TrendPoint {
+            run_id: s.run_id.clone(),
+            kickoff_at: s.kickoff_at,
+            mode: s.mode,
+            status: s.status,
+            rto_seconds: s.rto_seconds,
+            rto_target_seconds: s.rto.target_seconds,
+            rpo_seconds: s.rpo_seconds,
+            rpo_target_seconds: s.rpo.target_seconds,
+        })
+        .collect::<Vec<_>>();
+    trend[trend.len().saturating_sub(TREND_RUNS)..].to_vec()
 }
 
 fn target(name: &str, o: &Objective) -> TargetFacts {

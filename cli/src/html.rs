@@ -1,6 +1,7 @@
 //! The run report: a few lines of text, or one self-contained HTML page (inline CSS, no
 //! external assets) with the phase timeline, RTO/RPO against targets, parity and approval.
 
+use drpilot_shared::component::ComponentOutcome;
 use drpilot_shared::failback::FailbackSummary;
 use drpilot_shared::receipt::{PhaseReceipt, PhaseStatus, RunStatus};
 use drpilot_shared::summary::RunSummary;
@@ -443,35 +444,6 @@ fn page(
     receipts: &[PhaseReceipt],
     audit: Option<AuditView>,
 ) -> Result<String, CliError> {
-    let start = s.kickoff_at;
-    let total_ms = (s.finished_at - start).num_milliseconds().max(1) as f64;
-    let rows = s
-        .phases
-        .iter()
-        .map(|p| {
-            let (left, width) = match (p.started_at, p.duration_ms) {
-                (Some(at), Some(ms)) => (
-                    ((at - start).num_milliseconds().max(0) as f64 / total_ms * 100.0).min(100.0),
-                    (ms as f64 / total_ms * 100.0).clamp(0.5, 100.0),
-                ),
-                _ => (0.0, 0.0),
-            };
-            PhaseRow {
-                phase: p.phase.as_str(),
-                status: p.status.as_str(),
-                duration: p
-                    .duration_ms
-                    .map_or(String::new(), |ms| format!("{:.2} s", ms as f64 / 1000.0)),
-                attempt: receipts
-                    .iter()
-                    .find(|r| r.phase == p.phase)
-                    .map_or(1, |r| r.attempt),
-                left,
-                width,
-                reason: p.reason.clone().unwrap_or_default(),
-            }
-        })
-        .collect();
     let page = ReportPage {
         run: &s.run_id,
         mode: s.mode.to_string(),
@@ -503,7 +475,7 @@ fn page(
         ticket: s.ticket.as_deref().unwrap_or_default(),
         promoted: s.promoted,
         manual_interventions: s.manual_interventions,
-        rows,
+        rows: phase_rows(s, receipts),
         torn_down: s.torn_down,
         execution: s.execution_arn.as_deref().unwrap_or("unknown"),
         executions: if s.executions.len() > 1 {
@@ -519,31 +491,64 @@ fn page(
         } else {
             Vec::new()
         },
-        components: s
-            .components
-            .iter()
-            .map(|c| ComponentRow {
-                name: c.name.clone(),
-                kind: c.kind.clone(),
-                status: c.status.as_str(),
-                required: c.required,
-                rto: against(c.rto_seconds, Some(c.rto_target_seconds)),
-                rto_class: objective_class(c.rto_met),
-                rpo: against(c.rpo_seconds, c.rpo_target_seconds),
-                resources: c
-                    .created_resources
-                    .iter()
-                    .map(|r| format!("{} ({:?})", r.resource.describe(), r.state).to_lowercase())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                reason: c.reason.clone().unwrap_or_default(),
-            })
-            .collect(),
+        components: s.components.iter().map(component_row).collect(),
         timeline: timeline(s),
         audit,
     };
     askama::Template::render(&page)
         .map_err(|e| CliError::Encoding(format!("rendering the report: {e}")))
+}
+
+/// The timeline's rows: each phase's bar, placed by its start and length in the run.
+fn phase_rows(s: &RunSummary, receipts: &[PhaseReceipt]) -> Vec<PhaseRow> {
+    let start = s.kickoff_at;
+    let total_ms = (s.finished_at - start).num_milliseconds().max(1) as f64;
+    s.phases
+        .iter()
+        .map(|p| {
+            let (left, width) = match (p.started_at, p.duration_ms) {
+                (Some(at), Some(ms)) => (
+                    ((at - start).num_milliseconds().max(0) as f64 / total_ms * 100.0).min(100.0),
+                    (ms as f64 / total_ms * 100.0).clamp(0.5, 100.0),
+                ),
+                _ => (0.0, 0.0),
+            };
+            PhaseRow {
+                phase: p.phase.as_str(),
+                status: p.status.as_str(),
+                duration: p
+                    .duration_ms
+                    .map_or(String::new(), |ms| format!("{:.2} s", ms as f64 / 1000.0)),
+                attempt: receipts
+                    .iter()
+                    .find(|r| r.phase == p.phase)
+                    .map_or(1, |r| r.attempt),
+                left,
+                width,
+                reason: p.reason.clone().unwrap_or_default(),
+            }
+        })
+        .collect()
+}
+
+/// A component's row: its state, objectives and what it created.
+fn component_row(c: &ComponentOutcome) -> ComponentRow {
+    ComponentRow {
+        name: c.name.clone(),
+        kind: c.kind.clone(),
+        status: c.status.as_str(),
+        required: c.required,
+        rto: against(c.rto_seconds, Some(c.rto_target_seconds)),
+        rto_class: objective_class(c.rto_met),
+        rpo: against(c.rpo_seconds, c.rpo_target_seconds),
+        resources: c
+            .created_resources
+            .iter()
+            .map(|r| format!("{} ({:?})", r.resource.describe(), r.state).to_lowercase())
+            .collect::<Vec<_>>()
+            .join(", "),
+        reason: c.reason.clone().unwrap_or_default(),
+    }
 }
 
 #[cfg(test)]

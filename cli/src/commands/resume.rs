@@ -6,7 +6,7 @@ use std::str::FromStr;
 
 use drpilot_shared::input::{normalize, Phase, RunInput, TriggerDefaults};
 use drpilot_shared::profile::ProfileSource;
-use drpilot_shared::receipt::RunStatus;
+use drpilot_shared::receipt::{PhaseReceipt, RunStatus};
 use drpilot_shared::resume;
 use drpilot_shared::store::ReceiptStore;
 use serde_json::Value;
@@ -65,26 +65,7 @@ pub async fn resume(
 
 /// The next execution of `run_id`, checked as `drpilot start` checks its input.
 pub async fn plan(ctx: &Ctx, run_id: &str, flags: &ResumeFlags) -> Result<Plan, CliError> {
-    let phase = |flag: &str, text: &Option<String>| -> Result<Option<Phase>, CliError> {
-        text.as_deref()
-            .map(|t| {
-                Phase::from_str(t).map_err(|e| CliError::Usage(format!("{flag}: {}", e.message)))
-            })
-            .transpose()
-    };
-    let from = phase("--from", &flags.from)?;
-    let stop_after = phase("--stop-after", &flags.stop_after)?;
-    if from == Some(Phase::Bringup) {
-        return Err(CliError::Usage(format!(
-            "--from bringup: run {run_id} was brought up once and keeps its backup and kickoff; resume from restore to restore it again, or start a new run"
-        )));
-    }
-    if from == Some(Phase::Teardown) && flags.hold {
-        return Err(CliError::Usage(
-            "--from teardown finishes the run: it cannot be combined with --hold".into(),
-        ));
-    }
-
+    let (from, stop_after) = phases_asked(run_id, flags)?;
     let executions = ctx.run_executions(run_id).await?;
     let Some(latest) = executions.last() else {
         return Err(CliError::Usage(format!(
@@ -122,30 +103,7 @@ pub async fn plan(ctx: &Ctx, run_id: &str, flags: &ResumeFlags) -> Result<Plan, 
         None => latest_input,
     };
 
-    let (from, why) = match from {
-        Some(from) => {
-            // What bringup would refuse, refused here before anything starts.
-            if let Some(blocked) = resume::blocker(&receipts, from).filter(|_| !previous.dry_run) {
-                return Err(CliError::Usage(format!(
-                    "--from {from}: {from} cannot run in run {run_id} yet: {}; resume from {} instead",
-                    blocked.why, blocked.run_first
-                )));
-            }
-            (from, "as asked (--from)".to_owned())
-        }
-        None => {
-            if let Some(summary) = store.get_summary(run_id).await? {
-                if summary.status == RunStatus::Succeeded && summary.torn_down {
-                    return Err(CliError::Usage(format!(
-                        "run {run_id} finished: it succeeded and was torn down at {}; nothing to resume (--from PHASE runs a phase again)",
-                        summary.finished_at.to_rfc3339()
-                    )));
-                }
-            }
-            let point = resume::resume_point(&receipts);
-            (point.run_first, point.why)
-        }
-    };
+    let (from, why) = where_to_resume(&store, run_id, &receipts, from, previous.dry_run).await?;
     let stop_after = stop_after.unwrap_or(if previous.stop_after >= from {
         previous.stop_after
     } else {
@@ -175,5 +133,68 @@ pub async fn plan(ctx: &Ctx, run_id: &str, flags: &ResumeFlags) -> Result<Plan, 
         from,
         why,
         number: latest.number + 1,
+    })
+}
+
+/// `--from` and `--stop-after`, refused when they cannot resume this run.
+fn phases_asked(
+    run_id: &str,
+    flags: &ResumeFlags,
+) -> Result<(Option<Phase>, Option<Phase>), CliError> {
+    let phase = |flag: &str, text: &Option<String>| -> Result<Option<Phase>, CliError> {
+        text.as_deref()
+            .map(|t| {
+                Phase::from_str(t).map_err(|e| CliError::Usage(format!("{flag}: {}", e.message)))
+            })
+            .transpose()
+    };
+    let from = phase("--from", &flags.from)?;
+    let stop_after = phase("--stop-after", &flags.stop_after)?;
+    if from == Some(Phase::Bringup) {
+        return Err(CliError::Usage(format!(
+            "--from bringup: run {run_id} was brought up once and keeps its backup and kickoff; resume from restore to restore it again, or start a new run"
+        )));
+    }
+    if from == Some(Phase::Teardown) && flags.hold {
+        return Err(CliError::Usage(
+            "--from teardown finishes the run: it cannot be combined with --hold".into(),
+        ));
+    }
+    Ok((from, stop_after))
+}
+
+/// The phase to resume from and why: `from` when it may run (its earlier phases are
+/// done), else where the receipts say the run stopped; a run that finished has nothing
+/// to resume.
+async fn where_to_resume(
+    store: &ReceiptStore,
+    run_id: &str,
+    receipts: &[PhaseReceipt],
+    from: Option<Phase>,
+    dry_run: bool,
+) -> Result<(Phase, String), CliError> {
+    Ok(match from {
+        Some(from) => {
+            // What bringup would refuse, refused here before anything starts.
+            if let Some(blocked) = resume::blocker(receipts, from).filter(|_| !dry_run) {
+                return Err(CliError::Usage(format!(
+                    "--from {from}: {from} cannot run in run {run_id} yet: {}; resume from {} instead",
+                    blocked.why, blocked.run_first
+                )));
+            }
+            (from, "as asked (--from)".to_owned())
+        }
+        None => {
+            if let Some(summary) = store.get_summary(run_id).await? {
+                if summary.status == RunStatus::Succeeded && summary.torn_down {
+                    return Err(CliError::Usage(format!(
+                        "run {run_id} finished: it succeeded and was torn down at {}; nothing to resume (--from PHASE runs a phase again)",
+                        summary.finished_at.to_rfc3339()
+                    )));
+                }
+            }
+            let point = resume::resume_point(receipts);
+            (point.run_first, point.why)
+        }
     })
 }

@@ -133,16 +133,8 @@ impl Failback {
         // A failback is what its DR run was: a drill's may confirm with the literals, a
         // recovery's needs two approvers, whatever the input says.
         let mode = dr.as_ref().ok().map_or(Mode::Recovery, |d| d.mode);
-        if let (Some(asked), Ok(d)) = (input.mode, &dr) {
-            if asked != d.mode {
-                record(
-                    "mode",
-                    Err(Error::input(format!(
-                        "mode: the DR run {} was a {}, so its failback is one too, not a {asked}",
-                        d.run_id, d.mode
-                    ))),
-                );
-            }
+        if let Some(mismatch) = dr.as_ref().ok().and_then(|d| mode_mismatch(input, d)) {
+            record("mode", Err(mismatch));
         }
         if input.has_literals() {
             record("confirmations", literal_confirmations(input, mode, profile));
@@ -425,6 +417,15 @@ impl Checks {
             detail,
         });
     }
+}
+
+/// The input's `mode` when it is not the DR run's (a failback is what its DR run was).
+fn mode_mismatch(input: &FailbackInput, dr: &DrPromotion) -> Option<Error> {
+    let asked = input.mode.filter(|asked| *asked != dr.mode)?;
+    Some(Error::input(format!(
+        "mode: the DR run {} was a {}, so its failback is one too, not a {asked}",
+        dr.run_id, dr.mode
+    )))
 }
 
 /// The literal confirmations: right for this DR run, a drill's, and allowed by the

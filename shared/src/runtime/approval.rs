@@ -250,57 +250,7 @@ impl Sealer {
         approval: &Approval,
     ) -> Result<()> {
         let who = format!("the approval of run {run_id} by {:?}", approval.approver);
-        let Some(seal) = &approval.seal else {
-            return Err(Error::new(ErrorKind::ApprovalMissing, format!(
-                "{who} is not sealed: approvals must come through the approve function (drpilot approve), not a raw SendTaskSuccess"
-            )));
-        };
-        let Some(at) = approval.approved_at else {
-            return Err(Error::new(
-                ErrorKind::ApprovalMissing,
-                format!("{who} has no approved_at: its seal cannot be checked"),
-            ));
-        };
-        if seal.algorithm != ALGORITHM.as_str() {
-            return Err(Error::new(
-                ErrorKind::ApprovalMissing,
-                format!(
-                    "{who} is sealed with {:?}, expected {}",
-                    seal.algorithm,
-                    ALGORITHM.as_str()
-                ),
-            ));
-        }
-        let Ok(mac) = base64::engine::general_purpose::STANDARD.decode(&seal.mac) else {
-            return Err(Error::new(
-                ErrorKind::ApprovalMissing,
-                format!("{who}: its seal's mac is not base64"),
-            ));
-        };
-        let Some(execution_arn) = execution_arn.filter(|arn| !arn.is_empty()) else {
-            return Err(Error::new(
-                ErrorKind::ApprovalMissing,
-                format!("{who}: this execution's ARN is unknown, so no seal can be bound to it"),
-            ));
-        };
-        if seal.execution_arn != execution_arn {
-            return Err(Error::new(
-                ErrorKind::ApprovalMissing,
-                format!(
-                    "{who} was sealed for execution {:?}, not this one ({execution_arn}): a seal answers one wait of one execution",
-                    seal.execution_arn
-                ),
-            ));
-        }
-        if seal.state != state {
-            return Err(Error::new(
-                ErrorKind::ApprovalMissing,
-                format!(
-                    "{who} answered the wait in state {:?}, not {state}",
-                    seal.state
-                ),
-            ));
-        }
+        let (seal, at, mac) = seal_of(&who, approval, execution_arn, state)?;
         let scope = SealScope::of_seal(seal);
         let message = SealedFields::of(run_id, &scope, Decision::Approve, approval, at).bytes()?;
         // Always this function's key, never the one the seal names: a seal made with
@@ -344,6 +294,69 @@ impl Sealer {
             )),
         }
     }
+}
+
+/// The parts of `approval`'s seal that need no key: present, of this algorithm, with a
+/// time to check it at, and bound to this wait (`execution_arn` in `state`); the seal,
+/// the approval's time and the MAC's bytes, for KMS to verify.
+fn seal_of<'a>(
+    who: &str,
+    approval: &'a Approval,
+    execution_arn: Option<&str>,
+    state: &str,
+) -> Result<(&'a Seal, DateTime<Utc>, Vec<u8>)> {
+    let Some(seal) = &approval.seal else {
+        return Err(Error::new(ErrorKind::ApprovalMissing, format!(
+            "{who} is not sealed: approvals must come through the approve function (drpilot approve), not a raw SendTaskSuccess"
+        )));
+    };
+    let Some(at) = approval.approved_at else {
+        return Err(Error::new(
+            ErrorKind::ApprovalMissing,
+            format!("{who} has no approved_at: its seal cannot be checked"),
+        ));
+    };
+    if seal.algorithm != ALGORITHM.as_str() {
+        return Err(Error::new(
+            ErrorKind::ApprovalMissing,
+            format!(
+                "{who} is sealed with {:?}, expected {}",
+                seal.algorithm,
+                ALGORITHM.as_str()
+            ),
+        ));
+    }
+    let Ok(mac) = base64::engine::general_purpose::STANDARD.decode(&seal.mac) else {
+        return Err(Error::new(
+            ErrorKind::ApprovalMissing,
+            format!("{who}: its seal's mac is not base64"),
+        ));
+    };
+    let Some(execution_arn) = execution_arn.filter(|arn| !arn.is_empty()) else {
+        return Err(Error::new(
+            ErrorKind::ApprovalMissing,
+            format!("{who}: this execution's ARN is unknown, so no seal can be bound to it"),
+        ));
+    };
+    if seal.execution_arn != execution_arn {
+        return Err(Error::new(
+            ErrorKind::ApprovalMissing,
+            format!(
+                "{who} was sealed for execution {:?}, not this one ({execution_arn}): a seal answers one wait of one execution",
+                seal.execution_arn
+            ),
+        ));
+    }
+    if seal.state != state {
+        return Err(Error::new(
+            ErrorKind::ApprovalMissing,
+            format!(
+                "{who} answered the wait in state {:?}, not {state}",
+                seal.state
+            ),
+        ));
+    }
+    Ok((seal, at, mac))
 }
 
 /// A key's id from its ARN (`arn:…:key/ID`) or the id itself: KMS answers with the ARN,
