@@ -10,9 +10,9 @@ use drpilot_shared::approval::{Approval, Sealer, FAILBACK_CONFIRMATION_STATES};
 use drpilot_shared::budget::{RequestBudget, PREFIX_PUT_RATE};
 use drpilot_shared::copy::{apply_changes, Change, CopyStats, CopyTuning, Journal, CHANGE_BUFFER};
 use drpilot_shared::failback::{
-    Confirmation, CopyBackDetails, DivergenceCounts, DivergenceDetails, FailbackAudit, FailbackRun,
-    FailbackStep,
+    Confirmation, CopyBackDetails, DivergenceCounts, DivergenceDetails, FailbackRun, FailbackStep,
 };
+use drpilot_shared::input::Mode;
 use drpilot_shared::lock::RunLock;
 use drpilot_shared::parity::ParityCounts;
 use drpilot_shared::phase::Failed;
@@ -22,6 +22,7 @@ use drpilot_shared::receipt::PhaseStatus;
 use drpilot_shared::store::ReceiptStore;
 use drpilot_shared::time::seconds;
 use drpilot_shared::{Error, ErrorKind, Result, S3Uri};
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::mpsc;
 use tracing::info;
@@ -437,6 +438,33 @@ async fn recount(
     }
     Ok((parity_after, remaining))
 }
+
+/// The failback's audit record, `audit/failbacks/failback-<UTC timestamp>.json` in the
+/// target bucket (its evidence copy under the run's receipts).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FailbackAudit {
+    pub run_id: String,
+    pub execution_arn: Option<String>,
+    pub profile: String,
+    pub mode: Mode,
+    pub dr_run_id: String,
+    pub dr_audit_record: S3Uri,
+    pub from: S3Uri,
+    pub to: S3Uri,
+    pub confirmations: Vec<Confirmation>,
+    pub discard_divergent: bool,
+    pub discard_approver: Option<String>,
+    pub discard_ticket: Option<String>,
+    pub divergence: DivergenceCounts,
+    pub divergence_report: S3Uri,
+    pub objects_copied: u64,
+    pub bytes_copied: u64,
+    pub objects_deleted: u64,
+    pub parity_after: ParityCounts,
+    pub generation: u64,
+    pub failed_back_at: DateTime<Utc>,
+}
+
 /// The failback's audit record: what the copy changed on the primary, by whose
 /// confirmations, against which divergence.
 fn audit(
