@@ -3,28 +3,31 @@
 //! the readiness reports and a failback's receipts and summary (docs/contracts.md lists
 //! every key). [`ReceiptStore`] is the one type that knows these keys.
 
+// The keys of the readiness reports and of a failback's records, in files of their own
+// so that this module does not depend on the readiness and failback models (which
+// depend, through parity, on the store).
+mod failback_records;
 pub mod fence;
 pub mod history;
 pub mod lock;
 pub mod objects;
 pub mod published;
+mod readiness_records;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::component::ComponentReceipt;
 use crate::error::{Error, Result};
-use crate::failback::{FailbackReceipt, FailbackStep, FailbackSummary};
 use crate::input::Phase;
 use crate::objects::{
     for_each_child_prefix, get_bytes, get_json, key_pages, put_json, put_json_if, Conditional,
     Precondition,
 };
-use crate::readiness::ReadinessReport;
 use crate::receipt::PhaseReceipt;
 use crate::record::RunRecord;
 use crate::s3uri::S3Uri;
-use crate::summary::{RtoWatchMarker, RunSummary};
+use crate::summary::RunSummary;
 
 /// Reads and writes a run's receipts under the profile's receipts location.
 #[derive(Clone, Debug)]
@@ -283,124 +286,5 @@ impl ReceiptStore {
 
     pub async fn get_summary(&self, run_id: &str) -> Result<Option<RunSummary>> {
         get_json(&self.s3, &self.summary_uri(run_id)?).await
-    }
-}
-
-/// The readiness reports and the RTO watch's notices.
-impl ReceiptStore {
-    /// `<receipts>/runs/<run_id>/rto-watch.json`
-    pub fn rto_watch_uri(&self, run_id: &str) -> Result<S3Uri> {
-        self.run_dir(run_id)?
-            .join("rto-watch.json")
-            .map_err(|e| Error::internal(e.to_string()))
-    }
-
-    /// The run's RTO-watch notice, if one went out.
-    pub async fn get_rto_watch(&self, run_id: &str) -> Result<Option<RtoWatchMarker>> {
-        get_json(self.s3(), &self.rto_watch_uri(run_id)?).await
-    }
-
-    /// `<receipts>/readiness/latest.json`
-    pub fn readiness_uri(&self) -> Result<S3Uri> {
-        self.base()
-            .join("readiness/latest.json")
-            .map_err(|e| Error::internal(e.to_string()))
-    }
-
-    /// Writes the report as the latest and into the history.
-    pub async fn put_readiness(&self, report: &ReadinessReport) -> Result<S3Uri> {
-        let history = self
-            .base()
-            .join(&format!(
-                "readiness/history/{}.json",
-                report.checked_at.format("%Y%m%dT%H%M%S%.3fZ")
-            ))
-            .map_err(|e| Error::internal(e.to_string()))?;
-        put_json(self.s3(), &history, report).await?;
-        let latest = self.readiness_uri()?;
-        put_json(self.s3(), &latest, report).await?;
-        Ok(latest)
-    }
-
-    pub async fn get_readiness(&self) -> Result<Option<ReadinessReport>> {
-        get_json(self.s3(), &self.readiness_uri()?).await
-    }
-
-    /// Every run's summary here (runs still going have none), oldest kickoff first.
-    pub async fn summaries(&self) -> Result<Vec<RunSummary>> {
-        let mut summaries = Vec::new();
-        for run_id in self.run_ids().await? {
-            if let Some(summary) = self.get_summary(&run_id).await? {
-                summaries.push(summary);
-            }
-        }
-        summaries.sort_by_key(|s| s.kickoff_at);
-        Ok(summaries)
-    }
-}
-
-/// A failback's step receipts and summary.
-impl ReceiptStore {
-    /// `<receipts>/runs/<run_id>/failback/<step>.json`.
-    pub fn failback_uri(&self, run_id: &str, step: FailbackStep) -> Result<S3Uri> {
-        self.run_dir(run_id)?
-            .join(&format!("failback/{step}.json"))
-            .map_err(|e| Error::input(format!("run_id: {e}")))
-    }
-
-    pub async fn put_failback(&self, receipt: &FailbackReceipt) -> Result<S3Uri> {
-        let uri = self.failback_uri(&receipt.run_id, receipt.phase)?;
-        put_json(self.s3(), &uri, receipt).await?;
-        Ok(uri)
-    }
-
-    pub async fn get_failback(
-        &self,
-        run_id: &str,
-        step: FailbackStep,
-    ) -> Result<Option<FailbackReceipt>> {
-        get_json(self.s3(), &self.failback_uri(run_id, step)?).await
-    }
-
-    /// Every step receipt of a failback run, in step order.
-    pub async fn failback_steps(&self, run_id: &str) -> Result<Vec<FailbackReceipt>> {
-        let mut steps = Vec::new();
-        for step in FailbackStep::ALL {
-            if let Some(r) = self.get_failback(run_id, step).await? {
-                steps.push(r);
-            }
-        }
-        Ok(steps)
-    }
-
-    /// `<receipts>/runs/<run_id>/failback.summary.json`.
-    pub fn failback_summary_uri(&self, run_id: &str) -> Result<S3Uri> {
-        self.run_dir(run_id)?
-            .join("failback.summary.json")
-            .map_err(|e| Error::input(format!("run_id: {e}")))
-    }
-
-    /// Writes a failback's summary once (a failback is one execution): a retried teardown
-    /// keeps the summary already written.
-    pub async fn put_failback_summary(&self, summary: &FailbackSummary) -> Result<S3Uri> {
-        let uri = self.failback_summary_uri(&summary.run_id)?;
-        put_json_if(self.s3(), &uri, summary, Some(Precondition::Absent)).await?;
-        Ok(uri)
-    }
-
-    pub async fn get_failback_summary(&self, run_id: &str) -> Result<Option<FailbackSummary>> {
-        get_json(self.s3(), &self.failback_summary_uri(run_id)?).await
-    }
-
-    /// Every failback's summary here (failbacks still going have none), oldest first.
-    pub async fn failback_summaries(&self) -> Result<Vec<FailbackSummary>> {
-        let mut summaries = Vec::new();
-        for run_id in self.run_ids().await? {
-            if let Some(summary) = self.get_failback_summary(&run_id).await? {
-                summaries.push(summary);
-            }
-        }
-        summaries.sort_by_key(|s| s.kickoff_at);
-        Ok(summaries)
     }
 }
