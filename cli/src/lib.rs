@@ -121,6 +121,56 @@ impl Ctx {
         }
     }
 
+    /// Invokes a drpilot function directly (the readiness and approve functions) with
+    /// `payload` and answers what it returned as JSON; a function error is a
+    /// [`CliError::Function`] naming `what` and the function's message.
+    pub async fn invoke_function(
+        &self,
+        function: &str,
+        what: &str,
+        payload: &serde_json::Value,
+    ) -> Result<serde_json::Value, CliError> {
+        let out = self
+            .aws
+            .lambda()
+            .invoke()
+            .function_name(function)
+            .payload(aws_sdk_lambda::primitives::Blob::new(payload.to_string()))
+            .send()
+            .await
+            .map_err(|e| CliError::aws(&format!("Invoke {function}"), e))?;
+        let answer: serde_json::Value = out
+            .payload()
+            .and_then(|p| serde_json::from_slice(p.as_ref()).ok())
+            .unwrap_or_default();
+        if let Some(error) = out.function_error() {
+            return Err(CliError::Function(format!(
+                "{what} failed ({error}): {}",
+                answer["errorMessage"].as_str().unwrap_or("no message")
+            )));
+        }
+        Ok(answer)
+    }
+
+    /// Starts execution `name` of `machine` with `input`; answers its ARN.
+    pub async fn start_execution(
+        &self,
+        machine: &str,
+        name: &str,
+        input: &serde_json::Value,
+    ) -> Result<String, CliError> {
+        let started = self
+            .sfn
+            .start_execution()
+            .state_machine_arn(machine)
+            .name(name)
+            .input(input.to_string())
+            .send()
+            .await
+            .map_err(|e| CliError::aws("StartExecution", e))?;
+        Ok(started.execution_arn().to_owned())
+    }
+
     /// The state machine's ARN: as given (an ARN, or a name to look up), else the one
     /// named [`DEFAULT_STATE_MACHINE`].
     pub async fn state_machine_arn(&self) -> Result<String, CliError> {

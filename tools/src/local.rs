@@ -134,12 +134,7 @@ pub async fn emulator_function(
         )
         .send()
         .await
-        .map_err(|e| {
-            format!(
-                "CreateFunction {name}: {}",
-                aws_smithy_types::error::display::DisplayErrorContext(&e)
-            )
-        })?;
+        .map_err(|e| sdk_error(&format!("CreateFunction {name}"), &e))?;
     Ok(())
 }
 
@@ -166,12 +161,7 @@ pub async fn emulator_database(
             .master_user_password("emulator-password-1")
             .send()
             .await
-            .map_err(|e| {
-                format!(
-                    "CreateDBInstance {identifier}: {}",
-                    aws_smithy_types::error::display::DisplayErrorContext(&e)
-                )
-            })?;
+            .map_err(|e| sdk_error(&format!("CreateDBInstance {identifier}"), &e))?;
     }
     if let Some(suffix) = snapshot {
         rds.create_db_snapshot()
@@ -179,12 +169,7 @@ pub async fn emulator_database(
             .db_snapshot_identifier(format!("{identifier}-{suffix}"))
             .send()
             .await
-            .map_err(|e| {
-                format!(
-                    "CreateDBSnapshot {identifier}: {}",
-                    aws_smithy_types::error::display::DisplayErrorContext(&e)
-                )
-            })?;
+            .map_err(|e| sdk_error(&format!("CreateDBSnapshot {identifier}"), &e))?;
     }
     Ok(())
 }
@@ -204,12 +189,8 @@ pub async fn emulator_schedule(
     use aws_sdk_scheduler::types::{
         FlexibleTimeWindow, FlexibleTimeWindowMode, ScheduleState, Target,
     };
-    let fail = |what: &str, e: &dyn std::error::Error| {
-        format!(
-            "{what} {DRILL_SCHEDULE}: {}",
-            aws_smithy_types::error::display::DisplayErrorContext(e)
-        )
-    };
+    let fail =
+        |what: &str, e: &dyn std::error::Error| sdk_error(&format!("{what} {DRILL_SCHEDULE}"), e);
     let build = |what: &str, e: aws_sdk_scheduler::error::BuildError| fail(what, &e);
     let window = FlexibleTimeWindow::builder()
         .mode(FlexibleTimeWindowMode::Off)
@@ -279,12 +260,7 @@ pub async fn emulator_approval_key(kms: &aws_sdk_kms::Client) -> Result<String, 
         .description("drpilot approval seals (local stack)")
         .send()
         .await
-        .map_err(|e| {
-            format!(
-                "CreateKey: {}",
-                aws_smithy_types::error::display::DisplayErrorContext(&e)
-            )
-        })?;
+        .map_err(|e| sdk_error("CreateKey", &e))?;
     let metadata = created
         .key_metadata()
         .ok_or("CreateKey answered without key metadata")?;
@@ -293,12 +269,7 @@ pub async fn emulator_approval_key(kms: &aws_sdk_kms::Client) -> Result<String, 
         .target_key_id(metadata.key_id())
         .send()
         .await
-        .map_err(|e| {
-            format!(
-                "CreateAlias: {}",
-                aws_smithy_types::error::display::DisplayErrorContext(&e)
-            )
-        })?;
+        .map_err(|e| sdk_error("CreateAlias", &e))?;
     Ok(metadata.arn().unwrap_or_default().to_owned())
 }
 
@@ -321,7 +292,7 @@ pub async fn emulator_evidence_bucket(
         DefaultRetention, ObjectLockConfiguration, ObjectLockEnabled, ObjectLockRetentionMode,
         ObjectLockRule,
     };
-    let fail = |what: &str, e: &dyn std::fmt::Display| format!("{what} {bucket}: {e}");
+    let fail = |what: &str, e: &dyn std::error::Error| sdk_error(&format!("{what} {bucket}"), e);
     if s3.head_bucket().bucket(bucket).send().await.is_ok() {
         // Made before (and perhaps written to since): its lock configuration stands.
         return Ok(());
@@ -334,12 +305,7 @@ pub async fn emulator_evidence_bucket(
             .object_lock_enabled_for_bucket(true)
             .send()
             .await
-            .map_err(|e| {
-                fail(
-                    "CreateBucket",
-                    &aws_smithy_types::error::display::DisplayErrorContext(&e),
-                )
-            })?;
+            .map_err(|e| fail("CreateBucket", &e))?;
     }
     let rule = ObjectLockRule::builder()
         .default_retention(
@@ -359,11 +325,14 @@ pub async fn emulator_evidence_bucket(
         )
         .send()
         .await
-        .map_err(|e| {
-            fail(
-                "PutObjectLockConfiguration",
-                &aws_smithy_types::error::display::DisplayErrorContext(&e),
-            )
-        })?;
+        .map_err(|e| fail("PutObjectLockConfiguration", &e))?;
     Ok(())
+}
+
+/// An SDK call's failure as one line: `what`, then the error and its causes.
+fn sdk_error(what: &str, e: &dyn std::error::Error) -> String {
+    format!(
+        "{what}: {}",
+        aws_smithy_types::error::display::DisplayErrorContext(e)
+    )
 }

@@ -12,7 +12,9 @@
 use std::time::{Duration, SystemTime};
 
 use aws_credential_types::provider::ProvideCredentials;
-use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettings};
+use aws_sigv4::http_request::{
+    sign, SignableBody, SignableRequest, SigningInstructions, SigningSettings,
+};
 use aws_sigv4::sign::v4;
 use drpilot_shared::approval::Decision;
 use drpilot_shared::identity::{
@@ -141,39 +143,19 @@ pub async fn prove_identity(
     digest: &str,
 ) -> Result<IdentityProof, CliError> {
     let sts = StsEndpoint::of_config(config);
-    let region = config.region().ok_or_else(|| {
-        CliError::Usage("no AWS region: set AWS_REGION or a profile's region".into())
-    })?;
-    let credentials = config
-        .credentials_provider()
-        .ok_or_else(|| CliError::Usage("no AWS credentials provider".into()))?
-        .provide_credentials()
-        .await
-        .map_err(|e| CliError::Usage(format!("no AWS credentials: {e}")))?;
-    let identity = credentials.into();
-    let params = v4::SigningParams::builder()
-        .identity(&identity)
-        .region(region.as_ref())
-        .name("sts")
-        .time(SystemTime::now())
-        .settings(SigningSettings::default())
-        .build()
-        .map_err(|e| CliError::Signing(format!("signing the proof of identity: {e}")))?
-        .into();
     let headers = [
         ("content-type", STS_CONTENT_TYPE),
         (DECISION_HEADER, digest),
     ];
-    let signable = SignableRequest::new(
-        "POST",
+    let instructions = sign_post(
+        config,
+        "sts",
         &sts.url,
-        headers.into_iter(),
-        SignableBody::Bytes(STS_BODY.as_bytes()),
+        &headers,
+        STS_BODY.as_bytes(),
+        "the proof of identity",
     )
-    .map_err(|e| CliError::Signing(format!("signing the proof of identity: {e}")))?;
-    let (instructions, _) = sign(signable, &params)
-        .map_err(|e| CliError::Signing(format!("signing the proof of identity: {e}")))?
-        .into_parts();
+    .await?;
     let mut signed = http::Request::builder()
         .method("POST")
         .uri(&sts.url)
@@ -198,6 +180,49 @@ pub async fn prove_identity(
     Ok(IdentityProof { headers })
 }
 
+/// SigV4 for a POST of `body` with `headers` to `url` (service `service`), with the
+/// configuration's credentials and region: the headers to add to the request.
+async fn sign_post(
+    config: &aws_types::SdkConfig,
+    service: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    what: &str,
+) -> Result<SigningInstructions, CliError> {
+    let signing = |e: &dyn std::fmt::Display| CliError::Signing(format!("signing {what}: {e}"));
+    let region = config.region().ok_or_else(|| {
+        CliError::Usage("no AWS region: set AWS_REGION or a profile's region".into())
+    })?;
+    let credentials = config
+        .credentials_provider()
+        .ok_or_else(|| CliError::Usage("no AWS credentials provider".into()))?
+        .provide_credentials()
+        .await
+        .map_err(|e| CliError::Usage(format!("no AWS credentials: {e}")))?;
+    let identity = credentials.into();
+    let params = v4::SigningParams::builder()
+        .identity(&identity)
+        .region(region.as_ref())
+        .name(service)
+        .time(SystemTime::now())
+        .settings(SigningSettings::default())
+        .build()
+        .map_err(|e| signing(&e))?
+        .into();
+    let signable = SignableRequest::new(
+        "POST",
+        url,
+        headers.iter().copied(),
+        SignableBody::Bytes(body),
+    )
+    .map_err(|e| signing(&e))?;
+    let (instructions, _) = sign(signable, &params)
+        .map_err(|e| signing(&e))?
+        .into_parts();
+    Ok(instructions)
+}
+
 /// The local stack: the Function URL's request event through Lambda Invoke.
 async fn invoke(ctx: &Ctx, body: &str) -> Result<(u16, String), CliError> {
     let function = ctx
@@ -213,26 +238,9 @@ async fn invoke(ctx: &Ctx, body: &str) -> Result<(u16, String), CliError> {
         "body": body,
         "isBase64Encoded": false,
     });
-    let out = ctx
-        .aws
-        .lambda()
-        .invoke()
-        .function_name(&function)
-        .payload(aws_sdk_lambda::primitives::Blob::new(event.to_string()))
-        .send()
-        .await
-        .map_err(|e| CliError::aws(&format!("Invoke {function}"), e))?;
-    let payload = out
-        .payload()
-        .map(|p| p.as_ref().to_vec())
-        .unwrap_or_default();
-    let payload: Value = serde_json::from_slice(&payload).unwrap_or(Value::Null);
-    if let Some(error) = out.function_error() {
-        return Err(CliError::Function(format!(
-            "the approve function failed ({error}): {}",
-            payload["errorMessage"].as_str().unwrap_or("no message")
-        )));
-    }
+    let payload = ctx
+        .invoke_function(&function, "the approve function", &event)
+        .await?;
     let status = payload["statusCode"].as_u64().unwrap_or(0) as u16;
     Ok((status, payload["body"].as_str().unwrap_or("{}").to_owned()))
 }
@@ -240,37 +248,16 @@ async fn invoke(ctx: &Ctx, body: &str) -> Result<(u16, String), CliError> {
 /// AWS: a SigV4-signed POST to the function's URL (service `lambda`).
 async fn post_signed(ctx: &Ctx, body: &str) -> Result<(u16, String), CliError> {
     let url = function_url(ctx).await?;
-    let config = &ctx.aws.config;
-    let region = config.region().ok_or_else(|| {
-        CliError::Usage("no AWS region: set AWS_REGION or a profile's region".into())
-    })?;
-    let credentials = config
-        .credentials_provider()
-        .ok_or_else(|| CliError::Usage("no AWS credentials provider".into()))?
-        .provide_credentials()
-        .await
-        .map_err(|e| CliError::Usage(format!("no AWS credentials: {e}")))?;
-    let identity = credentials.into();
-    let params = v4::SigningParams::builder()
-        .identity(&identity)
-        .region(region.as_ref())
-        .name("lambda")
-        .time(SystemTime::now())
-        .settings(SigningSettings::default())
-        .build()
-        .map_err(|e| CliError::Signing(format!("signing the approval request: {e}")))?
-        .into();
     let content_type = ("content-type", "application/json");
-    let signable = SignableRequest::new(
-        "POST",
+    let instructions = sign_post(
+        &ctx.aws.config,
+        "lambda",
         &url,
-        [content_type].into_iter(),
-        SignableBody::Bytes(body.as_bytes()),
+        &[content_type],
+        body.as_bytes(),
+        "the approval request",
     )
-    .map_err(|e| CliError::Signing(format!("signing the approval request: {e}")))?;
-    let (instructions, _) = sign(signable, &params)
-        .map_err(|e| CliError::Signing(format!("signing the approval request: {e}")))?
-        .into_parts();
+    .await?;
     let mut request = http::Request::builder()
         .method("POST")
         .uri(&url)

@@ -117,25 +117,17 @@ pub async fn failback(ctx: &Ctx, args: &FailbackArgs) -> Result<FailbackProgress
     let input = args.input(&profile, &run_id)?;
     let machine = ctx.state_machine_arn().await?;
     let name = ExecutionName::format(&run_id, 1);
-    let started = ctx
-        .sfn
-        .start_execution()
-        .state_machine_arn(&machine)
-        .name(&name)
-        .input(input.to_string())
-        .send()
-        .await
-        .map_err(|e| CliError::aws("StartExecution", e))?;
+    let execution = ctx.start_execution(&machine, &name, &input).await?;
     ctx.out.say(format!(
         "started failback {run_id} of DR run {} (profile {profile}){}\n  execution {}",
         args.dr_run,
         if args.dry_run { ", dry run" } else { "" },
-        started.execution_arn()
+        &execution
     ));
     let progress = if args.no_wait {
-        fetch(&ctx.sfn, started.execution_arn()).await?
+        fetch(&ctx.sfn, &execution).await?
     } else {
-        follow(&ctx, started.execution_arn(), &run_id).await?
+        follow(&ctx, &execution, &run_id).await?
     };
     let summary = if progress.finished() {
         summary_of(&ctx, &profile, &run_id).await?

@@ -52,27 +52,10 @@ async fn invoke(
         .to_owned()
     });
     let request = json!({"action": "readiness", "profile": profile});
-    let out = ctx
-        .aws
-        .lambda()
-        .invoke()
-        .function_name(&function)
-        .payload(aws_sdk_lambda::primitives::Blob::new(request.to_string()))
-        .send()
-        .await
-        .map_err(|e| CliError::aws(&format!("Invoke {function}"), e))?;
-    let payload = out
-        .payload()
-        .map(|p| p.as_ref().to_vec())
-        .unwrap_or_default();
-    if let Some(error) = out.function_error() {
-        let detail: serde_json::Value = serde_json::from_slice(&payload).unwrap_or_default();
-        return Err(CliError::Function(format!(
-            "the readiness function failed ({error}): {}",
-            detail["errorMessage"].as_str().unwrap_or("no message")
-        )));
-    }
-    serde_json::from_slice(&payload).map_err(|e| {
+    let answer = ctx
+        .invoke_function(&function, "the readiness function", &request)
+        .await?;
+    serde_json::from_value(answer).map_err(|e| {
         CliError::Function(format!(
             "the readiness function answered something that is not a readiness report: {e}"
         ))

@@ -255,25 +255,17 @@ pub(crate) async fn launch(
             trigger.remove("verified");
         }
     }
-    let started = ctx
-        .sfn
-        .start_execution()
-        .state_machine_arn(&machine)
-        .name(&name)
-        .input(input.to_string())
-        .send()
-        .await
-        .map_err(|e| CliError::aws("StartExecution", e))?;
+    let execution = ctx.start_execution(&machine, &name, &input).await?;
     ctx.out.say(format!(
         "started {} run {run_id} (profile {}), execution {number}\n  execution {}",
         input["mode"].as_str().unwrap_or("drill"),
         input["profile"].as_str().unwrap_or_default(),
-        started.execution_arn()
+        &execution
     ));
     if !wait {
-        return fetch(&ctx.sfn, started.execution_arn()).await;
+        return fetch(&ctx.sfn, &execution).await;
     }
-    follow(ctx, started.execution_arn(), run_id, approver).await
+    follow(ctx, &execution, run_id, approver).await
 }
 
 /// Who approves when a followed run asks (the local drill's prompt or `--auto-approve`).
