@@ -7,8 +7,9 @@
 
 use chrono::{DateTime, Utc};
 use drpilot_shared::details::{ParityDetails, PromoteDetails, RestoreDetails, ValidateDetails};
-use drpilot_shared::input::{Mode, Phase, Trigger};
+use drpilot_shared::input::{Mode, Trigger};
 use drpilot_shared::receipt::{PhaseReceipt, PhaseStatus, RunStatus};
+use drpilot_shared::stage::Phase;
 use drpilot_shared::store::ReceiptStore;
 use drpilot_shared::summary::RunSummary;
 use drpilot_shared::time::{utc, Objective};

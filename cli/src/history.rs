@@ -5,9 +5,9 @@
 use aws_sdk_sfn::types::{ExecutionStatus, HistoryEvent};
 use chrono::{DateTime, Utc};
 use drpilot_shared::approval::{WaitingApproval, WAIT_FOR_TOKEN};
-use drpilot_shared::input::Phase;
 use drpilot_shared::receipt::PhaseStatus;
 use drpilot_shared::run::{PhaseOutput, RunContext, TeardownOutput};
+use drpilot_shared::stage::Phase;
 use drpilot_shared::stage::Stage;
 use drpilot_shared::time::{seconds, utc as time};
 use serde::Serialize;

@@ -226,7 +226,8 @@ fn against(measured: Option<f64>, target: Option<u64>) -> String {
 /// The measured timeline the post-mortem starts from: detected (the alarm, or the start),
 /// started, each component verified, promoted, torn down.
 fn timeline(s: &RunSummary) -> Vec<TimelineRow> {
-    use drpilot_shared::input::{Phase, Trigger};
+    use drpilot_shared::input::Trigger;
+    use drpilot_shared::stage::Phase;
     let mut events: Vec<(chrono::DateTime<chrono::Utc>, String)> = Vec::new();
     let detected = match &s.trigger {
         Some(Trigger::Alarm {
@@ -554,8 +555,9 @@ fn component_row(c: &ComponentOutcome) -> ComponentRow {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use drpilot_shared::input::{Mode, Phase};
+    use drpilot_shared::input::Mode;
     use drpilot_shared::receipt::Failure;
+    use drpilot_shared::stage::Phase;
     use drpilot_shared::summary::PhaseOutcome;
 
     fn summary() -> RunSummary {

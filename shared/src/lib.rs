@@ -3,8 +3,8 @@
 //! Four folders, in the order a run meets them:
 //!
 //! - [`model`]: what a run is, as types — [`input`] (execution input,
-//!   triggers, names, the promotion decision), [`stage`] (the states an operator
-//!   follows), [`time`], [`s3uri`] (locations, keys and key ranges that cannot escape
+//!   triggers, names, the promotion decision), [`stage`] (a drill's phases, a failback's
+//!   steps and the states an operator follows), [`time`], [`s3uri`] (locations, keys and key ranges that cannot escape
 //!   their prefix), [`profile`], [`component`] (databases and services restored beside
 //!   the data), [`details`] (what each phase records), [`receipt`] (a phase's receipt and
 //!   how it ended), [`record`] (the run record and its executions), [`summary`] (the run
@@ -48,6 +48,7 @@ pub use store::{fence, history, lock, objects, published};
 
 pub use clients::AwsClients;
 pub use error::{Error, ErrorKind, Result};
-pub use input::{Mode, Phase, RunInput};
+pub use input::{Mode, RunInput};
 pub use profile::Profile;
 pub use s3uri::S3Uri;
+pub use stage::Phase;

@@ -4,10 +4,11 @@
 
 use std::str::FromStr;
 
-use drpilot_shared::input::{normalize, Phase, RunInput, TriggerDefaults};
+use drpilot_shared::input::{normalize, RunInput, TriggerDefaults};
 use drpilot_shared::profile::ProfileSource;
 use drpilot_shared::receipt::{PhaseReceipt, RunStatus};
 use drpilot_shared::resume;
+use drpilot_shared::stage::Phase;
 use drpilot_shared::store::ReceiptStore;
 use serde_json::Value;
 

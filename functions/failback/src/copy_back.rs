@@ -10,7 +10,7 @@ use drpilot_shared::approval::{Approval, Sealer, FAILBACK_CONFIRMATION_STATES};
 use drpilot_shared::budget::{RequestBudget, PREFIX_PUT_RATE};
 use drpilot_shared::copy::{apply_changes, Change, CopyStats, CopyTuning, Journal, CHANGE_BUFFER};
 use drpilot_shared::failback::{
-    Confirmation, CopyBackDetails, DivergenceCounts, DivergenceDetails, FailbackRun, FailbackStep,
+    Confirmation, CopyBackDetails, DivergenceCounts, DivergenceDetails, FailbackRun,
 };
 use drpilot_shared::input::Mode;
 use drpilot_shared::lock::RunLock;
@@ -19,6 +19,7 @@ use drpilot_shared::phase::Failed;
 use drpilot_shared::profile::Profile;
 use drpilot_shared::published::{self, PublishKind, PublishedPointer};
 use drpilot_shared::receipt::PhaseStatus;
+use drpilot_shared::stage::FailbackStep;
 use drpilot_shared::store::ReceiptStore;
 use drpilot_shared::time::seconds;
 use drpilot_shared::{Error, ErrorKind, Result, S3Uri};

@@ -5,9 +5,10 @@
 //! the input sets `discard_divergent` (with approver and ticket): then the DR site's
 //! versions win.
 
-use drpilot_shared::failback::{DivergenceDetails, FailbackRun, FailbackStep};
+use drpilot_shared::failback::{DivergenceDetails, FailbackRun};
 use drpilot_shared::parity::{DifferenceLog, INLINE_DIFFERENCES};
 use drpilot_shared::phase::Failed;
+use drpilot_shared::stage::FailbackStep;
 use drpilot_shared::store::ReceiptStore;
 use drpilot_shared::{Error, ErrorKind, Result, S3Uri};
 use tracing::info;

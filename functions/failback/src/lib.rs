@@ -21,12 +21,13 @@ pub mod preflight;
 pub mod teardown;
 
 use drpilot_shared::copy::CopyTuning;
-use drpilot_shared::failback::{FailbackFailure, FailbackRun, FailbackStep};
+use drpilot_shared::failback::{FailbackFailure, FailbackRun};
 use drpilot_shared::input::DEFAULT_ATTEMPTS;
 use drpilot_shared::phase::Failed;
 use drpilot_shared::profile::ProfileSource;
 use drpilot_shared::receipt::PhaseClock;
 use drpilot_shared::run::ExecutionInfo;
+use drpilot_shared::stage::FailbackStep;
 use drpilot_shared::store::ReceiptStore;
 use drpilot_shared::{AwsClients, Result, S3Uri};
 use serde::{Deserialize, Serialize};

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use drpilot_shared::backup::BackupRef;
 use drpilot_shared::details::PromoteDetails;
 use drpilot_shared::failback::{
-    DrPromotion, FailbackInput, FailbackRun, FailbackStep, PreflightCheck, PreflightDetails,
+    DrPromotion, FailbackInput, FailbackRun, PreflightCheck, PreflightDetails,
 };
 use drpilot_shared::input::{Mode, NameRule};
 use drpilot_shared::lock::RunLock;
@@ -18,6 +18,7 @@ use drpilot_shared::published::{PublishKind, Published};
 use drpilot_shared::receipt::PhaseStatus;
 use drpilot_shared::record::ExecutionName;
 use drpilot_shared::run::ExecutionInfo;
+use drpilot_shared::stage::FailbackStep;
 use drpilot_shared::store::ReceiptStore;
 use drpilot_shared::{Error, ErrorKind, Phase, Result, S3Uri};
 use serde::Deserialize;

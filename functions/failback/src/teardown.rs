@@ -4,12 +4,13 @@
 use chrono::Utc;
 use drpilot_shared::failback::{
     CopyBackDetails, DivergenceDetails, FailbackFailure, FailbackInput, FailbackReceipt,
-    FailbackRun, FailbackStep, FailbackSummary, SUMMARY_KIND,
+    FailbackRun, FailbackSummary, SUMMARY_KIND,
 };
 use drpilot_shared::lock::{Released, RunLock};
 use drpilot_shared::profile::Profile;
 use drpilot_shared::receipt::{PhaseStatus, RunStatus};
 use drpilot_shared::run::ExecutionInfo;
+use drpilot_shared::stage::FailbackStep;
 use drpilot_shared::store::ReceiptStore;
 use drpilot_shared::time::seconds;
 use drpilot_shared::{ErrorKind, Result, S3Uri};

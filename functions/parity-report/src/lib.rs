@@ -10,7 +10,6 @@ use drpilot_shared::archive::RESERVED_PREFIX;
 use drpilot_shared::details::ParityDetails;
 use drpilot_shared::error::{decode_value, DecodeError};
 use drpilot_shared::fan_out::{self, FanOutPhase};
-use drpilot_shared::input::Phase;
 use drpilot_shared::metrics::{self, Sample};
 use drpilot_shared::objects::put_json;
 use drpilot_shared::parity::{
@@ -20,6 +19,7 @@ use drpilot_shared::phase::{Outcome, PhaseResult, PhaseRun, Rerun};
 use drpilot_shared::plan::{PlanItem, RangePass, RangeResult, Reduce};
 use drpilot_shared::profile::ProfileSource;
 use drpilot_shared::run::PhaseRequest;
+use drpilot_shared::stage::Phase;
 use drpilot_shared::{AwsClients, Error, Result, S3Uri};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};

@@ -8,10 +8,10 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
-use crate::input::Phase;
 use crate::listing::{list_sorted_in, Joined, MergeJoin, ObjectInfo, Sorted};
 use crate::objects::stored_sha256;
 use crate::s3uri::{KeyRange, S3Uri};
+use crate::stage::Phase;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ParityCounts {

@@ -22,9 +22,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::backup::{BackupMetadata, Shard};
 use crate::error::{Error, ErrorKind, Result};
-use crate::input::Phase;
 use crate::objects::{get_json, put_json};
 use crate::s3uri::{KeyRange, S3Uri};
+use crate::stage::Phase;
 use crate::store::ReceiptStore;
 
 /// One range of the plan: the item a Distributed Map hands a child.

@@ -14,10 +14,11 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::input::{Mode, Phase, Trigger};
+use crate::input::{Mode, Trigger};
 use crate::parity::{Counts, ParityCounts};
 use crate::receipt::PhaseDetails;
 use crate::s3uri::S3Uri;
+use crate::stage::Phase;
 
 /// bringup: the run's identity and the lock it took.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -17,6 +17,7 @@ use crate::input::{Mode, NameRule};
 use crate::parity::ParityCounts;
 use crate::receipt::{PhaseReceipt, RunStatus};
 use crate::s3uri::S3Uri;
+use crate::stage::FailbackStep;
 
 /// The first of a drill's two literal confirmations.
 pub const FIRST_CONFIRMATION: &str = "FAILBACK";
@@ -152,40 +153,6 @@ impl FailbackInput {
             )));
         }
         Ok(())
-    }
-}
-
-/// A failback's steps, in order.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum FailbackStep {
-    Preflight,
-    Divergence,
-    CopyBack,
-    Teardown,
-}
-
-impl FailbackStep {
-    pub const ALL: [FailbackStep; 4] = [
-        Self::Preflight,
-        Self::Divergence,
-        Self::CopyBack,
-        Self::Teardown,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Preflight => "preflight",
-            Self::Divergence => "divergence",
-            Self::CopyBack => "copy-back",
-            Self::Teardown => "teardown",
-        }
-    }
-}
-
-impl std::fmt::Display for FailbackStep {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 

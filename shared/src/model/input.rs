@@ -3,7 +3,6 @@
 //! (the EventBridge event or the alarm's direct Lambda action payload).
 
 use std::fmt;
-use std::str::FromStr;
 
 use aws_lambda_events::cloudwatch_alarms::{CloudWatchAlarm, CloudWatchAlarmData};
 use aws_lambda_events::eventbridge::EventBridgeEvent;
@@ -13,6 +12,7 @@ use serde_json::Value;
 
 use crate::error::{decode_value, Error, Result};
 use crate::s3uri::S3Uri;
+use crate::stage::Phase;
 
 /// Why a run exists: an exercise, or the real thing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -34,77 +34,6 @@ impl Mode {
 impl fmt::Display for Mode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
-    }
-}
-
-/// The phases, in the order a run goes through them.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Phase {
-    Bringup,
-    Restore,
-    /// The profile's components, restored and verified beside the S3 restore.
-    Components,
-    Validate,
-    ParityReport,
-    Promote,
-    Teardown,
-}
-
-impl Phase {
-    pub const ALL: [Phase; 7] = [
-        Phase::Bringup,
-        Phase::Restore,
-        Phase::Components,
-        Phase::Validate,
-        Phase::ParityReport,
-        Phase::Promote,
-        Phase::Teardown,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Bringup => "bringup",
-            Self::Restore => "restore",
-            Self::Components => "components",
-            Self::Validate => "validate",
-            Self::ParityReport => "parity-report",
-            Self::Promote => "promote",
-            Self::Teardown => "teardown",
-        }
-    }
-
-    /// The name of the phase's Task state in the state machine.
-    pub fn state_name(self) -> &'static str {
-        match self {
-            Self::Bringup => "Bringup",
-            Self::Restore => "Restore",
-            Self::Components => "Components",
-            Self::Validate => "Validate",
-            Self::ParityReport => "ParityReport",
-            Self::Promote => "Promote",
-            Self::Teardown => "Teardown",
-        }
-    }
-}
-
-impl fmt::Display for Phase {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.pad(self.as_str())
-    }
-}
-
-impl FromStr for Phase {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        Phase::ALL
-            .into_iter()
-            .find(|p| p.as_str() == s)
-            .ok_or_else(|| {
-                Error::input(format!(
-                    "phase: expected one of bringup, restore, components, validate, parity-report, promote, teardown; got {s:?}"
-                ))
-            })
     }
 }
 

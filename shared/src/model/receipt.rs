@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::error::{Error, Result};
-use crate::input::Phase;
+use crate::stage::Phase;
 
 /// The details type of one phase's receipt (the types are in [`crate::details`]).
 pub trait PhaseDetails: Serialize + DeserializeOwned {

@@ -5,8 +5,9 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::backup::BackupRef;
-use crate::input::{Mode, Phase, RunInput, Trigger};
+use crate::input::{Mode, RunInput, Trigger};
 use crate::receipt::{Failure, RunStatus};
+use crate::stage::Phase;
 
 /// An execution's name, read as the run it belongs to and its number in that run.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -8,8 +8,8 @@
 use chrono::{DateTime, Utc};
 
 use crate::details::TeardownDetails;
-use crate::input::Phase;
 use crate::receipt::{PhaseReceipt, PhaseStatus};
+use crate::stage::Phase;
 
 /// The phases that build on each other's work, in order: each needs the one before it
 /// to have succeeded, after the one before that, and the staging restore made to still

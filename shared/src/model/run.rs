@@ -5,11 +5,12 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::backup::BackupRef;
-use crate::input::{Phase, Promotion, RunInput, Trigger};
+use crate::input::{Promotion, RunInput, Trigger};
 use crate::plan::{Continuation, RangeStatus};
 use crate::profile::Profile;
 use crate::receipt::{Failure, PhaseReceipt, PhaseStatus, RunStatus};
 use crate::s3uri::S3Uri;
+use crate::stage::Phase;
 use crate::store::ReceiptStore;
 
 /// The execution, as the state machine's context object describes it.

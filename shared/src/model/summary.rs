@@ -5,10 +5,11 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::component::ComponentOutcome;
-use crate::input::{Mode, Phase, Trigger};
+use crate::input::{Mode, Trigger};
 use crate::receipt::{is_false, Failure, PhaseStatus, RunStatus};
 use crate::record::ExecutionEntry;
 use crate::s3uri::S3Uri;
+use crate::stage::Phase;
 use crate::time::Objective;
 
 /// One line of the summary's phase table.

@@ -16,7 +16,6 @@ use tracing::{info, Span};
 
 use crate::clients::AwsClients;
 use crate::error::{Error, ErrorKind, Result};
-use crate::input::Phase;
 use crate::phase::{begin, finish, record_run, Begun, Failed, PhaseResult, PhaseRun, Rerun};
 use crate::plan::{
     Continuation, PlanItem, RangePass, RangeResult, RangeStatus, Reduce, Step, MAX_RANGE_PASSES,
@@ -24,6 +23,7 @@ use crate::plan::{
 use crate::profile::ProfileSource;
 use crate::receipt::{PhaseDetails, PhaseStatus};
 use crate::run::{PhaseOutput, PhaseRequest, RangeOutput, StepOutput};
+use crate::stage::Phase;
 
 /// A phase a plan may split into ranges. Each method is one step's own work; [`serve`]
 /// wraps it in the lifecycle (window, what the phase builds on, receipts, attempts).

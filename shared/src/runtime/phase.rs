@@ -22,11 +22,11 @@ use serde::Serialize;
 use tracing::{error, info, Instrument, Span};
 
 use crate::error::{catch_panic, Error, Result};
-use crate::input::Phase;
 use crate::profile::{Profile, ProfileSource};
 use crate::receipt::{PhaseClock, PhaseDetails, PhaseStatus};
 use crate::resume;
 use crate::run::{PhaseOutput, PhaseRequest, RunContext};
+use crate::stage::Phase;
 use crate::store::ReceiptStore;
 
 /// How a phase ended when it did not fail.

@@ -1,9 +1,10 @@
 //! A failback's step receipts and summary under the receipts location.
 
 use crate::error::{Error, Result};
-use crate::failback::{FailbackReceipt, FailbackStep, FailbackSummary};
+use crate::failback::{FailbackReceipt, FailbackSummary};
 use crate::objects::{get_json, put_json, put_json_if, Precondition};
 use crate::s3uri::S3Uri;
+use crate::stage::FailbackStep;
 use crate::store::ReceiptStore;
 
 /// A failback's step receipts and summary.

@@ -19,7 +19,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::component::ComponentReceipt;
 use crate::error::{Error, Result};
-use crate::input::Phase;
 use crate::objects::{
     for_each_child_prefix, get_bytes, get_json, key_pages, put_json, put_json_if, Conditional,
     Precondition,
@@ -27,6 +26,7 @@ use crate::objects::{
 use crate::receipt::PhaseReceipt;
 use crate::record::RunRecord;
 use crate::s3uri::S3Uri;
+use crate::stage::Phase;
 use crate::summary::RunSummary;
 
 /// Reads and writes a run's receipts under the profile's receipts location.
