@@ -381,6 +381,7 @@ async fn confirmations(
     }
     Ok(out)
 }
+
 /// The divergence step's receipt, which copy-back builds on: when it started (what a
 /// discard of divergent keys is measured against) and its details. It must have succeeded.
 async fn succeeded_divergence(
@@ -431,11 +432,10 @@ async fn recount(
     let missing = remaining.dr_changed + remaining.divergent + remaining.primary_missing;
     if missing > 0 {
         return Err(Error::integrity(format!(
-                "after the copy {missing} of the DR site's objects are still not on the primary (e.g. {}; counts {remaining:?}); the plan is {}",
-                missing_keys.join(", "),
-                plan_uri(store, &run.run_id)?
-            ))
-            );
+            "after the copy {missing} of the DR site's objects are still not on the primary (e.g. {}; counts {remaining:?}); the plan is {}",
+            missing_keys.join(", "),
+            plan_uri(store, &run.run_id)?
+        )));
     }
     Ok((parity_after, remaining))
 }

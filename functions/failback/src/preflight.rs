@@ -91,10 +91,9 @@ impl Failback {
         store: &ReceiptStore,
     ) -> std::result::Result<(FailbackRun, PreflightDetails), Failed<PreflightDetails>> {
         let mut checks = Checks::default();
-        let mut record = |name: &str, result: Result<String>| checks.record(name, result);
 
         let dr = self.dr_promotion(store, &input.dr_run_id).await;
-        record(
+        checks.record(
             "dr_promoted",
             dr.as_ref()
                 .map(|d| {
@@ -110,7 +109,7 @@ impl Failback {
                 .map_err(Clone::clone),
         );
         let generation = self.generation(profile, run_id, &input.dr_run_id).await;
-        record(
+        checks.record(
             "generation",
             generation
                 .as_ref()
@@ -122,12 +121,12 @@ impl Failback {
                 })
                 .map_err(Clone::clone),
         );
-        record("schedule", self.schedule_disabled().await);
+        checks.record("schedule", self.schedule_disabled().await);
         let primary_region = primary
             .region
             .clone()
             .unwrap_or_else(|| profile.region.clone());
-        record(
+        checks.record(
             "primary_reachable",
             self.primary_reachable(primary, &primary_region).await,
         );
@@ -135,15 +134,15 @@ impl Failback {
         // recovery's needs two approvers, whatever the input says.
         let mode = dr.as_ref().ok().map_or(Mode::Recovery, |d| d.mode);
         if let Some(mismatch) = dr.as_ref().ok().and_then(|d| mode_mismatch(input, d)) {
-            record("mode", Err(mismatch));
+            checks.record("mode", Err(mismatch));
         }
         if input.has_literals() {
-            record("confirmations", literal_confirmations(input, mode, profile));
+            checks.record("confirmations", literal_confirmations(input, mode, profile));
         }
         let lock = RunLock::new(self.clients.s3.clone(), profile.target.lock());
         let free = self.lock_free(&lock, run_id).await;
         let free_detail = free.as_ref().ok().cloned();
-        record("lock", free);
+        checks.record("lock", free);
         let Checks {
             mut details,
             first_failure,

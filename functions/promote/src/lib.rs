@@ -539,9 +539,7 @@ impl FanOutPhase for Approved<'_> {
             let range: RangePromoted = result.details()?;
             synced.parity_before.add(&range.parity_before);
             synced.parity_after.add(&range.parity_after);
-            synced.stats.copied += range.stats.copied;
-            synced.stats.bytes += range.stats.bytes;
-            synced.stats.deleted += range.stats.deleted;
+            synced.stats = synced.stats + range.stats;
         }
         let synced = synced.checked(Utc::now())?;
         let details = promote

@@ -281,9 +281,7 @@ fn absorb(
 ) {
     match done {
         Ok(Ok((one, entry))) => {
-            stats.copied += one.copied;
-            stats.bytes += one.bytes;
-            stats.deleted += one.deleted;
+            *stats = *stats + one;
             if let Some(journal) = journal {
                 journal.pending.push(entry);
             }
